@@ -1,0 +1,47 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+UV_VERSION := 0.13.9
+UV := .tools/bin/uv
+PY := .venv/bin/python
+SERVICES := order payment minting stamping
+export SSL_CERT_FILE ?= /etc/ssl/certs/ca-certificates.crt
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: run test setup servers venv lint bench-messaging clean
+
+## run: set everything up, then supervise every api, worker and relay (Ctrl-C stops all)
+run: setup
+	exec .venv/bin/honcho start -f Procfile
+
+## test: set everything up, then run the whole suite against the real servers
+test: venv servers
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## setup: databases, migrations and broker topology for every service
+setup: venv servers
+	@for s in $(SERVICES); do $(PY) -m $${s}_service setup || exit 1; done
+
+servers:
+	@scripts/ensure-servers
+
+venv: .venv/.synced
+
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install -q uv==$(UV_VERSION)
+
+.venv/.synced: $(UV) uv.lock pyproject.toml shared/pyproject.toml $(wildcard services/*/pyproject.toml)
+	$(UV) sync --frozen --python $(PYTHON)
+	@touch $@
+
+lint: venv
+	.venv/bin/ruff check shared services tests bench
+	.venv/bin/mypy shared/emeterai_shared
+
+## bench-messaging: raw commit and confirm ceilings beside the outbox pipeline rate
+bench-messaging: venv servers
+	$(PY) -m bench.messaging
+
+clean:
+	rm -rf .venv .tools .pytest_cache

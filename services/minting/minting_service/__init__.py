@@ -1,0 +1,1 @@
+"""Minting service: serial issuance, stamp tokens and the stamp registry."""

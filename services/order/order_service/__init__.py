@@ -1,0 +1,1 @@
+"""Order service: accounts, orders and the front door."""

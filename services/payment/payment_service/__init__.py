@@ -1,0 +1,1 @@
+"""Payment service: virtual-account bills and SNAP bank callbacks."""

@@ -1,0 +1,1 @@
+"""Stamping service: PDF stamping, signing and verification."""

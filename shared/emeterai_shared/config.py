@@ -1,0 +1,115 @@
+"""Settings shared by every service (pydantic-settings).
+
+Resolution order, highest first: explicit arguments, ``<SERVICE>_<FIELD>`` environment variables
+(``ORDER_HTTP_PORT``), ``EMETERAI_<FIELD>`` environment variables shared by all services
+(``EMETERAI_AMQP_URL``), then the defaults below, which are safe for a local machine.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+COMMON_ENV_PREFIX = "EMETERAI_"
+
+
+class ServiceSettings(BaseSettings):
+    """Settings of one service; subclasses set ``service_name`` and the default ports."""
+
+    model_config = SettingsConfigDict(extra="ignore", env_parse_none_str="")
+
+    service_name: ClassVar[str] = "service"
+    default_http_port: ClassVar[int] = 8080
+
+    pg_base_url: str = "postgresql://root@127.0.0.1:5432"
+    database_name: str = ""
+    database_url: str = ""
+    db_pool_min: int = 1
+    db_pool_max: int = 10
+    db_command_timeout_s: float = 30.0
+
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    amqp_heartbeat_s: int = 30
+    amqp_connect_timeout_s: float = 10.0
+    publish_timeout_s: float = 10.0
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 0
+    worker_metrics_port: int = 0
+    relay_metrics_port: int = 0
+    http_max_body_bytes: int = 1024 * 1024
+
+    prefetch: int = 128
+    consumer_concurrency: int = 4
+    consumer_batch_max: int = 32
+    retry_delays_ms: list[int] = Field(default_factory=lambda: [5_000, 30_000, 300_000, 1_800_000])
+    delivery_limit: int = 20
+    max_queue_length: int = 1_000_000
+    shutdown_grace_s: float = 20.0
+
+    relay_batch_size: int = 500
+    relay_poll_interval_s: float = 1.0
+    relay_max_attempts: int = 10
+    relay_backoff_max_s: float = 30.0
+    outbox_retention_s: int = 24 * 3600
+    inbox_retention_s: int = 14 * 24 * 3600
+    housekeeping_interval_s: float = 300.0
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @model_validator(mode="after")
+    def _derive(self) -> ServiceSettings:
+        if not self.database_name:
+            self.database_name = f"emeterai_{self.service_name}"
+        if not self.database_url:
+            self.database_url = f"{self.pg_base_url.rstrip('/')}/{self.database_name}"
+        if not self.http_port:
+            self.http_port = self.default_http_port
+        if not self.worker_metrics_port:
+            self.worker_metrics_port = self.http_port + 1000
+        if not self.relay_metrics_port:
+            self.relay_metrics_port = self.http_port + 2000
+        if not self.retry_delays_ms or any(d <= 0 for d in self.retry_delays_ms):
+            raise ValueError("retry_delays_ms must be a non-empty list of positive delays")
+        return self
+
+    @property
+    def max_attempts(self) -> int:
+        """First delivery plus one attempt per delay tier."""
+        return len(self.retry_delays_ms) + 1
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        prefix = f"{cls.service_name.upper()}_"
+        return (
+            init_settings,
+            EnvSettingsSource(settings_cls, env_prefix=prefix),
+            EnvSettingsSource(settings_cls, env_prefix=COMMON_ENV_PREFIX),
+            file_secret_settings,
+        )
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings safe to log: URLs lose their passwords."""
+        data = self.model_dump()
+        for key, value in data.items():
+            if isinstance(value, str) and "://" in value and "@" in value:
+                scheme, rest = value.split("://", 1)
+                creds, host = rest.rsplit("@", 1)
+                user = creds.split(":", 1)[0]
+                data[key] = f"{scheme}://{user}:***@{host}" if ":" in creds else value
+        return data

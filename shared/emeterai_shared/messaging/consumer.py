@@ -1,0 +1,354 @@
+"""The consumer runtime: inbox + handler in one transaction, ack after commit, retries, parking.
+
+Each subscription owns one quorum queue. Deliveries are buffered and taken in small batches by
+``consumer_concurrency`` loops; a batch is applied in **one** PostgreSQL transaction (commits are
+the scarce resource), each message inside its own savepoint so that one failing handler does not
+undo its neighbours. Per message:
+
+1. decode the body for its declared type; undecodable → parking queue at once;
+2. claim ``(queue, message_id)`` in the inbox; a duplicate is acked and ignored. Concurrent
+   duplicates serialize on the inbox primary key (batches claim in message-id order, so two
+   batches never deadlock on it);
+3. run the handler; its outbox rows commit with its state;
+4. after COMMIT, ack. A crash before the ack redelivers, and the inbox absorbs the duplicate;
+5. a handler error is a transient failure: a full copy goes to the next delay tier with
+   ``attempt`` + 1 and the original is acked; after the last tier, or for ``PermanentError``,
+   the message goes to the parking queue with the reason in its headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+import asyncpg
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from opentelemetry import trace
+
+from emeterai_shared.config import ServiceSettings
+from emeterai_shared.contracts import Message, MessageDecodeError, decode
+from emeterai_shared.failpoints import failpoint
+from emeterai_shared.messaging.publisher import Publisher
+from emeterai_shared.messaging.topology import (
+    PARKING,
+    QueueSpec,
+    declare_common,
+    declare_consumer_queue,
+    delay_exchange,
+)
+from emeterai_shared.telemetry import HANDLER_LATENCY, MESSAGES_CONSUMED, extract_context, tracer
+from emeterai_shared.uow import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+ATTEMPT_HEADER = "attempt"
+
+
+class PermanentError(Exception):
+    """A handler failure that no retry can fix: the message parks at once with this reason."""
+
+
+@dataclass(frozen=True)
+class Envelope(Generic[M]):
+    """A decoded delivery as handlers see it."""
+
+    message_id: str
+    type: str
+    correlation_id: str | None
+    timestamp: datetime | None
+    attempt: int
+    headers: Mapping[str, Any]
+    body: M
+
+
+Handler = Callable[[UnitOfWork, Envelope[Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """One handler for one message type, fed by the queue ``<consumer>.<handler>``."""
+
+    queue: str
+    message: type[Message]
+    handler: Handler
+
+    @property
+    def spec(self) -> QueueSpec:
+        return QueueSpec(self.queue, (self.message.TYPE,))
+
+
+class _Outcome:
+    DONE = "done"
+    DUPLICATE = "duplicate"
+
+
+@dataclass
+class _Lane:
+    subscription: Subscription
+    buffer: asyncio.Queue[AbstractIncomingMessage] = field(default_factory=asyncio.Queue)
+    queue: AbstractQueue | None = None
+    consumer_tag: str | None = None
+
+
+def own_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Application headers of a delivery, without the broker's ``x-`` bookkeeping."""
+    return {k: v for k, v in (headers or {}).items() if not k.startswith("x-")}
+
+
+def attempt_of(message: AbstractIncomingMessage) -> int:
+    try:
+        return max(1, int((message.headers or {}).get(ATTEMPT_HEADER, 1)))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 1
+
+
+class Consumer:
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        connection: AbstractRobustConnection,
+        publisher: Publisher,
+        subscriptions: list[Subscription],
+        settings: ServiceSettings,
+    ):
+        self._pool = pool
+        self._connection = connection
+        self._publisher = publisher
+        self._settings = settings
+        self._lanes = [_Lane(s) for s in subscriptions]
+        self._tasks: list[asyncio.Task[None]] = []
+        self._busy = 0
+        self._stopping = False
+        self._channel: Any = None
+
+    @property
+    def busy(self) -> int:
+        """Messages being applied right now (for readiness and admission metrics)."""
+        return self._busy
+
+    async def start(self) -> None:
+        s = self._settings
+        self._channel = await self._connection.channel()
+        await self._channel.set_qos(prefetch_count=s.prefetch)
+        await declare_common(self._channel, s.retry_delays_ms)
+        for lane in self._lanes:
+            lane.queue = await declare_consumer_queue(
+                self._channel, lane.subscription.spec,
+                delivery_limit=s.delivery_limit, max_length=s.max_queue_length,
+            )
+            lane.consumer_tag = await lane.queue.consume(lane.buffer.put)
+            for i in range(max(1, s.consumer_concurrency)):
+                self._tasks.append(
+                    asyncio.create_task(self._loop(lane), name=f"{lane.subscription.queue}-{i}")
+                )
+        log.info("consuming %s", ", ".join(lane.subscription.queue for lane in self._lanes))
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop taking deliveries, let batches in progress commit and ack, then close.
+
+        Deliveries still buffered are never started; closing the channel returns them to the
+        queue. A batch that outlives the grace period is cancelled: its transaction rolls back
+        and its messages are redelivered, so nothing is lost or half-applied.
+        """
+        self._stopping = True
+        for lane in self._lanes:
+            if lane.queue is not None and lane.consumer_tag is not None:
+                with contextlib.suppress(Exception):
+                    await lane.queue.cancel(lane.consumer_tag)
+        deadline = time.monotonic() + (grace_s if grace_s is not None else self._settings.shutdown_grace_s)
+        while self._busy and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._channel is not None and not self._channel.is_closed:
+            with contextlib.suppress(Exception):
+                await self._channel.close()
+
+    async def _loop(self, lane: _Lane) -> None:
+        batch_max = max(1, self._settings.consumer_batch_max)
+        while True:
+            first = await lane.buffer.get()
+            if self._stopping:
+                return
+            batch = [first]
+            while len(batch) < batch_max and not lane.buffer.empty():
+                batch.append(lane.buffer.get_nowait())
+            self._busy += len(batch)
+            try:
+                await self._process(lane.subscription, batch)
+            except Exception:  # never let one bad batch kill the loop
+                log.exception("unexpected error processing a batch of %s", lane.subscription.queue)
+            finally:
+                self._busy -= len(batch)
+
+    async def _process(self, sub: Subscription, raw: list[AbstractIncomingMessage]) -> None:
+        items: list[tuple[AbstractIncomingMessage, Envelope[Any]]] = []
+        for message in raw:
+            try:
+                items.append((message, self._decode(sub, message)))
+            except MessageDecodeError as exc:
+                MESSAGES_CONSUMED.labels(sub.queue, "undecodable").inc()
+                await self._park(sub, message, f"undecodable: {exc}")
+        if not items:
+            return
+        items.sort(key=lambda item: item[1].message_id)
+        outcomes = await self._apply(sub, [env for _, env in items])
+        failpoint("consumer.after_commit")
+        for (message, env), outcome in zip(items, outcomes, strict=True):
+            await self._settle(sub, message, env, outcome)
+
+    def _decode(self, sub: Subscription, message: AbstractIncomingMessage) -> Envelope[Any]:
+        if not message.message_id:
+            raise MessageDecodeError("message has no message_id")
+        if message.type != sub.message.TYPE:
+            raise MessageDecodeError(f"queue {sub.queue} takes {sub.message.TYPE}, got {message.type!r}")
+        body = decode(message.type, message.body)
+        return Envelope(
+            message_id=message.message_id,
+            type=message.type,
+            correlation_id=message.correlation_id,
+            timestamp=message.timestamp,
+            attempt=attempt_of(message),
+            headers=own_headers(message.headers),
+            body=body,
+        )
+
+    async def _apply(self, sub: Subscription, envs: list[Envelope[Any]]) -> list[str | BaseException]:
+        """Apply envelopes in one transaction; on a failure of the whole, one by one."""
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                return [await self._apply_one(sub, conn, env) for env in envs]
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if len(envs) == 1:
+                log.warning("transaction for %s failed: %r", sub.queue, exc)
+                return [exc]
+            results: list[str | BaseException] = []
+            for env in envs:
+                results.extend(await self._apply(sub, [env]))
+            return results
+
+    async def _apply_one(
+        self, sub: Subscription, conn: asyncpg.Connection, env: Envelope[Any]
+    ) -> str | BaseException:
+        started = time.perf_counter()
+        outcome: str | BaseException
+        with tracer().start_as_current_span(
+            f"{sub.queue} process",
+            context=extract_context(env.headers),
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "rabbitmq",
+                "messaging.destination.name": sub.queue,
+                "messaging.message.id": env.message_id,
+                "messaging.message.type": env.type,
+                "messaging.attempt": env.attempt,
+            },
+        ) as span:
+            try:
+                async with conn.transaction():  # a savepoint inside the batch transaction
+                    claimed = await conn.fetchval(
+                        "INSERT INTO inbox (consumer, message_id, message_type) VALUES ($1, $2, $3)"
+                        " ON CONFLICT DO NOTHING RETURNING true",
+                        sub.queue, env.message_id, env.type,
+                    )
+                    if not claimed:
+                        outcome = _Outcome.DUPLICATE
+                    else:
+                        uow = UnitOfWork(conn)
+                        await sub.handler(uow, env)
+                        await uow.flush()
+                        outcome = _Outcome.DONE
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                span.record_exception(exc)
+                span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
+                outcome = exc
+        HANDLER_LATENCY.labels(sub.queue, outcome if isinstance(outcome, str) else "error").observe(
+            time.perf_counter() - started
+        )
+        return outcome
+
+    async def _settle(
+        self, sub: Subscription, message: AbstractIncomingMessage, env: Envelope[Any],
+        outcome: str | BaseException,
+    ) -> None:
+        if isinstance(outcome, str):
+            MESSAGES_CONSUMED.labels(sub.queue, outcome).inc()
+            await _ack(message)
+        elif isinstance(outcome, PermanentError):
+            MESSAGES_CONSUMED.labels(sub.queue, "parked").inc()
+            await self._park(sub, message, f"permanent failure: {outcome}")
+        elif env.attempt >= self._settings.max_attempts:
+            MESSAGES_CONSUMED.labels(sub.queue, "parked").inc()
+            await self._park(
+                sub, message, f"gave up after {env.attempt} attempts: {_describe(outcome)}"
+            )
+        else:
+            MESSAGES_CONSUMED.labels(sub.queue, "retried").inc()
+            await self._retry(sub, message, env, outcome)
+
+    async def _retry(
+        self, sub: Subscription, message: AbstractIncomingMessage, env: Envelope[Any],
+        error: BaseException,
+    ) -> None:
+        delay = self._settings.retry_delays_ms[env.attempt - 1]
+        headers = {**own_headers(message.headers), ATTEMPT_HEADER: env.attempt + 1,
+                   "last_error": _describe(error)[:500]}
+        log.info("retrying %s %s in %d ms (attempt %d): %s", sub.queue, env.message_id, delay,
+                 env.attempt + 1, _describe(error))
+        await self._forward(message, delay_exchange(delay), sub.queue, headers)
+
+    async def _park(self, sub: Subscription, message: AbstractIncomingMessage, reason: str) -> None:
+        headers = {**own_headers(message.headers), "parked_reason": reason[:1000],
+                   "parked_from": sub.queue, "parked_at": datetime.now(UTC).isoformat()}
+        log.warning("parking %s from %s: %s", message.message_id, sub.queue, reason)
+        await self._forward(message, PARKING, sub.queue, headers)
+
+    async def _forward(
+        self, message: AbstractIncomingMessage, exchange: str, routing_key: str,
+        headers: dict[str, Any],
+    ) -> None:
+        """Publish a full copy (confirmed), then ack the original.
+
+        If the copy cannot be published the original is returned to its queue once; the
+        quorum queue's delivery limit stops this from looping forever.
+        """
+        try:
+            await self._publisher.publish(
+                exchange=exchange, routing_key=routing_key, body=message.body,
+                message_id=message.message_id or "", message_type=message.type or "",
+                correlation_id=message.correlation_id, headers=headers,
+                timestamp=message.timestamp,
+            )
+        except Exception as exc:
+            log.error("could not forward %s to %s: %s", message.message_id, exchange, exc)
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+            return
+        await _ack(message)
+
+
+async def _ack(message: AbstractIncomingMessage) -> None:
+    """Ack after commit. If the channel died meanwhile the broker redelivers; the inbox
+    absorbs the duplicate, so a failed ack is logged, not raised."""
+    try:
+        await message.ack()
+    except Exception as exc:
+        log.info("ack of %s failed (%s); it will be redelivered and deduplicated",
+                 message.message_id, exc)
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"

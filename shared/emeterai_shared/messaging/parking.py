@@ -1,0 +1,113 @@
+"""Operator tools for parking queues: list, inspect and re-drive parked messages.
+
+Listing reads messages without acknowledging them and returns them to the queue when done, so it
+never loses anything. Re-driving republishes a parked message to ``retry`` with the name of the
+queue that parked it, as a fresh first attempt, confirms it, and only then acks the parked copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from emeterai_shared.messaging.consumer import ATTEMPT_HEADER, own_headers
+from emeterai_shared.messaging.publisher import Publisher
+from emeterai_shared.messaging.topology import RETRY, parking_queue
+
+
+@dataclass(frozen=True)
+class ParkedMessage:
+    queue: str
+    message_id: str | None
+    type: str | None
+    correlation_id: str | None
+    reason: str
+    attempt: Any
+    parked_at: str | None
+    timestamp: datetime | None
+    body: bytes
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "queue": self.queue, "message_id": self.message_id, "type": self.type,
+            "correlation_id": self.correlation_id, "reason": self.reason,
+            "attempt": self.attempt, "parked_at": self.parked_at,
+        }
+
+
+def _reason(message: AbstractIncomingMessage) -> str:
+    headers = message.headers or {}
+    if "parked_reason" in headers:
+        return str(headers["parked_reason"])
+    deaths = headers.get("x-death") or []
+    if deaths:  # dead-lettered by the broker itself, e.g. x-delivery-limit reached
+        first = deaths[0]
+        return f"broker dead-lettered ({first.get('reason')}) from {first.get('queue')}"
+    return "unknown"
+
+
+def _parked(queue: str, message: AbstractIncomingMessage) -> ParkedMessage:
+    headers = message.headers or {}
+    return ParkedMessage(
+        queue=queue, message_id=message.message_id, type=message.type,
+        correlation_id=message.correlation_id, reason=_reason(message),
+        attempt=headers.get(ATTEMPT_HEADER), parked_at=str(headers.get("parked_at") or "") or None,
+        timestamp=message.timestamp, body=message.body,
+    )
+
+
+async def list_parked(
+    connection: AbstractRobustConnection, queue: str, limit: int = 100
+) -> list[ParkedMessage]:
+    """Up to ``limit`` parked messages of ``queue``; all stay parked."""
+    channel = await connection.channel()
+    try:
+        pq = await channel.declare_queue(parking_queue(queue), passive=True)
+        found: list[ParkedMessage] = []
+        for _ in range(limit):
+            message = await pq.get(no_ack=False, fail=False)
+            if message is None:
+                break
+            found.append(_parked(queue, message))
+        return found
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close()  # unacked gets return to the parking queue
+
+
+async def redrive(
+    connection: AbstractRobustConnection, publisher: Publisher, queue: str,
+    message_ids: set[str] | None = None, limit: int = 10_000,
+) -> list[str]:
+    """Send parked messages (all, or those with the given ids) back to ``queue``."""
+    channel = await connection.channel()
+    moved: list[str] = []
+    try:
+        pq = await channel.declare_queue(parking_queue(queue), passive=True)
+        total = pq.declaration_result.message_count or 0
+        for _ in range(min(total, limit)):
+            message = await pq.get(no_ack=False, fail=False)
+            if message is None:
+                break
+            if message_ids is not None and message.message_id not in message_ids:
+                continue  # left unacked: returns to the parking queue when the channel closes
+            headers = {k: v for k, v in own_headers(message.headers).items()
+                       if k not in ("parked_reason", "parked_at", "parked_from")}
+            headers[ATTEMPT_HEADER] = 1
+            headers["redriven_at"] = datetime.now().astimezone().isoformat()
+            await publisher.publish(
+                exchange=RETRY, routing_key=queue, body=message.body,
+                message_id=message.message_id or "", message_type=message.type or "",
+                correlation_id=message.correlation_id, headers=headers,
+                timestamp=message.timestamp,
+            )
+            await message.ack()
+            moved.append(message.message_id or "")
+        return moved
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close()

@@ -1,0 +1,97 @@
+"""A confirming publisher: persistent messages, ``mandatory``, unroutable raises, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+
+
+class PublishError(RuntimeError):
+    """The broker refused this one message (unroutable, nacked): retrying the same row later
+    may help (a queue gets bound, a full queue drains), but the broker itself is up."""
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker could not be reached or did not confirm in time."""
+
+
+class Publisher:
+    def __init__(self, connection: AbstractRobustConnection, *, app_id: str, timeout: float = 10.0):
+        self._connection = connection
+        self._app_id = app_id
+        self._timeout = timeout
+        self._channel: AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._lock = asyncio.Lock()
+
+    async def _exchange(self, name: str) -> AbstractExchange:
+        async with self._lock:
+            if self._channel is None or self._channel.is_closed:
+                self._channel = await asyncio.wait_for(
+                    self._connection.channel(publisher_confirms=True, on_return_raises=True),
+                    self._timeout,
+                )
+                self._exchanges.clear()
+            if name not in self._exchanges:
+                self._exchanges[name] = await self._channel.get_exchange(name, ensure=False)
+            return self._exchanges[name]
+
+    async def publish(
+        self,
+        *,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        message_id: str,
+        message_type: str,
+        correlation_id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        timestamp: datetime | None = None,
+    ) -> None:
+        """Publish one persistent message and wait for the broker's confirm."""
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message_id,
+            type=message_type,
+            correlation_id=correlation_id,
+            app_id=self._app_id,
+            timestamp=timestamp,
+            headers=dict(headers or {}),
+        )
+        try:
+            ex = await self._exchange(exchange)
+            confirmation = await ex.publish(
+                message, routing_key=routing_key, mandatory=True, timeout=self._timeout
+            )
+        except aio_pika.exceptions.DeliveryError as exc:
+            raise PublishError(f"broker refused {message_type} to {exchange}/{routing_key}: "
+                               f"{_describe(exc)}") from exc
+        except aio_pika.exceptions.PublishError as exc:
+            raise PublishError(f"broker refused {message_type}: {exc}") from exc
+        except (TimeoutError, ConnectionError, OSError, aio_pika.exceptions.AMQPError, RuntimeError) as exc:
+            raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        if confirmation is not None and not _is_ack(confirmation):
+            raise PublishError(f"broker did not accept {message_type}: {confirmation!r}")
+
+    async def close(self) -> None:
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
+
+
+def _is_ack(confirmation: Any) -> bool:
+    from aiormq.spec import Basic
+
+    return isinstance(confirmation, Basic.Ack)
+
+
+def _describe(exc: aio_pika.exceptions.DeliveryError) -> str:
+    frame = getattr(exc, "frame", None)
+    reply = getattr(frame, "reply_text", None)
+    return str(reply or exc)

@@ -1,0 +1,220 @@
+"""The outbox relay: publishes committed outbox rows to the broker, in order, at least once.
+
+Loop: claim up to ``relay_batch_size`` pending rows (``FOR UPDATE SKIP LOCKED``, so several
+relays share the work), publish them all with confirms in flight together, mark the confirmed
+ones sent in the same transaction. It wakes on ``LISTEN outbox`` and polls as a fallback.
+
+* Broker unreachable: nothing is marked, the rows stay pending, the relay sleeps with capped
+  exponential backoff (one probe per sleep, never a hot loop) and resumes by itself.
+* One row refused by the broker (unroutable, queue full): the row's ``attempts`` grows; it is
+  parked (``parked_at``) after ``relay_max_attempts`` and waits for an operator
+  (``python -m <svc>_service outbox redrive``).
+* Trace context stored with the row goes out in the AMQP headers.
+* Housekeeping deletes sent rows after ``outbox_retention_s`` and inbox rows after
+  ``inbox_retention_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from datetime import UTC
+from typing import Any
+
+import asyncpg
+
+from emeterai_shared.config import ServiceSettings
+from emeterai_shared.db import connect_with_retry
+from emeterai_shared.failpoints import failpoint
+from emeterai_shared.messaging.publisher import BrokerUnavailable, Publisher, PublishError
+from emeterai_shared.messaging.topology import EVENTS
+from emeterai_shared.telemetry import (
+    MESSAGES_PUBLISHED,
+    OUTBOX_BACKLOG,
+    OUTBOX_OLDEST_AGE,
+    OUTBOX_PARKED,
+    RELAY_PUBLISH_ATTEMPTS,
+)
+
+log = logging.getLogger(__name__)
+
+_CLAIM = """SELECT id, message_id, message_type, routing_key, correlation_id, body, headers,
+                   created_at, attempts
+            FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL
+            ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"""
+
+
+class OutboxRelay:
+    def __init__(self, *, pool: asyncpg.Pool, publisher: Publisher, settings: ServiceSettings):
+        self._pool = pool
+        self._publisher = publisher
+        self._settings = settings
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._listener: asyncpg.Connection | None = None
+        self.consecutive_broker_failures = 0
+
+    async def run(self) -> None:
+        """Relay until ``stop()``; survives broker and database outages."""
+        housekeeping = asyncio.create_task(self._housekeeping())
+        try:
+            while not self._stopping.is_set():
+                await self._ensure_listener()
+                try:
+                    published = await self.relay_once()
+                except BrokerUnavailable as exc:
+                    await self._backoff(f"broker unavailable: {exc}")
+                    continue
+                except (OSError, asyncpg.PostgresConnectionError,
+                        asyncpg.InterfaceError, asyncpg.CannotConnectNowError) as exc:
+                    await self._backoff(f"database unavailable: {exc!r}")
+                    continue
+                self.consecutive_broker_failures = 0
+                if published < self._settings.relay_batch_size:
+                    await self._sleep_until_woken(self._settings.relay_poll_interval_s)
+        finally:
+            housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await housekeeping
+            await self._close_listener()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    async def relay_once(self) -> int:
+        """Publish one batch; returns how many rows were confirmed."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(_CLAIM, self._settings.relay_batch_size)
+            if not rows:
+                return 0
+            results = await asyncio.gather(*(self._publish(r) for r in rows), return_exceptions=True)
+            sent = [r["id"] for r, res in zip(rows, results, strict=True) if res is None]
+            refused = [(r, res) for r, res in zip(rows, results, strict=True)
+                       if isinstance(res, PublishError)]
+            unexpected = [res for res in results
+                          if isinstance(res, BaseException) and not isinstance(res, PublishError)]
+            if sent:
+                await conn.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)", sent)
+                MESSAGES_PUBLISHED.labels(self._settings.service_name).inc(len(sent))
+            if refused:
+                await conn.executemany(
+                    """UPDATE outbox SET attempts = attempts + 1, last_error = $2,
+                              parked_at = CASE WHEN attempts + 1 >= $3 THEN now() END
+                       WHERE id = $1""",
+                    [(r["id"], str(err)[:1000], self._settings.relay_max_attempts)
+                     for r, err in refused],
+                )
+                for r, err in refused:
+                    log.warning("outbox row %s (%s) refused: %s", r["id"], r["message_type"], err)
+        failpoint("relay.after_publish")
+        outcome = "ok" if not (refused or unexpected) else "partial" if sent else "failed"
+        RELAY_PUBLISH_ATTEMPTS.labels(self._settings.service_name, outcome).inc()
+        if unexpected and not sent:
+            first = unexpected[0]
+            raise first if isinstance(first, BrokerUnavailable) else BrokerUnavailable(repr(first))
+        return len(sent)
+
+    async def _publish(self, row: asyncpg.Record) -> None:
+        headers: dict[str, Any] = dict(row["headers"] or {})
+        await self._publisher.publish(
+            exchange=EVENTS,
+            routing_key=row["routing_key"],
+            body=bytes(row["body"]),
+            message_id=str(row["message_id"]),
+            message_type=row["message_type"],
+            correlation_id=row["correlation_id"],
+            headers=headers,
+            timestamp=row["created_at"].astimezone(UTC),
+        )
+
+    async def _backoff(self, reason: str) -> None:
+        self.consecutive_broker_failures += 1
+        RELAY_PUBLISH_ATTEMPTS.labels(self._settings.service_name, "unavailable").inc()
+        n = self.consecutive_broker_failures
+        delay = min(self._settings.relay_backoff_max_s, 0.25 * 2 ** min(n, 10))
+        delay *= random.uniform(0.8, 1.2)
+        log.warning("relay backing off %.1fs (failure %d): %s", delay, n, reason)
+        await self._sleep(delay)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _sleep_until_woken(self, seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
+
+    async def _ensure_listener(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        try:
+            self._listener = await connect_with_retry(self._settings.database_url, timeout_s=5)
+            await self._listener.add_listener("outbox", lambda *_: self._wake.set())
+        except Exception as exc:  # polling still works without notifications
+            log.warning("LISTEN outbox unavailable, polling only: %r", exc)
+            self._listener = None
+
+    async def _close_listener(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+
+    async def _housekeeping(self) -> None:
+        while True:
+            try:
+                await refresh_outbox_metrics(self._pool, self._settings.service_name)
+                await cleanup(self._pool, self._settings)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("outbox housekeeping failed: %r", exc)
+            await asyncio.sleep(min(self._settings.housekeeping_interval_s, 15))
+
+
+async def outbox_stats(pool: asyncpg.Pool) -> asyncpg.Record:
+    async with pool.acquire() as conn:
+        row: asyncpg.Record = await conn.fetchrow(
+            """SELECT count(*) FILTER (WHERE sent_at IS NULL AND parked_at IS NULL) AS backlog,
+                      coalesce(extract(epoch FROM now() - min(created_at)
+                          FILTER (WHERE sent_at IS NULL AND parked_at IS NULL)), 0) AS oldest_s,
+                      count(*) FILTER (WHERE parked_at IS NOT NULL) AS parked
+               FROM outbox WHERE sent_at IS NULL"""
+        )
+        return row
+
+
+async def refresh_outbox_metrics(pool: asyncpg.Pool, service: str) -> None:
+    row = await outbox_stats(pool)
+    OUTBOX_BACKLOG.labels(service).set(row["backlog"])
+    OUTBOX_OLDEST_AGE.labels(service).set(float(row["oldest_s"]))
+    OUTBOX_PARKED.labels(service).set(row["parked"])
+
+
+async def cleanup(pool: asyncpg.Pool, settings: ServiceSettings) -> None:
+    """Delete sent outbox rows and inbox claims past their retention, in bounded chunks."""
+    async with pool.acquire() as conn:
+        await conn.execute(
+            """DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE sent_at IS NOT NULL
+               AND sent_at < now() - make_interval(secs => $1) LIMIT 10000)""",
+            settings.outbox_retention_s,
+        )
+        await conn.execute(
+            """DELETE FROM inbox WHERE ctid IN (SELECT ctid FROM inbox
+               WHERE received_at < now() - make_interval(secs => $1) LIMIT 10000)""",
+            settings.inbox_retention_s,
+        )
+
+
+async def redrive_parked_rows(pool: asyncpg.Pool, ids: list[int] | None = None) -> int:
+    """Return parked outbox rows (all, or the given ids) to the relay with fresh attempts."""
+    async with pool.acquire() as conn:
+        status: str = await conn.execute(
+            """UPDATE outbox SET parked_at = NULL, attempts = 0
+               WHERE parked_at IS NOT NULL AND ($1::bigint[] IS NULL OR id = ANY($1))""",
+            ids,
+        )
+    return int(status.split()[-1])

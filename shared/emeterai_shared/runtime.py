@@ -1,0 +1,336 @@
+"""Process runtime and command line shared by every service.
+
+``python -m <svc>_service <command>``:
+
+=============  ============================================================================
+``api``        the aiohttp front door (``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json``)
+``worker``     consumes the service's queues (metrics server on ``worker_metrics_port``)
+``relay``      publishes the outbox (metrics server on ``relay_metrics_port``)
+``migrate``    creates the database if missing and applies migrations
+``setup``      ``migrate`` plus broker topology (exchanges, delay tiers, queues, parking)
+``parking``    ``list [--queue Q]`` / ``redrive --queue Q [--id ID ...] [--all]``
+``outbox``     ``status`` / ``redrive [--id N ...]`` for rows the relay parked
+``openapi``    prints the OpenAPI document
+=============  ============================================================================
+
+SIGTERM or SIGINT stops a process gracefully: the API stops accepting and finishes requests in
+flight, the worker stops consuming and lets batches in progress commit and ack, the relay
+finishes its batch; then pools and connections close.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import uvloop
+from aio_pika.abc import AbstractRobustConnection
+from aiohttp import web
+
+from emeterai_shared.config import ServiceSettings
+from emeterai_shared.db import create_pool, prepare_database
+from emeterai_shared.http import OpenApi, add_probe_routes, create_app
+from emeterai_shared.messaging import Consumer, Publisher, Subscription, connect
+from emeterai_shared.messaging.parking import list_parked, redrive
+from emeterai_shared.messaging.topology import (
+    declare_common,
+    declare_consumer_queue,
+    parking_queue,
+)
+from emeterai_shared.outbox import OutboxRelay, outbox_stats, redrive_parked_rows
+from emeterai_shared.telemetry import PARKED_MESSAGES, QUEUE_DEPTH, setup_logging, setup_tracing
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    """What a service's routes and handlers may use; built once per process."""
+
+    settings: ServiceSettings
+    pool: asyncpg.Pool
+    amqp: AbstractRobustConnection | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServiceDefinition:
+    """Everything that differs between services; the runtime does the rest."""
+
+    name: str
+    title: str
+    settings_cls: type[ServiceSettings]
+    migrations: Path | None = None
+    subscriptions: Callable[[Context], list[Subscription]] = lambda _ctx: []
+    routes: Callable[[Context, web.Application, OpenApi], None] | None = None
+    on_start: Callable[[Context], Awaitable[None]] | None = None
+
+    def settings(self) -> ServiceSettings:
+        return self.settings_cls()
+
+
+async def _open(defn: ServiceDefinition, settings: ServiceSettings, kind: str,
+                broker: bool = True) -> Context:
+    pool = await create_pool(settings.database_url, min_size=settings.db_pool_min,
+                             max_size=settings.db_pool_max,
+                             command_timeout=settings.db_command_timeout_s)
+    amqp = None
+    if broker:
+        amqp = await connect(settings.amqp_url, name=f"{defn.name}-{kind}",
+                             heartbeat=settings.amqp_heartbeat_s,
+                             timeout=settings.amqp_connect_timeout_s)
+    ctx = Context(settings=settings, pool=pool, amqp=amqp)
+    if defn.on_start is not None:
+        await defn.on_start(ctx)
+    return ctx
+
+
+async def _close(ctx: Context) -> None:
+    if ctx.amqp is not None:
+        with contextlib.suppress(Exception):
+            await ctx.amqp.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(ctx.pool.close(), 10)
+
+
+def _checks(ctx: Context) -> dict[str, Callable[[], Awaitable[None]]]:
+    async def database() -> None:
+        async with ctx.pool.acquire(timeout=2) as conn:
+            await conn.fetchval("SELECT 1")
+
+    async def broker() -> None:
+        if ctx.amqp is None or ctx.amqp.is_closed or not ctx.amqp.connected.is_set():
+            raise ConnectionError("broker connection is down")
+
+    return {"database": database, "broker": broker}
+
+
+def build_api(defn: ServiceDefinition, ctx: Context) -> web.Application:
+    spec = OpenApi(defn.title)
+    app = create_app(defn.name, max_body_bytes=ctx.settings.http_max_body_bytes)
+    app["ctx"] = ctx
+    add_probe_routes(app, spec, _checks(ctx))
+    if defn.routes is not None:
+        defn.routes(ctx, app, spec)
+    return app
+
+
+async def _serve(app: web.Application, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, reuse_address=True, backlog=1024).start()
+    return runner
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _monitor(defn: ServiceDefinition, ctx: Context, stop: asyncio.Event) -> None:
+    """Refresh backlog gauges (queue depth, parked messages) for this service's queues."""
+    queues = [s.queue for s in defn.subscriptions(ctx)]
+    while not stop.is_set():
+        if ctx.amqp is not None and not ctx.amqp.is_closed and queues:
+            try:
+                channel = await ctx.amqp.channel()
+                try:
+                    for q in queues:
+                        for name, gauge in ((q, QUEUE_DEPTH), (parking_queue(q), PARKED_MESSAGES)):
+                            declared = await channel.declare_queue(name, passive=True)
+                            gauge.labels(q).set(declared.declaration_result.message_count or 0)
+                finally:
+                    await channel.close()
+            except Exception as exc:
+                log.debug("queue depth refresh failed: %r", exc)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), 5)
+
+
+async def run_api(defn: ServiceDefinition) -> None:
+    settings = defn.settings()
+    ctx = await _open(defn, settings, "api")
+    stop = _stop_event()
+    runner = await _serve(build_api(defn, ctx), settings.http_host, settings.http_port)
+    monitor = asyncio.create_task(_monitor(defn, ctx, stop))
+    log.info("%s api listening on %s:%d", defn.name, settings.http_host, settings.http_port)
+    await stop.wait()
+    log.info("%s api stopping", defn.name)
+    await runner.cleanup()
+    await monitor
+    await _close(ctx)
+
+
+async def _side_server(ctx: Context, port: int) -> web.AppRunner:
+    app = create_app("side", max_body_bytes=1024)
+    add_probe_routes(app, None, _checks(ctx))
+    return await _serve(app, ctx.settings.http_host, port)
+
+
+async def run_worker(defn: ServiceDefinition) -> None:
+    settings = defn.settings()
+    ctx = await _open(defn, settings, "worker")
+    assert ctx.amqp is not None
+    stop = _stop_event()
+    publisher = Publisher(ctx.amqp, app_id=defn.name, timeout=settings.publish_timeout_s)
+    consumer = Consumer(pool=ctx.pool, connection=ctx.amqp, publisher=publisher,
+                        subscriptions=defn.subscriptions(ctx), settings=settings)
+    await consumer.start()
+    side = await _side_server(ctx, settings.worker_metrics_port)
+    await stop.wait()
+    log.info("%s worker stopping: %d message(s) in progress", defn.name, consumer.busy)
+    await consumer.stop()
+    await side.cleanup()
+    await publisher.close()
+    await _close(ctx)
+
+
+async def run_relay(defn: ServiceDefinition) -> None:
+    settings = defn.settings()
+    ctx = await _open(defn, settings, "relay")
+    assert ctx.amqp is not None
+    stop = _stop_event()
+    publisher = Publisher(ctx.amqp, app_id=defn.name, timeout=settings.publish_timeout_s)
+    await declare_topology(defn, ctx, ctx.amqp)
+    relay = OutboxRelay(pool=ctx.pool, publisher=publisher, settings=settings)
+    task = asyncio.create_task(relay.run())
+    side = await _side_server(ctx, settings.relay_metrics_port)
+    await stop.wait()
+    relay.stop()
+    await task
+    await side.cleanup()
+    await publisher.close()
+    await _close(ctx)
+
+
+async def declare_topology(defn: ServiceDefinition, ctx: Context,
+                           conn_amqp: AbstractRobustConnection) -> None:
+    s = ctx.settings
+    channel = await conn_amqp.channel()
+    try:
+        await declare_common(channel, s.retry_delays_ms)
+        for sub in defn.subscriptions(ctx):
+            await declare_consumer_queue(channel, sub.spec, delivery_limit=s.delivery_limit,
+                                         max_length=s.max_queue_length)
+    finally:
+        await channel.close()
+
+
+async def run_setup(defn: ServiceDefinition, broker: bool = True) -> None:
+    settings = defn.settings()
+    applied = await prepare_database(settings.database_url, defn.migrations, defn.name)
+    print(f"{defn.name}: database {settings.database_name} ready "
+          f"({len(applied)} migration(s) applied)")
+    if broker:
+        ctx = await _open(defn, settings, "setup")
+        try:
+            assert ctx.amqp is not None
+            await declare_topology(defn, ctx, ctx.amqp)
+            print(f"{defn.name}: broker topology declared")
+        finally:
+            await _close(ctx)
+
+
+async def run_parking(defn: ServiceDefinition, args: argparse.Namespace) -> int:
+    settings = defn.settings()
+    ctx = await _open(defn, settings, "parking")
+    assert ctx.amqp is not None
+    try:
+        queues = [args.queue] if args.queue else [s.queue for s in defn.subscriptions(ctx)]
+        if args.action == "list":
+            for q in queues:
+                for parked in await list_parked(ctx.amqp, q, limit=args.limit):
+                    row = parked.summary()
+                    if args.body:
+                        row["body"] = parked.body.decode("utf-8", "replace")
+                    print(json.dumps(row, default=str))
+            return 0
+        if not args.queue or not (args.all or args.id):
+            print("redrive needs --queue and either --all or --id", file=sys.stderr)
+            return 2
+        publisher = Publisher(ctx.amqp, app_id=defn.name, timeout=settings.publish_timeout_s)
+        moved = await redrive(ctx.amqp, publisher, args.queue, None if args.all else set(args.id))
+        await publisher.close()
+        print(json.dumps({"queue": args.queue, "redriven": moved}))
+        return 0
+    finally:
+        await _close(ctx)
+
+
+async def run_outbox(defn: ServiceDefinition, args: argparse.Namespace) -> int:
+    settings = defn.settings()
+    ctx = await _open(defn, settings, "outbox", broker=False)
+    try:
+        if args.action == "status":
+            row = await outbox_stats(ctx.pool)
+            print(json.dumps({"backlog": row["backlog"], "oldest_pending_s": float(row["oldest_s"]),
+                              "parked": row["parked"]}))
+        else:
+            count = await redrive_parked_rows(ctx.pool, args.id or None)
+            print(json.dumps({"redriven": count}))
+        return 0
+    finally:
+        await _close(ctx)
+
+
+def _parser(defn: ServiceDefinition) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m {defn.name}_service", description=defn.title)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("api", "worker", "relay", "migrate", "setup", "openapi"):
+        sub.add_parser(name)
+    parking = sub.add_parser("parking", help="inspect and re-drive parked messages")
+    parking.add_argument("action", choices=["list", "redrive"])
+    parking.add_argument("--queue")
+    parking.add_argument("--id", action="append", default=[])
+    parking.add_argument("--all", action="store_true")
+    parking.add_argument("--limit", type=int, default=100)
+    parking.add_argument("--body", action="store_true", help="print message bodies too")
+    outbox = sub.add_parser("outbox", help="outbox backlog and parked rows")
+    outbox.add_argument("action", choices=["status", "redrive"])
+    outbox.add_argument("--id", type=int, action="append", default=[])
+    return parser
+
+
+def main(defn: ServiceDefinition, argv: list[str] | None = None) -> int:
+    args = _parser(defn).parse_args(argv)
+    settings = defn.settings()
+    setup_logging(defn.name, args.command, settings.log_level, settings.log_json)
+    setup_tracing(defn.name, args.command)
+    command = args.command
+    if command == "openapi":
+        print(json.dumps(_offline_spec(defn), indent=2))
+        return 0
+    runners: dict[str, Callable[[], Awaitable[Any]]] = {
+        "api": lambda: run_api(defn),
+        "worker": lambda: run_worker(defn),
+        "relay": lambda: run_relay(defn),
+        "migrate": lambda: run_setup(defn, broker=False),
+        "setup": lambda: run_setup(defn),
+        "parking": lambda: run_parking(defn, args),
+        "outbox": lambda: run_outbox(defn, args),
+    }
+    result = uvloop.run(runners[command]())
+    return result if isinstance(result, int) else 0
+
+
+def _offline_spec(defn: ServiceDefinition) -> dict[str, Any]:
+    """The OpenAPI document without connecting anywhere (routes only register handlers)."""
+    spec = OpenApi(defn.title)
+    app = create_app(defn.name, max_body_bytes=1024)
+    add_probe_routes(app, spec, {})
+    if defn.routes is not None:
+        defn.routes(Context(settings=defn.settings(), pool=None), app, spec)  # type: ignore[arg-type]
+    return spec.document()

@@ -1,0 +1,124 @@
+"""Tracing, logging and metrics set-up shared by every process.
+
+* Tracing: one OpenTelemetry ``TracerProvider`` per process with ``service.name``; spans are
+  exported over OTLP/HTTP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or the traces variant) is set,
+  otherwise kept in-process only. W3C trace context travels HTTP → outbox row → AMQP headers.
+* Logging: one JSON object per line carrying ``trace_id`` and ``span_id`` when a span is active.
+* Metrics: the default ``prometheus_client`` registry, served at ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from prometheus_client import Counter, Gauge, Histogram
+from pythonjsonlogger.json import JsonFormatter
+
+_configured = False
+
+
+def setup_tracing(service_name: str, process_kind: str) -> TracerProvider:
+    """Install the process-wide tracer provider once; later calls return it unchanged."""
+    global _configured
+    current = trace.get_tracer_provider()
+    if _configured and isinstance(current, TracerProvider):
+        return current
+    resource = Resource.create(
+        {"service.name": service_name, "service.namespace": "emeterai", "process.kind": process_kind}
+    )
+    provider = TracerProvider(resource=resource)
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    ):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    _configured = True
+    return provider
+
+
+def tracer(name: str = "emeterai") -> trace.Tracer:
+    return trace.get_tracer(name)
+
+
+def inject_context(carrier: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Write the current trace context (``traceparent``/``tracestate``) into ``carrier``."""
+    propagate.inject(carrier)
+    return carrier
+
+
+def extract_context(carrier: Mapping[str, Any]) -> Context:
+    text = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in carrier.items()}
+    return propagate.extract(text)
+
+
+class _TraceIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        ctx = trace.get_current_span().get_span_context()
+        record.trace_id = format(ctx.trace_id, "032x") if ctx.is_valid else None
+        record.span_id = format(ctx.span_id, "016x") if ctx.is_valid else None
+        return True
+
+
+def setup_logging(service_name: str, process_kind: str, level: str = "INFO", json: bool = True) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_TraceIdFilter())
+    if json:
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s %(trace_id)s %(span_id)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+                static_fields={"service": service_name, "process": process_kind},
+            )
+        )
+    else:
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s {service_name}-{process_kind} %(levelname)s %(name)s: %(message)s")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("aiormq", "aio_pika", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+# Metrics every process may export; labels keep services apart when scraped together.
+HANDLER_LATENCY = Histogram(
+    "emeterai_handler_seconds", "Message handler latency (inbox + handler, inside the transaction)",
+    ["queue", "outcome"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+MESSAGES_CONSUMED = Counter(
+    "emeterai_messages_consumed_total", "Messages taken off a queue, by outcome",
+    ["queue", "outcome"],
+)
+MESSAGES_PUBLISHED = Counter(
+    "emeterai_outbox_published_total", "Outbox rows published and confirmed by the broker", ["service"]
+)
+RELAY_PUBLISH_ATTEMPTS = Counter(
+    "emeterai_relay_publish_attempts_total", "Relay batch publish attempts, by outcome",
+    ["service", "outcome"],
+)
+OUTBOX_BACKLOG = Gauge("emeterai_outbox_backlog", "Outbox rows not yet published", ["service"])
+OUTBOX_OLDEST_AGE = Gauge(
+    "emeterai_outbox_oldest_pending_seconds", "Age of the oldest unpublished outbox row", ["service"]
+)
+OUTBOX_PARKED = Gauge("emeterai_outbox_parked", "Outbox rows parked after repeated failures", ["service"])
+QUEUE_DEPTH = Gauge("emeterai_queue_depth", "Ready messages in a consumer queue", ["queue"])
+PARKED_MESSAGES = Gauge("emeterai_parked_messages", "Messages waiting in a parking queue", ["queue"])
+HTTP_REQUESTS = Counter(
+    "emeterai_http_requests_total", "HTTP requests by route and status", ["service", "route", "method", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "emeterai_http_request_seconds", "HTTP request latency by route", ["service", "route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)

@@ -1,0 +1,1 @@
+"""Test and benchmark fixtures shared by the services' test suites and ``bench/``."""

@@ -1,0 +1,92 @@
+"""The probe: a minimal service built only from the shared kernel.
+
+It exists so the platform core can be tested and benchmarked end to end without any business
+logic: ``POST /probe`` writes a ``platform.probe_sent.v1`` outbox row, and the worker's handler
+records each application in ``probe_effects``. The message's ``note`` steers the handler:
+
+* ``fail-until:N``: raise a transient error until delivery attempt N, then succeed;
+* ``always-fail``: raise on every attempt (ends in the parking queue);
+* ``permanent``: raise ``PermanentError`` (parks at once);
+* ``forward``: also publish a follow-up probe (seq + 1_000_000) from inside the handler.
+
+Run it like a service: ``python -m emeterai_shared.testing.probe worker``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from emeterai_shared.config import ServiceSettings
+from emeterai_shared.contracts.events import ProbeSent
+from emeterai_shared.http import OpenApi, Operation, read_json
+from emeterai_shared.messaging import Envelope, PermanentError, Subscription
+from emeterai_shared.runtime import Context, ServiceDefinition, main
+from emeterai_shared.uow import UnitOfWork, unit_of_work
+
+QUEUE = "probe.on_probe_sent"
+
+
+class ProbeSettings(ServiceSettings):
+    service_name: ClassVar[str] = "probe"
+    default_http_port: ClassVar[int] = 8089
+
+
+class TransientProbeError(RuntimeError):
+    pass
+
+
+async def on_probe_sent(uow: UnitOfWork, env: Envelope[ProbeSent]) -> None:
+    note = env.body.note
+    if note == "always-fail" or (note.startswith("fail-until:") and env.attempt < int(note[11:])):
+        raise TransientProbeError(f"probe {env.body.seq} failing on attempt {env.attempt}")
+    if note == "permanent":
+        raise PermanentError(f"probe {env.body.seq} can never succeed")
+    await uow.conn.execute(
+        "INSERT INTO probe_effects (message_id, seq, attempt) VALUES ($1, $2, $3)",
+        env.message_id, env.body.seq, env.attempt,
+    )
+    if note == "forward":
+        uow.publish(ProbeSent(seq=env.body.seq + 1_000_000), correlation_id=env.correlation_id)
+
+
+class ProbeRequest(BaseModel):
+    seq: int
+    note: str = ""
+
+
+class ProbeAccepted(BaseModel):
+    message_id: str
+
+
+def routes(ctx: Context, app: web.Application, spec: OpenApi) -> None:
+    async def post_probe(request: web.Request) -> web.Response:
+        body = await read_json(request, ProbeRequest)
+        async with unit_of_work(ctx.pool) as uow:
+            mid = uow.publish(ProbeSent(seq=body.seq, note=body.note), correlation_id=str(body.seq))
+        return web.json_response({"message_id": str(mid)}, status=202)
+
+    app.router.add_post("/probe", post_probe)
+    spec.add(Operation("POST", "/probe", "Write one probe message to the outbox",
+                       request=ProbeRequest, responses={202: ("accepted", ProbeAccepted),
+                                                        400: ("malformed", None), 422: ("invalid", None)}))
+
+
+def subscriptions(_: Any) -> list[Subscription]:
+    return [Subscription(QUEUE, ProbeSent, on_probe_sent)]
+
+
+SERVICE = ServiceDefinition(
+    name="probe",
+    title="Probe service (platform self-test)",
+    settings_cls=ProbeSettings,
+    migrations=Path(__file__).parent / "probe_migrations",
+    subscriptions=subscriptions,
+    routes=routes,
+)
+
+if __name__ == "__main__":
+    raise SystemExit(main(SERVICE))
