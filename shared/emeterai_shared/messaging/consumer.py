@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
 ATTEMPT_HEADER = "attempt"
+FORWARD_FAILURE_PAUSE_S = 1.0
 
 
 class PermanentError(Exception):
@@ -322,8 +323,8 @@ class Consumer:
     ) -> None:
         """Publish a full copy (confirmed), then ack the original.
 
-        If the copy cannot be published the original is returned to its queue once; the
-        quorum queue's delivery limit stops this from looping forever.
+        If the copy cannot be published the original is returned to its queue after a pause;
+        the quorum queue's delivery limit stops this from looping forever.
         """
         try:
             await self._publisher.publish(
@@ -334,6 +335,7 @@ class Consumer:
             )
         except Exception as exc:
             log.error("could not forward %s to %s: %s", message.message_id, exchange, exc)
+            await asyncio.sleep(FORWARD_FAILURE_PAUSE_S)
             with contextlib.suppress(Exception):
                 await message.nack(requeue=True)
             return

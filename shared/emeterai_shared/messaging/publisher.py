@@ -53,7 +53,11 @@ class Publisher:
         headers: Mapping[str, Any] | None = None,
         timestamp: datetime | None = None,
     ) -> None:
-        """Publish one persistent message and wait for the broker's confirm."""
+        """Publish one persistent message and wait for the broker's confirm.
+
+        A nack (e.g. a full queue with ``reject-publish``) or a return (unroutable) raises
+        ``PublishError``; no connection or no confirm in time raises ``BrokerUnavailable``.
+        """
         message = aio_pika.Message(
             body,
             content_type="application/json",
@@ -67,7 +71,7 @@ class Publisher:
         )
         try:
             ex = await self._exchange(exchange)
-            confirmation = await ex.publish(
+            await ex.publish(
                 message, routing_key=routing_key, mandatory=True, timeout=self._timeout
             )
         except aio_pika.exceptions.DeliveryError as exc:
@@ -77,18 +81,10 @@ class Publisher:
             raise PublishError(f"broker refused {message_type}: {exc}") from exc
         except (TimeoutError, ConnectionError, OSError, aio_pika.exceptions.AMQPError, RuntimeError) as exc:
             raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        if confirmation is not None and not _is_ack(confirmation):
-            raise PublishError(f"broker did not accept {message_type}: {confirmation!r}")
 
     async def close(self) -> None:
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.close()
-
-
-def _is_ack(confirmation: Any) -> bool:
-    from aiormq.spec import Basic
-
-    return isinstance(confirmation, Basic.Ack)
 
 
 def _describe(exc: aio_pika.exceptions.DeliveryError) -> str:

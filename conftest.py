@@ -1,0 +1,1 @@
+pytest_plugins = ["emeterai_shared.testing.fixtures"]
