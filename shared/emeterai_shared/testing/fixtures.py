@@ -103,9 +103,20 @@ def servers(broker_lock: int) -> str:
     return AMQP_URL
 
 
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 def settings_for(cls: type[ServiceSettings], **overrides: Any) -> ServiceSettings:
-    """Settings of ``cls`` pointed at this session's vhost and database, fast retry tiers."""
+    """Settings of ``cls`` pointed at this session's vhost and database, with fast retry tiers
+    and free ports (so concurrent sessions on one machine never collide)."""
     values: dict[str, Any] = {
+        "http_port": free_port(),
+        "worker_metrics_port": free_port(),
+        "relay_metrics_port": free_port(),
         "pg_base_url": PG_BASE,
         "database_name": f"emeterai_{NAMESPACE}_{cls.service_name}",
         "amqp_url": AMQP_URL,
