@@ -12,7 +12,7 @@ export UV_PYTHON_DOWNLOADS := never
 
 ## run: set everything up, then supervise every api, worker and relay (Ctrl-C stops all)
 run: setup
-	exec .venv/bin/honcho start -f Procfile
+	EMETERAI_LOG_JSON=$${EMETERAI_LOG_JSON:-false} exec .venv/bin/honcho start -f Procfile
 
 ## test: set everything up, then run the whole suite against the real servers
 test: venv servers

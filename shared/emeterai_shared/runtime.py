@@ -27,7 +27,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -313,7 +313,7 @@ def main(defn: ServiceDefinition, argv: list[str] | None = None) -> int:
     if command == "openapi":
         print(json.dumps(_offline_spec(defn), indent=2))
         return 0
-    runners: dict[str, Callable[[], Awaitable[Any]]] = {
+    runners: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {
         "api": lambda: run_api(defn),
         "worker": lambda: run_worker(defn),
         "relay": lambda: run_relay(defn),
@@ -322,7 +322,7 @@ def main(defn: ServiceDefinition, argv: list[str] | None = None) -> int:
         "parking": lambda: run_parking(defn, args),
         "outbox": lambda: run_outbox(defn, args),
     }
-    result = uvloop.run(runners[command]())
+    result: Any = uvloop.run(runners[command]())
     return result if isinstance(result, int) else 0
 
 
@@ -332,5 +332,5 @@ def _offline_spec(defn: ServiceDefinition) -> dict[str, Any]:
     app = create_app(defn.name, max_body_bytes=1024)
     add_probe_routes(app, spec, {})
     if defn.routes is not None:
-        defn.routes(Context(settings=defn.settings(), pool=None), app, spec)  # type: ignore[arg-type]
+        defn.routes(Context(settings=defn.settings(), pool=None), app, spec)
     return spec.document()

@@ -43,10 +43,11 @@ def _reason(message: AbstractIncomingMessage) -> str:
     headers = message.headers or {}
     if "parked_reason" in headers:
         return str(headers["parked_reason"])
-    deaths = headers.get("x-death") or []
-    if deaths:  # dead-lettered by the broker itself, e.g. x-delivery-limit reached
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        # dead-lettered by the broker itself, e.g. x-delivery-limit reached
         first = deaths[0]
-        return f"broker dead-lettered ({first.get('reason')}) from {first.get('queue')}"
+        return f"broker dead-lettered ({first.get('reason')!s}) from {first.get('queue')!s}"
     return "unknown"
 
 

@@ -151,11 +151,11 @@ async def reset_service(defn: ServiceDefinition, settings: ServiceSettings) -> N
         channel = await conn.channel()
         from emeterai_shared.runtime import Context
 
-        for sub in defn.subscriptions(Context(settings=settings, pool=None)):  # type: ignore[arg-type]
+        for sub in defn.subscriptions(Context(settings=settings, pool=None)):
             for name in (sub.queue, parking_queue(sub.queue)):
                 await channel.queue_delete(name)
         await declare_common(channel, settings.retry_delays_ms)
-        for sub in defn.subscriptions(Context(settings=settings, pool=None)):  # type: ignore[arg-type]
+        for sub in defn.subscriptions(Context(settings=settings, pool=None)):
             await declare_consumer_queue(channel, sub.spec, delivery_limit=settings.delivery_limit,
                                          max_length=settings.max_queue_length)
     finally:
