@@ -62,6 +62,9 @@ class ServiceSettings(BaseSettings):
     inbox_retention_s: int = 14 * 24 * 3600
     housekeeping_interval_s: float = 300.0
 
+    secrets_dir: str = "var/secrets"
+    auth_public_key_file: str = ""
+
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -77,6 +80,8 @@ class ServiceSettings(BaseSettings):
             self.worker_metrics_port = self.http_port + 1000
         if not self.relay_metrics_port:
             self.relay_metrics_port = self.http_port + 2000
+        if not self.auth_public_key_file:
+            self.auth_public_key_file = f"{self.secrets_dir}/auth-ed25519.pub"
         if not self.retry_delays_ms or any(d <= 0 for d in self.retry_delays_ms):
             raise ValueError("retry_delays_ms must be a non-empty list of positive delays")
         return self

@@ -64,6 +64,17 @@ class Context:
 
 
 @dataclass(frozen=True)
+class Periodic:
+    """A job the worker process runs every ``interval_s`` (e.g. expiring unpaid bills).
+
+    Several workers may run it at once: jobs must claim their rows (``SKIP LOCKED``)."""
+
+    name: str
+    interval_s: float
+    run: Callable[[Context], Awaitable[None]]
+
+
+@dataclass(frozen=True)
 class ServiceDefinition:
     """Everything that differs between services; the runtime does the rest."""
 
@@ -74,6 +85,9 @@ class ServiceDefinition:
     subscriptions: Callable[[Context], list[Subscription]] = lambda _ctx: []
     routes: Callable[[Context, web.Application, OpenApi], None] | None = None
     on_start: Callable[[Context], Awaitable[None]] | None = None
+    periodic: tuple[Periodic, ...] = ()
+    commands: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None] | None = None
+    run_command: Callable[[Context, argparse.Namespace], Awaitable[int]] | None = None
 
     def settings(self) -> ServiceSettings:
         return self.settings_cls()
@@ -189,13 +203,25 @@ async def run_worker(defn: ServiceDefinition) -> None:
     consumer = Consumer(pool=ctx.pool, connection=ctx.amqp, publisher=publisher,
                         subscriptions=defn.subscriptions(ctx), settings=settings)
     await consumer.start()
+    jobs = [asyncio.create_task(_every(job, ctx, stop)) for job in defn.periodic]
     side = await _side_server(ctx, settings.worker_metrics_port)
     await stop.wait()
     log.info("%s worker stopping: %d message(s) in progress", defn.name, consumer.busy)
     await consumer.stop()
+    await asyncio.gather(*jobs)
     await side.cleanup()
     await publisher.close()
     await _close(ctx)
+
+
+async def _every(job: Periodic, ctx: Context, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await job.run(ctx)
+        except Exception:
+            log.exception("periodic job %s failed; it runs again in %.0fs", job.name, job.interval_s)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), job.interval_s)
 
 
 async def run_relay(defn: ServiceDefinition) -> None:
@@ -301,6 +327,8 @@ def _parser(defn: ServiceDefinition) -> argparse.ArgumentParser:
     outbox = sub.add_parser("outbox", help="outbox backlog and parked rows")
     outbox.add_argument("action", choices=["status", "redrive"])
     outbox.add_argument("--id", type=int, action="append", default=[])
+    if defn.commands is not None:
+        defn.commands(sub)
     return parser
 
 
@@ -313,6 +341,9 @@ def main(defn: ServiceDefinition, argv: list[str] | None = None) -> int:
     if command == "openapi":
         print(json.dumps(_offline_spec(defn), indent=2))
         return 0
+    if command not in _BUILTIN:
+        assert defn.run_command is not None
+        return uvloop.run(_service_command(defn, args))
     runners: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {
         "api": lambda: run_api(defn),
         "worker": lambda: run_worker(defn),
@@ -324,6 +355,20 @@ def main(defn: ServiceDefinition, argv: list[str] | None = None) -> int:
     }
     result: Any = uvloop.run(runners[command]())
     return result if isinstance(result, int) else 0
+
+
+_BUILTIN = {"api", "worker", "relay", "migrate", "setup", "parking", "outbox", "openapi"}
+
+
+async def _service_command(defn: ServiceDefinition, args: argparse.Namespace) -> int:
+    """A command the service adds (``defn.commands``), run with a database pool only."""
+    settings = defn.settings()
+    ctx = await _open(defn, settings, args.command, broker=False)
+    try:
+        assert defn.run_command is not None
+        return await defn.run_command(ctx, args)
+    finally:
+        await _close(ctx)
 
 
 def _offline_spec(defn: ServiceDefinition) -> dict[str, Any]:

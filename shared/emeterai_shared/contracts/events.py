@@ -7,6 +7,7 @@ that breaks old consumers is a new major version (``.v2``) published beside the 
 from __future__ import annotations
 
 from datetime import datetime
+from uuid import UUID
 
 from emeterai_shared.contracts.base import Message, message
 
@@ -18,3 +19,89 @@ class ProbeSent(Message):
     seq: int
     note: str = ""
     sent_at: datetime | None = None
+
+
+# --- purchase path -------------------------------------------------------------------------
+# order ──order.placed──► payment ──payment.bill_issued / bill_failed / bill_expired──► order
+# bank ──SNAP──► payment ──payment.captured──► order ──order.paid──► minting
+# order ──order.refund_requested──► payment ──payment.refunded──► order
+
+
+@message("order.placed.v1")
+class OrderPlaced(Message):
+    order_id: UUID
+    account_id: UUID
+    quantity: int
+    amount: int
+    bank: str | None = None
+    partner_id: str | None = None
+    placed_at: datetime
+
+
+@message("order.paid.v1")
+class OrderPaid(Message):
+    """The order's payment is captured: minting may issue ``quantity`` serials for it."""
+
+    order_id: UUID
+    account_id: UUID
+    quantity: int
+    amount: int
+    partner_id: str | None = None
+    paid_at: datetime
+
+
+@message("order.refund_requested.v1")
+class OrderRefundRequested(Message):
+    """The order cannot be fulfilled (expired before a late payment, out of stock, ...)."""
+
+    order_id: UUID
+    amount: int
+    reason: str
+    requested_at: datetime
+
+
+@message("payment.bill_issued.v1")
+class BillIssued(Message):
+    order_id: UUID
+    bill_id: UUID
+    bank: str
+    virtual_account_no: str
+    amount: int
+    expires_at: datetime
+
+
+@message("payment.bill_failed.v1")
+class BillFailed(Message):
+    """No bill can be issued for the order (for example an unknown bank)."""
+
+    order_id: UUID
+    reason: str
+
+
+@message("payment.bill_expired.v1")
+class BillExpired(Message):
+    order_id: UUID
+    bill_id: UUID
+    expired_at: datetime
+
+
+@message("payment.captured.v1")
+class PaymentCaptured(Message):
+    order_id: UUID
+    bill_id: UUID
+    payment_id: UUID
+    amount: int
+    bank: str
+    payment_request_id: str
+    captured_at: datetime
+    late: bool = False
+
+
+@message("payment.refunded.v1")
+class PaymentRefunded(Message):
+    order_id: UUID
+    refund_id: UUID
+    payment_id: UUID | None
+    amount: int
+    reason: str
+    refunded_at: datetime

@@ -1,0 +1,116 @@
+"""Bearer tokens every service verifies locally, without calling the order service.
+
+The order service signs EdDSA (Ed25519) JWTs with its private key; every service holds the
+public key(s) (``auth_public_key_file``, one or more PEM keys, so a new key can be published
+before it signs anything). Claims: ``sub`` (account id), ``kind`` (``buyer``), ``iss``, ``aud``,
+``iat``, ``exp``. A missing, malformed, forged, expired or wrongly addressed token is a 401.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import jwt
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from emeterai_shared.http import ApiError
+
+ISSUER = "emeterai-order"
+AUDIENCE = "emeterai"
+ALGORITHM = "EdDSA"
+
+
+@dataclass(frozen=True)
+class Principal:
+    account_id: uuid.UUID
+    kind: str
+    partner_id: str | None = None
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return raw.hex()[:16]
+
+
+def ensure_keypair(private_path: Path, public_path: Path) -> bool:
+    """Create a development key pair when none exists; True when one was created."""
+    if private_path.exists():
+        return False
+    private_path.parent.mkdir(parents=True, exist_ok=True)
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    public_path.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return True
+
+
+def load_public_keys(path: Path) -> dict[str, Ed25519PublicKey]:
+    """All Ed25519 public keys in a PEM file (several may be concatenated), by key id."""
+    keys: dict[str, Ed25519PublicKey] = {}
+    text = path.read_bytes()
+    marker = b"-----END PUBLIC KEY-----"
+    for chunk in text.split(marker):
+        if b"-----BEGIN PUBLIC KEY-----" not in chunk:
+            continue
+        key = serialization.load_pem_public_key(chunk.strip() + b"\n" + marker + b"\n")
+        if not isinstance(key, Ed25519PublicKey):
+            raise ValueError(f"{path}: only Ed25519 public keys are accepted")
+        keys[key_id(key)] = key
+    if not keys:
+        raise ValueError(f"{path}: no public key found")
+    return keys
+
+
+class TokenIssuer:
+    def __init__(self, private_key_pem: bytes, ttl: timedelta):
+        key = serialization.load_pem_private_key(private_key_pem, password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError("the token signing key must be Ed25519")
+        self._key = key
+        self._kid = key_id(key.public_key())
+        self._ttl = ttl
+
+    def issue(self, account_id: uuid.UUID, kind: str = "buyer") -> str:
+        now = datetime.now(UTC)
+        claims = {"sub": str(account_id), "kind": kind, "iss": ISSUER, "aud": AUDIENCE,
+                  "iat": now, "exp": now + self._ttl}
+        return jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self._kid})
+
+
+class TokenVerifier:
+    def __init__(self, public_keys: dict[str, Ed25519PublicKey]):
+        self._keys = public_keys
+
+    def verify(self, token: str) -> Principal:
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+            key = self._keys.get(kid) if isinstance(kid, str) else None
+            if key is None:
+                raise ApiError(401, "invalid_token", "token signed by an unknown key")
+            claims = jwt.decode(token, key, algorithms=[ALGORITHM], audience=AUDIENCE,
+                                issuer=ISSUER, options={"require": ["sub", "exp", "iat"]})
+            return Principal(account_id=uuid.UUID(claims["sub"]), kind=str(claims.get("kind", "")))
+        except jwt.ExpiredSignatureError:
+            raise ApiError(401, "token_expired", "the token has expired; create a new one",
+                           headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
+        except (jwt.InvalidTokenError, ValueError, TypeError):
+            raise ApiError(401, "invalid_token", "the bearer token is not valid",
+                           headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
+
+    def from_request(self, request: web.Request) -> Principal:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "unauthorized", "an Authorization: Bearer token is required",
+                           headers={"WWW-Authenticate": "Bearer"})
+        return self.verify(token.strip())

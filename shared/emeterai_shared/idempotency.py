@@ -1,0 +1,70 @@
+"""``Idempotency-Key`` for POSTs that create something.
+
+Within the request's transaction, ``claim`` inserts ``(scope, key, request hash)``. The first
+request proceeds and ``complete``s with its answer in the same transaction; a concurrent twin
+waits on the primary key until that commits, then gets the stored answer. The same key with a
+different request body is refused with 422, so a client bug never silently returns the wrong
+resource.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from emeterai_shared.http import ApiError
+
+MAX_KEY_LENGTH = 200
+
+
+@dataclass(frozen=True)
+class StoredAnswer:
+    status: int
+    body: Any
+
+    def response(self) -> web.Response:
+        return web.json_response(self.body, status=self.status, headers={"Idempotent-Replayed": "true"})
+
+
+def key_from(request: web.Request, *, required: bool) -> str | None:
+    key = request.headers.get("Idempotency-Key", "").strip()
+    if not key:
+        if required:
+            raise ApiError(400, "idempotency_key_required", "the Idempotency-Key header is required")
+        return None
+    if len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        raise ApiError(400, "invalid_idempotency_key",
+                       f"Idempotency-Key must be printable and at most {MAX_KEY_LENGTH} characters")
+    return key
+
+
+def request_hash(method: str, path: str, body: Any) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(f"{method} {path}\n{canonical}".encode()).hexdigest()
+
+
+async def claim(conn: asyncpg.Connection, scope: str, key: str, digest: str) -> StoredAnswer | None:
+    """None: this request owns the key and must ``complete`` it. Otherwise the first answer."""
+    inserted = await conn.fetchval(
+        "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3)"
+        " ON CONFLICT DO NOTHING RETURNING true", scope, key, digest)
+    if inserted:
+        return None
+    row = await conn.fetchrow(
+        "SELECT request_hash, status, response FROM idempotency_keys WHERE scope = $1 AND key = $2",
+        scope, key)
+    if row["request_hash"] != digest:
+        raise ApiError(422, "idempotency_key_reused",
+                       "this Idempotency-Key was used with a different request")
+    return StoredAnswer(row["status"], row["response"])
+
+
+async def complete(conn: asyncpg.Connection, scope: str, key: str, status: int, body: Any) -> None:
+    await conn.execute(
+        "UPDATE idempotency_keys SET status = $3, response = $4 WHERE scope = $1 AND key = $2",
+        scope, key, status, body)
