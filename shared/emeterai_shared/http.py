@@ -82,7 +82,8 @@ def _fields(exc: ValidationError) -> list[dict[str, str]]:
 
 def _route_name(request: web.Request) -> str:
     info = request.match_info
-    resource = info.route.resource if info and info.route else None
+    # match_info is a dict of path parameters: empty (falsy) for routes without any
+    resource = info.route.resource if info is not None and info.route is not None else None
     return resource.canonical if resource is not None else "unmatched"
 
 
