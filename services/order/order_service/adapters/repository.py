@@ -1,0 +1,64 @@
+"""Orders and accounts in PostgreSQL; the aggregate goes in and out whole."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+
+from order_service.domain.order import Bill, Order, OrderStatus
+
+_COLUMNS = """id, account_id, partner_id, quantity, amount, bank, status, failure_reason,
+              virtual_account_no, bill_amount, expires_at, payment_id, serials"""
+
+
+def _order(row: asyncpg.Record) -> Order:
+    bill = None
+    if row["virtual_account_no"] is not None:
+        bill = Bill(row["virtual_account_no"], row["bill_amount"], row["expires_at"])
+    return Order(
+        id=row["id"], account_id=row["account_id"], partner_id=row["partner_id"],
+        quantity=row["quantity"], amount=row["amount"], bank=row["bank"],
+        status=OrderStatus(row["status"]), failure_reason=row["failure_reason"], bill=bill,
+        payment_id=row["payment_id"], serials=list(row["serials"]),
+    )
+
+
+async def add_account(conn: asyncpg.Connection, account_id: uuid.UUID, name: str, phone: str) -> None:
+    await conn.execute("INSERT INTO accounts (id, name, phone) VALUES ($1, $2, $3)",
+                       account_id, name, phone)
+
+
+async def add_order(conn: asyncpg.Connection, order: Order) -> None:
+    await conn.execute(
+        """INSERT INTO orders (id, account_id, partner_id, quantity, amount, bank, status)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+        order.id, order.account_id, order.partner_id, order.quantity, order.amount, order.bank,
+        order.status.value)
+    await conn.execute(
+        "INSERT INTO order_history (order_id, old_status, new_status, reason) VALUES ($1, NULL, $2, $3)",
+        order.id, order.status.value, "order placed")
+
+
+async def get(conn: asyncpg.Connection, order_id: uuid.UUID, *, for_update: bool = False) -> Order | None:
+    lock = " FOR UPDATE" if for_update else ""
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM orders WHERE id = $1{lock}", order_id)
+    return _order(row) if row else None
+
+
+async def save(conn: asyncpg.Connection, order: Order) -> None:
+    """Write the aggregate's mutable fields and the transitions it went through."""
+    bill = order.bill
+    await conn.execute(
+        """UPDATE orders SET status = $2, failure_reason = $3, virtual_account_no = $4,
+                  bill_amount = $5, expires_at = $6, payment_id = $7, serials = $8,
+                  updated_at = now()
+           WHERE id = $1""",
+        order.id, order.status.value, order.failure_reason,
+        bill.virtual_account_no if bill else None, bill.amount if bill else None,
+        bill.expires_at if bill else None, order.payment_id, order.serials)
+    if order.changes:
+        await conn.executemany(
+            "INSERT INTO order_history (order_id, old_status, new_status, reason) VALUES ($1, $2, $3, $4)",
+            [(order.id, c.old.value, c.new.value, c.reason) for c in order.changes])
+        order.changes.clear()

@@ -1,0 +1,33 @@
+"""Use cases behind the order API, each inside the caller's unit of work."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from emeterai_shared.contracts.events import OrderPlaced
+from emeterai_shared.uow import UnitOfWork
+
+from order_service.adapters import repository
+from order_service.domain.order import Order, price
+
+
+async def create_account(uow: UnitOfWork, name: str, phone: str) -> uuid.UUID:
+    account_id = uuid.uuid4()
+    await repository.add_account(uow.conn, account_id, name, phone)
+    return account_id
+
+
+async def place_order(
+    uow: UnitOfWork, *, account_id: uuid.UUID, quantity: int, bank: str | None,
+    partner_id: str | None, service_fee: int,
+) -> Order:
+    order = Order(id=uuid.uuid4(), account_id=account_id, quantity=quantity,
+                  amount=price(quantity, service_fee), bank=bank, partner_id=partner_id)
+    await repository.add_order(uow.conn, order)
+    uow.publish(
+        OrderPlaced(order_id=order.id, account_id=account_id, quantity=quantity, amount=order.amount,
+                    bank=bank, partner_id=partner_id, placed_at=datetime.now(UTC)),
+        correlation_id=str(order.id),
+    )
+    return order
