@@ -9,6 +9,7 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from pamqp.commands import Basic
 
 
 class PublishError(RuntimeError):
@@ -18,6 +19,11 @@ class PublishError(RuntimeError):
 
 class BrokerUnavailable(RuntimeError):
     """The broker could not be reached or did not confirm in time."""
+
+
+class BrokerBusy(BrokerUnavailable):
+    """The broker nacked the message because a bounded queue is full: retry later, with backoff;
+    the message is fine and must not count toward parking."""
 
 
 class Publisher:
@@ -55,8 +61,9 @@ class Publisher:
     ) -> None:
         """Publish one persistent message and wait for the broker's confirm.
 
-        A nack (e.g. a full queue with ``reject-publish``) or a return (unroutable) raises
-        ``PublishError``; no connection or no confirm in time raises ``BrokerUnavailable``.
+        A return (unroutable) raises ``PublishError``; a nack (a full queue with
+        ``reject-publish``) raises ``BrokerBusy``; no connection or no confirm in time raises
+        ``BrokerUnavailable``.
         """
         message = aio_pika.Message(
             body,
@@ -75,6 +82,10 @@ class Publisher:
                 message, routing_key=routing_key, mandatory=True, timeout=self._timeout
             )
         except aio_pika.exceptions.DeliveryError as exc:
+            if isinstance(getattr(exc, "frame", None), Basic.Nack):
+                # A bounded queue is full (reject-publish): back-pressure, not a bad message.
+                raise BrokerBusy(f"broker nacked {message_type} to {exchange}/{routing_key}: "
+                                 "a destination queue is full") from exc
             raise PublishError(f"broker refused {message_type} to {exchange}/{routing_key}: "
                                f"{_describe(exc)}") from exc
         except aio_pika.exceptions.PublishError as exc:
