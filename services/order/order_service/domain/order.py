@@ -110,14 +110,16 @@ class Order:
 
     def capture(self, payment_id: uuid.UUID, *, late: bool) -> bool:
         """Apply a captured payment. True: the order is PAID and can be fulfilled; False: it
-        must be refunded (the payment came after the order expired)."""
-        self.payment_id = payment_id
+        must be refunded (the payment came after the order expired). A refused capture
+        (``IllegalTransition``) leaves the order untouched, payment id included."""
         if late and self.status is S.AWAITING_PAYMENT:
             self.expire()
         if self.status is S.EXPIRED:
             self.request_refund("paid after the order expired")
+            self.payment_id = payment_id
             return False
         self._move(S.PAID, "payment captured")
+        self.payment_id = payment_id
         return True
 
     def request_refund(self, reason: str) -> None:

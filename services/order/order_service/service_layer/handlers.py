@@ -15,7 +15,7 @@ from emeterai_shared.contracts.events import (
     PaymentCaptured,
     PaymentRefunded,
 )
-from emeterai_shared.messaging import Envelope
+from emeterai_shared.messaging import Envelope, PermanentError
 from emeterai_shared.uow import UnitOfWork
 
 from order_service.adapters import repository
@@ -24,10 +24,12 @@ from order_service.domain.order import Bill, IllegalTransition, Order
 log = logging.getLogger(__name__)
 
 
-async def _load(uow: UnitOfWork, order_id: uuid.UUID) -> Order | None:
+async def _load(uow: UnitOfWork, order_id: uuid.UUID) -> Order:
+    """The order, locked. An event about an order we never had is an anomaly (money may be
+    involved): it parks with its reason, visible to operators, instead of vanishing."""
     order = await repository.get(uow.conn, order_id, for_update=True)
     if order is None:
-        log.error("event for unknown order %s ignored", order_id)
+        raise PermanentError(f"event for unknown order {order_id}")
     return order
 
 
@@ -39,16 +41,12 @@ def _ignore(order: Order, event: str, exc: IllegalTransition) -> None:
 async def on_bill_issued(uow: UnitOfWork, env: Envelope[BillIssued]) -> None:
     e = env.body
     order = await _load(uow, e.order_id)
-    if order is None:
-        return
     order.attach_bill(Bill(e.virtual_account_no, e.amount, e.expires_at))
     await repository.save(uow.conn, order)
 
 
 async def on_bill_failed(uow: UnitOfWork, env: Envelope[BillFailed]) -> None:
     order = await _load(uow, env.body.order_id)
-    if order is None:
-        return
     try:
         order.fail(env.body.reason)
     except IllegalTransition as exc:
@@ -58,8 +56,6 @@ async def on_bill_failed(uow: UnitOfWork, env: Envelope[BillFailed]) -> None:
 
 async def on_bill_expired(uow: UnitOfWork, env: Envelope[BillExpired]) -> None:
     order = await _load(uow, env.body.order_id)
-    if order is None:
-        return
     try:
         order.expire()
     except IllegalTransition as exc:
@@ -70,8 +66,6 @@ async def on_bill_expired(uow: UnitOfWork, env: Envelope[BillExpired]) -> None:
 async def on_payment_captured(uow: UnitOfWork, env: Envelope[PaymentCaptured]) -> None:
     e = env.body
     order = await _load(uow, e.order_id)
-    if order is None:
-        return
     if order.payment_id == e.payment_id:
         return  # already applied under another message id
     now = datetime.now(UTC)
@@ -98,8 +92,6 @@ async def on_payment_captured(uow: UnitOfWork, env: Envelope[PaymentCaptured]) -
 
 async def on_payment_refunded(uow: UnitOfWork, env: Envelope[PaymentRefunded]) -> None:
     order = await _load(uow, env.body.order_id)
-    if order is None:
-        return
     try:
         order.refunded()
     except IllegalTransition as exc:

@@ -1,0 +1,484 @@
+"""The order API in-process (aiohttp TestServer) against the real PostgreSQL.
+
+* accounts: 201 with a token that works; invalid fields 422, malformed JSON 400; an
+  Idempotency-Key replays the first answer and creates one account;
+* orders: 202 with amount = quantity x 12 500 and one order row + one ``order.placed.v1``
+  outbox row per Idempotency-Key, even for 10 concurrent requests; the key reused with another
+  body is 422; quantities outside 1..100 or not strict integers are 4xx and write nothing;
+* authentication: missing, forged, tampered and expired tokens are 401 with their code;
+  partners order with ``X-Api-Key`` up to their own ``max_quantity``;
+* reading: only the owner sees an order (others and bad ids get 404).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from cryptography.hazmat.primitives import serialization
+from emeterai_shared.auth import TokenIssuer, ensure_keypair
+from emeterai_shared.db import create_pool
+from emeterai_shared.runtime import Context, build_api
+from emeterai_shared.testing.fixtures import reset_service, settings_for
+from order_service.adapters.partners import PARTNER_NAMESPACE
+from order_service.bootstrap import SERVICE
+from order_service.config import OrderSettings
+
+Client = TestClient[web.Request, web.Application]
+PARTNER_ID = "casn-test"
+PARTNER_KEY = "casn-test-key-0123456789abcdef"
+PARTNER_MAX = 5_000
+PARTNER_ACCOUNT = uuid.uuid5(PARTNER_NAMESPACE, PARTNER_ID)
+UNIT_PRICE = 12_500
+
+
+@dataclass
+class Api:
+    client: Client
+    ctx: Context
+    settings: OrderSettings
+    tmp: Path
+
+    async def account(self) -> tuple[uuid.UUID, str]:
+        resp = await self.client.post("/v1/accounts", json={"name": "Siti Aminah", "phone": "+6281234567890"})
+        assert resp.status == 201, await resp.text()
+        body = await resp.json()
+        return uuid.UUID(body["account_id"]), body["token"]
+
+    async def order(self, token: str, body: Any, key: str | None = None) -> Any:
+        headers = {"Authorization": f"Bearer {token}"}
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        return await self.client.post("/v1/orders", json=body, headers=headers)
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]:
+        async with self.ctx.pool.acquire() as conn:
+            return list(await conn.fetch(query, *args))
+
+    async def val(self, query: str, *args: Any) -> Any:
+        async with self.ctx.pool.acquire() as conn:
+            return await conn.fetchval(query, *args)
+
+    async def orders_of(self, account_id: uuid.UUID) -> list[Any]:
+        return await self.fetch("SELECT * FROM orders WHERE account_id = $1 ORDER BY created_at", account_id)
+
+    async def outbox_of(self, account_id: uuid.UUID) -> list[Any]:
+        return await self.fetch(
+            "SELECT message_id, message_type, routing_key, correlation_id,"
+            "       convert_from(body, 'UTF8')::jsonb AS body"
+            "  FROM outbox WHERE convert_from(body, 'UTF8')::jsonb->>'account_id' = $1 ORDER BY id",
+            str(account_id))
+
+
+@pytest.fixture(scope="module")
+async def api(servers: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
+    tmp = tmp_path_factory.mktemp("order-api")
+    partners = tmp / "partners.json"
+    partners.write_text(json.dumps({"partners": [
+        {"partner_id": PARTNER_ID, "api_key": PARTNER_KEY, "webhook_url": "http://127.0.0.1:9/hook",
+         "webhook_secret": "whsec-test", "max_quantity": PARTNER_MAX},
+        {"partner_id": "small-partner", "api_key": "small-partner-key-0123456789", "max_quantity": 10},
+    ]}))
+    settings = settings_for(OrderSettings, secrets_dir=str(tmp / "secrets"), partners_file=str(partners))
+    assert isinstance(settings, OrderSettings)
+    await reset_service(SERVICE, settings)
+    pool = await create_pool(settings.database_url, max_size=settings.db_pool_max)
+    ctx = Context(settings=settings, pool=pool)
+    assert SERVICE.on_start is not None
+    await SERVICE.on_start(ctx)
+    client: Client = TestClient(TestServer(build_api(SERVICE, ctx)))
+    await client.start_server()
+    try:
+        yield Api(client, ctx, settings, tmp)
+    finally:
+        await client.close()
+        await pool.close()
+
+
+async def error_of(resp: Any, status: int) -> dict[str, Any]:
+    assert resp.status == status, await resp.text()
+    assert resp.content_type == "application/json"
+    body = await resp.json()
+    assert set(body) == {"error"}
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    error: dict[str, Any] = body["error"]
+    return error
+
+
+def key() -> str:
+    return f"key-{uuid.uuid4()}"
+
+
+# --- accounts ------------------------------------------------------------------------------------
+
+
+async def test_create_account_gives_a_working_token(api: Api) -> None:
+    resp = await api.client.post("/v1/accounts", json={"name": "  Budi Santoso ", "phone": "081234567890"})
+    assert resp.status == 201
+    body = await resp.json()
+    assert set(body) == {"account_id", "token"}
+    account_id = uuid.UUID(body["account_id"])
+    rows = await api.fetch("SELECT name, phone FROM accounts WHERE id = $1", account_id)
+    assert [tuple(r) for r in rows] == [("Budi Santoso", "081234567890")]
+    claims = jwt.decode(body["token"], options={"verify_signature": False})
+    assert claims["sub"] == str(account_id)
+    assert claims["kind"] == "buyer"
+    resp = await api.order(body["token"], {"quantity": 1}, key())
+    assert resp.status == 202
+
+
+@pytest.mark.parametrize(
+    ("body", "fields"),
+    [
+        ({"name": "", "phone": "+6281234567890"}, {"name"}),
+        ({"name": "   ", "phone": "+6281234567890"}, {"name"}),
+        ({"name": "x" * 101, "phone": "+6281234567890"}, {"name"}),
+        ({"name": 5, "phone": "+6281234567890"}, {"name"}),
+        ({"name": "Siti", "phone": "0812"}, {"phone"}),
+        ({"name": "Siti", "phone": "0812-3456-7890"}, {"phone"}),
+        ({"name": "Siti", "phone": "+62 812 3456 7890"}, {"phone"}),
+        ({"name": "Siti", "phone": "phone number"}, {"phone"}),
+        ({"name": "Siti", "phone": "1234567890123456"}, {"phone"}),
+        ({"name": "Siti", "phone": 6281234567890}, {"phone"}),
+        ({"name": "Siti"}, {"phone"}),
+        ({}, {"name", "phone"}),
+    ],
+)
+async def test_invalid_account_is_422(api: Api, body: dict[str, Any], fields: set[str]) -> None:
+    before = await api.val("SELECT count(*) FROM accounts")
+    error = await error_of(await api.client.post("/v1/accounts", json=body), 422)
+    assert error["code"] == "invalid_request"
+    assert {f["field"] for f in error["fields"]} == fields
+    assert await api.val("SELECT count(*) FROM accounts") == before
+
+
+@pytest.mark.parametrize("raw", [b"{", b"not json", b"\xff{}", b"", b"[]", b'"x"', b"null"])
+async def test_malformed_account_json_is_400(api: Api, raw: bytes) -> None:
+    resp = await api.client.post("/v1/accounts", data=raw, headers={"Content-Type": "application/json"})
+    assert (await error_of(resp, 400))["code"] == "malformed_json"
+
+
+async def test_account_idempotency_key_replays_the_first_answer(api: Api) -> None:
+    k = key()
+    body = {"name": "Dewi Lestari", "phone": f"+62{uuid.uuid4().int % 10**11:011d}"}
+    first = await api.client.post("/v1/accounts", json=body, headers={"Idempotency-Key": k})
+    assert first.status == 201
+    assert "Idempotent-Replayed" not in first.headers
+    again = await api.client.post("/v1/accounts", json=body, headers={"Idempotency-Key": k})
+    assert again.status == 201
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert await again.json() == await first.json()
+    assert await api.val("SELECT count(*) FROM accounts WHERE phone = $1", body["phone"]) == 1
+
+    other = await api.client.post("/v1/accounts", json={**body, "name": "Someone Else"},
+                                  headers={"Idempotency-Key": k})
+    assert (await error_of(other, 422))["code"] == "idempotency_key_reused"
+    assert await api.val("SELECT count(*) FROM accounts WHERE phone = $1", body["phone"]) == 1
+
+    without = await api.client.post("/v1/accounts", json=body)
+    assert without.status == 201
+    assert (await without.json())["account_id"] != (await first.json())["account_id"]
+    assert await api.val("SELECT count(*) FROM accounts WHERE phone = $1", body["phone"]) == 2
+
+
+# --- orders --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("quantity", [1, 2, 37, 100])
+async def test_place_order_is_202_with_the_price(api: Api, quantity: int) -> None:
+    account_id, token = await api.account()
+    resp = await api.order(token, {"quantity": quantity}, key())
+    assert resp.status == 202, await resp.text()
+    body = await resp.json()
+    order_id = uuid.UUID(body["order_id"])
+    assert body == {"order_id": str(order_id), "status": "AWAITING_PAYMENT", "quantity": quantity,
+                    "amount": quantity * UNIT_PRICE}
+    rows = await api.orders_of(account_id)
+    assert [(r["id"], r["quantity"], r["amount"], r["status"], r["partner_id"], r["bank"]) for r in rows] == [
+        (order_id, quantity, quantity * UNIT_PRICE, "AWAITING_PAYMENT", None, None)]
+    history = await api.fetch("SELECT old_status, new_status, reason FROM order_history WHERE order_id = $1",
+                              order_id)
+    assert [tuple(r) for r in history] == [(None, "AWAITING_PAYMENT", "order placed")]
+
+
+async def test_order_placed_outbox_row_has_the_right_fields(api: Api) -> None:
+    account_id, token = await api.account()
+    resp = await api.order(token, {"quantity": 3, "bank": "bank-bri"}, key())
+    assert resp.status == 202
+    order_id = (await resp.json())["order_id"]
+    rows = await api.outbox_of(account_id)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["message_type"] == "order.placed.v1"
+    assert row["routing_key"] == "order.placed.v1"
+    assert row["correlation_id"] == order_id
+    body = row["body"]
+    placed_at = datetime.fromisoformat(body.pop("placed_at"))
+    assert placed_at.utcoffset() == timedelta(0)
+    assert body == {"order_id": order_id, "account_id": str(account_id), "quantity": 3,
+                    "amount": 3 * UNIT_PRICE, "bank": "bank-bri", "partner_id": None}
+    stored_bank = await api.val("SELECT bank FROM orders WHERE id = $1::uuid", order_id)
+    assert stored_bank == "bank-bri"
+
+
+async def test_order_without_idempotency_key_is_400(api: Api) -> None:
+    account_id, token = await api.account()
+    error = await error_of(await api.order(token, {"quantity": 1}), 400)
+    assert error["code"] == "idempotency_key_required"
+    blank = await api.client.post("/v1/orders", json={"quantity": 1},
+                                  headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "   "})
+    assert (await error_of(blank, 400))["code"] == "idempotency_key_required"
+    too_long = await api.order(token, {"quantity": 1}, "k" * 201)
+    assert (await error_of(too_long, 400))["code"] == "invalid_idempotency_key"
+    assert await api.orders_of(account_id) == []
+    assert await api.outbox_of(account_id) == []
+
+
+async def test_same_key_and_body_replays_one_order(api: Api) -> None:
+    account_id, token = await api.account()
+    k = key()
+    first = await api.order(token, {"quantity": 4}, k)
+    again = await api.order(token, {"quantity": 4, "bank": None}, k)
+    assert (first.status, again.status) == (202, 202)
+    assert "Idempotent-Replayed" not in first.headers
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert await again.json() == await first.json()
+    order_id = uuid.UUID((await first.json())["order_id"])
+    assert [r["id"] for r in await api.orders_of(account_id)] == [order_id]
+    outbox = await api.outbox_of(account_id)
+    assert [(r["message_type"], r["body"]["order_id"]) for r in outbox] == [("order.placed.v1", str(order_id))]
+
+
+async def test_same_key_with_another_body_is_422(api: Api) -> None:
+    account_id, token = await api.account()
+    k = key()
+    first = await api.order(token, {"quantity": 4}, k)
+    assert first.status == 202
+    for body in ({"quantity": 5}, {"quantity": 4, "bank": "bank-bni"}):
+        error = await error_of(await api.order(token, body, k), 422)
+        assert error["code"] == "idempotency_key_reused"
+    assert len(await api.orders_of(account_id)) == 1
+    assert len(await api.outbox_of(account_id)) == 1
+
+
+async def test_keys_are_scoped_per_account(api: Api) -> None:
+    a_id, a_token = await api.account()
+    b_id, b_token = await api.account()
+    k = key()
+    a = await api.order(a_token, {"quantity": 1}, k)
+    b = await api.order(b_token, {"quantity": 1}, k)
+    assert (a.status, b.status) == (202, 202)
+    assert "Idempotent-Replayed" not in b.headers
+    assert (await a.json())["order_id"] != (await b.json())["order_id"]
+    assert len(await api.orders_of(a_id)) == 1
+    assert len(await api.orders_of(b_id)) == 1
+
+
+async def test_concurrent_requests_with_one_key_make_one_order(api: Api) -> None:
+    account_id, token = await api.account()
+    # Ten open keep-alive connections first, so that each burst reaches the server at once.
+    assert {r.status for r in await asyncio.gather(*(api.client.get("/healthz") for _ in range(10)))} == {200}
+    placed: list[str] = []
+    for _ in range(5):
+        k = key()
+        responses = await asyncio.gather(*(api.order(token, {"quantity": 2}, k) for _ in range(10)))
+        assert [r.status for r in responses] == [202] * 10, [await r.text() for r in responses]
+        bodies = [await r.json() for r in responses]
+        assert len({b["order_id"] for b in bodies}) == 1
+        assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in responses) == 9
+        placed.append(bodies[0]["order_id"])
+    rows = await api.orders_of(account_id)
+    assert sorted(str(r["id"]) for r in rows) == sorted(placed)
+    outbox = await api.outbox_of(account_id)
+    assert sorted(r["body"]["order_id"] for r in outbox) == sorted(placed)
+
+
+@pytest.mark.parametrize(
+    ("quantity", "code"),
+    [
+        (0, "invalid_request"),
+        (-1, "invalid_request"),
+        (101, "quantity_out_of_range"),
+        (1_000, "quantity_out_of_range"),
+        ("2", "invalid_request"),
+        (2.5, "invalid_request"),
+        (2.0, "invalid_request"),
+        (True, "invalid_request"),
+        (None, "invalid_request"),
+        ([2], "invalid_request"),
+    ],
+)
+async def test_bad_quantity_is_422_and_writes_nothing(api: Api, quantity: Any, code: str) -> None:
+    account_id, token = await api.account()
+    error = await error_of(await api.order(token, {"quantity": quantity}, key()), 422)
+    assert error["code"] == code
+    assert await api.orders_of(account_id) == []
+    assert await api.outbox_of(account_id) == []
+
+
+async def test_missing_quantity_and_malformed_order_json(api: Api) -> None:
+    account_id, token = await api.account()
+    error = await error_of(await api.order(token, {}, key()), 422)
+    assert [f["field"] for f in error["fields"]] == ["quantity"]
+    resp = await api.client.post("/v1/orders", data=b"{\"quantity\": ",
+                                 headers={"Authorization": f"Bearer {token}", "Idempotency-Key": key(),
+                                          "Content-Type": "application/json"})
+    assert (await error_of(resp, 400))["code"] == "malformed_json"
+    assert await api.orders_of(account_id) == []
+
+
+# --- authentication ------------------------------------------------------------------------------
+
+
+def tamper(token: str, account_id: uuid.UUID) -> str:
+    """The same signature over a payload naming another account."""
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["sub"] = str(account_id)
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{header}.{forged}.{signature}"
+
+
+def own_issuer(api: Api, ttl: timedelta) -> TokenIssuer:
+    return TokenIssuer(Path(api.settings.private_key_path).read_bytes(), ttl)
+
+
+async def test_no_token_is_401(api: Api) -> None:
+    before = await api.val("SELECT count(*) FROM orders")
+    for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Basic dXNlcjpwYXNz"},
+                    {"Authorization": "token-without-scheme"}):
+        resp = await api.client.post("/v1/orders", json={"quantity": 1},
+                                     headers={**headers, "Idempotency-Key": key()})
+        assert (await error_of(resp, 401))["code"] == "unauthorized"
+        assert resp.headers["WWW-Authenticate"] == "Bearer"
+    assert await api.val("SELECT count(*) FROM orders") == before
+
+
+async def test_forged_token_is_401(api: Api) -> None:
+    account_id, _ = await api.account()
+    other = api.tmp / f"other-{uuid.uuid4()}"
+    ensure_keypair(other / "key.pem", other / "key.pub")
+    pem = (other / "key.pem").read_bytes()
+    forged = TokenIssuer(pem, timedelta(hours=1)).issue(account_id)
+    error = await error_of(await api.order(forged, {"quantity": 1}, key()), 401)
+    assert error["code"] == "invalid_token"
+
+    # Another key that claims to be ours (our key id in its header).
+    ours = jwt.get_unverified_header(own_issuer(api, timedelta(hours=1)).issue(account_id))["kid"]
+    foreign = serialization.load_pem_private_key(pem, password=None)
+    now = datetime.now().astimezone()
+    claimed = jwt.encode({"sub": str(account_id), "kind": "buyer", "iss": "emeterai-order", "aud": "emeterai",
+                          "iat": now, "exp": now + timedelta(hours=1)}, foreign, algorithm="EdDSA",  # type: ignore[arg-type]
+                         headers={"kid": ours})
+    error = await error_of(await api.order(claimed, {"quantity": 1}, key()), 401)
+    assert error["code"] == "invalid_token"
+    assert await api.orders_of(account_id) == []
+
+
+async def test_tampered_and_garbage_tokens_are_401(api: Api) -> None:
+    account_id, token = await api.account()
+    victim_id, _ = await api.account()
+    for bad in (tamper(token, victim_id), token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB"),
+                "not.a.token", "garbage"):
+        error = await error_of(await api.order(bad, {"quantity": 1}, key()), 401)
+        assert error["code"] == "invalid_token"
+        resp = await api.client.get(f"/v1/orders/{uuid.uuid4()}", headers={"Authorization": f"Bearer {bad}"})
+        assert (await error_of(resp, 401))["code"] == "invalid_token"
+    assert await api.orders_of(account_id) == []
+    assert await api.orders_of(victim_id) == []
+
+
+async def test_expired_token_is_401_token_expired(api: Api) -> None:
+    account_id, _ = await api.account()
+    expired = own_issuer(api, timedelta(seconds=-60)).issue(account_id)
+    error = await error_of(await api.order(expired, {"quantity": 1}, key()), 401)
+    assert error["code"] == "token_expired"
+    fresh = own_issuer(api, timedelta(minutes=5)).issue(account_id)
+    assert (await api.order(fresh, {"quantity": 1}, key())).status == 202
+    assert len(await api.orders_of(account_id)) == 1
+
+
+# --- reading an order ----------------------------------------------------------------------------
+
+
+async def test_owner_reads_the_order(api: Api) -> None:
+    _, token = await api.account()
+    placed = await (await api.order(token, {"quantity": 3}, key())).json()
+    resp = await api.client.get(f"/v1/orders/{placed['order_id']}", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status == 200
+    assert await resp.json() == {"order_id": placed["order_id"], "status": "AWAITING_PAYMENT", "quantity": 3,
+                                 "amount": 3 * UNIT_PRICE, "payment": None, "serials": [],
+                                 "failure_reason": None}
+
+
+async def test_others_and_bad_ids_get_404(api: Api) -> None:
+    _, owner = await api.account()
+    _, stranger = await api.account()
+    order_id = (await (await api.order(owner, {"quantity": 1}, key())).json())["order_id"]
+    for token, path in ((stranger, order_id), (owner, str(uuid.uuid4())), (owner, "not-a-uuid"),
+                        (owner, "1"), (owner, order_id + "0")):
+        resp = await api.client.get(f"/v1/orders/{path}", headers={"Authorization": f"Bearer {token}"})
+        assert (await error_of(resp, 404))["code"] == "order_not_found"
+    partner = await api.client.get(f"/v1/orders/{order_id}", headers={"X-Api-Key": PARTNER_KEY})
+    assert (await error_of(partner, 404))["code"] == "order_not_found"
+    anonymous = await api.client.get(f"/v1/orders/{order_id}")
+    assert (await error_of(anonymous, 401))["code"] == "unauthorized"
+
+
+# --- partners ------------------------------------------------------------------------------------
+
+
+async def test_partner_orders_up_to_its_max_quantity(api: Api) -> None:
+    headers = {"X-Api-Key": PARTNER_KEY}
+    resp = await api.client.post("/v1/orders", json={"quantity": PARTNER_MAX},
+                                 headers={**headers, "Idempotency-Key": key()})
+    assert resp.status == 202, await resp.text()
+    body = await resp.json()
+    assert body["quantity"] == PARTNER_MAX
+    assert body["amount"] == PARTNER_MAX * UNIT_PRICE
+    row = (await api.fetch("SELECT account_id, partner_id, quantity FROM orders WHERE id = $1::uuid",
+                           body["order_id"]))[0]
+    assert tuple(row) == (PARTNER_ACCOUNT, PARTNER_ID, PARTNER_MAX)
+    outbox = [r for r in await api.outbox_of(PARTNER_ACCOUNT) if r["body"]["order_id"] == body["order_id"]]
+    assert [(r["body"]["partner_id"], r["body"]["quantity"]) for r in outbox] == [(PARTNER_ID, PARTNER_MAX)]
+
+    view = await api.client.get(f"/v1/orders/{body['order_id']}", headers=headers)
+    assert view.status == 200
+    assert (await view.json())["quantity"] == PARTNER_MAX
+
+    before = await api.val("SELECT count(*) FROM orders WHERE partner_id = $1", PARTNER_ID)
+    over = await api.client.post("/v1/orders", json={"quantity": PARTNER_MAX + 1},
+                                 headers={**headers, "Idempotency-Key": key()})
+    assert (await error_of(over, 422))["code"] == "quantity_out_of_range"
+    assert await api.val("SELECT count(*) FROM orders WHERE partner_id = $1", PARTNER_ID) == before
+
+
+async def test_each_partner_has_its_own_limit(api: Api) -> None:
+    headers = {"X-Api-Key": "small-partner-key-0123456789"}
+    ok = await api.client.post("/v1/orders", json={"quantity": 10}, headers={**headers, "Idempotency-Key": key()})
+    assert ok.status == 202
+    over = await api.client.post("/v1/orders", json={"quantity": 11}, headers={**headers, "Idempotency-Key": key()})
+    assert (await error_of(over, 422))["code"] == "quantity_out_of_range"
+
+
+async def test_wrong_api_key_is_401(api: Api) -> None:
+    before = await api.val("SELECT count(*) FROM orders")
+    _, token = await api.account()
+    for wrong in (PARTNER_KEY + "x", PARTNER_KEY[:-1], "", "nope"):
+        # An X-Api-Key is taken as the credential even next to a valid bearer token.
+        resp = await api.client.post("/v1/orders", json={"quantity": 1},
+                                     headers={"X-Api-Key": wrong, "Authorization": f"Bearer {token}",
+                                              "Idempotency-Key": key()})
+        assert (await error_of(resp, 401))["code"] == "invalid_api_key"
+    assert await api.val("SELECT count(*) FROM orders") == before
