@@ -20,6 +20,7 @@ test: venv servers
 
 ## setup: databases, migrations and broker topology for every service
 setup: venv servers
+	$(PY) -m payment_service dev-bank
 	@for s in $(SERVICES); do $(PY) -m $${s}_service setup || exit 1; done
 
 servers:

@@ -23,7 +23,7 @@ COMMON_ENV_PREFIX = "EMETERAI_"
 class ServiceSettings(BaseSettings):
     """Settings of one service; subclasses set ``service_name`` and the default ports."""
 
-    model_config = SettingsConfigDict(extra="ignore", env_parse_none_str="")
+    model_config = SettingsConfigDict(extra="ignore")
 
     service_name: ClassVar[str] = "service"
     default_http_port: ClassVar[int] = 8080

@@ -67,11 +67,15 @@ class Context:
 class Periodic:
     """A job the worker process runs every ``interval_s`` (e.g. expiring unpaid bills).
 
-    Several workers may run it at once: jobs must claim their rows (``SKIP LOCKED``)."""
+    Several workers may run it at once: jobs must claim their rows (``SKIP LOCKED``).
+    ``interval_s`` may be read from the process's settings (``lambda s: s.sweep_interval_s``)."""
 
     name: str
-    interval_s: float
+    interval_s: float | Callable[[ServiceSettings], float]
     run: Callable[[Context], Awaitable[None]]
+
+    def interval(self, settings: ServiceSettings) -> float:
+        return self.interval_s(settings) if callable(self.interval_s) else self.interval_s
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,8 @@ class ServiceDefinition:
     periodic: tuple[Periodic, ...] = ()
     commands: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None] | None = None
     run_command: Callable[[Context, argparse.Namespace], Awaitable[int]] | None = None
+    offline_commands: frozenset[str] = frozenset()
+    """Service commands run without database or broker (``ctx.pool`` is None), e.g. before setup."""
 
     def settings(self) -> ServiceSettings:
         return self.settings_cls()
@@ -214,13 +220,14 @@ async def run_worker(defn: ServiceDefinition) -> None:
 
 
 async def _every(job: Periodic, ctx: Context, stop: asyncio.Event) -> None:
+    interval_s = job.interval(ctx.settings)
     while not stop.is_set():
         try:
             await job.run(ctx)
         except Exception:
-            log.exception("periodic job %s failed; it runs again in %.0fs", job.name, job.interval_s)
+            log.exception("periodic job %s failed; it runs again in %.0fs", job.name, interval_s)
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), job.interval_s)
+            await asyncio.wait_for(stop.wait(), interval_s)
 
 
 async def run_relay(defn: ServiceDefinition) -> None:
@@ -362,9 +369,11 @@ _BUILTIN = {"api", "worker", "relay", "migrate", "setup", "parking", "outbox", "
 async def _service_command(defn: ServiceDefinition, args: argparse.Namespace) -> int:
     """A command the service adds (``defn.commands``), run with a database pool only."""
     settings = defn.settings()
+    assert defn.run_command is not None
+    if args.command in defn.offline_commands:
+        return await defn.run_command(Context(settings=settings, pool=None), args)
     ctx = await _open(defn, settings, args.command, broker=False)
     try:
-        assert defn.run_command is not None
         return await defn.run_command(ctx, args)
     finally:
         await _close(ctx)

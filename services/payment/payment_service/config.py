@@ -8,3 +8,10 @@ from emeterai_shared.config import ServiceSettings
 class PaymentSettings(ServiceSettings):
     service_name: ClassVar[str] = "payment"
     default_http_port: ClassVar[int] = 8082
+
+    partners_file: str = "var/dev-bank/banks.json"
+    """Partner banks, ``{"banks": [...]}`` as in the public contract."""
+    bill_expiry_s: int = 3600
+    snap_token_ttl_s: int = 900
+    snap_timestamp_skew_s: int = 300
+    expiry_sweep_interval_s: float = 5.0

@@ -7,9 +7,9 @@ tests can SIGKILL, SIGTERM and restart any of them.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +36,7 @@ class Proc:
     def start(self, extra_env: dict[str, str] | None = None) -> None:
         log = self.log_path.open("ab")
         self.popen = subprocess.Popen(
-            [os.environ.get("PYTHON", "python"), "-m", f"{self.service}_service", self.kind],
+            [sys.executable, "-m", f"{self.service}_service", self.kind],
             env={**self.env, **(extra_env or {})}, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
@@ -72,7 +72,6 @@ class Platform:
     def add(self, defn: ServiceDefinition, settings: ServiceSettings) -> None:
         self.settings[defn.name] = settings
         env = settings_env(settings)
-        env["PYTHON"] = os.environ.get("PYTHON", _python())
         ports = {"api": settings.http_port, "worker": settings.worker_metrics_port,
                  "relay": settings.relay_metrics_port}
         for kind in KINDS:
@@ -107,12 +106,6 @@ class Platform:
                 p.popen.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.kill()
-
-
-def _python() -> str:
-    import sys
-
-    return sys.executable
 
 
 async def wait_ready(p: Proc, timeout_s: float = 60) -> None:

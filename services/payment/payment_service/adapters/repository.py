@@ -1,0 +1,181 @@
+"""SQL for bills, payments, SNAP requests and tokens, and refunds (one connection, caller's transaction)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from payment_service.domain.model import Bill, BillStatus, CapturedPayment
+from payment_service.domain.reconciliation import Settled, Window
+
+_BILL_COLUMNS = "bill_id, order_id, bank, customer_no, virtual_account_no, amount, quantity, status, expires_at"
+
+
+def _bill(row: asyncpg.Record | None) -> Bill | None:
+    if row is None:
+        return None
+    return Bill(**{**dict(row), "status": BillStatus(row["status"])})
+
+
+@dataclass(frozen=True)
+class SnapRequestKey:
+    """X-EXTERNAL-ID is unique per bank per day (Asia/Jakarta)."""
+
+    client_id: str
+    external_id: str
+    day: date
+
+
+@dataclass(frozen=True)
+class NewPayment:
+    payment_id: UUID
+    bill: Bill
+    client_id: str
+    payment_request_id: str
+    amount: int
+    trx_id: str | None
+    reference_no: str | None
+    trx_time: datetime | None
+    late: bool
+    captured_at: datetime
+
+
+class PaymentRepository:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    # --- bills -----------------------------------------------------------------------------
+
+    async def add_bill(self, bill: Bill) -> bool:
+        """Insert ``bill``; False when its order already has one or its customer number is taken."""
+        inserted = await self.conn.fetchval(
+            f"""INSERT INTO bills ({_BILL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                ON CONFLICT DO NOTHING RETURNING true""",
+            bill.bill_id, bill.order_id, bill.bank, bill.customer_no, bill.virtual_account_no,
+            bill.amount, bill.quantity, bill.status.value, bill.expires_at,
+        )
+        return bool(inserted)
+
+    async def bill_for_order(self, order_id: UUID, *, lock: bool = False) -> Bill | None:
+        return _bill(await self.conn.fetchrow(
+            f"SELECT {_BILL_COLUMNS} FROM bills WHERE order_id = $1" + (" FOR UPDATE" if lock else ""), order_id,
+        ))
+
+    async def bill_by_customer_no(self, customer_no: str, *, lock: bool = False) -> Bill | None:
+        return _bill(await self.conn.fetchrow(
+            f"SELECT {_BILL_COLUMNS} FROM bills WHERE customer_no = $1" + (" FOR UPDATE" if lock else ""),
+            customer_no,
+        ))
+
+    async def claim_due_bills(self, now: datetime, limit: int) -> list[Bill]:
+        """Lock up to ``limit`` open bills past their expiry that no other worker holds."""
+        rows = await self.conn.fetch(
+            f"""SELECT {_BILL_COLUMNS} FROM bills WHERE status = 'OPEN' AND expires_at < $1
+                ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED""",
+            now, limit,
+        )
+        return [b for b in map(_bill, rows) if b is not None]
+
+    async def save_expired(self, bills: list[Bill], now: datetime) -> None:
+        await self.conn.execute(
+            "UPDATE bills SET status = 'EXPIRED', expired_at = $2 WHERE bill_id = ANY($1::uuid[])",
+            [b.bill_id for b in bills], now,
+        )
+
+    # --- payments --------------------------------------------------------------------------
+
+    async def captured_for_bill(self, bill_id: UUID) -> CapturedPayment | None:
+        row = await self.conn.fetchrow(
+            "SELECT payment_id, payment_request_id, amount FROM payments WHERE bill_id = $1", bill_id
+        )
+        return CapturedPayment(**dict(row)) if row is not None else None
+
+    async def bill_of_payment_request(self, client_id: str, payment_request_id: str) -> UUID | None:
+        bill_id: UUID | None = await self.conn.fetchval(
+            "SELECT bill_id FROM payments WHERE client_id = $1 AND payment_request_id = $2",
+            client_id, payment_request_id,
+        )
+        return bill_id
+
+    async def add_payment(self, p: NewPayment) -> None:
+        """Record the capture and mark the bill paid."""
+        await self.conn.execute(
+            """INSERT INTO payments (payment_id, bill_id, order_id, client_id, payment_request_id, amount,
+                                     trx_id, reference_no, trx_time, late, captured_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)""",
+            p.payment_id, p.bill.bill_id, p.bill.order_id, p.client_id, p.payment_request_id, p.amount,
+            p.trx_id, p.reference_no, p.trx_time, p.late, p.captured_at,
+        )
+        await self.conn.execute(
+            "UPDATE bills SET status = $2, paid_at = $3 WHERE bill_id = $1",
+            p.bill.bill_id, p.bill.status.value, p.captured_at,
+        )
+
+    async def settled_payments(self, client_id: str, payment_request_ids: list[str],
+                               window: Window) -> list[Settled]:
+        """The bank's payments named in a settlement list or made inside its time window."""
+        rows = await self.conn.fetch(
+            """SELECT payment_request_id, amount, coalesce(trx_time, captured_at) AS time FROM payments
+               WHERE client_id = $1 AND (payment_request_id = ANY($2::text[])
+                     OR coalesce(trx_time, captured_at) BETWEEN $3 AND $4)""",
+            client_id, payment_request_ids, window.start, window.end,
+        )
+        return [Settled(r["payment_request_id"], r["amount"], r["time"]) for r in rows]
+
+    # --- SNAP requests and tokens ----------------------------------------------------------
+
+    async def claim_snap_request(self, key: SnapRequestKey, payment_request_id: str, request_hash: str) -> bool:
+        """Record a notification; False when its X-EXTERNAL-ID was used that day (a concurrent
+        twin waits on the primary key until the first commits)."""
+        inserted = await self.conn.fetchval(
+            """INSERT INTO snap_requests (client_id, external_id, request_date, payment_request_id, request_hash)
+               VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING true""",
+            key.client_id, key.external_id, key.day, payment_request_id, request_hash,
+        )
+        return bool(inserted)
+
+    async def snap_request(self, key: SnapRequestKey) -> asyncpg.Record:
+        return await self.conn.fetchrow(
+            """SELECT payment_request_id, request_hash, response FROM snap_requests
+               WHERE client_id = $1 AND external_id = $2 AND request_date = $3""",
+            key.client_id, key.external_id, key.day,
+        )
+
+    async def store_snap_response(self, key: SnapRequestKey, response: dict[str, Any]) -> None:
+        await self.conn.execute(
+            """UPDATE snap_requests SET response_code = $4, response = $5
+               WHERE client_id = $1 AND external_id = $2 AND request_date = $3""",
+            key.client_id, key.external_id, key.day, response["responseCode"], response,
+        )
+
+    async def add_token(self, token_hash: str, client_id: str, expires_at: datetime) -> None:
+        await self.conn.execute(
+            "INSERT INTO snap_tokens (token_hash, client_id, expires_at) VALUES ($1, $2, $3)",
+            token_hash, client_id, expires_at,
+        )
+
+    async def token_client(self, token_hash: str, now: datetime) -> str | None:
+        client_id: str | None = await self.conn.fetchval(
+            "SELECT client_id FROM snap_tokens WHERE token_hash = $1 AND expires_at > $2", token_hash, now
+        )
+        return client_id
+
+    async def purge_tokens(self, now: datetime) -> int:
+        result: str = await self.conn.execute("DELETE FROM snap_tokens WHERE expires_at <= $1", now)
+        return int(result.split()[-1])
+
+    # --- refunds ---------------------------------------------------------------------------
+
+    async def add_refund(self, refund_id: UUID, order_id: UUID, payment_id: UUID | None, amount: int,
+                         reason: str, now: datetime) -> bool:
+        """Insert a refund; False when the order (or its payment) already has one."""
+        inserted = await self.conn.fetchval(
+            """INSERT INTO refunds (refund_id, order_id, payment_id, amount, reason, refunded_at)
+               VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING true""",
+            refund_id, order_id, payment_id, amount, reason, now,
+        )
+        return bool(inserted)

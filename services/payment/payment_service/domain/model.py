@@ -1,0 +1,111 @@
+"""Bills and payment decisions: the pure model of the payment service (no I/O).
+
+A bill moves ``OPEN → PAID`` (captured) or ``OPEN → EXPIRED`` (unpaid past ``expires_at``). One
+more edge exists because banks move money before they tell us: ``EXPIRED → PAID`` for a *late
+advice*, a re-sent notification (``flagAdvise = "Y"``) of a transaction the bank made before the
+bill expired. Such a capture is marked ``late`` so the order service can refund it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum, StrEnum
+from uuid import UUID
+
+CUSTOMER_NO_DIGITS = 12
+
+
+class BillStatus(StrEnum):
+    OPEN = "OPEN"
+    PAID = "PAID"
+    EXPIRED = "EXPIRED"
+
+
+class InvalidTransition(RuntimeError):
+    """A state change the bill's state machine does not allow."""
+
+
+def new_customer_no() -> str:
+    """A random customer number of 12 digits (uniqueness is the repository's unique index)."""
+    return f"{secrets.randbelow(10**CUSTOMER_NO_DIGITS):0{CUSTOMER_NO_DIGITS}d}"
+
+
+@dataclass
+class Bill:
+    bill_id: UUID
+    order_id: UUID
+    bank: str
+    customer_no: str
+    virtual_account_no: str
+    amount: int
+    quantity: int
+    status: BillStatus
+    expires_at: datetime
+
+    def past_due(self, now: datetime) -> bool:
+        """Expired, or unpaid past its expiry before the sweep got to it."""
+        return self.status is BillStatus.EXPIRED or (self.status is BillStatus.OPEN and now > self.expires_at)
+
+    def expire(self) -> None:
+        if self.status is not BillStatus.OPEN:
+            raise InvalidTransition(f"bill {self.bill_id} is {self.status}, cannot expire")
+        self.status = BillStatus.EXPIRED
+
+    def pay(self, *, late: bool) -> None:
+        if self.status is BillStatus.PAID or (self.status is BillStatus.EXPIRED and not late):
+            raise InvalidTransition(f"bill {self.bill_id} is {self.status}, cannot be paid")
+        self.status = BillStatus.PAID
+
+
+@dataclass(frozen=True)
+class CapturedPayment:
+    """The payment already captured for a bill."""
+
+    payment_id: UUID
+    payment_request_id: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class PaymentFlag:
+    """What the bank tells us: it took ``amount`` from the payer (None: not whole rupiah)."""
+
+    payment_request_id: str
+    amount: int | None
+    advice: bool
+    trx_time: datetime | None
+
+
+class Verdict(Enum):
+    CAPTURE = "capture"
+    ALREADY_CAPTURED = "already_captured"
+    """The same payment again (a re-send): answer success, capture nothing."""
+    INVALID_AMOUNT = "invalid_amount"
+    ALREADY_PAID = "already_paid"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    late: bool = False
+
+
+def decide_payment(bill: Bill, captured: CapturedPayment | None, flag: PaymentFlag, now: datetime) -> Decision:
+    """Decide a payment notification for ``bill``, given the payment already captured for it."""
+    if captured is not None:
+        if captured.payment_request_id != flag.payment_request_id:
+            return Decision(Verdict.ALREADY_PAID)
+        if captured.amount != flag.amount:
+            return Decision(Verdict.INVALID_AMOUNT)
+        return Decision(Verdict.ALREADY_CAPTURED)
+    if flag.amount != bill.amount:
+        return Decision(Verdict.INVALID_AMOUNT)
+    if bill.past_due(now):
+        in_time = flag.trx_time is not None and flag.trx_time <= bill.expires_at
+        if flag.advice and in_time:
+            return Decision(Verdict.CAPTURE, late=True)
+        return Decision(Verdict.EXPIRED)
+    return Decision(Verdict.CAPTURE)

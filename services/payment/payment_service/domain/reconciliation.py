@@ -1,0 +1,67 @@
+"""Reconciliation of a bank's settlement list against our captured payments (pure)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Settled:
+    """One line of a settlement list, or one payment of ours (``time`` = the bank's time)."""
+
+    payment_request_id: str
+    amount: int
+    time: datetime
+
+
+@dataclass(frozen=True)
+class Window:
+    start: datetime
+    end: datetime
+
+    @classmethod
+    def of(cls, lines: Sequence[Settled]) -> Window:
+        times = [line.time for line in lines]
+        return cls(min(times), max(times))
+
+    def __contains__(self, when: datetime) -> bool:
+        return self.start <= when <= self.end
+
+
+def reconcile(bank_lines: Sequence[Settled], ours: Sequence[Settled], window: Window) -> dict[str, Any]:
+    """Compare by paymentRequestId.
+
+    ``ours`` holds our payments named in the list plus those captured inside ``window``; one of
+    ours missing from the list counts only when it lies inside the window.
+    """
+    theirs = {line.payment_request_id: line for line in bank_lines}
+    mine = {p.payment_request_id: p for p in ours}
+    matched = sorted(k for k in theirs.keys() & mine.keys() if theirs[k].amount == mine[k].amount)
+    mismatches = [
+        {"paymentRequestId": k, "ours": mine[k].amount, "bank": theirs[k].amount}
+        for k in sorted(theirs.keys() & mine.keys())
+        if theirs[k].amount != mine[k].amount
+    ]
+    missing_ours = sorted(theirs.keys() - mine.keys())
+    missing_bank = sorted(k for k in mine.keys() - theirs.keys() if mine[k].time in window)
+    duplicates = sorted(k for k, n in Counter(line.payment_request_id for line in bank_lines).items() if n > 1)
+    return {
+        "window": {"from": window.start.isoformat(), "to": window.end.isoformat()},
+        "counts": {
+            "lines": len(bank_lines),
+            "matched": len(matched),
+            "missing_on_our_side": len(missing_ours),
+            "missing_on_bank_side": len(missing_bank),
+            "amount_mismatches": len(mismatches),
+            "duplicates_in_file": len(duplicates),
+        },
+        "matched": matched,
+        "missing_on_our_side": missing_ours,
+        "missing_on_bank_side": missing_bank,
+        "amount_mismatches": mismatches,
+        "duplicates_in_file": duplicates,
+    }

@@ -1,0 +1,32 @@
+"""The payment service's subscriptions: one handler per message type."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from emeterai_shared.contracts.events import OrderPlaced, OrderRefundRequested
+from emeterai_shared.messaging import Envelope, Subscription
+from emeterai_shared.uow import UnitOfWork
+
+from payment_service.adapters.banks import BankRegistry
+from payment_service.config import PaymentSettings
+from payment_service.metrics import PAYMENTS_REFUNDED
+from payment_service.service_layer.billing import issue_bill
+from payment_service.service_layer.refunds import record_refund
+
+
+def subscriptions(settings: PaymentSettings, banks: Callable[[], BankRegistry]) -> list[Subscription]:
+    """``banks`` is called per message so that the partners file is read only where needed."""
+
+    async def on_order_placed(uow: UnitOfWork, env: Envelope[OrderPlaced]) -> None:
+        await issue_bill(uow, banks(), env.body, timedelta(seconds=settings.bill_expiry_s), datetime.now(UTC))
+
+    async def on_order_refund_requested(uow: UnitOfWork, env: Envelope[OrderRefundRequested]) -> None:
+        if await record_refund(uow, env.body, datetime.now(UTC)):
+            PAYMENTS_REFUNDED.inc()
+
+    return [
+        Subscription("payment.on_order_placed", OrderPlaced, on_order_placed),
+        Subscription("payment.on_order_refund_requested", OrderRefundRequested, on_order_refund_requested),
+    ]

@@ -1,0 +1,65 @@
+"""Bills: one issued per placed order, expired when still unpaid after ``bill_expiry_s``."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from uuid import uuid4
+
+import asyncpg
+from emeterai_shared.contracts.events import BillExpired, BillFailed, BillIssued, OrderPlaced
+from emeterai_shared.messaging import PermanentError
+from emeterai_shared.uow import UnitOfWork, unit_of_work
+
+from payment_service.adapters.banks import BankRegistry
+from payment_service.adapters.repository import PaymentRepository
+from payment_service.domain.model import Bill, BillStatus, new_customer_no
+from payment_service.snap.models import va_digits
+
+CUSTOMER_NO_ATTEMPTS = 10
+EXPIRY_BATCH = 500
+
+
+async def issue_bill(uow: UnitOfWork, banks: BankRegistry, order: OrderPlaced, expiry: timedelta,
+                     now: datetime) -> None:
+    """Open the order's bill at its bank and announce it; a redelivered order changes nothing."""
+    repo = PaymentRepository(uow.conn)
+    if await repo.bill_for_order(order.order_id) is not None:
+        return
+    correlation_id = str(order.order_id)
+    bank = banks.for_order(order.bank)
+    if bank is None:
+        reason = f"unknown bank {order.bank!r}" if order.bank else "no partner bank is configured"
+        uow.publish(BillFailed(order_id=order.order_id, reason=reason), correlation_id=correlation_id)
+        return
+    if order.amount <= 0:
+        raise PermanentError(f"order {order.order_id} has a non-positive amount {order.amount}")
+    for _ in range(CUSTOMER_NO_ATTEMPTS):
+        customer_no = new_customer_no()
+        bill = Bill(uuid4(), order.order_id, bank.client_id, customer_no,
+                    va_digits(bank.partner_service_id, customer_no), order.amount, order.quantity,
+                    BillStatus.OPEN, now + expiry)
+        if await repo.add_bill(bill):
+            uow.publish(BillIssued(order_id=bill.order_id, bill_id=bill.bill_id, bank=bill.bank,
+                                   virtual_account_no=bill.virtual_account_no, amount=bill.amount,
+                                   expires_at=bill.expires_at), correlation_id=correlation_id)
+            return
+        if await repo.bill_for_order(order.order_id) is not None:
+            return  # a concurrent delivery of the same order issued it
+    raise RuntimeError(f"no free customer number after {CUSTOMER_NO_ATTEMPTS} attempts")
+
+
+async def expire_due_bills(pool: asyncpg.Pool, now: datetime) -> int:
+    """Expire open bills past their expiry, batch by batch; returns how many expired."""
+    total = 0
+    while True:
+        async with unit_of_work(pool) as uow:
+            repo = PaymentRepository(uow.conn)
+            bills = await repo.claim_due_bills(now, EXPIRY_BATCH)
+            for bill in bills:
+                bill.expire()
+                uow.publish(BillExpired(order_id=bill.order_id, bill_id=bill.bill_id, expired_at=bill.expires_at),
+                            correlation_id=str(bill.order_id))
+            await repo.save_expired(bills, now)
+        total += len(bills)
+        if len(bills) < EXPIRY_BATCH:
+            return total

@@ -1,0 +1,137 @@
+"""SNAP virtual-account use cases: the bill inquiry (service 24) and the payment flag (service 25).
+
+A payment flag runs in ONE transaction: record the notification under its X-EXTERNAL-ID, decide
+with the bill locked, capture (payment row, bill PAID, ``payment.captured.v1`` in the outbox),
+store the answer. Every business outcome is recorded, so a replay gets the first outcome.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import uuid4
+
+import asyncpg
+from emeterai_shared.contracts.events import PaymentCaptured
+from emeterai_shared.uow import UnitOfWork
+
+from payment_service.adapters.repository import NewPayment, PaymentRepository, SnapRequestKey
+from payment_service.domain.model import Bill, BillStatus, Decision, PaymentFlag, Verdict, decide_payment
+from payment_service.snap.codes import Case, Service
+from payment_service.snap.models import (
+    InquiryRequest,
+    PaymentRequest,
+    error_response,
+    inquiry_response,
+    payment_response,
+)
+from payment_service.snap.signatures import JAKARTA
+
+REASONS: dict[Case, tuple[str, str]] = {
+    Case.SUCCESS: ("Success", "Sukses"),
+    Case.VA_NOT_FOUND: ("Virtual account not found", "Virtual account tidak ditemukan"),
+    Case.INVALID_AMOUNT: ("Paid amount does not match the bill", "Nominal tidak sesuai tagihan"),
+    Case.BILL_ALREADY_PAID: ("Bill already paid", "Tagihan sudah dibayar"),
+    Case.VA_EXPIRED: ("Virtual account expired", "Virtual account kedaluwarsa"),
+    Case.CONFLICT: ("paymentRequestId already used for another virtual account",
+                    "paymentRequestId sudah dipakai untuk virtual account lain"),
+}
+_VERDICT_CASES = {
+    Verdict.CAPTURE: Case.SUCCESS,
+    Verdict.ALREADY_CAPTURED: Case.SUCCESS,
+    Verdict.INVALID_AMOUNT: Case.INVALID_AMOUNT,
+    Verdict.ALREADY_PAID: Case.BILL_ALREADY_PAID,
+    Verdict.EXPIRED: Case.VA_EXPIRED,
+}
+
+
+@dataclass(frozen=True)
+class PaymentNotice:
+    """An authenticated, well-formed payment flag."""
+
+    client_id: str
+    external_id: str
+    timestamp: datetime
+    """X-TIMESTAMP: its Jakarta date scopes the X-EXTERNAL-ID."""
+    request: PaymentRequest
+    request_hash: str
+    trx_time: datetime | None
+
+
+@dataclass(frozen=True)
+class PaymentAnswer:
+    body: dict[str, Any]
+    captured: Decision | None = None
+    """The decision when this request captured the payment."""
+
+
+async def _find_bill(repo: PaymentRepository, client_id: str, request: InquiryRequest | PaymentRequest,
+                     *, lock: bool) -> Bill | None:
+    """The bill behind the request's VA, if it belongs to the calling bank."""
+    bill = await repo.bill_by_customer_no(request.customer_no, lock=lock)
+    if bill is None or bill.bank != client_id or bill.virtual_account_no != request.va_digits:
+        return None
+    return bill
+
+
+async def inquire(pool: asyncpg.Pool, client_id: str, request: InquiryRequest, now: datetime) -> dict[str, Any]:
+    async with pool.acquire() as conn:
+        bill = await _find_bill(PaymentRepository(conn), client_id, request, lock=False)
+    if bill is None:
+        case = Case.VA_NOT_FOUND
+    elif bill.status is BillStatus.PAID:
+        case = Case.BILL_ALREADY_PAID
+    elif bill.past_due(now):
+        case = Case.VA_EXPIRED
+    else:
+        return inquiry_response(Case.SUCCESS.code(Service.INQUIRY), request, total_amount=bill.amount,
+                                virtual_account_name=f"e-Meterai x{bill.quantity}")
+    english, indonesian = REASONS[case]
+    return inquiry_response(case.code(Service.INQUIRY), request, reason_en=english, reason_id=indonesian)
+
+
+async def flag_payment(uow: UnitOfWork, notice: PaymentNotice, now: datetime) -> PaymentAnswer:
+    repo = PaymentRepository(uow.conn)
+    request = notice.request
+    key = SnapRequestKey(notice.client_id, notice.external_id, notice.timestamp.astimezone(JAKARTA).date())
+    if not await repo.claim_snap_request(key, request.payment_request_id, notice.request_hash):
+        first = await repo.snap_request(key)
+        if (first["payment_request_id"], first["request_hash"]) == (request.payment_request_id, notice.request_hash):
+            return PaymentAnswer({**error_response(Case.INCONSISTENT_REQUEST.code(Service.PAYMENT)),
+                                  "virtualAccountData": first["response"]["virtualAccountData"]})
+        return PaymentAnswer(error_response(Case.CONFLICT.code(Service.PAYMENT),
+                                            "Conflict. X-EXTERNAL-ID already used today for another request"))
+    case, captured = await _decide(uow, repo, notice, now)
+    english, indonesian = REASONS[case]
+    body = payment_response(case.code(Service.PAYMENT), request, "00" if case is Case.SUCCESS else "01",
+                            english, indonesian)
+    await repo.store_snap_response(key, body)
+    return PaymentAnswer(body, captured)
+
+
+async def _decide(uow: UnitOfWork, repo: PaymentRepository, notice: PaymentNotice,
+                  now: datetime) -> tuple[Case, Decision | None]:
+    request = notice.request
+    bill = await _find_bill(repo, notice.client_id, request, lock=True)
+    if bill is None:
+        return Case.VA_NOT_FOUND, None
+    if await repo.bill_of_payment_request(notice.client_id, request.payment_request_id) not in (None, bill.bill_id):
+        return Case.CONFLICT, None
+    try:
+        amount: int | None = request.paid_amount.to_rupiah()
+    except ValueError:
+        amount = None
+    flag = PaymentFlag(request.payment_request_id, amount, request.is_advice, notice.trx_time)
+    decision = decide_payment(bill, await repo.captured_for_bill(bill.bill_id), flag, now)
+    if decision.verdict is not Verdict.CAPTURE:
+        return _VERDICT_CASES[decision.verdict], None
+    bill.pay(late=decision.late)
+    payment = NewPayment(uuid4(), bill, notice.client_id, request.payment_request_id, bill.amount,
+                         request.trx_id, request.reference_no, notice.trx_time, decision.late, now)
+    await repo.add_payment(payment)
+    uow.publish(PaymentCaptured(order_id=bill.order_id, bill_id=bill.bill_id, payment_id=payment.payment_id,
+                                amount=payment.amount, bank=payment.client_id,
+                                payment_request_id=payment.payment_request_id, captured_at=now,
+                                late=decision.late), correlation_id=str(bill.order_id))
+    return Case.SUCCESS, decision
