@@ -14,6 +14,7 @@ import os
 import secrets
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -225,8 +226,10 @@ class BankSimulator:
         payment_request_id: str | None = None,
         flag_advise: FlagAdvise = "N",
         trx_id: str | None = None,
+        paid_at: datetime | None = None,
     ) -> dict[str, Any]:
-        """The body of a payment of ``amount`` rupiah to ``customer_no``.
+        """The body of a payment of ``amount`` rupiah to ``customer_no`` (``paid_at``: when the
+        customer paid at the bank, default now; a re-sent advice carries the original time).
 
         trxId and referenceNo derive from paymentRequestId, so a re-sent payment ("Y") carries
         the same identifiers as the first one.
@@ -239,7 +242,7 @@ class BankSimulator:
             "trxId": trx_id or payment_request_id,
             "paidAmount": snap_amount,
             "totalAmount": snap_amount,
-            "trxDateTime": format_snap_timestamp(),
+            "trxDateTime": format_snap_timestamp(paid_at),
             "referenceNo": payment_request_id[:16],
             "flagAdvise": flag_advise,
         }
@@ -294,6 +297,7 @@ class BankSimulator:
         flag_advise: FlagAdvise = "N",
         *,
         trx_id: str | None = None,
+        paid_at: datetime | None = None,
     ) -> tuple[int, dict[str, Any]]:
         """Flag a payment of ``amount`` rupiah; resend with ``flag_advise="Y"`` and same ids."""
         body = self.payment_body(
@@ -302,6 +306,7 @@ class BankSimulator:
             payment_request_id=payment_request_id,
             flag_advise=flag_advise,
             trx_id=trx_id,
+            paid_at=paid_at,
         )
         request = self.build_signed_request(
             PAYMENT_PATH, body, access_token=await self._token(), external_id=external_id

@@ -1,0 +1,61 @@
+"""A buyer as the public contract sees it: accounts and orders over HTTP.
+
+Used by cross-service tests and by the rush simulator.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import aiohttp
+
+from emeterai_shared.testing.fixtures import eventually
+
+
+class Buyer:
+    def __init__(self, session: aiohttp.ClientSession, order_url: str):
+        self.session = session
+        self.url = order_url
+        self.token = ""
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    async def register(self, name: str = "Pelamar CASN", phone: str = "+6281200000000") -> None:
+        async with self.session.post(f"{self.url}/v1/accounts", json={"name": name, "phone": phone}) as r:
+            assert r.status == 201, await r.text()
+            self.token = (await r.json())["token"]
+
+    async def order(self, quantity: int = 2, bank: str | None = None) -> str:
+        body: dict[str, Any] = {"quantity": quantity}
+        if bank is not None:
+            body["bank"] = bank
+        async with self.session.post(f"{self.url}/v1/orders", json=body,
+                                     headers={**self.auth, "Idempotency-Key": str(uuid.uuid4())}) as r:
+            assert r.status == 202, await r.text()
+            return str((await r.json())["order_id"])
+
+    async def get(self, order_id: str) -> dict[str, Any]:
+        async with self.session.get(f"{self.url}/v1/orders/{order_id}", headers=self.auth) as r:
+            assert r.status == 200, await r.text()
+            body: dict[str, Any] = await r.json()
+            return body
+
+    async def bill(self, order_id: str, timeout_s: float = 60) -> dict[str, Any]:
+        """The payment instructions, once the payment service has issued the bill."""
+        async def ready() -> dict[str, Any] | None:
+            return (await self.get(order_id))["payment"]
+
+        payment: dict[str, Any] = await eventually(ready, timeout_s=timeout_s, message=f"bill of {order_id}")
+        return payment
+
+    async def status_becomes(self, order_id: str, status: str, timeout_s: float = 90) -> dict[str, Any]:
+        async def reached() -> dict[str, Any] | None:
+            order = await self.get(order_id)
+            return order if order["status"] == status else None
+
+        found: dict[str, Any] = await eventually(reached, timeout_s=timeout_s,
+                                                 message=f"order {order_id} {status}")
+        return found

@@ -1,0 +1,78 @@
+"""Unpaid orders expire; money that arrives after expiry is captured and refunded, never lost.
+
+Bills here expire after a few seconds (``PAYMENT_BILL_EXPIRY_S``), swept every half second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import pytest
+from emeterai_shared.testing.clients import Buyer
+from emeterai_shared.testing.fixtures import fetchval
+from emeterai_shared.testing.platform import Platform
+from payment_service.snap.banksim import BankSimulator
+
+BankFor = Callable[[Platform, aiohttp.ClientSession], BankSimulator]
+CustomerNo = Callable[[Platform, str], str]
+EXPIRY_S = 4
+
+
+@pytest.fixture(scope="module")
+async def platform(purchase_platform: Any) -> AsyncIterator[Platform]:
+    async with purchase_platform(bill_expiry_s=EXPIRY_S, expiry_sweep_interval_s=0.5) as p:
+        yield p
+
+
+async def test_unpaid_order_expires_and_refuses_a_late_payment(
+    platform: Platform, bank_client: BankFor, va_customer_no: CustomerNo
+) -> None:
+    async with aiohttp.ClientSession() as session:
+        buyer = Buyer(session, platform.url("order"))
+        await buyer.register()
+        order_id = await buyer.order(1)
+        bill = await buyer.bill(order_id)
+        await buyer.status_becomes(order_id, "EXPIRED", timeout_s=60)
+        bank = bank_client(platform, session)
+        status, body = await bank.pay(va_customer_no(platform, bill["virtual_account_no"]), bill["amount"])
+        assert (status, body["responseCode"]) == (404, "4042519"), body
+    payment_db = platform.settings["payment"]
+    assert await fetchval(payment_db, "SELECT count(*) FROM outbox WHERE message_type ="
+                          " 'payment.captured.v1' AND correlation_id = $1", order_id) == 0
+    assert (await buyer_status(platform, order_id)) == "EXPIRED"
+
+
+async def test_late_bank_advice_is_captured_and_refunded(
+    platform: Platform, bank_client: BankFor, va_customer_no: CustomerNo
+) -> None:
+    """The customer paid in time, the bank reports it after expiry (flagAdvise=Y)."""
+    async with aiohttp.ClientSession() as session:
+        buyer = Buyer(session, platform.url("order"))
+        await buyer.register()
+        order_id = await buyer.order(2)
+        bill = await buyer.bill(order_id)
+        paid_at = datetime.now(UTC)
+        await buyer.status_becomes(order_id, "EXPIRED", timeout_s=60)
+        assert datetime.fromisoformat(bill["expires_at"]) > paid_at
+        bank = bank_client(platform, session)
+        status, body = await bank.pay(va_customer_no(platform, bill["virtual_account_no"]), bill["amount"],
+                                      flag_advise="Y", paid_at=paid_at - timedelta(seconds=1))
+        assert (status, body["responseCode"]) == (200, "2002500"), body
+        order = await buyer.status_becomes(order_id, "REFUNDED", timeout_s=60)
+        assert order["serials"] == []
+    payment_db = platform.settings["payment"]
+    assert await fetchval(payment_db, "SELECT count(*) FROM outbox WHERE message_type ="
+                          " 'payment.refunded.v1' AND correlation_id = $1", order_id) == 1
+    assert await fetchval(payment_db, "SELECT count(*) FROM refunds r JOIN bills b ON b.order_id = r.order_id"
+                          " WHERE b.order_id = $1::uuid AND r.amount = $2", order_id, bill["amount"]) == 1
+    order_db = platform.settings["order"]
+    assert await fetchval(order_db, "SELECT count(*) FROM outbox WHERE message_type = 'order.paid.v1'"
+                          " AND correlation_id = $1", order_id) == 0
+
+
+async def buyer_status(platform: Platform, order_id: str) -> str:
+    return str(await fetchval(platform.settings["order"], "SELECT status FROM orders WHERE id = $1::uuid",
+                              order_id))
