@@ -91,6 +91,7 @@ class OutboxRelay:
             if not rows:
                 return 0
             results = await asyncio.gather(*(self._publish(r) for r in rows), return_exceptions=True)
+            failpoint("relay.after_publish")  # published and confirmed, sent mark not yet committed
             sent = [r["id"] for r, res in zip(rows, results, strict=True) if res is None]
             refused = [(r, res) for r, res in zip(rows, results, strict=True)
                        if isinstance(res, PublishError)]
@@ -109,7 +110,6 @@ class OutboxRelay:
                 )
                 for r, err in refused:
                     log.warning("outbox row %s (%s) refused: %s", r["id"], r["message_type"], err)
-        failpoint("relay.after_publish")
         outcome = "ok" if not (refused or unexpected) else "partial" if sent else "failed"
         RELAY_PUBLISH_ATTEMPTS.labels(self._settings.service_name, outcome).inc()
         if unexpected and not sent:

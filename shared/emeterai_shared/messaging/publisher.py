@@ -37,7 +37,18 @@ class Publisher:
 
     async def _exchange(self, name: str) -> AbstractExchange:
         async with self._lock:
-            if self._channel is None or self._channel.is_closed:
+            # A robust channel is reopened by aio-pika (after a reconnect or a channel error), so
+            # it is kept: opening a fresh one per attempt while the broker is down leaked one open
+            # channel per attempt once it came back (each is restored with the connection).
+            if not self._connection.connected.is_set():
+                raise BrokerUnavailable("not connected to the broker (reconnecting)")
+            if self._channel is not None and self._channel.is_closed:
+                try:
+                    await asyncio.wait_for(self._channel.ready(), self._timeout)  # type: ignore[attr-defined]
+                except TimeoutError:
+                    self._channel = None  # not restored in time: open a fresh one next attempt
+                    raise
+            if self._channel is None:
                 self._channel = await asyncio.wait_for(
                     self._connection.channel(publisher_confirms=True, on_return_raises=True),
                     self._timeout,
@@ -94,8 +105,9 @@ class Publisher:
             raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:
-        if self._channel is not None and not self._channel.is_closed:
-            await self._channel.close()
+        channel, self._channel = self._channel, None
+        if channel is not None and not channel.is_closed:
+            await channel.close()
 
 
 def _describe(exc: aio_pika.exceptions.DeliveryError) -> str:

@@ -7,13 +7,16 @@ records each application in ``probe_effects``. The message's ``note`` steers the
 * ``fail-until:N``: raise a transient error until delivery attempt N, then succeed;
 * ``always-fail``: raise on every attempt (ends in the parking queue);
 * ``permanent``: raise ``PermanentError`` (parks at once);
-* ``forward``: also publish a follow-up probe (seq + 1_000_000) from inside the handler.
+* ``forward``: also publish a follow-up probe (seq + 1_000_000) from inside the handler;
+* ``sleep:MS``: await ``asyncio.sleep(MS / 1000)`` inside the handler (its transaction open)
+  before recording the effect, so that shutdown tests can catch handlers in progress.
 
 Run it like a service: ``python -m emeterai_shared.testing.probe worker``.
 """
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -45,6 +48,8 @@ async def on_probe_sent(uow: UnitOfWork, env: Envelope[ProbeSent]) -> None:
         raise TransientProbeError(f"probe {env.body.seq} failing on attempt {env.attempt}")
     if note == "permanent":
         raise PermanentError(f"probe {env.body.seq} can never succeed")
+    if note.startswith("sleep:"):
+        await asyncio.sleep(int(note[6:]) / 1000)
     await uow.conn.execute(
         "INSERT INTO probe_effects (message_id, seq, attempt) VALUES ($1, $2, $3)",
         env.message_id, env.body.seq, env.attempt,
