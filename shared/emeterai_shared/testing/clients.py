@@ -46,10 +46,11 @@ class Buyer:
     async def bill(self, order_id: str, timeout_s: float = 60) -> dict[str, Any]:
         """The payment instructions, once the payment service has issued the bill."""
         async def ready() -> dict[str, Any] | None:
-            return (await self.get(order_id))["payment"]
+            payment: dict[str, Any] | None = (await self.get(order_id))["payment"]
+            return payment
 
-        payment: dict[str, Any] = await eventually(ready, timeout_s=timeout_s, message=f"bill of {order_id}")
-        return payment
+        found: dict[str, Any] = await eventually(ready, timeout_s=timeout_s, message=f"bill of {order_id}")
+        return found
 
     async def status_becomes(self, order_id: str, status: str, timeout_s: float = 90) -> dict[str, Any]:
         async def reached() -> dict[str, Any] | None:
