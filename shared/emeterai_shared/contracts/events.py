@@ -9,6 +9,8 @@ from __future__ import annotations
 from datetime import datetime
 from uuid import UUID
 
+from pydantic import BaseModel, ConfigDict
+
 from emeterai_shared.contracts.base import Message, message
 
 
@@ -105,3 +107,44 @@ class PaymentRefunded(Message):
     amount: int
     reason: str
     refunded_at: datetime
+
+
+# --- minting and stamping --------------------------------------------------------------------
+# order ──order.paid──► minting ──minting.serials_issued / minting.failed──► order, stamping
+# stamping ──stamping.document_stamped──► minting (registry), order (partner webhooks)
+
+
+class IssuedSerial(BaseModel):
+    """One stamp: its serial and the Ed25519-signed token printed in its QR code."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    sn: str
+    token: str
+
+
+@message("minting.serials_issued.v1")
+class SerialsIssued(Message):
+    order_id: UUID
+    account_id: UUID
+    partner_id: str | None = None
+    serials: tuple[IssuedSerial, ...]
+    issued_at: datetime
+
+
+@message("minting.failed.v1")
+class MintingFailed(Message):
+    """No serials can be issued for a paid order (out of stock): the order must be refunded."""
+
+    order_id: UUID
+    reason: str
+    failed_at: datetime
+
+
+@message("stamping.document_stamped.v1")
+class DocumentStamped(Message):
+    stamping_id: UUID
+    account_id: UUID
+    sn: str
+    document_sha256: str
+    stamped_at: datetime
