@@ -7,7 +7,9 @@ queue that parked it, as a fresh first attempt, confirms it, and only then acks 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,6 +19,8 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from emeterai_shared.messaging.consumer import ATTEMPT_HEADER, own_headers
 from emeterai_shared.messaging.publisher import Publisher
 from emeterai_shared.messaging.topology import RETRY, parking_queue
+
+RETURN_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -66,18 +70,39 @@ async def list_parked(
 ) -> list[ParkedMessage]:
     """Up to ``limit`` parked messages of ``queue``; all stay parked."""
     channel = await connection.channel()
+    found: list[ParkedMessage] = []
     try:
         pq = await channel.declare_queue(parking_queue(queue), passive=True)
-        found: list[ParkedMessage] = []
+        ready = pq.declaration_result.message_count or 0
         for _ in range(limit):
             message = await pq.get(no_ack=False, fail=False)
             if message is None:
                 break
             found.append(_parked(queue, message))
-        return found
     finally:
         with contextlib.suppress(Exception):
             await channel.close()  # unacked gets return to the parking queue
+    await _until_returned(connection, queue, ready)
+    return found
+
+
+async def _until_returned(connection: AbstractRobustConnection, queue: str, ready: int) -> None:
+    """Wait (at most ``RETURN_WAIT_S``) until the parking queue shows ``ready`` messages again.
+
+    A quorum queue takes back the unacked messages of a closed channel asynchronously; without
+    this, a re-drive right after a listing could see an empty queue and silently move nothing.
+    """
+    deadline = time.monotonic() + RETURN_WAIT_S
+    while ready > 0 and time.monotonic() < deadline:
+        channel = await connection.channel()  # fresh: a robust channel caches passive declares
+        try:
+            pq = await channel.declare_queue(parking_queue(queue), passive=True)
+            if (pq.declaration_result.message_count or 0) >= ready:
+                return
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+        await asyncio.sleep(0.05)
 
 
 async def redrive(
@@ -87,6 +112,7 @@ async def redrive(
     """Send parked messages (all, or those with the given ids) back to ``queue``."""
     channel = await connection.channel()
     moved: list[str] = []
+    total = 0
     try:
         pq = await channel.declare_queue(parking_queue(queue), passive=True)
         total = pq.declaration_result.message_count or 0
@@ -108,7 +134,8 @@ async def redrive(
             )
             await message.ack()
             moved.append(message.message_id or "")
-        return moved
     finally:
         with contextlib.suppress(Exception):
             await channel.close()
+    await _until_returned(connection, queue, total - len(moved))  # the ones left parked
+    return moved
