@@ -142,6 +142,8 @@ class Operation:
     tags: list[str] = field(default_factory=list)
     request_content_type: str = "application/json"
     parameters: list[dict[str, Any]] = field(default_factory=list)
+    webhook: bool = False
+    """A request *we* send to the caller (OpenAPI 3.1 ``webhooks``, keyed by ``path`` as its name)."""
 
 
 class ErrorBody(BaseModel):
@@ -172,6 +174,7 @@ class OpenApi:
             return {"$ref": f"#/components/schemas/{model.__name__}"}
 
         paths: dict[str, dict[str, Any]] = {}
+        webhooks: dict[str, dict[str, Any]] = {}
         for op in self.operations:
             entry: dict[str, Any] = {"summary": op.summary, "responses": {}}
             if op.tags:
@@ -190,13 +193,15 @@ class OpenApi:
                 if body_model is not None:
                     resp["content"] = {"application/json": {"schema": ref(body_model)}}
                 entry["responses"][str(status)] = resp
-            paths.setdefault(op.path, {})[op.method.lower()] = entry
+            (webhooks if op.webhook else paths).setdefault(op.path, {})[op.method.lower()] = entry
         doc: dict[str, Any] = {
             "openapi": "3.1.0",
             "info": {"title": self.title, "version": self.version, "description": self.description},
             "paths": paths,
             "components": {"schemas": schemas},
         }
+        if webhooks:
+            doc["webhooks"] = webhooks
         if self.security_schemes:
             doc["components"]["securitySchemes"] = self.security_schemes
         return doc

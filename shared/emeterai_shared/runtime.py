@@ -61,6 +61,9 @@ class Context:
     pool: asyncpg.Pool
     amqp: AbstractRobustConnection | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """Awaited, newest first, when the process closes (before the pool): for what ``extras``
+    opened, such as an HTTP client session with requests in flight."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,11 @@ async def _open(defn: ServiceDefinition, settings: ServiceSettings, kind: str,
 
 
 async def _close(ctx: Context) -> None:
+    for closer in reversed(ctx.closers):
+        try:
+            await closer()
+        except Exception:
+            log.exception("closing %r failed", closer)
     if ctx.amqp is not None:
         with contextlib.suppress(Exception):
             await ctx.amqp.close()

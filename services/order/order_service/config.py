@@ -15,6 +15,14 @@ class OrderSettings(ServiceSettings):
     auth_private_key_file: str = ""
     partners_file: str = ""
 
+    # Partner webhooks (Standard Webhooks), sent by the worker's dispatcher.
+    webhook_timeout_s: float = 5.0
+    webhook_max_age_s: float = 3 * 24 * 3600
+    webhook_backoff_initial_s: float = 5.0
+    webhook_backoff_max_s: float = 3600.0
+    webhook_dispatch_interval_s: float = 1.0
+    webhook_concurrency_per_partner: int = 4
+
     @property
     def private_key_path(self) -> str:
         return self.auth_private_key_file or f"{self.secrets_dir}/auth-ed25519.pem"

@@ -2,7 +2,9 @@
 
 ``{"partners": [{"partner_id", "api_key", "webhook_url"?, "webhook_secret", "max_quantity"}]}``.
 A partner authenticates with ``X-Api-Key``; keys are compared as SHA-256 digests in constant
-time. A partner acts as an account of its own whose id is derived from its partner id.
+time. A partner acts as an account of its own whose id is derived from its partner id. A
+``webhook_url`` needs a ``webhook_secret`` (see ``webhooks.signing_key`` for how it becomes the
+HMAC key); a bad secret stops the process at start, not at the first delivery.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ import hashlib
 import hmac
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
+
+from order_service.adapters.webhooks import signing_key
 
 PARTNER_NAMESPACE = uuid.UUID("6f2d0c1e-8a51-4a43-9a8e-2f7c7f3e0b11")
 
@@ -22,9 +26,17 @@ PARTNER_NAMESPACE = uuid.UUID("6f2d0c1e-8a51-4a43-9a8e-2f7c7f3e0b11")
 class PartnerConfig(BaseModel):
     partner_id: str = Field(min_length=1, max_length=64)
     api_key: str = Field(min_length=16)
-    webhook_url: str | None = None
+    webhook_url: str | None = Field(default=None, pattern=r"^https?://")
     webhook_secret: str | None = None
     max_quantity: int = Field(default=100, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _webhook(self) -> PartnerConfig:
+        if self.webhook_url is not None and not self.webhook_secret:
+            raise ValueError(f"partner {self.partner_id}: a webhook_url needs a webhook_secret")
+        if self.webhook_secret:
+            signing_key(self.webhook_secret)
+        return self
 
 
 class PartnersFile(BaseModel):
@@ -37,21 +49,31 @@ class Partner:
     account_id: uuid.UUID
     max_quantity: int
     key_digest: bytes
+    webhook_url: str | None = None
+    webhook_key: bytes = field(default=b"", repr=False)
 
 
 class PartnerRegistry:
     def __init__(self, partners: list[PartnerConfig]):
         self._partners = [
             Partner(p.partner_id, uuid.uuid5(PARTNER_NAMESPACE, p.partner_id), p.max_quantity,
-                    hashlib.sha256(p.api_key.encode()).digest())
+                    hashlib.sha256(p.api_key.encode()).digest(), p.webhook_url,
+                    signing_key(p.webhook_secret) if p.webhook_secret else b"")
             for p in partners
         ]
+        self._by_id = {p.partner_id: p for p in self._partners}
 
     @classmethod
     def from_file(cls, path: str) -> PartnerRegistry:
         if not path:
             return cls([])
         return cls(PartnersFile.model_validate(json.loads(Path(path).read_text())).partners)
+
+    def get(self, partner_id: str) -> Partner | None:
+        return self._by_id.get(partner_id)
+
+    def with_webhooks(self) -> list[Partner]:
+        return [p for p in self._partners if p.webhook_url is not None]
 
     def authenticate(self, api_key: str) -> Partner | None:
         digest = hashlib.sha256(api_key.encode()).digest()

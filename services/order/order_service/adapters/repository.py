@@ -62,3 +62,21 @@ async def save(conn: asyncpg.Connection, order: Order) -> None:
             "INSERT INTO order_history (order_id, old_status, new_status, reason) VALUES ($1, $2, $3, $4)",
             [(order.id, c.old.value, c.new.value, c.reason) for c in order.changes])
         order.changes.clear()
+
+
+async def add_serials(conn: asyncpg.Connection, order_id: uuid.UUID, stamps: list[tuple[str, str]]) -> list[str]:
+    """Index the order's ``(sn, token)`` stamps; returns the serials that already belonged to an order."""
+    added = await conn.fetch(
+        """INSERT INTO order_serials (sn, order_id, token) SELECT sn, $1, token FROM unnest($2::text[], $3::text[])
+                   AS s (sn, token)
+           ON CONFLICT (sn) DO NOTHING RETURNING sn""",
+        order_id, [sn for sn, _ in stamps], [token for _, token in stamps])
+    fresh = {r["sn"] for r in added}
+    return [sn for sn, _ in stamps if sn not in fresh]
+
+
+async def serial_owner(conn: asyncpg.Connection, sn: str) -> tuple[uuid.UUID, str | None] | None:
+    """The order a serial was issued for, and that order's partner (None for a buyer's order)."""
+    row = await conn.fetchrow(
+        "SELECT o.id, o.partner_id FROM order_serials s JOIN orders o ON o.id = s.order_id WHERE s.sn = $1", sn)
+    return (row["id"], row["partner_id"]) if row else None

@@ -126,11 +126,20 @@ class Order:
         self._move(S.REFUND_PENDING, reason)
         self.failure_reason = reason
 
+    def cannot_fulfil(self, reason: str) -> None:
+        """No serials can be issued for this paid order (minting failed): its money goes back.
+        Only a PAID order has money waiting for serials; any other state refuses."""
+        if self.status is not S.PAID:
+            raise IllegalTransition(self.id, self.status, S.REFUND_PENDING)
+        self.request_refund(reason)
+
     def refunded(self) -> None:
         self._move(S.REFUNDED, "refund recorded")
 
     def fulfil(self, serials: list[str]) -> None:
         if len(serials) != self.quantity:
             raise ValueError(f"order {self.id} needs {self.quantity} serials, got {len(serials)}")
+        if len(set(serials)) != len(serials):
+            raise ValueError(f"order {self.id}: the same serial twice in {serials}")
         self._move(S.FULFILLED, "serials issued")
         self.serials = list(serials)

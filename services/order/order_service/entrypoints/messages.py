@@ -2,25 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any
+from functools import partial
 
 from emeterai_shared.contracts.events import (
     BillExpired,
     BillFailed,
     BillIssued,
+    DocumentStamped,
+    MintingFailed,
     PaymentCaptured,
     PaymentRefunded,
+    SerialsIssued,
 )
 from emeterai_shared.messaging import Subscription
 
+from order_service.adapters.partners import PartnerRegistry
 from order_service.service_layer import handlers
 
 
-def subscriptions(_: Any) -> list[Subscription]:
+def subscriptions(partners: PartnerRegistry) -> list[Subscription]:
     return [
         Subscription("order.on_bill_issued", BillIssued, handlers.on_bill_issued),
         Subscription("order.on_bill_failed", BillFailed, handlers.on_bill_failed),
         Subscription("order.on_bill_expired", BillExpired, handlers.on_bill_expired),
         Subscription("order.on_payment_captured", PaymentCaptured, handlers.on_payment_captured),
         Subscription("order.on_payment_refunded", PaymentRefunded, handlers.on_payment_refunded),
+        Subscription("order.on_serials_issued", SerialsIssued,
+                     partial(handlers.on_serials_issued, partners=partners)),
+        Subscription("order.on_minting_failed", MintingFailed, handlers.on_minting_failed),
+        Subscription("order.on_document_stamped", DocumentStamped,
+                     partial(handlers.on_document_stamped, partners=partners)),
     ]

@@ -1,4 +1,9 @@
-"""Message handlers of the order service: each loads the order, applies the domain, saves."""
+"""Message handlers of the order service: each loads the order, applies the domain, saves.
+
+Events for partners (``order.fulfilled``, ``stamping.completed``) are recorded in the same
+transaction as the change they report, with their webhook delivery when the partner has a
+``webhook_url``.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +15,22 @@ from emeterai_shared.contracts.events import (
     BillExpired,
     BillFailed,
     BillIssued,
+    DocumentStamped,
+    MintingFailed,
     OrderPaid,
     OrderRefundRequested,
     PaymentCaptured,
     PaymentRefunded,
+    SerialsIssued,
 )
 from emeterai_shared.messaging import Envelope, PermanentError
 from emeterai_shared.uow import UnitOfWork
 
-from order_service.adapters import repository
+from order_service.adapters import partner_store, repository
+from order_service.adapters.partners import PartnerRegistry
+from order_service.domain import partner_events
 from order_service.domain.order import Bill, IllegalTransition, Order
+from order_service.domain.partner_events import PartnerEvent
 
 log = logging.getLogger(__name__)
 
@@ -97,3 +108,58 @@ async def on_payment_refunded(uow: UnitOfWork, env: Envelope[PaymentRefunded]) -
     except IllegalTransition as exc:
         return _ignore(order, "refund", exc)
     await repository.save(uow.conn, order)
+
+
+async def on_serials_issued(uow: UnitOfWork, env: Envelope[SerialsIssued], partners: PartnerRegistry) -> None:
+    e = env.body
+    order = await _load(uow, e.order_id)
+    stamps = [(s.sn, s.token) for s in e.serials]
+    try:
+        order.fulfil([sn for sn, _ in stamps])
+    except IllegalTransition as exc:
+        return _ignore(order, "serials issued", exc)
+    except ValueError as exc:  # not the serials ordered (too few, too many, repeated): for minting to look at
+        raise PermanentError(str(exc)) from None
+    await repository.save(uow.conn, order)
+    taken = await repository.add_serials(uow.conn, order.id, stamps)
+    if taken:
+        raise PermanentError(f"order {order.id}: serials already issued to another order: {', '.join(taken)}")
+    if order.partner_id is not None:
+        await _tell_partner(uow, partners, order.partner_id,
+                            partner_events.order_fulfilled(order, stamps, datetime.now(UTC)))
+
+
+async def on_minting_failed(uow: UnitOfWork, env: Envelope[MintingFailed]) -> None:
+    order = await _load(uow, env.body.order_id)
+    try:
+        order.cannot_fulfil(env.body.reason)
+    except IllegalTransition as exc:
+        return _ignore(order, "minting failure", exc)
+    await repository.save(uow.conn, order)
+    uow.publish(OrderRefundRequested(order_id=order.id, amount=order.amount, reason=env.body.reason,
+                                     requested_at=datetime.now(UTC)), correlation_id=str(order.id))
+
+
+async def on_document_stamped(uow: UnitOfWork, env: Envelope[DocumentStamped], partners: PartnerRegistry) -> None:
+    """Tell the partner whose order the stamped serial came from; buyers' serials need nothing.
+
+    A serial we have not indexed yet is retried (the queues of ``minting.serials_issued`` and of
+    this event are independent, so this one may overtake it), then parked with its reason."""
+    e = env.body
+    owner = await repository.serial_owner(uow.conn, e.sn)
+    if owner is None:
+        raise LookupError(f"serial {e.sn} is not (yet) issued to any order")
+    order_id, partner_id = owner
+    if partner_id is None:
+        return
+    await _tell_partner(uow, partners, partner_id, partner_events.stamping_completed(
+        order_id=order_id, stamping_id=e.stamping_id, sn=e.sn, document_sha256=e.document_sha256,
+        stamped_at=e.stamped_at, at=datetime.now(UTC)))
+
+
+async def _tell_partner(uow: UnitOfWork, partners: PartnerRegistry, partner_id: str, event: PartnerEvent) -> None:
+    """Record the event in the partner's feed, with a webhook delivery when it has a webhook_url
+    (a partner no longer configured still finds its events in the feed)."""
+    partner = partners.get(partner_id)
+    await partner_store.add_event(uow.conn, partner_id, event,
+                                  deliver=partner is not None and partner.webhook_url is not None)

@@ -11,7 +11,14 @@ rows stay in the outbox to be counted) applies them:
 * BillExpired then a late PaymentCaptured → REFUND_PENDING with ``order.refund_requested.v1``,
   PaymentRefunded → REFUNDED; ``late=True`` on an unpaid order does the same;
 * events that no longer apply (BillExpired after PAID) change nothing;
-* ``order_history`` records every transition with its reason.
+* ``order_history`` records every transition with its reason;
+* SerialsIssued → FULFILLED with the serials on GET and their tokens indexed, once however often
+  it arrives; for an order that is not PAID it changes nothing; serials already issued to another
+  order, or not as many as ordered, park the message and change nothing;
+* MintingFailed → REFUND_PENDING with its reason and one ``order.refund_requested.v1``, then
+  PaymentRefunded → REFUNDED; for an order that is not PAID it changes nothing;
+* DocumentStamped for a buyer's serial tells no partner; for a serial never issued it is retried,
+  then parked with its reason.
 """
 
 from __future__ import annotations
@@ -32,8 +39,12 @@ from emeterai_shared.contracts.events import (
     BillExpired,
     BillFailed,
     BillIssued,
+    DocumentStamped,
+    IssuedSerial,
+    MintingFailed,
     PaymentCaptured,
     PaymentRefunded,
+    SerialsIssued,
 )
 from emeterai_shared.db import create_pool
 from emeterai_shared.messaging.parking import ParkedMessage, list_parked
@@ -54,6 +65,8 @@ PAID = ("AWAITING_PAYMENT", "PAID", "payment captured")
 EXPIRED = ("AWAITING_PAYMENT", "EXPIRED", "bill expired unpaid")
 LATE = ("EXPIRED", "REFUND_PENDING", "paid after the order expired")
 REFUNDED = ("REFUND_PENDING", "REFUNDED", "refund recorded")
+FULFILLED = ("PAID", "FULFILLED", "serials issued")
+OUT_OF_STOCK = "out of stock: 0 of 2 serials left"
 
 
 @dataclass
@@ -119,6 +132,30 @@ class World:
             assert (r["routing_key"], r["correlation_id"]) == (message_type, str(order_id))
         return [dict(r["body"]) for r in rows]
 
+    async def parked(self, queue: str, message_id: str) -> str:
+        """Wait until ``message_id`` is in ``queue``'s parking queue; returns the reason."""
+        connection = await aio_pika.connect_robust(self.settings.amqp_url)
+        try:
+            async def found() -> list[ParkedMessage]:
+                return [m for m in await list_parked(connection, queue) if m.message_id == message_id]
+
+            parked: list[ParkedMessage] = await eventually(found, message=f"{message_id} parked from {queue}")
+            return str(parked[0].reason)
+        finally:
+            await connection.close()
+
+    async def paid(self, quantity: int = QUANTITY) -> tuple[uuid.UUID, uuid.UUID, str]:
+        """A PAID order: its id, its account id and its owner's token."""
+        order_id, token = await self.place(quantity)
+        await self.send("order.on_payment_captured", captured(order_id, amount=quantity * 12_500))
+        assert await self.status(order_id) == "PAID"
+        return order_id, await self.val("SELECT account_id FROM orders WHERE id = $1", order_id), token
+
+    async def stamps(self, order_id: uuid.UUID) -> dict[str, str]:
+        async with self.ctx.pool.acquire() as conn:
+            rows = await conn.fetch("SELECT sn, token FROM order_serials WHERE order_id = $1", order_id)
+        return {r["sn"]: r["token"] for r in rows}
+
     async def view(self, order_id: uuid.UUID, token: str) -> dict[str, Any]:
         resp = await self.client.get(f"/v1/orders/{order_id}", headers={"Authorization": f"Bearer {token}"})
         assert resp.status == 200, await resp.text()
@@ -164,6 +201,23 @@ def expired(order_id: uuid.UUID) -> BillExpired:
 def refunded(order_id: uuid.UUID, payment_id: uuid.UUID | None, amount: int = AMOUNT) -> PaymentRefunded:
     return PaymentRefunded(order_id=order_id, refund_id=uuid.uuid4(), payment_id=payment_id, amount=amount,
                            reason="paid after the order expired", refunded_at=datetime.now(UTC))
+
+
+def issued(order_id: uuid.UUID, account_id: uuid.UUID, count: int = QUANTITY,
+           serials: tuple[IssuedSerial, ...] = ()) -> SerialsIssued:
+    fresh = tuple(IssuedSerial(sn=f"SN-{uuid.uuid4().hex[:16].upper()}", token=f"eyJ.{uuid.uuid4().hex}.sig")
+                  for _ in range(count))
+    return SerialsIssued(order_id=order_id, account_id=account_id, serials=serials or fresh,
+                         issued_at=datetime.now(UTC))
+
+
+def minting_failed(order_id: uuid.UUID) -> MintingFailed:
+    return MintingFailed(order_id=order_id, reason=OUT_OF_STOCK, failed_at=datetime.now(UTC))
+
+
+def stamped(sn: str, account_id: uuid.UUID) -> DocumentStamped:
+    return DocumentStamped(stamping_id=uuid.uuid4(), account_id=account_id, sn=sn, document_sha256="0f" * 32,
+                           stamped_at=datetime.now(UTC))
 
 
 def duplicates(queue: str) -> float:
@@ -291,16 +345,109 @@ async def test_events_for_unknown_orders_park_with_a_reason_and_change_nothing(w
     sent = {
         "order.on_bill_expired": await world.publish(expired(ghost)),
         "order.on_bill_failed": await world.publish(BillFailed(order_id=ghost, reason="no such order")),
+        "order.on_serials_issued": await world.publish(issued(ghost, uuid.uuid4())),
+        "order.on_minting_failed": await world.publish(minting_failed(ghost)),
     }
-    connection = await aio_pika.connect_robust(world.settings.amqp_url)
-    try:
-        for queue, mid in sent.items():
-            async def parked(queue: str = queue, mid: str = mid) -> list[ParkedMessage]:
-                return [m for m in await list_parked(connection, queue) if m.message_id == mid]
-
-            found = await eventually(parked, message=f"{mid} parked from {queue}")
-            assert f"unknown order {ghost}" in found[0].reason
-    finally:
-        await connection.close()
+    for queue, mid in sent.items():
+        assert f"unknown order {ghost}" in await world.parked(queue, mid)
     assert await world.val("SELECT count(*) FROM orders") == orders
     assert await world.val("SELECT count(*) FROM outbox") == outbox
+
+
+async def test_serials_issued_fulfils_the_paid_order_once(world: World) -> None:
+    order_id, account_id, token = await world.paid()
+    event = issued(order_id, account_id)
+    first = await world.send("order.on_serials_issued", event)
+    view = await world.view(order_id, token)
+    assert (view["status"], view["serials"]) == ("FULFILLED", [s.sn for s in event.serials])
+    assert await world.stamps(order_id) == {s.sn: s.token for s in event.serials}
+    assert await world.history(order_id) == [PLACED, PAID, FULFILLED]
+
+    seen = duplicates("order.on_serials_issued")
+    await world.publish(event, first)  # a redelivery: the inbox absorbs it
+    await eventually(lambda: duplicates("order.on_serials_issued") == seen + 1, message="the duplicate")
+    await world.send("order.on_serials_issued", event)  # the same serials under a new message id
+    await world.send("order.on_serials_issued", issued(order_id, account_id))  # other serials: refused
+    assert await world.view(order_id, token) == view
+    assert await world.stamps(order_id) == {s.sn: s.token for s in event.serials}
+    assert await world.history(order_id) == [PLACED, PAID, FULFILLED]
+    assert await world.val("SELECT count(*) FROM partner_events") == 0  # a buyer's order tells no partner
+
+    # A minting failure reported after the order was fulfilled changes nothing.
+    await world.send("order.on_minting_failed", minting_failed(order_id))
+    assert await world.view(order_id, token) == view
+    assert await world.outbox(order_id, "order.refund_requested.v1") == []
+
+
+async def test_serials_for_an_order_that_is_not_paid_change_nothing(world: World) -> None:
+    order_id, token = await world.place()
+    account_id = await world.val("SELECT account_id FROM orders WHERE id = $1", order_id)
+    await world.send("order.on_serials_issued", issued(order_id, account_id))
+    view = await world.view(order_id, token)
+    assert (view["status"], view["serials"]) == ("AWAITING_PAYMENT", [])
+    assert await world.stamps(order_id) == {}
+    assert await world.history(order_id) == [PLACED]
+
+
+async def test_minting_failure_refunds_the_paid_order(world: World) -> None:
+    order_id, account_id, token = await world.paid()
+    await world.send("order.on_minting_failed", minting_failed(order_id))
+    view = await world.view(order_id, token)
+    assert (view["status"], view["failure_reason"], view["serials"]) == ("REFUND_PENDING", OUT_OF_STOCK, [])
+    [refund] = await world.outbox(order_id, "order.refund_requested.v1")
+    assert datetime.fromisoformat(refund.pop("requested_at")).tzinfo is not None
+    assert refund == {"order_id": str(order_id), "amount": AMOUNT, "reason": OUT_OF_STOCK}
+
+    # Reported again, or followed by serials after all: no second refund, no fulfilment.
+    await world.send("order.on_minting_failed", minting_failed(order_id))
+    await world.send("order.on_serials_issued", issued(order_id, account_id))
+    assert await world.view(order_id, token) == view
+    assert len(await world.outbox(order_id, "order.refund_requested.v1")) == 1
+    assert await world.stamps(order_id) == {}
+
+    payment_id = await world.val("SELECT payment_id FROM orders WHERE id = $1", order_id)
+    await world.send("order.on_payment_refunded", refunded(order_id, payment_id))
+    view = await world.view(order_id, token)
+    assert (view["status"], view["failure_reason"]) == ("REFUNDED", OUT_OF_STOCK)
+    assert await world.history(order_id) == [PLACED, PAID, ("PAID", "REFUND_PENDING", OUT_OF_STOCK), REFUNDED]
+
+
+async def test_minting_failure_of_an_unpaid_order_changes_nothing(world: World) -> None:
+    order_id, _ = await world.place()
+    await world.send("order.on_minting_failed", minting_failed(order_id))
+    assert await world.status(order_id) == "AWAITING_PAYMENT"
+    assert await world.outbox(order_id, "order.refund_requested.v1") == []
+
+
+async def test_serials_of_another_order_or_the_wrong_count_park(world: World) -> None:
+    first, account_id, _ = await world.paid()
+    event = issued(first, account_id)
+    await world.send("order.on_serials_issued", event)
+
+    reused, account_id, _ = await world.paid()
+    fresh = IssuedSerial(sn=f"SN-{uuid.uuid4().hex[:16].upper()}", token="eyJ.fresh.sig")
+    mid = await world.publish(issued(reused, account_id, serials=(event.serials[0], fresh)))
+    reason = await world.parked("order.on_serials_issued", mid)
+    assert f"already issued to another order: {event.serials[0].sn}" in reason
+
+    short, account_id, _ = await world.paid()
+    mid = await world.publish(issued(short, account_id, count=1))
+    assert f"needs {QUANTITY} serials, got 1" in await world.parked("order.on_serials_issued", mid)
+
+    for order_id in (reused, short):
+        assert await world.status(order_id) == "PAID"
+        assert await world.stamps(order_id) == {}
+        assert await world.history(order_id) == [PLACED, PAID]
+    assert await world.stamps(first) == {s.sn: s.token for s in event.serials}
+
+
+async def test_stamped_serials_of_buyers_tell_no_one_and_unknown_serials_park(world: World) -> None:
+    order_id, account_id, _ = await world.paid()
+    event = issued(order_id, account_id)
+    await world.send("order.on_serials_issued", event)
+    await world.send("order.on_document_stamped", stamped(event.serials[0].sn, account_id))
+    assert await world.val("SELECT count(*) FROM partner_events") == 0
+
+    mid = await world.publish(stamped("SN-NEVER-ISSUED", account_id))
+    reason = await world.parked("order.on_document_stamped", mid)
+    assert "gave up after" in reason and "serial SN-NEVER-ISSUED is not (yet) issued" in reason
