@@ -22,6 +22,7 @@ test: venv servers
 setup: venv servers
 	$(PY) -m payment_service dev-bank
 	@for s in $(SERVICES); do $(PY) -m $${s}_service setup || exit 1; done
+	$(PY) -m minting_service stock ensure --min 100000
 
 servers:
 	@scripts/ensure-servers

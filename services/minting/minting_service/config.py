@@ -1,10 +1,30 @@
 """Settings of the minting service; every field is overridable as `MINTING_<FIELD>`."""
 
+from __future__ import annotations
+
 from typing import ClassVar
 
 from emeterai_shared.config import ServiceSettings
+from pydantic import model_validator
 
 
 class MintingSettings(ServiceSettings):
     service_name: ClassVar[str] = "minting"
     default_http_port: ClassVar[int] = 8083
+
+    signing_key_file: str = ""
+    """Ed25519 private key (PEM) that signs stamp tokens; default ``{secrets_dir}/minting-ed25519.pem``,
+    created on first start when missing (development)."""
+    published_keys_file: str = ""
+    """Optional extra public keys (PEM, concatenated) that ``GET /v1/keys`` publishes, for rotation."""
+    registry_rate_per_s: float = 5.0
+    """``GET /v1/stamps/{sn}`` requests per second per client IP and api process, after the burst."""
+    registry_burst: int = 20
+    stock_refresh_interval_s: float = 15.0
+    """How often the worker refreshes the ``emeterai_stock_available`` gauge."""
+
+    @model_validator(mode="after")
+    def _derive_key_file(self) -> MintingSettings:
+        if not self.signing_key_file:
+            self.signing_key_file = f"{self.secrets_dir}/minting-ed25519.pem"
+        return self

@@ -1,0 +1,1 @@
+"""SQL and key files of the minting service."""

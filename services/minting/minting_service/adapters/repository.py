@@ -1,0 +1,125 @@
+"""SQL for serials, issuances and refused uses (one connection, the caller's transaction)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+from emeterai_shared.contracts.events import DocumentStamped, OrderPaid
+
+from minting_service.domain.stamp import VOIDABLE, SerialStatus, Stamp
+
+# One statement issues N stock rows that no concurrent issuance holds, oldest first, or none at
+# all when fewer are free (the rows it looked at then stay locked until the caller's commit).
+# ``= ANY(ARRAY(...))`` keeps a primary-key look-up whatever LIMIT a generic plan assumes.
+_CLAIM = """
+    WITH picked AS (SELECT sn FROM serials WHERE status = 'STOCK' ORDER BY seq LIMIT $3
+                    FOR UPDATE SKIP LOCKED)
+    UPDATE serials SET status = 'UNUSED', order_id = $1, issued_at = $2
+    WHERE sn = ANY(ARRAY(SELECT sn FROM picked)) AND (SELECT count(*) FROM picked) = $3
+    RETURNING sn"""
+
+_STAMP = """SELECT sn, status, issued_at AS minted_at, stamped_at, document_sha256, stamping_id
+            FROM serials WHERE sn = $1"""
+
+
+def _count(status: str) -> int:
+    """Rows affected, from asyncpg's command status (``INSERT 0 5``, ``UPDATE 3``)."""
+    return int(status.split()[-1])
+
+
+class MintingRepository:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    # --- stock -----------------------------------------------------------------------------
+
+    async def add_stock(self, serials: list[str], prefix: str) -> int:
+        """Insert new STOCK serials; returns how many were new (a taken serial is skipped)."""
+        return _count(await self.conn.execute(
+            "INSERT INTO serials (sn, prefix) SELECT unnest($1::text[]), $2 ON CONFLICT DO NOTHING",
+            serials, prefix,
+        ))
+
+    async def stock_available(self) -> int:
+        count: int = await self.conn.fetchval("SELECT count(*) FROM serials WHERE status = 'STOCK'")
+        return count
+
+    async def has_stock(self, quantity: int) -> bool:
+        """At least ``quantity`` STOCK serials, including those other transactions are claiming."""
+        enough: bool = await self.conn.fetchval(
+            "SELECT count(*) >= $1 FROM (SELECT 1 FROM serials WHERE status = 'STOCK' LIMIT $1) s", quantity,
+        )
+        return enough
+
+    async def stock_by_prefix(self) -> dict[str, int]:
+        rows = await self.conn.fetch(
+            "SELECT prefix, count(*) AS n FROM serials WHERE status = 'STOCK' GROUP BY prefix ORDER BY prefix"
+        )
+        return {r["prefix"]: r["n"] for r in rows}
+
+    async def status_counts(self) -> dict[str, int]:
+        rows = await self.conn.fetch("SELECT status, count(*) AS n FROM serials GROUP BY status")
+        return {r["status"]: r["n"] for r in rows}
+
+    # --- issuance --------------------------------------------------------------------------
+
+    async def add_issuance(self, order: OrderPaid) -> bool:
+        """Record the order's issuance; False when it has one (a concurrent twin waits here until
+        the first commits)."""
+        inserted = await self.conn.fetchval(
+            """INSERT INTO issuances (order_id, account_id, partner_id, quantity, status)
+               VALUES ($1, $2, $3, $4, 'ISSUED') ON CONFLICT DO NOTHING RETURNING true""",
+            order.order_id, order.account_id, order.partner_id, order.quantity,
+        )
+        return bool(inserted)
+
+    async def claim_stock(self, order_id: UUID, quantity: int, now: datetime) -> list[str] | None:
+        """Issue ``quantity`` STOCK serials to the order; None, claiming nothing, when fewer are free."""
+        rows = await self.conn.fetch(_CLAIM, order_id, now, quantity)
+        return [r["sn"] for r in rows] if rows else None
+
+    async def fail_issuance(self, order_id: UUID, reason: str) -> None:
+        await self.conn.execute(
+            "UPDATE issuances SET status = 'FAILED', reason = $2 WHERE order_id = $1", order_id, reason
+        )
+
+    # --- registry --------------------------------------------------------------------------
+
+    async def stamp(self, sn: str, *, lock: bool = False) -> Stamp | None:
+        row = await self.conn.fetchrow(_STAMP + (" FOR UPDATE" if lock else ""), sn)
+        if row is None:
+            return None
+        return Stamp(**{**dict(row), "status": SerialStatus(row["status"])})
+
+    async def save_used(self, stamp: Stamp) -> None:
+        await self.conn.execute(
+            """UPDATE serials SET status = $2, stamping_id = $3, document_sha256 = $4, stamped_at = $5
+               WHERE sn = $1""",
+            stamp.sn, stamp.status.value, stamp.stamping_id, stamp.document_sha256, stamp.stamped_at,
+        )
+
+    async def add_reuse_attempt(self, event: DocumentStamped, found: Stamp | None) -> bool:
+        """Record a refused use; False when this stamping's attempt on this serial is known."""
+        inserted = await self.conn.fetchval(
+            """INSERT INTO reuse_attempts (sn, stamping_id, account_id, document_sha256, attempted_at,
+                                           found_status, first_stamping_id)
+               VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING true""",
+            event.sn, event.stamping_id, event.account_id, event.document_sha256, event.stamped_at,
+            found.status.value if found else None, found.stamping_id if found else None,
+        )
+        return bool(inserted)
+
+    async def void(self, serials: list[str], reason: str, now: datetime) -> list[str]:
+        """Void those of ``serials`` that are still STOCK or UNUSED; returns them."""
+        rows = await self.conn.fetch(
+            """UPDATE serials SET status = 'VOID', void_reason = $2, voided_at = $3
+               WHERE sn = ANY($1::text[]) AND status = ANY($4::text[]) RETURNING sn""",
+            serials, reason, now, [s.value for s in VOIDABLE],
+        )
+        return [r["sn"] for r in rows]
+
+    async def statuses(self, serials: list[str]) -> dict[str, str]:
+        rows = await self.conn.fetch("SELECT sn, status FROM serials WHERE sn = ANY($1::text[])", serials)
+        return {r["sn"]: r["status"] for r in rows}

@@ -1,0 +1,68 @@
+"""A serial's life, from generated stock to stamped document.
+
+```
+STOCK ──issued to a paid order──► UNUSED ──document stamped──► STAMPED
+  └───────────── voided by an operator ──────┴──► VOID
+```
+
+No transition goes back, so a serial is never issued twice nor used twice (the database refuses
+any other transition too, see ``migrations/001_minting.sql``). A STOCK serial is not a stamp
+yet: the public registry does not know it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from uuid import UUID
+
+FACE_VALUE = 10_000
+"""Rupiah: the single stamp duty tariff since 2021."""
+
+
+class SerialStatus(StrEnum):
+    STOCK = "STOCK"
+    UNUSED = "UNUSED"
+    STAMPED = "STAMPED"
+    VOID = "VOID"
+
+
+VOIDABLE = (SerialStatus.STOCK, SerialStatus.UNUSED)
+
+
+class UseOutcome(StrEnum):
+    """What a reported use of a serial (a stamped document) does to the registry."""
+
+    APPLIED = "applied"
+    REPEATED = "repeated"  # the same stamping reported again: nothing changes
+    REFUSED = "refused"  # not an unused stamp (used by another stamping, void, unknown)
+
+
+@dataclass
+class Stamp:
+    """A serial's registry entry."""
+
+    sn: str
+    status: SerialStatus
+    minted_at: datetime | None = None
+    stamped_at: datetime | None = None
+    document_sha256: str | None = None
+    stamping_id: UUID | None = None
+
+    @property
+    def is_public(self) -> bool:
+        """Issued serials are stamps the registry shows; stock is not."""
+        return self.status is not SerialStatus.STOCK
+
+    def use(self, stamping_id: UUID, document_sha256: str, at: datetime) -> UseOutcome:
+        """One serial, one document: UNUSED → STAMPED once; anything else changes nothing."""
+        if self.status is SerialStatus.STAMPED and self.stamping_id == stamping_id:
+            return UseOutcome.REPEATED
+        if self.status is not SerialStatus.UNUSED:
+            return UseOutcome.REFUSED
+        self.status = SerialStatus.STAMPED
+        self.stamping_id = stamping_id
+        self.document_sha256 = document_sha256
+        self.stamped_at = at
+        return UseOutcome.APPLIED

@@ -1,0 +1,1 @@
+"""How the minting service is reached: HTTP routes, message subscriptions and commands."""

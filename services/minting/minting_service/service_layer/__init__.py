@@ -1,0 +1,1 @@
+"""Use cases of the minting service: issuance, the stamp registry and stock."""

@@ -1,0 +1,35 @@
+"""The stamp registry: uses reported by the stamping service, applied once, reuse refused."""
+
+from __future__ import annotations
+
+import re
+
+from emeterai_shared.contracts.events import DocumentStamped
+from emeterai_shared.messaging import PermanentError
+from emeterai_shared.uow import UnitOfWork
+
+from minting_service.adapters.repository import MintingRepository
+from minting_service.domain.stamp import Stamp, UseOutcome
+
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+async def record_use(uow: UnitOfWork, event: DocumentStamped) -> tuple[UseOutcome, Stamp | None]:
+    """Apply a stamped document to its serial; returns the outcome and the serial as found.
+
+    A refused use (the serial is stamped by another stamping, void, not issued or unknown) changes
+    no serial and is recorded once per (serial, stamping) in ``reuse_attempts``; recorded before,
+    it is REPEATED.
+    """
+    document_sha256 = event.document_sha256.lower()
+    if not SHA256_HEX.match(document_sha256):
+        raise PermanentError(f"stamping {event.stamping_id}: document_sha256 is not a SHA-256 in hex")
+    repo = MintingRepository(uow.conn)
+    stamp = await repo.stamp(event.sn, lock=True)
+    outcome = stamp.use(event.stamping_id, document_sha256, event.stamped_at) if stamp else UseOutcome.REFUSED
+    if outcome is UseOutcome.APPLIED:
+        assert stamp is not None
+        await repo.save_used(stamp)
+    elif outcome is UseOutcome.REFUSED and not await repo.add_reuse_attempt(event, stamp):
+        outcome = UseOutcome.REPEATED
+    return outcome, stamp

@@ -1,0 +1,64 @@
+"""Stock: serials generated ahead of the rush, so issuing N of them is one UPDATE."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from minting_service.adapters.repository import MintingRepository
+from minting_service.domain import serial
+
+BATCH = 20_000
+_ENSURE_LOCK = 0x6D696E74  # advisory lock id: b"mint"
+
+
+async def add_stock(conn: asyncpg.Connection, count: int, prefix: str = "",
+                    make: Callable[[str], str] = serial.generate) -> int:
+    """Generate ``count`` new STOCK serials, committing batch by batch; returns ``count``.
+
+    A generated serial that already exists (never seen: 87+ random bits) is skipped by the
+    primary key and replaced by another in the next batch.
+    """
+    repo = MintingRepository(conn)
+    added = 0
+    while added < count:
+        added += await repo.add_stock([make(prefix) for _ in range(min(BATCH, count - added))], prefix)
+    return added
+
+
+async def ensure_stock(conn: asyncpg.Connection, minimum: int, prefix: str = "") -> int:
+    """Top the stock up to at least ``minimum``; returns how many serials were added.
+
+    Concurrent runs serialize on an advisory lock, so together they add what one would.
+    """
+    await conn.execute("SELECT pg_advisory_lock($1)", _ENSURE_LOCK)
+    try:
+        available = await MintingRepository(conn).stock_available()
+        return await add_stock(conn, minimum - available, prefix) if available < minimum else 0
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _ENSURE_LOCK)
+
+
+async def stock_report(conn: asyncpg.Connection) -> dict[str, Any]:
+    """What is left to issue (in total and by prefix) and what became of the rest."""
+    repo = MintingRepository(conn)
+    counts = await repo.status_counts()
+    by_prefix = await repo.stock_by_prefix()
+    return {"available": counts.get("STOCK", 0), "by_prefix": by_prefix,
+            **{status.lower(): counts.get(status, 0) for status in ("UNUSED", "STAMPED", "VOID")}}
+
+
+async def void_serials(conn: asyncpg.Connection, serials: list[str], reason: str,
+                       now: datetime) -> dict[str, Any]:
+    """Void STOCK or UNUSED serials; the others are listed as refused with their status."""
+    async with conn.transaction():
+        repo = MintingRepository(conn)
+        voided = await repo.void(serials, reason, now)
+        done = set(voided)
+        rest = [sn for sn in dict.fromkeys(serials) if sn not in done]
+        found = await repo.statuses(rest)
+    refused = {sn: found.get(sn, "UNKNOWN") for sn in rest}
+    return {"voided": voided, "refused": refused}
