@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
 import pytest
-from emeterai_shared.testing.fixtures import settings_for
+from emeterai_shared.config import ServiceSettings
+from emeterai_shared.runtime import ServiceDefinition
+from emeterai_shared.testing.fixtures import settings_env, settings_for
 from emeterai_shared.testing.platform import Platform, prepare
+from minting_service.bootstrap import SERVICE as MINTING
+from minting_service.config import MintingSettings
 from order_service.bootstrap import SERVICE as ORDER
 from order_service.config import OrderSettings
 from payment_service.bootstrap import SERVICE as PAYMENT
@@ -26,7 +32,8 @@ def purchase_platform(servers: str, tmp_path_factory: pytest.TempPathFactory) ->
     (api, worker, relay each) on fresh databases, with one generated partner bank."""
 
     @contextlib.asynccontextmanager
-    async def start(**payment_overrides: Any) -> AsyncIterator[Platform]:
+    async def start(*, stock: int | None = None, **payment_overrides: Any) -> AsyncIterator[Platform]:
+        """``stock``: also run the minting service, with that many serials in stock."""
         tmp = tmp_path_factory.mktemp("platform")
         private_pem, public_pem = generate_bank_keys()
         bank = new_bank_config(public_pem, partner_service_id="88908")
@@ -34,19 +41,34 @@ def purchase_platform(servers: str, tmp_path_factory: pytest.TempPathFactory) ->
         order = settings_for(OrderSettings, secrets_dir=str(tmp / "secrets"))
         payment = settings_for(PaymentSettings, secrets_dir=str(tmp / "secrets"),
                                partners_file=str(tmp / "banks.json"), **payment_overrides)
-        await prepare([ORDER, PAYMENT], [order, payment])
+        services: list[tuple[ServiceDefinition, ServiceSettings]] = [(ORDER, order), (PAYMENT, payment)]
+        if stock is not None:
+            services.append((MINTING, settings_for(MintingSettings, secrets_dir=str(tmp / "secrets"))))
+        await prepare([d for d, _ in services], [s for _, s in services])
         p = Platform(logs=tmp)
-        p.add(ORDER, order)
-        p.add(PAYMENT, payment)
+        for defn, settings in services:
+            p.add(defn, settings)
         p.extras.update(bank=bank, bank_key=private_pem)
         try:
             await p.start(("order", "api"), ("order", "worker"), ("order", "relay"))  # creates keys
-            await p.start(("payment", "api"), ("payment", "worker"), ("payment", "relay"))
+            await p.start(*((d.name, kind) for d, _ in services[1:] for kind in ("api", "worker", "relay")))
+            if stock:
+                await run_command(p, "minting", "stock", "add", "--count", str(stock))
             yield p
         finally:
             p.stop()
 
     return start
+
+
+async def run_command(p: Platform, service: str, *args: str) -> str:
+    """Run an operator command of ``service`` as a real process with the platform's settings."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", f"{service}_service", *args, env=settings_env(p.settings[service]),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0, out.decode()
+    return out.decode()
 
 
 def bank_for(p: Platform, session: aiohttp.ClientSession) -> BankSimulator:
@@ -62,6 +84,11 @@ def customer_no(p: Platform, virtual_account_no: str) -> str:
 @pytest.fixture
 def bank_client() -> Callable[[Platform, aiohttp.ClientSession], BankSimulator]:
     return bank_for
+
+
+@pytest.fixture
+def command() -> Callable[..., Any]:
+    return run_command
 
 
 @pytest.fixture

@@ -383,6 +383,10 @@ async def _service_command(defn: ServiceDefinition, args: argparse.Namespace) ->
     ctx = await _open(defn, settings, args.command, broker=False)
     try:
         return await defn.run_command(ctx, args)
+    except asyncpg.UndefinedTableError as exc:
+        print(f"{defn.name}: the database {settings.database_name} is not set up ({exc}); "
+              f"run `python -m {defn.name}_service setup` (or `make setup`) first", file=sys.stderr)
+        return 2
     finally:
         await _close(ctx)
 
