@@ -1,0 +1,1 @@
+"""Benchmarks that run against the real PostgreSQL and RabbitMQ on this machine."""

@@ -1,0 +1,1 @@
+"""Issuance throughput of the minting service beside the raw commit ceiling of this machine."""
