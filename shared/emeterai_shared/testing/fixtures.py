@@ -236,3 +236,19 @@ def spawn(module: str, command: str, env: dict[str, str], *extra: str) -> subpro
     """Start ``python -m module command`` as a real process (for SIGKILL/SIGTERM tests)."""
     return subprocess.Popen([sys.executable, "-m", module, command, *extra], env=env,
                             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+@contextlib.asynccontextmanager
+async def serve_api(defn: ServiceDefinition, settings: ServiceSettings, pool: asyncpg.Pool) -> AsyncIterator[str]:
+    """The API of ``defn`` in-process on ``pool`` (a real aiohttp server on a free port);
+    yields its base URL."""
+    from aiohttp.test_utils import TestServer
+
+    from emeterai_shared.runtime import Context, build_api
+
+    server = TestServer(build_api(defn, Context(settings=settings, pool=pool)))
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()

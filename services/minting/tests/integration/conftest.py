@@ -14,7 +14,7 @@ import random
 import subprocess
 import threading
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,19 +24,18 @@ from uuid import UUID, uuid4
 import aiohttp
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestServer
 from emeterai_shared.config import ServiceSettings
 from emeterai_shared.contracts import Message, decode
 from emeterai_shared.contracts.events import DocumentStamped, OrderPaid, SerialsIssued
 from emeterai_shared.db import create_pool
 from emeterai_shared.failpoints import ENV as FAILPOINTS_ENV
 from emeterai_shared.messaging import EVENTS, Publisher, connect
-from emeterai_shared.runtime import Context, build_api
 from emeterai_shared.testing.fixtures import (
     Harness,
     eventually,
     reset_service,
     running,
+    serve_api,
     settings_env,
     settings_for,
     spawn,
@@ -49,17 +48,6 @@ from minting_service.domain.token import verify_token
 from minting_service.service_layer.stock import add_stock
 
 INITIAL_STOCK = 5_000
-
-
-@asynccontextmanager
-async def serve_api(settings: ServiceSettings, pool: asyncpg.Pool) -> AsyncIterator[str]:
-    """The minting API in-process on ``pool``; yields its base URL."""
-    server = TestServer(build_api(SERVICE, Context(settings=settings, pool=pool)))
-    await server.start_server()
-    try:
-        yield str(server.make_url("")).rstrip("/")
-    finally:
-        await server.close()
 
 
 class WorkerProcess:
@@ -112,7 +100,7 @@ class Minting:
 
     def api(self, pool: asyncpg.Pool | None = None, **overrides: Any) -> AbstractAsyncContextManager[str]:
         """Another api process (other settings, or another pool); yields its base URL."""
-        return serve_api(self.settings.model_copy(update=overrides), pool or self.pool)
+        return serve_api(SERVICE, self.settings.model_copy(update=overrides), pool or self.pool)
 
     async def publish(self, message: Message, *, message_id: str | None = None) -> str:
         """Publish ``message`` to the broker as its producer's relay would; returns its id."""
@@ -196,7 +184,7 @@ async def minting(servers: str, tmp_path_factory: pytest.TempPathFactory) -> Asy
     try:
         async with pool.acquire() as conn:
             await add_stock(conn, INITIAL_STOCK)
-        async with serve_api(settings, pool) as base_url, aiohttp.ClientSession() as http:
+        async with serve_api(SERVICE, settings, pool) as base_url, aiohttp.ClientSession() as http:
             yield Minting(settings, pool, publisher, base_url, http)
     finally:
         await publisher.close()

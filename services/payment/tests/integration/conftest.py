@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,13 +20,12 @@ from uuid import UUID, uuid4
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestServer
 from emeterai_shared.contracts import Message, decode
 from emeterai_shared.contracts.events import OrderPlaced
 from emeterai_shared.db import create_pool
 from emeterai_shared.messaging import EVENTS
-from emeterai_shared.runtime import Context, build_api
-from emeterai_shared.testing.fixtures import Harness, eventually, reset_service, running, settings_for
+from emeterai_shared.runtime import Context
+from emeterai_shared.testing.fixtures import Harness, eventually, reset_service, running, serve_api, settings_for
 from payment_service.bootstrap import SERVICE
 from payment_service.config import PaymentSettings
 from payment_service.snap.banksim import BankSimulator, generate_bank_keys, new_bank_config
@@ -54,17 +53,6 @@ def bank_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, BankK
     return banks, path
 
 
-@asynccontextmanager
-async def serve_api(settings: PaymentSettings, pool: asyncpg.Pool) -> AsyncIterator[str]:
-    """The payment API in-process on ``pool``; yields its base URL."""
-    server = TestServer(build_api(SERVICE, Context(settings=settings, pool=pool)))
-    await server.start_server()
-    try:
-        yield str(server.make_url("")).rstrip("/")
-    finally:
-        await server.close()
-
-
 @dataclass
 class Payment:
     """The running service and helpers to drive and observe it."""
@@ -87,7 +75,7 @@ class Payment:
 
     def api(self, pool: asyncpg.Pool) -> AbstractAsyncContextManager[str]:
         """Another api process on its own pool; yields its base URL."""
-        return serve_api(self.settings, pool)
+        return serve_api(SERVICE, self.settings, pool)
 
     def bank(self, client_id: str = "bank-a", base_url: str | None = None) -> BankSimulator:
         keys = self.keys[client_id]
@@ -140,7 +128,7 @@ async def payment(servers: str, bank_keys: tuple[dict[str, BankKeys], Path]) -> 
     async with running(SERVICE, settings, relay=False) as harness:
         api_pool = await create_pool(settings.database_url, max_size=settings.db_pool_max)
         try:
-            async with serve_api(settings, api_pool) as base_url:
+            async with serve_api(SERVICE, settings, api_pool) as base_url:
                 yield Payment(settings, harness, base_url, keys)
         finally:
             await api_pool.close()
