@@ -8,7 +8,7 @@ SERVICES := order payment minting stamping
 export SSL_CERT_FILE ?= /etc/ssl/certs/ca-certificates.crt
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: run test setup servers venv lint bench-messaging clean
+.PHONY: run test setup servers venv lint bench-messaging bench-callbacks clean
 
 ## run: set everything up, then supervise every api, worker and relay (Ctrl-C stops all)
 run: setup
@@ -44,6 +44,10 @@ lint: venv
 ## bench-messaging: raw commit and confirm ceilings beside the outbox pipeline rate
 bench-messaging: venv servers
 	$(PY) -m bench.messaging
+
+## bench-callbacks: signed SNAP payment callbacks/s end to end beside a trivial aiohttp endpoint
+bench-callbacks: venv servers
+	$(PY) -m bench.callbacks
 
 clean:
 	rm -rf .venv .tools .pytest_cache

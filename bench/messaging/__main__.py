@@ -3,33 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
-import platform
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import uvloop
-from emeterai_shared.config import ServiceSettings
-from emeterai_shared.db import connect_with_retry
 from emeterai_shared.testing.fixtures import (
-    AMQP_BASE,
-    LOCK_FILE,
-    rabbitmqctl,
     reset_service,
     settings_for,
-    wait_for_broker,
 )
 from emeterai_shared.testing.probe import SERVICE, ProbeSettings
 
+from bench.common import benchmark_broker, fresh_vhost, machine_info, rate_record
 from bench.messaging.pipeline import PipelineRate, run_pipeline
-from bench.messaging.raw import Rate, commit_ceiling, confirm_ceiling
+from bench.messaging.raw import commit_ceiling, confirm_ceiling
 
 VHOST = "emeterai_bench"
 DATABASE = "emeterai_bench_probe"
@@ -55,58 +45,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@contextlib.contextmanager
-def broker_shared_lock() -> Iterator[None]:
-    """Hold the test sessions' shared broker lock: no test restarts RabbitMQ during the run."""
-    fd = os.open(LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        wait_for_broker()
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
-
-def fresh_vhost() -> str:
-    """Our own, empty virtual host; returns its AMQP URL."""
-    rabbitmqctl("delete_vhost", VHOST, check=False)
-    rabbitmqctl("add_vhost", VHOST)
-    rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
-    return f"{AMQP_BASE}/{VHOST}"
-
-
-async def machine_info(settings: ServiceSettings, load_at_start: float) -> dict[str, Any]:
-    """Versions, and the load average: other work on this box skews every figure."""
-    conn = await connect_with_retry(settings.database_url)
-    try:
-        pg_version = await conn.fetchval("SHOW server_version")
-        synchronous_commit = await conn.fetchval("SHOW synchronous_commit")
-    finally:
-        await conn.close()
-    amqp = await aio_pika.connect(settings.amqp_url)
-    try:
-        assert amqp.transport is not None
-        rabbitmq_version = amqp.transport.connection.server_properties.get("version")
-    finally:
-        await amqp.close()
-    return {
-        "nproc": os.cpu_count(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "postgresql": pg_version,
-        "postgresql_synchronous_commit": synchronous_commit,
-        "rabbitmq": rabbitmq_version.decode() if isinstance(rabbitmq_version, bytes) else rabbitmq_version,
-        "loadavg_1m": {"start": round(load_at_start, 2), "end": round(os.getloadavg()[0], 2)},
-    }
-
-
-def _rate(rate: Rate) -> dict[str, float]:
-    return {"count": rate.count, "seconds": round(rate.seconds, 3), "per_s": round(rate.per_s, 1)}
 
 
 def _pipeline(rate: PipelineRate, ceiling: float) -> dict[str, Any]:
-    return {"wall": _rate(rate.wall), "steady": _rate(rate.steady),
+    return {"wall": rate_record(rate.wall), "steady": rate_record(rate.steady),
             "ratio": round(rate.wall.per_s / ceiling, 3),
             "steady_ratio": round(rate.steady.per_s / ceiling, 3),
             "cpu_ms_per_message": rate.cpu_ms}
@@ -115,7 +58,7 @@ def _pipeline(rate: PipelineRate, ceiling: float) -> dict[str, Any]:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     load_at_start = os.getloadavg()[0]
     overrides = dict(item.split("=", 1) for item in args.overrides)
-    settings = settings_for(ProbeSettings, database_name=DATABASE, amqp_url=fresh_vhost(),
+    settings = settings_for(ProbeSettings, database_name=DATABASE, amqp_url=fresh_vhost(VHOST),
                             log_level="WARNING", **overrides)
     await reset_service(SERVICE, settings)
     commits = await commit_ceiling(settings.database_url, total=args.commits,
@@ -130,12 +73,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "messages": args.messages,
         "live_messages": pipeline.live.wall.count,
         "producers": args.producers,
-        "raw": {"commits": {**_rate(commits), "connections": COMMIT_CONNECTIONS},
-                "confirms": {**_rate(confirms), "in_flight": args.in_flight}},
+        "raw": {"commits": {**rate_record(commits), "connections": COMMIT_CONNECTIONS},
+                "confirms": {**rate_record(confirms), "in_flight": args.in_flight}},
         "ceiling_per_s": round(ceiling, 1),
         "pipeline": {"preloaded": _pipeline(pipeline.preloaded, ceiling),
                      "live": {**_pipeline(pipeline.live, ceiling),
-                              "producers_commits": _rate(pipeline.live_producers)},
+                              "producers_commits": rate_record(pipeline.live_producers)},
                      "duplicates": pipeline.duplicates},
         "target_ratio": TARGET_RATIO,
         "settings": {name: getattr(settings, name) for name in REPORTED_SETTINGS},
@@ -176,7 +119,7 @@ def print_table(report: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with broker_shared_lock():
+    with benchmark_broker():
         report = uvloop.run(run(args))
     print_table(report)
     args.output.parent.mkdir(parents=True, exist_ok=True)

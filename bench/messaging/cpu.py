@@ -36,6 +36,12 @@ def _by_name(name: str) -> dict[int, float]:
     return found
 
 
+def machine_busy_s() -> float:
+    """Busy CPU seconds of the whole machine since boot (every process: ours and other work)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / _TICKS  # all but idle and iowait
+
+
 @dataclass(frozen=True)
 class CpuSnapshot:
     at: float

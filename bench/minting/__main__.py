@@ -18,14 +18,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import fcntl
 import json
 import os
-import platform
 import tempfile
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,18 +33,15 @@ from emeterai_shared.contracts.events import OrderPaid, SerialsIssued
 from emeterai_shared.db import connect_with_retry
 from emeterai_shared.messaging import EVENTS, Publisher, connect
 from emeterai_shared.testing.fixtures import (
-    AMQP_BASE,
-    LOCK_FILE,
-    rabbitmqctl,
     reset_service,
     running,
     settings_for,
-    wait_for_broker,
 )
 from minting_service.bootstrap import SERVICE
 from minting_service.config import MintingSettings
 from minting_service.service_layer.stock import add_stock
 
+from bench.common import benchmark_broker, fresh_vhost, machine_info, rate_record
 from bench.messaging.raw import Rate, commit_ceiling
 
 VHOST = "emeterai_bench_minting"
@@ -73,26 +66,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.stock < args.orders * args.quantity:
         parser.error("--stock must cover --orders x --quantity")
     return args
-
-
-@contextlib.contextmanager
-def broker_shared_lock() -> Iterator[None]:
-    """Hold the test sessions' shared broker lock: no test restarts RabbitMQ during the run."""
-    fd = os.open(LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        wait_for_broker()
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
-def fresh_vhost() -> str:
-    rabbitmqctl("delete_vhost", VHOST, check=False)
-    rabbitmqctl("add_vhost", VHOST)
-    rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
-    return f"{AMQP_BASE}/{VHOST}"
 
 
 async def settled_commits(admin: asyncpg.Connection) -> int:
@@ -162,24 +135,11 @@ async def check(settings: MintingSettings, orders: int, quantity: int) -> dict[s
     return result
 
 
-async def machine_info(settings: MintingSettings) -> dict[str, Any]:
-    conn = await connect_with_retry(settings.database_url)
-    try:
-        pg_version = await conn.fetchval("SHOW server_version")
-        synchronous_commit = await conn.fetchval("SHOW synchronous_commit")
-    finally:
-        await conn.close()
-    return {"nproc": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
-            "postgresql": pg_version, "postgresql_synchronous_commit": synchronous_commit}
-
-
-def _rate(rate: Rate) -> dict[str, float]:
-    return {"count": rate.count, "seconds": round(rate.seconds, 3), "per_s": round(rate.per_s, 1)}
-
-
 async def run(args: argparse.Namespace, secrets_dir: str) -> dict[str, Any]:
+    load_at_start = os.getloadavg()[0]
     overrides = dict(item.split("=", 1) for item in args.overrides)
-    settings = settings_for(MintingSettings, database_name=DATABASE, amqp_url=fresh_vhost(), secrets_dir=secrets_dir,
+    settings = settings_for(MintingSettings, database_name=DATABASE, amqp_url=fresh_vhost(VHOST),
+                            secrets_dir=secrets_dir,
                             log_level="WARNING", **overrides)
     assert isinstance(settings, MintingSettings)
     await reset_service(SERVICE, settings)
@@ -205,18 +165,18 @@ async def run(args: argparse.Namespace, secrets_dir: str) -> dict[str, Any]:
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "orders": args.orders,
         "serials_per_order": args.quantity,
-        "raw_commits": {**_rate(commits), "connections": 8},
-        "stock_generation": _rate(stock),
+        "raw_commits": {**rate_record(commits), "connections": 8},
+        "stock_generation": rate_record(stock),
         "issuance": {
-            "orders": _rate(orders),
-            "serials": _rate(serials),
+            "orders": rate_record(orders),
+            "serials": rate_record(serials),
             "transactions": transactions,
             "transactions_per_order": round(transactions / args.orders, 3),
             "ratio_to_raw_commit_rate": round(orders.per_s / commits.per_s, 2),
             "checked": await check(settings, args.orders, args.quantity),
         },
         "settings": {name: getattr(settings, name) for name in REPORTED_SETTINGS},
-        "machine": await machine_info(settings),
+        "machine": await machine_info(settings, load_at_start),
     }
 
 
@@ -240,7 +200,7 @@ def print_table(report: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with broker_shared_lock(), tempfile.TemporaryDirectory() as secrets_dir:
+    with benchmark_broker(), tempfile.TemporaryDirectory() as secrets_dir:
         report = uvloop.run(run(args, secrets_dir))
     print_table(report)
     args.output.parent.mkdir(parents=True, exist_ok=True)

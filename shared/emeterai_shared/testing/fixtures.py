@@ -68,13 +68,22 @@ def wait_for_broker(timeout_s: float = 90) -> None:
     pytest.fail("RabbitMQ did not come back")
 
 
+@contextlib.contextmanager
+def shared_broker_lock() -> Iterator[int]:
+    """Held by every test session and benchmark: nobody restarts RabbitMQ under them."""
+    fd = os.open(LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield fd
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 @pytest.fixture(scope="session")
 def broker_lock() -> Iterator[int]:
-    fd = os.open(LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o666)
-    fcntl.flock(fd, fcntl.LOCK_SH)
-    yield fd
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    os.close(fd)
+    with shared_broker_lock() as fd:
+        yield fd
 
 
 @pytest.fixture
@@ -97,10 +106,15 @@ def servers(broker_lock: int) -> str:
         pytest.fail("PostgreSQL is not reachable at 127.0.0.1:5432 (make test starts it)")
     if not _port_open(5672):
         pytest.fail("RabbitMQ is not reachable at 127.0.0.1:5672 (make test starts it)")
-    rabbitmqctl("delete_vhost", VHOST, check=False)
-    rabbitmqctl("add_vhost", VHOST)
-    rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
-    return AMQP_URL
+    return fresh_vhost(VHOST)
+
+
+def fresh_vhost(vhost: str) -> str:
+    """An empty RabbitMQ virtual host (deleted and created again); returns its AMQP URL."""
+    rabbitmqctl("delete_vhost", vhost, check=False)
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    return f"{AMQP_BASE}/{vhost}"
 
 
 def free_port() -> int:
