@@ -1,14 +1,52 @@
-"""Composition root of the stamping service: settings, migrations, routes and subscriptions."""
+"""Composition root of the stamping service: settings, token keys, migrations, routes and subscriptions."""
 
 from pathlib import Path
 
-from emeterai_shared.runtime import ServiceDefinition
+from aiohttp import web
+from emeterai_shared.auth import TokenVerifier, load_public_keys
+from emeterai_shared.http import OpenApi
+from emeterai_shared.messaging import Subscription
+from emeterai_shared.runtime import Context, ServiceDefinition
 
 from stamping_service.config import StampingSettings
+from stamping_service.entrypoints import http, messages
+
+
+def _verifier(ctx: Context) -> TokenVerifier:
+    """The buyer-token verifier, read once per process from the order service's public key(s).
+
+    The key pair belongs to the order service (which creates it in development); a missing file
+    is an error here, never a reason to create keys."""
+    verifier = ctx.extras.get("verifier")
+    if verifier is None:
+        path = Path(ctx.settings.auth_public_key_file)
+        if not path.is_file():
+            raise RuntimeError(f"stamping: the token public key file {path} does not exist; it is the order "
+                               f"service's (run `python -m order_service setup` first, or set "
+                               f"STAMPING_AUTH_PUBLIC_KEY_FILE)")
+        verifier = ctx.extras["verifier"] = TokenVerifier(load_public_keys(path))
+    assert isinstance(verifier, TokenVerifier)
+    return verifier
+
+
+async def _on_start(ctx: Context) -> None:
+    _verifier(ctx)  # a process without the public key fails at start, not at its first request
+
+
+def _routes(ctx: Context, app: web.Application, spec: OpenApi) -> None:
+    http.add_routes(app, spec, ctx.pool, lambda: _verifier(ctx))
+
+
+def _subscriptions(_ctx: Context) -> list[Subscription]:
+    return messages.subscriptions()
+
 
 SERVICE = ServiceDefinition(
     name="stamping",
     title="Stamping service: PDF stamping, signing and verification",
     settings_cls=StampingSettings,
     migrations=Path(__file__).parent / "migrations",
+    subscriptions=_subscriptions,
+    routes=_routes,
+    on_start=_on_start,
 )
