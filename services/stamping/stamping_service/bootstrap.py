@@ -1,5 +1,7 @@
 """Composition root of the stamping service: settings, token keys, migrations, routes and subscriptions."""
 
+import os
+from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 
 from aiohttp import web
@@ -29,12 +31,43 @@ def _verifier(ctx: Context) -> TokenVerifier:
     return verifier
 
 
+def _inspect_pool(ctx: Context) -> Executor:
+    """The process pool PDF inspection runs in (sized to the cores), created once per process.
+
+    ``on_start`` creates it; an app built without ``on_start`` (tests) creates it at its first
+    upload. It is shut down when the process closes, or when the app is cleaned up."""
+    executor = ctx.extras.get("inspect_pool")
+    if executor is None:
+        executor = ctx.extras["inspect_pool"] = ProcessPoolExecutor(max_workers=os.cpu_count() or 1)
+
+        async def close() -> None:
+            _shutdown_inspect_pool(ctx)
+
+        ctx.closers.append(close)
+    assert isinstance(executor, ProcessPoolExecutor)
+    return executor
+
+
+def _shutdown_inspect_pool(ctx: Context) -> None:
+    executor = ctx.extras.pop("inspect_pool", None)
+    if isinstance(executor, ProcessPoolExecutor):
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
 async def _on_start(ctx: Context) -> None:
     _verifier(ctx)  # a process without the public key fails at start, not at its first request
+    _inspect_pool(ctx)
 
 
 def _routes(ctx: Context, app: web.Application, spec: OpenApi) -> None:
-    http.add_routes(app, spec, ctx.pool, lambda: _verifier(ctx))
+    settings = ctx.settings
+    assert isinstance(settings, StampingSettings)
+    http.add_routes(app, spec, ctx.pool, lambda: _verifier(ctx), settings, lambda: _inspect_pool(ctx))
+
+    async def cleanup(_app: web.Application) -> None:
+        _shutdown_inspect_pool(ctx)
+
+    app.on_cleanup.append(cleanup)
 
 
 def _subscriptions(_ctx: Context) -> list[Subscription]:

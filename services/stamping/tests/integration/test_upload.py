@@ -1,0 +1,208 @@
+"""``POST /v1/stampings`` and ``GET /v1/stampings/{id}`` against the real servers.
+
+* a valid multi-page PDF → 202 QUEUED, its serial RESERVED, one fewer available, one
+  stamping.job_queued.v1 in the outbox;
+* the same Idempotency-Key: the same file → the same job, one reservation; another file → 422;
+* hostile documents → each its own 4xx code, the quota unchanged;
+* N serials, N concurrent uploads → N distinct serials; one more → 409 no_quota;
+* a serial of another account → 409 sn_unavailable;
+* the job is visible to its owner only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import pikepdf
+import pytest
+from pikepdf import Dictionary, Name, String
+from stamping_service.pdf.samples import sample_pdf
+
+if TYPE_CHECKING:
+    from conftest import Stamping
+
+MiB = 1024 * 1024
+GOOD = sample_pdf(3)
+
+
+def _save(pdf: pikepdf.Pdf, **options: Any) -> bytes:
+    out = io.BytesIO()
+    pdf.save(out, **options)
+    return out.getvalue()
+
+
+def _encrypted(user: str) -> bytes:
+    pdf = pikepdf.open(io.BytesIO(sample_pdf(3)))
+    return _save(pdf, encryption=pikepdf.Encryption(user=user, owner="owner-secret"))
+
+
+def _javascript() -> bytes:
+    pdf = pikepdf.open(io.BytesIO(sample_pdf(3)))
+    pdf.Root.OpenAction = Dictionary(S=Name.JavaScript, JS=String("app.alert('hi')"))
+    return _save(pdf)
+
+
+def _zero_pages() -> bytes:
+    return _save(pikepdf.new())
+
+
+async def upload(stamping: Stamping, account: uuid.UUID, data: bytes, *, key: str | None = None,
+                 **fields: Any) -> tuple[int, Any]:
+    form = aiohttp.FormData()
+    form.add_field("file", data, filename="document.pdf", content_type="application/pdf")
+    values = {"page": 1, "x": 72, "y": 72, **fields}
+    for name, value in values.items():
+        form.add_field(name, str(value))
+    headers = {"Authorization": f"Bearer {stamping.issuer.issue(account)}",
+               "Idempotency-Key": key or str(uuid.uuid4())}
+    async with stamping.http.post(stamping.base_url + "/v1/stampings", data=form, headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+async def get_job(stamping: Stamping, account: uuid.UUID, stamping_id: str) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {stamping.issuer.issue(account)}"}
+    async with stamping.http.get(f"{stamping.base_url}/v1/stampings/{stamping_id}", headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+async def queued_messages(stamping: Stamping, stamping_id: str) -> int:
+    n = await stamping.pool.fetchval(
+        "SELECT count(*) FROM outbox WHERE message_type = 'stamping.job_queued.v1' AND correlation_id = $1",
+        stamping_id)
+    return int(n)
+
+
+async def test_a_valid_pdf_is_queued_with_a_reserved_serial(stamping: Stamping) -> None:
+    account = uuid.uuid4()
+    event = stamping.issued(account, 2)
+    await stamping.send(event)
+    before = await stamping.quota(account)
+    oldest = before["serials_available"][0]
+
+    status, body = await upload(stamping, account, GOOD, key="first", page=2, reason="Kontrak")
+    assert status == 202, body
+    assert body["status"] == "QUEUED"
+    sid = body["stamping_id"]
+    after = await stamping.quota(account)
+    assert after["available"] == before["available"] - 1
+    assert oldest not in after["serials_available"]
+    statuses = {sn: st for sn, _, _, _, st in await stamping.rows(account)}
+    assert statuses[oldest] == "RESERVED"
+    assert await queued_messages(stamping, sid) == 1
+    row = await stamping.pool.fetchrow("SELECT sn, status, page, reason, document FROM stampings WHERE id = $1",
+                                       uuid.UUID(sid))
+    assert (row["sn"], row["status"], row["page"], row["reason"], row["document"]) == \
+        (oldest, "QUEUED", 2, "Kontrak", GOOD)
+
+    # the same key and file: the same answer, still one reservation
+    status, again = await upload(stamping, account, GOOD, key="first", page=2, reason="Kontrak")
+    assert (status, again["stamping_id"]) == (202, sid)
+    assert await stamping.quota(account) == after
+    assert await queued_messages(stamping, sid) == 1
+    # the same key with another file: refused
+    status, other = await upload(stamping, account, sample_pdf(2), key="first", page=2, reason="Kontrak")
+    assert (status, other["error"]["code"]) == (422, "idempotency_key_reused")
+    assert await stamping.quota(account) == after
+
+    status, job = await get_job(stamping, account, sid)
+    assert (status, job) == (200, {"stamping_id": sid, "status": "QUEUED", "sn": oldest, "error": None})
+    status, job = await get_job(stamping, uuid.uuid4(), sid)
+    assert (status, job["error"]["code"]) == (404, "not_found")
+    status, job = await get_job(stamping, account, str(uuid.uuid4()))
+    assert status == 404
+
+
+HOSTILE: list[tuple[str, bytes, dict[str, Any], int, str]] = [
+    ("not a pdf", b"PK\x03\x04" + bytes(100), {}, 422, "not_a_pdf"),
+    ("truncated", GOOD[: len(GOOD) // 2], {}, 422, "unreadable"),
+    ("encrypted without password", _encrypted("secret"), {}, 422, "encrypted"),
+    ("oversized", GOOD + b" " * (4 * MiB), {}, 413, "too_large"),
+    ("javascript action", _javascript(), {}, 422, "active_content"),
+    ("zero pages", _zero_pages(), {}, 422, "no_pages"),
+    ("stamp outside the page", GOOD, {"x": 590, "y": 10}, 422, "stamp_outside_page"),
+    ("page out of range", GOOD, {"page": 9}, 422, "page_out_of_range"),
+    ("bad field", GOOD, {"x": "left"}, 422, "invalid_request"),
+]
+
+
+@pytest.mark.parametrize(("data", "fields", "status", "code"), [h[1:] for h in HOSTILE],
+                         ids=[h[0] for h in HOSTILE])
+async def test_hostile_uploads_are_refused_and_use_no_stamp(
+        stamping: Stamping, data: bytes, fields: dict[str, Any], status: int, code: str) -> None:
+    account = uuid.uuid4()
+    await stamping.send(stamping.issued(account, 1))
+    before = await stamping.quota(account)
+    got, body = await upload(stamping, account, data, **fields)
+    assert (got, body["error"]["code"]) == (status, code), body
+    assert await stamping.quota(account) == before
+    assert await stamping.pool.fetchval("SELECT count(*) FROM stampings WHERE account_id = $1", account) == 0
+
+
+async def test_the_right_password_opens_an_encrypted_pdf(stamping: Stamping) -> None:
+    account = uuid.uuid4()
+    await stamping.send(stamping.issued(account, 1))
+    status, body = await upload(stamping, account, _encrypted("secret"), password="secret")
+    assert status == 202, body
+
+
+async def test_concurrent_uploads_get_distinct_serials_then_no_quota(stamping: Stamping) -> None:
+    account, n = uuid.uuid4(), 12
+    event = stamping.issued(account, n)
+    await stamping.send(event)
+    results = await asyncio.gather(*(upload(stamping, account, GOOD) for _ in range(n)))
+    assert all(status == 202 for status, _ in results), results
+    ids = [uuid.UUID(body["stamping_id"]) for _, body in results]
+    sns = await stamping.pool.fetch("SELECT sn FROM stampings WHERE id = ANY($1::uuid[])", ids)
+    assert sorted(r["sn"] for r in sns) == sorted(s.sn for s in event.serials)
+    assert all(st == "RESERVED" for *_, st in await stamping.rows(account))
+
+    status, body = await upload(stamping, account, GOOD)
+    assert (status, body["error"]["code"]) == (409, "no_quota")
+    assert (await stamping.quota(account))["available"] == 0
+
+
+async def test_a_given_serial_must_be_an_unused_one_of_the_caller(stamping: Stamping) -> None:
+    alice, bob = uuid.uuid4(), uuid.uuid4()
+    alices, bobs = stamping.issued(alice, 2), stamping.issued(bob, 1)
+    await stamping.send(alices)
+    await stamping.send(bobs)
+
+    status, body = await upload(stamping, alice, GOOD, sn=bobs.serials[0].sn)
+    assert (status, body["error"]["code"]) == (409, "sn_unavailable")
+    assert (await stamping.quota(alice))["available"] == 2
+    assert (await stamping.quota(bob))["available"] == 1
+
+    chosen = sorted(s.sn for s in alices.serials)[-1]
+    status, body = await upload(stamping, alice, GOOD, sn=chosen)
+    assert status == 202, body
+    status, job = await get_job(stamping, alice, body["stamping_id"])
+    assert job["sn"] == chosen
+    status, body = await upload(stamping, alice, GOOD, sn=chosen)  # already reserved
+    assert (status, body["error"]["code"]) == (409, "sn_unavailable")
+
+
+async def test_uploads_need_a_token_a_key_and_a_file(stamping: Stamping) -> None:
+    account = uuid.uuid4()
+    await stamping.send(stamping.issued(account, 1))
+    async with stamping.http.post(stamping.base_url + "/v1/stampings", data=b"x") as resp:
+        assert resp.status == 401
+    headers = {"Authorization": f"Bearer {stamping.issuer.issue(account)}"}
+    form = aiohttp.FormData()
+    form.add_field("file", GOOD, filename="a.pdf", content_type="application/pdf")
+    async with stamping.http.post(stamping.base_url + "/v1/stampings", data=form, headers=headers) as resp:
+        assert (resp.status, (await resp.json())["error"]["code"]) == (400, "idempotency_key_required")
+    async with stamping.http.post(stamping.base_url + "/v1/stampings", data={"x": "72", "y": "72"},
+                                  headers={**headers, "Idempotency-Key": "k"}) as resp:
+        assert (resp.status, (await resp.json())["error"]["code"]) == (415, "multipart_required")
+    form = aiohttp.FormData()
+    form.add_field("x", "72")
+    form.add_field("y", "72")
+    form.add_field("attachment", b"not the file", filename="notes.txt")  # forces multipart
+    async with stamping.http.post(stamping.base_url + "/v1/stampings", data=form,
+                                  headers={**headers, "Idempotency-Key": "k"}) as resp:
+        assert (resp.status, (await resp.json())["error"]["code"]) == (422, "file_required")
+    assert (await stamping.quota(account))["available"] == 1
