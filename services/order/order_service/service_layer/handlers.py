@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from emeterai_shared.contracts.events import (
@@ -49,6 +50,20 @@ def _ignore(order: Order, event: str, exc: IllegalTransition) -> None:
     log.warning("%s for order %s in %s ignored: %s", event, order.id, order.status, exc)
 
 
+async def _transition(uow: UnitOfWork, order_id: uuid.UUID, what: str,
+                      change: Callable[[Order], None]) -> Order | None:
+    """Apply one state change to the locked order and save it; an event that no longer applies
+    (``IllegalTransition``) changes nothing and yields None."""
+    order = await _load(uow, order_id)
+    try:
+        change(order)
+    except IllegalTransition as exc:
+        _ignore(order, what, exc)
+        return None
+    await repository.save(uow.conn, order)
+    return order
+
+
 async def on_bill_issued(uow: UnitOfWork, env: Envelope[BillIssued]) -> None:
     e = env.body
     order = await _load(uow, e.order_id)
@@ -57,21 +72,11 @@ async def on_bill_issued(uow: UnitOfWork, env: Envelope[BillIssued]) -> None:
 
 
 async def on_bill_failed(uow: UnitOfWork, env: Envelope[BillFailed]) -> None:
-    order = await _load(uow, env.body.order_id)
-    try:
-        order.fail(env.body.reason)
-    except IllegalTransition as exc:
-        return _ignore(order, "bill failure", exc)
-    await repository.save(uow.conn, order)
+    await _transition(uow, env.body.order_id, "bill failure", lambda order: order.fail(env.body.reason))
 
 
 async def on_bill_expired(uow: UnitOfWork, env: Envelope[BillExpired]) -> None:
-    order = await _load(uow, env.body.order_id)
-    try:
-        order.expire()
-    except IllegalTransition as exc:
-        return _ignore(order, "bill expiry", exc)
-    await repository.save(uow.conn, order)
+    await _transition(uow, env.body.order_id, "bill expiry", Order.expire)
 
 
 async def on_payment_captured(uow: UnitOfWork, env: Envelope[PaymentCaptured]) -> None:
@@ -102,12 +107,7 @@ async def on_payment_captured(uow: UnitOfWork, env: Envelope[PaymentCaptured]) -
 
 
 async def on_payment_refunded(uow: UnitOfWork, env: Envelope[PaymentRefunded]) -> None:
-    order = await _load(uow, env.body.order_id)
-    try:
-        order.refunded()
-    except IllegalTransition as exc:
-        return _ignore(order, "refund", exc)
-    await repository.save(uow.conn, order)
+    await _transition(uow, env.body.order_id, "refund", Order.refunded)
 
 
 async def on_serials_issued(uow: UnitOfWork, env: Envelope[SerialsIssued], partners: PartnerRegistry) -> None:
@@ -130,12 +130,10 @@ async def on_serials_issued(uow: UnitOfWork, env: Envelope[SerialsIssued], partn
 
 
 async def on_minting_failed(uow: UnitOfWork, env: Envelope[MintingFailed]) -> None:
-    order = await _load(uow, env.body.order_id)
-    try:
-        order.cannot_fulfil(env.body.reason)
-    except IllegalTransition as exc:
-        return _ignore(order, "minting failure", exc)
-    await repository.save(uow.conn, order)
+    order = await _transition(uow, env.body.order_id, "minting failure",
+                              lambda order: order.cannot_fulfil(env.body.reason))
+    if order is None:
+        return
     uow.publish(OrderRefundRequested(order_id=order.id, amount=order.amount, reason=env.body.reason,
                                      requested_at=datetime.now(UTC)), correlation_id=str(order.id))
 
