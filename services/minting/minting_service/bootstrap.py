@@ -10,6 +10,7 @@ from emeterai_shared.messaging import Subscription
 from emeterai_shared.ratelimit import RateLimiter
 from emeterai_shared.runtime import Context, Periodic, ServiceDefinition
 
+from minting_service.adapters.certificates import StampingCertificates
 from minting_service.adapters.keys import StampKeys, load_stamp_keys
 from minting_service.adapters.repository import MintingRepository
 from minting_service.config import MintingSettings
@@ -40,7 +41,8 @@ async def _on_start(ctx: Context) -> None:
 def _routes(ctx: Context, app: web.Application, spec: OpenApi) -> None:
     settings = _settings(ctx.settings)
     limiter = RateLimiter(settings.registry_rate_per_s, settings.registry_burst)
-    http.add_routes(app, spec, ctx.pool, lambda: _keys(ctx), limiter)
+    certificates = StampingCertificates(Path(settings.stamping_certificates_file))  # read per request
+    http.add_routes(app, spec, ctx.pool, lambda: _keys(ctx), limiter, certificates.jwk)
 
 
 def _subscriptions(ctx: Context) -> list[Subscription]:

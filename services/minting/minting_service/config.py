@@ -17,6 +17,12 @@ class MintingSettings(ServiceSettings):
     created on first start when missing (development)."""
     published_keys_file: str = ""
     """Optional extra public keys (PEM, concatenated) that ``GET /v1/keys`` publishes, for rotation."""
+    stamping_certificates_file: str = ""
+    """The stamping service's PDF signing certificate chain (PEM bundle: the signing certificate first,
+    then its intermediates, the root last), which ``GET /v1/keys`` publishes as one JWK with ``x5c``;
+    default ``{secrets_dir}/stamping-certificates.pem``. The stamping service writes it (in production
+    a mounted file); it is read at request time, so a rotated certificate shows without a restart, and
+    while it is missing or unusable only the stamp-token keys are published."""
     registry_rate_per_s: float = 5.0
     """``GET /v1/stamps/{sn}`` requests per second per client IP and api process, after the burst."""
     registry_burst: int = 20
@@ -27,4 +33,6 @@ class MintingSettings(ServiceSettings):
     def _derive_key_file(self) -> MintingSettings:
         if not self.signing_key_file:
             self.signing_key_file = f"{self.secrets_dir}/minting-ed25519.pem"
+        if not self.stamping_certificates_file:
+            self.stamping_certificates_file = f"{self.secrets_dir}/stamping-certificates.pem"
         return self

@@ -1,17 +1,32 @@
-"""Composition root of the stamping service: settings, token keys, migrations, routes and subscriptions."""
+"""Composition root of the stamping service: settings, token keys, PDF processes, storage, routes and
+subscriptions."""
 
-import os
-from concurrent.futures import Executor, ProcessPoolExecutor
+from __future__ import annotations
+
+import logging
 from pathlib import Path
 
 from aiohttp import web
 from emeterai_shared.auth import TokenVerifier, load_public_keys
 from emeterai_shared.http import OpenApi
 from emeterai_shared.messaging import Subscription
-from emeterai_shared.runtime import Context, ServiceDefinition
+from emeterai_shared.ratelimit import RateLimiter
+from emeterai_shared.runtime import Context, Periodic, ServiceDefinition
 
+from stamping_service.adapters.documents import PostgresDocumentStore
+from stamping_service.adapters.pdfpool import PdfPool
 from stamping_service.config import StampingSettings
 from stamping_service.entrypoints import http, messages
+from stamping_service.service_layer.stamper import Stamper, purge_documents, requeue_stale
+from stamping_service.signing import publish_certificates
+
+log = logging.getLogger(__name__)
+STORE = PostgresDocumentStore()
+
+
+def _settings(ctx: Context) -> StampingSettings:
+    assert isinstance(ctx.settings, StampingSettings)
+    return ctx.settings
 
 
 def _verifier(ctx: Context) -> TokenVerifier:
@@ -31,47 +46,67 @@ def _verifier(ctx: Context) -> TokenVerifier:
     return verifier
 
 
-def _inspect_pool(ctx: Context) -> Executor:
-    """The process pool PDF inspection runs in (sized to the cores), created once per process.
-
-    ``on_start`` creates it; an app built without ``on_start`` (tests) creates it at its first
-    upload. It is shut down when the process closes, or when the app is cleaned up."""
-    executor = ctx.extras.get("inspect_pool")
-    if executor is None:
-        executor = ctx.extras["inspect_pool"] = ProcessPoolExecutor(max_workers=os.cpu_count() or 1)
+def _pdf_pool(ctx: Context) -> PdfPool:
+    """The PDF worker processes of this process, started at first use and stopped when it closes."""
+    pdf = ctx.extras.get("pdf_pool")
+    if pdf is None:
+        settings = _settings(ctx)
+        pdf = ctx.extras["pdf_pool"] = PdfPool(settings.signing(), settings.pdf_workers,
+                                               settings.pdf_worker_max_tasks)
 
         async def close() -> None:
-            _shutdown_inspect_pool(ctx)
+            _close_pdf_pool(ctx)
 
         ctx.closers.append(close)
-    assert isinstance(executor, ProcessPoolExecutor)
-    return executor
+    assert isinstance(pdf, PdfPool)
+    return pdf
 
 
-def _shutdown_inspect_pool(ctx: Context) -> None:
-    executor = ctx.extras.pop("inspect_pool", None)
-    if isinstance(executor, ProcessPoolExecutor):
-        executor.shutdown(wait=False, cancel_futures=True)
+def _close_pdf_pool(ctx: Context) -> None:
+    pdf = ctx.extras.pop("pdf_pool", None)
+    if isinstance(pdf, PdfPool):
+        pdf.close()
+
+
+def _stamper(ctx: Context) -> Stamper:
+    stamper = ctx.extras.get("stamper")
+    if stamper is None:
+        stamper = ctx.extras["stamper"] = Stamper(ctx.pool, _pdf_pool(ctx), STORE, _settings(ctx))
+    assert isinstance(stamper, Stamper)
+    return stamper
 
 
 async def _on_start(ctx: Context) -> None:
     _verifier(ctx)  # a process without the public key fails at start, not at its first request
-    _inspect_pool(ctx)
+    settings = _settings(ctx)
+    # Generates the development chain on a first run; publishes the chain for minting's /v1/keys.
+    if publish_certificates(settings.signing(), settings.certificates_file):
+        log.info("stamping certificates published to %s", settings.certificates_file)
 
 
 def _routes(ctx: Context, app: web.Application, spec: OpenApi) -> None:
-    settings = ctx.settings
-    assert isinstance(settings, StampingSettings)
-    http.add_routes(app, spec, ctx.pool, lambda: _verifier(ctx), settings, lambda: _inspect_pool(ctx))
+    settings = _settings(ctx)
+    limiter = RateLimiter(settings.verify_rate_per_s, settings.verify_burst)
+    http.add_routes(app, spec, ctx.pool, lambda: _verifier(ctx), settings, lambda: _pdf_pool(ctx), STORE, limiter)
 
     async def cleanup(_app: web.Application) -> None:
-        _shutdown_inspect_pool(ctx)
+        _close_pdf_pool(ctx)
 
     app.on_cleanup.append(cleanup)
 
 
-def _subscriptions(_ctx: Context) -> list[Subscription]:
-    return messages.subscriptions()
+def _subscriptions(ctx: Context) -> list[Subscription]:
+    return messages.subscriptions(_settings(ctx), lambda: _stamper(ctx))
+
+
+async def _requeue_stale(ctx: Context) -> None:
+    async with ctx.pool.acquire() as conn:
+        await requeue_stale(conn, _settings(ctx).stale_job_after_s)
+
+
+async def _purge(ctx: Context) -> None:
+    async with ctx.pool.acquire() as conn:
+        await purge_documents(conn, STORE)
 
 
 SERVICE = ServiceDefinition(
@@ -82,4 +117,8 @@ SERVICE = ServiceDefinition(
     subscriptions=_subscriptions,
     routes=_routes,
     on_start=_on_start,
+    periodic=(
+        Periodic("requeue-stale-jobs", lambda s: s.stale_sweep_interval_s, _requeue_stale),
+        Periodic("purge-documents", lambda s: s.purge_interval_s, _purge),
+    ),
 )

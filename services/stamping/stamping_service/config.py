@@ -1,10 +1,15 @@
 """Settings of the stamping service; every field is overridable as `STAMPING_<FIELD>`."""
 
+from __future__ import annotations
+
+import os
 from typing import ClassVar
 
 from emeterai_shared.config import ServiceSettings
+from pydantic import model_validator
 
 from stamping_service.pdf.inspect import Limits
+from stamping_service.signing import SigningConfig
 
 _LIMITS = Limits()
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024
@@ -27,6 +32,70 @@ class StampingSettings(ServiceSettings):
     inspect_max_decode_ratio: float = _LIMITS.max_decode_ratio
     inspect_max_total_decoded_bytes: int = _LIMITS.max_total_decoded_bytes
     inspect_timeout_s: float = 10.0
+
+    signing_key_file: str = ""
+    """The stamping key: PEM/DER with ``signing_cert_file``, or a PKCS#12 file alone. Empty: a
+    development chain is generated under ``signing_dev_dir`` (never use that in production)."""
+    signing_cert_file: str = ""
+    signing_chain_files: str = ""
+    """Comma-separated PEM/DER files with the intermediate and root certificates to embed."""
+    signing_key_passphrase: str = ""
+    signing_dev_dir: str = ""
+    """Default ``{secrets_dir}/stamping-dev-ca``."""
+    trust_roots_file: str = ""
+    """PEM roots ``POST /v1/verify`` trusts. Default: the development root, or the self-signed
+    certificates of the configured chain."""
+    certificates_file: str = ""
+    """Where the worker publishes its certificate chain (PEM) for minting's ``GET /v1/keys``;
+    default ``{secrets_dir}/stamping-certificates.pem``."""
+    tsa_url: str = ""
+    """RFC 3161 timestamp authority; empty: no timestamp tokens."""
+    tsa_timeout_s: float = 10.0
+
+    pdf_workers: int = 0
+    """Processes for PDF work in each api and worker process; default: the number of cores."""
+    pdf_worker_max_tasks: int = 1000
+    """A PDF process is replaced after this many tasks (bounds leaks in native code)."""
+    sign_timeout_s: float = 60.0
+    """Longest a document may take to stamp; past it the process is killed and the job retried."""
+    job_concurrency: int = 0
+    """Jobs one worker process stamps at once; default twice ``pdf_workers`` (one signing while
+    the other's transaction commits)."""
+    job_prefetch: int = 0
+    """Queued jobs one worker process holds unacknowledged; default ``job_concurrency``, so that a
+    backlog spreads over every worker process."""
+    stale_job_after_s: float = 900.0
+    """A job QUEUED or STAMPING for this long (its message lost or parked) is queued again."""
+    stale_sweep_interval_s: float = 60.0
+    document_retention_days: float = 30.0
+    """How long a stamped document stays downloadable; originals are deleted once the job ends."""
+    purge_interval_s: float = 600.0
+
+    verify_rate_per_s: float = 2.0
+    """``POST /v1/verify`` requests per second per client IP and api process, after the burst."""
+    verify_burst: int = 10
+    verify_timeout_s: float = 30.0
+
+    @model_validator(mode="after")
+    def _derive_stamping(self) -> StampingSettings:
+        if not self.signing_dev_dir:
+            self.signing_dev_dir = f"{self.secrets_dir}/stamping-dev-ca"
+        if not self.certificates_file:
+            self.certificates_file = f"{self.secrets_dir}/stamping-certificates.pem"
+        if self.pdf_workers <= 0:
+            self.pdf_workers = os.cpu_count() or 1
+        if self.job_concurrency <= 0:
+            self.job_concurrency = 2 * self.pdf_workers
+        if self.job_prefetch <= 0:
+            self.job_prefetch = self.job_concurrency
+        return self
+
+    def signing(self) -> SigningConfig:
+        return SigningConfig(
+            key_file=self.signing_key_file, cert_file=self.signing_cert_file,
+            chain_files=tuple(p.strip() for p in self.signing_chain_files.split(",") if p.strip()),
+            passphrase=self.signing_key_passphrase, dev_dir=self.signing_dev_dir,
+            trust_roots_file=self.trust_roots_file, tsa_url=self.tsa_url, tsa_timeout_s=self.tsa_timeout_s)
 
     def inspect_limits(self) -> Limits:
         return Limits(max_bytes=self.max_upload_bytes, max_pages=self.inspect_max_pages,

@@ -80,6 +80,14 @@ class Subscription:
     queue: str
     message: type[Message]
     handler: Handler
+    prefetch: int | None = None
+    """Unacked deliveries this consumer holds (per consumer); None: the process's ``prefetch``.
+    Slow handlers (PDF signing) take few, so that several workers share a backlog."""
+    concurrency: int | None = None
+    """Batch loops for this queue; None: the process's ``consumer_concurrency``."""
+    batch_max: int | None = None
+    """Messages per transaction; None: the process's ``consumer_batch_max``. A handler that
+    awaits slow work should take 1, so that its transaction holds one message."""
 
     @property
     def spec(self) -> QueueSpec:
@@ -147,8 +155,13 @@ class Consumer:
                 self._channel, lane.subscription.spec,
                 delivery_limit=s.delivery_limit, max_length=s.max_queue_length,
             )
+            sub = lane.subscription
+            if sub.prefetch is not None:  # basic.qos applies to the consumers created after it
+                await self._channel.set_qos(prefetch_count=sub.prefetch)
             lane.consumer_tag = await lane.queue.consume(lane.buffer.put)
-            for i in range(max(1, s.consumer_concurrency)):
+            if sub.prefetch is not None:
+                await self._channel.set_qos(prefetch_count=s.prefetch)
+            for i in range(max(1, sub.concurrency or s.consumer_concurrency)):
                 self._tasks.append(
                     asyncio.create_task(self._loop(lane), name=f"{lane.subscription.queue}-{i}")
                 )
@@ -177,7 +190,7 @@ class Consumer:
                 await self._channel.close()
 
     async def _loop(self, lane: _Lane) -> None:
-        batch_max = max(1, self._settings.consumer_batch_max)
+        batch_max = max(1, lane.subscription.batch_max or self._settings.consumer_batch_max)
         while True:
             first = await lane.buffer.get()
             if self._stopping:

@@ -21,8 +21,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +187,8 @@ class Harness:
     consumer: Consumer | None = None
     relay: OutboxRelay | None = None
     relay_task: asyncio.Task[None] | None = None
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """The worker context's closers (what its handlers opened, e.g. process pools)."""
 
     async def stop(self) -> None:
         if self.relay is not None and self.relay_task is not None:
@@ -194,6 +196,8 @@ class Harness:
             await asyncio.wait_for(self.relay_task, 30)
         if self.consumer is not None:
             await self.consumer.stop(grace_s=5)
+        for closer in reversed(self.closers):
+            await closer()
         await self.publisher.close()
         await self.connection.close()
         await self.pool.close()
@@ -212,6 +216,7 @@ async def running(defn: ServiceDefinition, settings: ServiceSettings, *, worker:
     try:
         if worker:
             ctx = Context(settings=settings, pool=pool, amqp=connection)
+            harness.closers = ctx.closers
             harness.consumer = Consumer(pool=pool, connection=connection, publisher=publisher,
                                         subscriptions=defn.subscriptions(ctx), settings=settings)
             await harness.consumer.start()

@@ -25,6 +25,8 @@ from minting_service.domain import serial
 from minting_service.domain.stamp import FACE_VALUE
 
 ALGORITHM = "EdDSA"
+PURPOSE = "stamp-token"
+"""The ``purpose`` member of these keys in ``GET /v1/keys``, beside the PDF signing certificate's."""
 CLAIMS = ("sn", "fv", "ord", "iat")
 
 
@@ -63,4 +65,4 @@ def jwk(public_key: Ed25519PublicKey) -> dict[str, str]:
     """The public key as a JSON Web Key (RFC 8037 OKP) for verifying stamp tokens."""
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return {"kty": "OKP", "crv": "Ed25519", "x": base64.urlsafe_b64encode(raw).rstrip(b"=").decode(),
-            "kid": key_id(public_key), "alg": ALGORITHM, "use": "sig"}
+            "kid": key_id(public_key), "alg": ALGORITHM, "use": "sig", "purpose": PURPOSE}

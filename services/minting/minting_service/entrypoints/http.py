@@ -1,16 +1,19 @@
-"""The minting service's public HTTP API: the stamp registry and the token-verification keys."""
+"""The minting service's public HTTP API: the stamp registry and the keys that verify stamp tokens and
+stamped PDFs."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
 from aiohttp import web
 from emeterai_shared.http import ApiError, OpenApi, Operation
 from emeterai_shared.ratelimit import RateLimiter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import SkipJsonSchema
 
 from minting_service.adapters.keys import StampKeys
 from minting_service.adapters.repository import MintingRepository
@@ -20,22 +23,51 @@ from minting_service.domain.token import jwk
 
 KEYS_MAX_AGE_S = 300
 
+log = logging.getLogger(__name__)
+
+
+def _absent_not_null(schema: dict[str, Any]) -> None:
+    """Optional members are left out of the JSON (``exclude_none``), never null: no null default."""
+    for member in schema.get("properties", {}).values():
+        if "default" in member and member["default"] is None:
+            del member["default"]
+
 
 class Jwk(BaseModel):
-    """An Ed25519 public key (RFC 8037) that verifies stamp tokens."""
+    """A public verification key (RFC 7517). ``purpose`` tells them apart: ``stamp-token`` keys are
+    Ed25519 (RFC 8037) and verify the tokens in stamps' QR codes; the one ``pdf-signature`` key is
+    the stamping service's PDF signing certificate, with its chain in ``x5c``."""
 
-    kty: Literal["OKP"]
-    crv: Literal["Ed25519"]
-    x: str = Field(description="the raw public key, base64url without padding")
-    kid: str = Field(description="the key id in the header of the tokens it verifies")
-    alg: Literal["EdDSA"]
+    model_config = ConfigDict(populate_by_name=True, json_schema_extra=_absent_not_null)
+
+    kty: Literal["OKP", "EC", "RSA"]
+    crv: Literal["Ed25519", "P-256", "P-384", "P-521"] | SkipJsonSchema[None] = Field(
+        None, description="the curve (OKP and EC keys)")
+    x: str | SkipJsonSchema[None] = Field(
+        None, description="OKP: the raw public key; EC: the x coordinate (base64url without padding)")
+    y: str | SkipJsonSchema[None] = Field(None, description="EC: the y coordinate (base64url without padding)")
+    n: str | SkipJsonSchema[None] = Field(None, description="RSA: the modulus (base64url without padding)")
+    e: str | SkipJsonSchema[None] = Field(None, description="RSA: the exponent (base64url without padding)")
+    kid: str = Field(description="stamp-token keys: the key id in the header of the tokens it verifies; "
+                     "the pdf-signature key: its RFC 7638 thumbprint (SHA-256, base64url)")
+    alg: Literal["EdDSA", "ES256", "ES384", "ES512", "RS256"]
     use: Literal["sig"]
+    purpose: Literal["stamp-token", "pdf-signature"] = Field(
+        description="stamp-token: verifies stamp tokens; pdf-signature: the certificate that signs stamped PDFs")
+    x5c: list[str] | SkipJsonSchema[None] = Field(
+        None, description="pdf-signature: the certificate chain, DER in standard base64 (RFC 7517 §4.7), "
+        "the signing certificate first, the root last")
+    x5t_s256: str | SkipJsonSchema[None] = Field(
+        None, alias="x5t#S256",
+        description="pdf-signature: SHA-256 thumbprint of the signing certificate's DER (base64url)")
 
 
 class KeySet(BaseModel):
-    """Published verification material; further members (the stamping certificate) may join."""
+    """Published verification material: the stamp-token keys, then the PDF signing certificate's key."""
 
-    keys: list[Jwk] = Field(description="every key whose tokens are valid, the signing key first")
+    keys: list[Jwk] = Field(description="every key whose tokens are valid, the signing key first; then, when "
+                            "the stamping service has published it, the key of the certificate that signs "
+                            "stamped PDFs")
 
 
 class StampView(BaseModel):
@@ -48,12 +80,23 @@ class StampView(BaseModel):
 
 
 def add_routes(app: web.Application, spec: OpenApi, pool: asyncpg.Pool, keys: Callable[[], StampKeys],
-               limiter: RateLimiter) -> None:
-    """``keys`` is called per request, so that building the app reads no key file."""
+               limiter: RateLimiter, certificate: Callable[[], dict[str, Any] | None]) -> None:
+    """``keys`` and ``certificate`` (the stamping certificate's JWK, if any) are called per request,
+    so that building the app reads no key file and a rotated certificate shows at once."""
+
+    def certificate_key() -> list[Jwk]:
+        found = certificate()
+        if found is None:
+            return []
+        try:
+            return [Jwk.model_validate(found)]
+        except ValidationError:  # cannot happen for what domain.certificate returns; never a 500
+            log.exception("the stamping certificate's JWK does not fit the published model: not published")
+            return []
 
     async def get_keys(_: web.Request) -> web.Response:
-        body = KeySet(keys=[Jwk.model_validate(jwk(k)) for k in keys().published.values()])
-        return web.json_response(body.model_dump(mode="json"),
+        body = KeySet(keys=[*(Jwk.model_validate(jwk(k)) for k in keys().published.values()), *certificate_key()])
+        return web.json_response(body.model_dump(mode="json", by_alias=True, exclude_none=True),
                                  headers={"Cache-Control": f"public, max-age={KEYS_MAX_AGE_S}"})
 
     async def get_stamp(request: web.Request) -> web.Response:
@@ -77,8 +120,8 @@ def add_routes(app: web.Application, spec: OpenApi, pool: asyncpg.Pool, keys: Ca
     app.router.add_get("/v1/keys", get_keys)
     app.router.add_get("/v1/stamps/{sn}", get_stamp)
 
-    spec.add(Operation("GET", "/v1/keys", "Public keys that verify stamp tokens (JWK set)", tags=["stamps"],
-                       responses={200: ("the published keys", KeySet)}))
+    spec.add(Operation("GET", "/v1/keys", "Public keys that verify stamp tokens and stamped PDFs (JWK set)",
+                       tags=["stamps"], responses={200: ("the published keys", KeySet)}))
     spec.add(Operation("GET", "/v1/stamps/{sn}", "A stamp in the public registry", tags=["stamps"],
                        parameters=[{"name": "sn", "in": "path", "required": True,
                                     "schema": {"type": "string", "pattern": "^[0-9A-Za-z]{22}$"}}],

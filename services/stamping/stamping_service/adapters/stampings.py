@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
@@ -18,7 +19,7 @@ class NewStamping:
     y: float
     size: float
     reason: str
-    document: bytes
+    password: str | None
     document_sha256: str
 
 
@@ -28,6 +29,27 @@ class StampingView:
     status: str
     sn: str
     error: str | None
+    stamped_sha256: str | None
+    stamped_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as the worker needs it, with its stamp's token."""
+
+    id: uuid.UUID
+    account_id: uuid.UUID
+    sn: str
+    token: str
+    status: str
+    page: int
+    x: float
+    y: float
+    size: float
+    reason: str
+    password: str | None
+    attempts: int
+    """Times the job was started (crashes included)."""
 
 
 class StampingRepository:
@@ -56,16 +78,62 @@ class StampingRepository:
 
     async def insert(self, job: NewStamping) -> None:
         await self.conn.execute(
-            """INSERT INTO stampings (id, account_id, sn, status, page, x, y, size, reason, document,
+            """INSERT INTO stampings (id, account_id, sn, status, page, x, y, size, reason, password,
                                       document_sha256)
                VALUES ($1, $2, $3, 'QUEUED', $4, $5, $6, $7, $8, $9, $10)""",
-            job.id, job.account_id, job.sn, job.page, job.x, job.y, job.size, job.reason, job.document,
+            job.id, job.account_id, job.sn, job.page, job.x, job.y, job.size, job.reason, job.password,
             job.document_sha256)
 
     async def get(self, stamping_id: uuid.UUID, account_id: uuid.UUID) -> StampingView | None:
         row = await self.conn.fetchrow(
-            "SELECT id, status, sn, error FROM stampings WHERE id = $1 AND account_id = $2",
+            """SELECT id, status, sn, error, stamped_sha256, stamped_at FROM stampings
+                WHERE id = $1 AND account_id = $2""",
             stamping_id, account_id)
         if row is None:
             return None
-        return StampingView(row["id"], row["status"], row["sn"], row["error"])
+        return StampingView(row["id"], row["status"], row["sn"], row["error"], row["stamped_sha256"],
+                            row["stamped_at"])
+
+    async def mark_started(self, stamping_id: uuid.UUID) -> None:
+        """QUEUED → STAMPING (visible to its owner while the document is signed); counts the attempt."""
+        await self.conn.execute(
+            """UPDATE stampings SET status = 'STAMPING', attempts = attempts + 1, updated_at = now()
+                WHERE id = $1 AND status IN ('QUEUED', 'STAMPING')""", stamping_id)
+
+    async def lock(self, stamping_id: uuid.UUID) -> Job | None:
+        """The job with its row locked until the transaction ends (one worker stamps it at a time)."""
+        row = await self.conn.fetchrow(
+            """SELECT j.id, j.account_id, j.sn, s.token, j.status, j.page, j.x, j.y, j.size, j.reason, j.password,
+                      j.attempts
+                 FROM stampings j JOIN stamps s ON s.sn = j.sn
+                WHERE j.id = $1 FOR UPDATE OF j""", stamping_id)
+        if row is None:
+            return None
+        return Job(**dict(row))
+
+    async def done(self, job: Job, stamped_sha256: str, stamped_at: datetime) -> None:
+        """DONE, and its stamp USED. The password is forgotten once it is no longer needed."""
+        await self.conn.execute(
+            """UPDATE stampings SET status = 'DONE', stamped_sha256 = $2, stamped_at = $3, error = NULL,
+                                    password = NULL, updated_at = now() WHERE id = $1""",
+            job.id, stamped_sha256, stamped_at)
+        await self.conn.execute("UPDATE stamps SET status = 'USED', used_at = $2 WHERE sn = $1",
+                                job.sn, stamped_at)
+
+    async def failed(self, job: Job, error: str) -> None:
+        """FAILED for good, and its stamp back to UNUSED for the account to use on another document."""
+        await self.conn.execute(
+            """UPDATE stampings SET status = 'FAILED', error = $2, password = NULL, updated_at = now()
+                WHERE id = $1""", job.id, error[:1000])
+        await self.conn.execute("UPDATE stamps SET status = 'UNUSED' WHERE sn = $1 AND status = 'RESERVED'", job.sn)
+
+    async def claim_stale(self, older_than_s: float, limit: int) -> list[tuple[uuid.UUID, uuid.UUID, str]]:
+        """Unfinished jobs untouched for ``older_than_s`` (their message lost or parked), touched so
+        that another sweep does not take them again at once: (id, account_id, sn)."""
+        rows = await self.conn.fetch(
+            """UPDATE stampings SET updated_at = now() WHERE id = ANY(ARRAY(
+                   SELECT id FROM stampings
+                    WHERE status IN ('QUEUED', 'STAMPING') AND updated_at < now() - make_interval(secs => $1)
+                    ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED))
+               RETURNING id, account_id, sn""", older_than_s, limit)
+        return [(r["id"], r["account_id"], r["sn"]) for r in rows]

@@ -1,26 +1,31 @@
-"""The stamping service's HTTP API: the buyer's quota, and uploads of documents to stamp."""
+"""The stamping service's HTTP API: the buyer's quota, uploads of documents to stamp, their
+download, and the public verification of stamped documents."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Executor
+from datetime import datetime
 
 import asyncpg
 from aiohttp import BodyPartReader, web
 from emeterai_shared import idempotency
 from emeterai_shared.auth import TokenVerifier
 from emeterai_shared.http import ApiError, OpenApi, Operation
+from emeterai_shared.ratelimit import RateLimiter
 from emeterai_shared.uow import unit_of_work
 from pydantic import BaseModel, Field, ValidationError
 
+from stamping_service.adapters.documents import DocumentStore, Kind
+from stamping_service.adapters.pdfpool import PdfPool, PdfTimeout, PdfWorkerDied
 from stamping_service.adapters.quota import QuotaRepository
-from stamping_service.adapters.stampings import NewStamping, StampingRepository
+from stamping_service.adapters.stampings import NewStamping, StampingRepository, StampingView
 from stamping_service.config import StampingSettings
 from stamping_service.messages import StampingJobQueued
-from stamping_service.pdf.inspect import Limits, PdfRejected, RejectCode, inspect_pdf
+from stamping_service.metrics import UPLOADS, VERIFICATIONS
+from stamping_service.pdf.inspect import Limits, PdfRejected, RejectCode
+from stamping_service.pdf.verify import StampCheck
 
 FORM_FIELDS = ("page", "x", "y", "size", "reason", "sn", "password")
 MAX_FIELD_BYTES = 4096
@@ -60,8 +65,34 @@ class StampingAccepted(BaseModel):
 class StampingStatus(BaseModel):
     stamping_id: uuid.UUID
     status: str = Field(description="QUEUED | STAMPING | DONE | FAILED")
-    sn: str
-    error: str | None
+    sn: str = Field(description="the serial reserved for (DONE: affixed to) the document; a FAILED job's "
+                                "serial is back among the caller's available ones")
+    error: str | None = Field(description="why a FAILED job failed")
+    document_sha256: str | None = Field(default=None, description="SHA-256 of the stamped PDF (DONE)")
+    stamped_at: datetime | None = Field(default=None, description="when the document was stamped (DONE)")
+
+
+class VerifyForm(BaseModel):
+    """The multipart form of ``POST /v1/verify``."""
+
+    file: bytes = Field(description="the PDF to verify (multipart file part)")
+
+
+class VerifiedStamp(BaseModel):
+    sn: str = Field(description="the serial read from the signature's reason `[SN] ...`")
+    status: str = Field(description="the serial in the registry: STAMPED, UNUSED (issued, not affixed "
+                                    "through this platform) or UNKNOWN")
+    signed_at: datetime | None = Field(description="the timestamp token's time, else the signer's claimed time")
+    intact: bool = Field(description="the signature is sound and covers the whole file up to its revision; "
+                                     "anything after it is at most further signing")
+    trusted: bool = Field(description="the signing certificate chains to our published root")
+
+
+class Verification(BaseModel):
+    valid: bool = Field(description="at least one stamp, and every stamp intact, trusted and STAMPED in the "
+                                    "registry")
+    stamps: list[VerifiedStamp]
+    other_signatures: int = Field(description="signatures in the file that are not e-meterai stamps")
 
 
 async def _read_form(request: web.Request, max_upload: int) -> tuple[StampingForm, bytes]:
@@ -107,30 +138,65 @@ async def _read_form(request: web.Request, max_upload: int) -> tuple[StampingFor
     return form, data
 
 
-async def _inspect(executor: Executor, data: bytes, form: StampingForm, limits: Limits) -> None:
-    loop = asyncio.get_running_loop()
-
-    future = loop.run_in_executor(executor, _inspect_in_worker, data, form.password, form.page, form.x, form.y,
-                                  form.size, limits)
+async def _inspect(pdf: PdfPool, data: bytes, form: StampingForm, limits: Limits) -> None:
     try:
-        await asyncio.wait_for(future, timeout=limits.parse_timeout_s)
-    except TimeoutError as exc:
+        await pdf.inspect(data, form.password, form.page, form.x, form.y, form.size, limits)
+    except PdfTimeout as exc:
         raise ApiError(422, "parse_timeout", f"the document took longer than {limits.parse_timeout_s}s "
                                              f"to read") from exc
+    except PdfWorkerDied as exc:
+        raise ApiError(422, RejectCode.UNREADABLE.value, "the document could not be read") from exc
     except PdfRejected as exc:
         status = 413 if exc.code == RejectCode.TOO_LARGE else 422
         raise ApiError(status, exc.code.value, exc.message) from exc
 
 
-def _inspect_in_worker(data: bytes, password: str | None, page: int, x: float, y: float, size: float,
-                       limits: Limits) -> None:
-    inspect_pdf(data, password=password, page=page, x=x, y=y, size=size, limits=limits)
+async def _read_file(request: web.Request, max_bytes: int) -> bytes:
+    """The ``file`` part of a multipart body (other parts ignored), streamed under ``max_bytes``."""
+    if not request.content_type.startswith("multipart/form-data"):
+        raise ApiError(415, "multipart_required", "the body must be multipart/form-data")
+    data: bytes | None = None
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise ApiError(400, "malformed_form", "nested multipart bodies are not accepted")
+            if part.name != "file" or data is not None:
+                await part.release()
+                continue
+            chunks, total = [], 0
+            while chunk := await part.read_chunk(64 * 1024):
+                total += len(chunk)
+                if total > max_bytes:
+                    raise ApiError(413, RejectCode.TOO_LARGE.value, f"the file is larger than {max_bytes} bytes")
+                chunks.append(chunk)
+            data = b"".join(chunks)
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise ApiError(413, RejectCode.TOO_LARGE.value, f"the request is larger than {max_bytes} bytes") from exc
+    except (ValueError, AssertionError) as exc:
+        raise ApiError(400, "malformed_form", f"the multipart body cannot be read: {exc}") from exc
+    if data is None:
+        raise ApiError(422, "file_required", "the form needs a `file` part holding the PDF")
+    return data
+
+
+def _registry_status(projection: str | None) -> str:
+    return {"USED": "STAMPED", "UNUSED": "UNUSED", "RESERVED": "UNUSED"}.get(projection or "", "UNKNOWN")
+
+
+def _verification(checks: list[StampCheck], statuses: dict[str, str]) -> Verification:
+    stamps = [VerifiedStamp(sn=c.sn, status=_registry_status(statuses.get(c.sn)), signed_at=c.signed_at,
+                            intact=c.intact, trusted=c.trusted) for c in checks if c.sn is not None]
+    valid = bool(stamps) and all(
+        s.intact and s.trusted and s.status == "STAMPED" for s in stamps) and all(
+        c.valid for c in checks if c.sn is not None)
+    return Verification(valid=valid, stamps=stamps, other_signatures=sum(1 for c in checks if c.sn is None))
 
 
 def add_routes(app: web.Application, spec: OpenApi, pool: asyncpg.Pool,
                verifier: Callable[[], TokenVerifier], settings: StampingSettings,
-               executor: Callable[[], Executor]) -> None:
-    """``verifier`` and ``executor`` are called per request, so that building the app reads no
+               pdf_pool: Callable[[], PdfPool], store: DocumentStore, limiter: RateLimiter) -> None:
+    """``verifier`` and ``pdf_pool`` are called per request, so that building the app reads no
     key file and starts no process."""
     limits = settings.inspect_limits()
 
@@ -145,11 +211,15 @@ def add_routes(app: web.Application, spec: OpenApi, pool: asyncpg.Pool,
         principal = verifier().from_request(request)
         key = idempotency.key_from(request, required=True)
         assert key is not None
-        form, data = await _read_form(request, settings.max_upload_bytes)
-        sha256 = hashlib.sha256(data).hexdigest()
-        digest = idempotency.request_hash(
-            "POST", "/v1/stampings", {**form.model_dump(mode="json"), "file_sha256": sha256})
-        await _inspect(executor(), data, form, limits)
+        try:
+            form, data = await _read_form(request, settings.max_upload_bytes)
+            sha256 = hashlib.sha256(data).hexdigest()
+            digest = idempotency.request_hash(
+                "POST", "/v1/stampings", {**form.model_dump(mode="json"), "file_sha256": sha256})
+            await _inspect(pdf_pool(), data, form, limits)
+        except ApiError as exc:
+            UPLOADS.labels(exc.code).inc()
+            raise
 
         scope = f"stamping:{principal.account_id}"
         async with unit_of_work(pool) as uow:
@@ -159,36 +229,86 @@ def add_routes(app: web.Application, spec: OpenApi, pool: asyncpg.Pool,
             repo = StampingRepository(uow.conn)
             sn = await repo.reserve(principal.account_id, form.sn)
             if sn is None:
+                UPLOADS.labels("sn_unavailable" if form.sn is not None else "no_quota").inc()
                 if form.sn is not None:
                     raise ApiError(409, "sn_unavailable",
                                    f"serial {form.sn} is not an unused stamp of this account")
                 raise ApiError(409, "no_quota", "no unused stamp left: buy more stamps first")
             stamping_id = uuid.uuid4()
             await repo.insert(NewStamping(id=stamping_id, account_id=principal.account_id, sn=sn, page=form.page,
-                                          x=form.x, y=form.y, size=form.size, reason=form.reason, document=data,
-                                          document_sha256=sha256))
+                                          x=form.x, y=form.y, size=form.size, reason=form.reason,
+                                          password=form.password, document_sha256=sha256))
+            await store.put(uow.conn, stamping_id, Kind.ORIGINAL, data)
             uow.publish(StampingJobQueued(stamping_id=stamping_id, account_id=principal.account_id, sn=sn),
                         correlation_id=str(stamping_id))
             body = StampingAccepted(stamping_id=stamping_id, status="QUEUED").model_dump(mode="json")
             await idempotency.complete(uow.conn, scope, key, 202, body)
+        UPLOADS.labels("accepted").inc()
         return web.json_response(body, status=202)
 
-    async def get_stamping(request: web.Request) -> web.Response:
+    async def owned(request: web.Request, conn: asyncpg.Connection) -> StampingView:
         principal = verifier().from_request(request)
         try:
             stamping_id = uuid.UUID(request.match_info["id"])
         except ValueError as exc:
             raise ApiError(404, "not_found", "no such stamping") from exc
-        async with pool.acquire() as conn:
-            view = await StampingRepository(conn).get(stamping_id, principal.account_id)
+        view = await StampingRepository(conn).get(stamping_id, principal.account_id)
         if view is None:
             raise ApiError(404, "not_found", "no such stamping")
-        body = StampingStatus(stamping_id=view.id, status=view.status, sn=view.sn, error=view.error)
+        return view
+
+    async def get_stamping(request: web.Request) -> web.Response:
+        async with pool.acquire() as conn:
+            view = await owned(request, conn)
+        body = StampingStatus(stamping_id=view.id, status=view.status, sn=view.sn, error=view.error,
+                              document_sha256=view.stamped_sha256, stamped_at=view.stamped_at)
         return web.json_response(body.model_dump(mode="json"))
+
+    async def get_document(request: web.Request) -> web.Response:
+        async with pool.acquire() as conn:
+            view = await owned(request, conn)
+            if view.status in ("QUEUED", "STAMPING"):
+                raise ApiError(409, "not_ready", f"the document is {view.status}: try again shortly",
+                               headers={"Retry-After": "2"})
+            if view.status == "FAILED":
+                raise ApiError(409, "stamping_failed", f"the stamping failed: {view.error}")
+            document = await store.get(conn, view.id, Kind.STAMPED)
+        if document is None:
+            raise ApiError(410, "document_expired", "the stamped document is past its retention period")
+        etag = f'"{document.sha256}"'
+        if etag in request.headers.get("If-None-Match", ""):
+            return web.Response(status=304, headers={"ETag": etag})
+        return web.Response(body=document.data, content_type="application/pdf", headers={
+            "ETag": etag, "Content-Disposition": f'attachment; filename="e-meterai-{view.sn}.pdf"',
+            "Cache-Control": "private, max-age=0"})
+
+    async def post_verify(request: web.Request) -> web.Response:
+        try:
+            limiter.enforce(request.remote or "unknown")
+            data = await _read_file(request, settings.max_upload_bytes)
+            if b"%PDF-" not in data[:1024]:
+                raise ApiError(422, RejectCode.NOT_A_PDF.value, "the file is not a PDF document")
+            checks = await pdf_pool().verify(data, None, settings.verify_timeout_s)
+        except (PdfTimeout, PdfWorkerDied) as exc:
+            VERIFICATIONS.labels("unreadable").inc()
+            raise ApiError(422, RejectCode.UNREADABLE.value, "the document could not be read in time") from exc
+        except ApiError as exc:
+            VERIFICATIONS.labels(exc.code).inc()
+            raise
+        sns = sorted({c.sn for c in checks if c.sn is not None})
+        statuses: dict[str, str] = {}
+        if sns:
+            rows = await pool.fetch("SELECT sn, status FROM stamps WHERE sn = ANY($1::text[])", sns)
+            statuses = {r["sn"]: r["status"] for r in rows}
+        result = _verification(checks, statuses)
+        VERIFICATIONS.labels("valid" if result.valid else "invalid").inc()
+        return web.json_response(result.model_dump(mode="json"))
 
     app.router.add_get("/v1/quota", get_quota)
     app.router.add_post("/v1/stampings", post_stamping)
     app.router.add_get("/v1/stampings/{id}", get_stamping)
+    app.router.add_get("/v1/stampings/{id}/document", get_document)
+    app.router.add_post("/v1/verify", post_verify)
 
     spec.security_schemes["bearer"] = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (EdDSA)"}
     spec.add(Operation("GET", "/v1/quota", "The caller's stamps: available, used and the serials available",
@@ -214,3 +334,19 @@ def add_routes(app: web.Application, spec: OpenApi, pool: asyncpg.Pool,
                                     "schema": {"type": "string", "format": "uuid"}}],
                        responses={200: ("the job", StampingStatus), 401: ("no, or an invalid, bearer token", None),
                                   404: ("no such job of the caller's", None)}))
+    spec.add(Operation(
+        "GET", "/v1/stampings/{id}/document", "The stamped PDF (application/pdf; ETag is its SHA-256)",
+        tags=["stamping"], security=["bearer"],
+        parameters=[{"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}],
+        responses={200: ("the stamped PDF", None), 304: ("If-None-Match matched the ETag", None),
+                   401: ("no, or an invalid, bearer token", None), 404: ("no such job of the caller's", None),
+                   409: ("not_ready (QUEUED or STAMPING; Retry-After), or stamping_failed", None),
+                   410: ("document_expired: past the retention period", None)}))
+    spec.add(Operation(
+        "POST", "/v1/verify", "Verify the e-meterai stamps of a PDF (public, multipart `file`)",
+        request=VerifyForm, request_content_type="multipart/form-data", tags=["verification"],
+        responses={200: ("one entry per stamp (a signature whose reason carries a serial)", Verification),
+                   413: ("too_large", None), 415: ("multipart_required", None),
+                   422: ("file_required, not_a_pdf, or unreadable (the document could not be read in time)",
+                         None),
+                   429: ("rate_limited (per client address; Retry-After)", None)}))

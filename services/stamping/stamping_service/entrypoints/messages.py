@@ -1,18 +1,24 @@
-"""The stamping service's subscriptions: the quota projection fed by minting's events."""
+"""The stamping service's subscriptions: the quota projection fed by minting's events, and the
+stamping jobs its own api queues."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from emeterai_shared.contracts.events import SerialsIssued
 from emeterai_shared.messaging import Envelope, PermanentError, Subscription
 from emeterai_shared.uow import UnitOfWork
 
 from stamping_service.adapters.quota import QuotaRepository
+from stamping_service.config import StampingSettings
+from stamping_service.messages import StampingJobQueued
+from stamping_service.service_layer.stamper import Stamper
 
 log = logging.getLogger(__name__)
 
 ON_SERIALS_ISSUED = "stamping.on_serials_issued"
+ON_JOB_QUEUED = "stamping.on_job_queued"
 
 
 async def on_serials_issued(uow: UnitOfWork, env: Envelope[SerialsIssued]) -> None:
@@ -34,5 +40,18 @@ async def on_serials_issued(uow: UnitOfWork, env: Envelope[SerialsIssued]) -> No
              event.account_id, len(event.serials) - added)
 
 
-def subscriptions() -> list[Subscription]:
-    return [Subscription(ON_SERIALS_ISSUED, SerialsIssued, on_serials_issued)]
+def subscriptions(settings: StampingSettings, stamper: Callable[[], Stamper]) -> list[Subscription]:
+    """``stamper`` is called at the first job, so that listing subscriptions starts no process.
+
+    Jobs are taken one per transaction (a transaction never waits on another job's signature),
+    ``job_concurrency`` at a time, and a worker holds only ``job_prefetch`` of them, so that a
+    backlog spreads over every worker process instead of waiting in one's buffer."""
+
+    async def on_job_queued(uow: UnitOfWork, env: Envelope[StampingJobQueued]) -> None:
+        await stamper().stamp(uow, env.body.stamping_id)
+
+    return [
+        Subscription(ON_SERIALS_ISSUED, SerialsIssued, on_serials_issued),
+        Subscription(ON_JOB_QUEUED, StampingJobQueued, on_job_queued, prefetch=settings.job_prefetch,
+                     concurrency=settings.job_concurrency, batch_max=1),
+    ]

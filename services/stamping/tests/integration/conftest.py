@@ -103,6 +103,18 @@ class Stamping:
         async with self.http.get(self.base_url + "/v1/quota", headers=headers or {}) as resp:
             return resp.status, await resp.json()
 
+    async def upload(self, account: uuid.UUID, data: bytes, *, key: str | None = None,
+                     **fields: Any) -> tuple[int, Any]:
+        """``POST /v1/stampings`` as ``account``: page 1 at (72, 72) unless ``fields`` say otherwise."""
+        form = aiohttp.FormData()
+        form.add_field("file", data, filename="document.pdf", content_type="application/pdf")
+        for name, value in {"page": 1, "x": 72, "y": 72, **fields}.items():
+            form.add_field(name, str(value))
+        headers = {"Authorization": f"Bearer {self.issuer.issue(account)}",
+                   "Idempotency-Key": key or str(uuid.uuid4())}
+        async with self.http.post(self.base_url + "/v1/stampings", data=form, headers=headers) as resp:
+            return resp.status, await resp.json()
+
     async def rows(self, account_id: uuid.UUID) -> list[tuple[str, uuid.UUID, uuid.UUID, str, str]]:
         rows = await self.pool.fetch("SELECT sn, account_id, order_id, token, status FROM stamps "
                                      "WHERE account_id = $1 ORDER BY sn", account_id)

@@ -12,15 +12,23 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import uuid
+import zlib
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import pikepdf
 import pytest
 from pikepdf import Dictionary, Name, String
-from stamping_service.pdf.samples import sample_pdf
+from stamping_service.pdf.samples import (
+    edited,
+    encrypted,
+    nested,
+    object_stream_bomb,
+    pages_sharing_one_content,
+    sample_pdf,
+    with_stream,
+    zero_pages,
+)
 
 if TYPE_CHECKING:
     from conftest import Stamping
@@ -29,38 +37,13 @@ MiB = 1024 * 1024
 GOOD = sample_pdf(3)
 
 
-def _save(pdf: pikepdf.Pdf, **options: Any) -> bytes:
-    out = io.BytesIO()
-    pdf.save(out, **options)
-    return out.getvalue()
-
-
-def _encrypted(user: str) -> bytes:
-    pdf = pikepdf.open(io.BytesIO(sample_pdf(3)))
-    return _save(pdf, encryption=pikepdf.Encryption(user=user, owner="owner-secret"))
-
-
-def _javascript() -> bytes:
-    pdf = pikepdf.open(io.BytesIO(sample_pdf(3)))
+def _javascript(pdf: Any) -> None:
     pdf.Root.OpenAction = Dictionary(S=Name.JavaScript, JS=String("app.alert('hi')"))
-    return _save(pdf)
-
-
-def _zero_pages() -> bytes:
-    return _save(pikepdf.new())
 
 
 async def upload(stamping: Stamping, account: uuid.UUID, data: bytes, *, key: str | None = None,
                  **fields: Any) -> tuple[int, Any]:
-    form = aiohttp.FormData()
-    form.add_field("file", data, filename="document.pdf", content_type="application/pdf")
-    values = {"page": 1, "x": 72, "y": 72, **fields}
-    for name, value in values.items():
-        form.add_field(name, str(value))
-    headers = {"Authorization": f"Bearer {stamping.issuer.issue(account)}",
-               "Idempotency-Key": key or str(uuid.uuid4())}
-    async with stamping.http.post(stamping.base_url + "/v1/stampings", data=form, headers=headers) as resp:
-        return resp.status, await resp.json()
+    return await stamping.upload(account, data, key=key, **fields)
 
 
 async def get_job(stamping: Stamping, account: uuid.UUID, stamping_id: str) -> tuple[int, Any]:
@@ -93,9 +76,10 @@ async def test_a_valid_pdf_is_queued_with_a_reserved_serial(stamping: Stamping) 
     statuses = {sn: st for sn, _, _, _, st in await stamping.rows(account)}
     assert statuses[oldest] == "RESERVED"
     assert await queued_messages(stamping, sid) == 1
-    row = await stamping.pool.fetchrow("SELECT sn, status, page, reason, document FROM stampings WHERE id = $1",
-                                       uuid.UUID(sid))
-    assert (row["sn"], row["status"], row["page"], row["reason"], row["document"]) == \
+    row = await stamping.pool.fetchrow(
+        """SELECT j.sn, j.status, j.page, j.reason, d.data FROM stampings j
+             JOIN documents d ON d.stamping_id = j.id AND d.kind = 'original' WHERE j.id = $1""", uuid.UUID(sid))
+    assert (row["sn"], row["status"], row["page"], row["reason"], row["data"]) == \
         (oldest, "QUEUED", 2, "Kontrak", GOOD)
 
     # the same key and file: the same answer, still one reservation
@@ -109,7 +93,8 @@ async def test_a_valid_pdf_is_queued_with_a_reserved_serial(stamping: Stamping) 
     assert await stamping.quota(account) == after
 
     status, job = await get_job(stamping, account, sid)
-    assert (status, job) == (200, {"stamping_id": sid, "status": "QUEUED", "sn": oldest, "error": None})
+    assert (status, job) == (200, {"stamping_id": sid, "status": "QUEUED", "sn": oldest, "error": None,
+                                   "document_sha256": None, "stamped_at": None})
     status, job = await get_job(stamping, uuid.uuid4(), sid)
     assert (status, job["error"]["code"]) == (404, "not_found")
     status, job = await get_job(stamping, account, str(uuid.uuid4()))
@@ -119,10 +104,15 @@ async def test_a_valid_pdf_is_queued_with_a_reserved_serial(stamping: Stamping) 
 HOSTILE: list[tuple[str, bytes, dict[str, Any], int, str]] = [
     ("not a pdf", b"PK\x03\x04" + bytes(100), {}, 422, "not_a_pdf"),
     ("truncated", GOOD[: len(GOOD) // 2], {}, 422, "unreadable"),
-    ("encrypted without password", _encrypted("secret"), {}, 422, "encrypted"),
+    ("encrypted without password", encrypted("secret"), {}, 422, "encrypted"),
     ("oversized", GOOD + b" " * (4 * MiB), {}, 413, "too_large"),
-    ("javascript action", _javascript(), {}, 422, "active_content"),
-    ("zero pages", _zero_pages(), {}, 422, "no_pages"),
+    ("javascript action", edited(_javascript), {}, 422, "active_content"),
+    ("zero pages", zero_pages(), {}, 422, "no_pages"),
+    ("decompression bomb", with_stream(zlib.compress(b"\0" * (70 * MiB), 9), "/FlateDecode"), {}, 422,
+     "decompression_bomb"),
+    ("object stream bomb", object_stream_bomb(b" " * (80 * MiB)), {}, 422, "decompression_bomb"),
+    ("thousands of pages", pages_sharing_one_content(3000), {}, 422, "too_many_pages"),
+    ("deeply nested objects", nested("array", 200), {}, 422, "too_deeply_nested"),
     ("stamp outside the page", GOOD, {"x": 590, "y": 10}, 422, "stamp_outside_page"),
     ("page out of range", GOOD, {"page": 9}, 422, "page_out_of_range"),
     ("bad field", GOOD, {"x": "left"}, 422, "invalid_request"),
@@ -145,7 +135,7 @@ async def test_hostile_uploads_are_refused_and_use_no_stamp(
 async def test_the_right_password_opens_an_encrypted_pdf(stamping: Stamping) -> None:
     account = uuid.uuid4()
     await stamping.send(stamping.issued(account, 1))
-    status, body = await upload(stamping, account, _encrypted("secret"), password="secret")
+    status, body = await upload(stamping, account, encrypted("secret"), password="secret")
     assert status == 202, body
 
 

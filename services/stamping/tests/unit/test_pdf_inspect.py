@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import base64
-import io
 import math
 import pickle
-import struct
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -17,33 +15,18 @@ import pytest
 from pikepdf import Array, Dictionary, Name, String, settings
 from stamping_service.pdf import Inspection, Limits, PdfRejected, RejectCode, geometry, inspect_pdf
 from stamping_service.pdf.decode import decoded_size
-from stamping_service.pdf.samples import sample_pdf
+from stamping_service.pdf.samples import (
+    edited,
+    encrypted,
+    nested,
+    object_stream_bomb,
+    pages_sharing_one_content,
+    sample_pdf,
+    with_stream,
+    zero_pages,
+)
 
 MiB = 1024 * 1024
-
-
-def _save(pdf: pikepdf.Pdf, **options: Any) -> bytes:
-    out = io.BytesIO()
-    pdf.save(out, **options)
-    return out.getvalue()
-
-
-def _edited(change: Callable[[pikepdf.Pdf], None], pages: int = 3, **options: Any) -> bytes:
-    pdf = pikepdf.open(io.BytesIO(sample_pdf(pages)))
-    change(pdf)
-    return _save(pdf, **options)
-
-
-def _with_stream(encoded: bytes, *filters: str, copies: int = 1) -> bytes:
-    """The sample with extra streams kept exactly as encoded (qpdf must not re-encode them on save)."""
-    def change(pdf: pikepdf.Pdf) -> None:
-        streams = []
-        for _ in range(copies):
-            stream = pikepdf.Stream(pdf, encoded)
-            stream.Filter = Array([Name(f) for f in filters])
-            streams.append(pdf.make_indirect(stream))
-        pdf.Root.Extra = Array(streams)
-    return _edited(change, stream_decode_level=pikepdf.StreamDecodeLevel.none, compress_streams=False)
 
 
 def lzw_encode(data: bytes) -> bytes:
@@ -77,49 +60,6 @@ def lzw_encode(data: bytes) -> bytes:
     return bytes(out) + (bytes([(buffer << (8 - bits)) & 0xFF]) if bits else b"")
 
 
-def _pages_sharing_one_content(count: int, declared: int | None = None) -> bytes:
-    pdf = pikepdf.new()
-    content = pdf.make_stream(b"BT /F1 12 Tf 72 760 Td (Halaman) Tj ET")
-    pages = pdf.Root.Pages
-    kids = [pdf.make_indirect(Dictionary(Type=Name.Page, Parent=pages, MediaBox=[0, 0, 595, 842], Contents=content))
-            for _ in range(count)]
-    pages.Kids = Array(kids)
-    pages.Count = count if declared is None else declared
-    return _save(pdf)
-
-
-def _nested(kind: str, depth: int) -> bytes:
-    def change(pdf: pikepdf.Pdf) -> None:
-        value: Any = 1
-        for _ in range(depth):
-            value = Array([value]) if kind == "array" else Dictionary(Inner=value)
-        pdf.Root.Nested = pdf.make_indirect(value)
-    return _edited(change)
-
-
-def _object_stream_bomb(padding: bytes) -> bytes:
-    """A one-page document whose page tree lives in an object stream padded with ``padding``."""
-    pages = b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>"
-    page = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] >>"
-    header = b"2 0 3 %d " % (len(pages) + 1)
-    compressed = zlib.compress(header + pages + b" " + page + padding, 9)
-    out, offsets = bytearray(b"%PDF-1.7\n"), {}
-    for number, body in (
-        (1, b"<< /Type /Catalog /Pages 2 0 R >>"),
-        (4, b"<< /Type /ObjStm /N 2 /First %d /Filter /FlateDecode /Length %d >>\nstream\n"
-            % (len(header), len(compressed)) + compressed + b"\nendstream"),
-    ):
-        offsets[number] = len(out)
-        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
-    xref_at = len(out)
-    rows = [struct.pack(">BIH", 0, 0, 0xFFFF), struct.pack(">BIH", 1, offsets[1], 0), struct.pack(">BIH", 2, 4, 0),
-            struct.pack(">BIH", 2, 4, 1), struct.pack(">BIH", 1, offsets[4], 0), struct.pack(">BIH", 1, xref_at, 0)]
-    table = b"".join(rows)
-    out += b"5 0 obj\n<< /Type /XRef /Size 6 /W [1 4 2] /Root 1 0 R /Length %d >>\nstream\n" % len(table)
-    out += table + b"\nendstream\nendobj\nstartxref\n%d\n%%%%EOF\n" % xref_at
-    return bytes(out)
-
-
 def _javascript_open_action(pdf: pikepdf.Pdf) -> None:
     pdf.Root.OpenAction = Dictionary(S=Name.JavaScript, JS=String("app.alert('hi')"))
 
@@ -148,16 +88,8 @@ def _xfa_form(pdf: pikepdf.Pdf) -> None:
     pdf.Root.AcroForm = Dictionary(Fields=Array(), XFA=pdf.make_stream(b"<xdp:xdp/>"))
 
 
-def _encrypted(user: str) -> bytes:
-    return _edited(lambda pdf: None, encryption=pikepdf.Encryption(user=user, owner="owner-secret"))
-
-
 def _a85(data: bytes) -> bytes:
     return base64.a85encode(data) + b"~>"
-
-
-def _zero_pages() -> bytes:
-    return _save(pikepdf.new())
 
 
 GOOD = sample_pdf(3)
@@ -173,30 +105,30 @@ REFUSALS: list[tuple[str, Callable[[], bytes], dict[str, Any], RejectCode]] = [
     ("trailer cut off", lambda: GOOD[:-40], {}, RejectCode.UNREADABLE),
     ("junk before the header", lambda: b"JUNK-JUNK\n" + GOOD, {}, RejectCode.UNREADABLE),
     ("header then garbage", lambda: b"%PDF-1.7\n" + bytes(range(256)) * 8, {}, RejectCode.UNREADABLE),
-    ("encrypted, no password", lambda: _encrypted("rahasia"), {}, RejectCode.ENCRYPTED),
-    ("encrypted, wrong password", lambda: _encrypted("rahasia"), {"password": "salah"}, RejectCode.ENCRYPTED),
-    ("3000 pages", lambda: _pages_sharing_one_content(3000), {}, RejectCode.TOO_MANY_PAGES),
-    ("3000 pages declared as 1", lambda: _pages_sharing_one_content(3000, declared=1), {},
+    ("encrypted, no password", lambda: encrypted("rahasia"), {}, RejectCode.ENCRYPTED),
+    ("encrypted, wrong password", lambda: encrypted("rahasia"), {"password": "salah"}, RejectCode.ENCRYPTED),
+    ("3000 pages", lambda: pages_sharing_one_content(3000), {}, RejectCode.TOO_MANY_PAGES),
+    ("3000 pages declared as 1", lambda: pages_sharing_one_content(3000, declared=1), {},
      RejectCode.TOO_MANY_PAGES),
     ("too many objects", lambda: sample_pdf(40), {"limits": Limits(max_objects=50)}, RejectCode.TOO_MANY_OBJECTS),
-    ("arrays 200 deep", lambda: _nested("array", 200), {}, RejectCode.TOO_DEEPLY_NESTED),
-    ("dictionaries 200 deep", lambda: _nested("dict", 200), {}, RejectCode.TOO_DEEPLY_NESTED),
-    ("70 MiB of zeros in Flate", lambda: _with_stream(zlib.compress(b"\0" * (70 * MiB), 9), "/FlateDecode"), {},
+    ("arrays 200 deep", lambda: nested("array", 200), {}, RejectCode.TOO_DEEPLY_NESTED),
+    ("dictionaries 200 deep", lambda: nested("dict", 200), {}, RejectCode.TOO_DEEPLY_NESTED),
+    ("70 MiB of zeros in Flate", lambda: with_stream(zlib.compress(b"\0" * (70 * MiB), 9), "/FlateDecode"), {},
      RejectCode.DECOMPRESSION_BOMB),
-    ("Flate inside Flate", lambda: _with_stream(zlib.compress(zlib.compress(b"\0" * (20 * MiB), 9), 9),
+    ("Flate inside Flate", lambda: with_stream(zlib.compress(zlib.compress(b"\0" * (20 * MiB), 9), 9),
                                                 "/FlateDecode", "/FlateDecode"), {}, RejectCode.DECOMPRESSION_BOMB),
-    ("LZW", lambda: _with_stream(lzw_encode(ZEROS[: MiB // 2]), "/LZWDecode"),
+    ("LZW", lambda: with_stream(lzw_encode(ZEROS[: MiB // 2]), "/LZWDecode"),
      {"limits": Limits(max_decoded_bytes=MiB // 4)}, RejectCode.DECOMPRESSION_BOMB),
-    ("RunLength", lambda: _with_stream(b"\x81\0" * 20_000 + b"\x80", "/RunLengthDecode"),
+    ("RunLength", lambda: with_stream(b"\x81\0" * 20_000 + b"\x80", "/RunLengthDecode"),
      {"limits": Limits(max_decoded_bytes=MiB)}, RejectCode.DECOMPRESSION_BOMB),
-    ("ASCII85 of Flate", lambda: _with_stream(_a85(zlib.compress(ZEROS, 9)), "/ASCII85Decode", "/FlateDecode"),
+    ("ASCII85 of Flate", lambda: with_stream(_a85(zlib.compress(ZEROS, 9)), "/ASCII85Decode", "/FlateDecode"),
      {"limits": Limits(max_decoded_bytes=MiB)}, RejectCode.DECOMPRESSION_BOMB),
-    ("many streams together", lambda: _with_stream(zlib.compress(ZEROS, 9), "/FlateDecode", copies=20),
+    ("many streams together", lambda: with_stream(zlib.compress(ZEROS, 9), "/FlateDecode", copies=20),
      {"limits": Limits(max_total_decoded_bytes=16 * MiB)}, RejectCode.DECOMPRESSION_BOMB),
-    ("object stream bomb", lambda: _object_stream_bomb(b" " * (80 * MiB)), {}, RejectCode.DECOMPRESSION_BOMB),
-    ("object stream past the signer's limits", lambda: _object_stream_bomb(bytes(range(32, 127)) * 110_000), {},
+    ("object stream bomb", lambda: object_stream_bomb(b" " * (80 * MiB)), {}, RejectCode.DECOMPRESSION_BOMB),
+    ("object stream past the signer's limits", lambda: object_stream_bomb(bytes(range(32, 127)) * 110_000), {},
      RejectCode.DECOMPRESSION_BOMB),
-    ("zero pages", _zero_pages, {}, RejectCode.NO_PAGES),
+    ("zero pages", zero_pages, {}, RejectCode.NO_PAGES),
     ("page 0", lambda: GOOD, {"page": 0}, RejectCode.PAGE_OUT_OF_RANGE),
     ("page 4 of 3", lambda: GOOD, {"page": 4}, RejectCode.PAGE_OUT_OF_RANGE),
     ("past the right edge", lambda: GOOD, {"x": 500}, RejectCode.STAMP_OUTSIDE_PAGE),
@@ -204,14 +136,14 @@ REFUSALS: list[tuple[str, Callable[[], bytes], dict[str, Any], RejectCode]] = [
     ("past the top", lambda: GOOD, {"y": 800}, RejectCode.STAMP_OUTSIDE_PAGE),
     ("zero size", lambda: GOOD, {"size": 0}, RejectCode.STAMP_OUTSIDE_PAGE),
     ("NaN position", lambda: GOOD, {"x": math.nan}, RejectCode.STAMP_OUTSIDE_PAGE),
-    ("too high on a landscape-rotated page", lambda: _edited(lambda pdf: setattr(pdf.Root.Pages, "Rotate", 90)),
+    ("too high on a landscape-rotated page", lambda: edited(lambda pdf: setattr(pdf.Root.Pages, "Rotate", 90)),
      {"x": 50, "y": 520}, RejectCode.STAMP_OUTSIDE_PAGE),
-    ("JavaScript open action", lambda: _edited(_javascript_open_action), {}, RejectCode.ACTIVE_CONTENT),
-    ("launch link", lambda: _edited(_launch_link), {}, RejectCode.ACTIVE_CONTENT),
-    ("page additional actions", lambda: _edited(_page_additional_actions), {}, RejectCode.ACTIVE_CONTENT),
-    ("JavaScript name tree", lambda: _edited(_javascript_name_tree), {}, RejectCode.ACTIVE_CONTENT),
-    ("JavaScript after a GoTo", lambda: _edited(_javascript_after_goto), {}, RejectCode.ACTIVE_CONTENT),
-    ("XFA form", lambda: _edited(_xfa_form), {}, RejectCode.ACTIVE_CONTENT),
+    ("JavaScript open action", lambda: edited(_javascript_open_action), {}, RejectCode.ACTIVE_CONTENT),
+    ("launch link", lambda: edited(_launch_link), {}, RejectCode.ACTIVE_CONTENT),
+    ("page additional actions", lambda: edited(_page_additional_actions), {}, RejectCode.ACTIVE_CONTENT),
+    ("JavaScript name tree", lambda: edited(_javascript_name_tree), {}, RejectCode.ACTIVE_CONTENT),
+    ("JavaScript after a GoTo", lambda: edited(_javascript_after_goto), {}, RejectCode.ACTIVE_CONTENT),
+    ("XFA form", lambda: edited(_xfa_form), {}, RejectCode.ACTIVE_CONTENT),
 ]
 
 
@@ -232,7 +164,7 @@ def test_hostile_documents_are_refused_with_their_own_code(
 
 
 def test_a_page_tree_in_an_object_stream_is_read() -> None:
-    assert _inspect(_object_stream_bomb(b""), x=0, y=0).pages == 1
+    assert _inspect(object_stream_bomb(b""), x=0, y=0).pages == 1
 
 
 def test_a_plain_multi_page_document_is_described() -> None:
@@ -247,12 +179,12 @@ def test_passive_actions_are_allowed() -> None:
         pdf.pages[0].Annots = Array([pdf.make_indirect(Dictionary(
             Type=Name.Annot, Subtype=Name.Link, Rect=[72, 72, 200, 100],
             A=Dictionary(S=Name.URI, URI=String("https://sscasn.bkn.go.id"))))])
-    assert _inspect(_edited(change)).pages == 3
+    assert _inspect(edited(change)).pages == 3
 
 
 def test_encrypted_documents_open_with_their_password() -> None:
-    assert _inspect(_encrypted("rahasia"), password="rahasia").encrypted
-    assert _inspect(_encrypted(""), password=None).encrypted  # owner password only: no password needed
+    assert _inspect(encrypted("rahasia"), password="rahasia").encrypted
+    assert _inspect(encrypted(""), password=None).encrypted  # owner password only: no password needed
 
 
 def test_the_stamp_box_follows_an_inherited_rotation_and_media_box() -> None:
@@ -261,7 +193,7 @@ def test_the_stamp_box_follows_an_inherited_rotation_and_media_box() -> None:
         pdf.Root.Pages.MediaBox = Array([0, 0, 595, 842])
         for page in pdf.pages:
             del page.obj["/MediaBox"]
-    inspection = _inspect(_edited(change), x=700, y=20, size=100)
+    inspection = _inspect(edited(change), x=700, y=20, size=100)
     assert (inspection.page_width, inspection.page_height, inspection.rotation) == (842, 595, 90)
     assert inspection.stamp_rect == (475, 700, 575, 800)
 
@@ -269,20 +201,20 @@ def test_the_stamp_box_follows_an_inherited_rotation_and_media_box() -> None:
 def test_the_stamp_box_is_measured_from_the_crop_box() -> None:
     def change(pdf: pikepdf.Pdf) -> None:
         pdf.pages[0].CropBox = Array([50, 60, 545, 792])
-    inspection = _inspect(_edited(change), x=0, y=0, size=100)
+    inspection = _inspect(edited(change), x=0, y=0, size=100)
     assert (inspection.page_width, inspection.page_height) == (495, 732)
     assert inspection.stamp_rect == (50, 60, 150, 160)
 
 
 def test_the_catalog_version_wins_over_the_header() -> None:
-    assert _inspect(_edited(lambda pdf: setattr(pdf.Root, "Version", Name("/1.7")))).pdf_version == "1.7"
+    assert _inspect(edited(lambda pdf: setattr(pdf.Root, "Version", Name("/1.7")))).pdf_version == "1.7"
 
 
 def test_qpdf_limits_are_restored_after_each_call() -> None:
     before = settings.get_qpdf_limits()
     _inspect(GOOD)
     with pytest.raises(PdfRejected):
-        _inspect(_nested("array", 200))
+        _inspect(nested("array", 200))
     assert settings.get_qpdf_limits() == before
 
 
@@ -291,7 +223,7 @@ def test_inspection_runs_in_a_process_pool() -> None:
     assert pickle.loads(pickle.dumps(refusal)).code is RejectCode.ACTIVE_CONTENT
     with ProcessPoolExecutor(max_workers=1) as pool:
         accepted = pool.submit(inspect_pdf, GOOD, password=None, page=3, x=0, y=0, size=100, limits=Limits())
-        refused = pool.submit(inspect_pdf, _edited(_launch_link), password=None, page=1, x=0, y=0, size=100,
+        refused = pool.submit(inspect_pdf, edited(_launch_link), password=None, page=1, x=0, y=0, size=100,
                               limits=Limits())
         assert accepted.result(timeout=60).pages == 3
         with pytest.raises(PdfRejected) as error:
