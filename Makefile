@@ -8,7 +8,7 @@ SERVICES := order payment minting stamping
 export SSL_CERT_FILE ?= /etc/ssl/certs/ca-certificates.crt
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: run test setup servers venv lint bench-messaging bench-callbacks clean
+.PHONY: run test setup servers venv lint bench-messaging bench-callbacks prometheus clean
 
 ## run: set everything up, then supervise every api, worker and relay (Ctrl-C stops all)
 run: setup
@@ -48,6 +48,18 @@ bench-messaging: venv servers
 ## bench-callbacks: signed SNAP payment callbacks/s end to end beside a trivial aiohttp endpoint
 bench-callbacks: venv servers
 	$(PY) -m bench.callbacks
+
+## prometheus: scrape the `make run` processes with the alert rules (Debian's prometheus package)
+prometheus:
+	@if command -v prometheus >/dev/null; then \
+	  mkdir -p var/prometheus && \
+	  exec prometheus --config.file=ops/prometheus/prometheus.yml --storage.tsdb.path=var/prometheus \
+	    --web.listen-address=127.0.0.1:9090; \
+	else \
+	  echo "prometheus is not installed: sudo apt-get install prometheus (Debian), then make prometheus"; \
+	  echo "(the packaged service may already listen on :9090: sudo systemctl stop prometheus)"; \
+	  exit 1; \
+	fi
 
 clean:
 	rm -rf .venv .tools .pytest_cache
