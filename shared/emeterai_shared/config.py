@@ -7,7 +7,7 @@ Resolution order, highest first: explicit arguments, ``<SERVICE>_<FIELD>`` envir
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, model_validator
 from pydantic_settings import (
@@ -16,6 +16,9 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+if TYPE_CHECKING:
+    from emeterai_shared.admission import AdmissionSettings
 
 COMMON_ENV_PREFIX = "EMETERAI_"
 
@@ -45,6 +48,13 @@ class ServiceSettings(BaseSettings):
     worker_metrics_port: int = 0
     relay_metrics_port: int = 0
     http_max_body_bytes: int = 1024 * 1024
+    http_max_in_flight: int = 512
+    """Requests one api process answers at once; past it ``503 busy`` (0: no cap)."""
+    admission_target_wait_s: float = 30.0
+    """Global admission: the backlog admitted is what the platform drains in this many seconds."""
+    admission_min_limit: int = 200
+    admission_sample_interval_s: float = 1.0
+    admission_max_retry_after_s: int = 60
 
     prefetch: int = 128
     consumer_concurrency: int = 4
@@ -67,6 +77,13 @@ class ServiceSettings(BaseSettings):
 
     log_level: str = "INFO"
     log_json: bool = True
+
+    def admission(self) -> AdmissionSettings:
+        from emeterai_shared.admission import AdmissionSettings
+
+        return AdmissionSettings(target_wait_s=self.admission_target_wait_s, min_limit=self.admission_min_limit,
+                                 sample_interval_s=self.admission_sample_interval_s,
+                                 max_retry_after_s=self.admission_max_retry_after_s)
 
     @model_validator(mode="after")
     def _derive(self) -> ServiceSettings:

@@ -19,7 +19,7 @@ from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
-from emeterai_shared.telemetry import HTTP_LATENCY, HTTP_REQUESTS, extract_context, tracer
+from emeterai_shared.telemetry import HTTP_LATENCY, HTTP_REQUESTS, IN_FLIGHT, SHED, extract_context, tracer
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +87,32 @@ def _route_name(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-def make_middlewares(service: str) -> list[Any]:
+UNSHED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def make_middlewares(service: str, max_in_flight: int = 0) -> list[Any]:
+    """Observation (span, counters, latency) and, with ``max_in_flight``, a cap on the requests one
+    process answers at once: past it, ``503 busy`` at once (probes and metrics are never refused),
+    so a flood queues nowhere inside the process."""
+    in_flight = IN_FLIGHT.labels(service)
+    busy = 0
+
     @web.middleware
     async def observe(request: web.Request, handler: Any) -> web.StreamResponse:
+        nonlocal busy
+        if max_in_flight and busy >= max_in_flight and request.path not in UNSHED_PATHS:
+            SHED.labels(service, _route_name(request), "503").inc()
+            return error_response(503, "busy", "this server is answering too many requests; retry shortly",
+                                  headers={"Retry-After": "1"})
+        busy += 1
+        in_flight.set(busy)
+        try:
+            return await _observed(request, handler)
+        finally:
+            busy -= 1
+            in_flight.set(busy)
+
+    async def _observed(request: web.Request, handler: Any) -> web.StreamResponse:
         route = _route_name(request)
         started = time.perf_counter()
         status = 500
@@ -105,6 +128,8 @@ def make_middlewares(service: str) -> list[Any]:
                 span.set_attribute("http.response.status_code", status)
                 return response
             finally:
+                if status in (429, 503):
+                    SHED.labels(service, route, str(status)).inc()
                 if route not in ("/metrics", "/healthz"):
                     HTTP_REQUESTS.labels(service, route, request.method, str(status)).inc()
                     HTTP_LATENCY.labels(service, route, request.method).observe(
@@ -256,5 +281,5 @@ def add_probe_routes(app: web.Application, spec: OpenApi | None, checks: Mapping
                            responses={200: ("OpenAPI document", None)}, tags=["operations"]))
 
 
-def create_app(service: str, *, max_body_bytes: int) -> web.Application:
-    return web.Application(middlewares=make_middlewares(service), client_max_size=max_body_bytes)
+def create_app(service: str, *, max_body_bytes: int, max_in_flight: int = 0) -> web.Application:
+    return web.Application(middlewares=make_middlewares(service, max_in_flight), client_max_size=max_body_bytes)

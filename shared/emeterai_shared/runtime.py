@@ -145,7 +145,8 @@ def _checks(ctx: Context) -> dict[str, Callable[[], Awaitable[None]]]:
 
 def build_api(defn: ServiceDefinition, ctx: Context) -> web.Application:
     spec = OpenApi(defn.title)
-    app = create_app(defn.name, max_body_bytes=ctx.settings.http_max_body_bytes)
+    app = create_app(defn.name, max_body_bytes=ctx.settings.http_max_body_bytes,
+                     max_in_flight=ctx.settings.http_max_in_flight)
     add_probe_routes(app, spec, _checks(ctx))
     if defn.routes is not None:
         defn.routes(ctx, app, spec)

@@ -115,6 +115,17 @@ OUTBOX_OLDEST_AGE = Gauge(
 OUTBOX_PARKED = Gauge("emeterai_outbox_parked", "Outbox rows parked after repeated failures", ["service"])
 QUEUE_DEPTH = Gauge("emeterai_queue_depth", "Ready messages in a consumer queue", ["queue"])
 PARKED_MESSAGES = Gauge("emeterai_parked_messages", "Messages waiting in a parking queue", ["queue"])
+SHED = Counter(
+    "emeterai_shed_total", "Requests refused to protect the service: 429 (a caller's rate limit) or 503 "
+    "(overloaded, busy)", ["service", "route", "status"]
+)
+ADMISSION_BACKLOG = Gauge("emeterai_admission_backlog", "Work accepted and not yet done, as admission sees it",
+                          ["service"])
+ADMISSION_LIMIT = Gauge("emeterai_admission_limit", "Backlog past which new work is shed (adapts to the drain rate)",
+                        ["service"])
+ADMISSION_DRAIN = Gauge("emeterai_admission_drain_per_second", "Measured drain rate of the admitted work",
+                        ["service"])
+IN_FLIGHT = Gauge("emeterai_http_in_flight", "HTTP requests being answered by this process", ["service"])
 HTTP_REQUESTS = Counter(
     "emeterai_http_requests_total", "HTTP requests by route and status", ["service", "route", "method", "status"]
 )

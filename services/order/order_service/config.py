@@ -15,6 +15,14 @@ class OrderSettings(ServiceSettings):
     auth_private_key_file: str = ""
     partners_file: str = ""
 
+    # Per-caller limits at the front door (per api process): 429 rate_limited with Retry-After.
+    order_rate_per_account_per_s: float = 1.0
+    """``POST /v1/orders`` per buyer account, after ``order_burst_per_account``."""
+    order_burst_per_account: int = 5
+    partner_rate_per_s: float = 200.0
+    """Requests per partner system (orders and the event feed), after ``partner_burst``."""
+    partner_burst: int = 400
+
     # Partner webhooks (Standard Webhooks), sent by the worker's dispatcher.
     webhook_timeout_s: float = 5.0
     webhook_max_age_s: float = 3 * 24 * 3600

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from aiohttp import web
+from emeterai_shared.admission import Admission
 from emeterai_shared.auth import TokenVerifier, load_public_keys
 from emeterai_shared.http import OpenApi
 from emeterai_shared.messaging import Subscription
@@ -15,6 +16,7 @@ from emeterai_shared.runtime import Context, Periodic, ServiceDefinition
 
 from stamping_service.adapters.documents import PostgresDocumentStore
 from stamping_service.adapters.pdfpool import PdfPool
+from stamping_service.adapters.stampings import admission_sample
 from stamping_service.config import StampingSettings
 from stamping_service.entrypoints import http, messages
 from stamping_service.service_layer.stamper import Stamper, purge_documents, requeue_stale
@@ -87,7 +89,10 @@ async def _on_start(ctx: Context) -> None:
 def _routes(ctx: Context, app: web.Application, spec: OpenApi) -> None:
     settings = _settings(ctx)
     limiter = RateLimiter(settings.verify_rate_per_s, settings.verify_burst)
-    http.add_routes(app, spec, ctx.pool, lambda: _verifier(ctx), settings, lambda: _pdf_pool(ctx), STORE, limiter)
+    admission = Admission("stamping", admission_sample, settings.admission())
+    app.cleanup_ctx.append(admission.cleanup_ctx(lambda: ctx.pool))
+    http.add_routes(app, spec, ctx.pool, lambda: _verifier(ctx), settings, lambda: _pdf_pool(ctx), STORE, limiter,
+                    admission)
 
     async def cleanup(_app: web.Application) -> None:
         _close_pdf_pool(ctx)

@@ -71,6 +71,10 @@ class StampingSettings(ServiceSettings):
     """How long a stamped document stays downloadable; originals are deleted once the job ends."""
     purge_interval_s: float = 600.0
 
+    upload_rate_per_account_per_s: float = 2.0
+    """``POST /v1/stampings`` per buyer account and api process, after ``upload_burst_per_account``."""
+    upload_burst_per_account: int = 20
+
     verify_rate_per_s: float = 2.0
     """``POST /v1/verify`` requests per second per client IP and api process, after the burst."""
     verify_burst: int = 10

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import asyncpg
+from emeterai_shared.admission import Sample
 
 from order_service.domain.order import Bill, Order, OrderStatus
 
@@ -40,6 +41,9 @@ async def add_order(conn: asyncpg.Connection, order: Order) -> None:
         order.id, order.status.value, "order placed")
 
 
+ADMISSION_WINDOW_S = 10.0
+
+
 async def get(conn: asyncpg.Connection, order_id: uuid.UUID, *, for_update: bool = False) -> Order | None:
     lock = " FOR UPDATE" if for_update else ""
     row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM orders WHERE id = $1{lock}", order_id)
@@ -52,6 +56,8 @@ async def save(conn: asyncpg.Connection, order: Order) -> None:
     await conn.execute(
         """UPDATE orders SET status = $2, failure_reason = $3, virtual_account_no = $4,
                   bill_amount = $5, expires_at = $6, payment_id = $7, serials = $8,
+                  billed_at = COALESCE(billed_at, CASE WHEN $4::text IS NOT NULL OR $2 <> 'AWAITING_PAYMENT'
+                                                       THEN now() END),
                   updated_at = now()
            WHERE id = $1""",
         order.id, order.status.value, order.failure_reason,
@@ -80,3 +86,12 @@ async def serial_owner(conn: asyncpg.Connection, sn: str) -> tuple[uuid.UUID, st
     row = await conn.fetchrow(
         "SELECT o.id, o.partner_id FROM order_serials s JOIN orders o ON o.id = s.order_id WHERE s.sn = $1", sn)
     return (row["id"], row["partner_id"]) if row else None
+
+
+async def admission_sample(conn: asyncpg.Connection, window_s: float = ADMISSION_WINDOW_S) -> Sample:
+    """Orders waiting on the payment service for their bill, and how many got one in the window."""
+    row = await conn.fetchrow(
+        """SELECT (SELECT count(*) FROM orders WHERE billed_at IS NULL) AS backlog,
+                  (SELECT count(*) FROM orders WHERE billed_at > now() - make_interval(secs => $1)) AS drained""",
+        window_s)
+    return Sample(backlog=row["backlog"], drained=row["drained"], window_s=window_s)

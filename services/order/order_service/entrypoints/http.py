@@ -9,8 +9,10 @@ from typing import Annotated
 
 from aiohttp import web
 from emeterai_shared import idempotency
+from emeterai_shared.admission import Admission
 from emeterai_shared.auth import TokenIssuer, TokenVerifier
 from emeterai_shared.http import ApiError, OpenApi, Operation, read_json
+from emeterai_shared.ratelimit import RateLimiter
 from emeterai_shared.runtime import Context
 from emeterai_shared.uow import unit_of_work
 from pydantic import BaseModel, Field, StringConstraints
@@ -94,9 +96,31 @@ def _view(order: Order) -> OrderView:
                      failure_reason=order.failure_reason)
 
 
+@dataclass(frozen=True)
+class CallerLimits:
+    """Per-account (buyers) and per-partner token buckets of one api process."""
+
+    accounts: RateLimiter
+    partners: RateLimiter
+
+    @classmethod
+    def from_settings(cls, settings: OrderSettings) -> CallerLimits:
+        return cls(RateLimiter(settings.order_rate_per_account_per_s, settings.order_burst_per_account),
+                   RateLimiter(settings.partner_rate_per_s, settings.partner_burst))
+
+    def enforce(self, caller: Caller) -> None:
+        if caller.partner_id is not None:
+            self.partners.enforce(caller.partner_id)
+        else:
+            self.accounts.enforce(str(caller.account_id))
+
+
 def routes(ctx: Context, app: web.Application, spec: OpenApi) -> None:
     settings = ctx.settings
     assert isinstance(settings, OrderSettings)
+    limits: CallerLimits = ctx.extras.setdefault("limits", CallerLimits.from_settings(settings))
+    admission = Admission("order", repository.admission_sample, settings.admission())
+    app.cleanup_ctx.append(admission.cleanup_ctx(lambda: ctx.pool))
 
     async def create_account(request: web.Request) -> web.Response:
         key = idempotency.key_from(request, required=False)
@@ -117,6 +141,8 @@ def routes(ctx: Context, app: web.Application, spec: OpenApi) -> None:
 
     async def place_order(request: web.Request) -> web.Response:
         caller = ctx.extras["auth"].caller(request)
+        limits.enforce(caller)
+        admission.admit()
         key = idempotency.key_from(request, required=True)
         assert key is not None
         body = await read_json(request, OrderRequest)
@@ -169,7 +195,9 @@ def routes(ctx: Context, app: web.Application, spec: OpenApi) -> None:
                        responses={202: ("order accepted", OrderAccepted), 400: ("malformed", None),
                                   401: ("not authenticated", None),
                                   422: ("invalid, or Idempotency-Key reused with another body", None),
-                                  429: ("rate limited", None), 503: ("shedding load", None)}))
+                                  429: ("rate_limited: this account's or partner's order rate (Retry-After)", None),
+                                  503: ("overloaded (the platform's backlog is past what it drains in the target "
+                                        "wait; body retry_after_s, retry_at) or busy; Retry-After", None)}))
     spec.add(Operation("GET", "/v1/orders/{order_id}", "An order of the caller", tags=["orders"],
                        security=["bearer", "apiKey"],
                        parameters=[{"name": "order_id", "in": "path", "required": True,

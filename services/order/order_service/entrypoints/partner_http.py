@@ -87,6 +87,7 @@ def add_partner_routes(ctx: Context, app: web.Application, spec: OpenApi) -> Non
         caller = ctx.extras["auth"].caller(request)
         if caller.partner_id is None:
             raise ApiError(403, "partner_only", "the event feed is for partner systems (X-Api-Key)")
+        ctx.extras["limits"].enforce(caller)
         after = _int_param(request, "after", 0, 0, MAX_CURSOR)
         limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         async with ctx.pool.acquire() as conn:

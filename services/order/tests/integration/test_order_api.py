@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -30,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from emeterai_shared.auth import TokenIssuer, ensure_keypair
 from emeterai_shared.db import create_pool
 from emeterai_shared.runtime import Context, build_api
-from emeterai_shared.testing.fixtures import reset_service, settings_for
+from emeterai_shared.testing.fixtures import eventually, reset_service, settings_for
 from order_service.adapters.partners import PARTNER_NAMESPACE
 from order_service.bootstrap import SERVICE
 from order_service.config import OrderSettings
@@ -90,7 +91,8 @@ async def api(servers: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIt
          "webhook_secret": "whsec-test", "max_quantity": PARTNER_MAX},
         {"partner_id": "small-partner", "api_key": "small-partner-key-0123456789", "max_quantity": 10},
     ]}))
-    settings = settings_for(OrderSettings, secrets_dir=str(tmp / "secrets"), partners_file=str(partners))
+    settings = settings_for(OrderSettings, secrets_dir=str(tmp / "secrets"), partners_file=str(partners),
+                            order_burst_per_account=1000)
     assert isinstance(settings, OrderSettings)
     await reset_service(SERVICE, settings)
     pool = await create_pool(settings.database_url, max_size=settings.db_pool_max)
@@ -482,3 +484,65 @@ async def test_wrong_api_key_is_401(api: Api) -> None:
                                               "Idempotency-Key": key()})
         assert (await error_of(resp, 401))["code"] == "invalid_api_key"
     assert await api.val("SELECT count(*) FROM orders") == before
+
+
+# --- admission at the front door ----------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def limited_api(api: Api, **limits: Any) -> AsyncIterator[Client]:
+    """Another API process on the same database, with ``limits`` instead of the generous test ones."""
+    settings = api.settings.model_copy(update=limits)
+    extras = {k: v for k, v in api.ctx.extras.items() if k != "limits"}
+    client: Client = TestClient(TestServer(build_api(SERVICE, Context(settings=settings, pool=api.ctx.pool,
+                                                                      extras=extras))))
+    await client.start_server()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def test_a_buyer_past_the_order_rate_gets_429_and_no_order(api: Api) -> None:
+    account_id, token = await api.account()
+    async with limited_api(api, order_burst_per_account=2, order_rate_per_account_per_s=0.01) as client:
+        responses = [await client.post("/v1/orders", json={"quantity": 2},
+                                       headers={"Authorization": f"Bearer {token}", "Idempotency-Key": key()})
+                     for _ in range(3)]
+        assert [r.status for r in responses] == [202, 202, 429]
+        error = await error_of(responses[2], 429)
+        assert error["code"] == "rate_limited" and int(responses[2].headers["Retry-After"]) >= 1
+        # another buyer is not affected
+        _, other = await api.account()
+        assert (await client.post("/v1/orders", json={"quantity": 2}, headers={
+            "Authorization": f"Bearer {other}", "Idempotency-Key": key()})).status == 202
+    assert len(await api.orders_of(account_id)) == 2
+
+
+async def test_a_partner_past_its_rate_gets_429(api: Api) -> None:
+    async with limited_api(api, partner_burst=1, partner_rate_per_s=0.01) as client:
+        statuses = [(await client.post("/v1/orders", json={"quantity": 1}, headers={
+            "X-Api-Key": PARTNER_KEY, "Idempotency-Key": key()})).status for _ in range(2)]
+        assert statuses == [202, 429]
+        assert (await client.get("/v1/partner/events", headers={"X-Api-Key": PARTNER_KEY})).status == 429
+
+
+async def test_past_the_unbilled_backlog_limit_orders_get_503_and_nothing_is_placed(api: Api) -> None:
+    unbilled = await api.val("SELECT count(*) FROM orders WHERE billed_at IS NULL")
+    account_id, token = await api.account()
+    async with limited_api(api, admission_min_limit=unbilled + 2, admission_target_wait_s=0.001,
+                           admission_sample_interval_s=0.1) as client:
+        async def shed() -> Any:
+            resp = await client.post("/v1/orders", json={"quantity": 2},
+                                     headers={"Authorization": f"Bearer {token}", "Idempotency-Key": key()})
+            return resp if resp.status == 503 else None
+
+        refused = await eventually(shed, message="an order to be shed")
+        error = await error_of(refused, 503)
+        assert error["code"] == "overloaded" and error["retry_after_s"] >= 1 and error["retry_at"]
+        assert int(refused.headers["Retry-After"]) == error["retry_after_s"]
+        assert (await client.get("/healthz")).status == 200
+    placed = len(await api.orders_of(account_id))
+    assert placed <= 2 + 1  # the limit, plus what one sample interval let through
+    assert await api.val("SELECT count(*) FROM outbox WHERE message_type = 'order.placed.v1' "
+                         "AND convert_from(body, 'UTF8')::jsonb->>'account_id' = $1", str(account_id)) == placed

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
+from emeterai_shared.admission import Sample
 
 
 @dataclass(frozen=True)
@@ -137,3 +138,15 @@ class StampingRepository:
                     ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED))
                RETURNING id, account_id, sn""", older_than_s, limit)
         return [(r["id"], r["account_id"], r["sn"]) for r in rows]
+
+
+ADMISSION_WINDOW_S = 10.0
+
+
+async def admission_sample(conn: asyncpg.Connection, window_s: float = ADMISSION_WINDOW_S) -> Sample:
+    """Jobs accepted and not finished (every api and worker process), and jobs finished in the window."""
+    row = await conn.fetchrow(
+        """SELECT (SELECT count(*) FROM stampings WHERE status IN ('QUEUED', 'STAMPING')) AS backlog,
+                  (SELECT count(*) FROM stampings WHERE status IN ('DONE', 'FAILED')
+                      AND updated_at > now() - make_interval(secs => $1)) AS drained""", window_s)
+    return Sample(backlog=row["backlog"], drained=row["drained"], window_s=window_s)

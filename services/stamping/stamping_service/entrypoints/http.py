@@ -11,6 +11,7 @@ from datetime import datetime
 import asyncpg
 from aiohttp import BodyPartReader, web
 from emeterai_shared import idempotency
+from emeterai_shared.admission import Admission
 from emeterai_shared.auth import TokenVerifier
 from emeterai_shared.http import ApiError, OpenApi, Operation
 from emeterai_shared.ratelimit import RateLimiter
@@ -195,10 +196,13 @@ def _verification(checks: list[StampCheck], statuses: dict[str, str]) -> Verific
 
 def add_routes(app: web.Application, spec: OpenApi, pool: asyncpg.Pool,
                verifier: Callable[[], TokenVerifier], settings: StampingSettings,
-               pdf_pool: Callable[[], PdfPool], store: DocumentStore, limiter: RateLimiter) -> None:
+               pdf_pool: Callable[[], PdfPool], store: DocumentStore, limiter: RateLimiter,
+               admission: Admission) -> None:
     """``verifier`` and ``pdf_pool`` are called per request, so that building the app reads no
-    key file and starts no process."""
+    key file and starts no process. ``limiter`` limits ``/v1/verify`` per client address;
+    ``admission`` sheds uploads while the stamping backlog is past what the workers drain."""
     limits = settings.inspect_limits()
+    uploads_per_account = RateLimiter(settings.upload_rate_per_account_per_s, settings.upload_burst_per_account)
 
     async def get_quota(request: web.Request) -> web.Response:
         principal = verifier().from_request(request)
@@ -209,6 +213,12 @@ def add_routes(app: web.Application, spec: OpenApi, pool: asyncpg.Pool,
 
     async def post_stamping(request: web.Request) -> web.Response:
         principal = verifier().from_request(request)
+        try:
+            uploads_per_account.enforce(str(principal.account_id))  # before the body is read: shedding is cheap
+            admission.admit()
+        except ApiError as exc:
+            UPLOADS.labels(exc.code).inc()
+            raise
         key = idempotency.key_from(request, required=True)
         assert key is not None
         try:
@@ -325,6 +335,9 @@ def add_routes(app: web.Application, spec: OpenApi, pool: asyncpg.Pool,
                    401: ("no, or an invalid, bearer token", None),
                    409: ("no_quota, or sn_unavailable", None),
                    413: ("too_large", None),
+                   429: ("rate_limited: this account's upload rate (Retry-After)", None),
+                   503: ("overloaded: the stamping backlog is past what the workers drain in the target wait "
+                         "(Retry-After; body retry_after_s, retry_at), or busy", None),
                    415: ("multipart_required", None),
                    422: ("a refused document (code: not_a_pdf, unreadable, encrypted, ...), parse_timeout, "
                          "invalid fields, or idempotency_key_reused", None)}))

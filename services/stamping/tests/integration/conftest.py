@@ -125,7 +125,7 @@ class Stamping:
 async def stamping(servers: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stamping]:
     secrets_dir: Path = tmp_path_factory.mktemp("stamping-secrets")
     private_key = secrets_dir / "auth-ed25519.key"
-    settings = settings_for(StampingSettings, secrets_dir=str(secrets_dir))
+    settings = settings_for(StampingSettings, secrets_dir=str(secrets_dir), upload_burst_per_account=10_000)
     assert isinstance(settings, StampingSettings)
     assert ensure_keypair(private_key, Path(settings.auth_public_key_file))
     issuer = TokenIssuer(private_key.read_bytes(), timedelta(minutes=30))

@@ -1,0 +1,135 @@
+"""Global admission at a front door: shed new work while the platform is behind, by measurement.
+
+Each api process samples, about once a second, the service's **backlog** (work accepted and not
+yet done, counted in its database, hence across every process) and how much work was **drained**
+in a recent window. The admission limit is the backlog the platform drains within
+``target_wait_s`` at the measured rate (smoothed, never below ``min_limit``): it follows the
+drain rate instead of a fixed number, so a slower tier (fewer workers, a slow bank) lowers it
+and scaling a tier raises it. Past the limit a new request gets ``503 overloaded`` with
+``Retry-After``: the time the excess takes to drain at the measured rate. The check itself is
+arithmetic on the last sample, so shedding costs nothing while the back tiers drain.
+
+Between samples each process adds what it admitted itself to the sampled backlog; N api
+processes can overshoot the limit by what they admit in one sample interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+from aiohttp import web
+
+from emeterai_shared.http import ApiError
+from emeterai_shared.telemetry import ADMISSION_BACKLOG, ADMISSION_DRAIN, ADMISSION_LIMIT
+
+log = logging.getLogger(__name__)
+SMOOTHING = 0.3
+"""Weight of the newest drain-rate sample (exponentially weighted moving average)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    backlog: int
+    """Work accepted and not yet done, across every process of the platform."""
+    drained: int
+    """Work finished within the last ``window_s`` seconds."""
+    window_s: float
+
+
+Probe = Callable[[asyncpg.Connection], Awaitable[Sample]]
+
+
+@dataclass(frozen=True)
+class AdmissionSettings:
+    target_wait_s: float = 30.0
+    """Longest a newly admitted item should wait for the back tiers at the measured drain rate."""
+    min_limit: int = 200
+    """Backlog always admitted (at start the drain rate is unknown, and a quiet platform drains 0/s)."""
+    sample_interval_s: float = 1.0
+    max_retry_after_s: int = 60
+
+
+class Admission:
+    def __init__(self, service: str, probe: Probe, settings: AdmissionSettings,
+                 clock: Callable[[], float] = time.monotonic):
+        self.service = service
+        self._probe = probe
+        self._settings = settings
+        self._clock = clock
+        self.backlog = 0
+        self.drain_per_s = 0.0
+        self.limit = settings.min_limit
+        self.sampled_at: float | None = None
+        self._admitted_since_sample = 0
+
+    def observe(self, sample: Sample) -> None:
+        rate = sample.drained / sample.window_s if sample.window_s > 0 else 0.0
+        self.drain_per_s = rate if self.sampled_at is None else (
+            SMOOTHING * rate + (1 - SMOOTHING) * self.drain_per_s)
+        self.limit = max(self._settings.min_limit, int(self.drain_per_s * self._settings.target_wait_s))
+        self.backlog = sample.backlog
+        self._admitted_since_sample = 0
+        self.sampled_at = self._clock()
+        ADMISSION_BACKLOG.labels(self.service).set(self.backlog)
+        ADMISSION_LIMIT.labels(self.service).set(self.limit)
+        ADMISSION_DRAIN.labels(self.service).set(self.drain_per_s)
+
+    def retry_after(self) -> int | None:
+        """None when one more item is admitted now, else the seconds to wait (at least 1)."""
+        backlog = self.backlog + self._admitted_since_sample
+        if backlog < self.limit:
+            return None
+        excess = backlog - self.limit + 1
+        wait = excess / self.drain_per_s if self.drain_per_s > 0 else float(self._settings.max_retry_after_s)
+        return max(1, min(self._settings.max_retry_after_s, math.ceil(wait)))
+
+    def admit(self) -> None:
+        """Admit one new item, or raise ``503 overloaded`` with ``Retry-After``."""
+        retry = self.retry_after()
+        if retry is not None:
+            come_back = (datetime.now(UTC) + timedelta(seconds=retry)).isoformat(timespec="seconds")
+            raise ApiError(
+                503, "overloaded",
+                f"the platform is at capacity: your request was not taken; come back in {retry} s "
+                f"(at {come_back}), nothing was charged or reserved",
+                headers={"Retry-After": str(retry)},
+                extra={"retry_after_s": retry, "retry_at": come_back})
+        self._admitted_since_sample += 1
+
+    async def sample(self, pool: asyncpg.Pool) -> None:
+        async with pool.acquire() as conn:
+            self.observe(await self._probe(conn))
+
+    async def run(self, pool: asyncpg.Pool) -> None:
+        """Sample until cancelled; a failed sample keeps the last one (and is logged once per minute)."""
+        last_warning = 0.0
+        while True:
+            try:
+                await self.sample(pool)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._clock() - last_warning > 60:
+                    log.warning("%s admission: sampling the backlog failed (%r); keeping the last sample",
+                                self.service, exc)
+                    last_warning = self._clock()
+            await asyncio.sleep(self._settings.sample_interval_s)
+
+    def cleanup_ctx(self, pool: Callable[[], asyncpg.Pool]) -> Callable[[web.Application], AsyncIterator[None]]:
+        """For ``app.cleanup_ctx``: sample while the app serves."""
+        async def context(_app: web.Application) -> AsyncIterator[None]:
+            task = asyncio.create_task(self.run(pool()), name=f"{self.service}-admission")
+            yield
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        return context

@@ -1,0 +1,122 @@
+"""Admission control: the adaptive global limit (503 overloaded) and the in-flight cap (503 busy)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from emeterai_shared.admission import Admission, AdmissionSettings, Sample
+from emeterai_shared.http import ApiError, create_app
+
+
+async def _never(_conn: object) -> Sample:
+    raise AssertionError("not sampled in these tests")
+
+
+def admission(**settings: float) -> Admission:
+    return Admission("test", _never, AdmissionSettings(**settings))  # type: ignore[arg-type]
+
+
+def test_the_limit_follows_the_measured_drain_rate() -> None:
+    gate = admission(target_wait_s=30, min_limit=50)
+    gate.observe(Sample(backlog=0, drained=0, window_s=10))
+    assert gate.limit == 50  # nothing drained yet: the floor
+    gate.observe(Sample(backlog=10, drained=100, window_s=10))  # 10/s, smoothed
+    assert gate.drain_per_s == pytest.approx(0.3 * 10)
+    for _ in range(30):
+        gate.observe(Sample(backlog=10, drained=100, window_s=10))
+    assert gate.drain_per_s == pytest.approx(10, rel=1e-3)
+    assert gate.limit in (299, 300)  # 10/s for 30 s (the average approaches 10 from below)
+    for _ in range(30):
+        gate.observe(Sample(backlog=10, drained=20, window_s=10))  # the back tier slowed to 2/s
+    assert gate.limit == 60
+
+
+def test_past_the_limit_new_work_gets_503_with_the_time_to_drain_the_excess() -> None:
+    gate = admission(target_wait_s=10, min_limit=1)
+    for _ in range(40):
+        gate.observe(Sample(backlog=100, drained=50, window_s=10))  # 5/s → limit 50
+    assert gate.limit == 50
+    with pytest.raises(ApiError) as refused:
+        gate.admit()
+    error = refused.value
+    assert (error.status, error.code) == (503, "overloaded")
+    assert error.headers["Retry-After"] == str(error.extra["retry_after_s"]) == "11"  # (100 - 50 + 1) / 5/s
+    assert error.extra["retry_at"]
+
+
+def test_what_a_process_admits_between_samples_counts() -> None:
+    gate = admission(target_wait_s=10, min_limit=3)
+    gate.observe(Sample(backlog=0, drained=0, window_s=10))
+    gate.admit()
+    gate.admit()
+    gate.admit()
+    with pytest.raises(ApiError):
+        gate.admit()
+    gate.observe(Sample(backlog=1, drained=0, window_s=10))  # the workers took two meanwhile
+    gate.admit()
+
+
+def test_with_nothing_draining_the_wait_is_the_longest_retry_after() -> None:
+    gate = admission(target_wait_s=10, min_limit=5, max_retry_after_s=42)
+    gate.observe(Sample(backlog=9, drained=0, window_s=10))
+    assert gate.retry_after() == 42
+
+
+async def test_sampling_failures_keep_the_last_sample() -> None:
+    calls = 0
+
+    async def flaky(_conn: object) -> Sample:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise ConnectionError("database down")
+        return Sample(backlog=7, drained=0, window_s=10)
+
+    class Pool:
+        def acquire(self) -> Pool:
+            return self
+
+        async def __aenter__(self) -> object:
+            return object()
+
+        async def __aexit__(self, *_: object) -> None:
+            return None
+
+    gate = Admission("test", flaky, AdmissionSettings(sample_interval_s=0.01, min_limit=5))
+    task = asyncio.create_task(gate.run(Pool()))  # type: ignore[arg-type]
+    while calls < 3:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    assert gate.backlog == 7 and gate.retry_after() is not None
+
+
+async def test_past_max_in_flight_a_process_answers_busy_at_once_but_probes_still_answer() -> None:
+    release = asyncio.Event()
+    entered = 0
+
+    async def slow(_request: web.Request) -> web.Response:
+        nonlocal entered
+        entered += 1
+        await release.wait()
+        return web.json_response({"ok": True})
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = create_app("test", max_body_bytes=1024, max_in_flight=2)
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/healthz", healthz)
+    async with TestClient(TestServer(app)) as client:
+        first = [asyncio.create_task(client.get("/slow")) for _ in range(2)]
+        while entered < 2:
+            await asyncio.sleep(0.01)
+        refused = await client.get("/slow")
+        assert refused.status == 503 and refused.headers["Retry-After"] == "1"
+        assert (await refused.json())["error"]["code"] == "busy"
+        assert (await client.get("/healthz")).status == 200
+        release.set()
+        assert [(await t).status for t in first] == [200, 200]
+        assert (await client.get("/slow")).status == 200
