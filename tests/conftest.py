@@ -1,4 +1,4 @@
-"""Fixtures for cross-service tests: the purchase services as real processes."""
+"""Fixtures for cross-service tests: the purchase services (and, on request, stamping) as real processes."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ from order_service.config import OrderSettings
 from payment_service.bootstrap import SERVICE as PAYMENT
 from payment_service.config import PaymentSettings
 from payment_service.snap.banksim import BankSimulator, generate_bank_keys, new_bank_config
+from stamping_service.bootstrap import SERVICE as STAMPING
+from stamping_service.config import StampingSettings
 
 PlatformFactory = Callable[..., contextlib.AbstractAsyncContextManager[Platform]]
 
@@ -32,18 +34,25 @@ def purchase_platform(servers: str, tmp_path_factory: pytest.TempPathFactory) ->
     (api, worker, relay each) on fresh databases, with one generated partner bank."""
 
     @contextlib.asynccontextmanager
-    async def start(*, stock: int | None = None, **payment_overrides: Any) -> AsyncIterator[Platform]:
-        """``stock``: also run the minting service, with that many serials in stock."""
+    async def start(*, stock: int | None = None, stamping: bool = False, order_overrides: dict[str, Any] | None = None,
+                    stamping_overrides: dict[str, Any] | None = None,
+                    **payment_overrides: Any) -> AsyncIterator[Platform]:
+        """``stock``: also run the minting service, with that many serials in stock; ``stamping``:
+        also run the stamping service (needs ``stock``). ``*_overrides``: that service's settings."""
+        assert not stamping or stock is not None, "stamping needs minting: pass stock"
         tmp = tmp_path_factory.mktemp("platform")
         private_pem, public_pem = generate_bank_keys()
         bank = new_bank_config(public_pem, partner_service_id="88908")
         (tmp / "banks.json").write_text(json.dumps({"banks": [bank]}))
-        order = settings_for(OrderSettings, secrets_dir=str(tmp / "secrets"))
+        order = settings_for(OrderSettings, secrets_dir=str(tmp / "secrets"), **(order_overrides or {}))
         payment = settings_for(PaymentSettings, secrets_dir=str(tmp / "secrets"),
                                partners_file=str(tmp / "banks.json"), **payment_overrides)
         services: list[tuple[ServiceDefinition, ServiceSettings]] = [(ORDER, order), (PAYMENT, payment)]
         if stock is not None:
             services.append((MINTING, settings_for(MintingSettings, secrets_dir=str(tmp / "secrets"))))
+        if stamping:
+            services.append((STAMPING, settings_for(StampingSettings, secrets_dir=str(tmp / "secrets"),
+                                                    **(stamping_overrides or {}))))
         await prepare([d for d, _ in services], [s for _, s in services])
         p = Platform(logs=tmp)
         for defn, settings in services:

@@ -116,10 +116,12 @@ async def test_random_sigkills_during_many_payments(
 ) -> None:
     """30 orders paid while both workers are SIGKILLed and restarted twice: each PAID once."""
     async with aiohttp.ClientSession() as session:
-        buyer = Buyer(session, platform.url("order"))
-        await buyer.register()
-        orders = [await buyer.order(2) for _ in range(30)]
-        bills = [await buyer.bill(o) for o in orders]
+        buyers = [Buyer(session, platform.url("order")) for _ in range(6)]  # 5 orders each: within the burst
+        for buyer in buyers:
+            await buyer.register()
+        placed = [(buyer, await buyer.order(2)) for buyer in buyers for _ in range(5)]
+        orders = [order for _, order in placed]
+        bills = [await buyer.bill(order) for buyer, order in placed]
         bank = bank_client(platform, session)
 
         async def pay(bill: dict[str, Any]) -> None:
@@ -134,7 +136,7 @@ async def test_random_sigkills_during_many_payments(
             platform.proc("payment", "worker").kill()
             await platform.start(("order", "worker"), ("payment", "worker"))
         await payments
-        for order_id in orders:
+        for buyer, order_id in placed:
             await buyer.status_becomes(order_id, "PAID")
     for order_id in orders:
         await _paid_exactly_once(platform, order_id)

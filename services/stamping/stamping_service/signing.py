@@ -9,6 +9,7 @@ plain data: it is handed to the PDF worker processes, which load the signer once
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def publish_certificates(config: SigningConfig, path: str) -> bool:
     if target.is_file() and target.read_bytes() == data:
         return False
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_suffix(".tmp")
+    temporary = target.with_name(f"{target.name}.{os.getpid()}.tmp")  # api, worker and relay publish at once
     temporary.write_bytes(data)
     temporary.replace(target)
     return True

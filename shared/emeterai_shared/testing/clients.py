@@ -5,6 +5,7 @@ Used by cross-service tests and by the rush simulator.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -28,14 +29,22 @@ class Buyer:
             assert r.status == 201, await r.text()
             self.token = (await r.json())["token"]
 
-    async def order(self, quantity: int = 2, bank: str | None = None) -> str:
+    async def order(self, quantity: int = 2, bank: str | None = None, max_waits: int = 30) -> str:
+        """Place an order; a 429 or 503 is waited out for its ``Retry-After`` and the same request
+        (the same Idempotency-Key) sent again, as a well-behaved client does."""
         body: dict[str, Any] = {"quantity": quantity}
         if bank is not None:
             body["bank"] = bank
-        async with self.session.post(f"{self.url}/v1/orders", json=body,
-                                     headers={**self.auth, "Idempotency-Key": str(uuid.uuid4())}) as r:
-            assert r.status == 202, await r.text()
-            return str((await r.json())["order_id"])
+        headers = {**self.auth, "Idempotency-Key": str(uuid.uuid4())}
+        for _ in range(max_waits):
+            async with self.session.post(f"{self.url}/v1/orders", json=body, headers=headers) as r:
+                if r.status in (429, 503) and "Retry-After" in r.headers:
+                    wait = float(r.headers["Retry-After"])
+                else:
+                    assert r.status == 202, await r.text()
+                    return str((await r.json())["order_id"])
+            await asyncio.sleep(wait)
+        raise AssertionError(f"the order was refused {max_waits} times with Retry-After")
 
     async def get(self, order_id: str) -> dict[str, Any]:
         async with self.session.get(f"{self.url}/v1/orders/{order_id}", headers=self.auth) as r:
