@@ -8,7 +8,6 @@ before it signs anything). Claims: ``sub`` (account id), ``kind`` (``buyer``), `
 
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,6 +18,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from emeterai_shared.files import locked, write_atomic
 from emeterai_shared.http import ApiError
 
 ISSUER = "emeterai-order"
@@ -39,18 +39,21 @@ def key_id(public_key: Ed25519PublicKey) -> str:
 
 
 def ensure_keypair(private_path: Path, public_path: Path) -> bool:
-    """Create a development key pair when none exists; True when one was created."""
+    """Create a development key pair when none exists; True when one was created.
+
+    Safe when several processes start at once: one creates the pair under a lock, the public half
+    first, so that whoever sees the private key also finds the public one, both complete."""
     if private_path.exists():
         return False
-    private_path.parent.mkdir(parents=True, exist_ok=True)
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-    public_path.write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    with locked(private_path.with_name(f".{private_path.name}.lock")):
+        if private_path.exists():
+            return False
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        write_atomic(public_path, key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        write_atomic(private_path, pem, mode=0o600)
     return True
 
 

@@ -9,12 +9,12 @@ plain data: it is handed to the PDF worker processes, which load the signer once
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from emeterai_shared.files import write_atomic
 from pyhanko.sign.timestamps import HTTPTimeStamper, TimeStamper
 
 from stamping_service.pdf.signer import DEV_ROOT, KeySigner, dev_signing_chain, load_signer
@@ -71,8 +71,5 @@ def publish_certificates(config: SigningConfig, path: str) -> bool:
     data, target = config.certificates_pem(), Path(path)
     if target.is_file() and target.read_bytes() == data:
         return False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f"{target.name}.{os.getpid()}.tmp")  # api, worker and relay publish at once
-    temporary.write_bytes(data)
-    temporary.replace(target)
+    write_atomic(target, data)  # api, worker and relay publish at once
     return True

@@ -6,10 +6,8 @@ parses it again for every signature, which costs milliseconds per document with 
 
 from __future__ import annotations
 
-import fcntl
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
+from emeterai_shared.files import locked, write_atomic
 from pyhanko.keys.internal import translate_pyca_cryptography_cert_to_asn1, translate_pyca_cryptography_key_to_asn1
 from pyhanko.sign.signers import SimpleSigner
 from pyhanko_certvalidator.registry import SimpleCertificateStore
@@ -89,20 +88,10 @@ def dev_signing_chain(directory: str | os.PathLike[str]) -> tuple[KeySigner, byt
     """
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    with _locked(folder / ".dev-signing.lock"):
+    with locked(folder / ".dev-signing.lock"):
         if not all((folder / name).exists() for name in (DEV_ROOT, DEV_CERT, DEV_KEY)):
             _generate(folder)
     return load_signer(folder / DEV_KEY, folder / DEV_CERT, [folder / DEV_ROOT]), (folder / DEV_ROOT).read_bytes()
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _name(common_name: str) -> x509.Name:
@@ -144,15 +133,6 @@ def _generate(folder: Path) -> None:
     )
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-    _write(folder / DEV_KEY, key_pem, mode=0o600)
-    _write(folder / DEV_CERT, cert.public_bytes(serialization.Encoding.PEM))
-    _write(folder / DEV_ROOT, root.public_bytes(serialization.Encoding.PEM))
-
-
-def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write atomically, so a reader never sees half a file."""
-    temporary = path.with_suffix(".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(temporary, path)
+    write_atomic(folder / DEV_KEY, key_pem, mode=0o600)
+    write_atomic(folder / DEV_CERT, cert.public_bytes(serialization.Encoding.PEM))
+    write_atomic(folder / DEV_ROOT, root.public_bytes(serialization.Encoding.PEM))
