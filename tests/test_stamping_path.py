@@ -18,18 +18,14 @@ import io
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from asn1crypto import x509
-from emeterai_shared.auth import TokenIssuer
 from emeterai_shared.testing.clients import Buyer
 from emeterai_shared.testing.fixtures import eventually, fetchval
 from emeterai_shared.testing.platform import Platform
-from order_service.adapters.partners import PARTNER_NAMESPACE
 from payment_service.snap.banksim import BankSimulator
 from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.sign.validation import SignatureCoverageLevel, async_validate_pdf_signature
@@ -51,7 +47,7 @@ async def platform(purchase_platform: Any, tmp_path_factory: pytest.TempPathFact
     partner = {"partner_id": PARTNER_ID, "api_key": PARTNER_KEY, "max_quantity": 100}
     partners.write_text(json.dumps({"partners": [partner]}))
     async with purchase_platform(stock=STOCK, stamping=True, order_overrides={"partners_file": str(partners)},
-                                 stamping_overrides={"pdf_workers": 1}) as p:
+                                 stamping_overrides={"partners_file": str(partners), "pdf_workers": 1}) as p:
         yield p
 
 
@@ -72,7 +68,8 @@ async def paid_stamps(platform: Platform, session: aiohttp.ClientSession, bank: 
 
 
 def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+    """A buyer's Authorization header; none for "" (a partner's session carries its X-Api-Key)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 async def quota(platform: Platform, session: aiohttp.ClientSession, token: str) -> dict[str, Any]:
@@ -260,25 +257,19 @@ async def test_a_bought_stamp_stamps_a_document_that_validates_against_the_publi
 async def test_a_partner_reads_stamping_completed_in_its_event_feed(
     platform: Platform, bank_client: BankFor, va_customer_no: CustomerNo
 ) -> None:
-    """A partner's serial stamped: ``stamping.completed`` in its feed, with the download's SHA-256.
-
-    Stamping's buyer endpoints take bearer tokens only, and the order service issues none to
-    partners (they call it with ``X-Api-Key``); so the partner account's token is issued here with
-    the order service's own key, exactly as the order service issues buyers' tokens."""
-    partner_account = uuid.uuid5(PARTNER_NAMESPACE, PARTNER_ID)
-    order_settings = platform.settings["order"]
-    issuer = TokenIssuer(Path(order_settings.private_key_path).read_bytes(), ttl=timedelta(hours=1))
+    """A partner (the CASN system) buys, stamps and downloads with its ``X-Api-Key`` alone, as the
+    contract says partners call every buyer endpoint; ``stamping.completed`` reaches its feed,
+    with the download's SHA-256."""
     async with aiohttp.ClientSession() as session, \
             aiohttp.ClientSession(headers={"X-Api-Key": PARTNER_KEY}) as as_partner:
         bank = bank_client(platform, session)
         partner = Buyer(as_partner, platform.url("order"))  # no bearer token: the X-Api-Key authenticates
         [sn] = await paid_stamps(platform, session, bank, va_customer_no, partner, 1)
-        token = issuer.issue(partner_account)
-        await quota_shows(platform, session, token, [sn])
-        sid = (await upload(platform, session, token, DOCUMENT))["stamping_id"]
-        done = await finished(platform, session, token, sid)
+        await quota_shows(platform, as_partner, "", [sn])
+        sid = (await upload(platform, as_partner, "", DOCUMENT))["stamping_id"]
+        done = await finished(platform, as_partner, "", sid)
         assert (done["status"], done["sn"]) == ("DONE", sn), done
-        sha256 = hashlib.sha256(await download(platform, session, token, sid)).hexdigest()
+        sha256 = hashlib.sha256(await download(platform, as_partner, "", sid)).hexdigest()
 
         async def completed() -> dict[str, Any] | None:
             async with session.get(f"{platform.url('order')}/v1/partner/events?after=0&limit=500",

@@ -8,6 +8,9 @@ before it signs anything). Claims: ``sub`` (account id), ``kind`` (``buyer``), `
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -117,3 +120,54 @@ class TokenVerifier:
             raise ApiError(401, "unauthorized", "an Authorization: Bearer token is required",
                            headers={"WWW-Authenticate": "Bearer"})
         return self.verify(token.strip())
+
+
+PARTNER_NAMESPACE = uuid.UUID("6f2d0c1e-8a51-4a43-9a8e-2f7c7f3e0b11")
+"""Partner systems act as accounts of their own: ``uuid5(PARTNER_NAMESPACE, partner_id)``."""
+
+
+def partner_account_id(partner_id: str) -> uuid.UUID:
+    return uuid.uuid5(PARTNER_NAMESPACE, partner_id)
+
+
+class PartnerKeys:
+    """The partners' ``X-Api-Key``s, from the partners file (``{"partners": [{"partner_id",
+    "api_key", ...}]}``; other fields are the order service's). Keys are compared as SHA-256
+    digests in constant time, without an early exit."""
+
+    def __init__(self, keys: dict[str, str]):
+        self._digests = [(partner_id, hashlib.sha256(key.encode()).digest()) for partner_id, key in keys.items()]
+
+    @classmethod
+    def from_file(cls, path: str) -> PartnerKeys:
+        if not path:
+            return cls({})
+        entries = json.loads(Path(path).read_text()).get("partners", [])
+        return cls({str(e["partner_id"]): str(e["api_key"]) for e in entries})
+
+    def authenticate(self, api_key: str) -> str | None:
+        """The partner id of ``api_key``, or None."""
+        digest = hashlib.sha256(api_key.encode()).digest()
+        found = None
+        for partner_id, known in self._digests:
+            if hmac.compare_digest(known, digest):
+                found = partner_id
+        return found
+
+
+@dataclass(frozen=True)
+class Caller:
+    account_id: uuid.UUID
+    partner_id: str | None
+    """Set when the caller is a partner system (``X-Api-Key``), None for a buyer (bearer token)."""
+
+
+def caller_from_request(request: web.Request, verifier: TokenVerifier, partners: PartnerKeys) -> Caller:
+    """A buyer's bearer token, or a partner's ``X-Api-Key`` (``401 invalid_api_key`` when unknown)."""
+    api_key = request.headers.get("X-Api-Key")
+    if api_key is not None:
+        partner_id = partners.authenticate(api_key)
+        if partner_id is None:
+            raise ApiError(401, "invalid_api_key", "the X-Api-Key is not valid")
+        return Caller(partner_account_id(partner_id), partner_id)
+    return Caller(verifier.from_request(request).account_id, None)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 from emeterai_shared.admission import Admission
-from emeterai_shared.auth import TokenVerifier, load_public_keys
+from emeterai_shared.auth import Caller, PartnerKeys, TokenVerifier, caller_from_request, load_public_keys
 from emeterai_shared.http import OpenApi
 from emeterai_shared.messaging import Subscription
 from emeterai_shared.ratelimit import RateLimiter
@@ -48,6 +48,18 @@ def _verifier(ctx: Context) -> TokenVerifier:
     return verifier
 
 
+def _partners(ctx: Context) -> PartnerKeys:
+    partners = ctx.extras.get("partners")
+    if partners is None:
+        partners = ctx.extras["partners"] = PartnerKeys.from_file(_settings(ctx).partners_file)
+    assert isinstance(partners, PartnerKeys)
+    return partners
+
+
+def _caller(ctx: Context, request: web.Request) -> Caller:
+    return caller_from_request(request, _verifier(ctx), _partners(ctx))
+
+
 def _pdf_pool(ctx: Context) -> PdfPool:
     """The PDF worker processes of this process, started at first use and stopped when it closes."""
     pdf = ctx.extras.get("pdf_pool")
@@ -80,6 +92,7 @@ def _stamper(ctx: Context) -> Stamper:
 
 async def _on_start(ctx: Context) -> None:
     _verifier(ctx)  # a process without the public key fails at start, not at its first request
+    _partners(ctx)  # nor with a broken partners file
     settings = _settings(ctx)
     # Generates the development chain on a first run; publishes the chain for minting's /v1/keys.
     if publish_certificates(settings.signing(), settings.certificates_file):
@@ -91,8 +104,8 @@ def _routes(ctx: Context, app: web.Application, spec: OpenApi) -> None:
     limiter = RateLimiter(settings.verify_rate_per_s, settings.verify_burst)
     admission = Admission("stamping", admission_sample, settings.admission())
     app.cleanup_ctx.append(admission.cleanup_ctx(lambda: ctx.pool))
-    http.add_routes(app, spec, ctx.pool, lambda: _verifier(ctx), settings, lambda: _pdf_pool(ctx), STORE, limiter,
-                    admission)
+    http.add_routes(app, spec, ctx.pool, lambda request: _caller(ctx, request), settings, lambda: _pdf_pool(ctx),
+                    STORE, limiter, admission)
 
     async def cleanup(_app: web.Application) -> None:
         _close_pdf_pool(ctx)

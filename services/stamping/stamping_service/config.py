@@ -71,6 +71,13 @@ class StampingSettings(ServiceSettings):
     """How long a stamped document stays downloadable; originals are deleted once the job ends."""
     purge_interval_s: float = 600.0
 
+    partners_file: str = ""
+    """Partner systems that call the buyer endpoints with ``X-Api-Key`` (the order service's file);
+    default: ``ORDER_PARTNERS_FILE`` from the environment, so one setting configures both."""
+    partner_upload_rate_per_s: float = 200.0
+    """``POST /v1/stampings`` per partner system and api process, after ``partner_upload_burst``."""
+    partner_upload_burst: int = 400
+
     upload_rate_per_account_per_s: float = 2.0
     """``POST /v1/stampings`` per buyer account and api process, after ``upload_burst_per_account``."""
     upload_burst_per_account: int = 20
@@ -82,6 +89,8 @@ class StampingSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _derive_stamping(self) -> StampingSettings:
+        if not self.partners_file:
+            self.partners_file = os.environ.get("ORDER_PARTNERS_FILE", "")
         if not self.signing_dev_dir:
             self.signing_dev_dir = f"{self.secrets_dir}/stamping-dev-ca"
         if not self.certificates_file:

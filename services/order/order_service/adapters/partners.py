@@ -16,11 +16,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from emeterai_shared.auth import PARTNER_NAMESPACE
 from pydantic import BaseModel, Field, model_validator
 
 from order_service.adapters.webhooks import signing_key
 
-PARTNER_NAMESPACE = uuid.UUID("6f2d0c1e-8a51-4a43-9a8e-2f7c7f3e0b11")
+__all__ = ["PARTNER_NAMESPACE", "Partner", "PartnerConfig", "PartnerRegistry", "PartnersFile"]
 
 
 class PartnerConfig(BaseModel):

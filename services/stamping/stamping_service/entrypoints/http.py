@@ -12,7 +12,7 @@ import asyncpg
 from aiohttp import BodyPartReader, web
 from emeterai_shared import idempotency
 from emeterai_shared.admission import Admission
-from emeterai_shared.auth import TokenVerifier
+from emeterai_shared.auth import Caller
 from emeterai_shared.http import ApiError, OpenApi, Operation
 from emeterai_shared.ratelimit import RateLimiter
 from emeterai_shared.uow import unit_of_work
@@ -195,26 +195,31 @@ def _verification(checks: list[StampCheck], statuses: dict[str, str]) -> Verific
 
 
 def add_routes(app: web.Application, spec: OpenApi, pool: asyncpg.Pool,
-               verifier: Callable[[], TokenVerifier], settings: StampingSettings,
+               caller: Callable[[web.Request], Caller], settings: StampingSettings,
                pdf_pool: Callable[[], PdfPool], store: DocumentStore, limiter: RateLimiter,
                admission: Admission) -> None:
-    """``verifier`` and ``pdf_pool`` are called per request, so that building the app reads no
-    key file and starts no process. ``limiter`` limits ``/v1/verify`` per client address;
-    ``admission`` sheds uploads while the stamping backlog is past what the workers drain."""
+    """``caller`` (a buyer's bearer token or a partner's ``X-Api-Key``) and ``pdf_pool`` are called
+    per request, so that building the app reads no key file and starts no process. ``limiter``
+    limits ``/v1/verify`` per client address; ``admission`` sheds uploads while the stamping
+    backlog is past what the workers drain."""
     limits = settings.inspect_limits()
     uploads_per_account = RateLimiter(settings.upload_rate_per_account_per_s, settings.upload_burst_per_account)
+    uploads_per_partner = RateLimiter(settings.partner_upload_rate_per_s, settings.partner_upload_burst)
 
     async def get_quota(request: web.Request) -> web.Response:
-        principal = verifier().from_request(request)
+        principal = caller(request)
         async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             quota = await QuotaRepository(conn).quota(principal.account_id)
         view = QuotaView(available=quota.available, used=quota.used, serials_available=quota.serials_available)
         return web.json_response(view.model_dump(mode="json"))
 
     async def post_stamping(request: web.Request) -> web.Response:
-        principal = verifier().from_request(request)
-        try:
-            uploads_per_account.enforce(str(principal.account_id))  # before the body is read: shedding is cheap
+        principal = caller(request)
+        try:  # before the body is read: shedding is cheap
+            if principal.partner_id is not None:
+                uploads_per_partner.enforce(principal.partner_id)
+            else:
+                uploads_per_account.enforce(str(principal.account_id))
             admission.admit()
         except ApiError as exc:
             UPLOADS.labels(exc.code).inc()
@@ -257,7 +262,7 @@ def add_routes(app: web.Application, spec: OpenApi, pool: asyncpg.Pool,
         return web.json_response(body, status=202)
 
     async def owned(request: web.Request, conn: asyncpg.Connection) -> StampingView:
-        principal = verifier().from_request(request)
+        principal = caller(request)
         try:
             stamping_id = uuid.UUID(request.match_info["id"])
         except ValueError as exc:
@@ -321,35 +326,37 @@ def add_routes(app: web.Application, spec: OpenApi, pool: asyncpg.Pool,
     app.router.add_post("/v1/verify", post_verify)
 
     spec.security_schemes["bearer"] = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (EdDSA)"}
+    spec.security_schemes["apiKey"] = {"type": "apiKey", "in": "header", "name": "X-Api-Key"}
     spec.add(Operation("GET", "/v1/quota", "The caller's stamps: available, used and the serials available",
-                       tags=["stamping"], security=["bearer"],
+                       tags=["stamping"], security=["bearer", "apiKey"],
                        responses={200: ("the caller's quota", QuotaView),
                                   401: ("no, or an invalid, bearer token", None)}))
     idem = {"name": "Idempotency-Key", "in": "header", "required": True, "schema": {"type": "string"}}
     spec.add(Operation(
         "POST", "/v1/stampings", "Upload a PDF to stamp: validated, then a serial is reserved and a job queued",
-        request=StampingForm, request_content_type="multipart/form-data", tags=["stamping"], security=["bearer"],
+        request=StampingForm, request_content_type="multipart/form-data", tags=["stamping"],
+        security=["bearer", "apiKey"],
         parameters=[idem],
         responses={202: ("the job is queued with a reserved serial", StampingAccepted),
                    400: ("malformed form or missing Idempotency-Key", None),
                    401: ("no, or an invalid, bearer token", None),
                    409: ("no_quota, or sn_unavailable", None),
                    413: ("too_large", None),
-                   429: ("rate_limited: this account's upload rate (Retry-After)", None),
+                   429: ("rate_limited: this account's or partner's upload rate (Retry-After)", None),
                    503: ("overloaded: the stamping backlog is past what the workers drain in the target wait "
                          "(Retry-After; body retry_after_s, retry_at), or busy", None),
                    415: ("multipart_required", None),
                    422: ("a refused document (code: not_a_pdf, unreadable, encrypted, ...), parse_timeout, "
                          "invalid fields, or idempotency_key_reused", None)}))
     spec.add(Operation("GET", "/v1/stampings/{id}", "The caller's stamping job", tags=["stamping"],
-                       security=["bearer"],
+                       security=["bearer", "apiKey"],
                        parameters=[{"name": "id", "in": "path", "required": True,
                                     "schema": {"type": "string", "format": "uuid"}}],
                        responses={200: ("the job", StampingStatus), 401: ("no, or an invalid, bearer token", None),
                                   404: ("no such job of the caller's", None)}))
     spec.add(Operation(
         "GET", "/v1/stampings/{id}/document", "The stamped PDF (application/pdf; ETag is its SHA-256)",
-        tags=["stamping"], security=["bearer"],
+        tags=["stamping"], security=["bearer", "apiKey"],
         parameters=[{"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}],
         responses={200: ("the stamped PDF", None), 304: ("If-None-Match matched the ETag", None),
                    401: ("no, or an invalid, bearer token", None), 404: ("no such job of the caller's", None),

@@ -10,6 +10,7 @@ would: persistent, ``message_id``, ``type`` = routing key, the model's JSON body
 
 from __future__ import annotations
 
+import json
 import random
 import string
 import uuid
@@ -35,6 +36,7 @@ from stamping_service.config import StampingSettings
 from stamping_service.entrypoints.messages import ON_SERIALS_ISSUED
 
 SN_ALPHABET = string.digits + string.ascii_uppercase
+PARTNER_ID, PARTNER_KEY = "casn", "casn-stamping-key-0123456789"
 
 
 def serial() -> IssuedSerial:
@@ -125,7 +127,11 @@ class Stamping:
 async def stamping(servers: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stamping]:
     secrets_dir: Path = tmp_path_factory.mktemp("stamping-secrets")
     private_key = secrets_dir / "auth-ed25519.key"
-    settings = settings_for(StampingSettings, secrets_dir=str(secrets_dir), upload_burst_per_account=10_000)
+    partners = secrets_dir / "partners.json"
+    partners.write_text(json.dumps({"partners": [{"partner_id": PARTNER_ID, "api_key": PARTNER_KEY,
+                                                  "webhook_secret": "whsec-test", "max_quantity": 5000}]}))
+    settings = settings_for(StampingSettings, secrets_dir=str(secrets_dir), upload_burst_per_account=10_000,
+                            partners_file=str(partners))
     assert isinstance(settings, StampingSettings)
     assert ensure_keypair(private_key, Path(settings.auth_public_key_file))
     issuer = TokenIssuer(private_key.read_bytes(), timedelta(minutes=30))

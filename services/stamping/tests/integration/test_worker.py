@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pikepdf
 import pytest
+from emeterai_shared.auth import partner_account_id
 from emeterai_shared.testing.fixtures import eventually, running
 from emeterai_shared.uow import unit_of_work
 from pyhanko.pdf_utils.reader import PdfFileReader
@@ -293,3 +294,34 @@ async def test_a_hundred_concurrent_uploads_are_all_stamped_with_distinct_serial
     assert len({e["document_sha256"] for e in ended}) == n
     quota = await stamping.quota(account)
     assert (quota["available"], quota["used"]) == (0, n)
+
+
+async def test_a_partner_system_stamps_with_its_api_key(stamping: Stamping, relaying: None) -> None:
+    [configured] = json.loads(Path(stamping.settings.partners_file).read_text())["partners"]
+    account = partner_account_id(configured["partner_id"])
+    event = stamping.issued(account, 1)
+    await stamping.send(event)
+    partner = {"X-Api-Key": configured["api_key"]}
+    async with stamping.http.get(stamping.base_url + "/v1/quota", headers=partner) as resp:
+        assert resp.status == 200 and (await resp.json())["available"] >= 1
+
+    form = aiohttp.FormData()
+    form.add_field("file", DOCUMENT, filename="lamaran.pdf", content_type="application/pdf")
+    for name, value in {"x": 72, "y": 72, "sn": event.serials[0].sn}.items():
+        form.add_field(name, str(value))
+    async with stamping.http.post(stamping.base_url + "/v1/stampings", data=form,
+                                  headers={**partner, "Idempotency-Key": str(uuid.uuid4())}) as resp:
+        assert resp.status == 202, await resp.text()
+        sid = (await resp.json())["stamping_id"]
+
+    async def done() -> bool:
+        async with stamping.http.get(f"{stamping.base_url}/v1/stampings/{sid}", headers=partner) as r:
+            return bool((await r.json())["status"] == "DONE")
+
+    await eventually(done, timeout_s=60, message="the partner's stamping")
+    async with stamping.http.get(f"{stamping.base_url}/v1/stampings/{sid}/document", headers=partner) as resp:
+        assert resp.status == 200 and (await resp.read()).startswith(DOCUMENT)
+    status, _, _ = await download(stamping, uuid.uuid4(), sid)  # a buyer does not see it
+    assert status == 404
+    async with stamping.http.get(stamping.base_url + "/v1/quota", headers={"X-Api-Key": "not-a-key-0123456789"}) as r:
+        assert (r.status, (await r.json())["error"]["code"]) == (401, "invalid_api_key")
