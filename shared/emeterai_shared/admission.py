@@ -11,6 +11,10 @@ arithmetic on the last sample, so shedding costs nothing while the back tiers dr
 
 Between samples each process adds what it admitted itself to the sampled backlog; N api
 processes can overshoot the limit by what they admit in one sample interval.
+
+Callers told to come back form a virtual queue: each 503 counts one more waiting caller (the
+count drains at the measured rate), and ``Retry-After`` covers the excess backlog *plus* the
+callers already told to come back, so that they return spread out instead of all at once.
 """
 
 from __future__ import annotations
@@ -69,15 +73,20 @@ class Admission:
         self.limit = settings.min_limit
         self.sampled_at: float | None = None
         self._admitted_since_sample = 0
+        self._waiting = 0.0
+        """Callers told to come back and not yet drained (the virtual queue)."""
 
     def observe(self, sample: Sample) -> None:
         rate = sample.drained / sample.window_s if sample.window_s > 0 else 0.0
         self.drain_per_s = rate if self.sampled_at is None else (
             SMOOTHING * rate + (1 - SMOOTHING) * self.drain_per_s)
         self.limit = max(self._settings.min_limit, int(self.drain_per_s * self._settings.target_wait_s))
+        now = self._clock()
+        if self.sampled_at is not None:
+            self._waiting = max(0.0, self._waiting - self.drain_per_s * (now - self.sampled_at))
         self.backlog = sample.backlog
         self._admitted_since_sample = 0
-        self.sampled_at = self._clock()
+        self.sampled_at = now
         ADMISSION_BACKLOG.labels(self.service).set(self.backlog)
         ADMISSION_LIMIT.labels(self.service).set(self.limit)
         ADMISSION_DRAIN.labels(self.service).set(self.drain_per_s)
@@ -87,7 +96,7 @@ class Admission:
         backlog = self.backlog + self._admitted_since_sample
         if backlog < self.limit:
             return None
-        excess = backlog - self.limit + 1
+        excess = backlog - self.limit + 1 + self._waiting
         wait = excess / self.drain_per_s if self.drain_per_s > 0 else float(self._settings.max_retry_after_s)
         return max(1, min(self._settings.max_retry_after_s, math.ceil(wait)))
 
@@ -95,6 +104,7 @@ class Admission:
         """Admit one new item, or raise ``503 overloaded`` with ``Retry-After``."""
         retry = self.retry_after()
         if retry is not None:
+            self._waiting += 1
             come_back = (datetime.now(UTC) + timedelta(seconds=retry)).isoformat(timespec="seconds")
             raise ApiError(
                 503, "overloaded",

@@ -120,3 +120,22 @@ async def test_past_max_in_flight_a_process_answers_busy_at_once_but_probes_stil
         release.set()
         assert [(await t).status for t in first] == [200, 200]
         assert (await client.get("/slow")).status == 200
+
+
+def test_callers_told_to_come_back_are_spread_out_and_drain_at_the_measured_rate() -> None:
+    now = [0.0]
+    gate = Admission("test", _never, AdmissionSettings(target_wait_s=10, min_limit=1, max_retry_after_s=600),
+                     clock=lambda: now[0])
+    for _ in range(40):
+        gate.observe(Sample(backlog=50, drained=50, window_s=10))  # 5/s → limit 50: full
+    waits = []
+    for _ in range(20):
+        with pytest.raises(ApiError) as refused:
+            gate.admit()
+        waits.append(int(refused.value.headers["Retry-After"]))
+    assert waits == sorted(waits) and waits[-1] >= waits[0] + 3  # later callers are told to wait longer
+    now[0] += 4.0  # 4 s at 5/s drains the 20 waiting callers
+    gate.observe(Sample(backlog=50, drained=50, window_s=10))
+    with pytest.raises(ApiError) as refused:
+        gate.admit()
+    assert int(refused.value.headers["Retry-After"]) == waits[0]
