@@ -35,7 +35,9 @@ class ServiceSettings(BaseSettings):
     database_name: str = ""
     database_url: str = ""
     db_pool_min: int = 1
-    db_pool_max: int = 10
+    db_pool_max: int = 8
+    """Per api and worker process (a relay takes at most 3): `make run` stays within 4 x (8 + 8 + 3)
+    = 76 of PostgreSQL's default 100 connections."""
     db_command_timeout_s: float = 30.0
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
@@ -48,7 +50,7 @@ class ServiceSettings(BaseSettings):
     worker_metrics_port: int = 0
     relay_metrics_port: int = 0
     http_max_body_bytes: int = 1024 * 1024
-    http_max_in_flight: int = 512
+    http_max_in_flight: int = 64
     """Requests one api process answers at once; past it ``503 busy`` (0: no cap)."""
     admission_target_wait_s: float = 30.0
     """Global admission: the backlog admitted is what the platform drains in this many seconds."""

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import asyncpg
 from aiohttp import web
 from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -87,6 +88,13 @@ def _route_name(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+DATABASE_UNAVAILABLE = (
+    asyncpg.TooManyConnectionsError, asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError,
+    asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.ConnectionFailureError, ConnectionRefusedError,
+)
+"""Errors that mean the database is out of reach (down, restarting, out of connections): 503, not 500."""
+
 UNSHED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
@@ -145,6 +153,10 @@ async def _answer(request: web.Request, handler: Any) -> web.StreamResponse:
         return response
     except ApiError as exc:
         return error_response(exc.status, exc.code, exc.message, headers=exc.headers, extra=exc.extra)
+    except DATABASE_UNAVAILABLE as exc:
+        log.warning("database unavailable in %s %s: %r", request.method, request.path, exc)
+        return error_response(503, "unavailable", "the service cannot reach its database right now; retry shortly",
+                              headers={"Retry-After": "2"})
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -102,11 +102,16 @@ class ServiceDefinition:
         return self.settings_cls()
 
 
+RELAY_POOL_MAX = 3
+
+
 async def _open(defn: ServiceDefinition, settings: ServiceSettings, kind: str,
                 broker: bool = True) -> Context:
-    pool = await create_pool(settings.database_url, min_size=settings.db_pool_min,
-                             max_size=settings.db_pool_max,
-                             command_timeout=settings.db_command_timeout_s)
+    # A relay works one batch at a time (plus LISTEN and housekeeping): a few connections do, which
+    # keeps a whole `make run` (12 processes) inside PostgreSQL's default 100 connections.
+    max_size = min(settings.db_pool_max, RELAY_POOL_MAX) if kind == "relay" else settings.db_pool_max
+    pool = await create_pool(settings.database_url, min_size=min(settings.db_pool_min, max_size),
+                             max_size=max_size, command_timeout=settings.db_command_timeout_s)
     amqp = None
     if broker:
         amqp = await connect(settings.amqp_url, name=f"{defn.name}-{kind}",

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -226,3 +227,30 @@ async def test_openapi_cli_prints_a_valid_document(servers: str) -> None:
     async with api(ORDER) as (client, _):
         served = await (await client.get("/openapi.json")).json()
     assert served == doc
+
+
+async def test_a_database_out_of_connections_is_503_not_500(servers: str) -> None:
+    """A real PostgreSQL refusal (SQLSTATE 53300, as when `max_connections` is reached) answers 503."""
+    admin = await asyncpg.connect("postgresql://root@127.0.0.1:5432/postgres")
+    try:
+        if not await admin.fetchval("SELECT 1 FROM pg_roles WHERE rolname = 'emeterai_one_connection'"):
+            await admin.execute("CREATE ROLE emeterai_one_connection LOGIN CONNECTION LIMIT 1")
+    finally:
+        await admin.close()
+    url = "postgresql://emeterai_one_connection@127.0.0.1:5432/postgres"
+    held = await asyncpg.connect(url)
+
+    async def query(_: web.Request) -> web.Response:
+        conn = await asyncpg.connect(url)  # the role's only connection is taken
+        await conn.close()
+        return web.json_response({})
+
+    app = create_app("db", max_body_bytes=1024)
+    app.router.add_get("/query", query)
+    try:
+        async with TestClient(TestServer(app)) as client:
+            resp = await client.get("/query")
+            error = await error_of(resp, 503)
+            assert error["code"] == "unavailable" and resp.headers["Retry-After"] == "2"
+    finally:
+        await held.close()
