@@ -35,10 +35,11 @@ def purchase_platform(servers: str, tmp_path_factory: pytest.TempPathFactory) ->
 
     @contextlib.asynccontextmanager
     async def start(*, stock: int | None = None, stamping: bool = False, order_overrides: dict[str, Any] | None = None,
-                    stamping_overrides: dict[str, Any] | None = None,
+                    stamping_overrides: dict[str, Any] | None = None, process_env: dict[str, str] | None = None,
                     **payment_overrides: Any) -> AsyncIterator[Platform]:
         """``stock``: also run the minting service, with that many serials in stock; ``stamping``:
-        also run the stamping service (needs ``stock``). ``*_overrides``: that service's settings."""
+        also run the stamping service (needs ``stock``). ``*_overrides``: that service's settings;
+        ``process_env``: extra environment of every process (e.g. where to export traces)."""
         assert not stamping or stock is not None, "stamping needs minting: pass stock"
         tmp = tmp_path_factory.mktemp("platform")
         private_pem, public_pem = generate_bank_keys()
@@ -54,7 +55,7 @@ def purchase_platform(servers: str, tmp_path_factory: pytest.TempPathFactory) ->
             services.append((STAMPING, settings_for(StampingSettings, secrets_dir=str(tmp / "secrets"),
                                                     **(stamping_overrides or {}))))
         await prepare([d for d, _ in services], [s for _, s in services])
-        p = Platform(logs=tmp)
+        p = Platform(logs=tmp, env=dict(process_env or {}))
         for defn, settings in services:
             p.add(defn, settings)
         p.extras.update(bank=bank, bank_key=private_pem)

@@ -62,6 +62,29 @@ def extract_context(carrier: Mapping[str, Any]) -> Context:
     return propagate.extract(text)
 
 
+TRACE_HEADERS = ("traceparent", "tracestate")
+"""The W3C trace-context headers a message or a stored record carries."""
+
+
+def trace_headers_of(carrier: Mapping[str, Any]) -> dict[str, str]:
+    """The W3C trace-context entries of ``carrier`` (e.g. a message's headers), as text, to keep
+    with a record and pass later to ``UnitOfWork.publish(trace_headers=...)``; {} when none."""
+    out: dict[str, str] = {}
+    for key in TRACE_HEADERS:
+        value = carrier.get(key)
+        if isinstance(value, bytes):
+            value = value.decode(errors="replace")
+        if value:
+            out[key] = str(value)
+    return out
+
+
+def span_context_of(carrier: Mapping[str, Any]) -> trace.SpanContext | None:
+    """The remote span context ``carrier`` names, if valid (e.g. for a span link)."""
+    ctx = trace.get_current_span(extract_context(carrier)).get_span_context()
+    return ctx if ctx.is_valid else None
+
+
 class _TraceIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         ctx = trace.get_current_span().get_span_context()

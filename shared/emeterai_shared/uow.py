@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 
 from emeterai_shared.contracts import Message
-from emeterai_shared.telemetry import inject_context
+from emeterai_shared.telemetry import TRACE_HEADERS, inject_context
 
 _INSERT = """INSERT INTO outbox (message_id, message_type, routing_key, correlation_id, body, headers)
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[],
@@ -30,12 +30,20 @@ class UnitOfWork:
 
     def publish(
         self, message: Message, *, correlation_id: str | None = None,
-        message_id: uuid.UUID | None = None,
+        message_id: uuid.UUID | None = None, trace_headers: Mapping[str, str] | None = None,
     ) -> uuid.UUID:
-        """Queue ``message`` for the outbox; its id is fixed now, once, for every redelivery."""
+        """Queue ``message`` for the outbox; its id is fixed now, once, for every redelivery.
+
+        The message carries the current trace context, or ``trace_headers`` (W3C ``traceparent``
+        and ``tracestate``, as ``inject_context`` writes them) when given: work triggered outside
+        the original trace (a bank's callback, a sweep) then continues the trace it belongs to.
+        """
         mid = message_id or uuid.uuid4()
         headers: dict[str, Any] = {}
-        inject_context(headers)
+        if trace_headers is None:
+            inject_context(headers)
+        else:
+            headers.update({k: str(v) for k, v in trace_headers.items() if k in TRACE_HEADERS and v})
         self._pending.append((mid, message, correlation_id, headers))
         return mid
 

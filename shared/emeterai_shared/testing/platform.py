@@ -68,10 +68,12 @@ class Platform:
     settings: dict[str, ServiceSettings] = field(default_factory=dict)
     procs: dict[tuple[str, str], Proc] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment of every process added afterwards (e.g. ``OTEL_EXPORTER_OTLP_ENDPOINT``)."""
 
     def add(self, defn: ServiceDefinition, settings: ServiceSettings) -> None:
         self.settings[defn.name] = settings
-        env = settings_env(settings)
+        env = {**settings_env(settings), **self.env}
         ports = {"api": settings.http_port, "worker": settings.worker_metrics_port,
                  "relay": settings.relay_metrics_port}
         for kind in KINDS:

@@ -12,7 +12,8 @@ import asyncpg
 from payment_service.domain.model import Bill, BillStatus, CapturedPayment
 from payment_service.domain.reconciliation import Settled, Window
 
-_BILL_COLUMNS = "bill_id, order_id, bank, customer_no, virtual_account_no, amount, quantity, status, expires_at"
+_BILL_COLUMNS = ("bill_id, order_id, bank, customer_no, virtual_account_no, amount, quantity, status, expires_at,"
+                 " trace_context")
 
 
 def _bill(row: asyncpg.Record | None) -> Bill | None:
@@ -53,10 +54,11 @@ class PaymentRepository:
     async def add_bill(self, bill: Bill) -> bool:
         """Insert ``bill``; False when its order already has one or its customer number is taken."""
         inserted = await self.conn.fetchval(
-            f"""INSERT INTO bills ({_BILL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            f"""INSERT INTO bills ({_BILL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                 ON CONFLICT DO NOTHING RETURNING true""",
             bill.bill_id, bill.order_id, bill.bank, bill.customer_no, bill.virtual_account_no,
             bill.amount, bill.quantity, bill.status.value, bill.expires_at,
+            dict(bill.trace_context) if bill.trace_context else None,
         )
         return bool(inserted)
 

@@ -9,6 +9,7 @@ bill expired. Such a capture is marked ``late`` so the order service can refund 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum, StrEnum
@@ -43,6 +44,8 @@ class Bill:
     quantity: int
     status: BillStatus
     expires_at: datetime
+    trace_context: Mapping[str, str] | None = None
+    """W3C ``traceparent``/``tracestate`` of the order's trace; events about the bill continue it."""
 
     def past_due(self, now: datetime) -> bool:
         """Expired, or unpaid past its expiry before the sweep got to it."""

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from emeterai_shared.contracts.events import OrderPlaced, OrderRefundRequested
 from emeterai_shared.messaging import Envelope, Subscription
+from emeterai_shared.telemetry import inject_context, trace_headers_of
 from emeterai_shared.uow import UnitOfWork
 
 from payment_service.adapters.banks import BankRegistry
@@ -20,7 +21,11 @@ def subscriptions(settings: PaymentSettings, banks: Callable[[], BankRegistry]) 
     """``banks`` is called per message so that the partners file is read only where needed."""
 
     async def on_order_placed(uow: UnitOfWork, env: Envelope[OrderPlaced]) -> None:
-        await issue_bill(uow, banks(), env.body, timedelta(seconds=settings.bill_expiry_s), datetime.now(UTC))
+        # The order's trace, as this message carries it (through this consumer's span when one is
+        # recording), is kept with the bill: the bank's callback continues it (one trace per order).
+        trace_context = trace_headers_of(inject_context({})) or trace_headers_of(env.headers)
+        await issue_bill(uow, banks(), env.body, timedelta(seconds=settings.bill_expiry_s), datetime.now(UTC),
+                         trace_context)
 
     async def on_order_refund_requested(uow: UnitOfWork, env: Envelope[OrderRefundRequested]) -> None:
         if await record_refund(uow, env.body, datetime.now(UTC)):

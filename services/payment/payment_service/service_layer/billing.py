@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from uuid import uuid4
 
@@ -20,8 +21,11 @@ EXPIRY_BATCH = 500
 
 
 async def issue_bill(uow: UnitOfWork, banks: BankRegistry, order: OrderPlaced, expiry: timedelta,
-                     now: datetime) -> None:
-    """Open the order's bill at its bank and announce it; a redelivered order changes nothing."""
+                     now: datetime, trace_context: Mapping[str, str] | None = None) -> None:
+    """Open the order's bill at its bank and announce it; a redelivered order changes nothing.
+
+    ``trace_context`` (the order's W3C trace context) is kept with the bill, so that the bank's
+    callback and the expiry sweep, which run outside the order's trace, continue it."""
     repo = PaymentRepository(uow.conn)
     if await repo.bill_for_order(order.order_id) is not None:
         return
@@ -37,7 +41,7 @@ async def issue_bill(uow: UnitOfWork, banks: BankRegistry, order: OrderPlaced, e
         customer_no = new_customer_no()
         bill = Bill(uuid4(), order.order_id, bank.client_id, customer_no,
                     va_digits(bank.partner_service_id, customer_no), order.amount, order.quantity,
-                    BillStatus.OPEN, now + expiry)
+                    BillStatus.OPEN, now + expiry, trace_context or None)
         if await repo.add_bill(bill):
             uow.publish(BillIssued(order_id=bill.order_id, bill_id=bill.bill_id, bank=bill.bank,
                                    virtual_account_no=bill.virtual_account_no, amount=bill.amount,
@@ -58,7 +62,7 @@ async def expire_due_bills(pool: asyncpg.Pool, now: datetime) -> int:
             for bill in bills:
                 bill.expire()
                 uow.publish(BillExpired(order_id=bill.order_id, bill_id=bill.bill_id, expired_at=bill.expires_at),
-                            correlation_id=str(bill.order_id))
+                            correlation_id=str(bill.order_id), trace_headers=bill.trace_context or None)
             await repo.save_expired(bills, now)
         total += len(bills)
         if len(bills) < EXPIRY_BATCH:

@@ -3,10 +3,16 @@
 A payment flag runs in ONE transaction: record the notification under its X-EXTERNAL-ID, decide
 with the bill locked, capture (payment row, bill PAID, ``payment.captured.v1`` in the outbox),
 store the answer. Every business outcome is recorded, so a replay gets the first outcome.
+
+Tracing: the bank's callback is a new HTTP request, hence a new trace. A capture publishes
+``payment.captured.v1`` in the order's trace (the context kept with the bill when it was issued),
+so one trace runs from ``POST /v1/orders`` to the stamps; the callback's own span records a link
+to it. Bills issued before the context was kept publish in the callback's trace.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,7 +20,9 @@ from uuid import uuid4
 
 import asyncpg
 from emeterai_shared.contracts.events import PaymentCaptured
+from emeterai_shared.telemetry import span_context_of
 from emeterai_shared.uow import UnitOfWork
+from opentelemetry import trace
 
 from payment_service.adapters.repository import NewPayment, PaymentRepository, SnapRequestKey
 from payment_service.domain.model import Bill, BillStatus, Decision, PaymentFlag, Verdict, decide_payment
@@ -130,8 +138,18 @@ async def _decide(uow: UnitOfWork, repo: PaymentRepository, notice: PaymentNotic
     payment = NewPayment(uuid4(), bill, notice.client_id, request.payment_request_id, bill.amount,
                          request.trx_id, request.reference_no, notice.trx_time, decision.late, now)
     await repo.add_payment(payment)
+    order_trace = bill.trace_context or None
+    _link_to_order_trace(order_trace)
     uow.publish(PaymentCaptured(order_id=bill.order_id, bill_id=bill.bill_id, payment_id=payment.payment_id,
                                 amount=payment.amount, bank=payment.client_id,
                                 payment_request_id=payment.payment_request_id, captured_at=now,
-                                late=decision.late), correlation_id=str(bill.order_id))
+                                late=decision.late), correlation_id=str(bill.order_id), trace_headers=order_trace)
     return Case.SUCCESS, decision
+
+
+def _link_to_order_trace(order_trace: Mapping[str, str] | None) -> None:
+    """Link the current span (the bank callback's HTTP span) to the order's trace, which the
+    capture's events continue, so either trace leads to the other."""
+    linked = span_context_of(order_trace) if order_trace else None
+    if linked is not None:
+        trace.get_current_span().add_link(linked, {"emeterai.link": "order"})

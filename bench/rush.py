@@ -1,0 +1,808 @@
+"""``make rush`` (``python -m bench.rush --buyers N``): a CASN registration rush against the platform.
+
+Brings the platform up when it is not running (``bench.rush_platform``), measures the raw
+database-commit and broker-confirm ceilings on a scratch database and vhost, then simulates
+applicants (asyncio + aiohttp, one bounded connection pool) in three phases, so that each tier's
+capacity is measured alone and together:
+
+a. **purchases** (2/3 of the buyers): each applicant registers, orders 2 stamps, polls its bill,
+   and the bank simulator pays it over signed SNAP callbacks: a share late (3-8 s after the bill),
+   a share with the same callback sent twice at once (one capture), a share first paid with a
+   wrong amount (refused ``4042513``, then paid right). Arrivals start at ``--start-rate``/s and
+   grow by ``--ramp-factor`` every ``--step-s`` until the offered rate is ``--overload`` times the
+   peak credited rate (or ``--ramp-share`` of the phase's applicants have arrived); the rest then
+   arrive at that overload rate. The step where the platform first saturates (it sheds,
+   payment-to-credited p95 passes 2 s, POST /v1/orders p95 passes 1 s, or the credited rate stays
+   below the rate offered two steps earlier divided by 1.5) bounds the "below saturation" latencies. ``orders_per_s`` =
+   FULFILLED orders per second between the 10th and 90th percentile of their times; the overload
+   goodput ratio = credited/s in the ``--overload-window-s`` after the overload starts over the
+   best credited/s in any window as long.
+b. **stamping** (the same applicants): each waits for its quota to show 2 available, uploads
+   2 generated PDFs and polls them until DONE. ``documents_per_s`` = DONE documents per second
+   from the phase's start to its last DONE.
+c. **mixed** (the other 1/3, fresh): buy and stamp end to end, arriving at phase a's measured
+   rate, both rates reported (10th-90th percentile windows).
+
+Latencies and invariants are read from the services' databases, never from the simulator:
+``payment_to_credited`` = order FULFILLED (order_history) - payment captured (payments), below
+saturation; ``upload_to_stamped`` = stamped_at - created_at of DONE stampings. ``lost`` and
+``duplicates`` cover the whole databases after the platform has drained; either above 0 makes
+the exit status 1. The report is printed and written to ``bench/results/latest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import uvloop
+from emeterai_shared.config import ServiceSettings
+from emeterai_shared.db import drop_database, ensure_database
+from minting_service.config import MintingSettings
+from order_service.config import OrderSettings
+from payment_service.config import PaymentSettings
+from payment_service.snap.banksim import BankSimulator, load_bank
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from stamping_service.config import StampingSettings
+
+from bench.common import benchmark_broker, fresh_vhost, machine_info
+from bench.messaging.raw import commit_ceiling, confirm_ceiling
+from bench.rush_checks import (
+    TERMINAL_ORDER,
+    TERMINAL_STAMPING,
+    Databases,
+    moving_peak,
+    percentiles,
+    rate_over,
+    sustained_rate,
+)
+from bench.rush_client import Applicant, Bank, Client, Script, Stats, documents
+from bench.rush_platform import REPO, MetricsScraper, Platform, ProcessSampler
+
+RESULTS = REPO / "bench" / "results" / "latest.json"
+SCRATCH_DATABASE = "emeterai_rush_scratch"
+SCRATCH_VHOST = "emeterai_rush"
+TARGETS = {"orders_per_s": 100.0, "p99_payment_to_credited_ms": 2000.0, "documents_per_s": 40.0,
+           "overload_goodput_ratio": 0.9}
+SATURATION_P95_S = 2.0
+"""Saturated once payment-to-credited p95 passes this (the target) ..."""
+SATURATION_ORDER_P95_S = 1.0
+"""... or POST /v1/orders answers slower than this at p95 (the front door's latency rises) ..."""
+SATURATION_LAG = 1.5
+"""... or the best credited rate so far is below the rate offered two steps earlier by this factor
+(unsaturated, credits follow arrivals about a step and a half behind)."""
+MEMORY_CAP_MB = 1024.0
+SETTINGS: dict[str, type[ServiceSettings]] = {"order": OrderSettings, "payment": PaymentSettings,
+                                              "minting": MintingSettings, "stamping": StampingSettings}
+
+err = Console(stderr=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.rush", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--buyers", type=int, default=int(os.environ.get("BUYERS", "2000")))
+    parser.add_argument("--start-rate", type=float, default=20.0, help="phase a's first arrival rate (/s)")
+    parser.add_argument("--ramp-factor", type=float, default=1.5)
+    parser.add_argument("--step-s", type=float, default=2.0, help="seconds per ramp step")
+    parser.add_argument("--overload", type=float, default=5.0, help="overload = this times the peak credited rate")
+    parser.add_argument("--ramp-share", type=float, default=0.6,
+                        help="at most this share of phase a's applicants arrive during the ramp; the rest "
+                             "arrive at the overload rate")
+    parser.add_argument("--overload-window-s", type=float, default=6.0,
+                        help="credited rate measured over this long from the start of the overload")
+    parser.add_argument("--late-share", type=float, default=0.1)
+    parser.add_argument("--duplicate-share", type=float, default=0.1)
+    parser.add_argument("--wrong-amount-share", type=float, default=0.1)
+    parser.add_argument("--connections", type=int, default=384, help="connection pool size in all")
+    parser.add_argument("--connections-per-host", type=int, default=128)
+    parser.add_argument("--poll-rate", type=float, default=40.0,
+                        help="status polls (order FULFILLED, stamping DONE) per second per service, at most")
+    parser.add_argument("--phase-timeout-s", type=float, default=300.0)
+    parser.add_argument("--drain-timeout-s", type=float, default=180.0)
+    parser.add_argument("--bank-dir", type=Path, default=REPO / "var" / "dev-bank",
+                        help="the partner bank the simulator plays (bank.json, private_key.pem)")
+    parser.add_argument("--no-ceiling", action="store_true", help="skip the raw ceilings (debugging)")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    return parser.parse_args(argv)
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+@dataclass
+class Clock:
+    """Monotonic time of this process mapped to the database server's clock (same machine)."""
+
+    db: datetime
+    mono: float
+
+    def at(self, mono: float) -> datetime:
+        return self.db + timedelta(seconds=mono - self.mono)
+
+
+@dataclass
+class Run:
+    args: argparse.Namespace
+    platform: Platform
+    dbs: Databases
+    script: Script
+    stats: Stats
+    progress: Progress
+    sampler: ProcessSampler
+    scraper: MetricsScraper
+    live: set[asyncio.Task[None]]
+    phases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    applicants: dict[str, list[Applicant]] = field(default_factory=dict)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """An applicant's task, cancelled if the run stops early."""
+        task = asyncio.create_task(coro)
+        self.live.add(task)
+        task.add_done_callback(self.live.discard)
+        return task
+
+    async def clock(self) -> Clock:
+        return Clock(await self.dbs.now(), time.monotonic())
+
+
+def scenarios(count: int, args: argparse.Namespace, rng: random.Random) -> list[str]:
+    """The payment scenario of each applicant: disjoint shares, shuffled."""
+    shares = (("late", args.late_share), ("duplicate", args.duplicate_share),
+              ("wrong_amount", args.wrong_amount_share))
+    out: list[str] = []
+    for name, share in shares:
+        out += [name] * round(count * share)
+    out += ["normal"] * max(0, count - len(out))
+    rng.shuffle(out)
+    return out[:count]
+
+
+async def watch(run: Run, until: Callable[[], Awaitable[bool]], timeout_s: float, every_s: float = 1.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await until():
+            return True
+        await asyncio.sleep(every_s)
+    return False
+
+
+async def gather_applicants(tasks: list[asyncio.Task[None]], timeout_s: float) -> int:
+    """Wait for the applicants' tasks; those still running after ``timeout_s`` are cancelled."""
+    if not tasks:
+        return 0
+    _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    return len(pending)
+
+
+async def phase_purchase(run: Run, applicants: list[Applicant]) -> dict[str, Any]:
+    """Phase a: arrivals ramping past capacity, then held at the overload rate."""
+    args, stats, script = run.args, run.stats, run.script
+    bar_arrived = run.progress.add_task("a purchases: arrived", total=len(applicants))
+    bar_credited = run.progress.add_task("a purchases: credited (FULFILLED)", total=len(applicants))
+    clock = await run.clock()
+    start_mono = clock.mono
+    run.sampler.marks["a_start"] = start_mono
+    tasks: list[asyncio.Task[None]] = []
+    rate, step_start, step_first = args.start_rate, start_mono, 0
+    steps: list[dict[str, Any]] = []
+    plateau_start: float | None = None
+    plateau_first = 0
+    saturated: tuple[float, str] | None = None
+    ramp_budget = int(len(applicants) * args.ramp_share)
+    peak = 0.0
+    next_at = start_mono
+
+    async def end_step(now: float, *, last: bool = False) -> None:
+        nonlocal rate, step_start, step_first, plateau_start, plateau_first, saturated, peak
+        fulfilled = await run.dbs.fulfilled_since(clock.db)
+        peak = max(peak, moving_peak(fulfilled)[0])
+        orders = [a.order_id for a in applicants if a.order_id]
+        credited = await run.dbs.credited(orders)
+        since = clock.at(step_start)
+        recent = [(t - credited["captured"][o]).total_seconds() for o, t in credited["fulfilled"].items()
+                  if t >= since and o in credited["captured"]]
+        p95 = percentiles(recent)["p95"]
+        shed = stats.count("shed", step_start, now)
+        order_p95 = stats.p95_ms("POST /v1/orders", step_start, now)
+        step = {"offered_per_s": round(rate, 1), "arrived": len(tasks) - step_first,
+                "seconds": round(now - step_start, 2), "credited_in_step": len(recent),
+                "peak_credited_per_s": peak, "payment_to_credited_p95_ms": p95,
+                "post_orders_p95_ms": order_p95, "shed": shed, "errors": stats.count("error", step_start, now)}
+        steps.append(step)
+        if saturated is None:
+            if shed:
+                saturated = (step_start, f"shedding at {rate:.0f}/s offered")
+            elif p95 is not None and p95 > 1000 * SATURATION_P95_S and len(recent) >= 10:
+                saturated = (step_start, f"payment-to-credited p95 {p95:.0f} ms at {rate:.0f}/s offered")
+            elif order_p95 is not None and order_p95 > 1000 * SATURATION_ORDER_P95_S:
+                saturated = (step_start, f"POST /v1/orders p95 {order_p95:.0f} ms at {rate:.0f}/s offered")
+            elif len(steps) >= 3 and steps[-3]["offered_per_s"] > SATURATION_LAG * peak:
+                saturated = (step_start, f"credited {peak:.0f}/s at most while {steps[-3]['offered_per_s']:.0f}/s "
+                                         f"were offered two steps earlier")
+        if not last and plateau_start is None:
+            if rate >= args.overload * max(peak, args.start_rate) or len(tasks) >= ramp_budget:
+                rate = max(rate, args.overload * peak)  # the rest arrive at the overload rate
+                plateau_start, plateau_first = now, len(tasks)
+                if saturated is None:
+                    saturated = (now, f"overload started at {rate:.0f}/s offered")
+            else:
+                rate *= args.ramp_factor
+        step_start, step_first = now, len(tasks)
+
+    async def progress() -> None:
+        while True:
+            with contextlib.suppress(Exception):  # progress only: a failed look-up waits for the next
+                statuses = await run.dbs.order_statuses([a.order_id for a in applicants if a.order_id])
+                run.progress.update(bar_credited, completed=statuses.get("FULFILLED", 0))
+            run.progress.update(bar_arrived, completed=len(tasks), description=(
+                f"a purchases: arrived ({rate:.0f}/s offered, shed {stats.answers['shed']}, "
+                f"errors {stats.answers['error']})"))
+            await asyncio.sleep(1.0)
+
+    monitor = asyncio.create_task(progress())
+    try:
+        for a in applicants:
+            now = time.monotonic()
+            if now - step_start >= args.step_s:
+                await end_step(now)
+            next_at = max(next_at + 1 / rate, now - 0.5)
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            tasks.append(run.spawn(script.buy(a)))
+        last_arrival = time.monotonic()
+        await end_step(last_arrival, last=True)
+
+        async def settled() -> bool:
+            statuses = await run.dbs.order_statuses([a.order_id for a in applicants if a.order_id])
+            placed = sum(1 for a in applicants if a.order_id)
+            open_applicants = sum(1 for t in tasks if not t.done())
+            done = sum(statuses.get(s, 0) for s in TERMINAL_ORDER)
+            return open_applicants == 0 or (done >= placed and all(a.order_id or a.failure for a in applicants))
+
+        await watch(run, settled, args.phase_timeout_s)
+        script.pacers["order"].release()
+        left = await gather_applicants(tasks, 30)
+    finally:
+        monitor.cancel()
+    end = time.monotonic()
+    run.sampler.marks["a_end"] = end
+    run.progress.update(bar_arrived, completed=len(tasks))
+    ids = [a.order_id for a in applicants if a.order_id]
+    run.progress.update(bar_credited, completed=(await run.dbs.order_statuses(ids)).get("FULFILLED", 0))
+
+    credited = await run.dbs.credited(ids)
+    fulfilled_times = list(credited["fulfilled"].values())
+    latencies = {o: (t - credited["captured"][o]).total_seconds()
+                 for o, t in credited["fulfilled"].items() if o in credited["captured"]}
+    saturation_db = clock.at(saturated[0]) if saturated else None
+    below = [v for o, v in latencies.items()
+             if saturation_db is None or credited["captured"][o] < saturation_db]
+    # the peak over windows as long as the overload window, so that both are measured alike
+    peak_rate, peak_at = moving_peak(fulfilled_times, args.overload_window_s)
+    overload: dict[str, Any] = {"reached": False, "why": "too few applicants to reach the overload rate"}
+    if plateau_start is not None:
+        w0 = clock.at(plateau_start)
+        w1 = w0 + timedelta(seconds=args.overload_window_s)
+        in_window = sum(1 for t in fulfilled_times if w0 <= t <= w1)
+        goodput = round(in_window / args.overload_window_s, 1)
+        plateau_rate = round(rate, 1)
+        overload = {
+            "reached": True, "offered_per_s": plateau_rate,
+            "offered_over_peak": round(plateau_rate / peak_rate, 2) if peak_rate else None,
+            "seconds_at_overload": round(last_arrival - plateau_start, 2),
+            "applicants_at_overload": len(tasks) - plateau_first,
+            "goodput_per_s": goodput, "peak_goodput_per_s": peak_rate,
+            "goodput_ratio": round(goodput / peak_rate, 3) if peak_rate else None,
+            "window_s": args.overload_window_s,
+            "shed": stats.count("shed", plateau_start, end),
+            "errors": stats.count("error", plateau_start, end),
+        }
+    return {
+        "applicants": len(applicants), "orders": len(ids), "fulfilled": len(fulfilled_times),
+        "orders_per_s": sustained_rate(fulfilled_times),
+        "peak_credited_per_s": peak_rate,
+        "peak_at_s": round((peak_at - clock.db).total_seconds(), 1) if peak_at else None,
+        "seconds": round(end - start_mono, 1), "arrivals_s": round(last_arrival - start_mono, 1),
+        "steps": steps, "saturation": ({"at_s": round(saturated[0] - start_mono, 1), "why": saturated[1]}
+                                       if saturated else None),
+        "payment_to_credited_below_saturation": percentiles(below),
+        "payment_to_credited_all": percentiles(list(latencies.values())),
+        "capture_to_paid": percentiles([(credited["paid"][o] - credited["captured"][o]).total_seconds()
+                                        for o in credited["paid"] if o in credited["captured"]]),
+        "overload": overload, "applicants_cancelled": left,
+        "_window": (start_mono, end),
+    }
+
+
+async def wait_stampings(run: Run, applicants: list[Applicant], tasks: list[asyncio.Task[None]],
+                         bar: TaskID, label: str) -> None:
+    async def settled() -> bool:
+        ids = [s for a in applicants for s in a.stamping_ids]
+        statuses = await run.dbs.stamping_statuses(ids)
+        done = statuses.get("DONE", 0)
+        run.progress.update(bar, completed=done, description=(
+            f"{label}: stamped (DONE) (shed {run.stats.answers['shed']}, errors {run.stats.answers['error']})"))
+        uploading = any(not t.done() for t in tasks) and any(
+            len(a.stamping_ids) < 2 and a.failure is None for a in applicants)
+        return not uploading and sum(statuses.get(s, 0) for s in TERMINAL_STAMPING) >= len(ids)
+
+    await watch(run, settled, run.args.phase_timeout_s)
+
+
+async def stamping_figures(run: Run, applicants: list[Applicant], start: datetime) -> dict[str, Any]:
+    ids = [s for a in applicants for s in a.stamping_ids]
+    rows = await run.dbs.stamped(ids)
+    done = [r for r in rows if r["status"] == "DONE"]
+    times = [r["stamped_at"] for r in done]
+    return {"uploaded": len(ids), "done": len(done), "failed": sum(1 for r in rows if r["status"] == "FAILED"),
+            "failed_errors": sorted({str(r["error"]) for r in rows if r["status"] == "FAILED"})[:5],
+            "documents_per_s": rate_over(times, start), "sustained_per_s": sustained_rate(times),
+            "upload_to_stamped": percentiles([(r["stamped_at"] - r["created_at"]).total_seconds() for r in done])}
+
+
+async def phase_stamping(run: Run, applicants: list[Applicant]) -> dict[str, Any]:
+    """Phase b: every credited applicant of phase a stamps its 2 documents at once."""
+    ready = [a for a in applicants if a.failure is None and a.order_id]
+    bar = run.progress.add_task("b stamping: stamped (DONE)", total=2 * len(ready))
+    run.script.reset_pacers()
+    clock = await run.clock()
+    run.sampler.marks["b_start"] = clock.mono
+    tasks = [run.spawn(run.script.stamp(a)) for a in ready]
+    await wait_stampings(run, ready, tasks, bar, "b stamping")
+    run.script.pacers["stamping"].release()
+    left = await gather_applicants(tasks, 30)
+    end = time.monotonic()
+    run.sampler.marks["b_end"] = end
+    figures = await stamping_figures(run, ready, clock.db)
+    return {"applicants": len(ready), **figures, "seconds": round(end - clock.mono, 1),
+            "applicants_cancelled": left, "_window": (clock.mono, end)}
+
+
+async def phase_mixed(run: Run, applicants: list[Applicant], rate: float) -> dict[str, Any]:
+    """Phase c: fresh applicants buying and stamping end to end, arriving at ``rate``/s."""
+    bar_credited = run.progress.add_task("c mixed: credited (FULFILLED)", total=len(applicants))
+    bar_done = run.progress.add_task("c mixed: stamped (DONE)", total=2 * len(applicants))
+    run.script.reset_pacers()
+    clock = await run.clock()
+    run.sampler.marks["c_start"] = clock.mono
+    tasks: list[asyncio.Task[None]] = []
+
+    async def progress() -> None:
+        while True:
+            with contextlib.suppress(Exception):  # progress only: a failed look-up waits for the next
+                statuses = await run.dbs.order_statuses([a.order_id for a in applicants if a.order_id])
+                run.progress.update(bar_credited, completed=statuses.get("FULFILLED", 0))
+            await asyncio.sleep(1.0)
+
+    monitor = asyncio.create_task(progress())
+    try:
+        next_at = clock.mono
+        for a in applicants:
+            next_at += 1 / rate
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            tasks.append(run.spawn(run.script.buy_and_stamp(a)))
+        arrivals = time.monotonic() - clock.mono
+
+        async def bought() -> bool:
+            return all(a.fulfilled or a.failure for a in applicants)
+
+        await watch(run, bought, run.args.phase_timeout_s)
+        run.script.pacers["order"].release()
+        await wait_stampings(run, applicants, tasks, bar_done, "c mixed")
+        run.script.pacers["stamping"].release()
+        left = await gather_applicants(tasks, 30)
+    finally:
+        monitor.cancel()
+    end = time.monotonic()
+    run.sampler.marks["c_end"] = end
+    ids = [a.order_id for a in applicants if a.order_id]
+    run.progress.update(bar_credited, completed=(await run.dbs.order_statuses(ids)).get("FULFILLED", 0))
+    credited = await run.dbs.credited(ids)
+    stamping = await stamping_figures(run, applicants, clock.db)
+    return {
+        "applicants": len(applicants), "arrival_per_s": round(rate, 1), "arrivals_s": round(arrivals, 1),
+        "orders": len(ids), "fulfilled": len(credited["fulfilled"]),
+        "orders_per_s": sustained_rate(list(credited["fulfilled"].values())),
+        "documents_per_s": stamping["sustained_per_s"], "documents_per_s_over_phase": stamping["documents_per_s"],
+        "stamping": stamping,
+        "payment_to_credited": percentiles([(t - credited["captured"][o]).total_seconds()
+                                            for o, t in credited["fulfilled"].items() if o in credited["captured"]]),
+        "seconds": round(end - clock.mono, 1), "applicants_cancelled": left, "_window": (clock.mono, end),
+    }
+
+
+async def warm_up(run: Run, count: int = 2) -> dict[str, Any]:
+    """A few applicants buy and stamp before the measured phases (not counted): the services'
+    PDF process pools and connection pools start here, not inside phase b's figures."""
+    started = time.monotonic()
+    applicants = [Applicant(i, "w") for i in range(count)]
+    await asyncio.gather(*(run.spawn(run.script.buy_and_stamp(a)) for a in applicants))
+    run.script.reset_pacers()
+    return {"applicants": count, "seconds": round(time.monotonic() - started, 1),
+            "failures": [a.failure for a in applicants if a.failure]}
+
+
+async def measure_ceiling(pg_base_url: str) -> dict[str, Any]:
+    """Raw commits/s and confirms/s (bench.messaging's functions) on a scratch database and vhost."""
+    url = f"{pg_base_url.rstrip('/')}/{SCRATCH_DATABASE}"
+    await ensure_database(url)
+    try:
+        commits = await commit_ceiling(url, total=4_000, connections=8)
+    finally:
+        await drop_database(url)
+    amqp_url = await asyncio.to_thread(fresh_vhost, SCRATCH_VHOST)
+    try:
+        confirms = await confirm_ceiling(amqp_url, total=10_000, in_flight=500)
+    finally:
+        await asyncio.to_thread(subprocess.run, ["rabbitmqctl", "delete_vhost", SCRATCH_VHOST],
+                                capture_output=True, check=False)
+    return {"db_commits_per_s": round(commits.per_s, 1), "broker_confirms_per_s": round(confirms.per_s, 1),
+            "db_commits": {"count": commits.count, "seconds": round(commits.seconds, 2), "connections": 8},
+            "broker_confirms": {"count": confirms.count, "seconds": round(confirms.seconds, 2), "in_flight": 500}}
+
+
+async def drain(run: Run) -> dict[str, Any]:
+    """Wait until every captured payment is credited or refunded (or the timeout), then check."""
+    started = time.monotonic()
+    bar = run.progress.add_task("drain: captured payments unresolved", total=None)
+
+    async def resolved() -> bool:
+        unresolved = await run.dbs.unresolved_captures()
+        run.progress.update(bar, description=f"drain: {unresolved} captured payments unresolved")
+        return unresolved == 0
+
+    await watch(run, resolved, run.args.drain_timeout_s, every_s=2.0)
+    run.progress.update(bar, total=1, completed=1)
+    lost = await run.dbs.lost()
+    duplicates = await run.dbs.duplicates()
+    return {"seconds": round(time.monotonic() - started, 1), "lost": lost, "duplicates": duplicates}
+
+
+# --- bottleneck ------------------------------------------------------------------------------
+
+def _tier_of(name: str) -> str:
+    """'queue order.on_payment_captured' -> 'order worker'; 'outbox payment' -> 'payment relay'."""
+    kind, _, rest = name.partition(" ")
+    if kind == "queue":
+        return f"{rest.split('.', 1)[0]} worker"
+    if kind == "outbox":
+        return f"{rest} relay"
+    return f"{rest} api (admission)"
+
+
+def bottleneck_of(run: Run, phase: dict[str, Any], what: str, units: int) -> dict[str, Any]:
+    """Which tier held ``what`` back during ``phase``, from the services' metrics and the CPU:
+    a queue or outbox that grew (its consumer or relay), else an api whose requests took long in
+    the server (the front door), else the busiest process."""
+    start, end = phase["_window"]
+    backlogs = run.scraper.backlogs(start, end)
+    queues = {k: v for k, v in backlogs.items() if not k.startswith("admission")}
+    server = run.scraper.server_latency(start, end)
+    in_flight = run.scraper.in_flight_max(start, end)
+    cpu = run.sampler.cpu_between(start, end)
+    busy = cpu.get("machine_busy", 0.0)
+    rush_cpu = {k: v for k, v in cpu.items() if k != "machine_busy"}
+    top = sorted(rush_cpu.items(), key=lambda kv: -kv[1])[:6]
+    ours = round(sum(rush_cpu.values()), 2)  # platform processes, PostgreSQL, RabbitMQ, load generator
+    worst_queue = max(queues.items(), key=lambda kv: kv[1]["max"], default=None)
+    slow_route = next(iter(server.items()), None)
+    if worst_queue is not None and worst_queue[1]["max"] >= 100:
+        name, values = worst_queue
+        tier = _tier_of(name)
+        why = (f"{name} grew to {values['max']:.0f} (first {values['first']:.0f}, last {values['last']:.0f}): "
+               f"the {tier} drains slower than work arrives")
+    elif slow_route is not None and slow_route[1]["mean_ms"] >= 250:
+        route, figures = slow_route
+        service = route.split(" ", 1)[0]
+        tier = f"{service} api (front door)"
+        why = (f"no queue or outbox grew past 100, but {route} took {figures['mean_ms']:.0f} ms on average in "
+               f"the server ({figures['requests']} requests, up to {in_flight.get(service, 0):.0f} in flight): "
+               f"work waits in front of the {service} api, not in the queues")
+    else:
+        tier = top[0][0] if top else "unknown"
+        why = (f"no queue or outbox backlog grew past 100 and no api route averaged 250 ms; the busiest "
+               f"process is {tier} ({top[0][1] if top else 0} cores)")
+    if busy >= 0.85 * (os.cpu_count() or 2):
+        why += f"; the machine was CPU-bound ({busy} of {os.cpu_count()} cores busy"
+        other = round(busy - ours, 2)
+        why += (f", of which {other} went to other work on the machine: the rush got only {ours})"
+                if other > 0.3 * busy else ", load generator included)")
+    seconds = end - start
+    cpu_ms = round(1000 * (ours - rush_cpu.get("bench", 0.0)) * seconds / units, 1) if units else None
+    return {"target": what, "tier": tier, "why": why, "backlogs": backlogs,
+            "server_ms_by_route": dict(list(server.items())[:8]), "in_flight_max": in_flight,
+            "cpu_cores_by_process": dict(top), "machine_busy_cores": busy, "rush_cores": ours,
+            "platform_cpu_ms_per_unit": cpu_ms, "handler_ms_mean": run.scraper.handler_ms()}
+
+
+# --- report ----------------------------------------------------------------------------------
+
+def target(value: float | int | None, goal: float, *, at_most: bool = False) -> dict[str, Any]:
+    met = value is not None and (value <= goal if at_most else value >= goal)
+    return {"value": value, "target": f"{'<=' if at_most else '>='} {goal:g}", "met": met}
+
+
+def public(phase: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in phase.items() if not k.startswith("_")}
+
+
+def build_report(run: Run, *, buyers: int, split: dict[str, int], ceiling: dict[str, Any],
+                 machine: dict[str, Any], duration_s: float, checks: dict[str, Any]) -> dict[str, Any]:
+    a, b, c = run.phases["a"], run.phases["b"], run.phases["c"]
+    stats = run.stats
+    lost = len(checks["lost"]["lost_orders"])
+    duplicates = checks["duplicates"]["total"]
+    memory = run.sampler.memory(MEMORY_CAP_MB)
+    overload = a.get("overload") or {}
+    ptc = a["payment_to_credited_below_saturation"]
+    targets = {
+        "orders_per_s": target(a["orders_per_s"], TARGETS["orders_per_s"]),
+        "p99_payment_to_credited_ms": target(ptc["p99"], TARGETS["p99_payment_to_credited_ms"], at_most=True),
+        "documents_per_s": target(b["documents_per_s"], TARGETS["documents_per_s"]),
+        "overload_goodput_ratio": target(overload.get("goodput_ratio"), TARGETS["overload_goodput_ratio"]),
+        "overload_errors": target(overload.get("errors"), 0, at_most=True),
+        "memory_bounded": {"value": memory.get("bounded"), "target": "true", "met": bool(memory.get("bounded"))},
+        "lost": target(lost, 0, at_most=True),
+        "duplicates": target(duplicates, 0, at_most=True),
+    }
+    bottleneck: dict[str, Any] = {}
+    if not (targets["orders_per_s"]["met"] and targets["p99_payment_to_credited_ms"]["met"]):
+        if a.get("saturation") is None:
+            peak_offered = max((s["offered_per_s"] for s in a["steps"]), default=0)
+            bottleneck["purchase"] = {
+                "target": "orders_per_s", "tier": "load (too few buyers)",
+                "why": f"the platform never saturated: at most {peak_offered:.0f} applicants/s were offered "
+                       f"and {a['orders_per_s']} orders/s credited; run with more BUYERS"}
+        else:
+            bottleneck["purchase"] = bottleneck_of(run, a, "orders_per_s / payment_to_credited", a["fulfilled"])
+    if not targets["documents_per_s"]["met"]:
+        bottleneck["stamping"] = bottleneck_of(run, b, "documents_per_s", b["done"])
+    if not (targets["overload_goodput_ratio"]["met"] and targets["overload_errors"]["met"]):
+        if not overload.get("reached"):
+            bottleneck["overload"] = {"target": "overload goodput", "tier": "load (too few buyers)",
+                                      "why": "the overload rate was never reached: run with more BUYERS"}
+        else:
+            bottleneck["overload"] = bottleneck_of(run, a, "overload goodput", a["fulfilled"])
+    orders_fulfilled = a["fulfilled"] + c["fulfilled"]
+    return {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "buyers": buyers,
+        "split": {"purchase_and_stamping_phases_a_b": split["ab"], "mixed_phase_c": split["c"],
+                  "note": "phases a and b use the same applicants (they buy in a, stamp in b); phase c fresh ones"},
+        "orders": a["orders"] + c["orders"],
+        "orders_fulfilled": orders_fulfilled,
+        "stamps_minted": checks["stamps_minted"],
+        "documents_stamped": b["done"] + c["stamping"]["done"],
+        "duration_s": round(duration_s, 1),
+        "orders_per_s": a["orders_per_s"],
+        "documents_per_s": b["documents_per_s"],
+        "mixed": {"orders_per_s": c["orders_per_s"], "documents_per_s": c["documents_per_s"]},
+        "latency_ms": {
+            "payment_to_credited": {**ptc, "scope": "phase a, payments captured below saturation"},
+            "upload_to_stamped": {**b["upload_to_stamped"], "scope": "phase b"},
+            "payment_to_credited_phase_a_all": a["payment_to_credited_all"],
+            "payment_to_credited_mixed": c["payment_to_credited"],
+            "upload_to_stamped_mixed": c["stamping"]["upload_to_stamped"],
+            "http_client": {route: percentiles([v / 1000 for v in values])
+                            for route, values in sorted(stats.latency_ms.items())},
+        },
+        "shed": {"total": stats.answers["shed"], "429": stats.shed["429"], "503": stats.shed["503"],
+                 "by_route": dict(stats.shed_by_route),
+                 "retry_after_s": {route: {"p50": _quantile(v, 0.5), "max": max(v), "min": min(v)}
+                                   for route, v in sorted(stats.retry_after_s.items())},
+                 "missing_retry_after": dict(stats.missing_retry_after)},
+        "errors": stats.answers["error"],
+        "errors_detail": {"by_route": dict(stats.errors), "first_bodies": stats.error_bodies,
+                          "applicant_failures": run.script.failures},
+        "expected_refusals": dict(stats.expected),
+        "answers": dict(stats.answers),
+        "lost": lost,
+        "lost_detail": {k: v for k, v in checks["lost"].items() if k != "lost_orders"}
+        | {"orders": checks["lost"]["lost_orders"][:10], "scope": "every captured payment in the payment database"},
+        "duplicates": duplicates,
+        "duplicates_detail": checks["duplicates"],
+        "ceiling": ceiling,
+        "machine": machine,
+        "targets": targets,
+        "bottleneck": bottleneck,
+        "overload": overload,
+        "memory": memory,
+        "cpu_cores": {name: run.sampler.cpu_between(*phase["_window"]) for name, phase in run.phases.items()},
+        "phases": {name: public(phase) for name, phase in run.phases.items()},
+        "drain_s": checks["drain_s"],
+        "warmup": checks["warmup"],
+        "scenarios": {phase: dict(sorted({s: sum(1 for a in apps if a.scenario == s) for s in
+                                          {a.scenario for a in apps}}.items()))
+                      for phase, apps in run.applicants.items()},
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(run.args).items()},
+    }
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def print_report(report: dict[str, Any]) -> None:
+    console = Console() if sys.stdout.isatty() else Console(width=110)
+    table = Table(title=f"Rush: {report['buyers']} buyers in {report['duration_s']} s", show_lines=False)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_column("target", justify="right")
+    table.add_column("met", justify="center")
+    t = report["targets"]
+    lat = report["latency_ms"]
+
+    def row(name: str, value: Any, key: str | None = None) -> None:
+        if key is None:
+            table.add_row(name, _fmt(value), "", "")
+        else:
+            met = t[key]["met"]
+            table.add_row(name, _fmt(value), t[key]["target"], "[green]yes[/]" if met else "[red]NO[/]")
+
+    row("orders placed / FULFILLED", f"{report['orders']:,} / {report['orders_fulfilled']:,}")
+    row("stamps minted / documents stamped", f"{report['stamps_minted']:,} / {report['documents_stamped']:,}")
+    row("a  purchases: credited orders/s (sustained)", report["orders_per_s"], "orders_per_s")
+    sat = report["phases"]["a"].get("saturation") or {}
+    row("a  saturated at", f"{sat.get('at_s')} s: {sat.get('why')}")
+    row("a  payment→credited p50 / p95 (below saturation)",
+        f"{_fmt(lat['payment_to_credited']['p50'])} / {_fmt(lat['payment_to_credited']['p95'])} ms")
+    row("a  payment→credited p99 ms", lat["payment_to_credited"]["p99"], "p99_payment_to_credited_ms")
+    ov = report["overload"]
+    row("a  overload: offered/s (x peak)", f"{_fmt(ov.get('offered_per_s'))} ({_fmt(ov.get('offered_over_peak'))}x)")
+    row("a  overload goodput / peak", ov.get("goodput_ratio"), "overload_goodput_ratio")
+    row("a  overload non-2xx/429/503 answers", ov.get("errors"), "overload_errors")
+    row("b  stamping: documents/s", report["documents_per_s"], "documents_per_s")
+    row("b  upload→stamped p50 / p95 / p99",
+        " / ".join(_fmt(lat["upload_to_stamped"][k]) for k in ("p50", "p95", "p99")) + " ms")
+    row("c  mixed: orders/s · documents/s",
+        f"{_fmt(report['mixed']['orders_per_s'])} · {_fmt(report['mixed']['documents_per_s'])}")
+    row("shed (429 / 503)", f"{report['shed']['429']:,} / {report['shed']['503']:,}")
+    for route, ra in report["shed"]["retry_after_s"].items():
+        row(f"   Retry-After given, {route}", f"p50 {ra['p50']} s, max {ra['max']} s")
+    row("errors (other non-2xx, transport)", report["errors"])
+    row("memory: max RSS of a platform process (MB)",
+        max((p["max_tree_rss_mb"] for k, p in report["memory"].get("processes", {}).items()
+             if k not in ("postgresql", "rabbitmq")), default=None), "memory_bounded")
+    row("ceiling: raw commits/s · confirms/s",
+        f"{_fmt(report['ceiling'].get('db_commits_per_s'))} · {_fmt(report['ceiling'].get('broker_confirms_per_s'))}")
+    row("LOST (captured, neither credited nor refunded)", report["lost"], "lost")
+    row("DUPLICATES (serials issued or used twice)", report["duplicates"], "duplicates")
+    console.print(table)
+    for name, b in report["bottleneck"].items():
+        console.print(f"[bold]bottleneck ({name}):[/] {b['tier']}: {b['why']}")
+    if report["errors_detail"]["first_bodies"]:
+        console.print("first errors:")
+        for e in report["errors_detail"]["first_bodies"][:5]:
+            console.print(f"  {e['route']} {e['status']}: {e['body'][:200]}", markup=False)
+    m = report["machine"]
+    console.print(f"machine: {m.get('nproc')} cpu, load average {m.get('loadavg_1m', {}).get('start')} → "
+                  f"{m.get('loadavg_1m', {}).get('end')}", markup=False)
+    verdict = "[bold green]lost = 0, duplicates = 0[/]" if report["lost"] == 0 and report["duplicates"] == 0 \
+        else f"[bold red]INVARIANT BROKEN: lost = {report['lost']}, duplicates = {report['duplicates']}[/]"
+    console.print(verdict)
+
+
+# --- main ------------------------------------------------------------------------------------
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    load_at_start = os.getloadavg()[0]
+    rng = random.Random(args.seed)
+    random.seed(args.seed)
+    settings = {name: cls() for name, cls in SETTINGS.items()}
+    n_c = args.buyers // 3
+    split = {"ab": args.buyers - n_c, "c": n_c}
+    platform = Platform(settings, stock_min=4 * args.buyers + 1_000, log=err.print)
+    started = time.monotonic()
+    infra = aiohttp.ClientSession()
+    stop = asyncio.Event()
+    background: list[asyncio.Task[None]] = []
+    live: set[asyncio.Task[None]] = set()
+    dbs: Databases | None = None
+    session: aiohttp.ClientSession | None = None
+    try:
+        await platform.up(infra)
+        if args.no_ceiling:
+            ceiling: dict[str, Any] = {"db_commits_per_s": None, "broker_confirms_per_s": None, "skipped": True}
+        else:
+            err.print("ceiling: raw commits and confirms on a scratch database and vhost ...")
+            try:
+                ceiling = await measure_ceiling(settings["order"].pg_base_url)
+            except Exception as exc:  # e.g. PostgreSQL out of connection slots: report it, go on
+                ceiling = {"db_commits_per_s": None, "broker_confirms_per_s": None, "error": repr(exc)}
+        dbs = await Databases.open({name: s.database_url for name, s in settings.items()})
+        bank_config, bank_key = load_bank(args.bank_dir)
+        docs = await asyncio.to_thread(documents)
+        connector = aiohttp.TCPConnector(limit=args.connections, limit_per_host=args.connections_per_host)
+        session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120))
+        stats = Stats()
+        urls = {name: platform.api_url(name) for name in settings}
+        client = Client(session, stats, urls, deadline=time.monotonic() + 3 * args.phase_timeout_s + 600)
+        bank = Bank(client, BankSimulator.from_config(urls["payment"], bank_config, bank_key, session=session))
+        script = Script(client, bank, docs, args.poll_rate)
+        sampler = ProcessSampler(platform.ports())
+        scraper = MetricsScraper(platform.metrics_urls())
+        background += [asyncio.create_task(sampler.run(stop)), asyncio.create_task(scraper.run(infra, stop))]
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=err)
+        r = Run(args, platform, dbs, script, stats, progress, sampler, scraper, live)
+        kinds_a = scenarios(split["ab"], args, rng)
+        kinds_c = scenarios(split["c"], args, rng)
+        r.applicants["a"] = [Applicant(i, "a", kinds_a[i]) for i in range(split["ab"])]
+        r.applicants["c"] = [Applicant(i, "c", kinds_c[i]) for i in range(split["c"])]
+        with progress:
+            await bank.token()
+            warmup = await warm_up(r)
+            r.phases["a"] = await phase_purchase(r, r.applicants["a"])
+            r.phases["b"] = await phase_stamping(r, r.applicants["a"])
+            rate_c = max(args.start_rate, r.phases["a"]["orders_per_s"] or args.start_rate)
+            r.phases["c"] = await phase_mixed(r, r.applicants["c"], rate_c)
+            checked = await drain(r)
+        all_orders = [a.order_id for apps in r.applicants.values() for a in apps if a.order_id]
+        checks = {"warmup": warmup, "lost": checked["lost"], "duplicates": checked["duplicates"],
+                  "drain_s": checked["seconds"], "stamps_minted": await dbs.serials_issued(all_orders)}
+        stop.set()
+        await asyncio.gather(*background, return_exceptions=True)
+        try:
+            machine = await machine_info(settings["order"], load_at_start)
+        except Exception as exc:  # the report matters more than the server versions
+            machine = {"nproc": os.cpu_count(), "error": repr(exc),
+                       "loadavg_1m": {"start": round(load_at_start, 2), "end": round(os.getloadavg()[0], 2)}}
+        return build_report(r, buyers=args.buyers, split=split, ceiling=ceiling, machine=machine,
+                            duration_s=time.monotonic() - started, checks=checks)
+    finally:
+        stop.set()
+        for task in [*background, *live]:
+            task.cancel()
+        await asyncio.gather(*background, *live, return_exceptions=True)
+        if session is not None:
+            await session.close()
+        await infra.close()
+        if dbs is not None:
+            await dbs.close()
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(platform.down)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.buyers < 3:
+        print("--buyers must be at least 3", file=sys.stderr)
+        return 2
+    with benchmark_broker():
+        report = uvloop.run(run(args))
+    print_report(report)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"written to {args.output.relative_to(REPO) if args.output.is_relative_to(REPO) else args.output}")
+    return 1 if report["lost"] or report["duplicates"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

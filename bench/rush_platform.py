@@ -1,0 +1,447 @@
+"""The platform under the rush: bring it up when it is down, find its processes, sample them.
+
+- ``Platform.up()``: when the four apis answer ``/readyz`` they are used as they are; otherwise
+  the Makefile's ``setup`` runs and the Procfile is started with honcho (as ``make run`` does),
+  each process's lines written to ``var/rush/<process>.log``; ``down()`` stops what ``up()``
+  started (SIGTERM, then wait).
+- ``ProcessSampler``: RSS and CPU of every platform process (the api, worker and relay of each
+  service, found by the ports they listen on, with their PDF worker processes) and of PostgreSQL
+  and RabbitMQ (shared with anything else on the machine), from ``/proc``.
+- ``MetricsScraper``: the backlog gauges of every process's ``/metrics`` over time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+from emeterai_shared.config import ServiceSettings
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parents[1]
+LOG_DIR = REPO / "var" / "rush"
+SERVICES = ("order", "payment", "minting", "stamping")
+SERVERS = {"postgresql": "postgres", "rabbitmq": "beam.smp"}  # label -> process name (comm)
+_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_HONCHO_LINE = re.compile(r"^\S+\s+([a-z]+-[a-z]+)\.\d+\s+\|\s?(.*)$")
+
+
+async def ready(session: aiohttp.ClientSession, url: str) -> bool:
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
+            return r.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False
+
+
+class Platform:
+    """The four services' processes: found running, or started here (and then stopped here)."""
+
+    def __init__(self, settings: dict[str, ServiceSettings], *, stock_min: int, log: Any = print):
+        self.settings = settings
+        self.stock_min = stock_min
+        self.log = log
+        self.started_here = False
+        self._honcho: subprocess.Popen[bytes] | None = None
+        self._files: dict[str, IO[str]] = {}
+
+    def api_url(self, service: str) -> str:
+        s = self.settings[service]
+        host = "127.0.0.1" if s.http_host in ("0.0.0.0", "") else s.http_host
+        return f"http://{host}:{s.http_port}"
+
+    def ports(self) -> dict[int, str]:
+        """port -> ``<svc>-<kind>`` of every api, worker and relay."""
+        out = {}
+        for svc in SERVICES:
+            s = self.settings[svc]
+            out.update({s.http_port: f"{svc}-api", s.worker_metrics_port: f"{svc}-worker",
+                        s.relay_metrics_port: f"{svc}-relay"})
+        return out
+
+    def metrics_urls(self) -> dict[str, str]:
+        """``<svc>-<kind>`` -> its /metrics URL (workers and relays serve theirs on their own ports)."""
+        urls = {}
+        for svc in SERVICES:
+            s = self.settings[svc]
+            host = "127.0.0.1" if s.http_host in ("0.0.0.0", "") else s.http_host
+            ports = {"api": s.http_port, "worker": s.worker_metrics_port, "relay": s.relay_metrics_port}
+            for kind, port in ports.items():
+                urls[f"{svc}-{kind}"] = f"http://{host}:{port}/metrics"
+        return urls
+
+    async def all_ready(self, session: aiohttp.ClientSession, *, every_process: bool = False) -> bool:
+        urls = [f"{self.api_url(s)}/readyz" for s in SERVICES]
+        if every_process:
+            urls = [u.replace("/metrics", "/readyz") for u in self.metrics_urls().values()]
+        return all(await asyncio.gather(*(ready(session, u) for u in urls)))
+
+    async def up(self, session: aiohttp.ClientSession) -> None:
+        if await self.all_ready(session):
+            self.log("platform: the four apis answer /readyz: using the running platform")
+        else:
+            self.log("platform: not running: make setup, then the Procfile under honcho "
+                     f"(logs in {LOG_DIR.relative_to(REPO)}/)")
+            self._setup()
+            self._start()
+            deadline = time.monotonic() + 180
+            while not await self.all_ready(session, every_process=True):
+                if self._honcho is not None and self._honcho.poll() is not None:
+                    raise RuntimeError(f"honcho exited with {self._honcho.returncode}: see {LOG_DIR}/")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the platform did not become ready within 180 s: see {LOG_DIR}/")
+                await asyncio.sleep(0.5)
+            self.log("platform: every api, worker and relay is ready")
+        self._stock()
+
+    def _run(self, *argv: str) -> None:
+        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+
+    def _setup(self) -> None:
+        self._run("make", "-s", "setup")
+
+    def _stock(self) -> None:
+        self._run(sys.executable, "-m", "minting_service", "stock", "ensure", "--min", str(self.stock_min))
+        self.log(f"platform: minting stock ensured at ≥ {self.stock_min} serials")
+
+    def _start(self) -> None:
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "EMETERAI_LOG_JSON": os.environ.get("EMETERAI_LOG_JSON", "false")}
+        self._honcho = subprocess.Popen(
+            [str(REPO / ".venv" / "bin" / "honcho"), "start", "-f", "Procfile", "--no-colour"],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+        self.started_here = True
+        threading.Thread(target=self._split_logs, daemon=True).start()
+
+    def _file(self, name: str) -> IO[str]:
+        if name not in self._files:
+            self._files[name] = (LOG_DIR / f"{name}.log").open("w", buffering=1)
+        return self._files[name]
+
+    def _split_logs(self) -> None:
+        """honcho's merged output, one file per process (``order-api.log`` ...; honcho.log the rest)."""
+        assert self._honcho is not None and self._honcho.stdout is not None
+        for raw in self._honcho.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            match = _HONCHO_LINE.match(line)
+            if match:
+                self._file(match.group(1)).write(match.group(2) + "\n")
+            else:
+                self._file("honcho").write(line + "\n")
+
+    def down(self, grace_s: float = 60) -> None:
+        """Stop what ``up()`` started: SIGTERM to honcho (it stops every process), then wait."""
+        if self._honcho is None:
+            return
+        if self._honcho.poll() is None:
+            self.log("platform: stopping the processes started for the rush (SIGTERM)")
+            self._honcho.send_signal(signal.SIGTERM)
+            try:
+                self._honcho.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self.log("platform: still running after SIGTERM: SIGKILL")
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self._honcho.pid, signal.SIGKILL)
+                self._honcho.wait()
+        time.sleep(0.2)
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+        self._honcho = None
+
+
+# --- processes -------------------------------------------------------------------------------
+
+def _stat(pid: int) -> tuple[int, float, int] | None:
+    """(parent pid, CPU seconds, RSS bytes) of a process, None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS, int(fields[21]) * _PAGE
+
+
+def listening(ports: dict[int, str]) -> dict[int, str]:
+    """The processes listening on ``ports`` (port -> label): pid -> label, the topmost process
+    when a forked child holds the socket too. Other sessions' copies of the services (tests,
+    other benchmarks) run the same command lines on other ports: only these are the platform."""
+    inodes: dict[str, str] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                parts = line.split()
+                if len(parts) > 9 and parts[3] == "0A":  # LISTEN
+                    port = int(parts[1].rsplit(":", 1)[1], 16)
+                    if port in ports:
+                        inodes[f"socket:[{parts[9]}]"] = ports[port]
+    holders: dict[int, str] = {}
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            links = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+        except OSError:
+            continue
+        for link in links:
+            if link in inodes:
+                holders[pid] = inodes[link]
+                st = _stat(pid)
+                parents[pid] = st[0] if st else 0
+                break
+    return {pid: label for pid, label in holders.items() if holders.get(parents[pid]) != label}
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+@dataclass
+class Sample:
+    at: float
+    rss: dict[str, int]           # label -> RSS of the main process (bytes)
+    tree_rss: dict[str, int]      # label -> RSS of the main process and its descendants
+    cpu: dict[str, float]         # label -> CPU seconds of the tree (servers: every process)
+    machine_busy_s: float
+
+
+def machine_busy_s() -> float:
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / _TICKS
+
+
+def sample_processes(roots: dict[int, str]) -> Sample:
+    """RSS and CPU of the ``roots`` (pid -> label) with their descendants, and of the servers."""
+    parents: dict[int, int] = {}
+    stats: dict[int, tuple[float, int]] = {}
+    servers: dict[str, list[int]] = defaultdict(list)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        st = _stat(pid)
+        if st is None:
+            continue
+        parents[pid] = st[0]
+        stats[pid] = (st[1], st[2])
+        if pid not in roots:
+            comm = _comm(pid)
+            for server, name in SERVERS.items():
+                if comm == name:
+                    servers[server].append(pid)
+    owner: dict[int, str] = {}
+    for pid in stats:
+        p, seen = pid, 0
+        while p > 1 and seen < 64:
+            if p in roots:
+                owner[pid] = roots[p]
+                break
+            p, seen = parents.get(p, 0), seen + 1
+    rss: dict[str, int] = {}
+    tree: dict[str, int] = defaultdict(int)
+    cpu: dict[str, float] = defaultdict(float)
+    for pid, label in owner.items():
+        tree[label] += stats[pid][1]
+        cpu[label] += stats[pid][0]
+        if pid in roots:
+            rss[label] = rss.get(label, 0) + stats[pid][1]
+    for server, pids in servers.items():
+        tree[server] = sum(stats[p][1] for p in pids)
+        rss[server] = tree[server]
+        cpu[server] = sum(stats[p][0] for p in pids)
+    cpu["bench"] = time.process_time()
+    return Sample(time.monotonic(), rss, dict(tree), dict(cpu), machine_busy_s())
+
+
+@dataclass
+class ProcessSampler:
+    """Samples every ``interval_s`` in the background; phases are marked with ``mark``."""
+
+    ports: dict[int, str]
+    """port -> ``<svc>-<kind>``: the platform's processes are the ones listening there."""
+    interval_s: float = 2.0
+    samples: list[Sample] = field(default_factory=list)
+    marks: dict[str, float] = field(default_factory=dict)
+    roots: dict[int, str] = field(default_factory=dict)
+
+    def _sample(self) -> Sample:
+        if len(set(self.roots.values())) < len(set(self.ports.values())) or any(
+                not Path(f"/proc/{pid}").exists() for pid in self.roots):
+            self.roots = listening(self.ports)  # first time, or a process was restarted
+        return sample_processes(self.roots)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self.samples.append(await asyncio.to_thread(self._sample))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.interval_s)
+        self.samples.append(await asyncio.to_thread(self._sample))
+
+    def memory(self, cap_mb: float) -> dict[str, Any]:
+        """Max RSS per process over the run (main process, and with its children), and whether
+        every platform process stayed under ``cap_mb`` and did not keep growing to the end."""
+        if not self.samples:
+            return {}
+        labels = sorted({k for s in self.samples for k in s.tree_rss})
+        per: dict[str, Any] = {}
+        bounded = True
+        for label in labels:
+            series = [s.tree_rss[label] for s in self.samples if label in s.tree_rss]
+            mains = [s.rss[label] for s in self.samples if label in s.rss]
+            first, peak, last = series[0], max(series), series[-1]
+            half = series[len(series) // 2:]
+            peak_first_half = max(series[: max(1, len(series) // 2)])
+            # growing: the second half's peak is past the first half's by more than 25 % and 50 MB
+            growing = max(half) > peak_first_half * 1.25 and max(half) - peak_first_half > 50 * 2**20
+            ok = peak <= cap_mb * 2**20 and not growing
+            per[label] = {"max_rss_mb": round(max(mains) / 2**20, 1) if mains else None,
+                          "max_tree_rss_mb": round(peak / 2**20, 1), "start_mb": round(first / 2**20, 1),
+                          "end_mb": round(last / 2**20, 1)}
+            if label not in SERVERS:  # servers: every backend's RSS summed (shared memory counted again)
+                bounded = bounded and ok
+                per[label]["bounded"] = ok
+        return {"cap_mb_per_process": cap_mb, "bounded": bounded, "samples": len(self.samples),
+                "rule": "every platform process (with its PDF worker processes) stays under the cap, and its "
+                        "second-half peak is not above its first-half peak by more than 25 % and 50 MB",
+                "processes": per}
+
+    def cpu_between(self, start: float, end: float) -> dict[str, float]:
+        """CPU cores each process kept busy between two monotonic times (nearest samples)."""
+        inside = [s for s in self.samples if start - self.interval_s <= s.at <= end + self.interval_s]
+        if len(inside) < 2:
+            return {}
+        a, b = inside[0], inside[-1]
+        span = b.at - a.at
+        if span <= 0:
+            return {}
+        cores = {k: round((b.cpu[k] - a.cpu.get(k, 0.0)) / span, 2) for k in b.cpu if k in a.cpu}
+        cores = {k: v for k, v in sorted(cores.items(), key=lambda kv: -kv[1]) if v >= 0.01}
+        cores["machine_busy"] = round((b.machine_busy_s - a.machine_busy_s) / span, 2)
+        return cores
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+KEPT = {"emeterai_queue_depth": "queue", "emeterai_outbox_backlog": "service",
+        "emeterai_outbox_oldest_pending_seconds": "service", "emeterai_admission_backlog": "service",
+        "emeterai_admission_limit": "service", "emeterai_admission_drain_per_second": "service",
+        "emeterai_parked_messages": "queue", "emeterai_http_in_flight": "service"}
+HANDLER = "emeterai_handler_seconds"
+HTTP = "emeterai_http_request_seconds"
+
+
+@dataclass
+class MetricsScraper:
+    """Backlog gauges of every process's /metrics, sampled every ``interval_s``."""
+
+    urls: dict[str, str]
+    interval_s: float = 3.0
+    series: list[tuple[float, dict[str, dict[str, float]]]] = field(default_factory=list)
+    handler: dict[str, tuple[float, float]] = field(default_factory=dict)
+    http: list[tuple[float, dict[str, tuple[float, float]]]] = field(default_factory=list)
+    """(time, "<service> <METHOD> <route>" -> (seconds, requests)) of every api, over time."""
+    failures: int = 0
+
+    async def scrape(self, session: aiohttp.ClientSession) -> None:
+        texts = await asyncio.gather(*(self._get(session, u) for u in self.urls.values()))
+        gauges: dict[str, dict[str, float]] = defaultdict(dict)
+        handler: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        http: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        for text in texts:
+            if text is None:
+                continue
+            for family in text_string_to_metric_families(text):
+                if family.name in KEPT:
+                    key = KEPT[family.name]
+                    for s in family.samples:
+                        name = s.labels.get(key, "")
+                        # several processes report one queue/service: keep the largest value
+                        gauges[family.name][name] = max(gauges[family.name].get(name, 0.0), s.value)
+                elif family.name == HANDLER:
+                    for s in family.samples:
+                        if s.name.endswith("_sum"):
+                            handler[s.labels["queue"]][0] += s.value
+                        elif s.name.endswith("_count"):
+                            handler[s.labels["queue"]][1] += s.value
+                elif family.name == HTTP:
+                    for s in family.samples:
+                        key = f"{s.labels.get('service')} {s.labels.get('method')} {s.labels.get('route')}"
+                        if s.name.endswith("_sum"):
+                            http[key][0] += s.value
+                        elif s.name.endswith("_count"):
+                            http[key][1] += s.value
+        now = time.monotonic()
+        self.series.append((now, dict(gauges)))
+        self.http.append((now, {k: (v[0], v[1]) for k, v in http.items()}))
+        if handler:
+            self.handler = {q: (v[0], v[1]) for q, v in handler.items()}
+
+    async def _get(self, session: aiohttp.ClientSession, url: str) -> str | None:
+        try:
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as r:
+                if r.status == 200:
+                    return await r.text()
+        except (aiohttp.ClientError, TimeoutError):
+            pass
+        self.failures += 1
+        return None
+
+    async def run(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.scrape(session)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.interval_s)
+
+    def backlogs(self, start: float, end: float) -> dict[str, dict[str, Any]]:
+        """Per queue and per outbox between two monotonic times: first, max and last value."""
+        out: dict[str, dict[str, Any]] = {}
+        window = [(t, g) for t, g in self.series if start <= t <= end]
+        for metric, prefix in (("emeterai_queue_depth", "queue"), ("emeterai_outbox_backlog", "outbox"),
+                               ("emeterai_admission_backlog", "admission")):
+            names = sorted({n for _, g in window for n in g.get(metric, {})})
+            for name in names:
+                values = [g[metric][name] for _, g in window if name in g.get(metric, {})]
+                if values and max(values) > 0:
+                    out[f"{prefix} {name}"] = {"first": values[0], "max": max(values), "last": values[-1]}
+        return out
+
+    def in_flight_max(self, start: float, end: float) -> dict[str, float]:
+        window = [g.get("emeterai_http_in_flight", {}) for t, g in self.series if start <= t <= end]
+        return {svc: max(w.get(svc, 0.0) for w in window) for svc in sorted({k for w in window for k in w})}
+
+    def server_latency(self, start: float, end: float) -> dict[str, dict[str, float]]:
+        """Per api route between two times: requests answered and their mean time in the server
+        (from the first scrape at or after ``start`` to the last at or before ``end``)."""
+        window = [(t, h) for t, h in self.http if start <= t <= end]
+        if len(window) < 2:
+            return {}
+        (_, first), (_, last) = window[0], window[-1]
+        out = {}
+        for key, (secs, n) in last.items():
+            secs0, n0 = first.get(key, (0.0, 0.0))
+            if n - n0 >= 1 and not key.endswith(("/metrics", "/healthz", "/readyz")):
+                out[key] = {"requests": int(n - n0), "mean_ms": round(1000 * (secs - secs0) / (n - n0), 1)}
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]["mean_ms"]))
+
+    def handler_ms(self) -> dict[str, float]:
+        return {q: round(1000 * s / n, 2) for q, (s, n) in sorted(self.handler.items()) if n}
