@@ -50,7 +50,7 @@ class ServiceSettings(BaseSettings):
     worker_metrics_port: int = 0
     relay_metrics_port: int = 0
     http_max_body_bytes: int = 1024 * 1024
-    http_max_in_flight: int = 64
+    http_max_in_flight: int = 256
     """Requests one api process answers at once; past it ``503 busy`` (0: no cap)."""
     admission_target_wait_s: float = 30.0
     """Global admission: the backlog admitted is what the platform drains in this many seconds."""

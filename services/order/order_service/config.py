@@ -18,7 +18,7 @@ class OrderSettings(ServiceSettings):
     # Per-caller limits at the front door (per api process): 429 rate_limited with Retry-After.
     order_rate_per_account_per_s: float = 1.0
     """``POST /v1/orders`` per buyer account, after ``order_burst_per_account``."""
-    order_burst_per_account: int = 5
+    order_burst_per_account: int = 20
     partner_rate_per_s: float = 200.0
     """Requests per partner system (orders and the event feed), after ``partner_burst``."""
     partner_burst: int = 400

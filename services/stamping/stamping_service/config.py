@@ -80,7 +80,8 @@ class StampingSettings(ServiceSettings):
 
     upload_rate_per_account_per_s: float = 2.0
     """``POST /v1/stampings`` per buyer account and api process, after ``upload_burst_per_account``."""
-    upload_burst_per_account: int = 20
+    upload_burst_per_account: int = 100
+    """As many as an order may hold: an account can stamp all its stamps at once."""
 
     verify_rate_per_s: float = 2.0
     """``POST /v1/verify`` requests per second per client IP and api process, after the burst."""

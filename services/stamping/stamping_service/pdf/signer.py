@@ -7,10 +7,13 @@ parses it again for every signature, which costs milliseconds per document with 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+from asn1crypto import algos, cms, tsp
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -21,6 +24,8 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 from emeterai_shared.files import locked, write_atomic
 from pyhanko.keys.internal import translate_pyca_cryptography_cert_to_asn1, translate_pyca_cryptography_key_to_asn1
+from pyhanko.sign.attributes import SigningCertificateV2Provider
+from pyhanko.sign.general import as_signing_certificate_v2
 from pyhanko.sign.signers import SimpleSigner
 from pyhanko_certvalidator.registry import SimpleCertificateStore
 from pyhanko_certvalidator.util import get_pyca_cryptography_hash
@@ -28,17 +33,56 @@ from pyhanko_certvalidator.util import get_pyca_cryptography_hash
 DEV_ROOT, DEV_CERT, DEV_KEY = "dev-root-ca.pem", "dev-stamping-cert.pem", "dev-stamping-key.pem"
 
 
+class _EncodedSigningCertificate(SigningCertificateV2Provider):
+    """The signing-certificate-v2 attribute from its encoding, computed once per signer."""
+
+    def __init__(self, signing_cert: asn1_x509.Certificate, encoded: bytes):
+        super().__init__(signing_cert)
+        self._encoded = encoded
+
+    async def build_attr_value(self, dry_run: bool = False) -> tsp.SigningCertificateV2:
+        return tsp.SigningCertificateV2.load(self._encoded)
+
+
 class KeySigner(SimpleSigner):
+    """Besides the key, the parts of every signature that depend only on the certificate (the
+    signer identifier and the signing-certificate attribute) are encoded once: pyHanko rebuilds
+    them from the parsed certificate for every signature, which was most of a signature's cost
+    (asn1crypto re-encodes the issuer name field by field)."""
+
     def __init__(self, key: PrivateKeyTypes, cert: x509.Certificate, chain: Sequence[x509.Certificate] = ()):
         if key.public_key() != cert.public_key():
             raise ValueError("the private key does not belong to the signing certificate")
+        signing_cert = translate_pyca_cryptography_cert_to_asn1(cert)
         super().__init__(
-            signing_cert=translate_pyca_cryptography_cert_to_asn1(cert),
+            signing_cert=signing_cert,
             signing_key=translate_pyca_cryptography_key_to_asn1(key),
             cert_registry=SimpleCertificateStore.from_certs(
                 [translate_pyca_cryptography_cert_to_asn1(c) for c in chain]),
         )
         self._key = key
+        self._sid = cms.SignerIdentifier({"issuer_and_serial_number": cms.IssuerAndSerialNumber(
+            {"issuer": signing_cert.issuer, "serial_number": signing_cert.serial_number})}).dump()
+        self._signing_certificate = as_signing_certificate_v2(signing_cert).dump()
+
+    def signer_info(self, digest_algorithm: str, signed_attrs: Any, signature: bytes) -> cms.SignerInfo:
+        if digest_algorithm == "shake256":  # its parameters depend on the key; rare: let pyHanko do it
+            return super().signer_info(digest_algorithm, signed_attrs, signature)
+        return cms.SignerInfo({
+            "version": "v1",
+            "sid": cms.SignerIdentifier.load(self._sid),
+            "digest_algorithm": algos.DigestAlgorithm({"algorithm": digest_algorithm}),
+            "signature_algorithm": self.get_signature_mechanism_for_digest(digest_algorithm),
+            "signed_attrs": signed_attrs,
+            "signature": signature,
+        })
+
+    def _signed_attr_providers(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        for provider in super()._signed_attr_providers(*args, **kwargs):
+            if type(provider) is SigningCertificateV2Provider:
+                yield _EncodedSigningCertificate(provider.signing_cert, self._signing_certificate)
+            else:
+                yield provider
 
     def sign_raw(self, data: bytes, digest_algorithm: str) -> bytes:
         mechanism = self.get_signature_mechanism_for_digest(digest_algorithm).signature_algo

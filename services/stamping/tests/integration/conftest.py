@@ -130,7 +130,7 @@ async def stamping(servers: str, tmp_path_factory: pytest.TempPathFactory) -> As
     partners = secrets_dir / "partners.json"
     partners.write_text(json.dumps({"partners": [{"partner_id": PARTNER_ID, "api_key": PARTNER_KEY,
                                                   "webhook_secret": "whsec-test", "max_quantity": 5000}]}))
-    settings = settings_for(StampingSettings, secrets_dir=str(secrets_dir), upload_burst_per_account=10_000,
+    settings = settings_for(StampingSettings, secrets_dir=str(secrets_dir),
                             partners_file=str(partners))
     assert isinstance(settings, StampingSettings)
     assert ensure_keypair(private_key, Path(settings.auth_public_key_file))
