@@ -24,7 +24,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -59,6 +59,10 @@ class AdmissionSettings:
     """Backlog always admitted (at start the drain rate is unknown, and a quiet platform drains 0/s)."""
     sample_interval_s: float = 1.0
     max_retry_after_s: int = 60
+    max_in_flight: int = 0
+    """Front-door requests one api process works on at once (0: no cap). Past it, ``503 busy``:
+    when the process's database connections are the bottleneck, extra requests would only queue
+    for them (latency grows, goodput falls); refusing them at once keeps the admitted fast."""
 
 
 class Admission:
@@ -75,6 +79,7 @@ class Admission:
         self._admitted_since_sample = 0
         self._waiting = 0.0
         """Callers told to come back and not yet drained (the virtual queue)."""
+        self.in_flight = 0
 
     def observe(self, sample: Sample) -> None:
         rate = sample.drained / sample.window_s if sample.window_s > 0 else 0.0
@@ -113,6 +118,21 @@ class Admission:
                 headers={"Retry-After": str(retry)},
                 extra={"retry_after_s": retry, "retry_at": come_back})
         self._admitted_since_sample += 1
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """``with admission.slot():`` around a front-door request: ``503 busy`` past
+        ``max_in_flight`` requests in this process, then the global check (``admit``)."""
+        cap = self._settings.max_in_flight
+        if cap and self.in_flight >= cap:
+            raise ApiError(503, "busy", "this server is working on as many requests as it can; retry shortly",
+                           headers={"Retry-After": "1"}, extra={"retry_after_s": 1})
+        self.admit()
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
 
     async def sample(self, pool: asyncpg.Pool) -> None:
         async with pool.acquire() as conn:

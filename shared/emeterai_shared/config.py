@@ -57,6 +57,9 @@ class ServiceSettings(BaseSettings):
     admission_min_limit: int = 200
     admission_sample_interval_s: float = 1.0
     admission_max_retry_after_s: int = 60
+    admission_max_in_flight: int = 0
+    """Front-door requests (new orders, uploads) one api process works on at once; past it ``503
+    busy``. Default: 4 x ``db_pool_max`` (more would only queue for a database connection)."""
 
     prefetch: int = 128
     consumer_concurrency: int = 4
@@ -85,7 +88,8 @@ class ServiceSettings(BaseSettings):
 
         return AdmissionSettings(target_wait_s=self.admission_target_wait_s, min_limit=self.admission_min_limit,
                                  sample_interval_s=self.admission_sample_interval_s,
-                                 max_retry_after_s=self.admission_max_retry_after_s)
+                                 max_retry_after_s=self.admission_max_retry_after_s,
+                                 max_in_flight=self.admission_max_in_flight or 4 * self.db_pool_max)
 
     @model_validator(mode="after")
     def _derive(self) -> ServiceSettings:

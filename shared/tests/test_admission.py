@@ -139,3 +139,16 @@ def test_callers_told_to_come_back_are_spread_out_and_drain_at_the_measured_rate
     with pytest.raises(ApiError) as refused:
         gate.admit()
     assert int(refused.value.headers["Retry-After"]) == waits[0]
+
+
+def test_past_max_in_flight_front_door_requests_get_busy_and_a_finished_one_frees_its_slot() -> None:
+    gate = admission(min_limit=100, max_in_flight=2)
+    gate.observe(Sample(backlog=0, drained=0, window_s=10))
+    with gate.slot(), gate.slot():
+        assert gate.in_flight == 2
+        with pytest.raises(ApiError) as refused, gate.slot():
+            pass
+        assert (refused.value.status, refused.value.code, refused.value.headers["Retry-After"]) == (503, "busy", "1")
+    assert gate.in_flight == 0
+    with gate.slot():
+        assert gate.in_flight == 1

@@ -71,6 +71,10 @@ class StampingSettings(ServiceSettings):
     """How long a stamped document stays downloadable; originals are deleted once the job ends."""
     purge_interval_s: float = 600.0
 
+    admission_max_in_flight: int = 128
+    """Uploads one api process takes at once (their CPU work waits in the PDF pool, not for a
+    database connection): room for an account stamping a full order (100) at once."""
+
     partners_file: str = ""
     """Partner systems that call the buyer endpoints with ``X-Api-Key`` (the order service's file);
     default: ``ORDER_PARTNERS_FILE`` from the environment, so one setting configures both."""

@@ -142,7 +142,10 @@ def routes(ctx: Context, app: web.Application, spec: OpenApi) -> None:
     async def place_order(request: web.Request) -> web.Response:
         caller = ctx.extras["auth"].caller(request)
         limits.enforce(caller)
-        admission.admit()
+        with admission.slot():
+            return await _place_order(request, caller)
+
+    async def _place_order(request: web.Request, caller: Caller) -> web.Response:
         key = idempotency.key_from(request, required=True)
         assert key is not None
         body = await read_json(request, OrderRequest)

@@ -215,26 +215,26 @@ def add_routes(app: web.Application, spec: OpenApi, pool: asyncpg.Pool,
 
     async def post_stamping(request: web.Request) -> web.Response:
         principal = caller(request)
-        try:  # before the body is read: shedding is cheap
+        try:  # limits before the body is read: shedding is cheap
             if principal.partner_id is not None:
                 uploads_per_partner.enforce(principal.partner_id)
             else:
                 uploads_per_account.enforce(str(principal.account_id))
-            admission.admit()
+            with admission.slot():
+                return await _post_stamping(request, principal)
         except ApiError as exc:
             UPLOADS.labels(exc.code).inc()
             raise
+
+    async def _post_stamping(request: web.Request, principal: Caller) -> web.Response:
+        """An admitted upload; refusals raise ``ApiError`` (counted by the caller)."""
         key = idempotency.key_from(request, required=True)
         assert key is not None
-        try:
-            form, data = await _read_form(request, settings.max_upload_bytes)
-            sha256 = hashlib.sha256(data).hexdigest()
-            digest = idempotency.request_hash(
-                "POST", "/v1/stampings", {**form.model_dump(mode="json"), "file_sha256": sha256})
-            await _inspect(pdf_pool(), data, form, limits)
-        except ApiError as exc:
-            UPLOADS.labels(exc.code).inc()
-            raise
+        form, data = await _read_form(request, settings.max_upload_bytes)
+        sha256 = hashlib.sha256(data).hexdigest()
+        digest = idempotency.request_hash(
+            "POST", "/v1/stampings", {**form.model_dump(mode="json"), "file_sha256": sha256})
+        await _inspect(pdf_pool(), data, form, limits)
 
         scope = f"stamping:{principal.account_id}"
         async with unit_of_work(pool) as uow:
@@ -244,7 +244,6 @@ def add_routes(app: web.Application, spec: OpenApi, pool: asyncpg.Pool,
             repo = StampingRepository(uow.conn)
             sn = await repo.reserve(principal.account_id, form.sn)
             if sn is None:
-                UPLOADS.labels("sn_unavailable" if form.sn is not None else "no_quota").inc()
                 if form.sn is not None:
                     raise ApiError(409, "sn_unavailable",
                                    f"serial {form.sn} is not an unused stamp of this account")
