@@ -8,7 +8,7 @@ SERVICES := order payment minting stamping
 export SSL_CERT_FILE ?= /etc/ssl/certs/ca-certificates.crt
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: run test setup servers venv lint bench-messaging bench-callbacks prometheus clean
+.PHONY: run test setup servers venv lint bench-messaging bench-callbacks bench-stamping rush chaos prometheus clean
 
 ## run: set everything up, then supervise every api, worker and relay (Ctrl-C stops all)
 run: setup
@@ -48,6 +48,19 @@ bench-messaging: venv servers
 ## bench-callbacks: signed SNAP payment callbacks/s end to end beside a trivial aiohttp endpoint
 bench-callbacks: venv servers
 	$(PY) -m bench.callbacks
+
+## bench-stamping: stamped and signed documents/s through the service beside a plain pyHanko loop
+bench-stamping: venv servers
+	$(PY) -m bench.stamping
+
+## rush: a registration rush of BUYERS applicants (platform started if down); report in bench/results/latest.json
+BUYERS ?= 2000
+rush: venv servers
+	$(PY) -m bench.rush --buyers $(BUYERS)
+
+## chaos: CHAOS_BUYERS applicants (200) while RabbitMQ, PostgreSQL and workers fail; invariants checked after
+chaos: venv servers
+	$(PY) -m bench.chaos
 
 ## prometheus: scrape the `make run` processes with the alert rules (Debian's prometheus package)
 prometheus:

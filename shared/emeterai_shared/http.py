@@ -91,9 +91,12 @@ def _route_name(request: web.Request) -> str:
 DATABASE_UNAVAILABLE = (
     asyncpg.TooManyConnectionsError, asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError,
     asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.CrashShutdownError,
-    asyncpg.exceptions.ConnectionFailureError, ConnectionRefusedError,
+    asyncpg.exceptions.ConnectionFailureError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+    ConnectionRefusedError,
 )
-"""Errors that mean the database is out of reach (down, restarting, out of connections): 503, not 500."""
+"""Errors that mean the database is out of reach (down, restarting, out of connections): 503, not 500.
+``InterfaceError`` and ``InternalClientError`` are what asyncpg raises for a connection closed under a
+query or a transaction, e.g. during a PostgreSQL restart (seen in ``make chaos``)."""
 
 UNSHED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 

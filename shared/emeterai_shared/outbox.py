@@ -61,8 +61,8 @@ class OutboxRelay:
         housekeeping = asyncio.create_task(self._housekeeping())
         try:
             while not self._stopping.is_set():
-                await self._ensure_listener()
                 try:
+                    await self._ensure_listener()
                     published = await self.relay_once()
                 except BrokerUnavailable as exc:
                     await self._backoff(f"broker unavailable: {exc}")
@@ -70,6 +70,13 @@ class OutboxRelay:
                 except (OSError, asyncpg.PostgresConnectionError,
                         asyncpg.InterfaceError, asyncpg.CannotConnectNowError) as exc:
                     await self._backoff(f"database unavailable: {exc!r}")
+                    continue
+                except Exception as exc:
+                    # Anything else (seen: asyncpg's InternalClientError while the pool resets a
+                    # connection broken by a PostgreSQL restart) must not end the loop: a relay
+                    # that stops relaying while its process stays healthy strands the outbox.
+                    log.exception("relay batch failed unexpectedly; backing off and retrying")
+                    await self._backoff(f"unexpected error: {exc!r}")
                     continue
                 self.consecutive_broker_failures = 0
                 if published < self._settings.relay_batch_size:

@@ -254,12 +254,20 @@ async def run_relay(defn: ServiceDefinition) -> None:
     relay = OutboxRelay(pool=ctx.pool, publisher=publisher, settings=settings)
     task = asyncio.create_task(relay.run())
     side = await _side_server(ctx, settings.relay_metrics_port)
-    await stop.wait()
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    failed = task.done() and not stop.is_set()  # the relay loop ended on its own: never stay up idle
+    stopping.cancel()
     relay.stop()
-    await task
+    with contextlib.suppress(Exception):
+        await task
     await side.cleanup()
     await publisher.close()
     await _close(ctx)
+    if failed:
+        log.critical("%s relay stopped relaying (%r): exiting so that it is restarted", defn.name,
+                     task.exception() if not task.cancelled() else "cancelled")
+        raise SystemExit(1)
 
 
 async def declare_topology(defn: ServiceDefinition, ctx: Context,

@@ -196,3 +196,33 @@ async def test_relay_parks_unroutable_row_while_others_flow_and_cli_redrives_it(
             assert await fetchval(settings, "SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0
     finally:
         await broker.close()
+
+
+async def test_an_unexpected_error_in_a_batch_does_not_stop_the_relay(servers: str) -> None:
+    """Seen in `make chaos`: asyncpg's InternalClientError while the pool reset a connection broken by
+    a PostgreSQL restart ended the relay loop while its process stayed healthy."""
+    from emeterai_shared.outbox import OutboxRelay
+
+    settings = await fresh_probe(relay_backoff_max_s=0.5)
+    async with running(SERVICE, settings, relay=False) as h:
+        relay = OutboxRelay(pool=h.pool, publisher=h.publisher, settings=settings)
+        real = relay.relay_once
+        failures = 0
+
+        async def first_batch_fails() -> int:
+            nonlocal failures
+            if failures == 0:
+                failures += 1
+                raise asyncpg.InternalClientError("cannot switch to state 15; another operation is in progress")
+            return await real()
+
+        relay.relay_once = first_batch_fails  # type: ignore[method-assign]
+        task = asyncio.create_task(relay.run())
+        try:
+            async with unit_of_work(h.pool) as uow:
+                uow.publish(ProbeSent(seq=21))
+            await eventually(lambda: effects_of(settings, 21), timeout_s=15, message="the effect after the failure")
+            assert failures == 1 and not task.done()
+        finally:
+            relay.stop()
+            await asyncio.wait_for(task, 15)
