@@ -73,6 +73,7 @@ from stamping_service.config import StampingSettings
 from stamping_service.pdf.samples import sample_pdf
 from stamping_service.pdf.signer import DEV_CERT, DEV_KEY, DEV_ROOT, dev_signing_chain
 
+from bench.callbacks.load import Load
 from bench.common import benchmark_broker, fresh_vhost, machine_info, rate_record
 from bench.messaging.cpu import SERVERS, machine_busy_s
 from bench.messaging.raw import Rate
@@ -237,19 +238,8 @@ async def declare_sink(settings: StampingSettings) -> None:
         await connection.close()
 
 
-@dataclass(frozen=True)
-class Uploads:
-    rate: Rate
-    latencies_ms: list[float]
-    errors: dict[str, int]
-
-    def percentile(self, q: float) -> float:
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
-
-
 async def upload_all(session: aiohttp.ClientSession, url: str, document: bytes, bearers: list[str],
-                     count: int, concurrency: int) -> Uploads:
+                     count: int, concurrency: int) -> Load:
     """``count`` uploads, round-robin over the accounts' bearer tokens, ``concurrency`` in flight."""
     pending = iter(range(count))
     latencies: list[float] = []
@@ -277,7 +267,7 @@ async def upload_all(session: aiohttp.ClientSession, url: str, document: bytes, 
 
     started = time.perf_counter()
     await asyncio.gather(*(sender() for _ in range(concurrency)))
-    return Uploads(Rate(count, time.perf_counter() - started), latencies, errors)
+    return Load(Rate(count, time.perf_counter() - started), latencies, errors)
 
 
 async def wait_done(pool: asyncpg.Pool, platform: Platform, total: int, timeout_s: float) -> None:
