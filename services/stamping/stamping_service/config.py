@@ -60,7 +60,8 @@ class StampingSettings(ServiceSettings):
     """Longest a document may take to stamp; past it the process is killed and the job retried."""
     job_concurrency: int = 0
     """Jobs one worker process stamps at once; default twice ``pdf_workers`` (one signing while
-    the other's transaction commits)."""
+    the other's transaction commits), at most ``db_pool_max // 2`` (a job uses two connections, so a
+    stamping worker needs ``db_pool_max`` of at least 2)."""
     job_prefetch: int = 0
     """Queued jobs one worker process holds unacknowledged; default ``job_concurrency``, so that a
     backlog spreads over every worker process."""
@@ -102,8 +103,15 @@ class StampingSettings(ServiceSettings):
             self.certificates_file = f"{self.secrets_dir}/stamping-certificates.pem"
         if self.pdf_workers <= 0:
             self.pdf_workers = os.cpu_count() or 1
+        # A job holds its message's transaction and, briefly, a second connection (marking it
+        # STAMPING where its owner sees it): more jobs than half the pool could all hold one and
+        # wait forever for the other.
+        connection_bound = max(1, self.db_pool_max // 2)
         if self.job_concurrency <= 0:
-            self.job_concurrency = 2 * self.pdf_workers
+            self.job_concurrency = min(2 * self.pdf_workers, connection_bound)
+        elif self.job_concurrency > connection_bound:
+            raise ValueError(f"job_concurrency {self.job_concurrency} needs {2 * self.job_concurrency} database "
+                             f"connections: raise db_pool_max or lower job_concurrency to {connection_bound}")
         if self.job_prefetch <= 0:
             self.job_prefetch = self.job_concurrency
         return self
