@@ -73,10 +73,16 @@ INJECTIONS = {
     POSTGRESQL_RESTART: "PostgreSQL stopped (fast), down a few seconds, started",
     STAMPING_KILL_AFTER_SIGN: "stamping worker SIGKILLs itself after signing, before its commit",
 }
-PRODUCTION_RETRY_DELAYS_MS = [5_000, 30_000, 300_000, 1_800_000]
 TRANSITIONAL_ORDER_STATES = ("PAID", "REFUND_PENDING")
 SNAP_PAID = "2002500"
 SNAP_DUPLICATE_EXTERNAL_ID = "4042518"
+
+
+
+def _default_retry_delays() -> list[int]:
+    """The services' own default delay tiers (``ServiceSettings.retry_delays_ms``)."""
+    delays: list[int] = ServiceSettings.model_fields["retry_delays_ms"].get_default(call_default_factory=True)
+    return list(delays)
 
 
 @dataclass
@@ -92,7 +98,7 @@ class ChaosConfig:
     postgres_down_s: float = 5.0
     duplicate_share: float = 0.2
     """Share of paid bills whose callback is sent again (half a re-sent advice, half an exact replay)."""
-    retry_delays_ms: list[int] = field(default_factory=lambda: list(PRODUCTION_RETRY_DELAYS_MS))
+    retry_delays_ms: list[int] = field(default_factory=lambda: _default_retry_delays())
     applicant_timeout_s: float = 300.0
     quiesce_timeout_s: float = 240.0
     failpoint_wait_s: float = 45.0

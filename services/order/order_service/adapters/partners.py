@@ -1,22 +1,20 @@
 """Partner systems (the CASN registration system and the like), from ``ORDER_PARTNERS_FILE``.
 
 ``{"partners": [{"partner_id", "api_key", "webhook_url"?, "webhook_secret", "max_quantity"}]}``.
-A partner authenticates with ``X-Api-Key``; keys are compared as SHA-256 digests in constant
-time. A partner acts as an account of its own whose id is derived from its partner id. A
+A partner authenticates with ``X-Api-Key`` (``emeterai_shared.auth.PartnerKeys``: SHA-256 digests
+compared in constant time). A partner acts as an account of its own whose id is derived from its partner id. A
 ``webhook_url`` needs a ``webhook_secret`` (see ``webhooks.signing_key`` for how it becomes the
 HMAC key); a bad secret stops the process at start, not at the first delivery.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from emeterai_shared.auth import PARTNER_NAMESPACE
+from emeterai_shared.auth import PARTNER_NAMESPACE, PartnerKeys
 from pydantic import BaseModel, Field, model_validator
 
 from order_service.adapters.webhooks import signing_key
@@ -49,7 +47,6 @@ class Partner:
     partner_id: str
     account_id: uuid.UUID
     max_quantity: int
-    key_digest: bytes
     webhook_url: str | None = None
     webhook_key: bytes = field(default=b"", repr=False)
 
@@ -57,12 +54,12 @@ class Partner:
 class PartnerRegistry:
     def __init__(self, partners: list[PartnerConfig]):
         self._partners = [
-            Partner(p.partner_id, uuid.uuid5(PARTNER_NAMESPACE, p.partner_id), p.max_quantity,
-                    hashlib.sha256(p.api_key.encode()).digest(), p.webhook_url,
+            Partner(p.partner_id, uuid.uuid5(PARTNER_NAMESPACE, p.partner_id), p.max_quantity, p.webhook_url,
                     signing_key(p.webhook_secret) if p.webhook_secret else b"")
             for p in partners
         ]
         self._by_id = {p.partner_id: p for p in self._partners}
+        self._keys = PartnerKeys({p.partner_id: p.api_key for p in partners})
 
     @classmethod
     def from_file(cls, path: str) -> PartnerRegistry:
@@ -77,9 +74,5 @@ class PartnerRegistry:
         return [p for p in self._partners if p.webhook_url is not None]
 
     def authenticate(self, api_key: str) -> Partner | None:
-        digest = hashlib.sha256(api_key.encode()).digest()
-        found = None
-        for partner in self._partners:  # no early exit: the time taken says nothing
-            if hmac.compare_digest(partner.key_digest, digest):
-                found = partner
-        return found
+        partner_id = self._keys.authenticate(api_key)
+        return None if partner_id is None else self._by_id[partner_id]
