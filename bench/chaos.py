@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from emeterai_shared.testing import chaos
-from emeterai_shared.testing.fixtures import fresh_vhost, shared_broker_lock
+from emeterai_shared.testing.fixtures import claimed_vhost, shared_broker_lock
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "chaos.json"
@@ -98,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(WORKDIR, ignore_errors=True)
     # only server restarts need the exclusive lock; worker kills disturb nobody else
     lock = chaos.exclusive_servers(wait_s=args.wait_s) if restarts else shared_broker_lock()
-    with lock:
-        amqp_url = fresh_vhost(cfg.vhost)
+    with lock, claimed_vhost(cfg.vhost) as amqp_url:
         report = asyncio.run(chaos.run(cfg, WORKDIR, amqp_url=amqp_url, log=lambda m: print(m, flush=True)))
     report["machine"] = {"nproc": os.cpu_count()}
     print(chaos.format_report(report))

@@ -11,7 +11,7 @@ from typing import Any
 import aio_pika
 from emeterai_shared.config import ServiceSettings
 from emeterai_shared.db import connect_with_retry
-from emeterai_shared.testing.fixtures import fresh_vhost, shared_broker_lock, wait_for_broker
+from emeterai_shared.testing.fixtures import claimed_vhost, fresh_vhost, shared_broker_lock, wait_for_broker
 
 from bench.messaging.raw import Rate
 
@@ -19,11 +19,15 @@ __all__ = ["benchmark_broker", "fresh_vhost", "machine_info", "rate_record"]
 
 
 @contextlib.contextmanager
-def benchmark_broker() -> Iterator[None]:
+def benchmark_broker(*vhosts: str) -> Iterator[None]:
     """Hold the test sessions' shared broker lock (no test restarts RabbitMQ during the run)
-    once the broker answers."""
-    with shared_broker_lock():
+    once the broker answers, and claim the benchmark's scratch ``vhosts``: made fresh with
+    ``fresh_vhost`` during the run, deleted at its end."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(shared_broker_lock())
         wait_for_broker()
+        for vhost in vhosts:
+            stack.enter_context(claimed_vhost(vhost))
         yield
 
 

@@ -795,7 +795,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.buyers < 3:
         print("--buyers must be at least 3", file=sys.stderr)
         return 2
-    with benchmark_broker():
+    with benchmark_broker(SCRATCH_VHOST):
         report = uvloop.run(run(args))
     print_report(report)
     args.output.parent.mkdir(parents=True, exist_ok=True)

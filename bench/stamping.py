@@ -632,7 +632,7 @@ def print_profiles(directory: Path, lines: int = 25) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with benchmark_broker(), tempfile.TemporaryDirectory(prefix="bench-stamping-") as workdir:
+    with benchmark_broker(VHOST), tempfile.TemporaryDirectory(prefix="bench-stamping-") as workdir:
         report = uvloop.run(run(args, Path(workdir)))
     print_table(report)
     if args.profile is not None:

@@ -343,7 +343,7 @@ def print_profile(path: Path, lines: int = 30) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with benchmark_broker(), tempfile.TemporaryDirectory(prefix="bench-callbacks-") as workdir:
+    with benchmark_broker(VHOST), tempfile.TemporaryDirectory(prefix="bench-callbacks-") as workdir:
         report = uvloop.run(run(args, Path(workdir)))
     print_table(report)
     if args.profile is not None:

@@ -119,7 +119,7 @@ def print_table(report: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with benchmark_broker():
+    with benchmark_broker(VHOST):
         report = uvloop.run(run(args))
     print_table(report)
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -200,7 +200,7 @@ def print_table(report: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with benchmark_broker(), tempfile.TemporaryDirectory() as secrets_dir:
+    with benchmark_broker(VHOST), tempfile.TemporaryDirectory() as secrets_dir:
         report = uvloop.run(run(args, secrets_dir))
     print_table(report)
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -56,7 +56,16 @@ from emeterai_shared.failpoints import ENV as FAILPOINTS_ENV
 from emeterai_shared.messaging import connect
 from emeterai_shared.messaging.parking import list_parked
 from emeterai_shared.runtime import Context, ServiceDefinition
-from emeterai_shared.testing.fixtures import AMQP_BASE, LOCK_FILE, PG_BASE, settings_env, settings_for
+from emeterai_shared.testing.fixtures import (
+    AMQP_BASE,
+    LOCK_FILE,
+    PG_BASE,
+    broker_answers,
+    require_restart_headroom,
+    settings_env,
+    settings_for,
+    start_rabbitmq_node,
+)
 from emeterai_shared.testing.platform import Platform, Proc, prepare, wait_ready
 
 SERVICES = ("order", "payment", "minting", "stamping")
@@ -168,11 +177,12 @@ async def wait_postgres(timeout_s: float = 120) -> None:
     raise RuntimeError(f"PostgreSQL did not come back within {timeout_s}s: {last!r}")
 
 
-async def wait_rabbitmq(timeout_s: float = 120) -> None:
+async def wait_rabbitmq(timeout_s: float = 180) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         done = await asyncio.to_thread(_run, ["rabbitmqctl", "await_startup", "--timeout", "30"], 60)
-        if done.returncode == 0 and await asyncio.to_thread(rabbitmq_running):
+        if done.returncode == 0 and await asyncio.to_thread(rabbitmq_running) \
+                and await asyncio.to_thread(broker_answers):
             return
         await asyncio.sleep(0.5)
     raise RuntimeError(f"RabbitMQ did not come back within {timeout_s}s")
@@ -184,8 +194,9 @@ def ensure_servers_running(log: Log = print) -> dict[str, bool]:
     if not found["postgresql"]:
         log(f"postgresql was not running: starting it ({_pg_ctl('start').returncode})")
     if not found["rabbitmq"]:
+        start_rabbitmq_node()  # the node itself, if it is down (rabbitmq-server -detached)
         log(f"rabbitmq app was not running: start_app ({_run(['rabbitmqctl', 'start_app']).returncode})")
-        _run(["rabbitmqctl", "await_startup", "--timeout", "60"], 90)
+        _run(["rabbitmqctl", "await_startup", "--timeout", "120"], 150)
     return {"postgresql": postgres_online(), "rabbitmq": rabbitmq_running()}
 
 
@@ -399,6 +410,7 @@ async def inject_worker_kills(platform: Platform, tl: Timeline, sup: Supervisor)
 
 async def inject_rabbitmq_restart(platform: Platform, tl: Timeline, down_s: float,
                                   recovery_timeout_s: float) -> dict[str, Any]:
+    await asyncio.to_thread(require_restart_headroom)  # or the broker might never boot again
     tl.note("rabbitmqctl stop_app")
     stopped = await asyncio.to_thread(_run, ["rabbitmqctl", "stop_app"])
     try:

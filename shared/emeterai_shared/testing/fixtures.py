@@ -7,7 +7,19 @@ skip: the suite must not pass without the real parts.
 
 Broker restarts: a test that stops RabbitMQ takes ``broker_exclusive``; every session holds a
 shared lock on the same file, so concurrent sessions on one machine never see a restart they
-did not ask for.
+did not ask for. Such tests run last in the session, and only when the broker has the file
+handles to recover every queue it holds (see ``require_restart_headroom``).
+
+Scratch vhosts: a test session or benchmark claims its vhost (an exclusive lock file held while
+it runs), creates it described as scratch, and deletes it when it ends; a scratch vhost whose
+claim nobody holds (a run that was killed) is deleted by the next run. Every vhost holds a few
+dozen quorum queues and each quorum queue keeps about three file handles open in RabbitMQ: left
+behind, a handful of them exhausts a default RabbitMQ's 1024 descriptors, and the next broker
+restart never finishes booting.
+
+Fail fast: before every test that uses the servers, the broker must answer an AMQP handshake
+(checked at most every few seconds); when it stops answering for good the session ends at once
+with the reason, instead of every later test waiting out its timeout.
 """
 
 from __future__ import annotations
@@ -15,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import socket
@@ -25,6 +38,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
 import asyncpg
@@ -44,6 +58,10 @@ AMQP_BASE = os.environ.get("EMETERAI_TEST_AMQP_BASE_URL", "amqp://guest:guest@12
 AMQP_URL = f"{AMQP_BASE}/{VHOST}"
 LOCK_FILE = "/tmp/emeterai-broker.lock"
 REPO_ROOT = Path(__file__).resolve().parents[3]
+SCRATCH_DESCRIPTION = "emeterai scratch vhost (a test session or benchmark): deleted when its run ends"
+RESTART_HEADROOM = 0.5
+"""A broker restart is refused when RabbitMQ already uses more than this share of its file handles:
+recovering its queues on boot needs them all again, and past the limit the boot never finishes."""
 
 
 def _port_open(port: int) -> bool:
@@ -59,13 +77,126 @@ def rabbitmqctl(*args: str, check: bool = True, timeout: float = 120) -> subproc
                           timeout=timeout)
 
 
-def wait_for_broker(timeout_s: float = 90) -> None:
+def _amqp_address() -> tuple[str, int]:
+    parsed = urlsplit(AMQP_BASE)
+    return parsed.hostname or "127.0.0.1", parsed.port or 5672
+
+
+def broker_answers(timeout_s: float = 5.0, address: tuple[str, int] | None = None) -> bool:
+    """RabbitMQ accepts a connection and answers the AMQP 0-9-1 protocol header with a method
+    frame (Connection.Start). A wedged broker (out of file handles, still booting) keeps the
+    port open but never answers, which a port check alone would miss."""
+    try:
+        with socket.create_connection(address or _amqp_address(), timeout=timeout_s) as s:
+            s.settimeout(timeout_s)
+            s.sendall(b"AMQP\x00\x00\x09\x01")
+            return s.recv(1) == b"\x01"
+    except OSError:
+        return False
+
+
+def start_rabbitmq_node() -> None:
+    """Start the node the way the machine does (``rabbitmq-server -detached``) when it is down."""
+    if rabbitmqctl("status", check=False, timeout=60).returncode != 0:
+        subprocess.run(["rabbitmq-server", "-detached"], capture_output=True, timeout=60, check=False)
+
+
+def wait_for_broker(timeout_s: float = 240) -> None:
+    """RabbitMQ's app is running and answers AMQP; starts the app, or the node, if it is down."""
     deadline = time.monotonic() + timeout_s
+    start_at: float | None = time.monotonic() + 20  # give a restart in progress its time first
     while time.monotonic() < deadline:
-        if _port_open(5672) and rabbitmqctl("await_startup", check=False, timeout=60).returncode == 0:
+        if broker_answers() and rabbitmqctl("await_startup", check=False, timeout=60).returncode == 0:
             return
+        if start_at is not None and time.monotonic() > start_at:
+            start_rabbitmq_node()
+            rabbitmqctl("start_app", check=False)
+            start_at = None
         time.sleep(0.5)
-    pytest.fail("RabbitMQ did not come back")
+    pytest.fail(f"RabbitMQ did not come back within {timeout_s:.0f}s ({broker_file_handles()})")
+
+
+def broker_file_handles() -> dict[str, int]:
+    """RabbitMQ's file handle use and limit (``rabbitmq-diagnostics status``); empty when it
+    does not answer."""
+    done = subprocess.run(["rabbitmq-diagnostics", "-q", "status", "--formatter", "json"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    if done.returncode != 0:
+        return {}
+    try:
+        fds = json.loads(done.stdout).get("file_descriptors") or {}
+    except json.JSONDecodeError:
+        return {}
+    return {k: int(v) for k, v in fds.items() if isinstance(v, int)}
+
+
+def require_restart_headroom() -> None:
+    """Refuse to restart RabbitMQ when it could not boot again: on start it reopens the files of
+    every queue it holds, and past its file handle limit the boot hangs for good."""
+    fds = broker_file_handles()
+    used, limit = fds.get("total_used", 0), fds.get("total_limit", 0)
+    if limit and used > RESTART_HEADROOM * limit:
+        vhosts = rabbitmqctl("-q", "list_vhosts", "--no-table-headers", check=False).stdout.split()
+        raise RuntimeError(
+            f"RabbitMQ uses {used} of its {limit} file handles: a restart would not finish booting. "
+            f"Its vhosts: {', '.join(sorted(vhosts))}. Delete the ones left behind "
+            "(rabbitmqctl delete_vhost NAME) or raise its open-files limit, then run again.")
+
+
+def _claim_path(vhost: str) -> str:
+    return f"/tmp/emeterai-vhost-{vhost}.lock"
+
+
+def _try_claim(vhost: str) -> int | None:
+    fd = os.open(_claim_path(vhost), os.O_CREAT | os.O_RDWR, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _release(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def prune_scratch_vhosts() -> list[str]:
+    """Delete the scratch vhosts nobody claims (left by runs that were killed); returns them."""
+    done = rabbitmqctl("-q", "list_vhosts", "name", "description", "--no-table-headers", check=False)
+    pruned: list[str] = []
+    for line in done.stdout.splitlines():
+        name, _, description = line.partition("\t")
+        if description.strip() != SCRATCH_DESCRIPTION:
+            continue
+        fd = _try_claim(name)
+        if fd is None:
+            continue  # a running session or benchmark uses it
+        try:
+            rabbitmqctl("delete_vhost", name, check=False)
+            pruned.append(name)
+        finally:
+            _release(fd)
+    return pruned
+
+
+@contextlib.contextmanager
+def claimed_vhost(vhost: str) -> Iterator[str]:
+    """``vhost`` claimed for this run, fresh and empty, deleted at the end; yields its AMQP URL.
+    Unclaimed scratch vhosts of earlier runs are deleted first."""
+    fd = _try_claim(vhost)
+    if fd is None:
+        raise RuntimeError(f"vhost {vhost} is in use by another run on this machine "
+                           "(give this one its own EMETERAI_TEST_NAMESPACE)")
+    try:
+        prune_scratch_vhosts()
+        yield fresh_vhost(vhost)
+    finally:
+        try:
+            rabbitmqctl("delete_vhost", vhost, check=False)
+        finally:
+            _release(fd)
 
 
 @contextlib.contextmanager
@@ -91,6 +222,10 @@ def broker_exclusive(broker_lock: int) -> Iterator[None]:
     """Held by tests that stop and start RabbitMQ; always leaves the broker running."""
     fcntl.flock(broker_lock, fcntl.LOCK_EX)
     try:
+        try:
+            require_restart_headroom()
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
         yield
     finally:
         if rabbitmqctl("status", check=False, timeout=60).returncode != 0 or not _port_open(5672):
@@ -99,20 +234,49 @@ def broker_exclusive(broker_lock: int) -> Iterator[None]:
         fcntl.flock(broker_lock, fcntl.LOCK_SH)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that restart RabbitMQ run last: if a restart goes wrong, only they are affected."""
+    items.sort(key=lambda item: "broker_exclusive" in getattr(item, "fixturenames", ()))
+
+
 @pytest.fixture(scope="session")
-def servers(broker_lock: int) -> str:
-    """Both servers answer, and this session's vhost exists (fresh); returns its AMQP URL."""
+def servers(broker_lock: int) -> Iterator[str]:
+    """Both servers answer, and this session's vhost exists (fresh, claimed for the session,
+    deleted at its end); yields its AMQP URL."""
     if not _port_open(5432):
         pytest.fail("PostgreSQL is not reachable at 127.0.0.1:5432 (make test starts it)")
     if not _port_open(5672):
         pytest.fail("RabbitMQ is not reachable at 127.0.0.1:5672 (make test starts it)")
-    return fresh_vhost(VHOST)
+    try:
+        with claimed_vhost(VHOST) as url:
+            yield url
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+
+
+_alive = {"checked_at": -1e9}
+
+
+@pytest.fixture(autouse=True)
+def _servers_still_answer(request: pytest.FixtureRequest) -> None:
+    """Before a test that uses the servers: both still answer (broker checked at most every 5 s);
+    otherwise end the session now, with the reason, rather than let every test time out."""
+    if "servers" not in request.fixturenames or time.monotonic() - _alive["checked_at"] < 5:
+        return
+    deadline = time.monotonic() + 60
+    while not (_port_open(5432) and broker_answers()):
+        if time.monotonic() > deadline:
+            pytest.exit("PostgreSQL or RabbitMQ stopped answering for 60 s; the rest of the suite cannot run "
+                        f"(RabbitMQ file handles: {broker_file_handles() or 'no answer'})", returncode=3)
+        time.sleep(1)
+    _alive["checked_at"] = time.monotonic()
 
 
 def fresh_vhost(vhost: str) -> str:
-    """An empty RabbitMQ virtual host (deleted and created again); returns its AMQP URL."""
+    """An empty RabbitMQ virtual host (deleted and created again, described as scratch);
+    returns its AMQP URL. Use ``claimed_vhost`` so that it is deleted when the run ends."""
     rabbitmqctl("delete_vhost", vhost, check=False)
-    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("add_vhost", vhost, "--description", SCRATCH_DESCRIPTION)
     rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     return f"{AMQP_BASE}/{vhost}"
 

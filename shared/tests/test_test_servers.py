@@ -1,0 +1,121 @@
+"""The test harness's own guards on the shared servers, against the real RabbitMQ: scratch vhosts
+are claimed and cleaned up (left behind, their quorum queues exhaust the broker's file handles and
+a restart never finishes booting), a broker that keeps the port open but does not answer is told
+apart from one that answers, and a restart is refused when the broker could not boot again."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+from emeterai_shared.testing import fixtures
+from emeterai_shared.testing.fixtures import (
+    NAMESPACE,
+    SCRATCH_DESCRIPTION,
+    broker_answers,
+    claimed_vhost,
+    fresh_vhost,
+    prune_scratch_vhosts,
+    rabbitmqctl,
+    require_restart_headroom,
+)
+
+
+def vhosts() -> dict[str, str]:
+    out = rabbitmqctl("-q", "list_vhosts", "name", "description", "--no-table-headers").stdout
+    return {name: description.strip() for name, _, description in (line.partition("\t") for line in out.splitlines())}
+
+
+@contextlib.contextmanager
+def silent_listener() -> Iterator[tuple[str, int]]:
+    """A port that accepts connections and never says a word (a wedged broker, seen from outside)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                accepted.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()
+    finally:
+        stop.set()
+        thread.join()
+        for conn in accepted:
+            conn.close()
+        server.close()
+
+
+def test_the_broker_answers_the_amqp_handshake(servers: str) -> None:
+    assert broker_answers()
+
+
+def test_an_open_port_that_never_answers_is_not_a_broker() -> None:
+    with silent_listener() as address:
+        assert not broker_answers(timeout_s=0.5, address=address)
+
+
+def test_a_closed_port_is_not_a_broker() -> None:
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        address = s.getsockname()  # bound, never listening: connections are refused
+        assert not broker_answers(timeout_s=0.5, address=address)
+
+
+def test_unclaimed_scratch_vhosts_are_pruned_and_claimed_ones_kept(servers: str) -> None:
+    left_behind, in_use = f"emeterai_{NAMESPACE}_left_behind", f"emeterai_{NAMESPACE}_in_use"
+    with claimed_vhost(in_use):
+        fresh_vhost(left_behind)  # as a killed run leaves it: scratch, nobody holds its claim
+        assert vhosts()[left_behind] == SCRATCH_DESCRIPTION
+        assert vhosts()[in_use] == SCRATCH_DESCRIPTION
+        pruned = prune_scratch_vhosts()
+        assert left_behind in pruned and in_use not in pruned
+        assert left_behind not in vhosts() and in_use in vhosts()
+    assert in_use not in vhosts()  # the claim's end deletes it
+    fresh_vhost(left_behind)
+    with claimed_vhost(in_use):  # and every claim first prunes what was left behind
+        assert left_behind not in vhosts()
+
+
+def test_a_vhost_cannot_be_claimed_twice_and_other_vhosts_are_never_pruned(servers: str) -> None:
+    mine = f"emeterai_{NAMESPACE}_claimed"
+    foreign = f"emeterai_{NAMESPACE}_not_scratch"  # e.g. the one `make run` uses
+    rabbitmqctl("delete_vhost", foreign, check=False)
+    rabbitmqctl("add_vhost", foreign)
+    try:
+        with claimed_vhost(mine):
+            with pytest.raises(RuntimeError, match="in use by another run"), claimed_vhost(mine):
+                pass
+            assert mine in vhosts()
+        assert foreign not in prune_scratch_vhosts()
+        assert foreign in vhosts()
+    finally:
+        rabbitmqctl("delete_vhost", foreign, check=False)
+
+
+def test_the_session_vhost_is_claimed(servers: str) -> None:
+    assert vhosts()[fixtures.VHOST] == SCRATCH_DESCRIPTION
+    assert fixtures.VHOST not in prune_scratch_vhosts()
+
+
+def test_a_restart_is_refused_when_the_broker_could_not_boot_again(
+    servers: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_restart_headroom()  # this broker, as it is now: room to spare
+    real = fixtures.broker_file_handles()
+    assert real["total_limit"] > real["total_used"] > 0
+    monkeypatch.setattr(fixtures, "broker_file_handles",
+                        lambda: {"total_used": real["total_limit"] - 10, "total_limit": real["total_limit"]})
+    with pytest.raises(RuntimeError, match="would not finish booting") as refused:
+        require_restart_headroom()
+    assert fixtures.VHOST in str(refused.value)
