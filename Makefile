@@ -8,7 +8,7 @@ SERVICES := order payment minting stamping
 export SSL_CERT_FILE ?= /etc/ssl/certs/ca-certificates.crt
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: run test setup servers venv lint bench-messaging bench-callbacks bench-stamping rush chaos prometheus clean
+.PHONY: run test fuzz setup servers venv lint bench-messaging bench-callbacks bench-stamping rush chaos prometheus clean
 
 ## run: set everything up, then supervise every api, worker and relay (Ctrl-C stops all)
 run: setup
@@ -17,6 +17,15 @@ run: setup
 ## test: set everything up, then run the whole suite against the real servers
 test: venv servers
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## fuzz: schemathesis over the four services, FUZZ_EXAMPLES (200) cases per operation from FUZZ_SEED (random)
+FUZZ_EXAMPLES ?= 200
+ifndef FUZZ_SEED
+FUZZ_SEED := $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+endif
+fuzz: venv servers
+	@echo "fuzzing with FUZZ_SEED=$(FUZZ_SEED) FUZZ_EXAMPLES=$(FUZZ_EXAMPLES)"
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_SEED=$(FUZZ_SEED) $(PY) -m pytest tests/test_fuzz.py --timeout 0 $(PYTEST_ARGS)
 
 ## setup: databases, migrations and broker topology for every service
 setup: venv servers

@@ -8,8 +8,10 @@ bank simulator (a share of callbacks duplicated) and stamp 2 PDFs. During the lo
 timeline: one worker of every service SIGKILLed and restarted, RabbitMQ ``stop_app``/``start_app``,
 PostgreSQL stopped and started, the stamping worker SIGKILLed between a signature and its commit
 (failpoint ``stamping.after_sign=kill``). After quiescence: every captured payment credited or
-refunded, every accepted stamping DONE or FAILED with its serial released, no serial issued, sold
-or used twice, nothing parked without a reason, no parked outbox row. The logic is
+refunded (one whose only pending step is a parked message counts as lost, naming the message), every
+accepted stamping DONE or FAILED with its serial released, no serial issued, sold or used twice,
+nothing parked without a reason, no parked outbox row, and the front doors answered every fault with
+503 + Retry-After (SNAP: ``504xx00`` Timeout), never another 5xx. The logic is
 ``emeterai_shared.testing.chaos`` (``tests/test_chaos.py`` runs a smaller version of it).
 
 Restarting the servers disturbs everyone on this machine: the run first waits while other

@@ -459,8 +459,21 @@ async def measure_ceiling(pg_base_url: str) -> dict[str, Any]:
             "broker_confirms": {"count": confirms.count, "seconds": round(confirms.seconds, 2), "in_flight": 500}}
 
 
+def consumer_queues(settings: dict[str, Any]) -> list[str]:
+    """Every consumer queue of the platform (the checks read their parking queues)."""
+    from emeterai_shared.runtime import Context
+    from minting_service.bootstrap import SERVICE as MINTING
+    from order_service.bootstrap import SERVICE as ORDER
+    from payment_service.bootstrap import SERVICE as PAYMENT
+    from stamping_service.bootstrap import SERVICE as STAMPING
+
+    return [sub.queue for defn in (ORDER, PAYMENT, MINTING, STAMPING)
+            for sub in defn.subscriptions(Context(settings=settings[defn.name], pool=None))]
+
+
 async def drain(run: Run) -> dict[str, Any]:
-    """Wait until every captured payment is credited or refunded (or the timeout), then check."""
+    """Wait until every captured payment is credited or refunded (or the timeout), then check. A
+    payment whose only pending step is a parked message is not waited for: it is lost."""
     started = time.monotonic()
     bar = run.progress.add_task("drain: captured payments unresolved", total=None)
 
@@ -736,7 +749,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 ceiling = await measure_ceiling(settings["order"].pg_base_url)
             except Exception as exc:  # e.g. PostgreSQL out of connection slots: report it, go on
                 ceiling = {"db_commits_per_s": None, "broker_confirms_per_s": None, "error": repr(exc)}
-        dbs = await Databases.open({name: s.database_url for name, s in settings.items()})
+        dbs = await Databases.open({name: s.database_url for name, s in settings.items()},
+                                   amqp_url=settings["order"].amqp_url, queues=consumer_queues(settings))
         bank_config, bank_key = load_bank(args.bank_dir)
         docs = await asyncio.to_thread(documents)
         connector = aiohttp.TCPConnector(limit=args.connections, limit_per_host=args.connections_per_host)

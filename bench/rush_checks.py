@@ -18,6 +18,8 @@ from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
+from emeterai_shared.messaging import connect
+from emeterai_shared.stranding import ParkedWork, live_outbox_orders, parked_in_queues, parked_outbox, stranded
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -105,13 +107,38 @@ class Databases:
     payment: asyncpg.Pool
     minting: asyncpg.Pool
     stamping: asyncpg.Pool
+    amqp_url: str | None = None
+    """The platform's vhost: its parking queues are read for parked money-carrying messages."""
+    queues: tuple[str, ...] = ()
+    """Every consumer queue of the platform (their ``.parking`` queues are read)."""
 
     @classmethod
     @retrying
-    async def open(cls, urls: dict[str, str]) -> Databases:
-        pools = await asyncio.gather(*(asyncpg.create_pool(urls[s], min_size=1, max_size=1)
-                                       for s in ("order", "payment", "minting", "stamping")))
-        return cls(*pools)
+    async def open(cls, urls: dict[str, str], *, amqp_url: str | None = None,
+                   queues: Iterable[str] = ()) -> Databases:
+        order, payment, minting, stamping = await asyncio.gather(
+            *(asyncpg.create_pool(urls[name], min_size=1, max_size=1)
+              for name in ("order", "payment", "minting", "stamping")))
+        return cls(order, payment, minting, stamping, amqp_url=amqp_url, queues=tuple(queues))
+
+    def pools(self) -> dict[str, asyncpg.Pool]:
+        return {"order": self.order, "payment": self.payment, "minting": self.minting, "stamping": self.stamping}
+
+    async def parked_work(self) -> tuple[list[ParkedWork], set[str]]:
+        """Money-carrying parked work (outbox rows the relays parked, messages in the parking queues)
+        and the orders with outbox rows still to publish (work still moving)."""
+        parked: list[ParkedWork] = []
+        live: set[str] = set()
+        for service, pool in self.pools().items():
+            parked += await parked_outbox(pool, service)
+            live |= await live_outbox_orders(pool)
+        if self.amqp_url and self.queues:
+            connection = await connect(self.amqp_url, name="rush-checks")
+            try:
+                parked += await parked_in_queues(connection, self.queues)
+            finally:
+                await connection.close()
+        return parked, live
 
     async def close(self) -> None:
         await asyncio.gather(self.order.close(), self.payment.close(), self.minting.close(),
@@ -173,13 +200,17 @@ class Databases:
     # --- invariants (the whole databases, every run so far) -------------------------------
     @retrying
     async def unresolved_captures(self) -> int:
-        return len((await self.lost())["lost_orders"])
+        """Captured payments still on their way (neither credited nor refunded, and not stranded
+        behind parked work, which nothing moves: waiting for those is pointless)."""
+        lost = await self.lost()
+        return len(lost["lost_orders"]) - int(lost["stranded"])
 
     @retrying
     async def lost(self) -> dict[str, Any]:
         """Captured payments whose order is neither FULFILLED with every serial credited (in the
         order's serials and in the buyer's stamping quota) nor refunded (REFUNDED, or a refund
-        recorded)."""
+        recorded). Those whose only pending step is a parked message are ``stranded``: lost for
+        sure, whatever the wait, and each names its parked message (``parked``)."""
         payments = await self.payment.fetch(
             """SELECT p.order_id::text AS id, b.quantity FROM payments p JOIN bills b USING (bill_id)""")
         refunded = {r["id"] for r in await self.payment.fetch("SELECT order_id::text AS id FROM refunds")}
@@ -203,7 +234,15 @@ class Databases:
                 lost.append({"order_id": p["id"], "status": order["status"] if order else None,
                              "serials": order["order_serials"] if order else None,
                              "quota": quota.get(p["id"], 0)})
-        return {"captured": len(payments), "credited": credited, "refunded": refunds, "lost_orders": lost}
+        stuck: dict[str, list[ParkedWork]] = {}
+        if lost:
+            parked, live = await self.parked_work()
+            stuck = stranded((entry["order_id"] for entry in lost), parked, live)
+            for entry in lost:
+                if entry["order_id"] in stuck:
+                    entry["parked"] = [work.describe() for work in stuck[entry["order_id"]]]
+        return {"captured": len(payments), "credited": credited, "refunded": refunds, "stranded": len(stuck),
+                "lost_orders": lost}
 
     @retrying
     async def duplicates(self) -> dict[str, Any]:

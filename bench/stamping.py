@@ -232,8 +232,7 @@ async def grant(pool: asyncpg.Pool, stamps: Stamps) -> None:
 async def declare_sink(settings: StampingSettings) -> None:
     connection = await aio_pika.connect(settings.amqp_url)
     try:
-        await declare_consumer_queue(await connection.channel(), SINK, delivery_limit=settings.delivery_limit,
-                                     max_length=settings.max_queue_length)
+        await declare_consumer_queue(await connection.channel(), SINK)
     finally:
         await connection.close()
 

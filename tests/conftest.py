@@ -36,6 +36,7 @@ def purchase_platform(servers: str, tmp_path_factory: pytest.TempPathFactory) ->
     @contextlib.asynccontextmanager
     async def start(*, stock: int | None = None, stamping: bool = False, order_overrides: dict[str, Any] | None = None,
                     stamping_overrides: dict[str, Any] | None = None, process_env: dict[str, str] | None = None,
+                    minting_overrides: dict[str, Any] | None = None,
                     **payment_overrides: Any) -> AsyncIterator[Platform]:
         """``stock``: also run the minting service, with that many serials in stock; ``stamping``:
         also run the stamping service (needs ``stock``). ``*_overrides``: that service's settings;
@@ -50,7 +51,8 @@ def purchase_platform(servers: str, tmp_path_factory: pytest.TempPathFactory) ->
                                partners_file=str(tmp / "banks.json"), **payment_overrides)
         services: list[tuple[ServiceDefinition, ServiceSettings]] = [(ORDER, order), (PAYMENT, payment)]
         if stock is not None:
-            services.append((MINTING, settings_for(MintingSettings, secrets_dir=str(tmp / "secrets"))))
+            services.append((MINTING, settings_for(MintingSettings, secrets_dir=str(tmp / "secrets"),
+                                                   **(minting_overrides or {}))))
         if stamping:
             services.append((STAMPING, settings_for(StampingSettings, secrets_dir=str(tmp / "secrets"),
                                                     **(stamping_overrides or {}))))

@@ -7,7 +7,9 @@ service is SIGKILLed and restarted, RabbitMQ is stopped and started, PostgreSQL 
 started, and the stamping worker SIGKILLs itself between a signature and its commit. After
 recovery and quiescence, from the databases and the broker: every captured payment is credited
 or refunded, every accepted stamping is DONE or FAILED with its serial released, no serial is
-issued, sold or used twice, nothing is parked without a reason, no outbox row is parked.
+issued, sold or used twice, nothing is parked without a reason, no outbox row is parked, no
+captured payment is stranded behind a parked message (it would count as lost), and the front doors
+answered every fault with 503 + Retry-After, never another 5xx (each an invariant: ``report["ok"]``).
 
 Restarting RabbitMQ and PostgreSQL happens under ``broker_exclusive`` (the lock every test
 session holds shared), so concurrent sessions on this machine never see a server vanish; both

@@ -407,6 +407,13 @@ def test_alert_rules_cover_the_platform_risks() -> None:
         assert job in jobs, f"alert rules name the job {job}, which no configuration scrapes"
 
 
+def test_an_outbox_that_stops_publishing_pages_someone() -> None:
+    """Back-pressure never parks an outbox row, so a row that waits is seen by its age alone."""
+    stalled = [rule for rule in _rules() if "emeterai_outbox_oldest_pending_seconds" in rule["expr"]
+               and rule["labels"]["severity"] == "critical"]
+    assert [rule["alert"] for rule in stalled] == ["OutboxStalled"]
+
+
 def test_promtool_accepts_the_configs_and_rules() -> None:
     promtool = shutil.which("promtool")
     if promtool is None:

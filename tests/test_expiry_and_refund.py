@@ -1,12 +1,14 @@
 """Unpaid orders expire; money that arrives after expiry is captured and refunded, never lost.
 
-Bills here expire after a few seconds (``PAYMENT_BILL_EXPIRY_S``), swept every half second.
+A bill expires once the buyer has seen it: the test moves its ``expires_at`` into the past in the
+payment database and the sweep (every half second here) expires it. A short configured expiry would
+race the platform instead (on a slow machine a bill could expire before its order even shows it).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -18,13 +20,21 @@ from payment_service.snap.banksim import BankSimulator
 
 BankFor = Callable[[Platform, aiohttp.ClientSession], BankSimulator]
 CustomerNo = Callable[[Platform, str], str]
-EXPIRY_S = 4
 
 
 @pytest.fixture(scope="module")
 async def platform(purchase_platform: Any) -> AsyncIterator[Platform]:
-    async with purchase_platform(bill_expiry_s=EXPIRY_S, expiry_sweep_interval_s=0.5) as p:
+    async with purchase_platform(expiry_sweep_interval_s=0.5) as p:
         yield p
+
+
+async def expire_now(platform: Platform, order_id: str) -> datetime:
+    """The bill of ``order_id`` is due from now on (the sweep expires it); returns its new expiry."""
+    expires_at: datetime = await fetchval(
+        platform.settings["payment"],
+        "UPDATE bills SET expires_at = now() - interval '1 second' WHERE order_id = $1::uuid RETURNING expires_at",
+        order_id)
+    return expires_at
 
 
 async def test_unpaid_order_expires_and_refuses_a_late_payment(
@@ -35,6 +45,7 @@ async def test_unpaid_order_expires_and_refuses_a_late_payment(
         await buyer.register()
         order_id = await buyer.order(1)
         bill = await buyer.bill(order_id)
+        await expire_now(platform, order_id)
         await buyer.status_becomes(order_id, "EXPIRED", timeout_s=60)
         bank = bank_client(platform, session)
         status, body = await bank.pay(va_customer_no(platform, bill["virtual_account_no"]), bill["amount"])
@@ -54,12 +65,11 @@ async def test_late_bank_advice_is_captured_and_refunded(
         await buyer.register()
         order_id = await buyer.order(2)
         bill = await buyer.bill(order_id)
-        paid_at = datetime.now(UTC)
+        paid_at = await expire_now(platform, order_id) - timedelta(seconds=1)  # in time, by the bill's clock
         await buyer.status_becomes(order_id, "EXPIRED", timeout_s=60)
-        assert datetime.fromisoformat(bill["expires_at"]) > paid_at
         bank = bank_client(platform, session)
         status, body = await bank.pay(va_customer_no(platform, bill["virtual_account_no"]), bill["amount"],
-                                      flag_advise="Y", paid_at=paid_at - timedelta(seconds=1))
+                                      flag_advise="Y", paid_at=paid_at)
         assert (status, body["responseCode"]) == (200, "2002500"), body
         order = await buyer.status_becomes(order_id, "REFUNDED", timeout_s=60)
         assert order["serials"] == []

@@ -28,7 +28,9 @@ STOCK = 60
 
 @pytest.fixture(scope="module")
 async def platform(purchase_platform: Any) -> AsyncIterator[Platform]:
-    async with purchase_platform(stock=STOCK) as p:
+    # No waiting for stock here (MINTING_STOCK_WAIT_S=0): too little stock fails the order at once.
+    # Waiting for stock is tests/test_stock_wait.py.
+    async with purchase_platform(stock=STOCK, minting_overrides={"stock_wait_s": 0}) as p:
         yield p
 
 

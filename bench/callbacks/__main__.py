@@ -138,8 +138,7 @@ def new_bank(directory: Path) -> tuple[dict[str, str], bytes, Path]:
 async def declare_sink(settings: PaymentSettings) -> None:
     connection = await aio_pika.connect(settings.amqp_url)
     try:
-        await declare_consumer_queue(await connection.channel(), SINK, delivery_limit=settings.delivery_limit,
-                                     max_length=settings.max_queue_length)
+        await declare_consumer_queue(await connection.channel(), SINK)
     finally:
         await connection.close()
 

@@ -147,7 +147,8 @@ class PartnerKeys:
 
     def authenticate(self, api_key: str) -> str | None:
         """The partner id of ``api_key``, or None."""
-        digest = hashlib.sha256(api_key.encode()).digest()
+        # surrogateescape: aiohttp keeps a header's undecodable bytes as lone surrogates
+        digest = hashlib.sha256(api_key.encode("utf-8", "surrogateescape")).digest()
         found = None
         for partner_id, known in self._digests:
             if hmac.compare_digest(known, digest):

@@ -65,8 +65,6 @@ class ServiceSettings(BaseSettings):
     consumer_concurrency: int = 4
     consumer_batch_max: int = 32
     retry_delays_ms: list[int] = Field(default_factory=lambda: [5_000, 30_000, 300_000, 1_800_000])
-    delivery_limit: int = 20
-    max_queue_length: int = 1_000_000
     shutdown_grace_s: float = 20.0
 
     relay_batch_size: int = 500

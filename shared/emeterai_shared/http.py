@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,9 +17,10 @@ from typing import Any, TypeVar
 
 import asyncpg
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from emeterai_shared.telemetry import HTTP_LATENCY, HTTP_REQUESTS, IN_FLIGHT, SHED, extract_context, tracer
 
@@ -55,13 +57,87 @@ def error_response(status: int, code: str, message: str, *,
     return web.json_response(body, status=status, headers=headers)
 
 
+NO_NUL = r"^[^\x00]*$"
+"""Pattern of a JSON string field: any text but NUL, which no request body may hold (``decode_json``)."""
+
+PART_NAME = r"^[^\x00-\x1f\x7f]*$"
+"""A multipart part's name: no control characters, which make its header unreadable (400 malformed_form)."""
+
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of arrays and objects a JSON body may have. Python's decoder recurses once per
+level and fails with ``RecursionError`` near a thousand levels; no request of ours needs more
+than a few, so deeper bodies are refused before decoding."""
+
+_JSON_STRUCTURE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+"""A JSON string (skipped whole, so brackets inside it do not count) or a bracket."""
+
+
+class JsonBodyError(ValueError):
+    """A body that is not a JSON document we read: ``code`` is ``malformed_json`` or
+    ``too_deeply_nested``."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def json_depth_exceeds(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when ``raw`` opens more than ``limit`` arrays/objects inside one another (read lexically,
+    without decoding, so it is safe on any input; it stops at the first level past the limit)."""
+    depth = 0
+    for match in _JSON_STRUCTURE.finditer(raw):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return False
+
+
+def decode_json(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """The one way a service reads a JSON request body (SNAP included): ``JsonBodyError`` for a body
+    nested deeper than ``max_depth``, for bytes that are not JSON (bad UTF-8, syntax, integers past
+    Python's digit limit) and for text no database column can hold (NUL characters, lone
+    surrogates from ``\\ud800`` escapes)."""
+    if json_depth_exceeds(raw, max_depth):
+        raise JsonBodyError("too_deeply_nested", f"JSON nested deeper than {max_depth} levels")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, int digit limit
+        raise JsonBodyError("malformed_json", f"request body is not valid JSON: {exc}") from None
+    _check_text(data)
+    return data
+
+
+def _check_text(value: Any) -> None:
+    """Refuse strings PostgreSQL cannot store (recursion bounded by the depth check)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise JsonBodyError("malformed_json", "strings may not contain the NUL character (\\u0000)")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise JsonBodyError("malformed_json", "strings may not contain lone surrogates (e.g. \\ud800)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key)
+            _check_text(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_text(item)
+
+
 async def read_json(request: web.Request, model: type[T]) -> T:
-    """Parse and validate a JSON body: 400 ``malformed_json``, 422 ``invalid_request``."""
+    """Parse and validate a JSON body: 400 ``malformed_json`` / ``too_deeply_nested``, 422
+    ``invalid_request``."""
     raw = await request.read()
     try:
-        data = json.loads(raw) if raw else None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
+        data = decode_json(raw) if raw else None
+    except JsonBodyError as exc:
+        raise ApiError(400, exc.code, exc.message) from None
     if not isinstance(data, dict):
         raise ApiError(400, "malformed_json", "request body must be a JSON object")
     try:
@@ -88,15 +164,22 @@ def _route_name(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-DATABASE_UNAVAILABLE = (
-    asyncpg.TooManyConnectionsError, asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError,
-    asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.CrashShutdownError,
-    asyncpg.exceptions.ConnectionFailureError, asyncpg.InterfaceError, asyncpg.InternalClientError,
-    ConnectionRefusedError,
+DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.PostgresConnectionError,  # SQLSTATE class 08: connection lost, failed, rejected
+    asyncpg.exceptions.OperatorInterventionError,  # class 57: admin/crash shutdown, cannot connect now (57P0x)
+    asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, out of memory, disk full
+    asyncpg.exceptions.PostgresSystemError,  # class 58: I/O error on the server
+    asyncpg.InterfaceError, asyncpg.InternalClientError,
+    OSError,
 )
 """Errors that mean the database is out of reach (down, restarting, out of connections): 503, not 500.
-``InterfaceError`` and ``InternalClientError`` are what asyncpg raises for a connection closed under a
-query or a transaction, e.g. during a PostgreSQL restart (seen in ``make chaos``)."""
+Whole classes, not leaves: SQLSTATE classes 08, 57, 53 and 58; ``InterfaceError`` and
+``InternalClientError``, what asyncpg raises for a connection closed under a query or a transaction;
+and ``OSError``, the socket itself. The last is what slipped through in ``make chaos`` (one
+``GET /v1/orders/{id}`` answered 500 while PostgreSQL restarted): a pool replacing a dead connection
+connects again, and a server going down or coming up hangs up during the handshake, which asyncpg
+raises as the builtin ``ConnectionError``/``ConnectionResetError`` (not ``ConnectionRefusedError``,
+the only one listed then); ``TimeoutError`` (a connect or command timeout) is an ``OSError`` too."""
 
 UNSHED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
@@ -156,6 +239,9 @@ async def _answer(request: web.Request, handler: Any) -> web.StreamResponse:
         return response
     except ApiError as exc:
         return error_response(exc.status, exc.code, exc.message, headers=exc.headers, extra=exc.extra)
+    except RequestPayloadError:  # e.g. a Content-Encoding: gzip body that is not gzip
+        return error_response(400, "malformed_body", "the request body cannot be decoded as its Content-Encoding "
+                                                     "says")
     except DATABASE_UNAVAILABLE as exc:
         log.warning("database unavailable in %s %s: %r", request.method, request.path, exc)
         return error_response(503, "unavailable", "the service cannot reach its database right now; retry shortly",
@@ -171,8 +257,18 @@ async def _answer(request: web.Request, handler: Any) -> web.StreamResponse:
         return error_response(500, "internal_error", "internal error; it has been logged")
 
 
+RETRY_AFTER_HEADER = {"Retry-After": {"description": "seconds to wait before trying again", "required": True,
+                                      "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
+"""Every 429 and every 503 in the platform's error format carries it (rate limits, admission, busy,
+database unavailable)."""
+
+
 @dataclass
 class Operation:
+    """One documented route. ``document()`` adds what every route of the kernel can answer besides
+    its own statuses: 503 ``busy``/``unavailable`` (Retry-After) everywhere but the probes, 413 and
+    400 where there is a body, 401 where there are credentials."""
+
     method: str
     path: str
     summary: str
@@ -184,10 +280,87 @@ class Operation:
     parameters: list[dict[str, Any]] = field(default_factory=list)
     webhook: bool = False
     """A request *we* send to the caller (OpenAPI 3.1 ``webhooks``, keyed by ``path`` as its name)."""
+    request_encoding: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-part encoding of a multipart body, e.g. ``{"file": {"contentType": "application/pdf"}}``."""
+    links: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    """OpenAPI links by status: where a response's ids lead (``{"GetOrder": {"operationId": ...,
+    "parameters": {"order_id": "$response.body#/order_id"}}}``), for clients and stateful fuzzers."""
+    operation_id: str | None = None
+    """Default: the method and path, e.g. ``get_v1_orders_order_id``."""
+    oversize_status: int | None = 413
+    """What a body past the server's limit gets (SNAP answers it as a 400 of its own format)."""
+    media: dict[int, str] = field(default_factory=dict)
+    """Statuses answered with a body that is not JSON, by media type (e.g. ``{200: "application/pdf"}``)."""
+
+    @property
+    def id(self) -> str:
+        if self.operation_id is not None:
+            return self.operation_id
+        return re.sub(r"[^a-z0-9]+", "_", f"{self.method} {self.path}".lower()).strip("_")
+
+    def all_responses(self) -> dict[int, tuple[str, type[BaseModel] | None]]:
+        responses = dict(self.responses)
+        if self.webhook:
+            return responses
+        if self.path not in UNSHED_PATHS:
+            responses.setdefault(503, ("busy (this process is at its in-flight limit) or unavailable (the "
+                                       "database is out of reach); Retry-After", None))
+        if self.request is not None:
+            responses.setdefault(400, ("malformed body (code malformed_json, too_deeply_nested, malformed_form, "
+                                       "or malformed_body: a Content-Encoding it is not in)", None))
+            if self.oversize_status is not None:
+                responses.setdefault(self.oversize_status, ("the body is larger than this server accepts", None))
+        if self.security:
+            responses.setdefault(401, ("missing or invalid credentials", None))
+        return responses
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    code: str = Field(description="stable machine code")
+    message: str = Field(description="for people")
 
 
 class ErrorBody(BaseModel):
-    error: dict[str, Any]
+    """Every error of the platform's own API (SNAP answers in its own format)."""
+
+    error: ErrorDetail
+
+
+JSON_VALUE = "JsonValue"
+_JSON_VALUE_REF = {"$ref": f"#/components/schemas/{JSON_VALUE}"}
+JSON_VALUE_SCHEMA: dict[str, Any] = {
+    "description": "any JSON value without NUL characters (a field the model does not name: ignored)",
+    "anyOf": [{"type": ["null", "boolean", "number"]}, {"type": "string", "pattern": NO_NUL},
+              {"type": "array", "items": _JSON_VALUE_REF},
+              {"type": "object", "propertyNames": {"pattern": NO_NUL}, "additionalProperties": _JSON_VALUE_REF}],
+}
+
+
+def _request_schema(schema: Any, *, json_body: bool) -> None:
+    """What the readers do beyond the model, said in its schema: free-text strings refuse NUL
+    (``decode_json``, ``read_form``); in a JSON body, so do names, and fields a model does not name
+    are ignored unless it forbids them (``additionalProperties``: any NUL-free JSON)."""
+    if isinstance(schema, list):
+        for item in schema:
+            _request_schema(item, json_body=json_body)
+        return
+    if not isinstance(schema, dict):
+        return
+    kind = schema.get("type")
+    if (kind == "string" or (isinstance(kind, list) and "string" in kind)) and not (
+            {"pattern", "enum", "const", "format"} & set(schema)):
+        schema["pattern"] = NO_NUL
+    if json_body and (kind == "object" or "properties" in schema):
+        schema.setdefault("propertyNames", {"pattern": NO_NUL})
+        if schema.get("additionalProperties", True) is True:
+            schema["additionalProperties"] = _JSON_VALUE_REF
+    for key in ("properties", "$defs"):
+        for sub in schema.get(key, {}).values():
+            _request_schema(sub, json_body=json_body)
+    for key in ("items", "additionalProperties", "anyOf", "oneOf", "allOf", "not"):
+        _request_schema(schema.get(key), json_body=json_body)
 
 
 class OpenApi:
@@ -206,10 +379,22 @@ class OpenApi:
     def document(self) -> dict[str, Any]:
         schemas: dict[str, Any] = {}
 
-        def ref(model: type[BaseModel]) -> dict[str, str]:
+        def ref(model: type[BaseModel], *, request: str | None = None) -> dict[str, str]:
             schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            if request is not None:
+                json_body = request == "application/json"
+                _request_schema(schema, json_body=json_body)
+                if json_body:
+                    schemas[JSON_VALUE] = JSON_VALUE_SCHEMA
+                else:  # other parts of a form are skipped unread, if their headers can be read
+                    schema.setdefault("additionalProperties", True)
+                    schema.setdefault("propertyNames", {"pattern": PART_NAME})
             for name, sub in schema.pop("$defs", {}).items():
-                schemas.setdefault(name, sub)
+                # a model both sent and answered keeps its request constraints (answers hold no NUL)
+                if request is not None:
+                    schemas[name] = sub
+                else:
+                    schemas.setdefault(name, sub)
             schemas[model.__name__] = schema
             return {"$ref": f"#/components/schemas/{model.__name__}"}
 
@@ -217,6 +402,8 @@ class OpenApi:
         webhooks: dict[str, dict[str, Any]] = {}
         for op in self.operations:
             entry: dict[str, Any] = {"summary": op.summary, "responses": {}}
+            if not op.webhook:
+                entry["operationId"] = op.id
             if op.tags:
                 entry["tags"] = op.tags
             if op.parameters:
@@ -224,14 +411,23 @@ class OpenApi:
             if op.security:
                 entry["security"] = [{name: []} for name in op.security]
             if op.request is not None:
-                entry["requestBody"] = {
-                    "required": True, "content": {op.request_content_type: {"schema": ref(op.request)}},
-                }
-            for status, (desc, model) in sorted(op.responses.items()):
+                media: dict[str, Any] = {"schema": ref(op.request, request=op.request_content_type)}
+                if op.request_encoding:
+                    media["encoding"] = op.request_encoding
+                entry["requestBody"] = {"required": True, "content": {op.request_content_type: media}}
+            for status, (desc, model) in sorted(op.all_responses().items()):
                 resp: dict[str, Any] = {"description": desc}
                 body_model = model or (ErrorBody if status >= 400 else None)
-                if body_model is not None:
+                if status in op.media:
+                    media_type = op.media[status]
+                    any_body: dict[str, Any] = {} if media_type.endswith("json") else {"type": "string"}
+                    resp["content"] = {media_type: {"schema": any_body}}
+                elif body_model is not None:
                     resp["content"] = {"application/json": {"schema": ref(body_model)}}
+                if status in (429, 503) and body_model is ErrorBody:
+                    resp["headers"] = RETRY_AFTER_HEADER
+                if status in op.links:
+                    resp["links"] = op.links[status]
                 entry["responses"][str(status)] = resp
             (webhooks if op.webhook else paths).setdefault(op.path, {})[op.method.lower()] = entry
         doc: dict[str, Any] = {
@@ -291,9 +487,10 @@ def add_probe_routes(app: web.Application, spec: OpenApi | None, checks: Mapping
                            responses={200: ("ready", Health), 503: ("not ready", Health)},
                            tags=["operations"]))
         spec.add(Operation("GET", "/metrics", "Prometheus metrics (text format)",
-                           responses={200: ("metrics", None)}, tags=["operations"]))
+                           responses={200: ("metrics", None)}, tags=["operations"], media={200: "text/plain"}))
         spec.add(Operation("GET", "/openapi.json", "This document",
-                           responses={200: ("OpenAPI document", None)}, tags=["operations"]))
+                           responses={200: ("OpenAPI document", None)}, tags=["operations"],
+                           media={200: "application/json"}))
 
 
 def create_app(service: str, *, max_body_bytes: int, max_in_flight: int = 0) -> web.Application:

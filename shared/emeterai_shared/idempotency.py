@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,18 @@ from aiohttp import web
 from emeterai_shared.http import ApiError
 
 MAX_KEY_LENGTH = 200
+KEY_PATTERN = r"^[!-~]([ -~]{0,198}[!-~])?$"
+"""1 to 200 visible ASCII characters (inner spaces allowed): what an HTTP header carries without
+ambiguity, as published in the OpenAPI documents and enforced by ``key_from``."""
+_KEY = re.compile(KEY_PATTERN)
+
+
+def header_parameter(*, required: bool) -> dict[str, Any]:
+    """The ``Idempotency-Key`` header as an OpenAPI parameter."""
+    return {"name": "Idempotency-Key", "in": "header", "required": required,
+            "description": "the same key with the same body answers the first answer again (header "
+                           "Idempotent-Replayed); with another body, 422 idempotency_key_reused",
+            "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": KEY_PATTERN}}
 
 
 @dataclass(frozen=True)
@@ -32,14 +45,16 @@ class StoredAnswer:
 
 
 def key_from(request: web.Request, *, required: bool) -> str | None:
-    key = request.headers.get("Idempotency-Key", "").strip()
+    given = request.headers.get("Idempotency-Key")
+    key = (given or "").strip()
     if not key:
         if required:
             raise ApiError(400, "idempotency_key_required", "the Idempotency-Key header is required")
-        return None
-    if len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        if given is None:
+            return None
+    if not _KEY.fullmatch(key):
         raise ApiError(400, "invalid_idempotency_key",
-                       f"Idempotency-Key must be printable and at most {MAX_KEY_LENGTH} characters")
+                       f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} visible ASCII characters")
     return key
 
 

@@ -6,9 +6,14 @@ ones sent in the same transaction. It wakes on ``LISTEN outbox`` and polls as a 
 
 * Broker unreachable: nothing is marked, the rows stay pending, the relay sleeps with capped
   exponential backoff (one probe per sleep, never a hot loop) and resumes by itself.
-* One row refused by the broker (unroutable, queue full): the row's ``attempts`` grows; it is
-  parked (``parked_at``) after ``relay_max_attempts`` and waits for an operator
-  (``python -m <svc>_service outbox redrive``).
+* Back-pressure (a bounded queue is full and the broker nacks, ``BrokerBusy``) is not the
+  row's fault: it stays pending with its ``attempts`` untouched, however long it lasts, and the
+  relay holds back (capped exponential backoff on the back-pressure streak, never woken early by
+  new rows, which would meet the same full queue) before the next batch; rows accepted in the
+  same batch are marked sent. The age of the oldest pending row is what alerts.
+* A row the broker refuses as such (unroutable: ``basic.return`` for a ``mandatory`` publish):
+  the row's ``attempts`` grows; it is parked (``parked_at``) after ``relay_max_attempts`` and
+  waits for an operator (``python -m <svc>_service outbox redrive``).
 * Trace context stored with the row goes out in the AMQP headers.
 * Housekeeping deletes sent rows after ``outbox_retention_s`` and inbox rows after
   ``inbox_retention_s``.
@@ -28,8 +33,9 @@ import asyncpg
 from emeterai_shared.config import ServiceSettings
 from emeterai_shared.db import connect_with_retry
 from emeterai_shared.failpoints import failpoint
-from emeterai_shared.messaging.publisher import BrokerUnavailable, Publisher, PublishError
+from emeterai_shared.messaging.publisher import BrokerBusy, BrokerUnavailable, Publisher, PublishError
 from emeterai_shared.messaging.topology import EVENTS
+from emeterai_shared.stranding import refresh_outbox_gauge
 from emeterai_shared.telemetry import (
     MESSAGES_PUBLISHED,
     OUTBOX_BACKLOG,
@@ -39,6 +45,10 @@ from emeterai_shared.telemetry import (
 )
 
 log = logging.getLogger(__name__)
+
+BACK_PRESSURE_MAX_WAIT_S = 5.0
+"""Longest wait between tries while a queue is full: it drains within seconds once its consumers
+catch up, and one nacked publish per held row every few seconds costs the broker nothing."""
 
 _CLAIM = """SELECT id, message_id, message_type, routing_key, correlation_id, body, headers,
                    created_at, attempts
@@ -55,6 +65,9 @@ class OutboxRelay:
         self._stopping = asyncio.Event()
         self._listener: asyncpg.Connection | None = None
         self.consecutive_broker_failures = 0
+        self.back_pressure_streak = 0
+        """Batches in a row in which a full queue refused a row (``BrokerBusy``)."""
+        self._back_pressured = False
 
     async def run(self) -> None:
         """Relay until ``stop()``; survives broker and database outages."""
@@ -79,6 +92,10 @@ class OutboxRelay:
                     await self._backoff(f"unexpected error: {exc!r}")
                     continue
                 self.consecutive_broker_failures = 0
+                if self._back_pressured:
+                    await self._hold_back()
+                    continue
+                self.back_pressure_streak = 0
                 if published < self._settings.relay_batch_size:
                     await self._sleep_until_woken(self._settings.relay_poll_interval_s)
         finally:
@@ -93,6 +110,7 @@ class OutboxRelay:
 
     async def relay_once(self) -> int:
         """Publish one batch; returns how many rows were confirmed."""
+        self._back_pressured = False
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(_CLAIM, self._settings.relay_batch_size)
             if not rows:
@@ -102,8 +120,9 @@ class OutboxRelay:
             sent = [r["id"] for r, res in zip(rows, results, strict=True) if res is None]
             refused = [(r, res) for r, res in zip(rows, results, strict=True)
                        if isinstance(res, PublishError)]
-            unexpected = [res for res in results
-                          if isinstance(res, BaseException) and not isinstance(res, PublishError)]
+            busy = [r for r, res in zip(rows, results, strict=True) if isinstance(res, BrokerBusy)]
+            unexpected = [res for res in results if isinstance(res, BaseException)
+                          and not isinstance(res, PublishError | BrokerBusy)]
             if sent:
                 await conn.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)", sent)
                 MESSAGES_PUBLISHED.labels(self._settings.service_name).inc(len(sent))
@@ -117,7 +136,12 @@ class OutboxRelay:
                 )
                 for r, err in refused:
                     log.warning("outbox row %s (%s) refused: %s", r["id"], r["message_type"], err)
-        outcome = "ok" if not (refused or unexpected) else "partial" if sent else "failed"
+        self._back_pressured = bool(busy)
+        if busy:  # never counted toward parking: the rows are fine, a consumer queue is full
+            log.warning("%d outbox row(s) held back by a full queue (first: %s, %s); kept pending",
+                        len(busy), busy[0]["id"], busy[0]["message_type"])
+        outcome = ("ok" if not (refused or unexpected or busy) else "busy" if not (refused or unexpected)
+                   else "partial" if sent else "failed")
         RELAY_PUBLISH_ATTEMPTS.labels(self._settings.service_name, outcome).inc()
         if unexpected and not sent:
             first = unexpected[0]
@@ -144,6 +168,16 @@ class OutboxRelay:
         delay = min(self._settings.relay_backoff_max_s, 0.25 * 2 ** min(n, 10))
         delay *= random.uniform(0.8, 1.2)
         log.warning("relay backing off %.1fs (failure %d): %s", delay, n, reason)
+        await self._sleep(delay)
+
+    async def _hold_back(self) -> None:
+        """Wait before the next batch after back-pressure: a consumer queue is full, and trying
+        again at once (or when a new row is written) would only be refused again."""
+        self.back_pressure_streak += 1
+        n = self.back_pressure_streak
+        delay = min(self._settings.relay_backoff_max_s, BACK_PRESSURE_MAX_WAIT_S, 0.25 * 2 ** min(n, 10))
+        delay *= random.uniform(0.8, 1.2)
+        log.info("relay holding back %.2fs (back-pressure, batch %d in a row)", delay, n)
         await self._sleep(delay)
 
     async def _sleep(self, seconds: float) -> None:
@@ -194,11 +228,17 @@ async def outbox_stats(pool: asyncpg.Pool) -> asyncpg.Record:
         return row
 
 
+_PARKED_BEFORE: set[str] = set()
+
+
 async def refresh_outbox_metrics(pool: asyncpg.Pool, service: str) -> None:
     row = await outbox_stats(pool)
     OUTBOX_BACKLOG.labels(service).set(row["backlog"])
     OUTBOX_OLDEST_AGE.labels(service).set(float(row["oldest_s"]))
     OUTBOX_PARKED.labels(service).set(row["parked"])
+    if row["parked"] or service in _PARKED_BEFORE:  # per type: which money-carrying rows are parked
+        await refresh_outbox_gauge(pool, service)
+        _PARKED_BEFORE.add(service)
 
 
 async def cleanup(pool: asyncpg.Pool, settings: ServiceSettings) -> None:

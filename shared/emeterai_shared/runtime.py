@@ -42,12 +42,15 @@ from emeterai_shared.db import create_pool, prepare_database
 from emeterai_shared.http import OpenApi, add_probe_routes, create_app
 from emeterai_shared.messaging import Consumer, Publisher, Subscription, connect
 from emeterai_shared.messaging.parking import list_parked, redrive
+from emeterai_shared.messaging.platform_queues import PLATFORM_QUEUES
 from emeterai_shared.messaging.topology import (
+    QueueSpec,
     declare_common,
     declare_consumer_queue,
     parking_queue,
 )
 from emeterai_shared.outbox import OutboxRelay, outbox_stats, redrive_parked_rows
+from emeterai_shared.stranding import set_parking_depth
 from emeterai_shared.telemetry import PARKED_MESSAGES, QUEUE_DEPTH, setup_logging, setup_tracing
 
 log = logging.getLogger(__name__)
@@ -97,6 +100,10 @@ class ServiceDefinition:
     run_command: Callable[[Context, argparse.Namespace], Awaitable[int]] | None = None
     offline_commands: frozenset[str] = frozenset()
     """Service commands run without database or broker (``ctx.pool`` is None), e.g. before setup."""
+    platform_queues: tuple[QueueSpec, ...] = PLATFORM_QUEUES
+    """Every consumer queue of the platform, declared with the service's own by ``setup`` and by
+    the relay before it publishes (see ``messaging.platform_queues``); a service outside the
+    platform (the test probe) declares only its own."""
 
     def settings(self) -> ServiceSettings:
         return self.settings_cls()
@@ -176,6 +183,7 @@ def _stop_event() -> asyncio.Event:
 async def _monitor(defn: ServiceDefinition, ctx: Context, stop: asyncio.Event) -> None:
     """Refresh backlog gauges (queue depth, parked messages) for this service's queues."""
     queues = [s.queue for s in defn.subscriptions(ctx)]
+    types = {s.queue: s.message.TYPE for s in defn.subscriptions(ctx)}
     while not stop.is_set():
         if ctx.amqp is not None and not ctx.amqp.is_closed and queues:
             try:
@@ -185,6 +193,8 @@ async def _monitor(defn: ServiceDefinition, ctx: Context, stop: asyncio.Event) -
                         for name, gauge in ((q, QUEUE_DEPTH), (parking_queue(q), PARKED_MESSAGES)):
                             declared = await channel.declare_queue(name, passive=True)
                             gauge.labels(q).set(declared.declaration_result.message_count or 0)
+                        set_parking_depth(defn.name, parking_queue(q), types[q],  # the parking queue, last above
+                                          declared.declaration_result.message_count or 0)
                 finally:
                     await channel.close()
             except Exception as exc:
@@ -272,13 +282,21 @@ async def run_relay(defn: ServiceDefinition) -> None:
 
 async def declare_topology(defn: ServiceDefinition, ctx: Context,
                            conn_amqp: AbstractRobustConnection) -> None:
-    s = ctx.settings
+    """Exchanges, delay tiers, and every consumer queue of the platform (not only this service's):
+    a message type is copied only to the queues that exist when it is published."""
     channel = await conn_amqp.channel()
     try:
-        await declare_common(channel, s.retry_delays_ms)
+        await declare_common(channel, ctx.settings.retry_delays_ms)
+        for spec in defn.platform_queues:
+            await declare_consumer_queue(channel, spec)
+        listed = {spec.name: spec.routing_keys for spec in defn.platform_queues}
         for sub in defn.subscriptions(ctx):
-            await declare_consumer_queue(channel, sub.spec, delivery_limit=s.delivery_limit,
-                                         max_length=s.max_queue_length)
+            if listed.get(sub.queue) != sub.spec.routing_keys:
+                if defn.platform_queues:
+                    log.warning("%s: subscription %s (%s) is not in the platform table "
+                                "(emeterai_shared.messaging.platform_queues): other services do not "
+                                "declare its queue", defn.name, sub.queue, sub.message.TYPE)
+                await declare_consumer_queue(channel, sub.spec)
     finally:
         await channel.close()
 

@@ -138,6 +138,12 @@ OUTBOX_OLDEST_AGE = Gauge(
 OUTBOX_PARKED = Gauge("emeterai_outbox_parked", "Outbox rows parked after repeated failures", ["service"])
 QUEUE_DEPTH = Gauge("emeterai_queue_depth", "Ready messages in a consumer queue", ["queue"])
 PARKED_MESSAGES = Gauge("emeterai_parked_messages", "Messages waiting in a parking queue", ["queue"])
+PAID_MESSAGES_PARKED = Gauge(
+    "emeterai_paid_messages_parked",
+    "Parked messages that carry a paid order towards its serials or its refund (emeterai_shared.stranding): "
+    "outbox rows parked (where=outbox) or messages in a parking queue (where=the queue)",
+    ["service", "message_type", "where"],
+)
 SHED = Counter(
     "emeterai_shed_total", "Requests refused to protect the service: 429 (a caller's rate limit) or 503 "
     "(overloaded, busy)", ["service", "route", "status"]

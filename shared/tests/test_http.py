@@ -14,7 +14,16 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from emeterai_shared.db import create_pool, prepare_database
-from emeterai_shared.http import ApiError, create_app
+from emeterai_shared.http import (
+    NO_NUL,
+    PART_NAME,
+    ApiError,
+    OpenApi,
+    Operation,
+    create_app,
+    decode_json,
+    json_depth_exceeds,
+)
 from emeterai_shared.messaging import connect
 from emeterai_shared.runtime import Context, ServiceDefinition, build_api
 from emeterai_shared.testing.fixtures import REPO_ROOT, fetchval, settings_for
@@ -24,6 +33,7 @@ from openapi_spec_validator import validate
 from order_service.bootstrap import SERVICE as ORDER
 from payment_service.bootstrap import SERVICE as PAYMENT
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel
 from stamping_service.bootstrap import SERVICE as STAMPING
 
 Client = TestClient[web.Request, web.Application]
@@ -254,3 +264,72 @@ async def test_a_database_out_of_connections_is_503_not_500(servers: str) -> Non
             assert error["code"] == "unavailable" and resp.headers["Retry-After"] == "2"
     finally:
         await held.close()
+
+
+@pytest.mark.parametrize(("body", "code"), [(b"[" * 50_000, "too_deeply_nested"),
+                                            (b'{"seq": 1, "note": ' + b'{"a":' * 50_000, "too_deeply_nested"),
+                                            (b'{"seq": 1, "note": "a\\u0000b"}', "malformed_json"),
+                                            (b'{"seq": 1, "note": "\\udc00"}', "malformed_json"),
+                                            (b'{"seq": ' + b"9" * 5000 + b"}", "malformed_json")])
+async def test_hostile_json_is_400_never_500(servers: str, body: bytes, code: str) -> None:
+    """``read_json`` bounds nesting before decoding (Python's decoder would raise RecursionError) and
+    refuses what no column can store and what Python cannot turn into an int."""
+    async with api(PROBE) as (client, _):
+        resp = await client.post("/probe", data=body, headers={"Content-Type": "application/json"})
+        assert (await error_of(resp, 400))["code"] == code
+
+
+def test_json_depth_is_read_lexically() -> None:
+    assert not json_depth_exceeds(b'["[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\\"]"]', 2)
+    assert not json_depth_exceeds(b"[" * 32 + b"]" * 32)
+    assert json_depth_exceeds(b"[" * 33)
+    assert json_depth_exceeds(b'{"a":' * 33)
+    assert decode_json(b'{"a": [1, {"b": "\\u00e9"}]}') == {"a": [1, {"b": "é"}]}
+
+
+class _Form(BaseModel):
+    text: str
+    file: bytes
+
+
+class _Body(BaseModel):
+    name: str
+    nested: dict[str, Any] = {}
+
+
+def test_the_document_says_what_every_route_can_answer() -> None:
+    spec = OpenApi("t")
+    spec.add(Operation("POST", "/things", "make", request=_Body, security=["bearer"],
+                       responses={201: ("made", None)},
+                       links={201: {"Read": {"operationId": "get_things_id",
+                                             "parameters": {"id": "$response.body#/id"}}}}))
+    spec.add(Operation("POST", "/forms", "upload", request=_Form, request_content_type="multipart/form-data",
+                       responses={200: ("ok", None)}))
+    spec.add(Operation("GET", "/healthz", "alive", responses={200: ("alive", None)}))
+    doc = spec.document()
+    validate(doc)
+    made = doc["paths"]["/things"]["post"]
+    assert made["operationId"] == "post_things"
+    assert set(made["responses"]) == {"201", "400", "401", "413", "503"}
+    assert made["responses"]["503"]["headers"]["Retry-After"]["required"] is True
+    assert made["responses"]["201"]["links"]["Read"]["operationId"] == "get_things_id"
+    body = doc["components"]["schemas"]["_Body"]
+    assert body["properties"]["name"]["pattern"] == NO_NUL
+    assert body["additionalProperties"] == {"$ref": "#/components/schemas/JsonValue"}
+    assert body["propertyNames"] == {"pattern": NO_NUL}
+    form = doc["components"]["schemas"]["_Form"]
+    assert form["additionalProperties"] is True and form["propertyNames"] == {"pattern": PART_NAME}
+    assert form["properties"]["text"]["pattern"] == NO_NUL and "pattern" not in form["properties"]["file"]
+    assert set(doc["paths"]["/healthz"]["get"]["responses"]) == {"200"}
+    error = doc["components"]["schemas"]["ErrorBody"]
+    assert error["properties"]["error"] == {"$ref": "#/components/schemas/ErrorDetail"}
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_body_not_in_its_content_encoding_is_400(servers: str, encoding: str) -> None:
+    """aiohttp decompresses request bodies itself; a body that is not what its Content-Encoding says
+    raised RequestPayloadError out of ``request.read()``: a 500 before."""
+    async with api(PROBE) as (client, _):
+        resp = await client.post("/probe", data=b"not compressed", headers={
+            "Content-Type": "application/json", "Content-Encoding": encoding, "Connection": "close"})
+        assert (await error_of(resp, 400))["code"] == "malformed_body"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import asyncpg
@@ -18,7 +18,7 @@ from emeterai_shared.db import (
     load_migrations,
     migrate,
 )
-from emeterai_shared.testing.fixtures import NAMESPACE, PG_BASE
+from emeterai_shared.testing.fixtures import NAMESPACE, PG_BASE, eventually
 
 DB_URL = f"{PG_BASE}/emeterai_{NAMESPACE}_migr"
 
@@ -159,16 +159,22 @@ async def test_failing_migration_rolls_back_alone(conn: asyncpg.Connection, tmp_
 async def test_concurrent_migrate_applies_each_migration_once(
     conn: asyncpg.Connection, tmp_path: Path
 ) -> None:
-    # The first migration holds its transaction open a little so the second caller overlaps it.
+    # Both callers overlap for sure: the test holds the migration lock until both wait for it.
     d = write(tmp_path, {
-        "001_first.sql": ORDERED["001_first.sql"] + "SELECT pg_sleep(0.3);",
+        "001_first.sql": ORDERED["001_first.sql"],
         "002_second.sql": log_step(2),
         "003_third.sql": log_step(3),
     })
     migrations = load_migrations("demo", d)
     c1, c2 = await connect_with_retry(DB_URL), await connect_with_retry(DB_URL)
     try:
-        first, second = await asyncio.gather(migrate(c1, migrations), migrate(c2, migrations))
+        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+        both = asyncio.gather(migrate(c1, migrations), migrate(c2, migrations))
+        waiting = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                   " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+        await eventually(lambda: _is(conn.fetchval(waiting), 2), message="both callers waiting for the lock")
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+        first, second = await both
     finally:
         await c1.close()
         await c2.close()
@@ -177,3 +183,7 @@ async def test_concurrent_migrate_applies_each_migration_once(
     assert {len(first), len(second)} == {0, 3}
     assert await steps(conn) == [1, 2, 3]
     assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 3
+
+
+async def _is(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected

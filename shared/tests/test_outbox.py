@@ -8,6 +8,7 @@
 """
 
 import asyncio
+import itertools
 import json
 import sys
 import uuid
@@ -18,7 +19,8 @@ import asyncpg
 import pytest
 from emeterai_shared.config import ServiceSettings
 from emeterai_shared.contracts.events import ProbeSent
-from emeterai_shared.messaging.topology import EVENTS
+from emeterai_shared.messaging.publisher import BrokerBusy, Publisher
+from emeterai_shared.messaging.topology import EVENTS, QueueSpec, declare_consumer_queue
 from emeterai_shared.testing.fixtures import (
     REPO_ROOT,
     eventually,
@@ -28,6 +30,7 @@ from emeterai_shared.testing.fixtures import (
     settings_env,
     settings_for,
 )
+from emeterai_shared.testing.probe import QUEUE as PROBE_QUEUE
 from emeterai_shared.testing.probe import SERVICE, ProbeSettings
 from emeterai_shared.uow import UnitOfWork, unit_of_work
 
@@ -226,3 +229,99 @@ async def test_an_unexpected_error_in_a_batch_does_not_stop_the_relay(servers: s
         finally:
             relay.stop()
             await asyncio.wait_for(task, 15)
+
+
+class CountingPublisher(Publisher):
+    """The real publisher, noting each publish's outcome in ``events`` ("sent" or "busy")."""
+
+    def __init__(self, *args: Any, events: list[str], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.events = events
+
+    async def publish(self, **kwargs: Any) -> None:
+        try:
+            await super().publish(**kwargs)
+        except BrokerBusy:
+            self.events.append("busy")
+            raise
+        self.events.append("sent")
+
+
+async def fill_up(channel: aio_pika.abc.AbstractChannel, queue: str) -> int:
+    """Publish to ``queue`` (a confirm channel) until the broker nacks: it is full. Returns how many it took."""
+    for taken in range(10):
+        try:
+            await channel.default_exchange.publish(aio_pika.Message(b"{}", message_id=f"filler-{taken}"),
+                                                   routing_key=queue)
+        except aio_pika.exceptions.DeliveryError:
+            return taken
+    raise AssertionError(f"{queue} never refused a publish")
+
+
+async def test_a_full_queue_holds_a_row_in_the_outbox_with_backoff_and_never_parks_it(servers: str) -> None:
+    """Back-pressure is not poison: a row refused by a full queue (``reject-publish``) far more
+    times than ``relay_max_attempts`` stays pending, uncounted, and is delivered once the queue
+    drains; the relay holds back between tries even while other rows flow and wake it."""
+    from emeterai_shared.outbox import OutboxRelay, outbox_stats
+
+    settings = await fresh_probe(relay_max_attempts=2, relay_backoff_max_s=0.2, relay_poll_interval_s=30)
+    flowing = "testsuite.flowing.v1"
+    broker = await aio_pika.connect(settings.amqp_url)
+    try:
+        channel = await broker.channel()  # publisher confirms: a nack raises
+        await channel.queue_delete(PROBE_QUEUE)
+        bounded = await declare_consumer_queue(channel, QueueSpec(PROBE_QUEUE, (ProbeSent.TYPE,), max_length=1))
+        tap = await channel.declare_queue(exclusive=True)
+        await tap.bind(EVENTS, routing_key=flowing)
+        assert await fill_up(channel, PROBE_QUEUE) >= 1
+
+        events: list[str] = []
+        async with running(SERVICE, settings, worker=False, relay=False) as h:
+            publisher = CountingPublisher(h.connection, app_id="probe", events=events)
+            relay = OutboxRelay(pool=h.pool, publisher=publisher, settings=settings)
+            real_sleep = relay._sleep
+
+            async def noted_sleep(seconds: float) -> None:
+                events.append("wait")
+                await real_sleep(seconds)
+
+            relay._sleep = noted_sleep  # type: ignore[method-assign]
+            task = asyncio.create_task(relay.run())
+            try:
+                async with unit_of_work(h.pool) as uow:  # the money: refused while the queue is full
+                    held = uow.publish(ProbeSent(seq=1, note="payment captured"))
+                row = "SELECT {} FROM outbox WHERE message_id = $1"
+                await eventually(lambda: events.count("busy") >= 1, timeout_s=15, message="first refusal")
+                # Rows for other queues keep flowing, each in a batch with the held row, each commit
+                # waking the relay: the held row is tried again only after a wait, never at once.
+                for n in range(3):
+                    async with unit_of_work(h.pool) as uow:
+                        await uow.conn.execute(
+                            "INSERT INTO outbox (message_id, message_type, routing_key, body)"
+                            " VALUES ($1, $2, $2, $3)", uuid.uuid4(), flowing, b'{"n": %d}' % n)
+                    await eventually(lambda n=n: tap.get(no_ack=True, fail=False), timeout_s=15,
+                                     message=f"flowing row {n} delivered")
+                await eventually(lambda: events.count("busy") >= 5 * settings.relay_max_attempts, timeout_s=60,
+                                 message="many more refusals than relay_max_attempts")
+                assert await fetchval(settings, row.format("parked_at IS NULL AND sent_at IS NULL AND attempts = 0"),
+                                      held)
+                stats = await outbox_stats(h.pool)
+                assert (stats["backlog"], stats["parked"]) == (1, 0)
+                assert relay.back_pressure_streak >= 1
+                refusals = [i for i, e in enumerate(events) if e == "busy"]
+                hot = [(a, b) for a, b in itertools.pairwise(refusals) if "wait" not in events[a:b]]
+                assert not hot, f"refused again without waiting: {events}"
+
+                await bounded.purge()  # the consumers caught up
+                await eventually(lambda: fetchval(settings, row.format("sent_at IS NOT NULL"), held), timeout_s=30,
+                                 message="the held row delivered once the queue drained")
+                got = await eventually(lambda: bounded.get(no_ack=True, fail=False), timeout_s=15,
+                                       message="the held message in its queue")
+                assert got.message_id == str(held)
+                assert await fetchval(settings, row.format("parked_at IS NULL AND attempts = 0"), held)
+            finally:
+                relay.stop()
+                await asyncio.wait_for(task, 15)
+        await channel.queue_delete(PROBE_QUEUE)  # the next test declares it with its usual bound
+    finally:
+        await broker.close()

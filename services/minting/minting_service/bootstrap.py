@@ -1,6 +1,7 @@
 """Composition root of the minting service: settings, keys, migrations, routes, subscriptions, jobs."""
 
 import argparse
+from datetime import UTC, datetime
 from pathlib import Path
 
 from aiohttp import web
@@ -15,7 +16,14 @@ from minting_service.adapters.keys import StampKeys, load_stamp_keys
 from minting_service.adapters.repository import MintingRepository
 from minting_service.config import MintingSettings
 from minting_service.entrypoints import cli, http, messages
-from minting_service.metrics import STOCK_AVAILABLE
+from minting_service.metrics import (
+    MINTING_FAILED,
+    ORDERS_AWAITING_STOCK,
+    STAMPS_MINTED,
+    STOCK_AVAILABLE,
+    STOCK_WAIT_OLDEST,
+)
+from minting_service.service_layer.issuance import serve_waiting
 
 
 def _settings(settings: ServiceSettings) -> MintingSettings:
@@ -46,12 +54,24 @@ def _routes(ctx: Context, app: web.Application, spec: OpenApi) -> None:
 
 
 def _subscriptions(ctx: Context) -> list[Subscription]:
-    return messages.subscriptions(lambda: _keys(ctx).signer)
+    return messages.subscriptions(lambda: _keys(ctx).signer, _settings(ctx.settings).stock_wait_s)
 
 
 async def _refresh_stock_gauge(ctx: Context) -> None:
     async with ctx.pool.acquire() as conn:
-        STOCK_AVAILABLE.set(await MintingRepository(conn).stock_available())
+        repo = MintingRepository(conn)
+        STOCK_AVAILABLE.set(await repo.stock_available())
+        waiting, oldest_s = await repo.waiting_stats(datetime.now(UTC))
+    ORDERS_AWAITING_STOCK.set(waiting)
+    STOCK_WAIT_OLDEST.set(oldest_s)
+
+
+async def _serve_waiting(ctx: Context) -> None:
+    """Issue the serials of orders waiting for stock when it is there; refund them past their deadline."""
+    async with ctx.pool.acquire() as conn:
+        served = await serve_waiting(conn, _keys(ctx).signer, datetime.now(UTC))
+    STAMPS_MINTED.inc(sum(len(issued.serials) for issued in served.issued))
+    MINTING_FAILED.inc(len(served.failed))
 
 
 async def _run_command(ctx: Context, args: argparse.Namespace) -> int:
@@ -66,7 +86,10 @@ SERVICE = ServiceDefinition(
     subscriptions=_subscriptions,
     routes=_routes,
     on_start=_on_start,
-    periodic=(Periodic("stock-gauge", lambda s: _settings(s).stock_refresh_interval_s, _refresh_stock_gauge),),
+    periodic=(
+        Periodic("stock-gauge", lambda s: _settings(s).stock_refresh_interval_s, _refresh_stock_gauge),
+        Periodic("serve-waiting-orders", lambda s: _settings(s).stock_wait_retry_interval_s, _serve_waiting),
+    ),
     commands=cli.add_commands,
     run_command=_run_command,
 )

@@ -27,7 +27,13 @@ class MintingSettings(ServiceSettings):
     """``GET /v1/stamps/{sn}`` requests per second per client IP and api process, after the burst."""
     registry_burst: int = 20
     stock_refresh_interval_s: float = 15.0
-    """How often the worker refreshes the ``emeterai_stock_available`` gauge."""
+    """How often the worker refreshes the ``emeterai_stock_available`` gauge (and the awaiting-stock ones)."""
+    stock_wait_s: float = 7200.0
+    """How long a paid order whose serials find too little stock waits for stock before it is
+    refunded (``minting.failed.v1`` at its ``refund_at``); 0: refunded at once."""
+    stock_wait_retry_interval_s: float = 5.0
+    """How often the worker serves the orders waiting for stock (issues them when stock is there,
+    fails them past their deadline)."""
 
     @model_validator(mode="after")
     def _derive_key_file(self) -> MintingSettings:

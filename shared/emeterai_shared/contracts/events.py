@@ -148,3 +148,45 @@ class DocumentStamped(Message):
     sn: str
     document_sha256: str
     stamped_at: datetime
+
+
+# --- waiting for stock, voiding serials ------------------------------------------------------
+# minting ──minting.stock_awaited──► order (the PAID order shows it waits; minting then issues
+#   the serials when stock arrives, or sends minting.failed at refund_at)
+# order ──order.serials_void_requested──► stamping (the decider: UNUSED stamps leave the quota,
+#   stamps in use are kept) ──stamping.serials_voided──► minting (registry VOID), order (refund of
+#   what was voided)
+
+
+@message("minting.stock_awaited.v1")
+class StockAwaited(Message):
+    """A paid order's serials wait for stock: issued when it arrives, refunded at ``refund_at``."""
+
+    order_id: UUID
+    quantity: int
+    since: datetime
+    refund_at: datetime
+
+
+@message("order.serials_void_requested.v1")
+class SerialsVoidRequested(Message):
+    """The order gives these serials back (it cannot accept them, or is refunded): void the unused."""
+
+    order_id: UUID
+    account_id: UUID
+    serials: tuple[str, ...]
+    reason: str
+    requested_at: datetime
+
+
+@message("stamping.serials_voided.v1")
+class SerialsVoided(Message):
+    """Stamping's answer to a void request: ``voided`` left the account's quota for good (minting
+    marks them VOID; the order refunds them), ``kept`` were already used or are being used."""
+
+    order_id: UUID
+    account_id: UUID
+    voided: tuple[str, ...]
+    kept: tuple[str, ...]
+    reason: str
+    voided_at: datetime

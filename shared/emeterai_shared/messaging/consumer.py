@@ -35,6 +35,7 @@ from opentelemetry import trace
 from emeterai_shared.config import ServiceSettings
 from emeterai_shared.contracts import Message, MessageDecodeError, decode
 from emeterai_shared.failpoints import failpoint
+from emeterai_shared.messaging.platform_queues import queue_spec
 from emeterai_shared.messaging.publisher import Publisher
 from emeterai_shared.messaging.topology import (
     PARKING,
@@ -91,7 +92,8 @@ class Subscription:
 
     @property
     def spec(self) -> QueueSpec:
-        return QueueSpec(self.queue, (self.message.TYPE,))
+        """Its queue bound to its type, with the platform table's queue arguments."""
+        return queue_spec(self.queue, (self.message.TYPE,))
 
 
 class _Outcome:
@@ -151,10 +153,7 @@ class Consumer:
         await self._channel.set_qos(prefetch_count=s.prefetch)
         await declare_common(self._channel, s.retry_delays_ms)
         for lane in self._lanes:
-            lane.queue = await declare_consumer_queue(
-                self._channel, lane.subscription.spec,
-                delivery_limit=s.delivery_limit, max_length=s.max_queue_length,
-            )
+            lane.queue = await declare_consumer_queue(self._channel, lane.subscription.spec)
             sub = lane.subscription
             if sub.prefetch is not None:  # basic.qos applies to the consumers created after it
                 await self._channel.set_qos(prefetch_count=sub.prefetch)

@@ -13,8 +13,9 @@ from pamqp.commands import Basic
 
 
 class PublishError(RuntimeError):
-    """The broker refused this one message (unroutable, nacked): retrying the same row later
-    may help (a queue gets bound, a full queue drains), but the broker itself is up."""
+    """The broker refused this one message (unroutable: returned for a ``mandatory`` publish):
+    retrying the same row later may help (a queue gets bound), but the broker itself is up. A
+    full queue's nack is ``BrokerBusy`` instead: back-pressure, not the message's fault."""
 
 
 class BrokerUnavailable(RuntimeError):

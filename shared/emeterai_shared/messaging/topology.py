@@ -13,6 +13,9 @@ Delay tiers are shared by all consumer queues: a retried copy is published to th
 exchange with the *target queue name* as routing key; when its TTL expires the message is
 dead-lettered to ``retry`` keeping that routing key, and ``retry`` routes it back to exactly the
 queue that failed it (not to every subscriber of its type).
+
+Which consumer queues exist, with which bindings and arguments, is the platform's subscription
+table (``platform_queues``), declared whole by every ``setup`` and every relay.
 """
 
 from __future__ import annotations
@@ -35,12 +38,27 @@ def parking_queue(queue: str) -> str:
     return f"{queue}.parking"
 
 
+DELIVERY_LIMIT = 20
+"""Default ``x-delivery-limit`` of a consumer queue (deliveries before the broker parks a message)."""
+MAX_LENGTH = 1_000_000
+"""Default ``x-max-length`` of a consumer queue (past it, publishes are nacked: back-pressure)."""
+
+
 @dataclass(frozen=True)
 class QueueSpec:
-    """A consumer queue and the message types routed to it."""
+    """A consumer queue, the message types routed to it, and its arguments.
+
+    The arguments are part of the queue's identity: RabbitMQ refuses (``PRECONDITION_FAILED``)
+    to declare an existing queue with other ones, and any service may be the first to declare
+    any queue (``platform_queues``), so they come from the spec, never from one process's
+    settings. To change a bound on a live broker, set a policy (``max-length``,
+    ``delivery-limit``): it applies without redeclaring, and the lower of the two wins.
+    """
 
     name: str
     routing_keys: tuple[str, ...]
+    delivery_limit: int = DELIVERY_LIMIT
+    max_length: int = MAX_LENGTH
 
 
 async def declare_common(channel: AbstractChannel, retry_delays_ms: list[int]) -> None:
@@ -63,13 +81,7 @@ async def declare_common(channel: AbstractChannel, retry_delays_ms: list[int]) -
         await queue.bind(exchange, routing_key="")
 
 
-async def declare_consumer_queue(
-    channel: AbstractChannel,
-    spec: QueueSpec,
-    *,
-    delivery_limit: int,
-    max_length: int,
-) -> AbstractQueue:
+async def declare_consumer_queue(channel: AbstractChannel, spec: QueueSpec) -> AbstractQueue:
     """A quorum queue for one handler, its bindings, and its parking queue.
 
     ``x-delivery-limit`` is the backstop against crash loops (a message that kills its worker
@@ -86,10 +98,10 @@ async def declare_consumer_queue(
         durable=True,
         arguments={
             "x-queue-type": "quorum",
-            "x-delivery-limit": delivery_limit,
+            "x-delivery-limit": spec.delivery_limit,
             "x-dead-letter-exchange": PARKING,
             "x-dead-letter-routing-key": spec.name,
-            "x-max-length": max_length,
+            "x-max-length": spec.max_length,
             "x-overflow": "reject-publish",
         },
     )

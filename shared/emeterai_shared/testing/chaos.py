@@ -20,7 +20,10 @@ One run, on its own namespace (databases ``emeterai_<ns>_<svc>``, vhost ``emeter
 4. after the load: quiescence (every outbox published, every queue of the vhost empty, no
    stamping job or order in flight, stable over a few polls);
 5. checks, from the databases and the broker (not from the load's own counters): see
-   ``evaluate``. ``invariant`` checks fail the run; ``observation`` rows are reported.
+   ``evaluate``; plus ``front_doors`` from the answers the load got (no 5xx but 503, no 429/503
+   without ``Retry-After``). ``invariant`` checks fail the run; ``observation`` rows are reported.
+   A captured payment whose only pending step is a parked message is lost (``stranding``), and
+   does not hold quiescence up as "in transition".
 
 Restarting RabbitMQ or PostgreSQL disturbs every other user of this machine's servers: callers hold
 the exclusive broker lock (``fixtures.LOCK_FILE``; ``exclusive_servers`` here, the
@@ -41,7 +44,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +59,14 @@ from emeterai_shared.failpoints import ENV as FAILPOINTS_ENV
 from emeterai_shared.messaging import connect
 from emeterai_shared.messaging.parking import list_parked
 from emeterai_shared.runtime import Context, ServiceDefinition
+from emeterai_shared.stranding import (
+    ParkedWork,
+    live_outbox_orders,
+    parked_from_queues,
+    parked_in_queues,
+    parked_outbox,
+    stranded,
+)
 from emeterai_shared.testing.fixtures import (
     AMQP_BASE,
     LOCK_FILE,
@@ -498,6 +509,8 @@ class Load:
         self.cfg = cfg
         self.tl = tl
         self.answers: Counter[str] = Counter()
+        self.unhinted: Counter[str] = Counter()
+        """429/503 answers of the platform's front doors that came without ``Retry-After``."""
         self.document = sample_pdf(3)
         self.applicants = [Applicant(i, round(i * cfg.arrival_s / max(1, cfg.applicants), 2))
                            for i in range(cfg.applicants)]
@@ -610,6 +623,8 @@ class Load:
                 backoff = min(5.0, backoff * 2)
                 continue
             self.answers[f"{step} {status}"] += 1
+            if status in (429, 503) and not retry_after:
+                self.unhinted[f"{step} {status}"] += 1
             try:
                 body = json.loads(text) if text else {}
             except ValueError:
@@ -738,6 +753,18 @@ def _server_error(answer: str) -> bool:
         len(answer) == 7 and answer.startswith("500"))
 
 
+def front_doors(answers: Mapping[str, int], unhinted: Mapping[str, int]) -> Check:
+    """The invariant "front doors answer faults with 503 + Retry-After, never another 5xx": no HTTP
+    5xx but 503, no SNAP ``500xxxx`` (a SNAP fault is ``504xx00`` Timeout, SNAP's way of saying "try
+    again"), and no 429/503 without ``Retry-After``. ``answers``/``unhinted``: ``Load``'s counters."""
+    errors = {k: v for k, v in answers.items() if _server_error(k.split()[-1])}
+    violations = [f"{k}: {v}" for k, v in sorted(errors.items())]
+    violations += [f"{k} without Retry-After: {v}" for k, v in sorted(unhinted.items())]
+    return Check("front doors answered faults with 503 + Retry-After, never another 5xx", not violations,
+                 f"{sum(errors.values())} other 5xx answer(s), {sum(unhinted.values())} 429/503 without Retry-After",
+                 violations=violations)
+
+
 def _seconds(value: str | None, default: float) -> float:
     try:
         return max(0.0, float(value)) if value is not None else default
@@ -787,11 +814,42 @@ async def in_flight(platform: Platform, vhost: str) -> dict[str, Any]:
     queues = {q: n for q, n in depths.items() if n and not q.endswith(".parking")}
     jobs = (await _fetch(s["stamping"], "SELECT count(*) AS n FROM stampings WHERE status IN ('QUEUED', 'STAMPING')"
                          ))[0]["n"]
-    orders = (await _fetch(s["order"], "SELECT count(*) AS n FROM orders WHERE status = ANY($1)",
-                           list(TRANSITIONAL_ORDER_STATES)))[0]["n"]
+    moving = [str(r["id"]) for r in await _fetch(s["order"], "SELECT id FROM orders WHERE status = ANY($1)",
+                                                   list(TRANSITIONAL_ORDER_STATES))]
+    if moving:  # an order whose only pending step is a parked message is not moving: it is stranded
+        parked, live = await parked_work(platform)  # every parking queue: list_queues' counts lag behind
+        stuck = stranded(moving, parked, live)
+        moving = [o for o in moving if o not in stuck]
+    orders = len(moving)
     busy = {k: v for k, v in {"outbox": outbox, "queues": queues,
                               "stamping_jobs_unfinished": jobs, "orders_in_transition": orders}.items() if v}
     return busy
+
+
+def consumer_queues(platform: Platform) -> list[str]:
+    defs = _definitions()
+    return [sub.queue for svc in SERVICES
+            for sub in defs[svc][0].subscriptions(Context(settings=platform.settings[svc], pool=None))]
+
+
+async def parked_work(platform: Platform) -> tuple[list[ParkedWork], set[str]]:
+    """The money-carrying parked work (outbox rows the relays parked, messages in parking queues)
+    and the orders with outbox rows still to publish."""
+    parked: list[ParkedWork] = []
+    live: set[str] = set()
+    for svc in SERVICES:
+        conn = await connect_with_retry(platform.settings[svc].database_url, timeout_s=30)
+        try:
+            parked += await parked_outbox(conn, svc)
+            live |= await live_outbox_orders(conn)
+        finally:
+            await conn.close()
+    amqp = await connect(platform.settings["order"].amqp_url, name="chaos-parked")
+    try:
+        parked += await parked_in_queues(amqp, consumer_queues(platform))
+    finally:
+        await amqp.close()
+    return parked, live
 
 
 async def wait_quiescent(platform: Platform, vhost: str, tl: Timeline, timeout_s: float,
@@ -866,6 +924,14 @@ async def collect(platform: Platform, vhost: str) -> dict[str, Any]:
     finally:
         await conn.close()
     data["parked"] = parked
+    data["parked_outbox"], data["live_orders"] = [], set()
+    for svc in SERVICES:
+        conn = await connect_with_retry(s[svc].database_url, timeout_s=30)
+        try:
+            data["parked_outbox"] += await parked_outbox(conn, svc)
+            data["live_orders"] |= await live_outbox_orders(conn)
+        finally:
+            await conn.close()
     return data
 
 
@@ -893,6 +959,7 @@ def evaluate(data: dict[str, Any], acknowledged: set[str], quiescence: dict[str,
     # every captured payment ends credited (FULFILLED with its serials) or refunded (refund recorded)
     credited = refunded = 0
     bad: list[str] = []
+    unresolved: list[str] = []
     for p in data["payments"]:
         o = orders.get(p["order_id"])
         sns = order_serials.get(p["order_id"], [])
@@ -905,11 +972,22 @@ def evaluate(data: dict[str, Any], acknowledged: set[str], quiescence: dict[str,
             if o is None or o["status"] != "REFUNDED":
                 bad.append(f"order {p['order_id']}: refund recorded but order is {o and o['status']}")
         else:
+            unresolved.append(str(p["order_id"]))
             bad.append(f"order {p['order_id']}: payment {p['payment_id']} captured, order "
                        f"{o['status'] if o else 'missing'} with {len(o['serials']) if o else 0} serial(s), "
                        f"{len(sns)} in order_serials, no refund")
     checks.append(Check("every captured payment credited or refunded", not bad,
-                        f"{len(data['payments'])} captured: {credited} credited, {refunded} refunded", violations=bad))
+                        f"{len(data['payments'])} captured: {credited} credited, {refunded} refunded, "
+                        f"{len(unresolved)} lost", violations=bad))
+
+    # "pending" never hides parked work: a captured payment whose only pending step is a parked
+    # message is lost (nothing moves it until an operator acts), and the check names the message
+    parked_money = [*data.get("parked_outbox", []), *parked_from_queues(data["parked"])]
+    stuck = stranded(unresolved, parked_money, data.get("live_orders", set()))
+    checks.append(Check("no captured payment stranded behind a parked message (counted lost)", not stuck,
+                        f"{len(stuck)} captured payment(s) whose only pending step is parked work",
+                        violations=[f"order {o}: lost, {'; '.join(w.describe() for w in work)}"
+                                    for o, work in stuck.items()]))
 
     # the bank's acknowledged payments exist (an acknowledged payment we did not record is lost money)
     captured_ids = {p["payment_request_id"] for p in data["payments"]}
@@ -1058,10 +1136,7 @@ async def run(cfg: ChaosConfig, workdir: Path, *, amqp_url: str | None = None, l
                 acknowledged = {a.payment_request_id for a in load.applicants
                                 if a.bank_acknowledged and a.payment_request_id}
                 checks = evaluate(data, acknowledged, quiescence)
-                errors = {k: v for k, v in load.answers.items() if _server_error(k.split()[-1])}
-                checks.append(Check("front doors answered faults with 503 + Retry-After, not 5xx", not errors,
-                                    f"{sum(errors.values())} other 5xx answer(s) to the load", kind="observation",
-                                    violations=[f"{k}: {v}" for k, v in sorted(errors.items())]))
+                checks.append(front_doors(load.answers, load.unhinted))
                 if sup.exits:
                     checks.append(Check("no process died by itself", False,
                                         f"{len(sup.exits)} unexpected exit(s), restarted", kind="observation",

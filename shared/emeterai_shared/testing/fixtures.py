@@ -334,8 +334,7 @@ async def reset_service(defn: ServiceDefinition, settings: ServiceSettings) -> N
                 await channel.queue_delete(name)
         await declare_common(channel, settings.retry_delays_ms)
         for sub in defn.subscriptions(Context(settings=settings, pool=None)):
-            await declare_consumer_queue(channel, sub.spec, delivery_limit=settings.delivery_limit,
-                                         max_length=settings.max_queue_length)
+            await declare_consumer_queue(channel, sub.spec)
     finally:
         await conn.close()
 

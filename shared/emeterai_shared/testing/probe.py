@@ -91,6 +91,7 @@ SERVICE = ServiceDefinition(
     migrations=Path(__file__).parent / "probe_migrations",
     subscriptions=subscriptions,
     routes=routes,
+    platform_queues=(),  # outside the platform: its setup and relay declare only its own queue
 )
 
 if __name__ == "__main__":

@@ -80,10 +80,56 @@ class MintingRepository:
         rows = await self.conn.fetch(_CLAIM, order_id, now, quantity)
         return [r["sn"] for r in rows] if rows else None
 
-    async def fail_issuance(self, order_id: UUID, reason: str) -> None:
+    async def fail_issuance(self, order_id: UUID, reason: str, now: datetime | None = None) -> None:
         await self.conn.execute(
-            "UPDATE issuances SET status = 'FAILED', reason = $2 WHERE order_id = $1", order_id, reason
+            "UPDATE issuances SET status = 'FAILED', reason = $2, decided_at = $3 WHERE order_id = $1",
+            order_id, reason, now,
         )
+
+    async def anyone_waiting(self) -> bool:
+        """Some paid order waits for stock (a new one then queues behind it)."""
+        waiting: bool = await self.conn.fetchval("SELECT EXISTS (SELECT 1 FROM issuances WHERE status = 'WAITING')")
+        return waiting
+
+    async def wait_issuance(self, order_id: UUID, since: datetime, refund_at: datetime) -> None:
+        await self.conn.execute(
+            "UPDATE issuances SET status = 'WAITING', waiting_since = $2, refund_at = $3 WHERE order_id = $1",
+            order_id, since, refund_at,
+        )
+
+    async def waiting(self, limit: int, *, due_before: datetime | None = None) -> list[asyncpg.Record]:
+        """WAITING issuances, oldest first, locked (only those whose ``refund_at`` is before
+        ``due_before`` when given)."""
+        rows: list[asyncpg.Record] = await self.conn.fetch(
+            """SELECT order_id, account_id, partner_id, quantity, waiting_since, refund_at FROM issuances
+                WHERE status = 'WAITING' AND ($2::timestamptz IS NULL OR refund_at <= $2)
+                ORDER BY waiting_since, order_id LIMIT $1 FOR UPDATE""",
+            limit, due_before,
+        )
+        return rows
+
+    async def issued_after_waiting(self, order_id: UUID, now: datetime) -> None:
+        await self.conn.execute(
+            "UPDATE issuances SET status = 'ISSUED', decided_at = $2 WHERE order_id = $1 AND status = 'WAITING'",
+            order_id, now,
+        )
+
+    async def waiting_orders(self, order_ids: list[UUID] | None, limit: int = 1000) -> list[asyncpg.Record]:
+        """WAITING issuances (those of ``order_ids``, or all), oldest first, locked."""
+        rows: list[asyncpg.Record] = await self.conn.fetch(
+            """SELECT order_id, account_id, quantity, waiting_since, refund_at FROM issuances
+                WHERE status = 'WAITING' AND ($1::uuid[] IS NULL OR order_id = ANY($1::uuid[]))
+                ORDER BY waiting_since, order_id LIMIT $2 FOR UPDATE""", order_ids, limit,
+        )
+        return rows
+
+    async def waiting_stats(self, now: datetime) -> tuple[int, float]:
+        """How many paid orders wait for stock, and the oldest one's wait in seconds (0 if none)."""
+        row = await self.conn.fetchrow(
+            """SELECT count(*) AS n, COALESCE(EXTRACT(EPOCH FROM ($1 - min(waiting_since))), 0) AS oldest
+                 FROM issuances WHERE status = 'WAITING'""", now,
+        )
+        return int(row["n"]), max(0.0, float(row["oldest"]))
 
     # --- registry --------------------------------------------------------------------------
 
@@ -111,12 +157,23 @@ class MintingRepository:
         )
         return bool(inserted)
 
-    async def void(self, serials: list[str], reason: str, now: datetime) -> list[str]:
-        """Void those of ``serials`` that are still STOCK or UNUSED; returns them."""
+    async def void(self, serials: list[str], reason: str, now: datetime,
+                   voidable: tuple[SerialStatus, ...] = VOIDABLE) -> list[str]:
+        """Void those of ``serials`` that are still in a ``voidable`` status; returns them."""
         rows = await self.conn.fetch(
             """UPDATE serials SET status = 'VOID', void_reason = $2, voided_at = $3
                WHERE sn = ANY($1::text[]) AND status = ANY($4::text[]) RETURNING sn""",
-            serials, reason, now, [s.value for s in VOIDABLE],
+            serials, reason, now, [s.value for s in voidable],
+        )
+        return [r["sn"] for r in rows]
+
+    async def void_of_order(self, order_id: UUID, serials: list[str], reason: str, now: datetime) -> list[str]:
+        """Void those of ``serials`` that were issued to ``order_id`` and are UNUSED; returns them
+        (a serial of another order, or already STAMPED or VOID, is left as it is)."""
+        rows = await self.conn.fetch(
+            """UPDATE serials SET status = 'VOID', void_reason = $3, voided_at = $4
+               WHERE sn = ANY($1::text[]) AND order_id = $2 AND status = 'UNUSED' RETURNING sn""",
+            serials, order_id, reason, now,
         )
         return [r["sn"] for r in rows]
 

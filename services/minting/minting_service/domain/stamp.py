@@ -2,7 +2,7 @@
 
 ```
 STOCK ──issued to a paid order──► UNUSED ──document stamped──► STAMPED
-  └───────────── voided by an operator ──────┴──► VOID
+  └── voided by an operator ──┴── given back by its order (stamping.serials_voided) ──► VOID
 ```
 
 No transition goes back, so a serial is never issued twice nor used twice (the database refuses

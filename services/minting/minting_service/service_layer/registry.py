@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
-from emeterai_shared.contracts.events import DocumentStamped
+from emeterai_shared.contracts.events import DocumentStamped, SerialsVoided
 from emeterai_shared.messaging import PermanentError
 from emeterai_shared.uow import UnitOfWork
 
@@ -33,3 +34,14 @@ async def record_use(uow: UnitOfWork, event: DocumentStamped) -> tuple[UseOutcom
     elif outcome is UseOutcome.REFUSED and not await repo.add_reuse_attempt(event, stamp):
         outcome = UseOutcome.REPEATED
     return outcome, stamp
+
+
+async def void_given_back(uow: UnitOfWork, event: SerialsVoided, now: datetime) -> list[str]:
+    """Make VOID the serials stamping took out of the order's quota for good (its decision is
+    final: a serial it voided can no longer be used); only UNUSED serials of that very order
+    change, so a serial of another order named by mistake is left alone. Returns those voided now
+    (a redelivery voids nothing more)."""
+    if not event.voided:
+        return []
+    repo = MintingRepository(uow.conn)
+    return await repo.void_of_order(event.order_id, list(event.voided), f"given back: {event.reason}"[:500], now)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
 from minting_service.adapters.repository import MintingRepository
 from minting_service.domain import serial
+from minting_service.domain.stamp import VOIDABLE, SerialStatus
 
 BATCH = 20_000
 _ENSURE_LOCK = 0x6D696E74  # advisory lock id: b"mint"
@@ -47,16 +48,22 @@ async def stock_report(conn: asyncpg.Connection) -> dict[str, Any]:
     repo = MintingRepository(conn)
     counts = await repo.status_counts()
     by_prefix = await repo.stock_by_prefix()
+    waiting, _ = await repo.waiting_stats(datetime.now(UTC))
     return {"available": counts.get("STOCK", 0), "by_prefix": by_prefix,
-            **{status.lower(): counts.get(status, 0) for status in ("UNUSED", "STAMPED", "VOID")}}
+            **{status.lower(): counts.get(status, 0) for status in ("UNUSED", "STAMPED", "VOID")},
+            "orders_awaiting_stock": waiting}
 
 
 async def void_serials(conn: asyncpg.Connection, serials: list[str], reason: str,
-                       now: datetime) -> dict[str, Any]:
-    """Void STOCK or UNUSED serials; the others are listed as refused with their status."""
+                       now: datetime, voidable: tuple[SerialStatus, ...] = VOIDABLE) -> dict[str, Any]:
+    """Void serials in a ``voidable`` status (STOCK or UNUSED); the others are listed as refused
+    with their status. The operator command voids STOCK only: an issued serial is in a buyer's
+    quota at the stamping service, so voiding it here alone would leave the buyer a stamp the
+    registry refuses, and no refund; issued serials are voided through their order (stamping
+    decides, minting follows, the order refunds: ``stamping.serials_voided.v1``)."""
     async with conn.transaction():
         repo = MintingRepository(conn)
-        voided = await repo.void(serials, reason, now)
+        voided = await repo.void(serials, reason, now, voidable)
         done = set(voided)
         rest = [sn for sn in dict.fromkeys(serials) if sn not in done]
         found = await repo.statuses(rest)

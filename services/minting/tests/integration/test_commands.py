@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from emeterai_shared.auth import key_id
 from emeterai_shared.config import ServiceSettings
+from emeterai_shared.contracts.events import MintingFailed
 from emeterai_shared.runtime import Context
 from emeterai_shared.testing.fixtures import REPO_ROOT, settings_env
 from minting_service.bootstrap import SERVICE
@@ -60,7 +61,7 @@ async def test_stock_add_and_show(minting: Minting) -> None:
     code, after, err = await run(minting.settings, "stock", "show")
     assert code == 0, err
     assert {k: after[k] for k in ("available", "by_prefix")} == {k: added[k] for k in ("available", "by_prefix")}
-    assert set(after) == {"available", "by_prefix", "unused", "stamped", "void"}
+    assert set(after) == {"available", "by_prefix", "unused", "stamped", "void", "orders_awaiting_stock"}
 
 
 async def test_stock_ensure_tops_up_once_even_when_run_twice_at_once(minting: Minting) -> None:
@@ -95,6 +96,39 @@ async def test_void_command(minting: Minting) -> None:
     assert (code, out) == (0, {"voided": [], "refused": {stock: "VOID"}}), err
 
 
+async def test_void_command_refuses_issued_serials(minting: Minting) -> None:
+    """An issued serial is in a buyer's quota: voiding it in the registry alone would leave the
+    buyer a stamp the registry refuses and no refund. It is voided through its order."""
+    async with minting.worker():
+        order = minting.order(1)
+        await minting.publish(order)
+        await minting.issuance(order.order_id)
+    [issued] = await minting.serials_of(order.order_id)
+    code, out, err = await run(minting.settings, "void", issued)
+    assert (code, out) == (0, {"voided": [], "refused": {issued: "UNUSED"}}), err
+    assert await minting.pool.fetchval("SELECT status FROM serials WHERE sn = $1", issued) == "UNUSED"
+
+
+async def test_waiting_orders_are_listed_and_refunded_by_an_operator(minting: Minting) -> None:
+    async with minting.worker():
+        order = minting.order(await minting.stock() + 1)
+        await minting.publish(order)
+        assert (await minting.issuance(order.order_id))["status"] == "WAITING"
+    code, out, err = await run(minting.settings, "waiting", "list")
+    assert code == 0, err
+    assert [(w["order_id"], w["quantity"]) for w in out["waiting"]] == [(str(order.order_id), str(order.quantity))]
+    code, out, err = await run(minting.settings, "waiting", "refund", "--order", str(order.order_id),
+                               "--reason", "no stock today")
+    assert (code, out) == (0, {"refunded": [str(order.order_id)]}), err
+    issuance = await minting.issuance(order.order_id)
+    assert (issuance["status"], issuance["reason"]) == ("FAILED", "no stock today")
+    [failed] = await minting.events(MintingFailed.TYPE, order.order_id)
+    assert isinstance(failed, MintingFailed) and failed.reason == "no stock today"
+    code, out, err = await run(minting.settings, "waiting", "refund", "--all")
+    assert (code, out) == (0, {"refunded": []}), err
+    assert (await run(minting.settings, "waiting", "list"))[1] == {"waiting": []}
+
+
 async def test_a_serial_that_exists_is_generated_again(minting: Minting) -> None:
     taken = await minting.pool.fetchval("SELECT sn FROM serials LIMIT 1")
     made = iter([taken, taken])
@@ -109,10 +143,14 @@ async def test_a_serial_that_exists_is_generated_again(minting: Minting) -> None
 
 
 async def test_stock_gauge_job(minting: Minting) -> None:
-    [job] = SERVICE.periodic
+    job, serve = SERVICE.periodic
+    assert (job.name, serve.name) == ("stock-gauge", "serve-waiting-orders")
     assert job.interval(minting.settings) == minting.settings.stock_refresh_interval_s
+    assert serve.interval(minting.settings) == minting.settings.stock_wait_retry_interval_s
     await job.run(Context(settings=minting.settings, pool=minting.pool))
     assert REGISTRY.get_sample_value("emeterai_stock_available") == await minting.stock()
+    waiting = await minting.pool.fetchval("SELECT count(*) FROM issuances WHERE status = 'WAITING'")
+    assert REGISTRY.get_sample_value("emeterai_orders_awaiting_stock") == waiting
 
 
 async def test_the_database_refuses_backward_transitions_and_deletions(minting: Minting) -> None:

@@ -4,10 +4,16 @@
   its quantity of serials, all distinct and well formed, with tokens that verify, announced by
   exactly one ``minting.serials_issued.v1`` per order; redelivering every ``order.paid`` (same
   message ids: the inbox; new ones: the issuance row) changes nothing;
-* out of stock: nothing is claimed, the issuance is FAILED with one ``minting.failed.v1``, and
-  stock added later never fulfils that order;
-* stock held by a concurrent transaction is not mistaken for missing stock: the order waits
-  (retry tier) and is then fulfilled;
+* too little stock is a state, not an error: the issuance WAITS with its ``refund_at``
+  (``MINTING_STOCK_WAIT_S`` later), one ``minting.stock_awaited.v1`` tells the order, nothing is
+  claimed, retried or parked; an order paid later queues behind it; ``serve_waiting`` (the
+  worker's job, driven here with an explicit ``now``) issues the waiting orders oldest first once
+  stock is added, and fails them with one ``minting.failed.v1`` at their deadline, after which
+  stock added later never fulfils them;
+* with ``MINTING_STOCK_WAIT_S=0`` an order finding too little stock fails at once;
+* stock held by a concurrent transaction waits the same way and is issued once released;
+* serials the order gave back (``stamping.serials_voided.v1``) become VOID, only those of that
+  order that are still UNUSED;
 * a worker SIGKILLed between commit and ack, then restarted: no order has missing or extra
   serials, and no order is announced twice.
 """
@@ -16,10 +22,18 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from emeterai_shared.contracts.events import MintingFailed, OrderPaid, SerialsIssued
+import asyncpg
+import pytest
+from emeterai_shared.contracts.events import MintingFailed, OrderPaid, SerialsIssued, SerialsVoided, StockAwaited
 from emeterai_shared.testing.fixtures import eventually
+from minting_service.adapters.keys import load_stamp_keys
+from minting_service.domain.token import StampSigner
+from minting_service.service_layer.issuance import WAIT_OVER, Served, serve_waiting
 from minting_service.service_layer.stock import add_stock
 from prometheus_client import REGISTRY
 
@@ -51,6 +65,13 @@ async def snapshot(minting: Minting, orders: list[OrderPaid]) -> dict[str, objec
     }
 
 
+@pytest.fixture(autouse=True)
+async def nobody_left_waiting(minting: Minting) -> AsyncIterator[None]:
+    """A test that fails half-way leaves no order waiting (later orders would queue behind it)."""
+    yield
+    await serve(minting, datetime(9999, 1, 1, tzinfo=UTC))
+
+
 async def test_200_orders_paid_at_once_get_exactly_their_serials(minting: Minting) -> None:
     orders = [minting.order(random.randint(1, 5)) for _ in range(200)]
     minted_before, stock_before = metric("emeterai_stamps_minted_total"), await minting.stock()
@@ -76,9 +97,9 @@ async def test_200_orders_paid_at_once_get_exactly_their_serials(minting: Mintin
         assert await minting.stock() == stock_before - total
 
 
-async def test_out_of_stock_fails_the_order_for_good(minting: Minting) -> None:
+async def test_out_of_stock_fails_the_order_for_good_when_no_wait_is_allowed(minting: Minting) -> None:
     failed_before = metric("emeterai_minting_failed_total")
-    async with minting.worker():
+    async with minting.worker(stock_wait_s=0):
         available = await minting.stock()
         order = minting.order(available + 1)
         await minting.publish(order)
@@ -102,17 +123,132 @@ async def test_out_of_stock_fails_the_order_for_good(minting: Minting) -> None:
         assert await minting.stock() == available + 10
 
 
+async def waiting(minting: Minting, order: OrderPaid) -> StockAwaited:
+    """The order's issuance WAITS (its one announcement) and holds no serial."""
+    issuance = await minting.issuance(order.order_id)
+    assert issuance["status"] == "WAITING", dict(issuance)
+    assert issuance["refund_at"] - issuance["waiting_since"] == timedelta(seconds=minting.settings.stock_wait_s)
+    [awaited] = await minting.events(StockAwaited.TYPE, order.order_id)
+    assert isinstance(awaited, StockAwaited)
+    assert (awaited.order_id, awaited.quantity, awaited.since, awaited.refund_at) == \
+        (order.order_id, order.quantity, issuance["waiting_since"], issuance["refund_at"])
+    assert await minting.serials_of(order.order_id) == []
+    assert await minting.events(MintingFailed.TYPE, order.order_id) == []
+    assert await minting.events(SerialsIssued.TYPE, order.order_id) == []
+    return awaited
+
+
+async def serve(minting: Minting, now: datetime) -> Served:
+    async with minting.pool.acquire() as conn:
+        return await serve_waiting(conn, signer(minting), now)
+
+
+def signer(minting: Minting) -> StampSigner:
+    return load_stamp_keys(Path(minting.settings.signing_key_file), None).signer
+
+
+async def test_out_of_stock_waits_and_is_issued_oldest_first_when_stock_arrives(minting: Minting) -> None:
+    assert minting.settings.stock_wait_s > 0
+    retried, parked = consumed("retried"), consumed("parked")
+    async with minting.worker():
+        available = await minting.stock()
+        big, small = minting.order(available + 1), minting.order(2)
+        await minting.publish(big)
+        await waiting(minting, big)
+        # There is stock for the small order, but it was paid later: it queues behind the big one.
+        await minting.publish(small)
+        await waiting(minting, small)
+        assert await minting.stock() == available  # nothing claimed
+        assert (consumed("retried"), consumed("parked")) == (retried, parked)  # a state, not a retry
+
+        now = datetime.now(UTC)
+        nothing = await serve(minting, now)
+        assert (nothing.issued, nothing.failed, nothing.still_waiting) == ([], [], True)
+        assert [r["status"] for r in await issuances(minting, big, small)] == ["WAITING", "WAITING"]
+
+        async with minting.pool.acquire() as conn:
+            await add_stock(conn, 10)
+        served = await serve(minting, now)
+        assert [i.order_id for i in served.issued] == [big.order_id, small.order_id]
+        assert (served.failed, served.still_waiting) == ([], False)
+        await minting.assert_issued_exactly_once([big, small])
+        assert [r["status"] for r in await issuances(minting, big, small)] == ["ISSUED", "ISSUED"]
+        assert await minting.stock() == available + 10 - big.quantity - small.quantity
+        assert (await serve(minting, now)).issued == []  # issued once
+
+
+async def test_a_waiting_order_is_failed_at_its_refund_deadline_and_stock_added_later_changes_nothing(
+    minting: Minting,
+) -> None:
+    async with minting.worker():
+        available = await minting.stock()
+        order = minting.order(available + 1)
+        await minting.publish(order)
+        awaited = await waiting(minting, order)
+
+        before = await serve(minting, awaited.refund_at - timedelta(microseconds=1))
+        assert (before.failed, before.still_waiting) == ([], True)
+        at = await serve(minting, awaited.refund_at)
+        assert [f.order_id for f in at.failed] == [order.order_id]
+        issuance = await minting.issuance(order.order_id)
+        assert (issuance["status"], issuance["reason"]) == ("FAILED", WAIT_OVER)
+        [failed] = await minting.events(MintingFailed.TYPE, order.order_id)
+        assert isinstance(failed, MintingFailed) and failed.reason == WAIT_OVER
+
+        async with minting.pool.acquire() as conn:
+            await add_stock(conn, available + 10)
+        assert (await serve(minting, awaited.refund_at)).issued == []
+        again = await minting.publish(order)
+        await eventually(lambda: minting.handled(PAID_QUEUE, again), message="the redelivered order")
+        assert (await minting.issuance(order.order_id))["status"] == "FAILED"
+        assert await minting.serials_of(order.order_id) == []
+        assert len(await minting.events(MintingFailed.TYPE, order.order_id)) == 1
+        assert await minting.events(SerialsIssued.TYPE, order.order_id) == []
+
+
+async def issuances(minting: Minting, *orders: OrderPaid) -> list[asyncpg.Record]:
+    return [await minting.issuance(o.order_id) for o in orders]
+
+
 async def test_stock_held_by_a_concurrent_transaction_is_waited_for(minting: Minting) -> None:
     order = minting.order(2)
+    retried = consumed("retried")
     async with minting.worker(), minting.pool.acquire() as conn:
         transaction = conn.transaction()
         await transaction.start()
         try:
             await conn.execute("SELECT sn FROM serials WHERE status = 'STOCK' FOR UPDATE")
-            retried = consumed("retried")
-            message_id = await minting.publish(order)
-            await eventually(lambda: consumed("retried") > retried, message="a retry while stock is held")
-            assert not await minting.handled(PAID_QUEUE, message_id)
+            await minting.publish(order)
+            await waiting(minting, order)
+            assert consumed("retried") == retried
         finally:
             await transaction.rollback()
+        served = await serve(minting, datetime.now(UTC))
+        assert [i.order_id for i in served.issued] == [order.order_id]
         await minting.assert_issued_exactly_once([order])
+
+
+async def test_serials_given_back_become_void_only_for_their_order(minting: Minting) -> None:
+    async with minting.worker():
+        first, second = minting.order(3), minting.order(1)
+        for order in (first, second):
+            await minting.publish(order)
+        await minting.assert_issued_exactly_once([first, second])
+        mine, [other] = await minting.serials_of(first.order_id), await minting.serials_of(second.order_id)
+        stamped = await minting.publish(minting.stamped(mine[2]))
+        await eventually(lambda: minting.handled("minting.on_document_stamped", stamped), message="the use")
+        # mine[2] is STAMPED (stamping would keep it, but even named as voided it cannot be voided);
+        # ``other`` is another order's: never voided by this order.
+        answer = SerialsVoided(order_id=first.order_id, account_id=first.account_id,
+                               voided=(mine[0], mine[2], other), kept=(mine[1],), reason="cannot accept",
+                               voided_at=datetime.now(UTC))
+        voided_before = metric("emeterai_serials_voided_total")
+        for message_id in (await minting.publish(answer), await minting.publish(answer)):
+            await eventually(lambda m=message_id: minting.handled("minting.on_serials_voided", m),
+                             message="the void answer")
+        statuses = dict(await minting.pool.fetch("SELECT sn, status FROM serials WHERE sn = ANY($1)",
+                                                 [*mine, other]))
+        assert statuses == {mine[0]: "VOID", mine[1]: "UNUSED", mine[2]: "STAMPED", other: "UNUSED"}
+        assert metric("emeterai_serials_voided_total") == voided_before + 1
+        status, body, _ = await minting.get(f"/v1/stamps/{mine[0]}")
+        assert (status, body["status"]) == (200, "VOID")

@@ -10,7 +10,8 @@ from emeterai_shared.admission import Sample
 from order_service.domain.order import Bill, Order, OrderStatus
 
 _COLUMNS = """id, account_id, partner_id, quantity, amount, bank, status, failure_reason,
-              virtual_account_no, bill_amount, expires_at, payment_id, serials"""
+              virtual_account_no, bill_amount, expires_at, payment_id, serials, awaiting_stock_since,
+              stock_refund_at, giving_back"""
 
 
 def _order(row: asyncpg.Record) -> Order:
@@ -22,6 +23,8 @@ def _order(row: asyncpg.Record) -> Order:
         quantity=row["quantity"], amount=row["amount"], bank=row["bank"],
         status=OrderStatus(row["status"]), failure_reason=row["failure_reason"], bill=bill,
         payment_id=row["payment_id"], serials=list(row["serials"]),
+        awaiting_stock_since=row["awaiting_stock_since"], stock_refund_at=row["stock_refund_at"],
+        giving_back=list(row["giving_back"]),
     )
 
 
@@ -58,11 +61,12 @@ async def save(conn: asyncpg.Connection, order: Order) -> None:
                   bill_amount = $5, expires_at = $6, payment_id = $7, serials = $8,
                   billed_at = COALESCE(billed_at, CASE WHEN $4::text IS NOT NULL OR $2 <> 'AWAITING_PAYMENT'
                                                        THEN now() END),
-                  updated_at = now()
+                  awaiting_stock_since = $9, stock_refund_at = $10, giving_back = $11, updated_at = now()
            WHERE id = $1""",
         order.id, order.status.value, order.failure_reason,
         bill.virtual_account_no if bill else None, bill.amount if bill else None,
-        bill.expires_at if bill else None, order.payment_id, order.serials)
+        bill.expires_at if bill else None, order.payment_id, order.serials, order.awaiting_stock_since,
+        order.stock_refund_at, order.giving_back)
     if order.changes:
         await conn.executemany(
             "INSERT INTO order_history (order_id, old_status, new_status, reason) VALUES ($1, $2, $3, $4)",
@@ -79,6 +83,13 @@ async def add_serials(conn: asyncpg.Connection, order_id: uuid.UUID, stamps: lis
         order_id, [sn for sn, _ in stamps], [token for _, token in stamps])
     fresh = {r["sn"] for r in added}
     return [sn for sn, _ in stamps if sn not in fresh]
+
+
+async def serials_of_other_orders(conn: asyncpg.Connection, order_id: uuid.UUID, serials: list[str]) -> list[str]:
+    """Those of ``serials`` already indexed for another order."""
+    rows = await conn.fetch("SELECT sn FROM order_serials WHERE sn = ANY($1::text[]) AND order_id <> $2",
+                            serials, order_id)
+    return sorted(r["sn"] for r in rows)
 
 
 async def serial_owner(conn: asyncpg.Connection, sn: str) -> tuple[uuid.UUID, str | None] | None:

@@ -7,6 +7,14 @@
          │  └──bill expired──► EXPIRED ──captured late──┘
          └──no bill possible──► FAILED (always with a reason)
 
+A PAID order may wait in PAID for two things, shown in its view but not statuses (the contract
+fixes the list): its serials may **await stock** (``await_stock``: minting issues them when stock
+arrives, or fails them at ``refund_at``, which refunds the order); and serials it could not accept
+(too many, too few, another order's, or arriving when it is not PAID) are **given back**
+(``give_back``): the order asks the stamping service to take them out of the buyer's quota; its
+answer (``settle_given_back``) refunds what was voided (REFUND_PENDING) or, when every serial was
+already used, fulfils the order with them. Never both, never neither.
+
 ``EXPIRED → REFUND_PENDING`` exists because a bank may report a payment made before the bill
 expired after we expired it (a SNAP advice, ``flagAdvise=Y``): the money was taken, so it is
 refunded, never silently kept. Every other transition is refused with ``IllegalTransition``.
@@ -85,7 +93,15 @@ class Order:
     bill: Bill | None = None
     payment_id: uuid.UUID | None = None
     serials: list[str] = field(default_factory=list)
+    awaiting_stock_since: datetime | None = None
+    stock_refund_at: datetime | None = None
+    giving_back: list[str] = field(default_factory=list)
+    """Serials the order asked the stamping service to void, until it answers."""
     changes: list[Transition] = field(default_factory=list)
+
+    @property
+    def awaits_stock(self) -> bool:
+        return self.status is S.PAID and self.awaiting_stock_since is not None and not self.giving_back
 
     def can_become(self, new: OrderStatus) -> bool:
         return new in TRANSITIONS[self.status]
@@ -126,15 +142,68 @@ class Order:
         self._move(S.REFUND_PENDING, reason)
         self.failure_reason = reason
 
-    def cannot_fulfil(self, reason: str) -> None:
+    def cannot_fulfil(self, reason: str) -> bool:
         """No serials can be issued for this paid order (minting failed): its money goes back.
-        Only a PAID order has money waiting for serials; any other state refuses."""
+        Only a PAID order has money waiting for serials; any other state refuses. False: serials
+        it gave back still await stamping's answer, and the refund waits for it (less the stamps
+        that turn out to be kept, see ``settle_given_back``)."""
         if self.status is not S.PAID:
             raise IllegalTransition(self.id, self.status, S.REFUND_PENDING)
+        if self.giving_back:
+            self.failure_reason = reason
+            self.changes.append(Transition(S.PAID, S.PAID, f"{reason}; refunded once the serials given back "
+                                                           "are settled"))
+            return False
         self.request_refund(reason)
+        return True
 
     def refunded(self) -> None:
         self._move(S.REFUNDED, "refund recorded")
+
+    def await_stock(self, since: datetime, refund_at: datetime) -> None:
+        """Minting waits for stock for this PAID order (recorded, the status stays PAID)."""
+        if self.status is not S.PAID:
+            raise IllegalTransition(self.id, self.status, S.PAID)
+        if self.awaiting_stock_since is None:
+            self.changes.append(Transition(S.PAID, S.PAID, f"awaiting stock; refunded at {refund_at.isoformat()} "
+                                                           "unless stock arrives"))
+        self.awaiting_stock_since, self.stock_refund_at = since, refund_at
+
+    def give_back(self, serials: list[str], reason: str) -> None:
+        """The PAID order cannot accept ``serials``: they are to be voided before any refund."""
+        if self.status is not S.PAID:
+            raise IllegalTransition(self.id, self.status, S.REFUND_PENDING)
+        self.giving_back = list(dict.fromkeys([*self.giving_back, *serials]))
+        self.failure_reason = reason
+        self.changes.append(Transition(S.PAID, S.PAID, f"giving back {len(serials)} serial(s): {reason}"))
+
+    def per_stamp(self) -> int:
+        return self.amount // self.quantity
+
+    def settle_given_back(self, voided: list[str], kept: list[str]) -> int | None:
+        """Apply the stamping service's answer to ``give_back``: the serials kept (used before
+        they could be voided) stay the buyer's. Once nothing more is being given back, returns the
+        amount to refund: the order's amount less the kept stamps at the per-stamp price
+        (REFUND_PENDING), or 0 when nothing is left to refund (FULFILLED with the kept serials).
+        None: nothing decided now (other serials still being given back, or the order is no longer
+        PAID: fulfilled with its own serials meanwhile, or refunded)."""
+        asked = set(self.giving_back)
+        answered = asked & {*voided, *kept}
+        if not answered:
+            return None
+        self.giving_back = [sn for sn in self.giving_back if sn not in answered]
+        if self.status is not S.PAID:
+            return None
+        self.serials = list(dict.fromkeys([*self.serials, *(sn for sn in kept if sn in asked)]))
+        if self.giving_back:
+            return None
+        refund = max(0, self.amount - self.per_stamp() * len(self.serials))
+        if refund == 0:
+            self._move(S.FULFILLED, f"kept {len(self.serials)} serial(s) used before they could be voided")
+        else:
+            self.request_refund(f"{self.failure_reason or 'serials given back'}; {len(self.serials)} kept (used): "
+                                f"refund {refund}")
+        return refund
 
     def fulfil(self, serials: list[str]) -> None:
         if len(serials) != self.quantity:

@@ -5,17 +5,17 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from aiohttp import web
 from emeterai_shared import idempotency
 from emeterai_shared.admission import Admission
 from emeterai_shared.auth import TokenIssuer, TokenVerifier
-from emeterai_shared.http import ApiError, OpenApi, Operation, read_json
+from emeterai_shared.http import NO_NUL, ApiError, OpenApi, Operation, read_json
 from emeterai_shared.ratelimit import RateLimiter
 from emeterai_shared.runtime import Context
 from emeterai_shared.uow import unit_of_work
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from order_service.adapters import repository
 from order_service.adapters.partners import PartnerRegistry
@@ -23,7 +23,11 @@ from order_service.config import OrderSettings
 from order_service.domain.order import Order
 from order_service.service_layer import commands
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+NAME_PATTERN = r"^[^\x00]*[0-9A-Za-z\u00c0-\u024f\u0370-\u1fff\u3040-\u9fff\uac00-\ud7af][^\x00]*$"
+"""At least one letter or digit, and no NUL: the same in the published (ECMA) schema, in Python and in
+pydantic's Rust engine, which do not agree on which characters are blank."""
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=NAME_PATTERN)]
+BUYER_MAX_QUANTITY: int = OrderSettings.model_fields["buyer_max_quantity"].default
 Phone = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^\+?[0-9]{8,15}$")]
 
 
@@ -38,9 +42,18 @@ class AccountCreated(BaseModel):
 
 
 class OrderRequest(BaseModel):
-    quantity: int = Field(strict=True, ge=1, description="stamps to buy (1-100 for buyers)")
-    bank: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
+    quantity: int = Field(strict=True, ge=1, json_schema_extra={"maximum": BUYER_MAX_QUANTITY},
+                          description=f"stamps to buy: 1-{BUYER_MAX_QUANTITY} for buyers (ORDER_BUYER_MAX_QUANTITY); "
+                                      "a partner (X-Api-Key) up to its own max_quantity")
+    bank: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=NO_NUL)] | None = Field(
         default=None, description="client_id of the partner bank to pay at; default: the first")
+
+    @field_validator("quantity", mode="before")
+    @classmethod
+    def _integral_number(cls, value: Any) -> Any:
+        """``2.0`` is the JSON number 2, as JSON Schema's ``integer`` says; ``2.5``, ``"2"`` and ``true``
+        stay refused (strict)."""
+        return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 class OrderAccepted(BaseModel):
@@ -56,10 +69,22 @@ class PaymentInstructions(BaseModel):
     expires_at: datetime
 
 
+class Fulfilment(BaseModel):
+    """What a PAID order waits for (its status stays PAID)."""
+
+    awaiting_stock: bool = Field(description="the serials wait for stock; refunded at refund_at otherwise")
+    since: datetime | None = None
+    refund_at: datetime | None = None
+    giving_back: list[str] = Field(default_factory=list, description="serials the order could not accept, "
+                                   "being voided before the refund")
+
+
 class OrderView(OrderAccepted):
     payment: PaymentInstructions | None
     serials: list[str]
     failure_reason: str | None = None
+    fulfilment: Fulfilment | None = Field(default=None, description="null unless the order waited for stock "
+                                          "or gave serials back")
 
 
 @dataclass(frozen=True)
@@ -91,9 +116,13 @@ def _view(order: Order) -> OrderView:
     if order.bill is not None:
         payment = PaymentInstructions(virtual_account_no=order.bill.virtual_account_no,
                                       amount=order.bill.amount, expires_at=order.bill.expires_at)
+    fulfilment = None
+    if order.awaiting_stock_since is not None or order.giving_back:
+        fulfilment = Fulfilment(awaiting_stock=order.awaits_stock, since=order.awaiting_stock_since,
+                                refund_at=order.stock_refund_at, giving_back=order.giving_back)
     return OrderView(order_id=order.id, status=order.status.value, quantity=order.quantity,
                      amount=order.amount, payment=payment, serials=order.serials,
-                     failure_reason=order.failure_reason)
+                     failure_reason=order.failure_reason, fulfilment=fulfilment)
 
 
 @dataclass(frozen=True)
@@ -183,27 +212,37 @@ def routes(ctx: Context, app: web.Application, spec: OpenApi) -> None:
     app.router.add_get("/v1/orders/{order_id}", get_order)
 
     spec.security_schemes.update({
-        "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (EdDSA)"},
-        "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
+        "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (EdDSA)",
+                   "description": "a buyer's token (POST /v1/accounts)"},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key",
+                   "description": "a partner system's key (ORDER_PARTNERS_FILE); taken before a bearer token"},
     })
-    idem = {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 200}}
+    read_order = {"operationId": "get_v1_orders_order_id",
+                  "parameters": {"order_id": "$response.body#/order_id"}}
     spec.add(Operation("POST", "/v1/accounts", "Create a buyer account and its bearer token",
                        request=AccountRequest, tags=["accounts"],
-                       parameters=[{**idem, "required": False}],
-                       responses={201: ("account created", AccountCreated), 400: ("malformed", None),
-                                  422: ("invalid", None)}))
+                       parameters=[idempotency.header_parameter(required=False)],
+                       responses={201: ("account created", AccountCreated),
+                                  400: ("malformed_json, too_deeply_nested, or invalid_idempotency_key", None),
+                                  422: ("invalid_request (fields), or idempotency_key_reused", None)},
+                       links={201: {"PlaceOrder": {"operationId": "post_v1_orders",
+                                                   "description": "the token authorizes orders"}}}))
     spec.add(Operation("POST", "/v1/orders", "Order a quota of stamps (answered at once; payment "
                        "instructions follow on GET)", request=OrderRequest, tags=["orders"],
-                       security=["bearer", "apiKey"], parameters=[{**idem, "required": True}],
-                       responses={202: ("order accepted", OrderAccepted), 400: ("malformed", None),
-                                  401: ("not authenticated", None),
-                                  422: ("invalid, or Idempotency-Key reused with another body", None),
+                       security=["bearer", "apiKey"], parameters=[idempotency.header_parameter(required=True)],
+                       responses={202: ("order accepted", OrderAccepted),
+                                  400: ("malformed_json, too_deeply_nested, idempotency_key_required or "
+                                        "invalid_idempotency_key", None),
+                                  401: ("unauthorized, invalid_token, token_expired or invalid_api_key", None),
+                                  422: ("invalid_request, quantity_out_of_range (past the caller's maximum), or "
+                                        "idempotency_key_reused", None),
                                   429: ("rate_limited: this account's or partner's order rate (Retry-After)", None),
                                   503: ("overloaded (the platform's backlog is past what it drains in the target "
-                                        "wait; body retry_after_s, retry_at) or busy; Retry-After", None)}))
+                                        "wait; body retry_after_s, retry_at) or busy; Retry-After", None)},
+                       links={202: {"GetOrder": read_order}}))
     spec.add(Operation("GET", "/v1/orders/{order_id}", "An order of the caller", tags=["orders"],
                        security=["bearer", "apiKey"],
                        parameters=[{"name": "order_id", "in": "path", "required": True,
                                     "schema": {"type": "string", "format": "uuid"}}],
                        responses={200: ("the order", OrderView), 401: ("not authenticated", None),
-                                  404: ("no such order of the caller", None)}))
+                                  404: ("order_not_found: no such order of the caller", None)}))

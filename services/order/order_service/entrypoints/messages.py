@@ -13,6 +13,8 @@ from emeterai_shared.contracts.events import (
     PaymentCaptured,
     PaymentRefunded,
     SerialsIssued,
+    SerialsVoided,
+    StockAwaited,
 )
 from emeterai_shared.messaging import Subscription
 
@@ -30,6 +32,8 @@ def subscriptions(partners: PartnerRegistry) -> list[Subscription]:
         Subscription("order.on_serials_issued", SerialsIssued,
                      partial(handlers.on_serials_issued, partners=partners)),
         Subscription("order.on_minting_failed", MintingFailed, handlers.on_minting_failed),
+        Subscription("order.on_stock_awaited", StockAwaited, handlers.on_stock_awaited),
+        Subscription("order.on_serials_voided", SerialsVoided, handlers.on_serials_voided),
         Subscription("order.on_document_stamped", DocumentStamped,
                      partial(handlers.on_document_stamped, partners=partners)),
     ]

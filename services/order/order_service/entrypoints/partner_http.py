@@ -102,12 +102,14 @@ def add_partner_routes(ctx: Context, app: web.Application, spec: OpenApi) -> Non
         tags=["partners"], security=["apiKey"],
         parameters=[
             {"name": "after", "in": "query", "required": False,
-             "schema": {"type": "integer", "minimum": 0, "default": 0}, "description": "cursor: read after it"},
+             "schema": {"type": "integer", "minimum": 0, "maximum": MAX_CURSOR, "default": 0},
+             "description": "cursor: read after it"},
             {"name": "limit", "in": "query", "required": False,
              "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}},
         ],
-        responses={200: ("a page of events", PartnerEventsPage), 400: ("bad after or limit", None),
-                   401: ("not authenticated", None), 403: ("not a partner (bearer token)", None)}))
+        responses={200: ("a page of events", PartnerEventsPage), 400: ("invalid_parameter: bad after or limit", None),
+                   401: ("not authenticated", None), 403: ("partner_only: not a partner (bearer token)", None),
+                   429: ("rate_limited: this partner's request rate (Retry-After)", None)}))
     signed = [
         {"name": "webhook-id", "in": "header", "required": True, "schema": {"type": "string"},
          "description": "the event id, the same on every attempt"},

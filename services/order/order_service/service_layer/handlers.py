@@ -23,6 +23,9 @@ from emeterai_shared.contracts.events import (
     PaymentCaptured,
     PaymentRefunded,
     SerialsIssued,
+    SerialsVoided,
+    SerialsVoidRequested,
+    StockAwaited,
 )
 from emeterai_shared.messaging import Envelope, PermanentError
 from emeterai_shared.uow import UnitOfWork
@@ -30,7 +33,7 @@ from emeterai_shared.uow import UnitOfWork
 from order_service.adapters import partner_store, repository
 from order_service.adapters.partners import PartnerRegistry
 from order_service.domain import partner_events
-from order_service.domain.order import Bill, IllegalTransition, Order
+from order_service.domain.order import Bill, IllegalTransition, Order, OrderStatus
 from order_service.domain.partner_events import PartnerEvent
 
 log = logging.getLogger(__name__)
@@ -111,28 +114,74 @@ async def on_payment_refunded(uow: UnitOfWork, env: Envelope[PaymentRefunded]) -
 
 
 async def on_serials_issued(uow: UnitOfWork, env: Envelope[SerialsIssued], partners: PartnerRegistry) -> None:
+    """FULFILLED with the serials; serials the order cannot accept are given back, never parked.
+
+    Stamping has its own copy of this event and has credited the serials to the buyer already,
+    so refusing them must undo that: the order asks stamping to void them (``give_back``) and
+    refunds only once stamping has answered (``on_serials_voided``)."""
     e = env.body
     order = await _load(uow, e.order_id)
     stamps = [(s.sn, s.token) for s in e.serials]
+    sns = [sn for sn, _ in stamps]
+    if order.status is OrderStatus.FULFILLED and sorted(order.serials) == sorted(sns):
+        return  # the same issuance again, under another message id
     try:
-        order.fulfil([sn for sn, _ in stamps])
-    except IllegalTransition as exc:
-        return _ignore(order, "serials issued", exc)
-    except ValueError as exc:  # not the serials ordered (too few, too many, repeated): for minting to look at
-        raise PermanentError(str(exc)) from None
+        taken = await repository.serials_of_other_orders(uow.conn, order.id, sns)
+        if taken:
+            raise ValueError(f"serials already issued to another order: {', '.join(taken[:5])}")
+        order.fulfil(sns)
+    except (IllegalTransition, ValueError) as exc:  # not the serials ordered, or not for this order now
+        await _give_back(uow, order, e.account_id, sns, f"cannot accept the serials issued: {exc}")
+        return
     await repository.save(uow.conn, order)
-    taken = await repository.add_serials(uow.conn, order.id, stamps)
-    if taken:
-        raise PermanentError(f"order {order.id}: serials already issued to another order: {', '.join(taken)}")
+    await repository.add_serials(uow.conn, order.id, stamps)
     if order.partner_id is not None:
         await _tell_partner(uow, partners, order.partner_id,
                             partner_events.order_fulfilled(order, stamps, datetime.now(UTC)))
 
 
+async def _give_back(uow: UnitOfWork, order: Order, account_id: uuid.UUID, serials: list[str], reason: str) -> None:
+    """Ask stamping to void ``serials`` (``order.serials_void_requested.v1``). A PAID order waits
+    for the answer to refund what was voided; an order whose money is settled otherwise (refunded,
+    or fulfilled with other serials) only has them voided."""
+    log.error("order %s (%s): %s: asking for %d serial(s) to be voided", order.id, order.status, reason, len(serials))
+    if order.status is OrderStatus.PAID:
+        order.give_back(serials, reason)
+        await repository.save(uow.conn, order)
+    uow.publish(SerialsVoidRequested(order_id=order.id, account_id=account_id, serials=tuple(serials),
+                                     reason=reason, requested_at=datetime.now(UTC)), correlation_id=str(order.id))
+
+
+async def on_serials_voided(uow: UnitOfWork, env: Envelope[SerialsVoided]) -> None:
+    """Stamping's answer to a void request: refund what was voided, or fulfil with what was kept."""
+    e = env.body
+    order = await _load(uow, e.order_id)
+    status = order.status
+    refund = order.settle_given_back(list(e.voided), list(e.kept))
+    await repository.save(uow.conn, order)
+    if refund is None and e.kept and status is not OrderStatus.PAID:
+        log.error("order %s (%s): serial(s) %s could not be voided (already used) after the order was settled "
+                  "otherwise", order.id, status, ", ".join(e.kept))
+    if refund:
+        uow.publish(OrderRefundRequested(order_id=order.id, amount=refund, reason=order.failure_reason or e.reason,
+                                         requested_at=datetime.now(UTC)), correlation_id=str(order.id))
+
+
+async def on_stock_awaited(uow: UnitOfWork, env: Envelope[StockAwaited]) -> None:
+    """The PAID order shows that it waits for stock (and when it will be refunded otherwise);
+    arriving after the serials or the failure (another queue), it changes nothing."""
+    e = env.body
+    await _transition(uow, e.order_id, "stock awaited", lambda order: order.await_stock(e.since, e.refund_at))
+
+
 async def on_minting_failed(uow: UnitOfWork, env: Envelope[MintingFailed]) -> None:
-    order = await _transition(uow, env.body.order_id, "minting failure",
-                              lambda order: order.cannot_fulfil(env.body.reason))
-    if order is None:
+    order = await _load(uow, env.body.order_id)
+    try:
+        refund_now = order.cannot_fulfil(env.body.reason)
+    except IllegalTransition as exc:
+        return _ignore(order, "minting failure", exc)
+    await repository.save(uow.conn, order)
+    if not refund_now:
         return
     uow.publish(OrderRefundRequested(order_id=order.id, amount=order.amount, reason=env.body.reason,
                                      requested_at=datetime.now(UTC)), correlation_id=str(order.id))

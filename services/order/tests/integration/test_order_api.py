@@ -171,6 +171,44 @@ async def test_malformed_account_json_is_400(api: Api, raw: bytes) -> None:
     assert (await error_of(resp, 400))["code"] == "malformed_json"
 
 
+HOSTILE_JSON = [
+    (b"[" * 50_000, "too_deeply_nested"),
+    (b'{"a":' * 50_000, "too_deeply_nested"),
+    (b'{"name": "Siti\\u0000", "phone": "+6281234567890", "quantity": 1}', "malformed_json"),
+    (b'{"name": "\\ud800", "phone": "+6281234567890", "quantity": 1}', "malformed_json"),
+    (b'{"name": "Siti", "phone": "+6281234567890", "quantity": ' + b"1" * 5000 + b"}", "malformed_json"),
+]
+
+
+@pytest.mark.parametrize(("raw", "code"), HOSTILE_JSON)
+async def test_hostile_json_is_400_with_a_stable_code_and_writes_nothing(api: Api, raw: bytes, code: str) -> None:
+    """Nesting deeper than any request needs is refused before decoding (Python's decoder would raise
+    RecursionError); text PostgreSQL cannot store and integers past Python's digit limit are not JSON
+    we read."""
+    account_id, token = await api.account()
+    accounts = await api.val("SELECT count(*) FROM accounts")
+    for path, headers in (("/v1/accounts", {}),
+                          ("/v1/orders", {"Authorization": f"Bearer {token}", "Idempotency-Key": key()})):
+        resp = await api.client.post(path, data=raw, headers={**headers, "Content-Type": "application/json"})
+        assert (await error_of(resp, 400))["code"] == code
+    assert await api.val("SELECT count(*) FROM accounts") == accounts
+    assert await api.orders_of(account_id) == []
+
+
+async def test_an_api_key_that_is_not_utf8_is_401(api: Api) -> None:
+    """aiohttp keeps a header's undecodable bytes as lone surrogates: no 500 from hashing them."""
+    reader, writer = await asyncio.open_connection(api.client.host, api.client.port)
+    writer.write(b"POST /v1/orders HTTP/1.1\r\nHost: x\r\nX-Api-Key: \xff\xfe-key\r\nIdempotency-Key: k\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: 15\r\nConnection: close\r\n\r\n"
+                 b'{"quantity": 1}')
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401 "), answer
+    assert json.loads(body)["error"]["code"] == "invalid_api_key"
+
+
 async def test_account_idempotency_key_replays_the_first_answer(api: Api) -> None:
     k = key()
     body = {"name": "Dewi Lestari", "phone": f"+62{uuid.uuid4().int % 10**11:011d}"}
@@ -197,7 +235,7 @@ async def test_account_idempotency_key_replays_the_first_answer(api: Api) -> Non
 # --- orders --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("quantity", [1, 2, 37, 100])
+@pytest.mark.parametrize("quantity", [1, 2, 37, 100, 3.0])
 async def test_place_order_is_202_with_the_price(api: Api, quantity: int) -> None:
     account_id, token = await api.account()
     resp = await api.order(token, {"quantity": quantity}, key())
@@ -315,7 +353,6 @@ async def test_concurrent_requests_with_one_key_make_one_order(api: Api) -> None
         (1_000, "quantity_out_of_range"),
         ("2", "invalid_request"),
         (2.5, "invalid_request"),
-        (2.0, "invalid_request"),
         (True, "invalid_request"),
         (None, "invalid_request"),
         ([2], "invalid_request"),
@@ -421,7 +458,7 @@ async def test_owner_reads_the_order(api: Api) -> None:
     assert resp.status == 200
     assert await resp.json() == {"order_id": placed["order_id"], "status": "AWAITING_PAYMENT", "quantity": 3,
                                  "amount": 3 * UNIT_PRICE, "payment": None, "serials": [],
-                                 "failure_reason": None}
+                                 "failure_reason": None, "fulfilment": None}
 
 
 async def test_others_and_bad_ids_get_404(api: Api) -> None:
@@ -530,11 +567,17 @@ async def test_a_partner_past_its_rate_gets_429(api: Api) -> None:
 async def test_past_the_unbilled_backlog_limit_orders_get_503_and_nothing_is_placed(api: Api) -> None:
     unbilled = await api.val("SELECT count(*) FROM orders WHERE billed_at IS NULL")
     account_id, token = await api.account()
+    accepted = 0
     async with limited_api(api, admission_min_limit=unbilled + 2, admission_target_wait_s=0.001,
                            admission_sample_interval_s=0.1) as client:
-        async def shed() -> Any:
-            resp = await client.post("/v1/orders", json={"quantity": 2},
+        async def order() -> Any:
+            return await client.post("/v1/orders", json={"quantity": 2},
                                      headers={"Authorization": f"Bearer {token}", "Idempotency-Key": key()})
+
+        async def shed() -> Any:
+            nonlocal accepted
+            resp = await order()
+            accepted += resp.status == 202
             return resp if resp.status == 503 else None
 
         refused = await eventually(shed, message="an order to be shed")
@@ -542,7 +585,22 @@ async def test_past_the_unbilled_backlog_limit_orders_get_503_and_nothing_is_pla
         assert error["code"] == "overloaded" and error["retry_after_s"] >= 1 and error["retry_at"]
         assert int(refused.headers["Retry-After"]) == error["retry_after_s"]
         assert (await client.get("/healthz")).status == 200
+        # once past the limit it stays shed (nothing bills these orders): no count of requests
+        # per sample interval decides it, however fast the machine
+        assert [(await order()).status for _ in range(5)] == [503] * 5
     placed = len(await api.orders_of(account_id))
-    assert placed <= 2 + 1  # the limit, plus what one sample interval let through
+    # the limit admits at least its 2; how many more slip in before the next sample depends on the
+    # machine's speed, so it is not asserted: every accepted order is placed, no shed one is
+    assert placed == accepted >= 2
     assert await api.val("SELECT count(*) FROM outbox WHERE message_type = 'order.placed.v1' "
                          "AND convert_from(body, 'UTF8')::jsonb->>'account_id' = $1", str(account_id)) == placed
+
+
+async def test_an_idempotency_key_given_must_be_visible_ascii(api: Api) -> None:
+    """As the published pattern says: an empty key is not "no key", and a key is 1-200 visible ASCII."""
+    before = await api.val("SELECT count(*) FROM accounts")
+    for bad in ("", "kunci-\u00e9", "k" * 201):
+        resp = await api.client.post("/v1/accounts", json={"name": "Siti", "phone": "+6281234567890"},
+                                     headers={"Idempotency-Key": bad})
+        assert (await error_of(resp, 400))["code"] == "invalid_idempotency_key", bad
+    assert await api.val("SELECT count(*) FROM accounts") == before

@@ -13,8 +13,14 @@ rows stay in the outbox to be counted) applies them:
 * events that no longer apply (BillExpired after PAID) change nothing;
 * ``order_history`` records every transition with its reason;
 * SerialsIssued → FULFILLED with the serials on GET and their tokens indexed, once however often
-  it arrives; for an order that is not PAID it changes nothing; serials already issued to another
-  order, or not as many as ordered, park the message and change nothing;
+  it arrives; serials the order cannot accept (for an order that is not PAID, other serials for a
+  FULFILLED one, serials already issued to another order, not as many as ordered) park nothing:
+  they are given back with one ``order.serials_void_requested.v1``; a PAID order then stays PAID
+  (``fulfilment.giving_back``) until stamping's SerialsVoided, which refunds what was voided
+  (REFUND_PENDING, ``order.refund_requested.v1`` without the serials kept because already used)
+  or, when every serial was used, fulfils the order with them;
+* StockAwaited → the PAID order shows ``fulfilment.awaiting_stock`` with ``since`` and
+  ``refund_at`` (status PAID), then FULFILLED or refunded as usual; after either, it changes nothing;
 * MintingFailed → REFUND_PENDING with its reason and one ``order.refund_requested.v1``, then
   PaymentRefunded → REFUNDED; for an order that is not PAID it changes nothing;
 * DocumentStamped for a buyer's serial tells no partner; for a serial never issued it is retried,
@@ -45,6 +51,8 @@ from emeterai_shared.contracts.events import (
     PaymentCaptured,
     PaymentRefunded,
     SerialsIssued,
+    SerialsVoided,
+    StockAwaited,
 )
 from emeterai_shared.db import create_pool
 from emeterai_shared.messaging.parking import ParkedMessage, list_parked
@@ -237,7 +245,7 @@ async def test_bill_issued_shows_payment_instructions(world: World) -> None:
     assert datetime.fromisoformat(payment.pop("expires_at")) == expires_at
     assert payment == {"virtual_account_no": "88081234000001", "amount": AMOUNT}
     assert view == {"order_id": str(order_id), "status": "AWAITING_PAYMENT", "quantity": QUANTITY,
-                    "amount": AMOUNT, "serials": [], "failure_reason": None}
+                    "amount": AMOUNT, "serials": [], "failure_reason": None, "fulfilment": None}
     assert await world.history(order_id) == [PLACED]
 
 
@@ -367,8 +375,11 @@ async def test_serials_issued_fulfils_the_paid_order_once(world: World) -> None:
     await world.publish(event, first)  # a redelivery: the inbox absorbs it
     await eventually(lambda: duplicates("order.on_serials_issued") == seen + 1, message="the duplicate")
     await world.send("order.on_serials_issued", event)  # the same serials under a new message id
-    await world.send("order.on_serials_issued", issued(order_id, account_id))  # other serials: refused
+    other = issued(order_id, account_id)
+    await world.send("order.on_serials_issued", other)  # other serials: refused, given back
     assert await world.view(order_id, token) == view
+    [void] = await world.outbox(order_id, "order.serials_void_requested.v1")
+    assert void["serials"] == [s.sn for s in other.serials]
     assert await world.stamps(order_id) == {s.sn: s.token for s in event.serials}
     assert await world.history(order_id) == [PLACED, PAID, FULFILLED]
     assert await world.val("SELECT count(*) FROM partner_events") == 0  # a buyer's order tells no partner
@@ -379,14 +390,17 @@ async def test_serials_issued_fulfils_the_paid_order_once(world: World) -> None:
     assert await world.outbox(order_id, "order.refund_requested.v1") == []
 
 
-async def test_serials_for_an_order_that_is_not_paid_change_nothing(world: World) -> None:
+async def test_serials_for_an_order_that_is_not_paid_are_given_back(world: World) -> None:
     order_id, token = await world.place()
     account_id = await world.val("SELECT account_id FROM orders WHERE id = $1", order_id)
-    await world.send("order.on_serials_issued", issued(order_id, account_id))
+    event = issued(order_id, account_id)
+    await world.send("order.on_serials_issued", event)
     view = await world.view(order_id, token)
-    assert (view["status"], view["serials"]) == ("AWAITING_PAYMENT", [])
+    assert (view["status"], view["serials"], view["fulfilment"]) == ("AWAITING_PAYMENT", [], None)
     assert await world.stamps(order_id) == {}
     assert await world.history(order_id) == [PLACED]
+    [void] = await world.outbox(order_id, "order.serials_void_requested.v1")
+    assert (void["account_id"], void["serials"]) == (str(account_id), [s.sn for s in event.serials])
 
 
 async def test_minting_failure_refunds_the_paid_order(world: World) -> None:
@@ -400,10 +414,13 @@ async def test_minting_failure_refunds_the_paid_order(world: World) -> None:
 
     # Reported again, or followed by serials after all: no second refund, no fulfilment.
     await world.send("order.on_minting_failed", minting_failed(order_id))
-    await world.send("order.on_serials_issued", issued(order_id, account_id))
+    late = issued(order_id, account_id)
+    await world.send("order.on_serials_issued", late)
     assert await world.view(order_id, token) == view
     assert len(await world.outbox(order_id, "order.refund_requested.v1")) == 1
     assert await world.stamps(order_id) == {}
+    [void] = await world.outbox(order_id, "order.serials_void_requested.v1")  # credited by stamping: voided
+    assert void["serials"] == [s.sn for s in late.serials]
 
     payment_id = await world.val("SELECT payment_id FROM orders WHERE id = $1", order_id)
     await world.send("order.on_payment_refunded", refunded(order_id, payment_id))
@@ -419,26 +436,111 @@ async def test_minting_failure_of_an_unpaid_order_changes_nothing(world: World) 
     assert await world.outbox(order_id, "order.refund_requested.v1") == []
 
 
-async def test_serials_of_another_order_or_the_wrong_count_park(world: World) -> None:
+def voided(order_id: uuid.UUID, account_id: uuid.UUID, voided: list[str], kept: list[str]) -> SerialsVoided:
+    return SerialsVoided(order_id=order_id, account_id=account_id, voided=tuple(voided), kept=tuple(kept),
+                         reason="cannot accept", voided_at=datetime.now(UTC))
+
+
+async def test_serials_of_another_order_or_the_wrong_count_are_given_back_and_nothing_parks(world: World) -> None:
     first, account_id, _ = await world.paid()
     event = issued(first, account_id)
     await world.send("order.on_serials_issued", event)
 
-    reused, account_id, _ = await world.paid()
+    reused, reused_account, reused_token = await world.paid()
     fresh = IssuedSerial(sn=f"SN-{uuid.uuid4().hex[:16].upper()}", token="eyJ.fresh.sig")
-    mid = await world.publish(issued(reused, account_id, serials=(event.serials[0], fresh)))
-    reason = await world.parked("order.on_serials_issued", mid)
-    assert f"already issued to another order: {event.serials[0].sn}" in reason
+    sent = [await world.send("order.on_serials_issued",
+                             issued(reused, reused_account, serials=(event.serials[0], fresh)))]
+    short, short_account, short_token = await world.paid()
+    [one] = issued(short, short_account, count=1).serials
+    sent.append(await world.send("order.on_serials_issued", issued(short, short_account, serials=(one,))))
 
-    short, account_id, _ = await world.paid()
-    mid = await world.publish(issued(short, account_id, count=1))
-    assert f"needs {QUANTITY} serials, got 1" in await world.parked("order.on_serials_issued", mid)
-
-    for order_id in (reused, short):
-        assert await world.status(order_id) == "PAID"
+    taken = f"already issued to another order: {event.serials[0].sn}"
+    for order_id, token, serials, why in (
+        (reused, reused_token, [event.serials[0].sn, fresh.sn], taken),
+        (short, short_token, [one.sn], f"needs {QUANTITY} serials, got 1"),
+    ):
+        view = await world.view(order_id, token)
+        assert (view["status"], view["serials"]) == ("PAID", [])
+        assert view["fulfilment"] == {"awaiting_stock": False, "since": None, "refund_at": None, "giving_back": serials}
+        assert why in view["failure_reason"]
+        [void] = await world.outbox(order_id, "order.serials_void_requested.v1")
+        assert (void["order_id"], void["serials"]) == (str(order_id), serials)
+        assert why in void["reason"]
         assert await world.stamps(order_id) == {}
-        assert await world.history(order_id) == [PLACED, PAID]
+        assert await world.outbox(order_id, "order.refund_requested.v1") == []  # not before stamping answers
+        [_, _, note] = await world.history(order_id)
+        assert note[:2] == ("PAID", "PAID") and why in str(note[2])
     assert await world.stamps(first) == {s.sn: s.token for s in event.serials}
+    assert await world.status(first) == "FULFILLED"
+
+    # Stamping's answers: the short order's one serial was voided: the whole amount goes back.
+    await world.send("order.on_serials_voided", voided(short, short_account, [one.sn], []))
+    view = await world.view(short, short_token)
+    assert (view["status"], view["serials"], view["fulfilment"]) == ("REFUND_PENDING", [], None)
+    assert "0 kept (used): refund 25000" in view["failure_reason"]
+    [refund] = await world.outbox(short, "order.refund_requested.v1")
+    assert refund["amount"] == AMOUNT
+    # The other order's buyer had already used one of the two: it is kept, and not refunded.
+    await world.send("order.on_serials_voided", voided(reused, reused_account, [event.serials[0].sn], [fresh.sn]))
+    view = await world.view(reused, reused_token)
+    assert (view["status"], view["serials"]) == ("REFUND_PENDING", [fresh.sn])
+    [refund] = await world.outbox(reused, "order.refund_requested.v1")
+    assert refund["amount"] == AMOUNT - AMOUNT // QUANTITY
+    # An answer again (another message id) refunds nothing more.
+    await world.send("order.on_serials_voided", voided(short, short_account, [one.sn], []))
+    assert len(await world.outbox(short, "order.refund_requested.v1")) == 1
+    await world.send("order.on_payment_refunded", refunded(short, None))
+    assert await world.status(short) == "REFUNDED"
+    connection = await aio_pika.connect_robust(world.settings.amqp_url)
+    try:
+        parked = await list_parked(connection, "order.on_serials_issued")
+        assert [m for m in parked if m.message_id in sent] == []
+    finally:
+        await connection.close()
+
+
+async def test_serials_given_back_and_all_used_fulfil_the_order(world: World) -> None:
+    order_id, account_id, token = await world.paid()
+    serials = issued(order_id, account_id, count=QUANTITY + 1).serials
+    await world.send("order.on_serials_issued", issued(order_id, account_id, serials=serials))
+    assert (await world.view(order_id, token))["status"] == "PAID"
+    # Every serial was used before the void request reached stamping: the buyer keeps them all.
+    kept = [s.sn for s in serials]
+    await world.send("order.on_serials_voided", voided(order_id, account_id, [], kept))
+    view = await world.view(order_id, token)
+    assert (view["status"], view["serials"]) == ("FULFILLED", kept)
+    assert await world.outbox(order_id, "order.refund_requested.v1") == []
+
+
+async def test_stock_awaited_shows_on_the_paid_order_until_it_is_fulfilled(world: World) -> None:
+    order_id, account_id, token = await world.paid()
+    since = datetime.now(UTC).replace(microsecond=250000)
+    refund_at = since + timedelta(hours=2)
+    awaited = StockAwaited(order_id=order_id, quantity=QUANTITY, since=since, refund_at=refund_at)
+    await world.send("order.on_stock_awaited", awaited)
+    view = await world.view(order_id, token)
+    fulfilment = view["fulfilment"]
+    assert view["status"] == "PAID"
+    assert (fulfilment["awaiting_stock"], fulfilment["giving_back"]) == (True, [])
+    assert (datetime.fromisoformat(fulfilment["since"]), datetime.fromisoformat(fulfilment["refund_at"])) == \
+        (since, refund_at)
+    assert await world.history(order_id) == [
+        PLACED, PAID, ("PAID", "PAID", f"awaiting stock; refunded at {refund_at.isoformat()} unless stock arrives")]
+    await world.send("order.on_stock_awaited", awaited)  # again under another id: recorded once
+    assert len(await world.history(order_id)) == 3
+
+    event = issued(order_id, account_id)
+    await world.send("order.on_serials_issued", event)
+    view = await world.view(order_id, token)
+    assert (view["status"], view["fulfilment"]["awaiting_stock"]) == ("FULFILLED", False)
+
+    # Overtaken by the failure (another queue): the awaited event changes nothing.
+    late, _, late_token = await world.paid()
+    await world.send("order.on_minting_failed", minting_failed(late))
+    await world.send("order.on_stock_awaited", StockAwaited(order_id=late, quantity=QUANTITY, since=since,
+                                                            refund_at=refund_at))
+    view = await world.view(late, late_token)
+    assert (view["status"], view["fulfilment"]) == ("REFUND_PENDING", None)
 
 
 async def test_stamped_serials_of_buyers_tell_no_one_and_unknown_serials_park(world: World) -> None:

@@ -1,10 +1,12 @@
 """SNAP endpoints for partner banks under ``/snap``: B2B access token, VA inquiry, VA payment flag.
 
 Every answer is SNAP JSON (``responseCode`` = HTTP status + service code + case), never the
-platform's error format; an unexpected failure is HTTP 500 ``5002x00`` without details. Checks,
-in order: token (``4012x01``), X-PARTNER-ID/X-CLIENT-KEY against the token's bank, X-TIMESTAMP
-within the skew and X-SIGNATURE over the raw body and the path called (``4012x00``),
-X-EXTERNAL-ID, body fields (``4002x01``/``4002x02``); then the use case.
+platform's error format; an unexpected failure is HTTP 500 ``5002x00`` without details, a fault
+(the database out of reach, e.g. restarting) HTTP 504 ``5042x00`` Timeout with ``Retry-After``:
+the bank re-sends it as an advice, as after any timeout. Checks,
+in order: a body that is JSON at all (``4002x01``), token (``4012x01``), X-PARTNER-ID/X-CLIENT-KEY
+against the token's bank, X-TIMESTAMP within the skew and X-SIGNATURE over the raw body and the
+path called (``4012x00``), X-EXTERNAL-ID, body fields (``4002x01``/``4002x02``); then the use case.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Any
 
 import asyncpg
 from aiohttp import web
-from emeterai_shared.http import OpenApi
+from aiohttp.web_protocol import RequestPayloadError
+from emeterai_shared.http import DATABASE_UNAVAILABLE, JsonBodyError, OpenApi, decode_json
 from emeterai_shared.uow import unit_of_work
 
 from payment_service.adapters.banks import Bank, BankRegistry
@@ -65,24 +68,40 @@ def _unauthorized(reason: str) -> SnapRefusal:
     return SnapRefusal(Case.UNAUTHORIZED, f"Unauthorized. {reason}")
 
 
+def _require_json(raw: bytes) -> None:
+    """A body that is not JSON at all (bad syntax or UTF-8, nested past the kernel's depth bound) is
+    ``4002x01`` before any authentication: a bank debugging its integration learns that its body is
+    broken, not that its signature is. The fields are validated after the signature."""
+    try:
+        decode_json(raw)
+    except JsonBodyError:
+        raise SnapFieldError("invalid", "body") from None
+
+
 def _endpoint(service: Service, handler: SnapHandler) -> Callable[[web.Request], Awaitable[web.Response]]:
     """Turn refusals, field errors and unexpected failures into SNAP answers, and count them."""
 
     async def endpoint(request: web.Request) -> web.Response:
         try:
-            body = await handler(request, await request.read())
+            raw = await request.read()
+            _require_json(raw)
+            body = await handler(request, raw)
         except SnapRefusal as exc:
             body = error_response(exc.case.code(service), exc.message)
         except SnapFieldError as exc:
             body = exc.response(service)
-        except web.HTTPRequestEntityTooLarge:
+        except (web.HTTPRequestEntityTooLarge, RequestPayloadError):  # too large, or not in its Content-Encoding
             body = error_response(Case.INVALID_FIELD_FORMAT.code(service), "Invalid Field Format {body}")
+        except DATABASE_UNAVAILABLE as exc:  # a fault, not a failure: nothing happened, the bank tries again
+            log.warning("SNAP %s %s: database unavailable: %r", request.method, request.path, exc)
+            body = error_response(Case.TIMEOUT.code(service))
         except Exception:
             log.exception("SNAP %s %s failed", request.method, request.path)
             body = error_response(Case.INTERNAL_ERROR.code(service))
         code = body["responseCode"]
         SNAP_RESPONSES.labels(service.name.lower(), code).inc()
-        return web.json_response(body, status=http_status(code))
+        retry = {"Retry-After": "2"} if code == Case.TIMEOUT.code(service) else None
+        return web.json_response(body, status=http_status(code), headers=retry)
 
     return endpoint
 

@@ -64,15 +64,31 @@ class PaymentFlagAnswer(SnapResult):
     virtualAccountData: PaymentData | None = None
 
 
+_HEADER_SCHEMAS: dict[str, dict[str, Any]] = {
+    "X-TIMESTAMP": {"type": "string", "format": "date-time",
+                    "description": "ISO-8601 with a UTC offset, within the allowed skew of our clock"},
+    "X-EXTERNAL-ID": {"type": "string", "pattern": "^[0-9]{1,36}$",
+                      "description": "unique per bank per day: a repeat is a replay (18) or a conflict (409)"},
+    "X-CLIENT-KEY": {"type": "string", "description": "the bank's client_id"},
+    "X-PARTNER-ID": {"type": "string", "description": "the bank's client_id (as its access token's)"},
+    "CHANNEL-ID": {"type": "string"},
+}
+
+
 def _headers(*names: str) -> list[dict[str, Any]]:
-    return [{"name": name, "in": "header", "required": True, "schema": {"type": "string"}} for name in names]
+    """Signed headers (X-SIGNATURE itself is the security scheme's)."""
+    return [{"name": name, "in": "header", "required": True,
+             "schema": {k: v for k, v in _HEADER_SCHEMAS[name].items() if k != "description"},
+             "description": _HEADER_SCHEMAS[name].get("description", "")} for name in names]
 
 
-_TRANSACTION_HEADERS = _headers("X-TIMESTAMP", "X-SIGNATURE", "X-PARTNER-ID", "X-EXTERNAL-ID", "CHANNEL-ID")
+_TRANSACTION_HEADERS = _headers("X-TIMESTAMP", "X-PARTNER-ID", "X-EXTERNAL-ID", "CHANNEL-ID")
 _ERRORS: dict[int, tuple[str, type[BaseModel] | None]] = {
-    400: ("invalid field format (01) or missing mandatory field (02)", SnapResult),
+    400: ("invalid field format (01): a body that is not JSON (checked before any authentication, also for "
+          "a body past the size limit), or a field; missing mandatory field (02)", SnapResult),
     401: ("unauthorized: signature, timestamp, client (00); invalid token (01)", SnapResult),
     500: ("internal error (00)", SnapResult),
+    504: ("timeout (00): the biller cannot answer now (a fault); retry after Retry-After", SnapResult),
 }
 
 
@@ -90,12 +106,13 @@ def document_snap(spec: OpenApi, *, token_path: str, inquiry_path: str, payment_
         "POST", token_path, "SNAP B2B access token (service 73)", request=AccessTokenRequest,
         responses={200: ("token issued (2007300)", AccessTokenAnswer), **_ERRORS},
         security=["snapClientSignature"], tags=["snap"], parameters=_headers("X-TIMESTAMP", "X-CLIENT-KEY"),
+        oversize_status=None,
     ))
     spec.add(Operation(
         "POST", inquiry_path, "SNAP virtual-account inquiry (service 24)", request=InquiryRequest,
         responses={200: ("the bill (2002400)", InquiryAnswer),
                    404: ("VA not found (12), bill paid (14), VA expired (19)", InquiryAnswer), **_ERRORS},
-        security=["snapBearer"], tags=["snap"], parameters=_TRANSACTION_HEADERS,
+        security=["snapBearer"], tags=["snap"], parameters=_TRANSACTION_HEADERS, oversize_status=None,
     ))
     spec.add(Operation(
         "POST", payment_path, "SNAP virtual-account payment flag (service 25)", request=PaymentRequest,
@@ -105,5 +122,5 @@ def document_snap(spec: OpenApi, *, token_path: str, inquiry_path: str, payment_
                    409: ("X-EXTERNAL-ID reused with other content, or paymentRequestId of another VA (00)",
                          PaymentFlagAnswer),
                    **_ERRORS},
-        security=["snapBearer"], tags=["snap"], parameters=_TRANSACTION_HEADERS,
+        security=["snapBearer"], tags=["snap"], parameters=_TRANSACTION_HEADERS, oversize_status=None,
     ))

@@ -15,7 +15,9 @@ from payment_service.adapters.repository import PaymentRepository
 
 
 def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    # surrogateescape: a header's undecodable bytes (aiohttp keeps them as lone surrogates) hash
+    # to no stored token instead of raising
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 async def issue_token(pool: asyncpg.Pool, client_id: str, ttl: timedelta, now: datetime) -> str:

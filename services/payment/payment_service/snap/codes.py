@@ -41,6 +41,8 @@ class Case(Enum):
     VA_EXPIRED = (404, 19, "Invalid Bill/Virtual Account [Expired]")
     CONFLICT = (409, 0, "Conflict")
     INTERNAL_ERROR = (500, 0, "General Error")
+    TIMEOUT = (504, 0, "Timeout")
+    """The biller cannot answer now (its database is out of reach): nothing was done, retry."""
 
     def __init__(self, http_status: int, case: int, message: str) -> None:
         self.http_status = http_status

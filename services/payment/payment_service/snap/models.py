@@ -5,10 +5,10 @@ through `SnapFieldError`. Attributes are snake_case; the JSON names are the SNAP
 aliases.
 """
 
-import json
 import re
 from typing import Any, Literal, TypeVar
 
+from emeterai_shared.http import JsonBodyError, decode_json
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
 
@@ -105,10 +105,13 @@ class Amount(BaseModel):
 class _VaRequest(_Body):
     """Fields identifying the virtual account, common to inquiry and payment."""
 
-    partner_service_id: str
-    customer_no: str
-    virtual_account_no: str
-    trx_date_time: str | None = None
+    # The validators below decide (telling a missing field from a malformed one); the schemas publish them.
+    partner_service_id: str = Field(json_schema_extra={"pattern": r"^ *[0-9]+$", "minLength": PARTNER_SERVICE_ID_LEN,
+                                                       "maxLength": PARTNER_SERVICE_ID_LEN})
+    customer_no: str = Field(json_schema_extra={"pattern": f"^[0-9]{{1,{CUSTOMER_NO_MAX}}}$"})
+    virtual_account_no: str = Field(description="partnerServiceId + customerNo",
+                                    json_schema_extra={"pattern": r"^ *[0-9]+$"})
+    trx_date_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
 
     @field_validator("partner_service_id")
     @classmethod
@@ -176,8 +179,8 @@ def _first_field_error(model: type[BaseModel], exc: ValidationError) -> SnapFiel
 def parse_body(model: type[M], raw: bytes) -> M:
     """Validate a raw JSON body as ``model``; raise `SnapFieldError` when it does not fit."""
     try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError):
+        data = decode_json(raw)
+    except JsonBodyError:
         raise SnapFieldError("invalid", "body") from None
     if not isinstance(data, dict):
         raise SnapFieldError("invalid", "body")

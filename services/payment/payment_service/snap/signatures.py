@@ -17,6 +17,7 @@ from typing import TypeAlias
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from emeterai_shared.http import decode_json
 
 JAKARTA = timezone(timedelta(hours=7))
 """Asia/Jakarta (WIB) has been a fixed UTC+07:00 without daylight saving since 1964."""
@@ -39,10 +40,7 @@ def minify_json(raw: bytes) -> bytes:
     """
     if not raw.strip():
         return b""
-    try:
-        value = json.loads(raw)
-    except RecursionError as exc:
-        raise ValueError("JSON nested too deeply") from exc
+    value = decode_json(raw)  # JsonBodyError is a ValueError; depth bounded before decoding
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 

@@ -52,3 +52,15 @@ async def test_refund_without_a_capture_uses_the_requested_amount(payment: Payme
     [event] = await payment.events(PaymentRefunded.TYPE, bill["order_id"])
     assert isinstance(event, PaymentRefunded)
     assert (event.payment_id, event.amount) == (None, 25_000)
+
+
+async def test_a_refund_of_part_of_the_payment_refunds_that_part(payment: Payment) -> None:
+    """An order that gives back only its unused stamps asks for less than it paid."""
+    bill = await payment.place_order(25_000)
+    async with payment.bank() as bank:
+        cno = str(bill["virtual_account_no"])[len(bank.partner_service_id):]
+        assert (await bank.pay(cno, 25_000))[1]["responseCode"] == "2002500"
+    await request_refund_three_times(payment, bill["order_id"], 12_500)
+    [event] = await payment.events(PaymentRefunded.TYPE, bill["order_id"])
+    assert isinstance(event, PaymentRefunded) and event.amount == 12_500
+    assert await payment.pool.fetchval("SELECT amount FROM refunds WHERE order_id = $1", bill["order_id"]) == 12_500

@@ -315,7 +315,9 @@ async def test_expired_bill_and_late_advice(payment: Payment) -> None:
     assert await payment.pool.fetchval("SELECT late FROM payments WHERE bill_id = $1", late_bill["bill_id"])
 
 
-async def test_tokens_are_shared_and_an_internal_error_is_5002500(payment: Payment) -> None:
+async def test_tokens_are_shared_and_a_lost_database_is_5042500_timeout(payment: Payment) -> None:
+    """A fault (this api's database out of reach) is SNAP's Timeout, which the bank follows with an
+    advice; an internal error proper (``5002x00``) is in ``test_snap_faults``."""
     bill = await payment.place_order()
     pool = await payment.new_pool()
     async with payment.api(pool) as other_api, payment.bank() as bank:
@@ -328,7 +330,36 @@ async def test_tokens_are_shared_and_an_internal_error_is_5002500(payment: Payme
             before = await payment.state()
             await pool.close()  # this api process loses its database
             status, answer = await other.pay(cno, 12_500)
-            assert (status, answer) == (500, {"responseCode": "5002500", "responseMessage": "General Error"})
+            assert (status, answer) == (504, {"responseCode": "5042500", "responseMessage": "Timeout"})
             status, answer = await other.inquiry(cno)
-            assert (status, answer["responseCode"]) == (500, "5002400")
+            assert (status, answer["responseCode"]) == (504, "5042400")
     assert await payment.state() == before
+
+
+async def test_a_body_that_is_not_json_is_4002x01_before_any_authentication(payment: Payment) -> None:
+    """A bank debugging its integration learns that its body is broken (invalid field format), not
+    that its signature is: checked before the token and the signature; nothing is recorded."""
+    bill = await payment.place_order()
+    broken = [b"{not json", b"", b"\xff\xfe{}", b"[" * 50_000, b'{"a":' * 50_000, b'{"customerNo": "1\\u0000"}']
+    async with payment.bank() as bank:
+        token = await token_of(bank)
+        _, headers, _ = bank.build_signed_request(PAYMENT_PATH, bank.payment_body(customer_no(bill, bank), 12_500),
+                                                  access_token=token)
+        requests = await payment.pool.fetchval("SELECT count(*) FROM snap_requests")
+        for raw in broken:
+            for where, service, sent in ((PAYMENT_PATH, "25", headers), (INQUIRY_PATH, "24", {}),
+                                         (PAYMENT_PATH, "25", {}), ("/snap/v1.0/access-token/b2b", "73", {})):
+                status, answer = await bank.send((where, sent, raw))
+                assert (status, answer) == (400, {"responseCode": f"400{service}01",
+                                                  "responseMessage": "Invalid Field Format {body}"}), raw[:20]
+        # well-formed JSON with a bad signature is still the signature's 401
+        status, answer = await bank.send((PAYMENT_PATH, {**headers, "X-SIGNATURE": "AAAA"}, b'{"a": 1}'))
+        assert (status, answer["responseCode"]) == (401, "4012500")
+        assert await payment.pool.fetchval("SELECT count(*) FROM snap_requests") == requests
+
+
+async def test_a_body_not_in_its_content_encoding_is_4002x01(payment: Payment) -> None:
+    async with payment.bank() as bank:
+        status, answer = await bank.send((PAYMENT_PATH, {"Content-Encoding": "gzip", "Connection": "close"},
+                                          b'{"not": "gzip"}'))
+    assert (status, answer) == (400, {"responseCode": "4002501", "responseMessage": "Invalid Field Format {body}"})

@@ -6,7 +6,9 @@ cancelled any other way), a process that dies (segfault, out of memory) fails on
 (``ProcessExpired``) instead of breaking the pool, and processes are recycled after
 ``max_tasks`` tasks. Each process loads the signer, the timestamper and the trust roots once,
 on first use, from the plain-data ``SigningConfig`` it was started with; the processes are
-started by a forkserver, never forked from the threaded event-loop process.
+started by a forkserver, never forked from the threaded event-loop process. The processes get the
+creating process's failpoints (or the ones given): ``stamping.sign=hang`` makes every signature
+overrun its timeout, whatever the machine's speed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import multiprocessing
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from emeterai_shared import failpoints
 from pebble import ProcessExpired, ProcessPool
 
 from stamping_service.pdf.inspect import Limits, inspect_pdf
@@ -42,9 +45,10 @@ class StampFailed(Exception):
 _state: dict[str, Any] = {}
 
 
-def _initialize(config: SigningConfig) -> None:
+def _initialize(config: SigningConfig, failpoint_spec: str) -> None:
     _state.clear()
     _state["config"] = config
+    failpoints.configure(failpoint_spec)
 
 
 def _config() -> SigningConfig:
@@ -63,6 +67,7 @@ def _stamp(data: bytes, password: str | None, page: int, x: float, y: float, siz
     if "signer" not in _state:  # configuration problems raise as they are: retried, not the document's fault
         _state["signer"] = _config().signer()
         _state["timestamper"] = _config().timestamper()
+    failpoints.failpoint("stamping.sign")
     try:
         return stamp_pdf(data, password=password, page=page, x=x, y=y, size=size, sn=sn, token=token,
                          reason=reason, signer=_state["signer"], timestamper=_state["timestamper"])
@@ -77,10 +82,12 @@ def _verify(data: bytes, password: str | None) -> list[StampCheck]:
 
 
 class PdfPool:
-    def __init__(self, config: SigningConfig, workers: int, max_tasks: int = 1000):
+    def __init__(self, config: SigningConfig, workers: int, max_tasks: int = 1000,
+                 failpoint_spec: str | None = None):
         self.workers = workers
+        spec = failpoints.spec() if failpoint_spec is None else failpoint_spec
         self._pool = ProcessPool(max_workers=workers, max_tasks=max_tasks, initializer=_initialize,
-                                 initargs=[config], context=multiprocessing.get_context("forkserver"))
+                                 initargs=[config, spec], context=multiprocessing.get_context("forkserver"))
 
     async def _run(self, function: Callable[..., T], args: tuple[Any, ...], timeout: float) -> T:
         future: concurrent.futures.Future[T] = self._pool.schedule(function, args=list(args), timeout=timeout)

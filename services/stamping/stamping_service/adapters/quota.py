@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 from emeterai_shared.contracts.events import IssuedSerial
@@ -41,6 +42,30 @@ class QuotaRepository:
                ON CONFLICT (sn) DO NOTHING""",
             account_id, order_id, [s.sn for s in serials], [s.token for s in serials])
         return int(result.split()[-1])
+
+    async def void(self, order_id: uuid.UUID, account_id: uuid.UUID, sns: Sequence[str],
+                   now: datetime) -> tuple[list[str], list[str]]:
+        """Take the order's ``sns`` out of the quota for good; returns (voided, kept).
+
+        UNUSED stamps of that order become VOID; stamps it has not received yet are recorded VOID
+        (a tombstone: their late copy credits nothing). Stamps RESERVED by a stamping in progress
+        or USED are kept: they cannot be voided any more. A serial that belongs to another order
+        here is not this order's to void nor to keep: it counts as voided for this order (it does
+        not hold it) and is left as it is. A repeated request gives the same answer.
+        """
+        sns = list(dict.fromkeys(sns))
+        await self.conn.execute(
+            """INSERT INTO stamps (sn, account_id, order_id, token, status, voided_at)
+               SELECT unnest($1::text[]), $2, $3, '', 'VOID', $4 ON CONFLICT (sn) DO NOTHING""",
+            sns, account_id, order_id, now)
+        await self.conn.execute(
+            """UPDATE stamps SET status = 'VOID', voided_at = $3
+                WHERE sn = ANY($1::text[]) AND order_id = $2 AND status = 'UNUSED'""", sns, order_id, now)
+        rows = await self.conn.fetch(
+            "SELECT sn FROM stamps WHERE sn = ANY($1::text[]) AND order_id = $2 AND status IN ('RESERVED', 'USED')",
+            sns, order_id)
+        kept = {r["sn"] for r in rows}
+        return [sn for sn in sns if sn not in kept], [sn for sn in sns if sn in kept]
 
     async def owners(self, sns: Sequence[str]) -> dict[str, uuid.UUID]:
         rows = await self.conn.fetch("SELECT sn, account_id FROM stamps WHERE sn = ANY($1::text[])", list(sns))

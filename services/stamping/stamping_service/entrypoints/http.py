@@ -7,16 +7,19 @@ import hashlib
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import asyncpg
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 from emeterai_shared import idempotency
 from emeterai_shared.admission import Admission
 from emeterai_shared.auth import Caller
 from emeterai_shared.http import ApiError, OpenApi, Operation
+from emeterai_shared.multipart import read_form
 from emeterai_shared.ratelimit import RateLimiter
 from emeterai_shared.uow import unit_of_work
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import SkipJsonSchema
 
 from stamping_service.adapters.documents import DocumentStore, Kind
 from stamping_service.adapters.pdfpool import PdfPool, PdfTimeout, PdfWorkerDied
@@ -29,7 +32,6 @@ from stamping_service.pdf.inspect import Limits, PdfRejected, RejectCode
 from stamping_service.pdf.verify import StampCheck
 
 FORM_FIELDS = ("page", "x", "y", "size", "reason", "sn", "password")
-MAX_FIELD_BYTES = 4096
 
 
 class QuotaView(BaseModel):
@@ -44,8 +46,17 @@ class QuotaView(BaseModel):
     serials_available: list[str] = Field(description="the UNUSED serials, oldest issuance first (then by serial)")
 
 
+def _absent_not_null(schema: dict[str, Any]) -> None:
+    """A form field is absent or text, never null: no null default in the published schema."""
+    for member in schema.get("properties", {}).values():
+        if "default" in member and member["default"] is None:
+            del member["default"]
+
+
 class StampingForm(BaseModel):
     """The multipart form of ``POST /v1/stampings`` (besides ``file``, the PDF itself)."""
+
+    model_config = ConfigDict(json_schema_extra=_absent_not_null)
 
     file: bytes = Field(default=b"", description="the PDF to stamp (multipart file part)", exclude=True)
     page: int = Field(default=1, ge=1, description="1-based page the stamp goes on")
@@ -53,9 +64,19 @@ class StampingForm(BaseModel):
     y: float = Field(ge=0, description="points from the bottom of the page to the stamp's lower-left corner")
     size: float = Field(default=100, gt=0, le=1000, description="side of the square stamp, in points")
     reason: str = Field(default="Dokumen", min_length=1, max_length=200, description="signature reason")
-    sn: str | None = Field(default=None, min_length=1, max_length=64,
-                           description="the serial to use (one of the caller's UNUSED ones); default the oldest")
-    password: str | None = Field(default=None, max_length=256, description="password of an encrypted PDF")
+    sn: str | SkipJsonSchema[None] = Field(
+        default=None, min_length=1, max_length=64,
+        description="the serial to use (one of the caller's UNUSED ones); default the oldest")
+    password: str | SkipJsonSchema[None] = Field(default=None, max_length=256,
+                                                 description="password of an encrypted PDF")
+
+
+class StampingUpload(StampingForm):
+    """The multipart form of ``POST /v1/stampings`` as published: the ``file`` part (a PDF) and the
+    text fields (UTF-8 without NUL; an empty one counts as absent, except ``reason``). Parts with
+    other names are ignored."""
+
+    file: bytes = Field(description="the PDF to stamp", json_schema_extra={"contentMediaType": "application/pdf"})
 
 
 class StampingAccepted(BaseModel):
@@ -74,9 +95,10 @@ class StampingStatus(BaseModel):
 
 
 class VerifyForm(BaseModel):
-    """The multipart form of ``POST /v1/verify``."""
+    """The multipart form of ``POST /v1/verify``: the ``file`` part; parts with other names are ignored."""
 
-    file: bytes = Field(description="the PDF to verify (multipart file part)")
+    file: bytes = Field(description="the PDF to verify (multipart file part)",
+                        json_schema_extra={"contentMediaType": "application/pdf"})
 
 
 class VerifiedStamp(BaseModel):
@@ -97,46 +119,17 @@ class Verification(BaseModel):
 
 
 async def _read_form(request: web.Request, max_upload: int) -> tuple[StampingForm, bytes]:
-    """Stream the multipart body: 415 ``multipart_required``, 400 ``malformed_form``,
-    413 ``too_large``, 422 ``file_required`` / ``invalid_request``."""
-    if not request.content_type.startswith("multipart/form-data"):
-        raise ApiError(415, "multipart_required", "the body must be multipart/form-data")
+    """The upload form (``emeterai_shared.multipart``: 415, 400 ``malformed_form``, 413 ``too_large``,
+    422 ``file_required``), then its fields: 422 ``invalid_request``."""
+    form = await read_form(request, files={"file": max_upload}, fields=FORM_FIELDS, required_files=("file",))
     try:
-        reader = await request.multipart()
-        fields: dict[str, str] = {}
-        data: bytes | None = None
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
-                raise ApiError(400, "malformed_form", "nested multipart bodies are not accepted")
-            if part.name == "file":
-                chunks, total = [], 0
-                while chunk := await part.read_chunk(64 * 1024):
-                    total += len(chunk)
-                    if total > max_upload:
-                        raise ApiError(413, RejectCode.TOO_LARGE.value,
-                                       f"the file is larger than {max_upload} bytes")
-                    chunks.append(chunk)
-                data = b"".join(chunks)
-            elif part.name in FORM_FIELDS:
-                raw = await part.read(decode=True)
-                if len(raw) > MAX_FIELD_BYTES:
-                    raise ApiError(400, "malformed_form", f"the field {part.name} is too long")
-                fields[part.name] = raw.decode("utf-8", errors="strict")
-            else:
-                await part.release()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise ApiError(413, RejectCode.TOO_LARGE.value, f"the request is larger than {max_upload} bytes") from exc
-    except (ValueError, AssertionError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "malformed_form", f"the multipart body cannot be read: {exc}") from exc
-    if data is None:
-        raise ApiError(422, "file_required", "the form needs a `file` part holding the PDF")
-    try:
-        form = StampingForm.model_validate({k: v for k, v in fields.items() if v != "" or k == "reason"})
+        fields = StampingForm.model_validate(
+            {k: v for k, v in form.fields.items() if v != "" or k == "reason"})
     except ValidationError as exc:
         errors = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
         raise ApiError(422, "invalid_request", "; ".join(f"{e['field']}: {e['message']}" for e in errors),
                        extra={"fields": errors}) from exc
-    return form, data
+    return fields, form.files["file"]
 
 
 async def _inspect(pdf: PdfPool, data: bytes, form: StampingForm, limits: Limits) -> None:
@@ -154,31 +147,8 @@ async def _inspect(pdf: PdfPool, data: bytes, form: StampingForm, limits: Limits
 
 async def _read_file(request: web.Request, max_bytes: int) -> bytes:
     """The ``file`` part of a multipart body (other parts ignored), streamed under ``max_bytes``."""
-    if not request.content_type.startswith("multipart/form-data"):
-        raise ApiError(415, "multipart_required", "the body must be multipart/form-data")
-    data: bytes | None = None
-    try:
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
-                raise ApiError(400, "malformed_form", "nested multipart bodies are not accepted")
-            if part.name != "file" or data is not None:
-                await part.release()
-                continue
-            chunks, total = [], 0
-            while chunk := await part.read_chunk(64 * 1024):
-                total += len(chunk)
-                if total > max_bytes:
-                    raise ApiError(413, RejectCode.TOO_LARGE.value, f"the file is larger than {max_bytes} bytes")
-                chunks.append(chunk)
-            data = b"".join(chunks)
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise ApiError(413, RejectCode.TOO_LARGE.value, f"the request is larger than {max_bytes} bytes") from exc
-    except (ValueError, AssertionError) as exc:
-        raise ApiError(400, "malformed_form", f"the multipart body cannot be read: {exc}") from exc
-    if data is None:
-        raise ApiError(422, "file_required", "the form needs a `file` part holding the PDF")
-    return data
+    form = await read_form(request, files={"file": max_bytes}, required_files=("file",))
+    return form.files["file"]
 
 
 def _registry_status(projection: str | None) -> str:
@@ -324,48 +294,57 @@ def add_routes(app: web.Application, spec: OpenApi, pool: asyncpg.Pool,
     app.router.add_get("/v1/stampings/{id}/document", get_document)
     app.router.add_post("/v1/verify", post_verify)
 
-    spec.security_schemes["bearer"] = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (EdDSA)"}
-    spec.security_schemes["apiKey"] = {"type": "apiKey", "in": "header", "name": "X-Api-Key"}
+    spec.security_schemes["bearer"] = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (EdDSA)",
+                                       "description": "a buyer's token (order service, POST /v1/accounts)"}
+    spec.security_schemes["apiKey"] = {"type": "apiKey", "in": "header", "name": "X-Api-Key",
+                                       "description": "a partner system's key; taken before a bearer token"}
+    unauthorized = ("unauthorized, invalid_token, token_expired or invalid_api_key", None)
+    stamping_id = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}]
+    pdf_part = {"file": {"contentType": "application/pdf, application/octet-stream"}}
     spec.add(Operation("GET", "/v1/quota", "The caller's stamps: available, used and the serials available",
                        tags=["stamping"], security=["bearer", "apiKey"],
-                       responses={200: ("the caller's quota", QuotaView),
-                                  401: ("no, or an invalid, bearer token", None)}))
-    idem = {"name": "Idempotency-Key", "in": "header", "required": True, "schema": {"type": "string"}}
+                       responses={200: ("the caller's quota", QuotaView), 401: unauthorized}))
+    from_upload = {"id": "$response.body#/stamping_id"}
     spec.add(Operation(
         "POST", "/v1/stampings", "Upload a PDF to stamp: validated, then a serial is reserved and a job queued",
-        request=StampingForm, request_content_type="multipart/form-data", tags=["stamping"],
-        security=["bearer", "apiKey"],
-        parameters=[idem],
+        request=StampingUpload, request_content_type="multipart/form-data", request_encoding=pdf_part,
+        tags=["stamping"], security=["bearer", "apiKey"], parameters=[idempotency.header_parameter(required=True)],
         responses={202: ("the job is queued with a reserved serial", StampingAccepted),
-                   400: ("malformed form or missing Idempotency-Key", None),
-                   401: ("no, or an invalid, bearer token", None),
+                   400: ("malformed_form, idempotency_key_required or invalid_idempotency_key", None),
+                   401: unauthorized,
                    409: ("no_quota, or sn_unavailable", None),
-                   413: ("too_large", None),
+                   413: ("too_large: the file, or the whole body, past the limit", None),
+                   415: ("multipart_required", None),
+                   422: ("a refused document (code: not_a_pdf, unreadable, encrypted, page_out_of_range, "
+                         "stamp_outside_page, ...), parse_timeout, file_required, invalid_request (fields), or "
+                         "idempotency_key_reused", None),
                    429: ("rate_limited: this account's or partner's upload rate (Retry-After)", None),
                    503: ("overloaded: the stamping backlog is past what the workers drain in the target wait "
-                         "(Retry-After; body retry_after_s, retry_at), or busy", None),
-                   415: ("multipart_required", None),
-                   422: ("a refused document (code: not_a_pdf, unreadable, encrypted, ...), parse_timeout, "
-                         "invalid fields, or idempotency_key_reused", None)}))
+                         "(Retry-After; body retry_after_s, retry_at), or busy", None)},
+        links={202: {"GetStamping": {"operationId": "get_v1_stampings_id", "parameters": from_upload},
+                     "GetDocument": {"operationId": "get_v1_stampings_id_document", "parameters": from_upload}}}))
     spec.add(Operation("GET", "/v1/stampings/{id}", "The caller's stamping job", tags=["stamping"],
-                       security=["bearer", "apiKey"],
-                       parameters=[{"name": "id", "in": "path", "required": True,
-                                    "schema": {"type": "string", "format": "uuid"}}],
-                       responses={200: ("the job", StampingStatus), 401: ("no, or an invalid, bearer token", None),
-                                  404: ("no such job of the caller's", None)}))
+                       security=["bearer", "apiKey"], parameters=stamping_id,
+                       responses={200: ("the job", StampingStatus), 401: unauthorized,
+                                  404: ("not_found: no such job of the caller's", None)},
+                       links={200: {"GetDocument": {"operationId": "get_v1_stampings_id_document",
+                                                    "parameters": {"id": "$response.body#/stamping_id"}}}}))
     spec.add(Operation(
         "GET", "/v1/stampings/{id}/document", "The stamped PDF (application/pdf; ETag is its SHA-256)",
         tags=["stamping"], security=["bearer", "apiKey"],
-        parameters=[{"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}],
+        parameters=[*stamping_id, {"name": "If-None-Match", "in": "header", "required": False,
+                                   "schema": {"type": "string"}, "description": "the ETag of a copy already held"}],
         responses={200: ("the stamped PDF", None), 304: ("If-None-Match matched the ETag", None),
-                   401: ("no, or an invalid, bearer token", None), 404: ("no such job of the caller's", None),
+                   401: unauthorized, 404: ("not_found: no such job of the caller's", None),
                    409: ("not_ready (QUEUED or STAMPING; Retry-After), or stamping_failed", None),
-                   410: ("document_expired: past the retention period", None)}))
+                   410: ("document_expired: past the retention period", None)},
+        media={200: "application/pdf"}))
     spec.add(Operation(
         "POST", "/v1/verify", "Verify the e-meterai stamps of a PDF (public, multipart `file`)",
-        request=VerifyForm, request_content_type="multipart/form-data", tags=["verification"],
+        request=VerifyForm, request_content_type="multipart/form-data", request_encoding=pdf_part,
+        tags=["verification"],
         responses={200: ("one entry per stamp (a signature whose reason carries a serial)", Verification),
-                   413: ("too_large", None), 415: ("multipart_required", None),
+                   400: ("malformed_form", None), 413: ("too_large", None), 415: ("multipart_required", None),
                    422: ("file_required, not_a_pdf, or unreadable (the document could not be read in time)",
                          None),
                    429: ("rate_limited (per client address; Retry-After)", None)}))

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 
-from emeterai_shared.contracts.events import SerialsIssued
+from emeterai_shared.contracts.events import SerialsIssued, SerialsVoided, SerialsVoidRequested
 from emeterai_shared.messaging import Envelope, PermanentError, Subscription
 from emeterai_shared.uow import UnitOfWork
 
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 
 ON_SERIALS_ISSUED = "stamping.on_serials_issued"
 ON_JOB_QUEUED = "stamping.on_job_queued"
+ON_SERIALS_VOID_REQUESTED = "stamping.on_serials_void_requested"
 
 
 async def on_serials_issued(uow: UnitOfWork, env: Envelope[SerialsIssued]) -> None:
@@ -40,6 +42,21 @@ async def on_serials_issued(uow: UnitOfWork, env: Envelope[SerialsIssued]) -> No
              event.account_id, len(event.serials) - added)
 
 
+async def on_serials_void_requested(uow: UnitOfWork, env: Envelope[SerialsVoidRequested]) -> None:
+    """An order gives serials back: this service decides, because a stamp is used here. UNUSED
+    ones leave the quota (VOID), those a stamping holds or used are kept; the answer
+    (``stamping.serials_voided.v1``) makes minting void them in the registry and the order refund
+    them. Used by orders that cannot accept their serials and by refunds of unused stamps alike."""
+    event = env.body
+    now = datetime.now(UTC)
+    voided, kept = await QuotaRepository(uow.conn).void(event.order_id, event.account_id, event.serials, now)
+    uow.publish(SerialsVoided(order_id=event.order_id, account_id=event.account_id, voided=tuple(voided),
+                              kept=tuple(kept), reason=event.reason, voided_at=now),
+                correlation_id=str(event.order_id))
+    log.warning("order %s gave back %d serial(s): %d voided, %d kept (in use): %s", event.order_id,
+                len(event.serials), len(voided), len(kept), event.reason)
+
+
 def subscriptions(settings: StampingSettings, stamper: Callable[[], Stamper]) -> list[Subscription]:
     """``stamper`` is called at the first job, so that listing subscriptions starts no process.
 
@@ -52,6 +69,7 @@ def subscriptions(settings: StampingSettings, stamper: Callable[[], Stamper]) ->
 
     return [
         Subscription(ON_SERIALS_ISSUED, SerialsIssued, on_serials_issued),
+        Subscription(ON_SERIALS_VOID_REQUESTED, SerialsVoidRequested, on_serials_void_requested),
         Subscription(ON_JOB_QUEUED, StampingJobQueued, on_job_queued, prefetch=settings.job_prefetch,
                      concurrency=settings.job_concurrency, batch_max=1),
     ]

@@ -130,8 +130,12 @@ async def stamping(servers: str, tmp_path_factory: pytest.TempPathFactory) -> As
     partners = secrets_dir / "partners.json"
     partners.write_text(json.dumps({"partners": [{"partner_id": PARTNER_ID, "api_key": PARTNER_KEY,
                                                   "webhook_secret": "whsec-test", "max_quantity": 5000}]}))
-    settings = settings_for(StampingSettings, secrets_dir=str(secrets_dir),
-                            partners_file=str(partners))
+    # per-caller buckets and an admission limit far larger than any test's requests: no outcome
+    # depends on how fast a bucket refills or how fast the worker drained earlier tests' jobs (the
+    # rate-limit and admission tests set their own small limits)
+    settings = settings_for(StampingSettings, secrets_dir=str(secrets_dir), partners_file=str(partners),
+                            upload_burst_per_account=100_000, partner_upload_burst=100_000,
+                            verify_burst=100_000, admission_min_limit=100_000)
     assert isinstance(settings, StampingSettings)
     assert ensure_keypair(private_key, Path(settings.auth_public_key_file))
     issuer = TokenIssuer(private_key.read_bytes(), timedelta(minutes=30))

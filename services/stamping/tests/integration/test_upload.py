@@ -196,3 +196,60 @@ async def test_uploads_need_a_token_a_key_and_a_file(stamping: Stamping) -> None
                                   headers={**headers, "Idempotency-Key": "k"}) as resp:
         assert (resp.status, (await resp.json())["error"]["code"]) == (422, "file_required")
     assert (await stamping.quota(account))["available"] == 1
+
+
+def _part(headers: bytes, body: bytes = b"x") -> bytes:
+    return b"--bnd\r\n" + headers + b"\r\n\r\n" + body + b"\r\n"
+
+
+MALFORMED_FORMS = {
+    "control bytes in a part name": _part(b'Content-Disposition: form-data; name="fi\x01le"; filename="a.pdf"'),
+    "control bytes in a part header": _part(b'Content-Disposition: form-data; name="x"\r\nX-\x01: y'),
+    "a part header longer than a line may be": _part(b'Content-Disposition: form-data; name="' + b"a" * 70_000
+                                                    + b'"'),
+    "an unknown transfer encoding": _part(b'Content-Disposition: form-data; name="x"\r\n'
+                                          b"Content-Transfer-Encoding: rot13"),
+    "no starting boundary": b"not multipart at all",
+    "an unterminated part": b'--bnd\r\nContent-Disposition: form-data; name="x"\r\n\r\n72',
+    "a nested multipart part": _part(b"Content-Type: multipart/mixed; boundary=zz", b"--zz\r\n\r\nx\r\n--zz--"),
+    "a field that is not UTF-8": _part(b'Content-Disposition: form-data; name="reason"', b"\xff\xfe"),
+    "a field holding NUL": _part(b'Content-Disposition: form-data; name="reason"', b"Dok\x00umen"),
+}
+
+
+FIELD_LEVEL = {MALFORMED_FORMS[k] for k in ("an unknown transfer encoding", "a field that is not UTF-8",
+                                            "a field holding NUL")}
+
+
+@pytest.mark.parametrize("body", list(MALFORMED_FORMS.values()), ids=list(MALFORMED_FORMS))
+async def test_a_malformed_multipart_body_is_400_malformed_form_and_uses_no_stamp(stamping: Stamping,
+                                                                                 body: bytes) -> None:
+    """Whatever aiohttp's multipart parser raises on the caller's bytes is 400, for uploads and
+    verification alike (an InvalidHeader used to escape as 500 internal_error)."""
+    account = uuid.uuid4()
+    await stamping.send(stamping.issued(account, 1))
+    content_type = {"Content-Type": "multipart/form-data; boundary=bnd"}
+    headers = {**content_type, "Authorization": f"Bearer {stamping.issuer.issue(account)}",
+               "Idempotency-Key": str(uuid.uuid4())}
+    raw = body + b"--bnd--\r\n" if body.endswith(b"\r\n") else body
+    # /v1/verify reads only `file` (raw bytes): a broken text field is no error of its
+    paths = [("/v1/stampings", headers)] + ([] if body in FIELD_LEVEL else [("/v1/verify", content_type)])
+    for path, sent in paths:
+        async with stamping.http.post(stamping.base_url + path, data=raw, headers=sent) as resp:
+            assert (resp.status, (await resp.json())["error"]["code"]) == (400, "malformed_form"), path
+    assert (await stamping.quota(account))["available"] == 1
+
+
+@pytest.mark.parametrize("data", [h[1] for h in HOSTILE if not h[2]], ids=[h[0] for h in HOSTILE if not h[2]])
+async def test_hostile_documents_get_an_answer_from_verify_never_a_5xx(stamping: Stamping, data: bytes) -> None:
+    """Public verification reads whatever is uploaded: a document it cannot read carries no stamp
+    (200 ``valid: false``) or gets a 4xx code; nothing a caller uploads makes it fail."""
+    form = aiohttp.FormData()
+    form.add_field("file", data, filename="hostile.pdf", content_type="application/pdf")
+    async with stamping.http.post(stamping.base_url + "/v1/verify", data=form) as resp:
+        body = await resp.json()
+        if resp.status == 200:
+            assert (body["valid"], body["stamps"]) == (False, []), body
+        else:
+            assert (resp.status, body["error"]["code"]) in {(413, "too_large"), (422, "not_a_pdf"),
+                                                           (422, "unreadable")}, body

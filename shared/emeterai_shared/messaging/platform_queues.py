@@ -1,0 +1,82 @@
+"""The platform's subscription table: every consumer queue of every service, in one place.
+
+A message type with several consumers (``minting.serials_issued.v1``: order and stamping) is
+copied to whichever of their queues exist when it is published, and ``mandatory`` only catches a
+type that reaches no queue at all: had stamping's queue not existed yet, its copy would be lost
+for good while order's was delivered. So every process that declares topology at start (each
+service's ``setup``, and every relay before its first publish) declares *all* these queues, its
+own service's and everyone else's; a consumer deployed later finds its backlog waiting.
+
+Queue arguments come from this table (``QueueSpec``'s defaults unless an entry says otherwise),
+never from one service's settings: whichever service declares a queue first, the others declare
+it identically, so RabbitMQ never refuses one of them with ``PRECONDITION_FAILED``.
+
+Adding a subscription to a service (its ``entrypoints/messages.py``) means adding its queue here,
+with the message type(s) it consumes: ``tests/test_subscription_table.py`` fails until every
+subscription of every service is in the table with the same type, and every entry has a consumer.
+Until then the service still declares its own queue itself (with a warning), as before.
+"""
+
+from __future__ import annotations
+
+from emeterai_shared.contracts.events import (
+    BillExpired,
+    BillFailed,
+    BillIssued,
+    DocumentStamped,
+    MintingFailed,
+    OrderPaid,
+    OrderPlaced,
+    OrderRefundRequested,
+    PaymentCaptured,
+    PaymentRefunded,
+    SerialsIssued,
+    SerialsVoided,
+    SerialsVoidRequested,
+    StockAwaited,
+)
+from emeterai_shared.messaging.topology import QueueSpec
+
+STAMPING_JOB_QUEUED = "stamping.job_queued.v1"
+"""The stamping service's message to itself (``stamping_service.messages``, not a shared contract)."""
+
+PLATFORM_QUEUES: tuple[QueueSpec, ...] = (
+    # order
+    QueueSpec("order.on_bill_issued", (BillIssued.TYPE,)),
+    QueueSpec("order.on_bill_failed", (BillFailed.TYPE,)),
+    QueueSpec("order.on_bill_expired", (BillExpired.TYPE,)),
+    QueueSpec("order.on_payment_captured", (PaymentCaptured.TYPE,)),
+    QueueSpec("order.on_payment_refunded", (PaymentRefunded.TYPE,)),
+    QueueSpec("order.on_serials_issued", (SerialsIssued.TYPE,)),
+    QueueSpec("order.on_minting_failed", (MintingFailed.TYPE,)),
+    QueueSpec("order.on_stock_awaited", (StockAwaited.TYPE,)),
+    QueueSpec("order.on_serials_voided", (SerialsVoided.TYPE,)),
+    QueueSpec("order.on_document_stamped", (DocumentStamped.TYPE,)),
+    # payment
+    QueueSpec("payment.on_order_placed", (OrderPlaced.TYPE,)),
+    QueueSpec("payment.on_order_refund_requested", (OrderRefundRequested.TYPE,)),
+    # minting
+    QueueSpec("minting.on_order_paid", (OrderPaid.TYPE,)),
+    QueueSpec("minting.on_document_stamped", (DocumentStamped.TYPE,)),
+    QueueSpec("minting.on_serials_voided", (SerialsVoided.TYPE,)),
+    # stamping
+    QueueSpec("stamping.on_serials_issued", (SerialsIssued.TYPE,)),
+    QueueSpec("stamping.on_serials_void_requested", (SerialsVoidRequested.TYPE,)),
+    QueueSpec("stamping.on_job_queued", (STAMPING_JOB_QUEUED,)),
+)
+
+_BY_NAME = {spec.name: spec for spec in PLATFORM_QUEUES}
+
+
+def platform_queue(name: str) -> QueueSpec | None:
+    """The table's entry for the queue ``name``, if it has one."""
+    return _BY_NAME.get(name)
+
+
+def queue_spec(name: str, routing_keys: tuple[str, ...]) -> QueueSpec:
+    """The spec a consumer declares its queue with: its own bindings, and the table's arguments
+    (the defaults for a queue outside the table, such as a test's)."""
+    entry = _BY_NAME.get(name)
+    if entry is None:
+        return QueueSpec(name, routing_keys)
+    return QueueSpec(name, routing_keys, delivery_limit=entry.delivery_limit, max_length=entry.max_length)
