@@ -21,6 +21,20 @@ _MIGRATION_LOCK = 0x6D657465  # advisory lock id: b"mete"
 
 CONNECT_ERRORS = (OSError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
 
+DATABASE_OUTAGE: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.PostgresConnectionError,  # SQLSTATE class 08: connection lost, failed, rejected
+    asyncpg.exceptions.OperatorInterventionError,  # class 57: admin/crash shutdown, cannot connect now
+    asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, out of memory, disk full
+    asyncpg.exceptions.PostgresSystemError,  # class 58: I/O error on the server
+    asyncpg.InterfaceError, asyncpg.InternalClientError,  # a connection closed under a query or transaction
+    ConnectionError, TimeoutError,  # the socket: refused, reset, aborted; a connect that timed out
+)
+"""Errors that mean PostgreSQL is out of reach (down, restarting, out of connections), not that
+the work is wrong: a front door answers them 503 (``http.DATABASE_UNAVAILABLE`` adds any
+``OSError``), and a consumer waits them out without spending the message's attempts, so an outage
+longer than the retry tiers never parks a message (seen in ``make chaos``: a stamping job parked
+after its four fast attempts all met a restarting PostgreSQL)."""
+
 
 def _admin_url(url: str) -> tuple[str, str]:
     parts = urlsplit(url)

@@ -15,13 +15,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import asyncpg
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from emeterai_shared.db import DATABASE_OUTAGE
 from emeterai_shared.telemetry import HTTP_LATENCY, HTTP_REQUESTS, IN_FLIGHT, SHED, extract_context, tracer
 
 log = logging.getLogger(__name__)
@@ -164,16 +164,10 @@ def _route_name(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    asyncpg.exceptions.PostgresConnectionError,  # SQLSTATE class 08: connection lost, failed, rejected
-    asyncpg.exceptions.OperatorInterventionError,  # class 57: admin/crash shutdown, cannot connect now (57P0x)
-    asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, out of memory, disk full
-    asyncpg.exceptions.PostgresSystemError,  # class 58: I/O error on the server
-    asyncpg.InterfaceError, asyncpg.InternalClientError,
-    OSError,
-)
+DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (*DATABASE_OUTAGE, OSError)
 """Errors that mean the database is out of reach (down, restarting, out of connections): 503, not 500.
-Whole classes, not leaves: SQLSTATE classes 08, 57, 53 and 58; ``InterfaceError`` and
+Whole classes, not leaves (``db.DATABASE_OUTAGE``, which consumers wait out too): SQLSTATE classes
+08, 57, 53 and 58; ``InterfaceError`` and
 ``InternalClientError``, what asyncpg raises for a connection closed under a query or a transaction;
 and ``OSError``, the socket itself. The last is what slipped through in ``make chaos`` (one
 ``GET /v1/orders/{id}`` answered 500 while PostgreSQL restarted): a pool replacing a dead connection

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
+import asyncpg
 import pytest
 from emeterai_shared.config import ServiceSettings
 from emeterai_shared.contracts import Message, message
@@ -52,6 +53,8 @@ class Flaky(Message):
     key: str
     fail_until: int = 0
     permanent: bool = False
+    outages: int = 0
+    """The first ``outages`` calls meet a database that cannot take connections (it is restarting)."""
 
 
 class FlakyError(RuntimeError):
@@ -64,6 +67,8 @@ REFUSED: set[int] = set()  # probe seqs the switchable handler fails on every at
 
 async def on_flaky(uow: UnitOfWork, env: Envelope[Flaky]) -> None:
     CALLS[env.body.key].append(env.attempt)
+    if len(CALLS[env.body.key]) <= env.body.outages:
+        raise asyncpg.exceptions.CannotConnectNowError("the database system is starting up")
     if env.body.permanent:
         raise PermanentError(f"{env.body.key} can never work")
     if env.attempt < env.body.fail_until:
@@ -340,6 +345,23 @@ async def test_transient_failure_climbs_the_delay_tiers_in_order_then_succeeds(s
         assert await parked_count(broker, FLAKY_QUEUE) == 0
     finally:
         await broker.close()
+
+
+async def test_a_database_outage_longer_than_the_retry_tiers_never_parks_nor_spends_attempts(servers: str) -> None:
+    """An outage is not the message's fault (seen in make chaos: a stamping job parked after its
+    four fast attempts all met a restarting PostgreSQL, leaving the job QUEUED for good)."""
+    settings = await fresh(FLAKY, retry_delays_ms=[100, 200])
+    outages = settings.max_attempts * 2  # more than every attempt the tiers allow
+    key = f"outage-{uuid.uuid4()}"
+    deferred = consumed(FLAKY_QUEUE, "deferred")
+    async with running(FLAKY, settings) as h:
+        mid = await publish_flaky(h.pool, Flaky(key=key, outages=outages))
+        await eventually(lambda: effects(settings, "message_id = $1", mid), timeout_s=60,
+                         message="effect once the database is back")
+        assert await parked_count(h.connection, FLAKY_QUEUE) == 0
+    assert CALLS[key] == [1] * (outages + 1)  # every call met the outage on attempt 1, then applied
+    assert await fetchval(settings, "SELECT attempt FROM probe_effects WHERE message_id = $1", mid) == 1
+    assert consumed(FLAKY_QUEUE, "deferred") - deferred == outages
 
 
 @pytest.mark.parametrize("tiers", [[200, 400, 800], [150, 300]], ids=["3-tiers", "2-tiers"])

@@ -14,7 +14,10 @@ one transaction each, so one failure does not undo its neighbours; no per-messag
 4. after COMMIT, ack. A crash before the ack redelivers, and the inbox absorbs the duplicate;
 5. a handler error is a transient failure: a full copy goes to the next delay tier with
    ``attempt`` + 1 and the original is acked; after the last tier, or for ``PermanentError``,
-   the message goes to the parking queue with the reason in its headers.
+   the message goes to the parking queue with the reason in its headers;
+6. the database out of reach (``db.DATABASE_OUTAGE``: down, restarting, out of connections) is
+   not the message's fault: its copy goes to the first delay tier with ``attempt`` unchanged, as
+   often as it takes, so an outage never parks a message however long it lasts.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from opentelemetry import trace
 
 from emeterai_shared.config import ServiceSettings
 from emeterai_shared.contracts import Message, MessageDecodeError, decode
+from emeterai_shared.db import DATABASE_OUTAGE
 from emeterai_shared.failpoints import failpoint
 from emeterai_shared.messaging.platform_queues import queue_spec
 from emeterai_shared.messaging.publisher import Publisher
@@ -299,6 +303,9 @@ class Consumer:
         elif isinstance(outcome, PermanentError):
             MESSAGES_CONSUMED.labels(sub.queue, "parked").inc()
             await self._park(sub, message, f"permanent failure: {outcome}")
+        elif isinstance(outcome, DATABASE_OUTAGE):
+            MESSAGES_CONSUMED.labels(sub.queue, "deferred").inc()
+            await self._defer(sub, message, outcome)
         elif env.attempt >= self._settings.max_attempts:
             MESSAGES_CONSUMED.labels(sub.queue, "parked").inc()
             await self._park(
@@ -317,6 +324,14 @@ class Consumer:
                    "last_error": _describe(error)[:500]}
         log.info("retrying %s %s in %d ms (attempt %d): %s", sub.queue, env.message_id, delay,
                  env.attempt + 1, _describe(error))
+        await self._forward(message, delay_exchange(delay), sub.queue, headers)
+
+    async def _defer(self, sub: Subscription, message: AbstractIncomingMessage, error: BaseException) -> None:
+        """The database is out of reach: come back after the first delay tier, attempt unchanged."""
+        delay = self._settings.retry_delays_ms[0]
+        headers = {**own_headers(message.headers), "last_error": _describe(error)[:500]}
+        log.warning("database out of reach for %s %s; back in %d ms, attempt %s unchanged: %s", sub.queue,
+                    message.message_id, delay, headers.get(ATTEMPT_HEADER, 1), _describe(error))
         await self._forward(message, delay_exchange(delay), sub.queue, headers)
 
     async def _park(self, sub: Subscription, message: AbstractIncomingMessage, reason: str) -> None:
