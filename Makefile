@@ -42,13 +42,15 @@ $(UV):
 	$(PYTHON) -m venv .tools
 	.tools/bin/pip install -q uv==$(UV_VERSION)
 
-.venv/.synced: $(UV) uv.lock pyproject.toml shared/pyproject.toml $(wildcard services/*/pyproject.toml)
+.venv/.synced: $(UV) uv.lock pyproject.toml shared/pyproject.toml testkit/pyproject.toml $(wildcard services/*/pyproject.toml)
 	$(UV) sync --frozen --python $(PYTHON)
 	@touch $@
 
+## lint: ruff over the tree, mypy (strict) over the kernel, the four services, the test kit and bench
 lint: venv
-	.venv/bin/ruff check shared services tests bench
-	.venv/bin/mypy shared/emeterai_shared
+	.venv/bin/ruff check shared services testkit tests bench
+	.venv/bin/mypy -p emeterai_shared -p emeterai_testkit -p order_service -p payment_service \
+	  -p minting_service -p stamping_service -p bench
 
 ## bench-messaging: raw commit and confirm ceilings beside the outbox pipeline rate
 bench-messaging: venv servers

@@ -1,1 +1,1 @@
-pytest_plugins = ["emeterai_shared.testing.fixtures"]
+pytest_plugins = ["emeterai_testkit.fixtures"]

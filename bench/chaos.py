@@ -12,7 +12,7 @@ refunded (one whose only pending step is a parked message counts as lost, naming
 accepted stamping DONE or FAILED with its serial released, no serial issued, sold or used twice,
 nothing parked without a reason, no parked outbox row, and the front doors answered every fault with
 503 + Retry-After (SNAP: ``504xx00`` Timeout), never another 5xx. The logic is
-``emeterai_shared.testing.chaos`` (``tests/test_chaos.py`` runs a smaller version of it).
+``emeterai_testkit.chaos`` (``tests/test_chaos.py`` runs a smaller version of it).
 
 Restarting the servers disturbs everyone on this machine: the run first waits while other
 sessions' benchmarks or tests run, then takes the exclusive broker lock (which every test session
@@ -32,8 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-from emeterai_shared.testing import chaos
-from emeterai_shared.testing.fixtures import claimed_vhost, shared_broker_lock
+from emeterai_testkit import chaos
+from emeterai_testkit.fixtures import claimed_vhost, shared_broker_lock
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "chaos.json"

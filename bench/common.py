@@ -11,7 +11,7 @@ from typing import Any
 import aio_pika
 from emeterai_shared.config import ServiceSettings
 from emeterai_shared.db import connect_with_retry
-from emeterai_shared.testing.fixtures import claimed_vhost, fresh_vhost, shared_broker_lock, wait_for_broker
+from emeterai_testkit.fixtures import claimed_vhost, fresh_vhost, shared_broker_lock, wait_for_broker
 
 from bench.messaging.raw import Rate
 

@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import pikepdf
 from payment_service.snap.banksim import PAYMENT_PATH, BankSimulator, SignedRequest
-from stamping_service.pdf.samples import sample_pdf
+from emeterai_testkit.documents import sample_pdf
 
 MAX_ERROR_BODIES = 8
 MAX_RETRY_AFTER_S = 60.0

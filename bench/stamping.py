@@ -1,6 +1,6 @@
 """``python -m bench.stamping``: stamped and signed documents/s through the service beside a plain pyHanko loop.
 
-In one run, on one generated 3-page A4 document (``stamping_service.pdf.samples.sample_pdf(3)``)
+In one run, on one generated 3-page A4 document (``emeterai_testkit.documents.sample_pdf(3)``)
 and the development signing chain (``dev_signing_chain``, EC P-256, root + stamping certificate):
 
 1. **baseline**, a plain single-process pyHanko loop as a developer would write it:
@@ -63,14 +63,14 @@ from emeterai_shared.auth import TokenIssuer, ensure_keypair
 from emeterai_shared.contracts.events import DocumentStamped
 from emeterai_shared.db import create_pool
 from emeterai_shared.messaging.topology import QueueSpec, declare_consumer_queue
-from emeterai_shared.testing.fixtures import reset_service, settings_for
-from emeterai_shared.testing.platform import Platform
+from emeterai_testkit.fixtures import reset_service, settings_for
+from emeterai_testkit.platform import Platform
 from minting_service.domain import serial
 from minting_service.domain.token import StampSigner
 from stamping_service.adapters.pdfpool import PdfPool
 from stamping_service.bootstrap import SERVICE
 from stamping_service.config import StampingSettings
-from stamping_service.pdf.samples import sample_pdf
+from emeterai_testkit.documents import sample_pdf
 from stamping_service.pdf.signer import DEV_CERT, DEV_KEY, DEV_ROOT, dev_signing_chain
 
 from bench.callbacks.load import Load

@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 from emeterai_shared.config import ServiceSettings
 from emeterai_shared.runtime import ServiceDefinition
-from emeterai_shared.testing.fixtures import settings_env, settings_for
-from emeterai_shared.testing.platform import Platform, prepare
+from emeterai_testkit.fixtures import settings_env, settings_for
+from emeterai_testkit.platform import Platform, prepare
 from minting_service.bootstrap import SERVICE as MINTING
 from minting_service.config import MintingSettings
 from order_service.bootstrap import SERVICE as ORDER

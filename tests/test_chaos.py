@@ -1,5 +1,5 @@
 """Fault injection during a small rush: the test-suite version of ``make chaos`` (same code:
-``emeterai_shared.testing.chaos``).
+``emeterai_testkit.chaos``).
 
 20 applicants register, buy 2 stamps, are paid by the bank simulator (some callbacks duplicated)
 and stamp 2 PDFs each, through real processes of the four services, while one worker of every
@@ -22,8 +22,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from emeterai_shared.testing import chaos
-from emeterai_shared.testing.fixtures import NAMESPACE
+from emeterai_testkit import chaos
+from emeterai_testkit.fixtures import NAMESPACE
 
 SMALL = {
     "applicants": 20,

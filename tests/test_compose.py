@@ -298,6 +298,25 @@ def test_dockerfile_installs_the_pinned_uv_and_the_locked_workspace() -> None:
         assert (ROOT / "services" / svc / "pyproject.toml").read_text().count(f'name = "{svc}-service"') == 1
 
 
+def test_the_image_holds_no_test_kit() -> None:
+    """What `uv sync --no-dev` installs (the image's two syncs) leaves out the test kit and pytest,
+    and no COPY brings the test kit's code in."""
+    copies = [line for line in _dockerfile() if line.startswith("COPY")]
+    assert not [line for line in copies if line.split()[1].startswith("testkit") and
+                not line.split()[1].endswith("pyproject.toml")]
+    assert not [line for line in copies if line.split()[1] in {".", "./"}]
+    uv = ROOT / ".tools" / "bin" / "uv"
+    for package in [None, *(f"{svc}-service" for svc in SERVICES)]:
+        args = [str(uv), "export", "--frozen", "--no-dev", "--no-hashes", "--no-header"]
+        if package:
+            args += ["--package", package]
+        listed = subprocess.run(args, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+        names = {re.split(r"[=\s;@]", line.strip())[0].lower() for line in listed.splitlines()
+                 if line.strip() and not line.lstrip().startswith("#")}
+        assert "pytest" not in names and "emeterai-testkit" not in names, (package, sorted(names))
+        assert not any("testkit" in line for line in listed.splitlines()), package
+
+
 def test_build_context_keeps_local_state_out() -> None:
     ignore = (ROOT / ".dockerignore").read_text().split()
     assert ignore[ignore.index("*") + 1:][:4] == ["!pyproject.toml", "!uv.lock", "!shared/", "!services/"]

@@ -28,11 +28,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from emeterai_shared.testing.clients import Buyer
-from emeterai_shared.testing.fixtures import REPO_ROOT, eventually
-from emeterai_shared.testing.platform import Platform
+from emeterai_testkit.clients import Buyer
+from emeterai_testkit.documents import sample_pdf
+from emeterai_testkit.fixtures import REPO_ROOT, eventually
+from emeterai_testkit.platform import Platform
 from payment_service.snap.banksim import BankSimulator
-from stamping_service.pdf.samples import sample_pdf
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "8"))
 SEED = os.environ.get("FUZZ_SEED", "")

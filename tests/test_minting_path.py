@@ -15,9 +15,9 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
-from emeterai_shared.testing.clients import Buyer
-from emeterai_shared.testing.fixtures import fetchval
-from emeterai_shared.testing.platform import Platform
+from emeterai_testkit.clients import Buyer
+from emeterai_testkit.fixtures import fetchval
+from emeterai_testkit.platform import Platform
 from minting_service.domain.serial import is_valid
 from payment_service.snap.banksim import BankSimulator
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from emeterai_shared.testing.clients import Buyer
-from emeterai_shared.testing.fixtures import eventually, fetchval
-from emeterai_shared.testing.platform import Platform
+from emeterai_testkit.clients import Buyer
+from emeterai_testkit.fixtures import eventually, fetchval
+from emeterai_testkit.platform import Platform
 from payment_service.snap.banksim import BankSimulator
 
 BankFor = Callable[[Platform, aiohttp.ClientSession], BankSimulator]

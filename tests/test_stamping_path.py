@@ -23,14 +23,14 @@ from typing import Any
 import aiohttp
 import pytest
 from asn1crypto import x509
-from emeterai_shared.testing.clients import Buyer
-from emeterai_shared.testing.fixtures import eventually, fetchval
-from emeterai_shared.testing.platform import Platform
+from emeterai_testkit.clients import Buyer
+from emeterai_testkit.documents import sample_pdf
+from emeterai_testkit.fixtures import eventually, fetchval
+from emeterai_testkit.platform import Platform
 from payment_service.snap.banksim import BankSimulator
 from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.sign.validation import SignatureCoverageLevel, async_validate_pdf_signature
 from pyhanko_certvalidator import ValidationContext
-from stamping_service.pdf.samples import sample_pdf
 
 BankFor = Callable[[Platform, aiohttp.ClientSession], BankSimulator]
 CustomerNo = Callable[[Platform, str], str]

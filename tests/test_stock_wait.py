@@ -28,9 +28,9 @@ import pytest
 from emeterai_shared.contracts.events import IssuedSerial, SerialsIssued
 from emeterai_shared.messaging.parking import list_parked
 from emeterai_shared.messaging.topology import EVENTS
-from emeterai_shared.testing.clients import Buyer
-from emeterai_shared.testing.fixtures import eventually, fetchval
-from emeterai_shared.testing.platform import Platform
+from emeterai_testkit.clients import Buyer
+from emeterai_testkit.fixtures import eventually, fetchval
+from emeterai_testkit.platform import Platform
 from minting_service.config import MintingSettings
 from payment_service.snap.banksim import BankSimulator
 

@@ -34,10 +34,10 @@ from emeterai_shared.contracts.events import OrderPaid, PaymentCaptured, Payment
 from emeterai_shared.db import create_pool
 from emeterai_shared.messaging.topology import PARKING
 from emeterai_shared.outbox import refresh_outbox_metrics
-from emeterai_shared.testing import chaos
-from emeterai_shared.testing.fixtures import VHOST, settings_for
-from emeterai_shared.testing.platform import Platform, prepare
 from emeterai_shared.uow import unit_of_work
+from emeterai_testkit import chaos
+from emeterai_testkit.fixtures import VHOST, settings_for
+from emeterai_testkit.platform import Platform, prepare
 from minting_service.bootstrap import SERVICE as MINTING
 from minting_service.config import MintingSettings
 from order_service.bootstrap import SERVICE as ORDER

@@ -15,7 +15,7 @@ import pytest
 from emeterai_shared.messaging import Subscription
 from emeterai_shared.messaging.platform_queues import PLATFORM_QUEUES, platform_queue
 from emeterai_shared.runtime import Context, ServiceDefinition
-from emeterai_shared.testing.probe import SERVICE as PROBE
+from emeterai_testkit.probe import SERVICE as PROBE
 from minting_service.bootstrap import SERVICE as MINTING
 from order_service.bootstrap import SERVICE as ORDER
 from payment_service.bootstrap import SERVICE as PAYMENT

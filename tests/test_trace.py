@@ -16,9 +16,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from emeterai_shared.testing.clients import Buyer
-from emeterai_shared.testing.fixtures import eventually, free_port
-from emeterai_shared.testing.platform import Platform
+from emeterai_testkit.clients import Buyer
+from emeterai_testkit.fixtures import eventually, free_port
+from emeterai_testkit.platform import Platform
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,

@@ -17,9 +17,9 @@ import aiohttp
 from emeterai_shared.db import drop_database
 from emeterai_shared.messaging.topology import parking_queue
 from emeterai_shared.runtime import Context
-from emeterai_shared.testing.clients import Buyer
-from emeterai_shared.testing.fixtures import AMQP_URL, eventually, fetchval, settings_for
-from emeterai_shared.testing.platform import KINDS, Platform
+from emeterai_testkit.clients import Buyer
+from emeterai_testkit.fixtures import AMQP_URL, eventually, fetchval, settings_for
+from emeterai_testkit.platform import KINDS, Platform
 from payment_service.snap.banksim import BankSimulator
 from stamping_service.bootstrap import SERVICE as STAMPING
 from stamping_service.config import StampingSettings

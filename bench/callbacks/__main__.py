@@ -44,8 +44,8 @@ import uvloop
 from emeterai_shared.contracts.events import OrderPlaced, PaymentCaptured
 from emeterai_shared.db import create_pool
 from emeterai_shared.messaging.topology import QueueSpec, declare_consumer_queue
-from emeterai_shared.testing.fixtures import REPO_ROOT, free_port, reset_service, settings_for
-from emeterai_shared.testing.platform import Platform, Proc
+from emeterai_testkit.fixtures import REPO_ROOT, free_port, reset_service, settings_for
+from emeterai_testkit.platform import Platform, Proc
 from emeterai_shared.uow import unit_of_work
 from payment_service.adapters.banks import BankRegistry
 from payment_service.bootstrap import SERVICE

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
-from emeterai_shared.testing.fixtures import (
+from emeterai_testkit.fixtures import (
     reset_service,
     settings_for,
 )
-from emeterai_shared.testing.probe import SERVICE, ProbeSettings
+from emeterai_testkit.probe import SERVICE, ProbeSettings
 
 from bench.common import benchmark_broker, fresh_vhost, machine_info, rate_record
 from bench.messaging.pipeline import PipelineRate, run_pipeline

@@ -12,17 +12,17 @@ from dataclasses import dataclass
 
 import asyncpg
 from emeterai_shared.config import ServiceSettings
-from emeterai_shared.contracts.events import ProbeSent
+from emeterai_testkit.probe import ProbeSent
 from emeterai_shared.db import create_pool
 from emeterai_shared.outbox import outbox_stats
-from emeterai_shared.testing.fixtures import reset_service, settings_env, spawn
-from emeterai_shared.testing.probe import SERVICE
+from emeterai_testkit.fixtures import reset_service, settings_env, spawn
+from emeterai_testkit.probe import SERVICE
 from emeterai_shared.uow import unit_of_work
 
 from bench.messaging.cpu import CpuMeter
 from bench.messaging.raw import Rate
 
-PROBE_MODULE = "emeterai_shared.testing.probe"
+PROBE_MODULE = "emeterai_testkit.probe"
 PRELOAD_CHUNK = 5_000
 
 
@@ -46,7 +46,7 @@ class PipelineResult:
 
 
 class ProbeProcess:
-    """``python -m emeterai_shared.testing.probe <command>``, its output drained into a tail."""
+    """``python -m emeterai_testkit.probe <command>``, its output drained into a tail."""
 
     def __init__(self, command: str, env: dict[str, str]):
         self.command = command

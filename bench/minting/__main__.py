@@ -32,7 +32,7 @@ import uvloop
 from emeterai_shared.contracts.events import OrderPaid, SerialsIssued
 from emeterai_shared.db import connect_with_retry
 from emeterai_shared.messaging import EVENTS, Publisher, connect
-from emeterai_shared.testing.fixtures import (
+from emeterai_testkit.fixtures import (
     reset_service,
     running,
     settings_for,

@@ -50,6 +50,14 @@ class ApiError(Exception):
         self.extra = dict(extra or {})
 
 
+def respond(body: BaseModel, *, status: int = 200, headers: Mapping[str, str] | None = None,
+            exclude_none: bool = False) -> web.Response:
+    """A JSON answer built from the documented model (the one its ``Operation`` names), so the
+    document and the wire cannot drift apart."""
+    return web.json_response(body.model_dump(mode="json", by_alias=True, exclude_none=exclude_none),
+                             status=status, headers=headers)
+
+
 def error_response(status: int, code: str, message: str, *,
                    headers: Mapping[str, str] | None = None,
                    extra: Mapping[str, Any] | None = None) -> web.Response:

@@ -30,7 +30,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 import uvloop
@@ -39,7 +39,7 @@ from aiohttp import web
 
 from emeterai_shared.config import ServiceSettings
 from emeterai_shared.db import create_pool, prepare_database
-from emeterai_shared.http import OpenApi, add_probe_routes, create_app
+from emeterai_shared.http import OpenApi, Operation, add_probe_routes, create_app
 from emeterai_shared.messaging import Consumer, Publisher, Subscription, connect
 from emeterai_shared.messaging.parking import list_parked, redrive
 from emeterai_shared.messaging.platform_queues import PLATFORM_QUEUES
@@ -57,49 +57,93 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Context:
-    """What a service's routes and handlers may use; built once per process."""
+class Resources:
+    """What the runtime opens for a process, before the service builds its dependencies from it."""
 
     settings: ServiceSettings
     pool: asyncpg.Pool
     amqp: AbstractRobustConnection | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    """Awaited, newest first, when the process closes (before the pool): for what ``extras``
-    opened, such as an HTTP client session with requests in flight."""
+    """Awaited, newest first, when the process closes (before the pool): for what the dependencies
+    opened, such as an HTTP client session with requests in flight or PDF worker processes."""
+
+
+DepsT = TypeVar("DepsT")
+
+Endpoint = Callable[[web.Request, DepsT], Awaitable[web.StreamResponse]]
+"""A route handler: the request and the process's typed dependencies."""
+
+DEPENDENCIES: web.AppKey[Any] = web.AppKey("dependencies")
+
+
+class Router(Generic[DepsT]):
+    """Declares each route once: its handler and its OpenAPI operation together.
+
+    Handlers receive the process's dependencies object (``DepsT``); registering routes needs none,
+    so the OpenAPI document is built without connecting anywhere."""
+
+    def __init__(self, app: web.Application, spec: OpenApi | None):
+        self.app = app
+        self.spec = spec
+
+    def add(self, op: Operation, handler: Endpoint[DepsT]) -> None:
+        async def endpoint(request: web.Request) -> web.StreamResponse:
+            return await handler(request, request.app[DEPENDENCIES])
+
+        endpoint.__name__ = getattr(handler, "__name__", op.id)
+        self.app.router.add_route(op.method, op.path, endpoint)
+        if self.spec is not None:
+            self.spec.add(op)
+
+    def document(self, op: Operation) -> None:
+        """An operation the service does not serve: a webhook it sends (``Operation.webhook``)."""
+        if self.spec is not None:
+            self.spec.add(op)
+
+    @staticmethod
+    def dependencies(app: web.Application) -> Any:
+        """The dependencies an app serves with (for start-up and clean-up hooks)."""
+        return app[DEPENDENCIES]
 
 
 @dataclass(frozen=True)
-class Periodic:
+class Periodic(Generic[DepsT]):
     """A job the worker process runs every ``interval_s`` (e.g. expiring unpaid bills).
 
     Several workers may run it at once: jobs must claim their rows (``SKIP LOCKED``).
     ``interval_s`` may be read from the process's settings (``lambda s: s.sweep_interval_s``)."""
 
     name: str
-    interval_s: float | Callable[[ServiceSettings], float]
-    run: Callable[[Context], Awaitable[None]]
+    interval_s: float | Callable[[Any], float]
+    run: Callable[[DepsT], Awaitable[None]]
 
     def interval(self, settings: ServiceSettings) -> float:
         return self.interval_s(settings) if callable(self.interval_s) else self.interval_s
 
 
 @dataclass(frozen=True)
-class ServiceDefinition:
-    """Everything that differs between services; the runtime does the rest."""
+class ServiceDefinition(Generic[DepsT]):
+    """Everything that differs between services; the runtime does the rest.
+
+    ``dependencies`` builds the service's typed dependencies object from what the runtime opened;
+    it runs in every process that connects (api, worker, relay, setup, commands), so a process with
+    unusable keys or files fails at start. Routes, handlers (by parameter name), periodic jobs and
+    commands receive that object."""
 
     name: str
     title: str
     settings_cls: type[ServiceSettings]
+    dependencies: Callable[[Resources], Awaitable[DepsT]]
     migrations: Path | None = None
-    subscriptions: Callable[[Context], list[Subscription]] = lambda _ctx: []
-    routes: Callable[[Context, web.Application, OpenApi], None] | None = None
-    on_start: Callable[[Context], Awaitable[None]] | None = None
-    periodic: tuple[Periodic, ...] = ()
+    subscriptions: tuple[Subscription, ...] = ()
+    """The module-level subscription table (``entrypoints/messages.py``)."""
+    routes: Callable[[Router[DepsT]], None] | None = None
+    periodic: tuple[Periodic[DepsT], ...] = ()
     commands: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None] | None = None
-    run_command: Callable[[Context, argparse.Namespace], Awaitable[int]] | None = None
+    run_command: Callable[[DepsT, argparse.Namespace], Awaitable[int]] | None = None
     offline_commands: frozenset[str] = frozenset()
-    """Service commands run without database or broker (``ctx.pool`` is None), e.g. before setup."""
+    """Service commands run without database or broker, e.g. before setup: ``run_offline``."""
+    run_offline: Callable[[ServiceSettings, argparse.Namespace], Awaitable[int]] | None = None
     platform_queues: tuple[QueueSpec, ...] = PLATFORM_QUEUES
     """Every consumer queue of the platform, declared with the service's own by ``setup`` and by
     the relay before it publishes (see ``messaging.platform_queues``); a service outside the
@@ -109,11 +153,36 @@ class ServiceDefinition:
         return self.settings_cls()
 
 
+@dataclass
+class Process(Generic[DepsT]):
+    """An opened process: the runtime's resources and the service's dependencies built from them."""
+
+    resources: Resources
+    deps: DepsT
+
+    @property
+    def settings(self) -> ServiceSettings:
+        return self.resources.settings
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self.resources.pool
+
+    @property
+    def amqp(self) -> AbstractRobustConnection | None:
+        return self.resources.amqp
+
+
+async def assemble(defn: ServiceDefinition[DepsT], resources: Resources) -> Process[DepsT]:
+    """``defn``'s dependencies built on ``resources`` (what every process does once it connected)."""
+    return Process(resources, await defn.dependencies(resources))
+
+
 RELAY_POOL_MAX = 3
 
 
-async def _open(defn: ServiceDefinition, settings: ServiceSettings, kind: str,
-                broker: bool = True) -> Context:
+async def _open(defn: ServiceDefinition[Any], settings: ServiceSettings, kind: str,
+                broker: bool = True) -> Process[Any]:
     # A relay works one batch at a time (plus LISTEN and housekeeping): a few connections do, which
     # keeps a whole `make run` (12 processes) inside PostgreSQL's default 100 connections.
     max_size = min(settings.db_pool_max, RELAY_POOL_MAX) if kind == "relay" else settings.db_pool_max
@@ -124,13 +193,20 @@ async def _open(defn: ServiceDefinition, settings: ServiceSettings, kind: str,
         amqp = await connect(settings.amqp_url, name=f"{defn.name}-{kind}",
                              heartbeat=settings.amqp_heartbeat_s,
                              timeout=settings.amqp_connect_timeout_s)
-    ctx = Context(settings=settings, pool=pool, amqp=amqp)
-    if defn.on_start is not None:
-        await defn.on_start(ctx)
-    return ctx
+    resources = Resources(settings=settings, pool=pool, amqp=amqp)
+    try:
+        deps = await defn.dependencies(resources)
+    except BaseException:
+        await _close_resources(resources)
+        raise
+    return Process(resources, deps)
 
 
-async def _close(ctx: Context) -> None:
+async def _close(ctx: Process[Any]) -> None:
+    await _close_resources(ctx.resources)
+
+
+async def _close_resources(ctx: Resources) -> None:
     for closer in reversed(ctx.closers):
         try:
             await closer()
@@ -143,7 +219,7 @@ async def _close(ctx: Context) -> None:
         await asyncio.wait_for(ctx.pool.close(), 10)
 
 
-def _checks(ctx: Context) -> dict[str, Callable[[], Awaitable[None]]]:
+def _checks(ctx: Process[Any]) -> dict[str, Callable[[], Awaitable[None]]]:
     async def database() -> None:
         async with ctx.pool.acquire(timeout=2) as conn:
             await conn.fetchval("SELECT 1")
@@ -155,13 +231,14 @@ def _checks(ctx: Context) -> dict[str, Callable[[], Awaitable[None]]]:
     return {"database": database, "broker": broker}
 
 
-def build_api(defn: ServiceDefinition, ctx: Context) -> web.Application:
+def build_api(defn: ServiceDefinition[Any], ctx: Process[Any]) -> web.Application:
     spec = OpenApi(defn.title)
     app = create_app(defn.name, max_body_bytes=ctx.settings.http_max_body_bytes,
                      max_in_flight=ctx.settings.http_max_in_flight)
     add_probe_routes(app, spec, _checks(ctx))
+    app[DEPENDENCIES] = ctx.deps
     if defn.routes is not None:
-        defn.routes(ctx, app, spec)
+        defn.routes(Router(app, spec))
     return app
 
 
@@ -180,10 +257,10 @@ def _stop_event() -> asyncio.Event:
     return stop
 
 
-async def _monitor(defn: ServiceDefinition, ctx: Context, stop: asyncio.Event) -> None:
+async def _monitor(defn: ServiceDefinition[Any], ctx: Process[Any], stop: asyncio.Event) -> None:
     """Refresh backlog gauges (queue depth, parked messages) for this service's queues."""
-    queues = [s.queue for s in defn.subscriptions(ctx)]
-    types = {s.queue: s.message.TYPE for s in defn.subscriptions(ctx)}
+    queues = [s.queue for s in defn.subscriptions]
+    types = {s.queue: s.message.TYPE for s in defn.subscriptions}
     while not stop.is_set():
         if ctx.amqp is not None and not ctx.amqp.is_closed and queues:
             try:
@@ -203,7 +280,7 @@ async def _monitor(defn: ServiceDefinition, ctx: Context, stop: asyncio.Event) -
             await asyncio.wait_for(stop.wait(), 5)
 
 
-async def run_api(defn: ServiceDefinition) -> None:
+async def run_api(defn: ServiceDefinition[Any]) -> None:
     settings = defn.settings()
     ctx = await _open(defn, settings, "api")
     stop = _stop_event()
@@ -217,20 +294,26 @@ async def run_api(defn: ServiceDefinition) -> None:
     await _close(ctx)
 
 
-async def _side_server(ctx: Context, port: int) -> web.AppRunner:
+async def _side_server(ctx: Process[Any], port: int) -> web.AppRunner:
     app = create_app("side", max_body_bytes=1024)
     add_probe_routes(app, None, _checks(ctx))
     return await _serve(app, ctx.settings.http_host, port)
 
 
-async def run_worker(defn: ServiceDefinition) -> None:
-    settings = defn.settings()
-    ctx = await _open(defn, settings, "worker")
+async def _open_publishing(defn: ServiceDefinition[Any], kind: str) -> tuple[
+        Process[Any], AbstractRobustConnection, Publisher, asyncio.Event]:
+    """A process that talks to the broker: opened, with its publisher and its stop signal."""
+    ctx = await _open(defn, defn.settings(), kind)
     assert ctx.amqp is not None
-    stop = _stop_event()
-    publisher = Publisher(ctx.amqp, app_id=defn.name, timeout=settings.publish_timeout_s)
-    consumer = Consumer(pool=ctx.pool, connection=ctx.amqp, publisher=publisher,
-                        subscriptions=defn.subscriptions(ctx), settings=settings)
+    publisher = Publisher(ctx.amqp, app_id=defn.name, timeout=ctx.settings.publish_timeout_s)
+    return ctx, ctx.amqp, publisher, _stop_event()
+
+
+async def run_worker(defn: ServiceDefinition[Any]) -> None:
+    ctx, amqp, publisher, stop = await _open_publishing(defn, "worker")
+    settings = ctx.settings
+    consumer = Consumer(pool=ctx.pool, connection=amqp, publisher=publisher,
+                        subscriptions=defn.subscriptions, settings=settings, dependencies=ctx.deps)
     await consumer.start()
     jobs = [asyncio.create_task(_every(job, ctx, stop)) for job in defn.periodic]
     side = await _side_server(ctx, settings.worker_metrics_port)
@@ -243,24 +326,21 @@ async def run_worker(defn: ServiceDefinition) -> None:
     await _close(ctx)
 
 
-async def _every(job: Periodic, ctx: Context, stop: asyncio.Event) -> None:
+async def _every(job: Periodic[Any], ctx: Process[Any], stop: asyncio.Event) -> None:
     interval_s = job.interval(ctx.settings)
     while not stop.is_set():
         try:
-            await job.run(ctx)
+            await job.run(ctx.deps)
         except Exception:
             log.exception("periodic job %s failed; it runs again in %.0fs", job.name, interval_s)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
 
 
-async def run_relay(defn: ServiceDefinition) -> None:
-    settings = defn.settings()
-    ctx = await _open(defn, settings, "relay")
-    assert ctx.amqp is not None
-    stop = _stop_event()
-    publisher = Publisher(ctx.amqp, app_id=defn.name, timeout=settings.publish_timeout_s)
-    await declare_topology(defn, ctx, ctx.amqp)
+async def run_relay(defn: ServiceDefinition[Any]) -> None:
+    ctx, amqp, publisher, stop = await _open_publishing(defn, "relay")
+    settings = ctx.settings
+    await declare_topology(defn, settings, amqp)
     relay = OutboxRelay(pool=ctx.pool, publisher=publisher, settings=settings)
     task = asyncio.create_task(relay.run())
     side = await _side_server(ctx, settings.relay_metrics_port)
@@ -280,17 +360,17 @@ async def run_relay(defn: ServiceDefinition) -> None:
         raise SystemExit(1)
 
 
-async def declare_topology(defn: ServiceDefinition, ctx: Context,
+async def declare_topology(defn: ServiceDefinition[Any], settings: ServiceSettings,
                            conn_amqp: AbstractRobustConnection) -> None:
     """Exchanges, delay tiers, and every consumer queue of the platform (not only this service's):
     a message type is copied only to the queues that exist when it is published."""
     channel = await conn_amqp.channel()
     try:
-        await declare_common(channel, ctx.settings.retry_delays_ms)
+        await declare_common(channel, settings.retry_delays_ms)
         for spec in defn.platform_queues:
             await declare_consumer_queue(channel, spec)
         listed = {spec.name: spec.routing_keys for spec in defn.platform_queues}
-        for sub in defn.subscriptions(ctx):
+        for sub in defn.subscriptions:
             if listed.get(sub.queue) != sub.spec.routing_keys:
                 if defn.platform_queues:
                     log.warning("%s: subscription %s (%s) is not in the platform table "
@@ -301,7 +381,7 @@ async def declare_topology(defn: ServiceDefinition, ctx: Context,
         await channel.close()
 
 
-async def run_setup(defn: ServiceDefinition, broker: bool = True) -> None:
+async def run_setup(defn: ServiceDefinition[Any], broker: bool = True) -> None:
     settings = defn.settings()
     applied = await prepare_database(settings.database_url, defn.migrations, defn.name)
     print(f"{defn.name}: database {settings.database_name} ready "
@@ -310,18 +390,18 @@ async def run_setup(defn: ServiceDefinition, broker: bool = True) -> None:
         ctx = await _open(defn, settings, "setup")
         try:
             assert ctx.amqp is not None
-            await declare_topology(defn, ctx, ctx.amqp)
+            await declare_topology(defn, settings, ctx.amqp)
             print(f"{defn.name}: broker topology declared")
         finally:
             await _close(ctx)
 
 
-async def run_parking(defn: ServiceDefinition, args: argparse.Namespace) -> int:
+async def run_parking(defn: ServiceDefinition[Any], args: argparse.Namespace) -> int:
     settings = defn.settings()
     ctx = await _open(defn, settings, "parking")
     assert ctx.amqp is not None
     try:
-        queues = [args.queue] if args.queue else [s.queue for s in defn.subscriptions(ctx)]
+        queues = [args.queue] if args.queue else [s.queue for s in defn.subscriptions]
         if args.action == "list":
             for q in queues:
                 for parked in await list_parked(ctx.amqp, q, limit=args.limit):
@@ -342,7 +422,7 @@ async def run_parking(defn: ServiceDefinition, args: argparse.Namespace) -> int:
         await _close(ctx)
 
 
-async def run_outbox(defn: ServiceDefinition, args: argparse.Namespace) -> int:
+async def run_outbox(defn: ServiceDefinition[Any], args: argparse.Namespace) -> int:
     settings = defn.settings()
     ctx = await _open(defn, settings, "outbox", broker=False)
     try:
@@ -358,7 +438,7 @@ async def run_outbox(defn: ServiceDefinition, args: argparse.Namespace) -> int:
         await _close(ctx)
 
 
-def _parser(defn: ServiceDefinition) -> argparse.ArgumentParser:
+def _parser(defn: ServiceDefinition[Any]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"python -m {defn.name}_service", description=defn.title)
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("api", "worker", "relay", "migrate", "setup", "openapi"):
@@ -378,7 +458,7 @@ def _parser(defn: ServiceDefinition) -> argparse.ArgumentParser:
     return parser
 
 
-def main(defn: ServiceDefinition, argv: list[str] | None = None) -> int:
+def main(defn: ServiceDefinition[Any], argv: list[str] | None = None) -> int:
     args = _parser(defn).parse_args(argv)
     settings = defn.settings()
     setup_logging(defn.name, args.command, settings.log_level, settings.log_json)
@@ -388,7 +468,6 @@ def main(defn: ServiceDefinition, argv: list[str] | None = None) -> int:
         print(json.dumps(_offline_spec(defn), indent=2))
         return 0
     if command not in _BUILTIN:
-        assert defn.run_command is not None
         return uvloop.run(_service_command(defn, args))
     runners: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {
         "api": lambda: run_api(defn),
@@ -406,15 +485,16 @@ def main(defn: ServiceDefinition, argv: list[str] | None = None) -> int:
 _BUILTIN = {"api", "worker", "relay", "migrate", "setup", "parking", "outbox", "openapi"}
 
 
-async def _service_command(defn: ServiceDefinition, args: argparse.Namespace) -> int:
+async def _service_command(defn: ServiceDefinition[Any], args: argparse.Namespace) -> int:
     """A command the service adds (``defn.commands``), run with a database pool only."""
     settings = defn.settings()
-    assert defn.run_command is not None
     if args.command in defn.offline_commands:
-        return await defn.run_command(Context(settings=settings, pool=None), args)
+        assert defn.run_offline is not None
+        return await defn.run_offline(settings, args)
+    assert defn.run_command is not None
     ctx = await _open(defn, settings, args.command, broker=False)
     try:
-        return await defn.run_command(ctx, args)
+        return await defn.run_command(ctx.deps, args)
     except asyncpg.UndefinedTableError as exc:
         print(f"{defn.name}: the database {settings.database_name} is not set up ({exc}); "
               f"run `python -m {defn.name}_service setup` (or `make setup`) first", file=sys.stderr)
@@ -423,11 +503,11 @@ async def _service_command(defn: ServiceDefinition, args: argparse.Namespace) ->
         await _close(ctx)
 
 
-def _offline_spec(defn: ServiceDefinition) -> dict[str, Any]:
+def _offline_spec(defn: ServiceDefinition[Any]) -> dict[str, Any]:
     """The OpenAPI document without connecting anywhere (routes only register handlers)."""
     spec = OpenApi(defn.title)
     app = create_app(defn.name, max_body_bytes=1024)
     add_probe_routes(app, spec, {})
     if defn.routes is not None:
-        defn.routes(Context(settings=defn.settings(), pool=None), app, spec)
+        defn.routes(Router(app, spec))
     return spec.document()

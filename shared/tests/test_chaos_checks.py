@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from emeterai_shared.testing.chaos import front_doors
+from emeterai_testkit.chaos import front_doors
 
 
 def test_faults_answered_with_503_and_retry_after_pass() -> None:

@@ -23,12 +23,12 @@ import asyncpg
 import pytest
 from emeterai_shared.config import ServiceSettings
 from emeterai_shared.contracts import Message, message
-from emeterai_shared.contracts.events import ProbeSent
 from emeterai_shared.messaging import Envelope, PermanentError, Subscription
 from emeterai_shared.messaging.parking import ParkedMessage, list_parked, redrive
 from emeterai_shared.messaging.topology import delay_exchange, parking_queue
 from emeterai_shared.runtime import ServiceDefinition
-from emeterai_shared.testing.fixtures import (
+from emeterai_shared.uow import UnitOfWork, unit_of_work
+from emeterai_testkit.fixtures import (
     REPO_ROOT,
     eventually,
     fetchval,
@@ -37,8 +37,7 @@ from emeterai_shared.testing.fixtures import (
     settings_env,
     settings_for,
 )
-from emeterai_shared.testing.probe import QUEUE, SERVICE, ProbeSettings, on_probe_sent
-from emeterai_shared.uow import UnitOfWork, unit_of_work
+from emeterai_testkit.probe import QUEUE, SERVICE, ProbeSent, ProbeSettings, on_probe_sent
 from pamqp import body as amqp_body
 from pamqp import commands, frame, header
 from prometheus_client import REGISTRY
@@ -87,12 +86,12 @@ async def on_probe_sent_unless_refused(uow: UnitOfWork, env: Envelope[ProbeSent]
 
 FLAKY = ServiceDefinition(
     name="probe", title="flaky handler", settings_cls=ProbeSettings, migrations=SERVICE.migrations,
-    subscriptions=lambda _ctx: [Subscription(FLAKY_QUEUE, Flaky, on_flaky)],
+    dependencies=SERVICE.dependencies, subscriptions=(Subscription(FLAKY_QUEUE, Flaky, on_flaky),),
 )
 SWITCHABLE = ServiceDefinition(
     name="probe", title="probe with a switchable handler", settings_cls=ProbeSettings,
-    migrations=SERVICE.migrations,
-    subscriptions=lambda _ctx: [Subscription(QUEUE, ProbeSent, on_probe_sent_unless_refused)],
+    migrations=SERVICE.migrations, dependencies=SERVICE.dependencies,
+    subscriptions=(Subscription(QUEUE, ProbeSent, on_probe_sent_unless_refused),),
 )
 
 
@@ -214,9 +213,9 @@ async def effects(settings: ServiceSettings, where: str = "true", *args: Any) ->
 
 
 async def probe_cli(settings: ServiceSettings, *args: str) -> list[Any]:
-    """Run ``python -m emeterai_shared.testing.probe <args>`` and parse its JSON lines."""
+    """Run ``python -m emeterai_testkit.probe <args>`` and parse its JSON lines."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "emeterai_shared.testing.probe", *args,
+        sys.executable, "-m", "emeterai_testkit.probe", *args,
         env=settings_env(settings), cwd=REPO_ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )

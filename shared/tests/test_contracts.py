@@ -20,7 +20,7 @@ from emeterai_shared.contracts import (
     model_for,
     registry,
 )
-from emeterai_shared.contracts.events import ProbeSent
+from emeterai_testkit.probe import ProbeSent
 from pydantic import ValidationError
 
 

@@ -25,9 +25,9 @@ from emeterai_shared.http import (
     json_depth_exceeds,
 )
 from emeterai_shared.messaging import connect
-from emeterai_shared.runtime import Context, ServiceDefinition, build_api
-from emeterai_shared.testing.fixtures import REPO_ROOT, fetchval, settings_for
-from emeterai_shared.testing.probe import SERVICE as PROBE
+from emeterai_shared.runtime import Process, Resources, ServiceDefinition, assemble, build_api
+from emeterai_testkit.fixtures import REPO_ROOT, fetchval, settings_for
+from emeterai_testkit.probe import SERVICE as PROBE
 from minting_service.bootstrap import SERVICE as MINTING
 from openapi_spec_validator import validate
 from order_service.bootstrap import SERVICE as ORDER
@@ -42,19 +42,21 @@ ids = [s.name for s in SERVICES]
 
 
 @asynccontextmanager
-async def api(defn: ServiceDefinition, **overrides: Any) -> AsyncIterator[tuple[Client, Context]]:
+async def api(defn: ServiceDefinition, **overrides: Any) -> AsyncIterator[tuple[Client, Process[Any]]]:
     """``defn``'s API in-process, with a real pool on its (migrated) database and a broker link."""
     settings = settings_for(defn.settings_cls, **overrides)
     await prepare_database(settings.database_url, defn.migrations, defn.name)
     pool = await create_pool(settings.database_url, max_size=2)
     amqp = await connect(settings.amqp_url, name=f"{defn.name}-http-test")
-    ctx = Context(settings=settings, pool=pool, amqp=amqp)
+    ctx = await assemble(defn, Resources(settings=settings, pool=pool, amqp=amqp))
     client: Client = TestClient(TestServer(build_api(defn, ctx)))
     await client.start_server()
     try:
         yield client, ctx
     finally:
         await client.close()
+        for closer in reversed(ctx.resources.closers):
+            await closer()
         await amqp.close()
         await pool.close()
 

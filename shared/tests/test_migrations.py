@@ -18,7 +18,7 @@ from emeterai_shared.db import (
     load_migrations,
     migrate,
 )
-from emeterai_shared.testing.fixtures import NAMESPACE, PG_BASE, eventually
+from emeterai_testkit.fixtures import NAMESPACE, PG_BASE, eventually
 
 DB_URL = f"{PG_BASE}/emeterai_{NAMESPACE}_migr"
 

@@ -18,10 +18,10 @@ import aio_pika
 import asyncpg
 import pytest
 from emeterai_shared.config import ServiceSettings
-from emeterai_shared.contracts.events import ProbeSent
 from emeterai_shared.messaging.publisher import BrokerBusy, Publisher
 from emeterai_shared.messaging.topology import EVENTS, QueueSpec, declare_consumer_queue
-from emeterai_shared.testing.fixtures import (
+from emeterai_shared.uow import UnitOfWork, unit_of_work
+from emeterai_testkit.fixtures import (
     REPO_ROOT,
     eventually,
     fetchval,
@@ -30,9 +30,8 @@ from emeterai_shared.testing.fixtures import (
     settings_env,
     settings_for,
 )
-from emeterai_shared.testing.probe import QUEUE as PROBE_QUEUE
-from emeterai_shared.testing.probe import SERVICE, ProbeSettings
-from emeterai_shared.uow import UnitOfWork, unit_of_work
+from emeterai_testkit.probe import QUEUE as PROBE_QUEUE
+from emeterai_testkit.probe import SERVICE, ProbeSent, ProbeSettings
 
 STATE_TABLE = "CREATE TABLE testsuite_state (id int PRIMARY KEY, note text NOT NULL)"
 
@@ -48,9 +47,9 @@ async def fresh_probe(**overrides: Any) -> ServiceSettings:
 
 
 async def probe_cli(settings: ServiceSettings, *args: str) -> list[Any]:
-    """Run ``python -m emeterai_shared.testing.probe <args>`` and parse its JSON lines."""
+    """Run ``python -m emeterai_testkit.probe <args>`` and parse its JSON lines."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "emeterai_shared.testing.probe", *args,
+        sys.executable, "-m", "emeterai_testkit.probe", *args,
         env=settings_env(settings), cwd=REPO_ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )

@@ -23,10 +23,10 @@ from contextlib import asynccontextmanager, contextmanager
 import aio_pika
 import asyncpg
 from emeterai_shared.config import ServiceSettings
-from emeterai_shared.contracts.events import ProbeSent
 from emeterai_shared.db import create_pool
 from emeterai_shared.failpoints import ENV as FAILPOINTS_ENV
-from emeterai_shared.testing.fixtures import (
+from emeterai_shared.uow import unit_of_work
+from emeterai_testkit.fixtures import (
     VHOST,
     eventually,
     fetchval,
@@ -38,11 +38,10 @@ from emeterai_shared.testing.fixtures import (
     spawn,
     wait_for_broker,
 )
-from emeterai_shared.testing.probe import QUEUE, SERVICE, ProbeSettings
-from emeterai_shared.uow import unit_of_work
+from emeterai_testkit.probe import QUEUE, SERVICE, ProbeSent, ProbeSettings
 from prometheus_client import REGISTRY
 
-PROBE_MODULE = "emeterai_shared.testing.probe"
+PROBE_MODULE = "emeterai_testkit.probe"
 EXIT_TIMEOUT_S = 60.0
 HARNESS_CONNECTION = "probe-test"  # the client name ``running`` gives its connection
 

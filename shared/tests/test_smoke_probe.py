@@ -1,9 +1,8 @@
 """The probe service end to end: HTTP → outbox → relay → broker → consumer → effect."""
 
-from emeterai_shared.contracts.events import ProbeSent
-from emeterai_shared.testing.fixtures import eventually, fetchval, reset_service, running, settings_for
-from emeterai_shared.testing.probe import SERVICE, ProbeSettings
 from emeterai_shared.uow import unit_of_work
+from emeterai_testkit.fixtures import eventually, fetchval, reset_service, running, settings_for
+from emeterai_testkit.probe import SERVICE, ProbeSent, ProbeSettings
 
 
 async def test_message_flows_from_outbox_to_handler(servers: str) -> None:

@@ -11,8 +11,8 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from emeterai_shared.testing import fixtures
-from emeterai_shared.testing.fixtures import (
+from emeterai_testkit import fixtures
+from emeterai_testkit.fixtures import (
     NAMESPACE,
     SCRATCH_DESCRIPTION,
     broker_answers,

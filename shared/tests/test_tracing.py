@@ -15,10 +15,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from emeterai_shared.db import create_pool
 from emeterai_shared.http import create_app
-from emeterai_shared.runtime import Context, build_api
+from emeterai_shared.runtime import Resources, assemble, build_api
 from emeterai_shared.telemetry import setup_logging, setup_tracing, tracer
-from emeterai_shared.testing.fixtures import eventually, fetchval, reset_service, running, settings_for
-from emeterai_shared.testing.probe import QUEUE, SERVICE, ProbeSettings
+from emeterai_testkit.fixtures import eventually, fetchval, reset_service, running, settings_for
+from emeterai_testkit.probe import QUEUE, SERVICE, ProbeSettings
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -94,7 +94,8 @@ def chain(span: ReadableSpan, by_id: dict[int, ReadableSpan]) -> list[ReadableSp
 @asynccontextmanager
 async def probe_api(settings: ProbeSettings) -> AsyncIterator[Client]:
     pool = await create_pool(settings.database_url, max_size=2)
-    client: Client = TestClient(TestServer(build_api(SERVICE, Context(settings=settings, pool=pool))))
+    process = await assemble(SERVICE, Resources(settings=settings, pool=pool))
+    client: Client = TestClient(TestServer(build_api(SERVICE, process)))
     await client.start_server()
     try:
         yield client

@@ -13,16 +13,6 @@ from pydantic import BaseModel, ConfigDict
 
 from emeterai_shared.contracts.base import Message, message
 
-
-@message("platform.probe_sent.v1")
-class ProbeSent(Message):
-    """Carries no business meaning: used by readiness checks, tests and benchmarks."""
-
-    seq: int
-    note: str = ""
-    sent_at: datetime | None = None
-
-
 # --- purchase path -------------------------------------------------------------------------
 # order ──order.placed──► payment ──payment.bill_issued / bill_failed / bill_expired──► order
 # bank ──SNAP──► payment ──payment.captured──► order ──order.paid──► minting

@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
@@ -76,21 +78,30 @@ class Envelope(Generic[M]):
 
 
 Handler = Callable[[UnitOfWork, Envelope[Any]], Awaitable[None]]
+"""A handler as the consumer calls it. A declared handler may take more keyword parameters after
+these two: each names an attribute of the service's dependencies object, injected once when the
+worker starts (``Subscription.bind``), as cosmicpython's bootstrap does."""
+
+Setting = int | Callable[[Any], int] | None
+"""A number, or one read from the process's settings (``lambda s: s.job_prefetch``)."""
 
 
 @dataclass(frozen=True)
 class Subscription:
-    """One handler for one message type, fed by the queue ``<consumer>.<handler>``."""
+    """One handler for one message type, fed by the queue ``<consumer>.<handler>``.
+
+    Services declare them in a module-level table (``entrypoints/messages.py`` ``SUBSCRIPTIONS``),
+    so tooling lists queues and types without a running process."""
 
     queue: str
     message: type[Message]
-    handler: Handler
-    prefetch: int | None = None
+    handler: Callable[..., Awaitable[None]]
+    prefetch: Setting = None
     """Unacked deliveries this consumer holds (per consumer); None: the process's ``prefetch``.
     Slow handlers (PDF signing) take few, so that several workers share a backlog."""
-    concurrency: int | None = None
+    concurrency: Setting = None
     """Batch loops for this queue; None: the process's ``consumer_concurrency``."""
-    batch_max: int | None = None
+    batch_max: Setting = None
     """Messages per transaction; None: the process's ``consumer_batch_max``. A handler that
     awaits slow work should take 1, so that its transaction holds one message."""
 
@@ -98,6 +109,32 @@ class Subscription:
     def spec(self) -> QueueSpec:
         """Its queue bound to its type, with the platform table's queue arguments."""
         return queue_spec(self.queue, (self.message.TYPE,))
+
+    def needs(self) -> list[str]:
+        """The dependencies its handler names (its parameters after the unit of work and envelope)."""
+        return list(inspect.signature(self.handler).parameters)[2:]
+
+    def bind(self, settings: ServiceSettings, dependencies: object = None) -> Subscription:
+        """This subscription with its numbers read from ``settings`` and its handler given what it
+        needs from ``dependencies``; a name the dependencies lack fails here, at start."""
+        needs = self.needs()
+        missing = [name for name in needs if not hasattr(dependencies, name)]
+        if missing:
+            raise TypeError(f"{self.queue}: handler {getattr(self.handler, '__qualname__', self.handler)!r} "
+                            f"needs {missing}, which {type(dependencies).__name__} does not provide")
+        handler = (functools.partial(self.handler, **{name: getattr(dependencies, name) for name in needs})
+                   if needs else self.handler)
+
+        def number(value: Setting) -> int | None:
+            return value(settings) if callable(value) else value
+
+        return replace(self, handler=handler, prefetch=number(self.prefetch),
+                       concurrency=number(self.concurrency), batch_max=number(self.batch_max))
+
+
+def _bound(value: Setting) -> int | None:
+    assert not callable(value), "read from the settings by Subscription.bind"
+    return value
 
 
 class _Outcome:
@@ -132,14 +169,15 @@ class Consumer:
         pool: asyncpg.Pool,
         connection: AbstractRobustConnection,
         publisher: Publisher,
-        subscriptions: list[Subscription],
+        subscriptions: Sequence[Subscription],
         settings: ServiceSettings,
+        dependencies: object = None,
     ):
         self._pool = pool
         self._connection = connection
         self._publisher = publisher
         self._settings = settings
-        self._lanes = [_Lane(s) for s in subscriptions]
+        self._lanes = [_Lane(s.bind(settings, dependencies)) for s in subscriptions]
         self._tasks: list[asyncio.Task[None]] = []
         self._busy = 0
         self._stopping = False
@@ -159,12 +197,13 @@ class Consumer:
         for lane in self._lanes:
             lane.queue = await declare_consumer_queue(self._channel, lane.subscription.spec)
             sub = lane.subscription
-            if sub.prefetch is not None:  # basic.qos applies to the consumers created after it
-                await self._channel.set_qos(prefetch_count=sub.prefetch)
+            prefetch = _bound(sub.prefetch)
+            if prefetch is not None:  # basic.qos applies to the consumers created after it
+                await self._channel.set_qos(prefetch_count=prefetch)
             lane.consumer_tag = await lane.queue.consume(lane.buffer.put)
-            if sub.prefetch is not None:
+            if prefetch is not None:
                 await self._channel.set_qos(prefetch_count=s.prefetch)
-            for i in range(max(1, sub.concurrency or s.consumer_concurrency)):
+            for i in range(max(1, _bound(sub.concurrency) or s.consumer_concurrency)):
                 self._tasks.append(
                     asyncio.create_task(self._loop(lane), name=f"{lane.subscription.queue}-{i}")
                 )
@@ -193,7 +232,7 @@ class Consumer:
                 await self._channel.close()
 
     async def _loop(self, lane: _Lane) -> None:
-        batch_max = max(1, lane.subscription.batch_max or self._settings.consumer_batch_max)
+        batch_max = max(1, _bound(lane.subscription.batch_max) or self._settings.consumer_batch_max)
         while True:
             first = await lane.buffer.get()
             if self._stopping:

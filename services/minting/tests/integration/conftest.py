@@ -30,7 +30,7 @@ from emeterai_shared.contracts.events import DocumentStamped, OrderPaid, Serials
 from emeterai_shared.db import create_pool
 from emeterai_shared.failpoints import ENV as FAILPOINTS_ENV
 from emeterai_shared.messaging import EVENTS, Publisher, connect
-from emeterai_shared.testing.fixtures import (
+from emeterai_testkit.fixtures import (
     Harness,
     eventually,
     reset_service,

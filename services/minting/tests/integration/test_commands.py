@@ -27,7 +27,7 @@ from emeterai_shared.auth import key_id
 from emeterai_shared.config import ServiceSettings
 from emeterai_shared.contracts.events import MintingFailed
 from emeterai_shared.runtime import Context
-from emeterai_shared.testing.fixtures import REPO_ROOT, settings_env
+from emeterai_testkit.fixtures import REPO_ROOT, settings_env
 from minting_service.bootstrap import SERVICE
 from minting_service.domain.serial import generate, is_valid
 from minting_service.service_layer.stock import add_stock

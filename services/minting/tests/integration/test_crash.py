@@ -12,7 +12,7 @@ import re
 import signal
 from typing import TYPE_CHECKING
 
-from emeterai_shared.testing.fixtures import eventually
+from emeterai_testkit.fixtures import eventually
 
 if TYPE_CHECKING:
     from conftest import Minting

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 import pytest
 from emeterai_shared.contracts.events import MintingFailed, OrderPaid, SerialsIssued, SerialsVoided, StockAwaited
-from emeterai_shared.testing.fixtures import eventually
+from emeterai_testkit.fixtures import eventually
 from minting_service.adapters.keys import load_stamp_keys
 from minting_service.domain.token import StampSigner
 from minting_service.service_layer.issuance import WAIT_OVER, Served, serve_waiting

@@ -19,7 +19,7 @@ from uuid import UUID
 import jwt
 from emeterai_shared.contracts.events import SerialsIssued
 from emeterai_shared.db import create_pool
-from emeterai_shared.testing.fixtures import eventually
+from emeterai_testkit.fixtures import eventually
 from minting_service.domain.serial import generate
 from minting_service.domain.token import verify_token
 from minting_service.service_layer.stock import void_serials

@@ -25,7 +25,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from emeterai_shared.db import create_pool
 from emeterai_shared.runtime import Context, build_api
-from emeterai_shared.testing.fixtures import eventually, reset_service, settings_for
+from emeterai_testkit.fixtures import eventually, reset_service, settings_for
 from order_service.bootstrap import SERVICE
 from order_service.config import OrderSettings
 

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from emeterai_shared.auth import TokenIssuer, ensure_keypair
 from emeterai_shared.db import create_pool
 from emeterai_shared.runtime import Context, build_api
-from emeterai_shared.testing.fixtures import eventually, reset_service, settings_for
+from emeterai_testkit.fixtures import eventually, reset_service, settings_for
 from order_service.adapters.partners import PARTNER_NAMESPACE
 from order_service.bootstrap import SERVICE
 from order_service.config import OrderSettings

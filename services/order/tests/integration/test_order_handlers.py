@@ -58,7 +58,7 @@ from emeterai_shared.db import create_pool
 from emeterai_shared.messaging.parking import ParkedMessage, list_parked
 from emeterai_shared.messaging.topology import EVENTS
 from emeterai_shared.runtime import Context, build_api
-from emeterai_shared.testing.fixtures import eventually, reset_service, running, settings_for
+from emeterai_testkit.fixtures import eventually, reset_service, running, settings_for
 from emeterai_shared.uow import unit_of_work
 from order_service.bootstrap import SERVICE
 from order_service.config import OrderSettings

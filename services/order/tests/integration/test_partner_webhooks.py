@@ -46,7 +46,7 @@ from emeterai_shared.contracts.events import DocumentStamped, IssuedSerial, Paym
 from emeterai_shared.db import create_pool
 from emeterai_shared.messaging.topology import EVENTS
 from emeterai_shared.runtime import Context, build_api
-from emeterai_shared.testing.fixtures import (
+from emeterai_testkit.fixtures import (
     REPO_ROOT,
     eventually,
     free_port,

@@ -25,7 +25,7 @@ from emeterai_shared.contracts.events import OrderPlaced
 from emeterai_shared.db import create_pool
 from emeterai_shared.messaging import EVENTS
 from emeterai_shared.runtime import Context
-from emeterai_shared.testing.fixtures import Harness, eventually, reset_service, running, serve_api, settings_for
+from emeterai_testkit.fixtures import Harness, eventually, reset_service, running, serve_api, settings_for
 from payment_service.bootstrap import SERVICE
 from payment_service.config import PaymentSettings
 from payment_service.snap.banksim import BankSimulator, generate_bank_keys, new_bank_config

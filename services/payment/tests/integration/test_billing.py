@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from uuid import uuid4
 
 from emeterai_shared.contracts.events import BillExpired, BillFailed, BillIssued, OrderPlaced
-from emeterai_shared.testing.fixtures import eventually
+from emeterai_testkit.fixtures import eventually
 from payment_service.bootstrap import SERVICE
 from prometheus_client import REGISTRY
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from emeterai_shared.runtime import Context
-from emeterai_shared.testing.fixtures import REPO_ROOT, settings_env
+from emeterai_testkit.fixtures import REPO_ROOT, settings_env
 from payment_service.adapters.banks import BankRegistry
 from payment_service.bootstrap import SERVICE
 from payment_service.config import PaymentSettings

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from uuid import UUID
 
 from emeterai_shared.contracts.events import OrderRefundRequested, PaymentRefunded
-from emeterai_shared.testing.fixtures import eventually
+from emeterai_testkit.fixtures import eventually
 from prometheus_client import REGISTRY
 
 if TYPE_CHECKING:

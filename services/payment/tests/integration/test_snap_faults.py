@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from emeterai_shared.db import create_pool
-from emeterai_shared.testing.fixtures import serve_api
+from emeterai_testkit.fixtures import serve_api
 from payment_service.bootstrap import SERVICE
 from payment_service.snap.banksim import PAYMENT_PATH
 

@@ -16,7 +16,7 @@ import pytest
 from emeterai_shared.contracts.events import BillExpired, BillIssued, OrderPlaced, PaymentCaptured
 from emeterai_shared.messaging import EVENTS
 from emeterai_shared.telemetry import setup_tracing
-from emeterai_shared.testing.fixtures import eventually
+from emeterai_testkit.fixtures import eventually
 from payment_service.bootstrap import SERVICE
 from payment_service.snap.banksim import PAYMENT_PATH, BankSimulator
 from payment_service.snap.signatures import format_snap_timestamp

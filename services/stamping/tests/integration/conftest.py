@@ -29,7 +29,7 @@ from emeterai_shared.contracts import Message
 from emeterai_shared.contracts.events import IssuedSerial, SerialsIssued
 from emeterai_shared.db import create_pool
 from emeterai_shared.messaging.topology import EVENTS
-from emeterai_shared.testing.fixtures import eventually, reset_service, running, serve_api, settings_for
+from emeterai_testkit.fixtures import eventually, reset_service, running, serve_api, settings_for
 from prometheus_client import REGISTRY
 from stamping_service.bootstrap import SERVICE
 from stamping_service.config import StampingSettings

@@ -24,7 +24,7 @@ from emeterai_shared.auth import TokenIssuer, ensure_keypair
 from emeterai_shared.contracts.events import SerialsIssued
 from emeterai_shared.messaging.parking import ParkedMessage, list_parked
 from emeterai_shared.runtime import Context
-from emeterai_shared.testing.fixtures import eventually, settings_for
+from emeterai_testkit.fixtures import eventually, settings_for
 from stamping_service.bootstrap import SERVICE
 from stamping_service.config import StampingSettings
 from stamping_service.entrypoints.messages import ON_SERIALS_ISSUED

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pytest
 from pikepdf import Dictionary, Name, String
-from stamping_service.pdf.samples import (
+from emeterai_testkit.documents import (
     edited,
     encrypted,
     nested,

@@ -15,7 +15,7 @@ import pytest
 from pikepdf import Array, Dictionary, Name, String, settings
 from stamping_service.pdf import Inspection, Limits, PdfRejected, RejectCode, geometry, inspect_pdf
 from stamping_service.pdf.decode import decoded_size
-from stamping_service.pdf.samples import (
+from emeterai_testkit.documents import (
     edited,
     encrypted,
     nested,

@@ -41,7 +41,7 @@ from stamping_service.pdf import (
     verify_pdf,
 )
 from stamping_service.pdf.appearance import QR_MASK, qr_content
-from stamping_service.pdf.samples import sample_pdf
+from emeterai_testkit.documents import sample_pdf
 
 SN, OTHER_SN = "2C5NV74I6D0HJ1EZ000DU9", "7QK2M9X4R8T1V6B3N5C0Z2"
 TOKEN = "eyJhbGciOiJFZERTQSIsImtpZCI6ImsxIn0." + "eyJzbiI6IjJDNU5WNzRJNkQwSEoxRVowMDBEVTkifQ" * 4 + ".c2ln"

@@ -52,7 +52,6 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-
 from emeterai_shared.config import ServiceSettings
 from emeterai_shared.db import connect_with_retry
 from emeterai_shared.failpoints import ENV as FAILPOINTS_ENV
@@ -67,7 +66,8 @@ from emeterai_shared.stranding import (
     parked_outbox,
     stranded,
 )
-from emeterai_shared.testing.fixtures import (
+
+from emeterai_testkit.fixtures import (
     AMQP_BASE,
     LOCK_FILE,
     PG_BASE,
@@ -77,7 +77,7 @@ from emeterai_shared.testing.fixtures import (
     settings_for,
     start_rabbitmq_node,
 )
-from emeterai_shared.testing.platform import Platform, Proc, prepare, wait_ready
+from emeterai_testkit.platform import Platform, Proc, prepare, wait_ready
 
 SERVICES = ("order", "payment", "minting", "stamping")
 KINDS = ("api", "worker", "relay")
@@ -503,7 +503,7 @@ class Applicant:
 
 class Load:
     def __init__(self, platform: Platform, cfg: ChaosConfig, tl: Timeline):
-        from stamping_service.pdf.samples import sample_pdf
+        from emeterai_testkit.documents import sample_pdf
 
         self.platform = platform
         self.cfg = cfg

@@ -11,26 +11,37 @@ records each application in ``probe_effects``. The message's ``note`` steers the
 * ``sleep:MS``: await ``asyncio.sleep(MS / 1000)`` inside the handler (its transaction open)
   before recording the effect, so that shutdown tests can catch handlers in progress.
 
-Run it like a service: ``python -m emeterai_shared.testing.probe worker``.
+Run it like a service: ``python -m emeterai_testkit.probe worker``.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
+import asyncpg
 from aiohttp import web
+from emeterai_shared.config import ServiceSettings
+from emeterai_shared.contracts.base import Message, message
+from emeterai_shared.http import Operation, read_json, respond
+from emeterai_shared.messaging import Envelope, PermanentError, Subscription
+from emeterai_shared.runtime import Resources, Router, ServiceDefinition, main
+from emeterai_shared.uow import UnitOfWork, unit_of_work
 from pydantic import BaseModel
 
-from emeterai_shared.config import ServiceSettings
-from emeterai_shared.contracts.events import ProbeSent
-from emeterai_shared.http import OpenApi, Operation, read_json
-from emeterai_shared.messaging import Envelope, PermanentError, Subscription
-from emeterai_shared.runtime import Context, ServiceDefinition, main
-from emeterai_shared.uow import UnitOfWork, unit_of_work
-
 QUEUE = "probe.on_probe_sent"
+
+
+@message("platform.probe_sent.v1")
+class ProbeSent(Message):
+    """Carries no business meaning: the kernel's own tests and benchmarks send it."""
+
+    seq: int
+    note: str = ""
+    sent_at: datetime | None = None
 
 
 class ProbeSettings(ServiceSettings):
@@ -67,29 +78,39 @@ class ProbeAccepted(BaseModel):
     message_id: str
 
 
-def routes(ctx: Context, app: web.Application, spec: OpenApi) -> None:
-    async def post_probe(request: web.Request) -> web.Response:
-        body = await read_json(request, ProbeRequest)
-        async with unit_of_work(ctx.pool) as uow:
-            mid = uow.publish(ProbeSent(seq=body.seq, note=body.note), correlation_id=str(body.seq))
-        return web.json_response({"message_id": str(mid)}, status=202)
-
-    app.router.add_post("/probe", post_probe)
-    spec.add(Operation("POST", "/probe", "Write one probe message to the outbox",
-                       request=ProbeRequest, responses={202: ("accepted", ProbeAccepted),
-                                                        400: ("malformed", None), 422: ("invalid", None)}))
+@dataclass(frozen=True)
+class ProbeDeps:
+    settings: ServiceSettings
+    pool: asyncpg.Pool
 
 
-def subscriptions(_: Any) -> list[Subscription]:
-    return [Subscription(QUEUE, ProbeSent, on_probe_sent)]
+async def dependencies(resources: Resources) -> ProbeDeps:
+    return ProbeDeps(resources.settings, resources.pool)
 
+
+async def post_probe(request: web.Request, deps: ProbeDeps) -> web.Response:
+    body = await read_json(request, ProbeRequest)
+    async with unit_of_work(deps.pool) as uow:
+        mid = uow.publish(ProbeSent(seq=body.seq, note=body.note), correlation_id=str(body.seq))
+    return respond(ProbeAccepted(message_id=str(mid)), status=202)
+
+
+def routes(router: Router[ProbeDeps]) -> None:
+    router.add(Operation("POST", "/probe", "Write one probe message to the outbox",
+                         request=ProbeRequest, responses={202: ("accepted", ProbeAccepted),
+                                                          400: ("malformed", None), 422: ("invalid", None)}),
+               post_probe)
+
+
+SUBSCRIPTIONS = (Subscription(QUEUE, ProbeSent, on_probe_sent),)
 
 SERVICE = ServiceDefinition(
     name="probe",
     title="Probe service (platform self-test)",
     settings_cls=ProbeSettings,
+    dependencies=dependencies,
     migrations=Path(__file__).parent / "probe_migrations",
-    subscriptions=subscriptions,
+    subscriptions=SUBSCRIPTIONS,
     routes=routes,
     platform_queues=(),  # outside the platform: its setup and relay declare only its own queue
 )

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-
 from emeterai_shared.config import ServiceSettings
 from emeterai_shared.runtime import ServiceDefinition
-from emeterai_shared.testing.fixtures import REPO_ROOT, reset_service, settings_env
+
+from emeterai_testkit.fixtures import REPO_ROOT, reset_service, settings_env
 
 KINDS = ("api", "worker", "relay")
 

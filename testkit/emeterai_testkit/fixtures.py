@@ -43,7 +43,6 @@ from urllib.parse import urlsplit
 import aio_pika
 import asyncpg
 import pytest
-
 from emeterai_shared.config import ServiceSettings
 from emeterai_shared.db import connect_with_retry, create_pool, drop_database, prepare_database
 from emeterai_shared.messaging import Consumer, Publisher, connect
@@ -327,13 +326,11 @@ async def reset_service(defn: ServiceDefinition, settings: ServiceSettings) -> N
     conn = await aio_pika.connect(settings.amqp_url)
     try:
         channel = await conn.channel()
-        from emeterai_shared.runtime import Context
-
-        for sub in defn.subscriptions(Context(settings=settings, pool=None)):
+        for sub in defn.subscriptions:
             for name in (sub.queue, parking_queue(sub.queue)):
                 await channel.queue_delete(name)
         await declare_common(channel, settings.retry_delays_ms)
-        for sub in defn.subscriptions(Context(settings=settings, pool=None)):
+        for sub in defn.subscriptions:
             await declare_consumer_queue(channel, sub.spec)
     finally:
         await conn.close()
@@ -351,7 +348,9 @@ class Harness:
     relay: OutboxRelay | None = None
     relay_task: asyncio.Task[None] | None = None
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    """The worker context's closers (what its handlers opened, e.g. process pools)."""
+    """What the service's dependencies opened (e.g. process pools), closed at the end."""
+    deps: Any = None
+    """The service's dependencies object, as its worker's handlers receive it."""
 
     async def stop(self) -> None:
         if self.relay is not None and self.relay_task is not None:
@@ -370,18 +369,20 @@ class Harness:
 async def running(defn: ServiceDefinition, settings: ServiceSettings, *, worker: bool = True,
                   relay: bool = True) -> AsyncIterator[Harness]:
     """Run the worker and/or relay of ``defn`` in-process for the duration of the block."""
-    from emeterai_shared.runtime import Context
+    from emeterai_shared.runtime import Resources
 
     pool = await create_pool(settings.database_url, max_size=settings.db_pool_max)
     connection = await connect(settings.amqp_url, name=f"{defn.name}-test")
     publisher = Publisher(connection, app_id=defn.name, timeout=settings.publish_timeout_s)
     harness = Harness(settings, pool, connection, publisher)
     try:
+        resources = Resources(settings=settings, pool=pool, amqp=connection)
+        harness.closers = resources.closers
+        harness.deps = await defn.dependencies(resources)
         if worker:
-            ctx = Context(settings=settings, pool=pool, amqp=connection)
-            harness.closers = ctx.closers
             harness.consumer = Consumer(pool=pool, connection=connection, publisher=publisher,
-                                        subscriptions=defn.subscriptions(ctx), settings=settings)
+                                        subscriptions=defn.subscriptions, settings=settings,
+                                        dependencies=harness.deps)
             await harness.consumer.start()
         if relay:
             harness.relay = OutboxRelay(pool=pool, publisher=publisher, settings=settings)
@@ -425,12 +426,14 @@ async def serve_api(defn: ServiceDefinition, settings: ServiceSettings, pool: as
     """The API of ``defn`` in-process on ``pool`` (a real aiohttp server on a free port);
     yields its base URL."""
     from aiohttp.test_utils import TestServer
+    from emeterai_shared.runtime import Resources, assemble, build_api
 
-    from emeterai_shared.runtime import Context, build_api
-
-    server = TestServer(build_api(defn, Context(settings=settings, pool=pool)))
+    resources = Resources(settings=settings, pool=pool)
+    server = TestServer(build_api(defn, await assemble(defn, resources)))
     await server.start_server()
     try:
         yield str(server.make_url("")).rstrip("/")
     finally:
         await server.close()
+        for closer in reversed(resources.closers):
+            await closer()

@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from emeterai_shared.testing.fixtures import eventually
+from emeterai_testkit.fixtures import eventually
 
 
 class Buyer:
