@@ -1,93 +1,82 @@
-"""Composition root of the order service: settings, keys, partners, routes, subscriptions, jobs, commands."""
+"""Composition root of the order service: its dependencies, routes, subscriptions, jobs, commands."""
 
-import argparse
+from __future__ import annotations
+
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from aiohttp import web
+import asyncpg
+from emeterai_shared.admission import Admission
 from emeterai_shared.auth import TokenIssuer, TokenVerifier, ensure_keypair, load_public_keys
-from emeterai_shared.config import ServiceSettings
-from emeterai_shared.http import OpenApi
-from emeterai_shared.messaging import Subscription
-from emeterai_shared.runtime import Context, Periodic, ServiceDefinition
+from emeterai_shared.runtime import Periodic, Resources, ServiceDefinition
 
 from order_service.adapters.partners import PartnerRegistry
+from order_service.adapters.repository import OrderRepository
 from order_service.config import OrderSettings
-from order_service.entrypoints import cli, messages
-from order_service.entrypoints.http import Auth, routes
-from order_service.entrypoints.partner_http import add_partner_routes
+from order_service.entrypoints import cli
+from order_service.entrypoints.http import CallerLimits, routes
+from order_service.entrypoints.messages import SUBSCRIPTIONS
 from order_service.service_layer.webhook_dispatcher import WebhookDispatcher
 
 
-def _settings(ctx: Context) -> OrderSettings:
-    settings = ctx.settings
-    assert isinstance(settings, OrderSettings)
-    return settings
+@dataclass(frozen=True)
+class OrderDeps:
+    """What the order service's routes, handlers, jobs and commands use, built once per process."""
+
+    settings: OrderSettings
+    pool: asyncpg.Pool
+    issuer: TokenIssuer
+    verifier: TokenVerifier
+    partners: PartnerRegistry
+    """The partner systems, read from ``ORDER_PARTNERS_FILE`` at start."""
+    limits: CallerLimits
+    """Per-caller rate limits of this (api) process."""
+    admission: Admission
+    """Sheds new orders while the platform is behind (sampled by the api, see ``entrypoints.http``)."""
+    webhooks: WebhookDispatcher
+    """Sends partner webhooks (the worker's periodic job); closed with the process."""
 
 
-def _partners(ctx: Context) -> PartnerRegistry:
-    """The partner systems, read from the partners file once per process."""
-    registry = ctx.extras.get("partners")
-    if registry is None:
-        registry = ctx.extras["partners"] = PartnerRegistry.from_file(_settings(ctx).partners_file)
-    assert isinstance(registry, PartnerRegistry)
-    return registry
-
-
-async def on_start(ctx: Context) -> None:
-    """Load (in development: create) the token key pair and the partner list."""
-    settings = _settings(ctx)
+def _token_keys(settings: OrderSettings) -> tuple[TokenIssuer, TokenVerifier]:
+    """The token key pair, created in development (``ensure_keypair``); unusable keys stop the process."""
     private_path, public_path = Path(settings.private_key_path), Path(settings.auth_public_key_file)
     try:
         ensure_keypair(private_path, public_path)
     except FileExistsError:
         pass  # another process created it at the same moment
-    ctx.extras["issuer"] = TokenIssuer(private_path.read_bytes(), timedelta(seconds=settings.token_ttl_s))
-    ctx.extras["auth"] = Auth(TokenVerifier(load_public_keys(public_path)), _partners(ctx),
-                              settings.buyer_max_quantity)
+    return (TokenIssuer(private_path.read_bytes(), timedelta(seconds=settings.token_ttl_s)),
+            TokenVerifier(load_public_keys(public_path)))
 
 
-def _routes(ctx: Context, app: web.Application, spec: OpenApi) -> None:
-    routes(ctx, app, spec)
-    add_partner_routes(ctx, app, spec)
-
-
-def _subscriptions(ctx: Context) -> list[Subscription]:
-    return messages.subscriptions(_partners(ctx))
-
-
-def _dispatcher(ctx: Context) -> WebhookDispatcher:
-    """The process's webhook dispatcher, closed (attempts in flight finished) when the process stops."""
-    found = ctx.extras.get("webhooks")
-    if found is None:
-        found = ctx.extras["webhooks"] = WebhookDispatcher(ctx.pool, _partners(ctx), _settings(ctx))
-        ctx.closers.append(found.close)
-    assert isinstance(found, WebhookDispatcher)
-    return found
-
-
-async def _dispatch_webhooks(ctx: Context) -> None:
-    await _dispatcher(ctx).tick()
-
-
-def _dispatch_interval(settings: ServiceSettings) -> float:
+async def dependencies(resources: Resources) -> OrderDeps:
+    settings = resources.settings
     assert isinstance(settings, OrderSettings)
-    return settings.webhook_dispatch_interval_s
+    issuer, verifier = _token_keys(settings)
+    partners = PartnerRegistry.from_file(settings.partners_file)
+    webhooks = WebhookDispatcher(resources.pool, partners, settings)
+    resources.closers.append(webhooks.close)
+    return OrderDeps(
+        settings=settings, pool=resources.pool, issuer=issuer, verifier=verifier, partners=partners,
+        limits=CallerLimits.from_settings(settings),
+        admission=Admission("order", lambda conn: OrderRepository(conn).admission_sample(), settings.admission()),
+        webhooks=webhooks,
+    )
 
 
-async def _run_command(ctx: Context, args: argparse.Namespace) -> int:
-    return await cli.run_command(ctx.pool, args)
+async def dispatch_webhooks(deps: OrderDeps) -> None:
+    await deps.webhooks.tick()
 
 
 SERVICE = ServiceDefinition(
     name="order",
     title="Order service: accounts, orders and the front door",
     settings_cls=OrderSettings,
+    dependencies=dependencies,
     migrations=Path(__file__).parent / "migrations",
-    subscriptions=_subscriptions,
-    routes=_routes,
-    on_start=on_start,
-    periodic=(Periodic("partner-webhooks", _dispatch_interval, _dispatch_webhooks),),
+    subscriptions=SUBSCRIPTIONS,
+    routes=routes,
+    periodic=(Periodic("partner-webhooks", lambda s: s.webhook_dispatch_interval_s, dispatch_webhooks),),
     commands=cli.add_commands,
-    run_command=_run_command,
+    run_command=cli.run_command,
 )

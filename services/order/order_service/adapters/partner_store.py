@@ -56,70 +56,70 @@ def _event(row: asyncpg.Record, at: str = "created_at") -> PartnerEvent:
     return PartnerEvent(row["event_id"], row["type"], row[at], row["data"])
 
 
-async def add_event(conn: asyncpg.Connection, partner_id: str, event: PartnerEvent, *, deliver: bool) -> bool:
-    """Record ``event`` for ``partner_id`` (and its webhook delivery when ``deliver``); False when
-    it was recorded before (same event id)."""
-    await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _FEED_LOCK, partner_id)
-    row_id = await conn.fetchval(
-        """INSERT INTO partner_events (partner_id, event_id, type, created_at, data) VALUES ($1, $2, $3, $4, $5)
-           ON CONFLICT (event_id) DO NOTHING RETURNING id""",
-        partner_id, event.event_id, event.type, event.created_at, event.data)
-    if row_id is not None and deliver:
-        await conn.execute("INSERT INTO webhook_deliveries (partner_event_id, partner_id) VALUES ($1, $2)",
-                           row_id, partner_id)
-    return row_id is not None
+class PartnerEventRepository:
+    """Partner events, their webhook deliveries and the delivery log, over one connection."""
 
+    def __init__(self, conn: asyncpg.Connection):
+        self.conn = conn
 
-async def feed(conn: asyncpg.Connection, partner_id: str, after: int, limit: int) -> list[tuple[int, PartnerEvent]]:
-    """The partner's events after cursor ``after``, oldest first, with their cursors."""
-    rows = await conn.fetch(
-        """SELECT id, event_id, type, created_at, data FROM partner_events
-            WHERE partner_id = $1 AND id > $2 ORDER BY id LIMIT $3""", partner_id, after, limit)
-    return [(r["id"], _event(r)) for r in rows]
+    async def add_event(self, partner_id: str, event: PartnerEvent, *, deliver: bool) -> bool:
+        """Record ``event`` for ``partner_id`` (and its webhook delivery when ``deliver``); False when
+        it was recorded before (same event id)."""
+        await self.conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _FEED_LOCK, partner_id)
+        row_id = await self.conn.fetchval(
+            """INSERT INTO partner_events (partner_id, event_id, type, created_at, data) VALUES ($1, $2, $3, $4, $5)
+               ON CONFLICT (event_id) DO NOTHING RETURNING id""",
+            partner_id, event.event_id, event.type, event.created_at, event.data)
+        if row_id is not None and deliver:
+            await self.conn.execute("INSERT INTO webhook_deliveries (partner_event_id, partner_id) VALUES ($1, $2)",
+                               row_id, partner_id)
+        return row_id is not None
 
+    async def feed(self, partner_id: str, after: int, limit: int) -> list[tuple[int, PartnerEvent]]:
+        """The partner's events after cursor ``after``, oldest first, with their cursors."""
+        rows = await self.conn.fetch(
+            """SELECT id, event_id, type, created_at, data FROM partner_events
+                WHERE partner_id = $1 AND id > $2 ORDER BY id LIMIT $3""", partner_id, after, limit)
+        return [(r["id"], _event(r)) for r in rows]
 
-async def claim(conn: asyncpg.Connection, wanted: Mapping[str, int], lease_s: float) -> list[Job]:
-    """Lease up to ``wanted[partner]`` due deliveries of each partner, oldest due first."""
-    rows = await conn.fetch(_CLAIM, list(wanted), list(wanted.values()), lease_s)
-    return [Job(r["id"], r["partner_id"], r["attempts"], r["created_at"], _event(r, "event_at")) for r in rows]
+    async def claim(self, wanted: Mapping[str, int], lease_s: float) -> list[Job]:
+        """Lease up to ``wanted[partner]`` due deliveries of each partner, oldest due first."""
+        rows = await self.conn.fetch(_CLAIM, list(wanted), list(wanted.values()), lease_s)
+        return [Job(r["id"], r["partner_id"], r["attempts"], r["created_at"], _event(r, "event_at")) for r in rows]
 
+    async def finish(self, job: Job, attempt: Attempt, verdict: Verdict) -> None:
+        """Log ``attempt`` and apply its verdict to the delivery."""
+        await self.conn.execute(
+            """INSERT INTO delivery_attempts (delivery_id, attempt, status_code, error, duration_ms)
+               VALUES ($1, $2, $3, $4, $5)""",
+            job.delivery_id, job.attempts + 1, attempt.status_code, attempt.error, attempt.duration_ms)
+        await self.conn.execute(
+            """UPDATE webhook_deliveries
+                  SET attempts = attempts + 1, status = $2, next_attempt_at = coalesce($3, next_attempt_at),
+                      last_status = $4, last_error = $5,
+                      delivered_at = CASE WHEN $2 = 'DELIVERED' THEN now() ELSE delivered_at END
+                WHERE id = $1""",
+            job.delivery_id, verdict.status.value, verdict.next_attempt_at, attempt.status_code, attempt.error)
 
-async def finish(conn: asyncpg.Connection, job: Job, attempt: Attempt, verdict: Verdict) -> None:
-    """Log ``attempt`` and apply its verdict to the delivery."""
-    await conn.execute(
-        """INSERT INTO delivery_attempts (delivery_id, attempt, status_code, error, duration_ms)
-           VALUES ($1, $2, $3, $4, $5)""",
-        job.delivery_id, job.attempts + 1, attempt.status_code, attempt.error, attempt.duration_ms)
-    await conn.execute(
-        """UPDATE webhook_deliveries
-              SET attempts = attempts + 1, status = $2, next_attempt_at = coalesce($3, next_attempt_at),
-                  last_status = $4, last_error = $5,
-                  delivered_at = CASE WHEN $2 = 'DELIVERED' THEN now() ELSE delivered_at END
-            WHERE id = $1""",
-        job.delivery_id, verdict.status.value, verdict.next_attempt_at, attempt.status_code, attempt.error)
+    async def deliveries(self, *, partner_id: str | None, status: DeliveryStatus | None,
+                         limit: int) -> list[dict[str, Any]]:
+        """Deliveries for operators, newest first."""
+        rows = await self.conn.fetch(
+            f"""SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries d JOIN partner_events e ON e.id = d.partner_event_id
+                 WHERE ($1::text IS NULL OR d.partner_id = $1) AND ($2::text IS NULL OR d.status = $2)
+                 ORDER BY d.id DESC LIMIT $3""",
+            partner_id, status.value if status else None, limit)
+        return [dict(r) for r in rows]
 
+    async def attempts(self, delivery_id: int) -> list[dict[str, Any]]:
+        rows = await self.conn.fetch(
+            """SELECT attempt, at, status_code, error, duration_ms FROM delivery_attempts
+                WHERE delivery_id = $1 ORDER BY id""", delivery_id)
+        return [dict(r) for r in rows]
 
-async def deliveries(conn: asyncpg.Connection, *, partner_id: str | None, status: DeliveryStatus | None,
-                     limit: int) -> list[dict[str, Any]]:
-    """Deliveries for operators, newest first."""
-    rows = await conn.fetch(
-        f"""SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries d JOIN partner_events e ON e.id = d.partner_event_id
-             WHERE ($1::text IS NULL OR d.partner_id = $1) AND ($2::text IS NULL OR d.status = $2)
-             ORDER BY d.id DESC LIMIT $3""",
-        partner_id, status.value if status else None, limit)
-    return [dict(r) for r in rows]
-
-
-async def attempts(conn: asyncpg.Connection, delivery_id: int) -> list[dict[str, Any]]:
-    rows = await conn.fetch(
-        """SELECT attempt, at, status_code, error, duration_ms FROM delivery_attempts
-            WHERE delivery_id = $1 ORDER BY id""", delivery_id)
-    return [dict(r) for r in rows]
-
-
-async def resend(conn: asyncpg.Connection, ids: list[int]) -> list[int]:
-    """Make deliveries due now, whatever their status; returns the ids that exist."""
-    rows = await conn.fetch(
-        """UPDATE webhook_deliveries SET status = 'PENDING', next_attempt_at = now()
-            WHERE id = ANY($1::bigint[]) RETURNING id""", ids)
-    return sorted(r["id"] for r in rows)
+    async def resend(self, ids: list[int]) -> list[int]:
+        """Make deliveries due now, whatever their status; returns the ids that exist."""
+        rows = await self.conn.fetch(
+            """UPDATE webhook_deliveries SET status = 'PENDING', next_attempt_at = now()
+                WHERE id = ANY($1::bigint[]) RETURNING id""", ids)
+        return sorted(r["id"] for r in rows)

@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from emeterai_shared.auth import PARTNER_NAMESPACE, PartnerKeys
+from emeterai_shared.auth import PARTNER_NAMESPACE, PartnerKeys, partner_account_id
 from pydantic import BaseModel, Field, model_validator
 
 from order_service.adapters.webhooks import signing_key
@@ -54,12 +54,13 @@ class Partner:
 class PartnerRegistry:
     def __init__(self, partners: list[PartnerConfig]):
         self._partners = [
-            Partner(p.partner_id, uuid.uuid5(PARTNER_NAMESPACE, p.partner_id), p.max_quantity, p.webhook_url,
+            Partner(p.partner_id, partner_account_id(p.partner_id), p.max_quantity, p.webhook_url,
                     signing_key(p.webhook_secret) if p.webhook_secret else b"")
             for p in partners
         ]
         self._by_id = {p.partner_id: p for p in self._partners}
-        self._keys = PartnerKeys({p.partner_id: p.api_key for p in partners})
+        self.keys = PartnerKeys({p.partner_id: p.api_key for p in partners})
+        """Their ``X-Api-Key``s, for ``emeterai_shared.auth.caller_from_request``."""
 
     @classmethod
     def from_file(cls, path: str) -> PartnerRegistry:
@@ -73,6 +74,8 @@ class PartnerRegistry:
     def with_webhooks(self) -> list[Partner]:
         return [p for p in self._partners if p.webhook_url is not None]
 
-    def authenticate(self, api_key: str) -> Partner | None:
-        partner_id = self._keys.authenticate(api_key)
-        return None if partner_id is None else self._by_id[partner_id]
+    def max_quantity(self, partner_id: str | None, buyer_max_quantity: int) -> int:
+        """Most stamps one order of the caller may ask for: the partner's own ``max_quantity``, or
+        ``buyer_max_quantity`` for a buyer (``partner_id`` None)."""
+        partner = None if partner_id is None else self._by_id.get(partner_id)
+        return buyer_max_quantity if partner is None else partner.max_quantity

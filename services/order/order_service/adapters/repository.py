@@ -28,81 +28,81 @@ def _order(row: asyncpg.Record) -> Order:
     )
 
 
-async def add_account(conn: asyncpg.Connection, account_id: uuid.UUID, name: str, phone: str) -> None:
-    await conn.execute("INSERT INTO accounts (id, name, phone) VALUES ($1, $2, $3)",
-                       account_id, name, phone)
-
-
-async def add_order(conn: asyncpg.Connection, order: Order) -> None:
-    await conn.execute(
-        """INSERT INTO orders (id, account_id, partner_id, quantity, amount, bank, status)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
-        order.id, order.account_id, order.partner_id, order.quantity, order.amount, order.bank,
-        order.status.value)
-    await conn.execute(
-        "INSERT INTO order_history (order_id, old_status, new_status, reason) VALUES ($1, NULL, $2, $3)",
-        order.id, order.status.value, "order placed")
-
-
 ADMISSION_WINDOW_S = 10.0
+"""The window of the admission sample: how many orders got their bill in it."""
 
 
-async def get(conn: asyncpg.Connection, order_id: uuid.UUID, *, for_update: bool = False) -> Order | None:
-    lock = " FOR UPDATE" if for_update else ""
-    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM orders WHERE id = $1{lock}", order_id)
-    return _order(row) if row else None
+class OrderRepository:
+    """Orders, their accounts and serials, over one connection (the caller's transaction)."""
 
+    def __init__(self, conn: asyncpg.Connection):
+        self.conn = conn
 
-async def save(conn: asyncpg.Connection, order: Order) -> None:
-    """Write the aggregate's mutable fields and the transitions it went through."""
-    bill = order.bill
-    await conn.execute(
-        """UPDATE orders SET status = $2, failure_reason = $3, virtual_account_no = $4,
-                  bill_amount = $5, expires_at = $6, payment_id = $7, serials = $8,
-                  billed_at = COALESCE(billed_at, CASE WHEN $4::text IS NOT NULL OR $2 <> 'AWAITING_PAYMENT'
-                                                       THEN now() END),
-                  awaiting_stock_since = $9, stock_refund_at = $10, giving_back = $11, updated_at = now()
-           WHERE id = $1""",
-        order.id, order.status.value, order.failure_reason,
-        bill.virtual_account_no if bill else None, bill.amount if bill else None,
-        bill.expires_at if bill else None, order.payment_id, order.serials, order.awaiting_stock_since,
-        order.stock_refund_at, order.giving_back)
-    if order.changes:
-        await conn.executemany(
-            "INSERT INTO order_history (order_id, old_status, new_status, reason) VALUES ($1, $2, $3, $4)",
-            [(order.id, c.old.value, c.new.value, c.reason) for c in order.changes])
-        order.changes.clear()
+    async def add_account(self, account_id: uuid.UUID, name: str, phone: str) -> None:
+        await self.conn.execute("INSERT INTO accounts (id, name, phone) VALUES ($1, $2, $3)",
+                                account_id, name, phone)
 
+    async def add_order(self, order: Order) -> None:
+        await self.conn.execute(
+            """INSERT INTO orders (id, account_id, partner_id, quantity, amount, bank, status)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+            order.id, order.account_id, order.partner_id, order.quantity, order.amount, order.bank,
+            order.status.value)
+        await self.conn.execute(
+            "INSERT INTO order_history (order_id, old_status, new_status, reason) VALUES ($1, NULL, $2, $3)",
+            order.id, order.status.value, "order placed")
 
-async def add_serials(conn: asyncpg.Connection, order_id: uuid.UUID, stamps: list[tuple[str, str]]) -> list[str]:
-    """Index the order's ``(sn, token)`` stamps; returns the serials that already belonged to an order."""
-    added = await conn.fetch(
-        """INSERT INTO order_serials (sn, order_id, token) SELECT sn, $1, token FROM unnest($2::text[], $3::text[])
-                   AS s (sn, token)
-           ON CONFLICT (sn) DO NOTHING RETURNING sn""",
-        order_id, [sn for sn, _ in stamps], [token for _, token in stamps])
-    fresh = {r["sn"] for r in added}
-    return [sn for sn, _ in stamps if sn not in fresh]
+    async def get(self, order_id: uuid.UUID, *, for_update: bool = False) -> Order | None:
+        lock = " FOR UPDATE" if for_update else ""
+        row = await self.conn.fetchrow(f"SELECT {_COLUMNS} FROM orders WHERE id = $1{lock}", order_id)
+        return _order(row) if row else None
 
+    async def save(self, order: Order) -> None:
+        """Write the aggregate's mutable fields and the transitions it went through."""
+        bill = order.bill
+        await self.conn.execute(
+            """UPDATE orders SET status = $2, failure_reason = $3, virtual_account_no = $4,
+                      bill_amount = $5, expires_at = $6, payment_id = $7, serials = $8,
+                      billed_at = COALESCE(billed_at, CASE WHEN $4::text IS NOT NULL OR $2 <> 'AWAITING_PAYMENT'
+                                                           THEN now() END),
+                      awaiting_stock_since = $9, stock_refund_at = $10, giving_back = $11, updated_at = now()
+               WHERE id = $1""",
+            order.id, order.status.value, order.failure_reason,
+            bill.virtual_account_no if bill else None, bill.amount if bill else None,
+            bill.expires_at if bill else None, order.payment_id, order.serials, order.awaiting_stock_since,
+            order.stock_refund_at, order.giving_back)
+        if order.changes:
+            await self.conn.executemany(
+                "INSERT INTO order_history (order_id, old_status, new_status, reason) VALUES ($1, $2, $3, $4)",
+                [(order.id, c.old.value, c.new.value, c.reason) for c in order.changes])
+            order.changes.clear()
 
-async def serials_of_other_orders(conn: asyncpg.Connection, order_id: uuid.UUID, serials: list[str]) -> list[str]:
-    """Those of ``serials`` already indexed for another order."""
-    rows = await conn.fetch("SELECT sn FROM order_serials WHERE sn = ANY($1::text[]) AND order_id <> $2",
-                            serials, order_id)
-    return sorted(r["sn"] for r in rows)
+    async def add_serials(self, order_id: uuid.UUID, stamps: list[tuple[str, str]]) -> list[str]:
+        """Index the order's ``(sn, token)`` stamps; returns the serials that already belonged to an order."""
+        added = await self.conn.fetch(
+            """INSERT INTO order_serials (sn, order_id, token) SELECT sn, $1, token FROM unnest($2::text[], $3::text[])
+                       AS s (sn, token)
+               ON CONFLICT (sn) DO NOTHING RETURNING sn""",
+            order_id, [sn for sn, _ in stamps], [token for _, token in stamps])
+        fresh = {r["sn"] for r in added}
+        return [sn for sn, _ in stamps if sn not in fresh]
 
+    async def serials_of_other_orders(self, order_id: uuid.UUID, serials: list[str]) -> list[str]:
+        """Those of ``serials`` already indexed for another order."""
+        rows = await self.conn.fetch("SELECT sn FROM order_serials WHERE sn = ANY($1::text[]) AND order_id <> $2",
+                                serials, order_id)
+        return sorted(r["sn"] for r in rows)
 
-async def serial_owner(conn: asyncpg.Connection, sn: str) -> tuple[uuid.UUID, str | None] | None:
-    """The order a serial was issued for, and that order's partner (None for a buyer's order)."""
-    row = await conn.fetchrow(
-        "SELECT o.id, o.partner_id FROM order_serials s JOIN orders o ON o.id = s.order_id WHERE s.sn = $1", sn)
-    return (row["id"], row["partner_id"]) if row else None
+    async def serial_owner(self, sn: str) -> tuple[uuid.UUID, str | None] | None:
+        """The order a serial was issued for, and that order's partner (None for a buyer's order)."""
+        row = await self.conn.fetchrow(
+            "SELECT o.id, o.partner_id FROM order_serials s JOIN orders o ON o.id = s.order_id WHERE s.sn = $1", sn)
+        return (row["id"], row["partner_id"]) if row else None
 
-
-async def admission_sample(conn: asyncpg.Connection, window_s: float = ADMISSION_WINDOW_S) -> Sample:
-    """Orders waiting on the payment service for their bill, and how many got one in the window."""
-    row = await conn.fetchrow(
-        """SELECT (SELECT count(*) FROM orders WHERE billed_at IS NULL) AS backlog,
-                  (SELECT count(*) FROM orders WHERE billed_at > now() - make_interval(secs => $1)) AS drained""",
-        window_s)
-    return Sample(backlog=row["backlog"], drained=row["drained"], window_s=window_s)
+    async def admission_sample(self, window_s: float = ADMISSION_WINDOW_S) -> Sample:
+        """Orders waiting on the payment service for their bill, and how many got one in the window."""
+        row = await self.conn.fetchrow(
+            """SELECT (SELECT count(*) FROM orders WHERE billed_at IS NULL) AS backlog,
+                      (SELECT count(*) FROM orders WHERE billed_at > now() - make_interval(secs => $1)) AS drained""",
+            window_s)
+        return Sample(backlog=row["backlog"], drained=row["drained"], window_s=window_s)

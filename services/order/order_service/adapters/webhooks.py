@@ -57,8 +57,14 @@ class WebhookSender:
 
     def __init__(self, timeout_s: float):
         self.timeout_s = timeout_s
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s),
-                                              headers={"User-Agent": USER_AGENT})
+        self._session: aiohttp.ClientSession | None = None
+        """Opened at the first send: only the worker's dispatcher sends."""
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                                                  headers={"User-Agent": USER_AGENT})
+        return self._session
 
     async def send(self, url: str, key: bytes, msg_id: str, body: dict[str, Any]) -> Attempt:
         raw = encode_body(body)
@@ -69,7 +75,7 @@ class WebhookSender:
         status: int | None = None
         error: str | None = None
         try:
-            async with self._session.post(url, data=raw, headers=headers, allow_redirects=False) as resp:
+            async with self._client().post(url, data=raw, headers=headers, allow_redirects=False) as resp:
                 status = resp.status
                 if not 200 <= status < 300:
                     answer = (await resp.content.read(ERROR_BODY_CHARS)).decode("utf-8", "replace")
@@ -81,4 +87,5 @@ class WebhookSender:
         return Attempt(status, error, (time.perf_counter() - started) * 1000)
 
     async def close(self) -> None:
-        await self._session.close()
+        if self._session is not None:
+            await self._session.close()

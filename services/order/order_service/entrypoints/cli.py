@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
-import asyncpg
+from emeterai_shared.uow import unit_of_work
 
-from order_service.adapters import partner_store
 from order_service.domain.delivery import DeliveryStatus
+from order_service.service_layer import partner_feed
+
+if TYPE_CHECKING:
+    from order_service.bootstrap import OrderDeps
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,18 +39,18 @@ def _print(row: dict[str, object]) -> None:
     print(json.dumps(row, default=str))
 
 
-async def run_command(pool: asyncpg.Pool, args: argparse.Namespace) -> int:
-    async with pool.acquire() as conn:
+async def run_command(deps: OrderDeps, args: argparse.Namespace) -> int:
+    async with unit_of_work(deps.pool) as uow:
         if args.action == "list":
-            for row in await partner_store.deliveries(conn, partner_id=args.partner, status=args.status,
-                                                      limit=args.limit):
+            for row in await partner_feed.deliveries(uow, partner_id=args.partner, status=args.status,
+                                                     limit=args.limit):
                 _print(row)
             return 0
         if args.action == "attempts":
-            for row in await partner_store.attempts(conn, args.id):
+            for row in await partner_feed.attempts(uow, args.id):
                 _print(row)
             return 0
-        resent = await partner_store.resend(conn, args.id)
+        resent = await partner_feed.resend(uow, args.id)
     unknown = sorted(set(args.id) - set(resent))
     _print({"resent": resent, "unknown": unknown})
     return 1 if unknown else 0

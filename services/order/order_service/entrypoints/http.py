@@ -1,27 +1,40 @@
-"""The order service's HTTP API: accounts and orders (the buyers' front door)."""
+"""The order service's HTTP API: accounts and orders (the buyers' front door), the partners' event
+feed (``GET /v1/partner/events``) and the webhooks it mirrors, documented.
+
+Buyers authenticate with a bearer token (``POST /v1/accounts``), partner systems with their
+``X-Api-Key`` (``emeterai_shared.auth.caller_from_request``). Only partner systems read the feed:
+a buyer's valid bearer token is 403 ``partner_only`` (authenticated, not allowed); no or bad
+credentials are 401. ``after`` is the cursor of the last event already read (0, the default, reads
+from the start); ``limit`` is 1..500 (default 100); anything else is 400 ``invalid_parameter``.
+``next`` is the cursor of the last event returned, or ``after`` itself when nothing is new: pass it
+back to resume.
+"""
 
 from __future__ import annotations
 
+import re
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from aiohttp import web
 from emeterai_shared import idempotency
-from emeterai_shared.admission import Admission
-from emeterai_shared.auth import TokenIssuer, TokenVerifier
-from emeterai_shared.http import NO_NUL, ApiError, OpenApi, Operation, read_json
+from emeterai_shared.auth import Caller, caller_from_request
+from emeterai_shared.http import NO_NUL, ApiError, Operation, read_json, respond
 from emeterai_shared.ratelimit import RateLimiter
-from emeterai_shared.runtime import Context
+from emeterai_shared.runtime import Router
 from emeterai_shared.uow import unit_of_work
-from pydantic import BaseModel, Field, StringConstraints, field_validator
+from pydantic import BaseModel, Field, PlainSerializer, StringConstraints, field_validator
 
-from order_service.adapters import repository
-from order_service.adapters.partners import PartnerRegistry
 from order_service.config import OrderSettings
 from order_service.domain.order import Order
-from order_service.service_layer import commands
+from order_service.domain.partner_events import ORDER_FULFILLED, STAMPING_COMPLETED, timestamp
+from order_service.service_layer import orders, partner_feed
+
+if TYPE_CHECKING:
+    from order_service.bootstrap import OrderDeps
 
 NAME_PATTERN = r"^[^\x00]*[0-9A-Za-z\u00c0-\u024f\u0370-\u1fff\u3040-\u9fff\uac00-\ud7af][^\x00]*$"
 """At least one letter or digit, and no NUL: the same in the published (ECMA) schema, in Python and in
@@ -29,6 +42,14 @@ pydantic's Rust engine, which do not agree on which characters are blank."""
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=NAME_PATTERN)]
 BUYER_MAX_QUANTITY: int = OrderSettings.model_fields["buyer_max_quantity"].default
 Phone = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^\+?[0-9]{8,15}$")]
+
+MAX_LIMIT = 500
+DEFAULT_LIMIT = 100
+MAX_CURSOR = 2**63 - 1
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+# --- accounts and orders ------------------------------------------------------------------------
 
 
 class AccountRequest(BaseModel):
@@ -86,43 +107,77 @@ class OrderView(OrderAccepted):
     fulfilment: Fulfilment | None = Field(default=None, description="null unless the order waited for stock "
                                           "or gave serials back")
 
-
-@dataclass(frozen=True)
-class Caller:
-    account_id: uuid.UUID
-    max_quantity: int
-    partner_id: str | None
-
-
-@dataclass(frozen=True)
-class Auth:
-    verifier: TokenVerifier
-    partners: PartnerRegistry
-    buyer_max_quantity: int
-
-    def caller(self, request: web.Request) -> Caller:
-        api_key = request.headers.get("X-Api-Key")
-        if api_key is not None:
-            partner = self.partners.authenticate(api_key)
-            if partner is None:
-                raise ApiError(401, "invalid_api_key", "the X-Api-Key is not valid")
-            return Caller(partner.account_id, partner.max_quantity, partner.partner_id)
-        principal = self.verifier.from_request(request)
-        return Caller(principal.account_id, self.buyer_max_quantity, None)
+    @classmethod
+    def of(cls, order: Order) -> OrderView:
+        payment = None
+        if order.bill is not None:
+            payment = PaymentInstructions(virtual_account_no=order.bill.virtual_account_no,
+                                          amount=order.bill.amount, expires_at=order.bill.expires_at)
+        fulfilment = None
+        if order.awaiting_stock_since is not None or order.giving_back:
+            fulfilment = Fulfilment(awaiting_stock=order.awaits_stock, since=order.awaiting_stock_since,
+                                    refund_at=order.stock_refund_at, giving_back=order.giving_back)
+        return cls(order_id=order.id, status=order.status.value, quantity=order.quantity,
+                   amount=order.amount, payment=payment, serials=order.serials,
+                   failure_reason=order.failure_reason, fulfilment=fulfilment)
 
 
-def _view(order: Order) -> OrderView:
-    payment = None
-    if order.bill is not None:
-        payment = PaymentInstructions(virtual_account_no=order.bill.virtual_account_no,
-                                      amount=order.bill.amount, expires_at=order.bill.expires_at)
-    fulfilment = None
-    if order.awaiting_stock_since is not None or order.giving_back:
-        fulfilment = Fulfilment(awaiting_stock=order.awaits_stock, since=order.awaiting_stock_since,
-                                refund_at=order.stock_refund_at, giving_back=order.giving_back)
-    return OrderView(order_id=order.id, status=order.status.value, quantity=order.quantity,
-                     amount=order.amount, payment=payment, serials=order.serials,
-                     failure_reason=order.failure_reason, fulfilment=fulfilment)
+# --- partner events: the feed's entries and the webhooks' bodies --------------------------------
+
+Timestamp = Annotated[datetime, PlainSerializer(timestamp, return_type=str)]
+"""Written as the events are signed: UTC, microseconds and ``Z`` (``partner_events.timestamp``)."""
+
+
+class Stamp(BaseModel):
+    sn: str = Field(description="serial number")
+    token: str = Field(description="the stamp's signed token (the QR payload; verify with GET /v1/keys of minting)")
+
+
+class OrderFulfilledData(BaseModel):
+    order_id: uuid.UUID
+    quantity: int
+    serials: list[Stamp]
+
+
+class StampingCompletedData(BaseModel):
+    stamping_id: uuid.UUID
+    sn: str
+    order_id: uuid.UUID = Field(description="the partner's order the serial came from")
+    document_sha256: str = Field(description="SHA-256 (hex) of the stamped PDF as served for download")
+    stamped_at: Timestamp
+
+
+class OrderFulfilledEvent(BaseModel):
+    """Sent when a partner's order is FULFILLED: its serials and their tokens."""
+
+    id: uuid.UUID = Field(description="event id, also the webhook-id header: deduplicate on it")
+    type: Literal["order.fulfilled"]
+    created_at: Timestamp
+    data: OrderFulfilledData
+
+
+class StampingCompletedEvent(BaseModel):
+    """Sent when a document was stamped with a serial of one of the partner's orders."""
+
+    id: uuid.UUID = Field(description="event id, also the webhook-id header: deduplicate on it")
+    type: Literal["stamping.completed"]
+    created_at: Timestamp
+    data: StampingCompletedData
+
+
+PartnerEventBody = Annotated[OrderFulfilledEvent | StampingCompletedEvent, Field(discriminator="type")]
+
+
+class PartnerEventsPage(BaseModel):
+    events: list[PartnerEventBody] = Field(description="in order, the same bodies as the webhooks")
+    next: int = Field(description="cursor to pass as ?after= to resume")
+
+
+WEBHOOKS: tuple[tuple[str, type[BaseModel]], ...] = ((ORDER_FULFILLED, OrderFulfilledEvent),
+                                                      (STAMPING_COMPLETED, StampingCompletedEvent))
+
+
+# --- callers ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -144,105 +199,170 @@ class CallerLimits:
             self.accounts.enforce(str(caller.account_id))
 
 
-def routes(ctx: Context, app: web.Application, spec: OpenApi) -> None:
-    settings = ctx.settings
-    assert isinstance(settings, OrderSettings)
-    limits: CallerLimits = ctx.extras.setdefault("limits", CallerLimits.from_settings(settings))
-    admission = Admission("order", repository.admission_sample, settings.admission())
-    app.cleanup_ctx.append(admission.cleanup_ctx(lambda: ctx.pool))
+def _caller(request: web.Request, deps: OrderDeps) -> Caller:
+    return caller_from_request(request, deps.verifier, deps.partners.keys)
 
-    async def create_account(request: web.Request) -> web.Response:
-        key = idempotency.key_from(request, required=False)
-        body = await read_json(request, AccountRequest)
-        issuer: TokenIssuer = ctx.extras["issuer"]
-        async with unit_of_work(ctx.pool) as uow:
-            if key is not None:
-                digest = idempotency.request_hash("POST", "/v1/accounts", body.model_dump())
-                stored = await idempotency.claim(uow.conn, "accounts", key, digest)
-                if stored is not None:
-                    return stored.response()
-            account_id = await commands.create_account(uow, body.name, body.phone)
-            answer = AccountCreated(account_id=account_id, token=issuer.issue(account_id))
-            payload = answer.model_dump(mode="json")
-            if key is not None:
-                await idempotency.complete(uow.conn, "accounts", key, 201, payload)
-        return web.json_response(payload, status=201)
 
-    async def place_order(request: web.Request) -> web.Response:
-        caller = ctx.extras["auth"].caller(request)
-        limits.enforce(caller)
-        with admission.slot():
-            return await _place_order(request, caller)
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not _DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
+        raise ApiError(400, "invalid_parameter", f"{name} must be an integer from {low} to {high}")
+    return int(raw)
 
-    async def _place_order(request: web.Request, caller: Caller) -> web.Response:
-        key = idempotency.key_from(request, required=True)
-        assert key is not None
-        body = await read_json(request, OrderRequest)
-        if body.quantity > caller.max_quantity:
-            raise ApiError(422, "quantity_out_of_range",
-                           f"quantity must be between 1 and {caller.max_quantity}")
-        scope = f"orders:{caller.account_id}"
-        digest = idempotency.request_hash("POST", "/v1/orders", body.model_dump())
-        async with unit_of_work(ctx.pool) as uow:
-            stored = await idempotency.claim(uow.conn, scope, key, digest)
+
+# --- handlers -----------------------------------------------------------------------------------
+
+
+async def create_account(request: web.Request, deps: OrderDeps) -> web.Response:
+    key = idempotency.key_from(request, required=False)
+    body = await read_json(request, AccountRequest)
+    async with unit_of_work(deps.pool) as uow:
+        if key is not None:
+            digest = idempotency.request_hash("POST", "/v1/accounts", body.model_dump())
+            stored = await idempotency.claim(uow.conn, "accounts", key, digest)
             if stored is not None:
                 return stored.response()
-            order = await commands.place_order(
-                uow, account_id=caller.account_id, quantity=body.quantity, bank=body.bank,
-                partner_id=caller.partner_id, service_fee=settings.service_fee)
-            payload = OrderAccepted(order_id=order.id, status=order.status.value,
-                                    quantity=order.quantity, amount=order.amount).model_dump(mode="json")
-            await idempotency.complete(uow.conn, scope, key, 202, payload)
-        return web.json_response(payload, status=202)
+        account_id = await orders.create_account(uow, body.name, body.phone)
+        answer = AccountCreated(account_id=account_id, token=deps.issuer.issue(account_id))
+        if key is not None:
+            await idempotency.complete(uow.conn, "accounts", key, 201, answer.model_dump(mode="json"))
+    return respond(answer, status=201)
 
-    async def get_order(request: web.Request) -> web.Response:
-        caller = ctx.extras["auth"].caller(request)
-        try:
-            order_id = uuid.UUID(request.match_info["order_id"])
-        except ValueError:
-            raise ApiError(404, "order_not_found", "no such order") from None
-        async with ctx.pool.acquire() as conn:
-            order = await repository.get(conn, order_id)
-        if order is None or order.account_id != caller.account_id:
-            raise ApiError(404, "order_not_found", "no such order")
-        return web.json_response(_view(order).model_dump(mode="json"))
 
-    app.router.add_post("/v1/accounts", create_account)
-    app.router.add_post("/v1/orders", place_order)
-    app.router.add_get("/v1/orders/{order_id}", get_order)
+async def place_order(request: web.Request, deps: OrderDeps) -> web.Response:
+    caller = _caller(request, deps)
+    deps.limits.enforce(caller)
+    with deps.admission.slot():
+        return await _place_order(request, deps, caller)
 
-    spec.security_schemes.update({
-        "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (EdDSA)",
-                   "description": "a buyer's token (POST /v1/accounts)"},
-        "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key",
-                   "description": "a partner system's key (ORDER_PARTNERS_FILE); taken before a bearer token"},
-    })
+
+async def _place_order(request: web.Request, deps: OrderDeps, caller: Caller) -> web.Response:
+    key = idempotency.key_from(request, required=True)
+    assert key is not None
+    body = await read_json(request, OrderRequest)
+    max_quantity = deps.partners.max_quantity(caller.partner_id, deps.settings.buyer_max_quantity)
+    if body.quantity > max_quantity:
+        raise ApiError(422, "quantity_out_of_range", f"quantity must be between 1 and {max_quantity}")
+    scope = f"orders:{caller.account_id}"
+    digest = idempotency.request_hash("POST", "/v1/orders", body.model_dump())
+    async with unit_of_work(deps.pool) as uow:
+        stored = await idempotency.claim(uow.conn, scope, key, digest)
+        if stored is not None:
+            return stored.response()
+        order = await orders.place_order(
+            uow, account_id=caller.account_id, quantity=body.quantity, bank=body.bank,
+            partner_id=caller.partner_id, service_fee=deps.settings.service_fee)
+        answer = OrderAccepted(order_id=order.id, status=order.status.value, quantity=order.quantity,
+                               amount=order.amount)
+        await idempotency.complete(uow.conn, scope, key, 202, answer.model_dump(mode="json"))
+    return respond(answer, status=202)
+
+
+async def get_order(request: web.Request, deps: OrderDeps) -> web.Response:
+    caller = _caller(request, deps)
+    try:
+        order_id = uuid.UUID(request.match_info["order_id"])
+    except ValueError:
+        raise ApiError(404, "order_not_found", "no such order") from None
+    async with unit_of_work(deps.pool) as uow:
+        order = await orders.order_of(uow, caller.account_id, order_id)
+    if order is None:
+        raise ApiError(404, "order_not_found", "no such order")
+    return respond(OrderView.of(order))
+
+
+async def partner_events(request: web.Request, deps: OrderDeps) -> web.Response:
+    caller = _caller(request, deps)
+    if caller.partner_id is None:
+        raise ApiError(403, "partner_only", "the event feed is for partner systems (X-Api-Key)")
+    deps.limits.enforce(caller)
+    after = _int_param(request, "after", 0, 0, MAX_CURSOR)
+    limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    async with unit_of_work(deps.pool) as uow:
+        page = await partner_feed.feed(uow, caller.partner_id, after, limit)
+    return respond(PartnerEventsPage.model_validate({"events": [event.body() for _, event in page],
+                                                     "next": page[-1][0] if page else after}))
+
+
+async def _sample_admission(app: web.Application) -> AsyncIterator[None]:
+    """Measure the platform's backlog while the app serves (``emeterai_shared.admission``)."""
+    deps: OrderDeps = Router.dependencies(app)
+    async for _ in deps.admission.cleanup_ctx(lambda: deps.pool)(app):
+        yield
+
+
+# --- routes -------------------------------------------------------------------------------------
+
+_SIGNED = [
+    {"name": "webhook-id", "in": "header", "required": True, "schema": {"type": "string"},
+     "description": "the event id, the same on every attempt"},
+    {"name": "webhook-timestamp", "in": "header", "required": True, "schema": {"type": "integer"},
+     "description": "Unix seconds when this attempt was signed"},
+    {"name": "webhook-signature", "in": "header", "required": True, "schema": {"type": "string"},
+     "description": 'v1,<base64 HMAC-SHA256(key, "{webhook-id}.{webhook-timestamp}.{body}")>; key: the '
+                    "base64-decoded part of a whsec_ secret, else the secret's UTF-8 bytes"},
+]
+_ACKNOWLEDGED = ("any 2xx acknowledges; anything else, or no answer within the timeout (5 s), is retried "
+                 "with exponential backoff (from 5 s, at most 1 h apart) for up to 3 days", None)
+
+
+def routes(router: Router[OrderDeps]) -> None:
+    router.app.cleanup_ctx.append(_sample_admission)
+    if router.spec is not None:
+        router.spec.security_schemes.update({
+            "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (EdDSA)",
+                       "description": "a buyer's token (POST /v1/accounts)"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key",
+                       "description": "a partner system's key (ORDER_PARTNERS_FILE); taken before a bearer token"},
+        })
     read_order = {"operationId": "get_v1_orders_order_id",
                   "parameters": {"order_id": "$response.body#/order_id"}}
-    spec.add(Operation("POST", "/v1/accounts", "Create a buyer account and its bearer token",
-                       request=AccountRequest, tags=["accounts"],
-                       parameters=[idempotency.header_parameter(required=False)],
-                       responses={201: ("account created", AccountCreated),
-                                  400: ("malformed_json, too_deeply_nested, or invalid_idempotency_key", None),
-                                  422: ("invalid_request (fields), or idempotency_key_reused", None)},
-                       links={201: {"PlaceOrder": {"operationId": "post_v1_orders",
-                                                   "description": "the token authorizes orders"}}}))
-    spec.add(Operation("POST", "/v1/orders", "Order a quota of stamps (answered at once; payment "
-                       "instructions follow on GET)", request=OrderRequest, tags=["orders"],
-                       security=["bearer", "apiKey"], parameters=[idempotency.header_parameter(required=True)],
-                       responses={202: ("order accepted", OrderAccepted),
-                                  400: ("malformed_json, too_deeply_nested, idempotency_key_required or "
-                                        "invalid_idempotency_key", None),
-                                  401: ("unauthorized, invalid_token, token_expired or invalid_api_key", None),
-                                  422: ("invalid_request, quantity_out_of_range (past the caller's maximum), or "
-                                        "idempotency_key_reused", None),
-                                  429: ("rate_limited: this account's or partner's order rate (Retry-After)", None),
-                                  503: ("overloaded (the platform's backlog is past what it drains in the target "
-                                        "wait; body retry_after_s, retry_at) or busy; Retry-After", None)},
-                       links={202: {"GetOrder": read_order}}))
-    spec.add(Operation("GET", "/v1/orders/{order_id}", "An order of the caller", tags=["orders"],
-                       security=["bearer", "apiKey"],
-                       parameters=[{"name": "order_id", "in": "path", "required": True,
-                                    "schema": {"type": "string", "format": "uuid"}}],
-                       responses={200: ("the order", OrderView), 401: ("not authenticated", None),
-                                  404: ("order_not_found: no such order of the caller", None)}))
+    router.add(Operation(
+        "POST", "/v1/accounts", "Create a buyer account and its bearer token",
+        request=AccountRequest, tags=["accounts"], parameters=[idempotency.header_parameter(required=False)],
+        responses={201: ("account created", AccountCreated),
+                   400: ("malformed_json, too_deeply_nested, or invalid_idempotency_key", None),
+                   422: ("invalid_request (fields), or idempotency_key_reused", None)},
+        links={201: {"PlaceOrder": {"operationId": "post_v1_orders", "description": "the token authorizes orders"}}},
+    ), create_account)
+    router.add(Operation(
+        "POST", "/v1/orders", "Order a quota of stamps (answered at once; payment instructions follow on GET)",
+        request=OrderRequest, tags=["orders"], security=["bearer", "apiKey"],
+        parameters=[idempotency.header_parameter(required=True)],
+        responses={202: ("order accepted", OrderAccepted),
+                   400: ("malformed_json, too_deeply_nested, idempotency_key_required or invalid_idempotency_key",
+                         None),
+                   401: ("unauthorized, invalid_token, token_expired or invalid_api_key", None),
+                   422: ("invalid_request, quantity_out_of_range (past the caller's maximum), or "
+                         "idempotency_key_reused", None),
+                   429: ("rate_limited: this account's or partner's order rate (Retry-After)", None),
+                   503: ("overloaded (the platform's backlog is past what it drains in the target wait; body "
+                         "retry_after_s, retry_at) or busy; Retry-After", None)},
+        links={202: {"GetOrder": read_order}},
+    ), place_order)
+    router.add(Operation(
+        "GET", "/v1/orders/{order_id}", "An order of the caller", tags=["orders"], security=["bearer", "apiKey"],
+        parameters=[{"name": "order_id", "in": "path", "required": True,
+                     "schema": {"type": "string", "format": "uuid"}}],
+        responses={200: ("the order", OrderView), 401: ("not authenticated", None),
+                   404: ("order_not_found: no such order of the caller", None)},
+    ), get_order)
+    router.add(Operation(
+        "GET", "/v1/partner/events", "The partner's events in order (resumable with the cursor)",
+        tags=["partners"], security=["apiKey"],
+        parameters=[
+            {"name": "after", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 0, "maximum": MAX_CURSOR, "default": 0},
+             "description": "cursor: read after it"},
+            {"name": "limit", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}},
+        ],
+        responses={200: ("a page of events", PartnerEventsPage), 400: ("invalid_parameter: bad after or limit", None),
+                   401: ("not authenticated", None), 403: ("partner_only: not a partner (bearer token)", None),
+                   429: ("rate_limited: this partner's request rate (Retry-After)", None)},
+    ), partner_events)
+    for name, model in WEBHOOKS:
+        router.document(Operation("POST", name, model.__doc__ or name, request=model, tags=["partners"],
+                                  parameters=_SIGNED, responses={200: _ACKNOWLEDGED}, webhook=True))

@@ -1,8 +1,9 @@
-"""The order service's subscriptions: one queue per handler."""
+"""The order service's subscriptions: one queue per handler.
+
+Handlers that tell partners (``on_serials_issued``, ``on_document_stamped``) name ``partners``:
+the worker gives them ``OrderDeps.partners``."""
 
 from __future__ import annotations
-
-from functools import partial
 
 from emeterai_shared.contracts.events import (
     BillExpired,
@@ -18,22 +19,17 @@ from emeterai_shared.contracts.events import (
 )
 from emeterai_shared.messaging import Subscription
 
-from order_service.adapters.partners import PartnerRegistry
 from order_service.service_layer import handlers
 
-
-def subscriptions(partners: PartnerRegistry) -> list[Subscription]:
-    return [
-        Subscription("order.on_bill_issued", BillIssued, handlers.on_bill_issued),
-        Subscription("order.on_bill_failed", BillFailed, handlers.on_bill_failed),
-        Subscription("order.on_bill_expired", BillExpired, handlers.on_bill_expired),
-        Subscription("order.on_payment_captured", PaymentCaptured, handlers.on_payment_captured),
-        Subscription("order.on_payment_refunded", PaymentRefunded, handlers.on_payment_refunded),
-        Subscription("order.on_serials_issued", SerialsIssued,
-                     partial(handlers.on_serials_issued, partners=partners)),
-        Subscription("order.on_minting_failed", MintingFailed, handlers.on_minting_failed),
-        Subscription("order.on_stock_awaited", StockAwaited, handlers.on_stock_awaited),
-        Subscription("order.on_serials_voided", SerialsVoided, handlers.on_serials_voided),
-        Subscription("order.on_document_stamped", DocumentStamped,
-                     partial(handlers.on_document_stamped, partners=partners)),
-    ]
+SUBSCRIPTIONS = (
+    Subscription("order.on_bill_issued", BillIssued, handlers.on_bill_issued),
+    Subscription("order.on_bill_failed", BillFailed, handlers.on_bill_failed),
+    Subscription("order.on_bill_expired", BillExpired, handlers.on_bill_expired),
+    Subscription("order.on_payment_captured", PaymentCaptured, handlers.on_payment_captured),
+    Subscription("order.on_payment_refunded", PaymentRefunded, handlers.on_payment_refunded),
+    Subscription("order.on_serials_issued", SerialsIssued, handlers.on_serials_issued),
+    Subscription("order.on_minting_failed", MintingFailed, handlers.on_minting_failed),
+    Subscription("order.on_stock_awaited", StockAwaited, handlers.on_stock_awaited),
+    Subscription("order.on_serials_voided", SerialsVoided, handlers.on_serials_voided),
+    Subscription("order.on_document_stamped", DocumentStamped, handlers.on_document_stamped),
+)

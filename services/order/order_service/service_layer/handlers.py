@@ -30,8 +30,9 @@ from emeterai_shared.contracts.events import (
 from emeterai_shared.messaging import Envelope, PermanentError
 from emeterai_shared.uow import UnitOfWork
 
-from order_service.adapters import partner_store, repository
+from order_service.adapters.partner_store import PartnerEventRepository
 from order_service.adapters.partners import PartnerRegistry
+from order_service.adapters.repository import OrderRepository
 from order_service.domain import partner_events
 from order_service.domain.order import Bill, IllegalTransition, Order, OrderStatus
 from order_service.domain.partner_events import PartnerEvent
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 async def _load(uow: UnitOfWork, order_id: uuid.UUID) -> Order:
     """The order, locked. An event about an order we never had is an anomaly (money may be
     involved): it parks with its reason, visible to operators, instead of vanishing."""
-    order = await repository.get(uow.conn, order_id, for_update=True)
+    order = await OrderRepository(uow.conn).get(order_id, for_update=True)
     if order is None:
         raise PermanentError(f"event for unknown order {order_id}")
     return order
@@ -63,7 +64,7 @@ async def _transition(uow: UnitOfWork, order_id: uuid.UUID, what: str,
     except IllegalTransition as exc:
         _ignore(order, what, exc)
         return None
-    await repository.save(uow.conn, order)
+    await OrderRepository(uow.conn).save(order)
     return order
 
 
@@ -71,7 +72,7 @@ async def on_bill_issued(uow: UnitOfWork, env: Envelope[BillIssued]) -> None:
     e = env.body
     order = await _load(uow, e.order_id)
     order.attach_bill(Bill(e.virtual_account_no, e.amount, e.expires_at))
-    await repository.save(uow.conn, order)
+    await OrderRepository(uow.conn).save(order)
 
 
 async def on_bill_failed(uow: UnitOfWork, env: Envelope[BillFailed]) -> None:
@@ -98,7 +99,7 @@ async def on_payment_captured(uow: UnitOfWork, env: Envelope[PaymentCaptured]) -
                                          reason=f"payment captured while the order was {exc.current}",
                                          requested_at=now), correlation_id=cid)
         return
-    await repository.save(uow.conn, order)
+    await OrderRepository(uow.conn).save(order)
     if fulfil:
         uow.publish(OrderPaid(order_id=order.id, account_id=order.account_id, quantity=order.quantity,
                               amount=order.amount, partner_id=order.partner_id, paid_at=now),
@@ -125,16 +126,17 @@ async def on_serials_issued(uow: UnitOfWork, env: Envelope[SerialsIssued], partn
     sns = [sn for sn, _ in stamps]
     if order.status is OrderStatus.FULFILLED and sorted(order.serials) == sorted(sns):
         return  # the same issuance again, under another message id
+    orders = OrderRepository(uow.conn)
     try:
-        taken = await repository.serials_of_other_orders(uow.conn, order.id, sns)
+        taken = await orders.serials_of_other_orders(order.id, sns)
         if taken:
             raise ValueError(f"serials already issued to another order: {', '.join(taken[:5])}")
         order.fulfil(sns)
     except (IllegalTransition, ValueError) as exc:  # not the serials ordered, or not for this order now
         await _give_back(uow, order, e.account_id, sns, f"cannot accept the serials issued: {exc}")
         return
-    await repository.save(uow.conn, order)
-    await repository.add_serials(uow.conn, order.id, stamps)
+    await orders.save(order)
+    await orders.add_serials(order.id, stamps)
     if order.partner_id is not None:
         await _tell_partner(uow, partners, order.partner_id,
                             partner_events.order_fulfilled(order, stamps, datetime.now(UTC)))
@@ -147,7 +149,7 @@ async def _give_back(uow: UnitOfWork, order: Order, account_id: uuid.UUID, seria
     log.error("order %s (%s): %s: asking for %d serial(s) to be voided", order.id, order.status, reason, len(serials))
     if order.status is OrderStatus.PAID:
         order.give_back(serials, reason)
-        await repository.save(uow.conn, order)
+        await OrderRepository(uow.conn).save(order)
     uow.publish(SerialsVoidRequested(order_id=order.id, account_id=account_id, serials=tuple(serials),
                                      reason=reason, requested_at=datetime.now(UTC)), correlation_id=str(order.id))
 
@@ -158,7 +160,7 @@ async def on_serials_voided(uow: UnitOfWork, env: Envelope[SerialsVoided]) -> No
     order = await _load(uow, e.order_id)
     status = order.status
     refund = order.settle_given_back(list(e.voided), list(e.kept))
-    await repository.save(uow.conn, order)
+    await OrderRepository(uow.conn).save(order)
     if refund is None and e.kept and status is not OrderStatus.PAID:
         log.error("order %s (%s): serial(s) %s could not be voided (already used) after the order was settled "
                   "otherwise", order.id, status, ", ".join(e.kept))
@@ -180,7 +182,7 @@ async def on_minting_failed(uow: UnitOfWork, env: Envelope[MintingFailed]) -> No
         refund_now = order.cannot_fulfil(env.body.reason)
     except IllegalTransition as exc:
         return _ignore(order, "minting failure", exc)
-    await repository.save(uow.conn, order)
+    await OrderRepository(uow.conn).save(order)
     if not refund_now:
         return
     uow.publish(OrderRefundRequested(order_id=order.id, amount=order.amount, reason=env.body.reason,
@@ -193,7 +195,7 @@ async def on_document_stamped(uow: UnitOfWork, env: Envelope[DocumentStamped], p
     A serial we have not indexed yet is retried (the queues of ``minting.serials_issued`` and of
     this event are independent, so this one may overtake it), then parked with its reason."""
     e = env.body
-    owner = await repository.serial_owner(uow.conn, e.sn)
+    owner = await OrderRepository(uow.conn).serial_owner(e.sn)
     if owner is None:
         raise LookupError(f"serial {e.sn} is not (yet) issued to any order")
     order_id, partner_id = owner
@@ -208,5 +210,5 @@ async def _tell_partner(uow: UnitOfWork, partners: PartnerRegistry, partner_id: 
     """Record the event in the partner's feed, with a webhook delivery when it has a webhook_url
     (a partner no longer configured still finds its events in the feed)."""
     partner = partners.get(partner_id)
-    await partner_store.add_event(uow.conn, partner_id, event,
-                                  deliver=partner is not None and partner.webhook_url is not None)
+    await PartnerEventRepository(uow.conn).add_event(
+        partner_id, event, deliver=partner is not None and partner.webhook_url is not None)

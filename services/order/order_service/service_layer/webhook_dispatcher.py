@@ -23,8 +23,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from order_service.adapters import partner_store
-from order_service.adapters.partner_store import Job
+from order_service.adapters.partner_store import Job, PartnerEventRepository
 from order_service.adapters.partners import Partner, PartnerRegistry
 from order_service.adapters.webhooks import WebhookSender
 from order_service.config import OrderSettings
@@ -56,7 +55,7 @@ class WebhookDispatcher:
         if self._closing or not wanted:
             return
         async with self._pool.acquire() as conn:
-            jobs = await partner_store.claim(conn, wanted, self._lease_s)
+            jobs = await PartnerEventRepository(conn).claim(wanted, self._lease_s)
         for job in jobs:
             lanes = self._lanes[job.partner_id]
             task = asyncio.create_task(self._lane(job), name=f"webhooks-{job.partner_id}")
@@ -86,10 +85,11 @@ class WebhookDispatcher:
             log.error("webhook %s to %s failed for good after %d attempts: %s", job.event.event_id,
                       partner.partner_id, job.attempts + 1, attempt.error)
         async with self._pool.acquire() as conn, conn.transaction():
-            await partner_store.finish(conn, job, attempt, verdict)
+            deliveries = PartnerEventRepository(conn)
+            await deliveries.finish(job, attempt, verdict)
             if self._closing:
                 return None
-            following = await partner_store.claim(conn, {partner.partner_id: 1}, self._lease_s)
+            following = await deliveries.claim({partner.partner_id: 1}, self._lease_s)
         return following[0] if following else None
 
     async def close(self) -> None:

@@ -15,21 +15,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from emeterai_shared.db import create_pool
-from emeterai_shared.runtime import Context, build_api
 from emeterai_testkit.fixtures import eventually, reset_service, settings_for
-from order_service.bootstrap import SERVICE
+from order_service.bootstrap import SERVICE, OrderDeps
 from order_service.config import OrderSettings
 
 Client = TestClient[web.Request, web.Application]
+ServeApi = Callable[[OrderSettings, asyncpg.Pool], AbstractAsyncContextManager[tuple[Client, OrderDeps]]]
 OTHERS = "datname = current_database() AND pid <> pg_backend_pid()"
 """This database's backends other than the test's own: the api's pooled connections."""
 
@@ -39,6 +40,7 @@ class Api:
     client: Client
     settings: OrderSettings
     admin: asyncpg.Connection
+    serve: ServeApi
 
     async def order(self) -> tuple[str, dict[str, str]]:
         resp = await self.client.post("/v1/accounts", json={"name": "Siti Aminah", "phone": "+6281234567890"})
@@ -65,23 +67,19 @@ def assert_fault_answer(status: int, body: Any, retry_after: str | None) -> None
 
 
 @pytest.fixture(scope="module")
-async def api(servers: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
+async def api(servers: str, tmp_path_factory: pytest.TempPathFactory, serve_order_api: ServeApi,
+              ) -> AsyncIterator[Api]:
     tmp = tmp_path_factory.mktemp("order-faults")
     settings = settings_for(OrderSettings, secrets_dir=str(tmp / "secrets"), order_burst_per_account=100_000)
     assert isinstance(settings, OrderSettings)
     await reset_service(SERVICE, settings)
     pool = await create_pool(settings.database_url, max_size=settings.db_pool_max)
-    ctx = Context(settings=settings, pool=pool)
-    assert SERVICE.on_start is not None
-    await SERVICE.on_start(ctx)
-    client: Client = TestClient(TestServer(build_api(SERVICE, ctx)))
-    await client.start_server()
     admin = await asyncpg.connect(settings.database_url)
     try:
-        yield Api(client, settings, admin)
+        async with serve_order_api(settings, pool) as (client, _):
+            yield Api(client, settings, admin, serve_order_api)
     finally:
         await admin.close()
-        await client.close()
         await pool.close()
 
 
@@ -147,10 +145,7 @@ async def test_a_server_hanging_up_during_the_handshake_answers_503_with_retry_a
         settings = api.settings.model_copy(update={"database_url": f"postgresql://root@127.0.0.1:{port}/gone"})
         pool = await create_pool(settings.database_url, min_size=0, max_size=2)
         try:
-            ctx = Context(settings=settings, pool=pool)
-            assert SERVICE.on_start is not None
-            await SERVICE.on_start(ctx)
-            async with TestClient(TestServer(build_api(SERVICE, ctx))) as client:
+            async with api.serve(settings, pool) as (client, _):
                 assert_fault_answer(*await answer(client, f"/v1/orders/{order_id}", auth))
                 assert_fault_answer(*await answer(client, "/v1/orders", auth, {"quantity": 1}))
         finally:

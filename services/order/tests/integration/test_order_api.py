@@ -17,26 +17,28 @@ import base64
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import jwt
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives import serialization
 from emeterai_shared.auth import TokenIssuer, ensure_keypair
 from emeterai_shared.db import create_pool
-from emeterai_shared.runtime import Context, build_api
 from emeterai_testkit.fixtures import eventually, reset_service, settings_for
 from order_service.adapters.partners import PARTNER_NAMESPACE
-from order_service.bootstrap import SERVICE
+from order_service.bootstrap import SERVICE, OrderDeps
 from order_service.config import OrderSettings
 
 Client = TestClient[web.Request, web.Application]
+ServeApi = Callable[[OrderSettings, asyncpg.Pool], AbstractAsyncContextManager[tuple[Client, OrderDeps]]]
 PARTNER_ID = "casn-test"
 PARTNER_KEY = "casn-test-key-0123456789abcdef"
 PARTNER_MAX = 5_000
@@ -47,9 +49,10 @@ UNIT_PRICE = 12_500
 @dataclass
 class Api:
     client: Client
-    ctx: Context
+    deps: OrderDeps
     settings: OrderSettings
     tmp: Path
+    serve: ServeApi
 
     async def account(self) -> tuple[uuid.UUID, str]:
         resp = await self.client.post("/v1/accounts", json={"name": "Siti Aminah", "phone": "+6281234567890"})
@@ -64,11 +67,11 @@ class Api:
         return await self.client.post("/v1/orders", json=body, headers=headers)
 
     async def fetch(self, query: str, *args: Any) -> list[Any]:
-        async with self.ctx.pool.acquire() as conn:
+        async with self.deps.pool.acquire() as conn:
             return list(await conn.fetch(query, *args))
 
     async def val(self, query: str, *args: Any) -> Any:
-        async with self.ctx.pool.acquire() as conn:
+        async with self.deps.pool.acquire() as conn:
             return await conn.fetchval(query, *args)
 
     async def orders_of(self, account_id: uuid.UUID) -> list[Any]:
@@ -83,7 +86,8 @@ class Api:
 
 
 @pytest.fixture(scope="module")
-async def api(servers: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
+async def api(servers: str, tmp_path_factory: pytest.TempPathFactory, serve_order_api: ServeApi,
+              ) -> AsyncIterator[Api]:
     tmp = tmp_path_factory.mktemp("order-api")
     partners = tmp / "partners.json"
     partners.write_text(json.dumps({"partners": [
@@ -96,15 +100,10 @@ async def api(servers: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIt
     assert isinstance(settings, OrderSettings)
     await reset_service(SERVICE, settings)
     pool = await create_pool(settings.database_url, max_size=settings.db_pool_max)
-    ctx = Context(settings=settings, pool=pool)
-    assert SERVICE.on_start is not None
-    await SERVICE.on_start(ctx)
-    client: Client = TestClient(TestServer(build_api(SERVICE, ctx)))
-    await client.start_server()
     try:
-        yield Api(client, ctx, settings, tmp)
+        async with serve_order_api(settings, pool) as (client, deps):
+            yield Api(client, deps, settings, tmp, serve_order_api)
     finally:
-        await client.close()
         await pool.close()
 
 
@@ -529,15 +528,8 @@ async def test_wrong_api_key_is_401(api: Api) -> None:
 @contextlib.asynccontextmanager
 async def limited_api(api: Api, **limits: Any) -> AsyncIterator[Client]:
     """Another API process on the same database, with ``limits`` instead of the generous test ones."""
-    settings = api.settings.model_copy(update=limits)
-    extras = {k: v for k, v in api.ctx.extras.items() if k != "limits"}
-    client: Client = TestClient(TestServer(build_api(SERVICE, Context(settings=settings, pool=api.ctx.pool,
-                                                                      extras=extras))))
-    await client.start_server()
-    try:
+    async with api.serve(api.settings.model_copy(update=limits), api.deps.pool) as (client, _):
         yield client
-    finally:
-        await client.close()
 
 
 async def test_a_buyer_past_the_order_rate_gets_429_and_no_order(api: Api) -> None:

@@ -1,6 +1,6 @@
 """The order worker in-process against the real PostgreSQL and RabbitMQ.
 
-Orders are placed through ``commands.place_order``; payment events are published to the
+Orders are placed through ``orders.place_order``; payment events are published to the
 ``events`` exchange exactly as the payment relay would (persistent, ``message_id``, ``type`` =
 routing key, the model's JSON body), and the worker (``running(..., relay=False)``, so outgoing
 rows stay in the outbox to be counted) applies them:
@@ -30,16 +30,18 @@ rows stay in the outbox to be counted) applies them:
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aio_pika
+import asyncpg
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from emeterai_shared.contracts import Message
 from emeterai_shared.contracts.events import (
     BillExpired,
@@ -57,15 +59,15 @@ from emeterai_shared.contracts.events import (
 from emeterai_shared.db import create_pool
 from emeterai_shared.messaging.parking import ParkedMessage, list_parked
 from emeterai_shared.messaging.topology import EVENTS
-from emeterai_shared.runtime import Context, build_api
-from emeterai_testkit.fixtures import eventually, reset_service, running, settings_for
 from emeterai_shared.uow import unit_of_work
-from order_service.bootstrap import SERVICE
+from emeterai_testkit.fixtures import eventually, reset_service, running, settings_for
+from order_service.bootstrap import SERVICE, OrderDeps
 from order_service.config import OrderSettings
-from order_service.service_layer import commands
+from order_service.service_layer import orders
 from prometheus_client import REGISTRY
 
 Client = TestClient[web.Request, web.Application]
+ServeApi = Callable[[OrderSettings, asyncpg.Pool], AbstractAsyncContextManager[tuple[Client, OrderDeps]]]
 QUANTITY = 2
 AMOUNT = QUANTITY * 12_500
 PLACED = (None, "AWAITING_PAYMENT", "order placed")
@@ -80,17 +82,17 @@ OUT_OF_STOCK = "out of stock: 0 of 2 serials left"
 @dataclass
 class World:
     settings: OrderSettings
-    ctx: Context
+    deps: OrderDeps
     client: Client
     exchange: aio_pika.abc.AbstractExchange
 
     async def place(self, quantity: int = QUANTITY) -> tuple[uuid.UUID, str]:
         """An order placed the way the API places it; returns its id and its owner's token."""
-        async with unit_of_work(self.ctx.pool) as uow:
-            account_id = await commands.create_account(uow, "Rina Wijaya", "+6281311112222")
-            order = await commands.place_order(uow, account_id=account_id, quantity=quantity, bank=None,
-                                               partner_id=None, service_fee=self.settings.service_fee)
-        return order.id, self.ctx.extras["issuer"].issue(account_id)
+        async with unit_of_work(self.deps.pool) as uow:
+            account_id = await orders.create_account(uow, "Rina Wijaya", "+6281311112222")
+            order = await orders.place_order(uow, account_id=account_id, quantity=quantity, bank=None,
+                                             partner_id=None, service_fee=self.settings.service_fee)
+        return order.id, self.deps.issuer.issue(account_id)
 
     async def publish(self, event: Message, message_id: str | None = None) -> str:
         """Publish ``event`` as a relay does; returns its message id."""
@@ -105,7 +107,7 @@ class World:
         return mid
 
     async def val(self, query: str, *args: Any) -> Any:
-        async with self.ctx.pool.acquire() as conn:
+        async with self.deps.pool.acquire() as conn:
             return await conn.fetchval(query, *args)
 
     async def applied(self, queue: str, message_id: str) -> None:
@@ -126,13 +128,13 @@ class World:
         return str(await self.val("SELECT status FROM orders WHERE id = $1", order_id))
 
     async def history(self, order_id: uuid.UUID) -> list[tuple[str | None, str, str | None]]:
-        async with self.ctx.pool.acquire() as conn:
+        async with self.deps.pool.acquire() as conn:
             rows = await conn.fetch("SELECT old_status, new_status, reason FROM order_history"
                                     " WHERE order_id = $1 ORDER BY id", order_id)
         return [(r["old_status"], r["new_status"], r["reason"]) for r in rows]
 
     async def outbox(self, order_id: uuid.UUID, message_type: str) -> list[dict[str, Any]]:
-        async with self.ctx.pool.acquire() as conn:
+        async with self.deps.pool.acquire() as conn:
             rows = await conn.fetch("SELECT routing_key, correlation_id, convert_from(body, 'UTF8')::jsonb AS body"
                                     "  FROM outbox WHERE message_type = $1 AND correlation_id = $2 ORDER BY id",
                                     message_type, str(order_id))
@@ -160,7 +162,7 @@ class World:
         return order_id, await self.val("SELECT account_id FROM orders WHERE id = $1", order_id), token
 
     async def stamps(self, order_id: uuid.UUID) -> dict[str, str]:
-        async with self.ctx.pool.acquire() as conn:
+        async with self.deps.pool.acquire() as conn:
             rows = await conn.fetch("SELECT sn, token FROM order_serials WHERE order_id = $1", order_id)
         return {r["sn"]: r["token"] for r in rows}
 
@@ -172,26 +174,21 @@ class World:
 
 
 @pytest.fixture(scope="module")
-async def world(servers: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+async def world(servers: str, tmp_path_factory: pytest.TempPathFactory, serve_order_api: ServeApi,
+                ) -> AsyncIterator[World]:
     tmp: Path = tmp_path_factory.mktemp("order-handlers")
     settings = settings_for(OrderSettings, secrets_dir=str(tmp))
     assert isinstance(settings, OrderSettings)
     await reset_service(SERVICE, settings)
     pool = await create_pool(settings.database_url, max_size=4)
-    ctx = Context(settings=settings, pool=pool)
-    assert SERVICE.on_start is not None
-    await SERVICE.on_start(ctx)
-    client: Client = TestClient(TestServer(build_api(SERVICE, ctx)))
-    await client.start_server()
     connection = await aio_pika.connect(settings.amqp_url)
     try:
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.get_exchange(EVENTS)
-        async with running(SERVICE, settings, relay=False):
-            yield World(settings, ctx, client, exchange)
+        async with serve_order_api(settings, pool) as (client, deps), running(SERVICE, settings, relay=False):
+            yield World(settings, deps, client, exchange)
     finally:
         await connection.close()
-        await client.close()
         await pool.close()
 
 

@@ -30,22 +30,23 @@ import secrets
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aio_pika
+import asyncpg
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from emeterai_shared.contracts import Message
 from emeterai_shared.contracts.events import DocumentStamped, IssuedSerial, PaymentCaptured, SerialsIssued
 from emeterai_shared.db import create_pool
 from emeterai_shared.messaging.topology import EVENTS
-from emeterai_shared.runtime import Context, build_api
+from emeterai_shared.runtime import Resources
 from emeterai_testkit.fixtures import (
     REPO_ROOT,
     eventually,
@@ -55,15 +56,16 @@ from emeterai_testkit.fixtures import (
     settings_env,
     settings_for,
 )
-from order_service.adapters import partner_store
+from order_service.adapters.partner_store import PartnerEventRepository
 from order_service.adapters.partners import PARTNER_NAMESPACE
-from order_service.bootstrap import SERVICE
+from order_service.bootstrap import SERVICE, OrderDeps
 from order_service.config import OrderSettings
 from order_service.domain import partner_events
-from order_service.entrypoints.partner_http import PartnerEventsPage
+from order_service.entrypoints.http import PartnerEventsPage
 from prometheus_client import REGISTRY
 
 Client = TestClient[web.Request, web.Application]
+ServeApi = Callable[[OrderSettings, asyncpg.Pool], AbstractAsyncContextManager[tuple[Client, OrderDeps]]]
 TIMEOUT_S = 5.0
 """The senders' timeout: ample for a local receiver on a loaded machine (an in-process receiver can
 stall behind the event loop); the test of the timeout itself uses a receiver that never answers."""
@@ -162,17 +164,19 @@ def partners_file(path: Path, receivers: dict[str, Receiver], feed_only: Sequenc
 
 
 @asynccontextmanager
-async def dispatching(ctx: Context) -> AsyncIterator[None]:
-    """The worker's ``partner-webhooks`` job, run every interval as the worker runs it, then closed
-    as the worker closes it."""
+async def dispatching(settings: OrderSettings, pool: asyncpg.Pool) -> AsyncIterator[None]:
+    """The worker's ``partner-webhooks`` job, run every interval as the worker runs it (with
+    dependencies of its own, as a worker process has), then closed as the worker closes it."""
     [job] = [p for p in SERVICE.periodic if p.name == "partner-webhooks"]
+    resources = Resources(settings=settings, pool=pool)
+    deps = await SERVICE.dependencies(resources)
     stop = asyncio.Event()
 
     async def loop() -> None:
         while not stop.is_set():
-            await job.run(ctx)
+            await job.run(deps)
             with suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), job.interval(ctx.settings))
+                await asyncio.wait_for(stop.wait(), job.interval(settings))
 
     task = asyncio.create_task(loop())
     try:
@@ -180,14 +184,14 @@ async def dispatching(ctx: Context) -> AsyncIterator[None]:
     finally:
         stop.set()
         await task
-        for closer in reversed(ctx.closers):
+        for closer in reversed(resources.closers):
             await closer()
 
 
 @dataclass
 class World:
     settings: OrderSettings
-    ctx: Context
+    deps: OrderDeps
     client: Client
     exchange: aio_pika.abc.AbstractExchange
     receivers: dict[str, Receiver]
@@ -202,11 +206,11 @@ class World:
         return mid
 
     async def val(self, query: str, *args: Any) -> Any:
-        async with self.ctx.pool.acquire() as conn:
+        async with self.deps.pool.acquire() as conn:
             return await conn.fetchval(query, *args)
 
     async def fetch(self, query: str, *args: Any) -> list[Any]:
-        async with self.ctx.pool.acquire() as conn:
+        async with self.deps.pool.acquire() as conn:
             return list(await conn.fetch(query, *args))
 
     async def applied(self, queue: str, message_id: str) -> None:
@@ -291,7 +295,8 @@ def whsec() -> str:
 
 
 @pytest.fixture(scope="module")
-async def world(servers: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+async def world(servers: str, tmp_path_factory: pytest.TempPathFactory, serve_order_api: ServeApi,
+                ) -> AsyncIterator[World]:
     tmp = tmp_path_factory.mktemp("order-webhooks")
     receivers = {
         "casn": Receiver(whsec()),
@@ -311,22 +316,17 @@ async def world(servers: str, tmp_path_factory: pytest.TempPathFactory) -> Async
     for pid in ("casn", "flaky", "sleepy"):  # "late" and "gone" are down for now
         await receivers[pid].start()
     pool = await create_pool(settings.database_url, max_size=settings.db_pool_max)
-    ctx = Context(settings=settings, pool=pool)
-    assert SERVICE.on_start is not None
-    await SERVICE.on_start(ctx)
-    client: Client = TestClient(TestServer(build_api(SERVICE, ctx)))
-    await client.start_server()
     connection = await aio_pika.connect(settings.amqp_url)
     try:
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.get_exchange(EVENTS)
-        async with running(SERVICE, settings, relay=False), dispatching(Context(settings=settings, pool=pool)):
-            yield World(settings, ctx, client, exchange, receivers, tmp)
+        async with (serve_order_api(settings, pool) as (client, deps), running(SERVICE, settings, relay=False),
+                    dispatching(settings, pool)):
+            yield World(settings, deps, client, exchange, receivers, tmp)
     finally:
         for receiver in receivers.values():
             await receiver.stop()
         await connection.close()
-        await client.close()
         await pool.close()
 
 
@@ -391,14 +391,14 @@ async def test_stamping_that_overtakes_its_serials_is_recorded_after_them(world:
 
 async def test_feed_pages_in_order_resume_and_refuse_bad_requests(world: World) -> None:
     made = []
-    async with world.ctx.pool.acquire() as conn:
+    async with world.deps.pool.acquire() as conn:
         for i in range(5):
             async with conn.transaction():
                 for partner in ("reader", "someone-else"):
                     made.append(partner_events.stamping_completed(
                         order_id=uuid.uuid4(), stamping_id=uuid.uuid4(), sn=f"SN-{partner}-{i}",
                         document_sha256="ab" * 32, stamped_at=datetime.now(UTC), at=datetime.now(UTC)))
-                    await partner_store.add_event(conn, partner, made[-1], deliver=False)
+                    await PartnerEventRepository(conn).add_event(partner, made[-1], deliver=False)
     mine = [e.body() for e in made[::2]]
 
     everything = await world.feed("reader", "?limit=500")
@@ -480,19 +480,18 @@ async def test_a_hanging_partner_does_not_hold_up_another(world: World) -> None:
     settings = world.settings.model_copy(update={
         "partners_file": partners_file(world.tmp / "hanging.json", {"stuck": stuck, "steady": steady}),
         "webhook_timeout_s": 120.0, "webhook_concurrency_per_partner": 2})
-    ctx = Context(settings=settings, pool=world.ctx.pool)
 
     async def record(partner: str, count: int) -> None:
-        async with world.ctx.pool.acquire() as conn:
+        async with world.deps.pool.acquire() as conn:
             for _ in range(count):
                 async with conn.transaction():
-                    await partner_store.add_event(conn, partner, partner_events.stamping_completed(
+                    await PartnerEventRepository(conn).add_event(partner, partner_events.stamping_completed(
                         order_id=uuid.uuid4(), stamping_id=uuid.uuid4(), sn=f"SN-{uuid.uuid4().hex[:12]}",
                         document_sha256="cd" * 32, stamped_at=datetime.now(UTC), at=datetime.now(UTC)),
                         deliver=True)
 
     try:
-        async with dispatching(ctx):
+        async with dispatching(settings, world.deps.pool):
             await record("stuck", 5)
             await eventually(lambda: stuck.in_flight == 2, message="stuck's lanes to fill")
             await record("steady", 3)

@@ -1,4 +1,4 @@
-"""Use cases behind the order API, each inside the caller's unit of work."""
+"""Use cases behind the order API (accounts and orders), each inside the caller's unit of work."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from datetime import UTC, datetime
 from emeterai_shared.contracts.events import OrderPlaced
 from emeterai_shared.uow import UnitOfWork
 
-from order_service.adapters import repository
+from order_service.adapters.repository import OrderRepository
 from order_service.domain.order import Order, price
 
 
 async def create_account(uow: UnitOfWork, name: str, phone: str) -> uuid.UUID:
     account_id = uuid.uuid4()
-    await repository.add_account(uow.conn, account_id, name, phone)
+    await OrderRepository(uow.conn).add_account(account_id, name, phone)
     return account_id
 
 
@@ -24,10 +24,16 @@ async def place_order(
 ) -> Order:
     order = Order(id=uuid.uuid4(), account_id=account_id, quantity=quantity,
                   amount=price(quantity, service_fee), bank=bank, partner_id=partner_id)
-    await repository.add_order(uow.conn, order)
+    await OrderRepository(uow.conn).add_order(order)
     uow.publish(
         OrderPlaced(order_id=order.id, account_id=account_id, quantity=quantity, amount=order.amount,
                     bank=bank, partner_id=partner_id, placed_at=datetime.now(UTC)),
         correlation_id=str(order.id),
     )
     return order
+
+
+async def order_of(uow: UnitOfWork, account_id: uuid.UUID, order_id: uuid.UUID) -> Order | None:
+    """The order ``order_id`` if it belongs to ``account_id`` (another account's order is not found)."""
+    order = await OrderRepository(uow.conn).get(order_id)
+    return order if order is not None and order.account_id == account_id else None
