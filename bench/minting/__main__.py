@@ -32,6 +32,7 @@ import uvloop
 from emeterai_shared.contracts.events import OrderPaid, SerialsIssued
 from emeterai_shared.db import connect_with_retry
 from emeterai_shared.messaging import EVENTS, Publisher, connect
+from emeterai_shared.uow import unit_of_work
 from emeterai_testkit.fixtures import (
     reset_service,
     running,
@@ -144,13 +145,14 @@ async def run(args: argparse.Namespace, secrets_dir: str) -> dict[str, Any]:
     assert isinstance(settings, MintingSettings)
     await reset_service(SERVICE, settings)
     commits = await commit_ceiling(settings.database_url, total=args.commits)
-    conn = await connect_with_retry(settings.database_url)
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1)
     try:
         started = time.perf_counter()
-        await add_stock(conn, args.stock)
+        async with unit_of_work(pool) as uow:
+            await add_stock(uow, args.stock)
         stock = Rate(args.stock, time.perf_counter() - started)
     finally:
-        await conn.close()
+        await pool.close()
     await pay_orders(settings, args.orders, args.quantity)
 
     admin = await connect_with_retry(settings.database_url.rsplit("/", 1)[0] + "/postgres")

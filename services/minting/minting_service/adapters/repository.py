@@ -20,6 +20,9 @@ _CLAIM = """
     WHERE sn = ANY(ARRAY(SELECT sn FROM picked)) AND (SELECT count(*) FROM picked) = $3
     RETURNING sn"""
 
+_ENSURE_LOCK = 0x6D696E74  # advisory lock id: b"mint" (one stock top-up at a time)
+_SERVE_LOCK = 0x77616974  # advisory lock id: b"wait" (one server of the waiting queue at a time, strict order)
+
 _STAMP = """SELECT sn, status, issued_at AS minted_at, stamped_at, document_sha256, stamping_id
             FROM serials WHERE sn = $1"""
 
@@ -34,6 +37,10 @@ class MintingRepository:
         self.conn = conn
 
     # --- stock -----------------------------------------------------------------------------
+
+    async def lock_stock(self) -> None:
+        """Wait for the other top-ups of the stock, until the caller's commit."""
+        await self.conn.execute("SELECT pg_advisory_xact_lock($1)", _ENSURE_LOCK)
 
     async def add_stock(self, serials: list[str], prefix: str) -> int:
         """Insert new STOCK serials; returns how many were new (a taken serial is skipped)."""
@@ -64,6 +71,15 @@ class MintingRepository:
         return {r["status"]: r["n"] for r in rows}
 
     # --- issuance --------------------------------------------------------------------------
+
+    async def try_lock_waiting(self) -> bool:
+        """Take the waiting queue until the caller's commit; False when another process holds it."""
+        taken: bool = await self.conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _SERVE_LOCK)
+        return taken
+
+    async def lock_waiting(self) -> None:
+        """Wait for the waiting queue, then hold it until the caller's commit."""
+        await self.conn.execute("SELECT pg_advisory_xact_lock($1)", _SERVE_LOCK)
 
     async def add_issuance(self, order: OrderPaid) -> bool:
         """Record the order's issuance; False when it has one (a concurrent twin waits here until

@@ -1,1 +1,2 @@
-"""The minting service's pure model: serial numbers, the stamp's life cycle and stamp tokens."""
+"""The minting service's pure model: serial numbers, the stamp's life cycle, issuances, stamp tokens and
+the stamping certificate's key."""

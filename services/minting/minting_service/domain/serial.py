@@ -39,9 +39,14 @@ def check_char(data: str) -> str:
     return ALPHABET[(_M + 1 - p) % _M]
 
 
+def is_well_formed(sn: str) -> bool:
+    """True for 22 characters of ``[0-9A-Z]``, whatever the check character."""
+    return len(sn) == LENGTH and all(c in _VALUES for c in sn)
+
+
 def is_valid(sn: str) -> bool:
     """True for 22 characters of ``[0-9A-Z]`` whose last one checks the others."""
-    return len(sn) == LENGTH and all(c in _VALUES for c in sn) and check_char(sn[:-1]) == sn[-1]
+    return is_well_formed(sn) and check_char(sn[:-1]) == sn[-1]
 
 
 def is_valid_prefix(prefix: str) -> bool:

@@ -12,6 +12,7 @@ yet: the public registry does not know it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -29,6 +30,20 @@ class SerialStatus(StrEnum):
 
 
 VOIDABLE = (SerialStatus.STOCK, SerialStatus.UNUSED)
+VOID_REASON_MAX = 500
+"""Characters of a void reason the registry keeps."""
+
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def is_sha256_hex(digest: str) -> bool:
+    """A document's SHA-256 as the registry keeps it: 64 lower-case hex digits."""
+    return _SHA256_HEX.match(digest) is not None
+
+
+def given_back_reason(reason: str) -> str:
+    """The void reason of serials an order gave back (``stamping.serials_voided``)."""
+    return f"given back: {reason}"[:VOID_REASON_MAX]
 
 
 class UseOutcome(StrEnum):

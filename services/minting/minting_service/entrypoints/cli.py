@@ -16,14 +16,17 @@ import argparse
 import json
 import uuid
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
-import asyncpg
+from emeterai_shared.uow import UnitOfWork, unit_of_work
 
-from minting_service.adapters.repository import MintingRepository
 from minting_service.domain import serial
 from minting_service.domain.stamp import SerialStatus
-from minting_service.service_layer.issuance import refund_waiting
+from minting_service.service_layer.issuance import refund_waiting, waiting_orders
 from minting_service.service_layer.stock import add_stock, ensure_stock, stock_report, void_serials
+
+if TYPE_CHECKING:
+    from minting_service.bootstrap import MintingDeps
 
 
 def _count(text: str) -> int:
@@ -62,23 +65,24 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     refund.add_argument("--reason", default="refunded by an operator while waiting for stock")
 
 
-async def run_command(pool: asyncpg.Pool, args: argparse.Namespace) -> int:
-    async with pool.acquire() as conn:
-        if args.command == "void":
-            result = await void_serials(conn, [sn.upper() for sn in args.sn], args.reason, datetime.now(UTC),
-                                        (SerialStatus.STOCK,))
-        elif args.command == "waiting" and args.action == "list":
-            async with conn.transaction():
-                rows = await MintingRepository(conn).waiting_orders(None)
-            result = {"waiting": [{k: str(v) for k, v in dict(r).items()} for r in rows]}
-        elif args.command == "waiting":
-            refunded = await refund_waiting(conn, None if args.all else args.order, args.reason, datetime.now(UTC))
-            result = {"refunded": [str(o) for o in refunded]}
-        elif args.action == "show":
-            result = await stock_report(conn)
-        else:
-            added = (await add_stock(conn, args.count, args.prefix) if args.action == "add"
-                     else await ensure_stock(conn, args.minimum, args.prefix))
-            result = {"added": added, **await stock_report(conn)}
+async def run_command(deps: MintingDeps, args: argparse.Namespace) -> int:
+    """One command, one transaction; prints its result as one JSON object."""
+    async with unit_of_work(deps.pool) as uow:
+        result = await _run(uow, args, datetime.now(UTC))
     print(json.dumps(result))
     return 0
+
+
+async def _run(uow: UnitOfWork, args: argparse.Namespace, now: datetime) -> dict[str, Any]:
+    if args.command == "void":
+        return await void_serials(uow, [sn.upper() for sn in args.sn], args.reason, now, (SerialStatus.STOCK,))
+    if args.command == "waiting" and args.action == "list":
+        return {"waiting": [{k: str(v) for k, v in row.items()} for row in await waiting_orders(uow)]}
+    if args.command == "waiting":
+        refunded = await refund_waiting(uow, None if args.all else args.order, args.reason, now)
+        return {"refunded": [str(o) for o in refunded]}
+    if args.action == "show":
+        return await stock_report(uow)
+    added = (await add_stock(uow, args.count, args.prefix) if args.action == "add"
+             else await ensure_stock(uow, args.minimum, args.prefix))
+    return {"added": added, **await stock_report(uow)}

@@ -4,22 +4,23 @@ stamped PDFs."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import asyncpg
 from aiohttp import web
-from emeterai_shared.http import ApiError, OpenApi, Operation
-from emeterai_shared.ratelimit import RateLimiter
+from emeterai_shared.http import ApiError, Operation, respond
+from emeterai_shared.runtime import Router
+from emeterai_shared.uow import unit_of_work
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import SkipJsonSchema
 
-from minting_service.adapters.keys import StampKeys
-from minting_service.adapters.repository import MintingRepository
 from minting_service.domain import serial
-from minting_service.domain.stamp import FACE_VALUE
+from minting_service.domain.stamp import FACE_VALUE, Stamp
 from minting_service.domain.token import jwk
+from minting_service.service_layer.registry import public_stamp
+
+if TYPE_CHECKING:
+    from minting_service.bootstrap import MintingDeps
 
 KEYS_MAX_AGE_S = 300
 
@@ -78,54 +79,54 @@ class StampView(BaseModel):
     stamped_at: datetime | None
     document_sha256: str | None = Field(description="SHA-256 (hex) of the stamped PDF as served for download")
 
-
-def add_routes(app: web.Application, spec: OpenApi, pool: asyncpg.Pool, keys: Callable[[], StampKeys],
-               limiter: RateLimiter, certificate: Callable[[], dict[str, Any] | None]) -> None:
-    """``keys`` and ``certificate`` (the stamping certificate's JWK, if any) are called per request,
-    so that building the app reads no key file and a rotated certificate shows at once."""
-
-    def certificate_key() -> list[Jwk]:
-        found = certificate()
-        if found is None:
-            return []
-        try:
-            return [Jwk.model_validate(found)]
-        except ValidationError:  # cannot happen for what domain.certificate returns; never a 500
-            log.exception("the stamping certificate's JWK does not fit the published model: not published")
-            return []
-
-    async def get_keys(_: web.Request) -> web.Response:
-        body = KeySet(keys=[*(Jwk.model_validate(jwk(k)) for k in keys().published.values()), *certificate_key()])
-        return web.json_response(body.model_dump(mode="json", by_alias=True, exclude_none=True),
-                                 headers={"Cache-Control": f"public, max-age={KEYS_MAX_AGE_S}"})
-
-    async def get_stamp(request: web.Request) -> web.Response:
-        limiter.enforce(request.remote or "unknown")
-        sn = request.match_info["sn"].strip().upper()
-        if len(sn) != serial.LENGTH or not set(sn) <= set(serial.ALPHABET):
-            raise ApiError(404, "invalid_serial",
-                           f"a serial number is {serial.LENGTH} characters of 0-9 and A-Z")
-        if not serial.is_valid(sn):
-            raise ApiError(404, "invalid_serial", "the last character of this serial number does not check "
-                           "the others (ISO/IEC 7064 MOD 37,36): it was probably mistyped")
-        async with pool.acquire() as conn:
-            stamp = await MintingRepository(conn).stamp(sn)
-        if stamp is None or not stamp.is_public:
-            raise ApiError(404, "stamp_not_found", f"no stamp has the serial number {sn}")
-        view = StampView.model_validate({
+    @classmethod
+    def of(cls, stamp: Stamp) -> StampView:
+        return cls.model_validate({
             "sn": stamp.sn, "status": stamp.status.value, "face_value": FACE_VALUE, "minted_at": stamp.minted_at,
             "stamped_at": stamp.stamped_at, "document_sha256": stamp.document_sha256})
-        return web.json_response(view.model_dump(mode="json"))
 
-    app.router.add_get("/v1/keys", get_keys)
-    app.router.add_get("/v1/stamps/{sn}", get_stamp)
 
-    spec.add(Operation("GET", "/v1/keys", "Public keys that verify stamp tokens and stamped PDFs (JWK set)",
-                       tags=["stamps"], responses={200: ("the published keys", KeySet)}))
-    spec.add(Operation("GET", "/v1/stamps/{sn}", "A stamp in the public registry", tags=["stamps"],
-                       parameters=[{"name": "sn", "in": "path", "required": True,
-                                    "schema": {"type": "string", "pattern": "^[0-9A-Za-z]{22}$"}}],
-                       responses={200: ("the stamp", StampView),
-                                  404: ("invalid_serial (bad format or check character) or "
-                                        "stamp_not_found", None),
-                                  429: ("rate limited per client IP (Retry-After)", None)}))
+def _certificate_key(found: dict[str, Any] | None) -> list[Jwk]:
+    """The stamping certificate's key as published, if the stamping service has published one."""
+    if found is None:
+        return []
+    try:
+        return [Jwk.model_validate(found)]
+    except ValidationError:  # cannot happen for what domain.certificate returns; never a 500
+        log.exception("the stamping certificate's JWK does not fit the published model: not published")
+        return []
+
+
+async def get_keys(_: web.Request, deps: MintingDeps) -> web.Response:
+    body = KeySet(keys=[*(Jwk.model_validate(jwk(k)) for k in deps.keys.published.values()),
+                        *_certificate_key(deps.certificates.jwk())])
+    return respond(body, headers={"Cache-Control": f"public, max-age={KEYS_MAX_AGE_S}"}, exclude_none=True)
+
+
+async def get_stamp(request: web.Request, deps: MintingDeps) -> web.Response:
+    deps.registry_limiter.enforce(request.remote or "unknown")
+    sn = request.match_info["sn"].strip().upper()
+    if not serial.is_well_formed(sn):
+        raise ApiError(404, "invalid_serial", f"a serial number is {serial.LENGTH} characters of 0-9 and A-Z")
+    if not serial.is_valid(sn):
+        raise ApiError(404, "invalid_serial", "the last character of this serial number does not check "
+                       "the others (ISO/IEC 7064 MOD 37,36): it was probably mistyped")
+    async with unit_of_work(deps.pool) as uow:
+        stamp = await public_stamp(uow, sn)
+    if stamp is None:
+        raise ApiError(404, "stamp_not_found", f"no stamp has the serial number {sn}")
+    return respond(StampView.of(stamp))
+
+
+def routes(router: Router[MintingDeps]) -> None:
+    router.add(Operation("GET", "/v1/keys", "Public keys that verify stamp tokens and stamped PDFs (JWK set)",
+                         tags=["stamps"], responses={200: ("the published keys", KeySet)}),
+               get_keys)
+    router.add(Operation("GET", "/v1/stamps/{sn}", "A stamp in the public registry", tags=["stamps"],
+                         parameters=[{"name": "sn", "in": "path", "required": True,
+                                      "schema": {"type": "string", "pattern": "^[0-9A-Za-z]{22}$"}}],
+                         responses={200: ("the stamp", StampView),
+                                    404: ("invalid_serial (bad format or check character) or "
+                                          "stamp_not_found", None),
+                                    429: ("rate limited per client IP (Retry-After)", None)}),
+               get_stamp)

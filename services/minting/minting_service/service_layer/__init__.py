@@ -1,1 +1,2 @@
-"""Use cases of the minting service: issuance, the stamp registry and stock."""
+"""Use cases of the minting service (issuance, the stamp registry, stock), each taking a unit of work,
+and its message handlers (``handlers``)."""

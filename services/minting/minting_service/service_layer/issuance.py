@@ -13,12 +13,11 @@ Nothing about stock is retried through the delay tiers, so nothing parks.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
+from typing import Any
 from uuid import UUID
 
-import asyncpg
 from emeterai_shared.contracts.events import (
     IssuedSerial,
     MintingFailed,
@@ -30,13 +29,8 @@ from emeterai_shared.messaging import PermanentError
 from emeterai_shared.uow import UnitOfWork
 
 from minting_service.adapters.repository import MintingRepository
+from minting_service.domain.issuance import OUT_OF_STOCK, WAIT_OVER, refund_deadline
 from minting_service.domain.token import StampSigner
-
-log = logging.getLogger(__name__)
-
-OUT_OF_STOCK = "out of stock"
-WAIT_OVER = "out of stock until the refund deadline"
-_SERVE_LOCK = 0x77616974  # advisory lock id: b"wait" (one server of the queue at a time, strict order)
 
 
 async def issue_serials(uow: UnitOfWork, order: OrderPaid, signer: StampSigner, now: datetime,
@@ -61,12 +55,12 @@ async def issue_serials(uow: UnitOfWork, order: OrderPaid, signer: StampSigner, 
             issued = _issued(order.order_id, order.account_id, order.partner_id, sns, signer, now)
             uow.publish(issued, correlation_id=correlation_id)
             return issued
-    if stock_wait_s <= 0:
+    refund_at = refund_deadline(now, stock_wait_s)
+    if refund_at is None:
         await repo.fail_issuance(order.order_id, OUT_OF_STOCK, now)
         failed = MintingFailed(order_id=order.order_id, reason=OUT_OF_STOCK, failed_at=now)
         uow.publish(failed, correlation_id=correlation_id)
         return failed
-    refund_at = now + timedelta(seconds=stock_wait_s)
     await repo.wait_issuance(order.order_id, now, refund_at)
     awaited = StockAwaited(order_id=order.order_id, quantity=order.quantity, since=now, refund_at=refund_at)
     uow.publish(awaited, correlation_id=correlation_id)
@@ -93,9 +87,8 @@ class Served:
     """Another process was serving the queue: this pass did nothing."""
 
 
-async def serve_waiting(conn: asyncpg.Connection, signer: StampSigner, now: datetime,
-                        limit: int = 200) -> Served:
-    """One pass over the waiting issuances, in one transaction.
+async def serve_waiting(uow: UnitOfWork, signer: StampSigner, now: datetime, limit: int = 200) -> Served:
+    """One pass over the waiting issuances, in the caller's transaction.
 
     First every issuance whose ``refund_at`` is not after ``now`` is FAILED with
     ``minting.failed.v1`` (the order refunds it); then the others are served oldest first, each
@@ -104,47 +97,42 @@ async def serve_waiting(conn: asyncpg.Connection, signer: StampSigner, now: date
     that does not get it does nothing this time.
     """
     served = Served()
-    async with conn.transaction():
-        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _SERVE_LOCK):
-            served.busy = True
-            return served
-        repo = MintingRepository(conn)
-        uow = UnitOfWork(conn)
-        for row in await repo.waiting(limit, due_before=now):
-            await repo.fail_issuance(row["order_id"], WAIT_OVER, now)
-            failed = MintingFailed(order_id=row["order_id"], reason=WAIT_OVER, failed_at=now)
-            uow.publish(failed, correlation_id=str(row["order_id"]))
-            served.failed.append(failed)
-        for row in await repo.waiting(limit):
-            sns = await repo.claim_stock(row["order_id"], row["quantity"], now)
-            if sns is None:
-                served.still_waiting = True
-                break
-            await repo.issued_after_waiting(row["order_id"], now)
-            issued = _issued(row["order_id"], row["account_id"], row["partner_id"], sns, signer, now)
-            uow.publish(issued, correlation_id=str(row["order_id"]))
-            served.issued.append(issued)
-        await uow.flush()
-    if served.issued or served.failed:
-        log.info("waiting orders: %d issued, %d failed at their refund deadline%s", len(served.issued),
-                 len(served.failed), "; others still wait for stock" if served.still_waiting else "")
+    repo = MintingRepository(uow.conn)
+    if not await repo.try_lock_waiting():
+        served.busy = True
+        return served
+    for row in await repo.waiting(limit, due_before=now):
+        await repo.fail_issuance(row["order_id"], WAIT_OVER, now)
+        failed = MintingFailed(order_id=row["order_id"], reason=WAIT_OVER, failed_at=now)
+        uow.publish(failed, correlation_id=str(row["order_id"]))
+        served.failed.append(failed)
+    for row in await repo.waiting(limit):
+        sns = await repo.claim_stock(row["order_id"], row["quantity"], now)
+        if sns is None:
+            served.still_waiting = True
+            break
+        await repo.issued_after_waiting(row["order_id"], now)
+        issued = _issued(row["order_id"], row["account_id"], row["partner_id"], sns, signer, now)
+        uow.publish(issued, correlation_id=str(row["order_id"]))
+        served.issued.append(issued)
     return served
 
 
-async def refund_waiting(conn: asyncpg.Connection, order_ids: list[UUID] | None, reason: str,
-                         now: datetime) -> list[UUID]:
+async def waiting_orders(uow: UnitOfWork) -> list[dict[str, Any]]:
+    """The paid orders waiting for stock, oldest first (order, account, quantity, since, refund at)."""
+    return [dict(row) for row in await MintingRepository(uow.conn).waiting_orders(None)]
+
+
+async def refund_waiting(uow: UnitOfWork, order_ids: list[UUID] | None, reason: str, now: datetime) -> list[UUID]:
     """An operator's early refund of orders waiting for stock (all of them with None): each
     issuance FAILED with one ``minting.failed.v1``, as at its deadline. Minting decides alone
     whether an order gets serials or a refund, so an order refunded here can never get serials
     too. Returns the orders refunded (an order no longer waiting is left as it is)."""
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _SERVE_LOCK)  # not while a pass serves them
-        repo = MintingRepository(conn)
-        uow = UnitOfWork(conn)
-        rows = await repo.waiting_orders(order_ids)
-        for row in rows:
-            await repo.fail_issuance(row["order_id"], reason, now)
-            uow.publish(MintingFailed(order_id=row["order_id"], reason=reason, failed_at=now),
-                        correlation_id=str(row["order_id"]))
-        await uow.flush()
+    repo = MintingRepository(uow.conn)
+    await repo.lock_waiting()  # not while a pass serves them
+    rows = await repo.waiting_orders(order_ids)
+    for row in rows:
+        await repo.fail_issuance(row["order_id"], reason, now)
+        uow.publish(MintingFailed(order_id=row["order_id"], reason=reason, failed_at=now),
+                    correlation_id=str(row["order_id"]))
     return [row["order_id"] for row in rows]

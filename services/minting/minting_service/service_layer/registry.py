@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 
 from emeterai_shared.contracts.events import DocumentStamped, SerialsVoided
@@ -10,9 +9,13 @@ from emeterai_shared.messaging import PermanentError
 from emeterai_shared.uow import UnitOfWork
 
 from minting_service.adapters.repository import MintingRepository
-from minting_service.domain.stamp import Stamp, UseOutcome
+from minting_service.domain.stamp import Stamp, UseOutcome, given_back_reason, is_sha256_hex
 
-SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+async def public_stamp(uow: UnitOfWork, sn: str) -> Stamp | None:
+    """The registry entry of ``sn`` as the public sees it: None for stock and unknown serials."""
+    stamp = await MintingRepository(uow.conn).stamp(sn)
+    return stamp if stamp is not None and stamp.is_public else None
 
 
 async def record_use(uow: UnitOfWork, event: DocumentStamped) -> tuple[UseOutcome, Stamp | None]:
@@ -23,7 +26,7 @@ async def record_use(uow: UnitOfWork, event: DocumentStamped) -> tuple[UseOutcom
     it is REPEATED.
     """
     document_sha256 = event.document_sha256.lower()
-    if not SHA256_HEX.match(document_sha256):
+    if not is_sha256_hex(document_sha256):
         raise PermanentError(f"stamping {event.stamping_id}: document_sha256 is not a SHA-256 in hex")
     repo = MintingRepository(uow.conn)
     stamp = await repo.stamp(event.sn, lock=True)
@@ -44,4 +47,4 @@ async def void_given_back(uow: UnitOfWork, event: SerialsVoided, now: datetime) 
     if not event.voided:
         return []
     repo = MintingRepository(uow.conn)
-    return await repo.void_of_order(event.order_id, list(event.voided), f"given back: {event.reason}"[:500], now)
+    return await repo.void_of_order(event.order_id, list(event.voided), given_back_reason(event.reason), now)

@@ -30,6 +30,7 @@ from emeterai_shared.contracts.events import DocumentStamped, OrderPaid, Serials
 from emeterai_shared.db import create_pool
 from emeterai_shared.failpoints import ENV as FAILPOINTS_ENV
 from emeterai_shared.messaging import EVENTS, Publisher, connect
+from emeterai_shared.uow import unit_of_work
 from emeterai_testkit.fixtures import (
     Harness,
     eventually,
@@ -182,8 +183,8 @@ async def minting(servers: str, tmp_path_factory: pytest.TempPathFactory) -> Asy
     connection = await connect(settings.amqp_url, name="minting-test-publisher")
     publisher = Publisher(connection, app_id="minting-test", timeout=settings.publish_timeout_s)
     try:
-        async with pool.acquire() as conn:
-            await add_stock(conn, INITIAL_STOCK)
+        async with unit_of_work(pool) as uow:
+            await add_stock(uow, INITIAL_STOCK)
         async with serve_api(SERVICE, settings, pool) as base_url, aiohttp.ClientSession() as http:
             yield Minting(settings, pool, publisher, base_url, http)
     finally:

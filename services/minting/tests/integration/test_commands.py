@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from emeterai_shared.auth import key_id
 from emeterai_shared.config import ServiceSettings
 from emeterai_shared.contracts.events import MintingFailed
-from emeterai_shared.runtime import Context
+from emeterai_shared.runtime import Resources
+from emeterai_shared.uow import unit_of_work
 from emeterai_testkit.fixtures import REPO_ROOT, settings_env
 from minting_service.bootstrap import SERVICE
 from minting_service.domain.serial import generate, is_valid
@@ -137,8 +138,8 @@ async def test_a_serial_that_exists_is_generated_again(minting: Minting) -> None
         return next(made, None) or generate(prefix)
 
     stock = await minting.stock()
-    async with minting.pool.acquire() as conn:
-        assert await add_stock(conn, 3, make=make) == 3
+    async with unit_of_work(minting.pool) as uow:
+        assert await add_stock(uow, 3, make=make) == 3
     assert await minting.stock() == stock + 3
 
 
@@ -147,7 +148,7 @@ async def test_stock_gauge_job(minting: Minting) -> None:
     assert (job.name, serve.name) == ("stock-gauge", "serve-waiting-orders")
     assert job.interval(minting.settings) == minting.settings.stock_refresh_interval_s
     assert serve.interval(minting.settings) == minting.settings.stock_wait_retry_interval_s
-    await job.run(Context(settings=minting.settings, pool=minting.pool))
+    await job.run(await SERVICE.dependencies(Resources(settings=minting.settings, pool=minting.pool)))
     assert REGISTRY.get_sample_value("emeterai_stock_available") == await minting.stock()
     waiting = await minting.pool.fetchval("SELECT count(*) FROM issuances WHERE status = 'WAITING'")
     assert REGISTRY.get_sample_value("emeterai_orders_awaiting_stock") == waiting

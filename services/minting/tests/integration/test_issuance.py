@@ -30,10 +30,12 @@ from typing import TYPE_CHECKING
 import asyncpg
 import pytest
 from emeterai_shared.contracts.events import MintingFailed, OrderPaid, SerialsIssued, SerialsVoided, StockAwaited
+from emeterai_shared.uow import unit_of_work
 from emeterai_testkit.fixtures import eventually
 from minting_service.adapters.keys import load_stamp_keys
+from minting_service.domain.issuance import WAIT_OVER
 from minting_service.domain.token import StampSigner
-from minting_service.service_layer.issuance import WAIT_OVER, Served, serve_waiting
+from minting_service.service_layer.issuance import Served, serve_waiting
 from minting_service.service_layer.stock import add_stock
 from prometheus_client import REGISTRY
 
@@ -111,16 +113,21 @@ async def test_out_of_stock_fails_the_order_for_good_when_no_wait_is_allowed(min
         assert await minting.stock() == available  # nothing claimed, nothing lost
         assert metric("emeterai_minting_failed_total") == failed_before + 1
 
-        async with minting.pool.acquire() as conn:
-            await add_stock(conn, 10)
+        async with unit_of_work(minting.pool) as uow:
+            await add_stock(uow, 10)
         assert await minting.stock() >= order.quantity
-        again = await minting.publish(order)
-        await eventually(lambda: minting.handled(PAID_QUEUE, again), message="the redelivered order")
-        assert (await minting.issuance(order.order_id))["status"] == "FAILED"
-        assert await minting.serials_of(order.order_id) == []
-        assert len(await minting.events(MintingFailed.TYPE, order.order_id)) == 1
-        assert await minting.events(SerialsIssued.TYPE, order.order_id) == []
+        await redelivered_stays_failed(minting, order)
         assert await minting.stock() == available + 10
+
+
+async def redelivered_stays_failed(minting: Minting, order: OrderPaid) -> None:
+    """The order paid again (a redelivery under a new message id) after its issuance FAILED: nothing changes."""
+    again = await minting.publish(order)
+    await eventually(lambda: minting.handled(PAID_QUEUE, again), message="the redelivered order")
+    assert (await minting.issuance(order.order_id))["status"] == "FAILED"
+    assert await minting.serials_of(order.order_id) == []
+    assert len(await minting.events(MintingFailed.TYPE, order.order_id)) == 1
+    assert await minting.events(SerialsIssued.TYPE, order.order_id) == []
 
 
 async def waiting(minting: Minting, order: OrderPaid) -> StockAwaited:
@@ -139,8 +146,8 @@ async def waiting(minting: Minting, order: OrderPaid) -> StockAwaited:
 
 
 async def serve(minting: Minting, now: datetime) -> Served:
-    async with minting.pool.acquire() as conn:
-        return await serve_waiting(conn, signer(minting), now)
+    async with unit_of_work(minting.pool) as uow:
+        return await serve_waiting(uow, signer(minting), now)
 
 
 def signer(minting: Minting) -> StampSigner:
@@ -166,8 +173,8 @@ async def test_out_of_stock_waits_and_is_issued_oldest_first_when_stock_arrives(
         assert (nothing.issued, nothing.failed, nothing.still_waiting) == ([], [], True)
         assert [r["status"] for r in await issuances(minting, big, small)] == ["WAITING", "WAITING"]
 
-        async with minting.pool.acquire() as conn:
-            await add_stock(conn, 10)
+        async with unit_of_work(minting.pool) as uow:
+            await add_stock(uow, 10)
         served = await serve(minting, now)
         assert [i.order_id for i in served.issued] == [big.order_id, small.order_id]
         assert (served.failed, served.still_waiting) == ([], False)
@@ -195,15 +202,10 @@ async def test_a_waiting_order_is_failed_at_its_refund_deadline_and_stock_added_
         [failed] = await minting.events(MintingFailed.TYPE, order.order_id)
         assert isinstance(failed, MintingFailed) and failed.reason == WAIT_OVER
 
-        async with minting.pool.acquire() as conn:
-            await add_stock(conn, available + 10)
+        async with unit_of_work(minting.pool) as uow:
+            await add_stock(uow, available + 10)
         assert (await serve(minting, awaited.refund_at)).issued == []
-        again = await minting.publish(order)
-        await eventually(lambda: minting.handled(PAID_QUEUE, again), message="the redelivered order")
-        assert (await minting.issuance(order.order_id))["status"] == "FAILED"
-        assert await minting.serials_of(order.order_id) == []
-        assert len(await minting.events(MintingFailed.TYPE, order.order_id)) == 1
-        assert await minting.events(SerialsIssued.TYPE, order.order_id) == []
+        await redelivered_stays_failed(minting, order)
 
 
 async def issuances(minting: Minting, *orders: OrderPaid) -> list[asyncpg.Record]:

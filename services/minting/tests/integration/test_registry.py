@@ -19,6 +19,7 @@ from uuid import UUID
 import jwt
 from emeterai_shared.contracts.events import SerialsIssued
 from emeterai_shared.db import create_pool
+from emeterai_shared.uow import unit_of_work
 from emeterai_testkit.fixtures import eventually
 from minting_service.domain.serial import generate
 from minting_service.domain.token import verify_token
@@ -58,8 +59,8 @@ async def test_registry_shows_issued_stamps_and_hides_the_rest(minting: Minting)
     assert body["minted_at"] is not None
     assert (await minting.get(f"/v1/stamps/{unused.lower()}"))[1]["sn"] == unused
 
-    async with minting.pool.acquire() as conn:
-        result = await void_serials(conn, [to_void], "test", datetime.now(UTC))
+    async with unit_of_work(minting.pool) as uow:
+        result = await void_serials(uow, [to_void], "test", datetime.now(UTC))
     assert result == {"voided": [to_void], "refused": {}}
     status, body, _ = await minting.get(f"/v1/stamps/{to_void}")
     assert (status, body["status"]) == (200, "VOID")
@@ -105,8 +106,8 @@ async def test_uses_of_void_stock_and_unknown_serials_are_refused(minting: Minti
     async with minting.worker():
         _, (void,) = await issue(minting, 1)
         stock = await minting.pool.fetchval("SELECT sn FROM serials WHERE status = 'STOCK' ORDER BY seq DESC LIMIT 1")
-        async with minting.pool.acquire() as conn:
-            await void_serials(conn, [void], "test", datetime.now(UTC))
+        async with unit_of_work(minting.pool) as uow:
+            await void_serials(uow, [void], "test", datetime.now(UTC))
         for sn, status in ((void, "VOID"), (stock, "STOCK"), (generate(), "UNKNOWN")):
             before = metric("emeterai_serial_reuse_total", status=status)
             await minting.publish(minting.stamped(sn))
