@@ -28,7 +28,7 @@ from typing import Any
 
 import requests
 import schemathesis
-from payment_service.snap.signatures import format_snap_timestamp, sign_access_token, sign_transaction
+from payment_service.adapters.snap.signatures import format_snap_timestamp, sign_access_token, sign_transaction
 from schemathesis.core import NotSet
 from schemathesis.core.parameters import ParameterLocation
 from schemathesis.transport.serialization import Binary

@@ -32,7 +32,6 @@ from emeterai_testkit.clients import Buyer
 from emeterai_testkit.documents import sample_pdf
 from emeterai_testkit.fixtures import REPO_ROOT, eventually
 from emeterai_testkit.platform import Platform
-from payment_service.snap.banksim import BankSimulator
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "8"))
 SEED = os.environ.get("FUZZ_SEED", "")
@@ -65,13 +64,13 @@ async def platform(purchase_platform: Any, tmp_path_factory: pytest.TempPathFact
 async def buyer_token(platform: Platform) -> str:
     """A buyer who has paid for ``STAMPS`` stamps, all in the stamping service's quota."""
     async with aiohttp.ClientSession() as session:
-        bank = BankSimulator.from_config(platform.url("payment"), platform.extras["bank"], platform.extras["bank_key"],
-                                         session=session)
+        bank = platform.simulator(session)
+        assert platform.bank is not None
         buyer = Buyer(session, platform.url("order"))
         await buyer.register()
         order_id = await buyer.order(STAMPS)
         bill = await buyer.bill(order_id)
-        customer_no = bill["virtual_account_no"][len(platform.extras["bank"]["partner_service_id"]):]
+        customer_no = platform.bank.customer_no(bill["virtual_account_no"])
         status, body = await bank.pay(customer_no, bill["amount"])
         assert (status, body["responseCode"]) == (200, "2002500"), body
         await buyer.status_becomes(order_id, "FULFILLED")
@@ -86,9 +85,9 @@ async def buyer_token(platform: Platform) -> str:
 
 async def run_schemathesis(platform: Platform, service: str, token: str, workdir: Path) -> tuple[int, str]:
     bank_file = workdir / "bank.json"
-    key = platform.extras["bank_key"]
-    bank_file.write_text(json.dumps({"config": platform.extras["bank"], "base_url": platform.url("payment"),
-                                     "private_key_pem": key.decode() if isinstance(key, bytes) else key}))
+    assert platform.bank is not None
+    bank_file.write_text(json.dumps({"config": platform.bank.config, "base_url": platform.url("payment"),
+                                     "private_key_pem": platform.bank.private_pem.decode()}))
     pdf = workdir / "document.pdf"
     pdf.write_bytes(sample_pdf(3))
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "fuzz_hooks", "FUZZ_BANK": str(bank_file), "FUZZ_PDF": str(pdf),

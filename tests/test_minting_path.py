@@ -19,7 +19,7 @@ from emeterai_testkit.clients import Buyer
 from emeterai_testkit.fixtures import fetchval
 from emeterai_testkit.platform import Platform
 from minting_service.domain.serial import is_valid
-from payment_service.snap.banksim import BankSimulator
+from payment_service.adapters.banksim import BankSimulator
 
 BankFor = Callable[[Platform, aiohttp.ClientSession], BankSimulator]
 CustomerNo = Callable[[Platform, str], str]
@@ -32,15 +32,6 @@ async def platform(purchase_platform: Any) -> AsyncIterator[Platform]:
     # Waiting for stock is tests/test_stock_wait.py.
     async with purchase_platform(stock=STOCK, minting_overrides={"stock_wait_s": 0}) as p:
         yield p
-
-
-async def buy_and_pay(platform: Platform, session: aiohttp.ClientSession, bank: BankSimulator,
-                      va_customer_no: CustomerNo, buyer: Buyer, quantity: int) -> str:
-    order_id = await buyer.order(quantity)
-    bill = await buyer.bill(order_id)
-    _, body = await bank.pay(va_customer_no(platform, bill["virtual_account_no"]), bill["amount"])
-    assert body["responseCode"] == "2002500", body
-    return order_id
 
 
 async def published_keys(session: aiohttp.ClientSession, platform: Platform) -> dict[str, Any]:
@@ -58,7 +49,7 @@ async def test_paid_orders_are_fulfilled_with_verifiable_unique_stamps(
         buyers = [Buyer(session, platform.url("order")) for _ in range(10)]
         await asyncio.gather(*(b.register() for b in buyers))
         orders = await asyncio.gather(*(
-            buy_and_pay(platform, session, bank, va_customer_no, b, 2) for b in buyers for _ in range(2)))
+            b.paid_order(2, bank, platform.customer_no) for b in buyers for _ in range(2)))
         owners = [b for b in buyers for _ in range(2)]
         fulfilled = [await owner.status_becomes(o, "FULFILLED") for owner, o in zip(owners, orders, strict=True)]
         keys = await published_keys(session, platform)
@@ -101,7 +92,7 @@ async def test_out_of_stock_ends_refunded_and_later_stock_does_not_fulfil(
         bank = bank_client(platform, session)
         buyer = Buyer(session, platform.url("order"))
         await buyer.register()
-        order_id = await buy_and_pay(platform, session, bank, va_customer_no, buyer, available + 1)
+        order_id = await buyer.paid_order(available + 1, bank, platform.customer_no)
         order = await buyer.status_becomes(order_id, "REFUNDED")
         assert order["serials"] == []
         payment = platform.settings["payment"]

@@ -17,7 +17,7 @@ import pytest
 from emeterai_testkit.clients import Buyer
 from emeterai_testkit.fixtures import eventually, fetchval
 from emeterai_testkit.platform import Platform
-from payment_service.snap.banksim import BankSimulator
+from payment_service.adapters.banksim import BankSimulator
 
 BankFor = Callable[[Platform, aiohttp.ClientSession], BankSimulator]
 CustomerNo = Callable[[Platform, str], str]

@@ -27,7 +27,7 @@ from emeterai_testkit.clients import Buyer
 from emeterai_testkit.documents import sample_pdf
 from emeterai_testkit.fixtures import eventually, fetchval
 from emeterai_testkit.platform import Platform
-from payment_service.snap.banksim import BankSimulator
+from payment_service.adapters.banksim import BankSimulator
 from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.sign.validation import SignatureCoverageLevel, async_validate_pdf_signature
 from pyhanko_certvalidator import ValidationContext

@@ -32,7 +32,7 @@ from emeterai_testkit.clients import Buyer
 from emeterai_testkit.fixtures import eventually, fetchval
 from emeterai_testkit.platform import Platform
 from minting_service.config import MintingSettings
-from payment_service.snap.banksim import BankSimulator
+from payment_service.adapters.banksim import BankSimulator
 
 BankFor = Callable[[Platform, aiohttp.ClientSession], BankSimulator]
 CustomerNo = Callable[[Platform, str], str]
@@ -44,15 +44,6 @@ async def platform(purchase_platform: Any) -> AsyncIterator[Platform]:
                                  minting_overrides={"stock_wait_retry_interval_s": 0.2,
                                                     "stock_refresh_interval_s": 0.2}) as p:
         yield p
-
-
-async def paid(platform: Platform, session: aiohttp.ClientSession, bank: BankSimulator,
-               va_customer_no: CustomerNo, buyer: Buyer, quantity: int) -> str:
-    order_id = await buyer.order(quantity)
-    bill = await buyer.bill(order_id)
-    _, body = await bank.pay(va_customer_no(platform, bill["virtual_account_no"]), bill["amount"])
-    assert body["responseCode"] == "2002500", body
-    return order_id
 
 
 async def awaiting_stock(buyer: Buyer, order_id: str) -> dict[str, Any]:
@@ -96,7 +87,7 @@ async def test_an_order_paid_without_stock_waits_visibly_and_is_credited_when_st
     async with aiohttp.ClientSession() as session:
         buyer = Buyer(session, platform.url("order"))
         await buyer.register()
-        order_id = await paid(platform, session, bank_client(platform, session), va_customer_no, buyer, 3)
+        order_id = await buyer.paid_order(3, bank_client(platform, session), platform.customer_no)
         order = await awaiting_stock(buyer, order_id)
         since, refund_at = (datetime.fromisoformat(order["fulfilment"][k]) for k in ("since", "refund_at"))
         assert (order["status"], order["serials"]) == ("PAID", [])
@@ -128,7 +119,7 @@ async def test_an_order_waiting_past_its_deadline_is_refunded_and_later_stock_do
     async with aiohttp.ClientSession() as session:
         buyer = Buyer(session, platform.url("order"))
         await buyer.register()
-        order_id = await paid(platform, session, bank_client(platform, session), va_customer_no, buyer, 50)
+        order_id = await buyer.paid_order(50, bank_client(platform, session), platform.customer_no)
         await awaiting_stock(buyer, order_id)
         minting, payment = platform.settings["minting"], platform.settings["payment"]
         assert await fetchval(minting, "UPDATE issuances SET refund_at = now() - interval '1 second'"
@@ -151,7 +142,7 @@ async def test_serials_the_order_cannot_accept_are_voided_and_the_buyer_never_ke
         buyer = Buyer(session, platform.url("order"))
         await buyer.register()
         left = int(await fetchval(minting, "SELECT count(*) FROM serials WHERE status = 'STOCK'"))
-        order_id = await paid(platform, session, bank_client(platform, session), va_customer_no, buyer, left + 2)
+        order_id = await buyer.paid_order(left + 2, bank_client(platform, session), platform.customer_no)
         await awaiting_stock(buyer, order_id)
         account_id = await fetchval(platform.settings["order"], "SELECT account_id FROM orders WHERE id = $1::uuid",
                                     order_id)

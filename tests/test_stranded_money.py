@@ -4,8 +4,8 @@ The four services' databases and queues are made fresh (no process runs); captur
 written as the payment service stores them, their next message as the services' unit of work
 writes it, and then parked the way the platform parks: the relay's outbox row gets ``parked_at``,
 a worker's copy goes to the ``parking`` exchange with its reason. Then the chaos invariants
-(``collect`` + ``evaluate`` + ``in_flight``) and the rush's (``bench.rush_checks.Databases``)
-read the real databases and broker:
+(``collect`` + ``evaluate`` + ``in_flight``) and the rush's (``invariants.lost``/``unresolved``
+over ``invariants.snapshot``, as ``bench.rush`` reads them) read the real databases and broker:
 
 * A: captured, ``payment.captured`` parked in payment's outbox -> stranded, lost, named;
 * B: captured, ``payment.captured`` still to publish (not parked) -> pending: not stranded;
@@ -35,20 +35,10 @@ from emeterai_shared.db import create_pool
 from emeterai_shared.messaging.topology import PARKING
 from emeterai_shared.outbox import refresh_outbox_metrics
 from emeterai_shared.uow import unit_of_work
-from emeterai_testkit import chaos
-from emeterai_testkit.fixtures import VHOST, settings_for
-from emeterai_testkit.platform import Platform, prepare
-from minting_service.bootstrap import SERVICE as MINTING
-from minting_service.config import MintingSettings
-from order_service.bootstrap import SERVICE as ORDER
-from order_service.config import OrderSettings
-from payment_service.bootstrap import SERVICE as PAYMENT
-from payment_service.config import PaymentSettings
+from emeterai_testkit import chaos, invariants
+from emeterai_testkit.fixtures import VHOST
+from emeterai_testkit.platform import SERVICES, Platform, platform_of, platform_settings, prepare
 from prometheus_client import REGISTRY
-from stamping_service.bootstrap import SERVICE as STAMPING
-from stamping_service.config import StampingSettings
-
-from bench.rush_checks import Databases
 
 QUANTITY, AMOUNT = 2, 25_000
 
@@ -103,15 +93,9 @@ class World:
 @pytest.fixture(scope="module")
 async def world(servers: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
     tmp: Path = tmp_path_factory.mktemp("stranded")
-    secrets = str(tmp / "secrets")
-    services = [(ORDER, settings_for(OrderSettings, secrets_dir=secrets)),
-                (PAYMENT, settings_for(PaymentSettings, secrets_dir=secrets)),
-                (MINTING, settings_for(MintingSettings, secrets_dir=secrets)),
-                (STAMPING, settings_for(StampingSettings, secrets_dir=secrets))]
-    await prepare([d for d, _ in services], [s for _, s in services])
-    platform = Platform(logs=tmp)
-    for defn, settings in services:
-        platform.add(defn, settings)
+    services = platform_settings(SERVICES, tmp)
+    await prepare(services)
+    platform = platform_of(services, tmp)  # never started: the databases and queues are what counts
     pools = {defn.name: await create_pool(settings.database_url, max_size=2) for defn, settings in services}
     connection = await aio_pika.connect(servers)
     try:
@@ -166,9 +150,9 @@ async def test_a_captured_payment_whose_only_pending_step_is_parked_is_lost_and_
     assert "payment" in busy["outbox"]  # B's row is still to publish
 
     # the rush: the same payments lost, A and C stranded (named), and the drain waits only for B and E
-    dbs = Databases(**world.pools, amqp_url=world.platform.settings["order"].amqp_url,
-                    queues=tuple(chaos.consumer_queues(world.platform)))
-    lost = await dbs.lost()
+    snapshot = await invariants.snapshot(world.pools, amqp_url=world.platform.settings["order"].amqp_url,
+                                         queues=invariants.consumer_queues())
+    lost = invariants.lost(snapshot)
     assert (lost["captured"], lost["refunded"], lost["stranded"]) == (5, 1, 2)
     by_order = {entry["order_id"]: entry for entry in lost["lost_orders"]}
     assert set(by_order) == {str(o) for o in (a, b, c, e)}
@@ -176,7 +160,7 @@ async def test_a_captured_payment_whose_only_pending_step_is_parked_is_lost_and_
     assert by_order[str(c)]["parked"] == [
         "order.paid.v1 parked in minting.on_order_paid.parking: PermanentError: test"]
     assert "parked" not in by_order[str(b)] and "parked" not in by_order[str(e)]
-    assert await dbs.unresolved_captures() == 2
+    assert invariants.unresolved(snapshot) == 2
 
     # the PaidMessageParked alert's gauge names the type: payment.captured in payment's outbox
     await refresh_outbox_metrics(world.pools["payment"], "payment")

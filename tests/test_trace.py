@@ -25,7 +25,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
-from payment_service.snap.banksim import PAYMENT_PATH, BankSimulator
+from payment_service.adapters.banksim import BankSimulator
+from payment_service.adapters.snap import PAYMENT_PATH
 
 BankFor = Callable[[Platform, aiohttp.ClientSession], BankSimulator]
 CustomerNo = Callable[[Platform, str], str]

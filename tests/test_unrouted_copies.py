@@ -16,11 +16,10 @@ import aio_pika
 import aiohttp
 from emeterai_shared.db import drop_database
 from emeterai_shared.messaging.topology import parking_queue
-from emeterai_shared.runtime import Context
 from emeterai_testkit.clients import Buyer
 from emeterai_testkit.fixtures import AMQP_URL, eventually, fetchval, settings_for
 from emeterai_testkit.platform import KINDS, Platform
-from payment_service.snap.banksim import BankSimulator
+from payment_service.adapters.banksim import BankSimulator
 from stamping_service.bootstrap import SERVICE as STAMPING
 from stamping_service.config import StampingSettings
 
@@ -30,7 +29,7 @@ CustomerNo = Callable[[Platform, str], str]
 
 async def forget_stamping_queues() -> list[str]:
     """The broker as if the stamping service had never been set up: none of its queues exists."""
-    queues = [sub.queue for sub in STAMPING.subscriptions(Context(settings=settings_for(StampingSettings), pool=None))]
+    queues = [sub.queue for sub in STAMPING.subscriptions]
     connection = await aio_pika.connect(AMQP_URL)
     try:
         channel = await connection.channel()

@@ -44,20 +44,15 @@ import uvloop
 from emeterai_shared.contracts.events import OrderPlaced, PaymentCaptured
 from emeterai_shared.db import create_pool
 from emeterai_shared.messaging.topology import QueueSpec, declare_consumer_queue
+from emeterai_shared.uow import unit_of_work
 from emeterai_testkit.fixtures import REPO_ROOT, free_port, reset_service, settings_for
 from emeterai_testkit.platform import Platform, Proc
-from emeterai_shared.uow import unit_of_work
-from payment_service.adapters.banks import BankRegistry
+from payment_service.adapters.banks import BankRegistry, generate_bank_keys, new_bank_config
+from payment_service.adapters.banksim import BankSimulator, SignedRequest
+from payment_service.adapters.snap import PAYMENT_PATH
 from payment_service.bootstrap import SERVICE
 from payment_service.config import PaymentSettings
 from payment_service.service_layer.billing import issue_bill
-from payment_service.snap.banksim import (
-    PAYMENT_PATH,
-    BankSimulator,
-    SignedRequest,
-    generate_bank_keys,
-    new_bank_config,
-)
 
 from bench.callbacks.load import Check, Load, client_session, fire
 from bench.common import benchmark_broker, fresh_vhost, machine_info, rate_record

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import aiohttp
-from payment_service.snap.banksim import SignedRequest
+from payment_service.adapters.banksim import SignedRequest
 
 from bench.messaging.raw import Rate
 

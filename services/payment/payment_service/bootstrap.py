@@ -1,75 +1,62 @@
-"""Composition root of the payment service: settings, migrations, routes, subscriptions, jobs, commands."""
+"""Composition root of the payment service: its dependencies, routes, subscriptions, jobs, commands."""
 
-import argparse
+from __future__ import annotations
+
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aiohttp import web
-from emeterai_shared.config import ServiceSettings
-from emeterai_shared.http import OpenApi
-from emeterai_shared.messaging import Subscription
-from emeterai_shared.runtime import Context, Periodic, ServiceDefinition
+import asyncpg
+from emeterai_shared.runtime import Periodic, Resources, ServiceDefinition
 
 from payment_service.adapters.banks import BankRegistry
 from payment_service.config import PaymentSettings
-from payment_service.entrypoints import cli, messages
-from payment_service.entrypoints.snap_http import SnapApi, add_snap_routes
+from payment_service.entrypoints import cli
+from payment_service.entrypoints.http import routes
+from payment_service.entrypoints.messages import SUBSCRIPTIONS
 from payment_service.service_layer.billing import expire_due_bills
 from payment_service.service_layer.tokens import purge_expired_tokens
 
 
-def _settings(ctx: Context) -> PaymentSettings:
-    settings = ctx.settings
+@dataclass(frozen=True)
+class PaymentDeps:
+    """What the payment service's routes, handlers, jobs and commands use, built once per process."""
+
+    settings: PaymentSettings
+    pool: asyncpg.Pool
+    banks: BankRegistry
+    """The partner banks, read from ``PAYMENT_PARTNERS_FILE`` at start (a malformed file stops the
+    process; a missing one is no bank: every bank is refused and bills fail)."""
+
+
+async def dependencies(resources: Resources) -> PaymentDeps:
+    settings = resources.settings
     assert isinstance(settings, PaymentSettings)
-    return settings
+    return PaymentDeps(settings=settings, pool=resources.pool, banks=BankRegistry.load(Path(settings.partners_file)))
 
 
-def _banks(ctx: Context) -> BankRegistry:
-    """The partner banks, read from the partners file once per process."""
-    registry = ctx.extras.get("banks")
-    if registry is None:
-        registry = ctx.extras["banks"] = BankRegistry.load(Path(_settings(ctx).partners_file))
-    assert isinstance(registry, BankRegistry)
-    return registry
+async def expire_bills(deps: PaymentDeps) -> None:
+    await expire_due_bills(deps.pool, datetime.now(UTC))
 
 
-def _routes(ctx: Context, app: web.Application, spec: OpenApi) -> None:
-    add_snap_routes(app, spec, SnapApi(ctx.pool, _banks(ctx), _settings(ctx)))
-
-
-def _subscriptions(ctx: Context) -> list[Subscription]:
-    return messages.subscriptions(_settings(ctx), lambda: _banks(ctx))
-
-
-async def _expire_bills(ctx: Context) -> None:
-    await expire_due_bills(ctx.pool, datetime.now(UTC))
-
-
-async def _purge_tokens(ctx: Context) -> None:
-    await purge_expired_tokens(ctx.pool, datetime.now(UTC))
-
-
-def _sweep_interval(settings: ServiceSettings) -> float:
-    assert isinstance(settings, PaymentSettings)
-    return settings.expiry_sweep_interval_s
-
-
-async def _run_command(ctx: Context, args: argparse.Namespace) -> int:
-    return await cli.run_command(ctx.pool, _settings(ctx), lambda: _banks(ctx), args)
+async def purge_tokens(deps: PaymentDeps) -> None:
+    await purge_expired_tokens(deps.pool, datetime.now(UTC))
 
 
 SERVICE = ServiceDefinition(
     name="payment",
     title="Payment service: virtual-account bills and SNAP bank callbacks",
     settings_cls=PaymentSettings,
+    dependencies=dependencies,
     migrations=Path(__file__).parent / "migrations",
-    subscriptions=_subscriptions,
-    routes=_routes,
+    subscriptions=SUBSCRIPTIONS,
+    routes=routes,
     periodic=(
-        Periodic("expire-bills", _sweep_interval, _expire_bills),
-        Periodic("purge-snap-tokens", lambda s: s.housekeeping_interval_s, _purge_tokens),
+        Periodic("expire-bills", lambda s: s.expiry_sweep_interval_s, expire_bills),
+        Periodic("purge-snap-tokens", lambda s: s.housekeeping_interval_s, purge_tokens),
     ),
     commands=cli.add_commands,
-    run_command=_run_command,
+    run_command=cli.run_command,
     offline_commands=cli.OFFLINE_COMMANDS,
+    run_offline=cli.run_offline,
 )

@@ -1,20 +1,29 @@
-"""Partner banks, loaded from ``PAYMENT_PARTNERS_FILE`` (``{"banks": [...]}``, contract shape)."""
+"""Partner banks, loaded from ``PAYMENT_PARTNERS_FILE`` (``{"banks": [...]}``, contract shape).
+
+A bank's entry and its private key can be kept together in a directory (``bank.json`` and
+``private_key.pem``): ``dev-bank`` creates one beside the partners file, the bank simulator's
+``keygen`` one anywhere.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from emeterai_shared.files import locked, write_atomic
 
-from payment_service.snap.banksim import generate_bank_keys, new_bank_config, save_bank
-from payment_service.snap.models import pad_partner_service_id
-from payment_service.snap.signatures import load_public_key
+from payment_service.adapters.snap.models import pad_partner_service_id
+from payment_service.adapters.snap.signatures import load_public_key
 
 log = logging.getLogger(__name__)
+
+BANK_FILE = "bank.json"
+PRIVATE_KEY_FILE = "private_key.pem"
 
 
 @dataclass(frozen=True)
@@ -59,17 +68,64 @@ class BankRegistry:
         return next(iter(self._banks.values()), None)
 
 
+def generate_bank_keys() -> tuple[bytes, bytes]:
+    """A fresh RSA-2048 key pair as (PKCS#8 private PEM, SubjectPublicKeyInfo public PEM)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private_pem, public_pem
+
+
+def new_bank_config(
+    public_key_pem: bytes,
+    *,
+    client_id: str | None = None,
+    client_secret: str | None = None,
+    partner_service_id: str = "77001",
+    channel_id: str = "95221",
+) -> dict[str, str]:
+    """One entry of ``PAYMENT_PARTNERS_FILE``'s ``banks`` list (random id and secret)."""
+    pad_partner_service_id(partner_service_id)
+    return {
+        "client_id": client_id or f"banksim-{secrets.token_hex(4)}",
+        "client_secret": client_secret or secrets.token_urlsafe(32),
+        "public_key_pem": public_key_pem.decode(),
+        "partner_service_id": partner_service_id,
+        "channel_id": channel_id,
+    }
+
+
+def save_bank(directory: Path, config: dict[str, str], private_key_pem: bytes) -> None:
+    """Keep a bank's config entry (``bank.json``) and private key (mode 0600) in ``directory``."""
+    write_atomic(directory / BANK_FILE, (json.dumps(config, indent=2) + "\n").encode())
+    write_atomic(directory / PRIVATE_KEY_FILE, private_key_pem, mode=0o600)
+
+
+def load_bank(directory: Path) -> tuple[dict[str, str], bytes]:
+    """The (config entry, private key PEM) kept by `save_bank`."""
+    config = json.loads((directory / BANK_FILE).read_text())
+    return config, (directory / PRIVATE_KEY_FILE).read_bytes()
+
+
 def create_dev_bank(partners_file: Path) -> bool:
     """Create a development bank when ``partners_file`` does not exist: its entry and private key
-    go to ``bank.json`` and ``private_key.pem`` beside the partners file. False when it exists."""
+    go to ``bank.json`` and ``private_key.pem`` beside the partners file. False when it exists.
+
+    Several processes may run it at once (``make run``): creation holds a lock beside the file,
+    and each file is replaced whole, so none reads half a file or a second bank's key."""
     if partners_file.exists():
         return False
-    private_pem, public_pem = generate_bank_keys()
-    config = new_bank_config(public_pem, client_id="dev-bank")
-    save_bank(partners_file.parent, config, private_pem)
-    tmp = partners_file.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(json.dumps({"banks": [config]}, indent=2) + "\n")
-    tmp.replace(partners_file)
+    with locked(partners_file.with_name(f".{partners_file.name}.lock")):
+        if partners_file.exists():
+            return False
+        private_pem, public_pem = generate_bank_keys()
+        config = new_bank_config(public_pem, client_id="dev-bank")
+        save_bank(partners_file.parent, config, private_pem)
+        write_atomic(partners_file, (json.dumps({"banks": [config]}, indent=2) + "\n").encode(), mode=0o600)
     return True

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 
-from payment_service.domain.model import Bill, BillStatus, CapturedPayment
+from payment_service.domain.model import Bill, BillStatus, CapturedPayment, SnapRequestKey
 from payment_service.domain.reconciliation import Settled, Window
 
 _BILL_COLUMNS = ("bill_id, order_id, bank, customer_no, virtual_account_no, amount, quantity, status, expires_at,"
@@ -20,15 +20,6 @@ def _bill(row: asyncpg.Record | None) -> Bill | None:
     if row is None:
         return None
     return Bill(**{**dict(row), "status": BillStatus(row["status"])})
-
-
-@dataclass(frozen=True)
-class SnapRequestKey:
-    """X-EXTERNAL-ID is unique per bank per day (Asia/Jakarta)."""
-
-    client_id: str
-    external_id: str
-    day: date
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
 
+from payment_service.domain.model import JAKARTA
 from payment_service.domain.reconciliation import Settled
-from payment_service.snap.signatures import JAKARTA
 
 Format = Literal["csv", "json"]
 FIELDS = ("paymentRequestId", "amount", "time")

@@ -11,11 +11,16 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta, timezone
 from enum import Enum, StrEnum
+from typing import NamedTuple
 from uuid import UUID
 
 CUSTOMER_NO_DIGITS = 12
+
+JAKARTA = timezone(timedelta(hours=7))
+"""Asia/Jakarta (WIB) has been a fixed UTC+07:00 without daylight saving since 1964: the banks'
+day (X-EXTERNAL-ID scope) and the time of settlement lines without an offset."""
 
 
 class BillStatus(StrEnum):
@@ -69,6 +74,19 @@ class CapturedPayment:
     payment_id: UUID
     payment_request_id: str
     amount: int
+
+
+class SnapRequestKey(NamedTuple):
+    """A bank's notification id: X-EXTERNAL-ID is unique per bank per day (Asia/Jakarta)."""
+
+    client_id: str
+    external_id: str
+    day: date
+
+    @classmethod
+    def of(cls, client_id: str, external_id: str, timestamp: datetime) -> SnapRequestKey:
+        """The key of a notification sent at ``timestamp`` (its X-TIMESTAMP)."""
+        return cls(client_id, external_id, timestamp.astimezone(JAKARTA).date())
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,13 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Settled:
-    """One line of a settlement list, or one payment of ours (``time`` = the bank's time)."""
+    """One line of a settlement list, or one payment of ours."""
 
     payment_request_id: str
     amount: int
+    """Whole rupiah."""
     time: datetime
+    """The bank's time of the transaction (ours: ``trxDateTime``, else when we captured it)."""
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 ``reconcile FILE [--bank CLIENT_ID] [--format csv|json]`` prints a JSON report comparing a bank's
 settlement list with our captured payments (the bank defaults to the first configured one; the
 format to the file's extension). ``dev-bank`` creates a development bank when the partners file
-does not exist (``make setup`` runs it) and prints where its keys are.
+does not exist (``make setup`` runs it, before any database exists) and prints where its keys are.
 """
 
 from __future__ import annotations
@@ -11,16 +11,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import asyncpg
+from emeterai_shared.config import ServiceSettings
+from emeterai_shared.uow import unit_of_work
 
-from payment_service.adapters.banks import BankRegistry, create_dev_bank
+from payment_service.adapters.banks import BANK_FILE, PRIVATE_KEY_FILE, create_dev_bank
 from payment_service.adapters.settlement import SettlementFileError, guess_format
 from payment_service.config import PaymentSettings
 from payment_service.service_layer.reconciliation import reconcile_file
-from payment_service.snap.banksim import BANK_FILE, PRIVATE_KEY_FILE
+
+if TYPE_CHECKING:
+    from payment_service.bootstrap import PaymentDeps
 
 OFFLINE_COMMANDS = frozenset({"dev-bank"})
 
@@ -33,22 +36,28 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     sub.add_parser("dev-bank", help="create a development bank unless a partners file exists")
 
 
-async def run_command(pool: asyncpg.Pool, settings: PaymentSettings, banks: Callable[[], BankRegistry],
-                      args: argparse.Namespace) -> int:
-    if args.command == "dev-bank":
-        return _dev_bank(Path(settings.partners_file))
-    bank = banks().for_order(args.bank)
+async def run_command(deps: PaymentDeps, args: argparse.Namespace) -> int:
+    """``reconcile`` (the one command that needs the database)."""
+    settings = deps.settings
+    bank = deps.banks.for_order(args.bank)
     if bank is None:
         what = f"bank {args.bank!r}" if args.bank else "bank"
         print(f"reconcile: no {what} configured in {settings.partners_file}", file=sys.stderr)
         return 2
     try:
-        report = await reconcile_file(pool, bank.client_id, args.file, args.format or guess_format(args.file))
+        async with unit_of_work(deps.pool) as uow:
+            report = await reconcile_file(uow, bank.client_id, args.file, args.format or guess_format(args.file))
     except (OSError, SettlementFileError) as exc:
         print(f"reconcile: {args.file}: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=2))
     return 0
+
+
+async def run_offline(settings: ServiceSettings, args: argparse.Namespace) -> int:
+    """``dev-bank``: run without database or broker."""
+    assert isinstance(settings, PaymentSettings) and args.command == "dev-bank"
+    return _dev_bank(Path(settings.partners_file))
 
 
 def _dev_bank(partners_file: Path) -> int:
@@ -57,7 +66,7 @@ def _dev_bank(partners_file: Path) -> int:
     if created:
         print(f"payment: development bank created: partners file {partners_file}, bank entry and private key "
               f"in {keys / BANK_FILE} and {keys / PRIVATE_KEY_FILE} "
-              f"(try: python -m payment_service.snap.banksim_cli --bank-dir {keys} token)")
+              f"(try: python -m payment_service.entrypoints.banksim_cli --bank-dir {keys} token)")
     elif (keys / PRIVATE_KEY_FILE).exists():
         print(f"payment: partners file {partners_file} exists; development bank keys in {keys}")
     else:

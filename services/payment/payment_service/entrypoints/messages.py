@@ -1,37 +1,13 @@
-"""The payment service's subscriptions: one handler per message type."""
+"""The payment service's subscriptions: one queue per handler (``service_layer.handlers``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
-
 from emeterai_shared.contracts.events import OrderPlaced, OrderRefundRequested
-from emeterai_shared.messaging import Envelope, Subscription
-from emeterai_shared.telemetry import inject_context, trace_headers_of
-from emeterai_shared.uow import UnitOfWork
+from emeterai_shared.messaging import Subscription
 
-from payment_service.adapters.banks import BankRegistry
-from payment_service.config import PaymentSettings
-from payment_service.metrics import PAYMENTS_REFUNDED
-from payment_service.service_layer.billing import issue_bill
-from payment_service.service_layer.refunds import record_refund
+from payment_service.service_layer import handlers
 
-
-def subscriptions(settings: PaymentSettings, banks: Callable[[], BankRegistry]) -> list[Subscription]:
-    """``banks`` is called per message so that the partners file is read only where needed."""
-
-    async def on_order_placed(uow: UnitOfWork, env: Envelope[OrderPlaced]) -> None:
-        # The order's trace, as this message carries it (through this consumer's span when one is
-        # recording), is kept with the bill: the bank's callback continues it (one trace per order).
-        trace_context = trace_headers_of(inject_context({})) or trace_headers_of(env.headers)
-        await issue_bill(uow, banks(), env.body, timedelta(seconds=settings.bill_expiry_s), datetime.now(UTC),
-                         trace_context)
-
-    async def on_order_refund_requested(uow: UnitOfWork, env: Envelope[OrderRefundRequested]) -> None:
-        if await record_refund(uow, env.body, datetime.now(UTC)):
-            PAYMENTS_REFUNDED.inc()
-
-    return [
-        Subscription("payment.on_order_placed", OrderPlaced, on_order_placed),
-        Subscription("payment.on_order_refund_requested", OrderRefundRequested, on_order_refund_requested),
-    ]
+SUBSCRIPTIONS = (
+    Subscription("payment.on_order_placed", OrderPlaced, handlers.on_order_placed),
+    Subscription("payment.on_order_refund_requested", OrderRefundRequested, handlers.on_order_refund_requested),
+)

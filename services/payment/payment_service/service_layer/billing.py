@@ -13,8 +13,8 @@ from emeterai_shared.uow import UnitOfWork, unit_of_work
 
 from payment_service.adapters.banks import BankRegistry
 from payment_service.adapters.repository import PaymentRepository
+from payment_service.adapters.snap.models import va_digits
 from payment_service.domain.model import Bill, BillStatus, new_customer_no
-from payment_service.snap.models import va_digits
 
 CUSTOMER_NO_ATTEMPTS = 10
 EXPIRY_BATCH = 500

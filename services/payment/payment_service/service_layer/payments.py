@@ -15,26 +15,35 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 from uuid import uuid4
 
-import asyncpg
 from emeterai_shared.contracts.events import PaymentCaptured
 from emeterai_shared.telemetry import span_context_of
 from emeterai_shared.uow import UnitOfWork
 from opentelemetry import trace
 
-from payment_service.adapters.repository import NewPayment, PaymentRepository, SnapRequestKey
-from payment_service.domain.model import Bill, BillStatus, Decision, PaymentFlag, Verdict, decide_payment
-from payment_service.snap.codes import Case, Service
-from payment_service.snap.models import (
+from payment_service.adapters.repository import NewPayment, PaymentRepository
+from payment_service.adapters.snap.codes import Case, Service
+from payment_service.adapters.snap.models import (
+    InquiryAnswer,
     InquiryRequest,
+    PaymentData,
+    PaymentFlagAnswer,
     PaymentRequest,
-    error_response,
+    SnapResult,
     inquiry_response,
     payment_response,
+    snap_json,
 )
-from payment_service.snap.signatures import JAKARTA
+from payment_service.domain.model import (
+    Bill,
+    BillStatus,
+    Decision,
+    PaymentFlag,
+    SnapRequestKey,
+    Verdict,
+    decide_payment,
+)
 
 REASONS: dict[Case, tuple[str, str]] = {
     Case.SUCCESS: ("Success", "Sukses"),
@@ -69,7 +78,7 @@ class PaymentNotice:
 
 @dataclass(frozen=True)
 class PaymentAnswer:
-    body: dict[str, Any]
+    body: SnapResult
     captured: Decision | None = None
     """The decision when this request captured the payment."""
 
@@ -83,9 +92,8 @@ async def _find_bill(repo: PaymentRepository, client_id: str, request: InquiryRe
     return bill
 
 
-async def inquire(pool: asyncpg.Pool, client_id: str, request: InquiryRequest, now: datetime) -> dict[str, Any]:
-    async with pool.acquire() as conn:
-        bill = await _find_bill(PaymentRepository(conn), client_id, request, lock=False)
+async def inquire(uow: UnitOfWork, client_id: str, request: InquiryRequest, now: datetime) -> InquiryAnswer:
+    bill = await _find_bill(PaymentRepository(uow.conn), client_id, request, lock=False)
     if bill is None:
         case = Case.VA_NOT_FOUND
     elif bill.status is BillStatus.PAID:
@@ -102,19 +110,20 @@ async def inquire(pool: asyncpg.Pool, client_id: str, request: InquiryRequest, n
 async def flag_payment(uow: UnitOfWork, notice: PaymentNotice, now: datetime) -> PaymentAnswer:
     repo = PaymentRepository(uow.conn)
     request = notice.request
-    key = SnapRequestKey(notice.client_id, notice.external_id, notice.timestamp.astimezone(JAKARTA).date())
+    key = SnapRequestKey.of(notice.client_id, notice.external_id, notice.timestamp)
     if not await repo.claim_snap_request(key, request.payment_request_id, notice.request_hash):
         first = await repo.snap_request(key)
         if (first["payment_request_id"], first["request_hash"]) == (request.payment_request_id, notice.request_hash):
-            return PaymentAnswer({**error_response(Case.INCONSISTENT_REQUEST.code(Service.PAYMENT)),
-                                  "virtualAccountData": first["response"]["virtualAccountData"]})
-        return PaymentAnswer(error_response(Case.CONFLICT.code(Service.PAYMENT),
-                                            "Conflict. X-EXTERNAL-ID already used today for another request"))
+            replay = PaymentFlagAnswer.of(Case.INCONSISTENT_REQUEST.code(Service.PAYMENT))
+            replay.virtualAccountData = PaymentData.model_validate(first["response"]["virtualAccountData"])
+            return PaymentAnswer(replay)
+        return PaymentAnswer(SnapResult.of(Case.CONFLICT.code(Service.PAYMENT),
+                                           "Conflict. X-EXTERNAL-ID already used today for another request"))
     case, captured = await _decide(uow, repo, notice, now)
     english, indonesian = REASONS[case]
     body = payment_response(case.code(Service.PAYMENT), request, "00" if case is Case.SUCCESS else "01",
                             english, indonesian)
-    await repo.store_snap_response(key, body)
+    await repo.store_snap_response(key, snap_json(body))
     return PaymentAnswer(body, captured)
 
 

@@ -5,19 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import asyncpg
+from emeterai_shared.uow import UnitOfWork
 
 from payment_service.adapters.repository import PaymentRepository
 from payment_service.adapters.settlement import Format, read_settlement
 from payment_service.domain.reconciliation import Window, reconcile
 
 
-async def reconcile_file(pool: asyncpg.Pool, client_id: str, path: Path, fmt: Format) -> dict[str, Any]:
+async def reconcile_file(uow: UnitOfWork, client_id: str, path: Path, fmt: Format) -> dict[str, Any]:
     """The report: matched, missing on either side, amount mismatches (counts and ids)."""
     lines = read_settlement(path, fmt)
     window = Window.of(lines)
-    async with pool.acquire() as conn:
-        ours = await PaymentRepository(conn).settled_payments(
-            client_id, [line.payment_request_id for line in lines], window
-        )
+    ours = await PaymentRepository(uow.conn).settled_payments(
+        client_id, [line.payment_request_id for line in lines], window
+    )
     return {"bank": client_id, "file": str(path), **reconcile(lines, ours, window)}

@@ -10,6 +10,7 @@ import secrets
 from datetime import datetime, timedelta
 
 import asyncpg
+from emeterai_shared.uow import UnitOfWork, unit_of_work
 
 from payment_service.adapters.repository import PaymentRepository
 
@@ -20,19 +21,18 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-async def issue_token(pool: asyncpg.Pool, client_id: str, ttl: timedelta, now: datetime) -> str:
+async def issue_token(uow: UnitOfWork, client_id: str, ttl: timedelta, now: datetime) -> str:
     token = secrets.token_urlsafe(32)
-    async with pool.acquire() as conn:
-        await PaymentRepository(conn).add_token(_hash(token), client_id, now + ttl)
+    await PaymentRepository(uow.conn).add_token(_hash(token), client_id, now + ttl)
     return token
 
 
-async def bank_of_token(pool: asyncpg.Pool, token: str, now: datetime) -> str | None:
+async def bank_of_token(uow: UnitOfWork, token: str, now: datetime) -> str | None:
     """The client id a live token was issued to; None for unknown or expired tokens."""
-    async with pool.acquire() as conn:
-        return await PaymentRepository(conn).token_client(_hash(token), now)
+    return await PaymentRepository(uow.conn).token_client(_hash(token), now)
 
 
 async def purge_expired_tokens(pool: asyncpg.Pool, now: datetime) -> int:
-    async with pool.acquire() as conn:
-        return await PaymentRepository(conn).purge_tokens(now)
+    """The periodic job: forget expired tokens (in its own unit of work)."""
+    async with unit_of_work(pool) as uow:
+        return await PaymentRepository(uow.conn).purge_tokens(now)

@@ -24,11 +24,11 @@ from emeterai_shared.contracts import Message, decode
 from emeterai_shared.contracts.events import OrderPlaced
 from emeterai_shared.db import create_pool
 from emeterai_shared.messaging import EVENTS
-from emeterai_shared.runtime import Context
 from emeterai_testkit.fixtures import Harness, eventually, reset_service, running, serve_api, settings_for
-from payment_service.bootstrap import SERVICE
+from payment_service.adapters.banks import generate_bank_keys, new_bank_config
+from payment_service.adapters.banksim import BankSimulator
+from payment_service.bootstrap import SERVICE, PaymentDeps
 from payment_service.config import PaymentSettings
-from payment_service.snap.banksim import BankSimulator, generate_bank_keys, new_bank_config
 
 PARTNER_SERVICE_IDS = {"bank-a": "77001", "bank-b": "88002", "bank-r": "99003"}
 """bank-a: the default bank; bank-b: a second bank; bank-r: used only by the reconcile test."""
@@ -66,9 +66,12 @@ class Payment:
     def pool(self) -> asyncpg.Pool:
         return self.harness.pool
 
-    def worker_context(self) -> Context:
-        """The context periodic jobs run with in the worker."""
-        return Context(settings=self.settings, pool=self.pool, amqp=self.harness.connection)
+    @property
+    def deps(self) -> PaymentDeps:
+        """The dependencies the worker's handlers and periodic jobs run with."""
+        deps = self.harness.deps
+        assert isinstance(deps, PaymentDeps)
+        return deps
 
     async def new_pool(self) -> asyncpg.Pool:
         return await create_pool(self.settings.database_url, max_size=4)

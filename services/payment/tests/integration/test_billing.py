@@ -64,8 +64,8 @@ async def test_expiry_job_expires_unpaid_bills_once(payment: Payment) -> None:
                                due["bill_id"])
     job = next(j for j in SERVICE.periodic if j.name == "expire-bills")
     assert job.interval(payment.settings) == 5.0
-    await job.run(payment.worker_context())
-    await job.run(payment.worker_context())
+    await job.run(payment.deps)
+    await job.run(payment.deps)
 
     assert (await payment.bill(due["bill_id"]))["status"] == "EXPIRED"
     assert (await payment.bill(fresh["bill_id"]))["status"] == "OPEN"

@@ -12,13 +12,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from emeterai_shared.runtime import Context
 from emeterai_testkit.fixtures import REPO_ROOT, settings_env
-from payment_service.adapters.banks import BankRegistry
+from payment_service.adapters.banks import BankRegistry, load_bank
+from payment_service.adapters.snap import PAYMENT_PATH
+from payment_service.adapters.snap.signatures import (
+    format_snap_timestamp,
+    sign_access_token,
+    verify_access_token_signature,
+)
 from payment_service.bootstrap import SERVICE
 from payment_service.config import PaymentSettings
-from payment_service.snap.banksim import PAYMENT_PATH, load_bank
-from payment_service.snap.signatures import format_snap_timestamp, sign_access_token, verify_access_token_signature
 
 if TYPE_CHECKING:
     from conftest import Payment
@@ -70,13 +73,13 @@ async def test_reconcile_report(payment: Payment, tmp_path: Path, capsys: pytest
                                      for p, a, t in lines]))
     assert SERVICE.run_command is not None
     args = argparse.Namespace(command="reconcile", file=json_file, bank="bank-r", format=None)
-    assert await SERVICE.run_command(payment.worker_context(), args) == 0
+    assert await SERVICE.run_command(payment.deps, args) == 0
     assert {k: v for k, v in json.loads(capsys.readouterr().out).items() if k != "file"} == \
         {k: v for k, v in report.items() if k != "file"}
 
     bad = tmp_path / "bad.csv"
     bad.write_text("paymentRequestId,amount,time\nrc-1,12.5.0,yesterday\n")
-    assert await SERVICE.run_command(payment.worker_context(),
+    assert await SERVICE.run_command(payment.deps,
                                      argparse.Namespace(command="reconcile", file=bad, bank="bank-r",
                                                         format=None)) == 2
     assert "line 1" in capsys.readouterr().err
@@ -94,9 +97,9 @@ async def test_dev_bank_is_created_once_without_a_database(tmp_path: Path,
     [entry] = json.loads(content)["banks"]
     assert set(entry) == {"client_id", "client_secret", "public_key_pem", "partner_service_id", "channel_id"}
 
-    assert SERVICE.run_command is not None
+    assert SERVICE.run_offline is not None and "dev-bank" in SERVICE.offline_commands
     settings = PaymentSettings(partners_file=str(partners_file))
-    assert await SERVICE.run_command(Context(settings=settings, pool=None), argparse.Namespace(command="dev-bank")) == 0
+    assert await SERVICE.run_offline(settings, argparse.Namespace(command="dev-bank")) == 0
     assert "exists" in capsys.readouterr().out and partners_file.read_text() == content
 
     config, private_pem = load_bank(partners_file.parent)

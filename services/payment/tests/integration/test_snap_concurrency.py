@@ -7,7 +7,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from emeterai_shared.contracts.events import PaymentCaptured
-from payment_service.snap.banksim import PAYMENT_PATH
+from payment_service.adapters.snap import PAYMENT_PATH
 
 if TYPE_CHECKING:
     from conftest import Payment

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from emeterai_shared.db import create_pool
 from emeterai_testkit.fixtures import serve_api
+from payment_service.adapters.snap import PAYMENT_PATH
 from payment_service.bootstrap import SERVICE
-from payment_service.snap.banksim import PAYMENT_PATH
 
 if TYPE_CHECKING:
     from conftest import Payment

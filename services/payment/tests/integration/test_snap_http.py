@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from emeterai_shared.contracts.events import PaymentCaptured
+from payment_service.adapters.banksim import BankSimulator
+from payment_service.adapters.snap import INQUIRY_PATH, PAYMENT_PATH
+from payment_service.adapters.snap.signatures import format_snap_timestamp, sign_transaction
 from payment_service.bootstrap import SERVICE
-from payment_service.snap.banksim import INQUIRY_PATH, PAYMENT_PATH, BankSimulator
-from payment_service.snap.signatures import format_snap_timestamp, sign_transaction
 from prometheus_client import REGISTRY
 
 if TYPE_CHECKING:
@@ -293,7 +294,7 @@ async def test_expired_bill_and_late_advice(payment: Payment) -> None:
         assert await payment.state() == before
 
         job = next(j for j in SERVICE.periodic if j.name == "expire-bills")
-        await job.run(payment.worker_context())
+        await job.run(payment.deps)
         assert (await payment.bill(expired_bill["bill_id"]))["status"] == "EXPIRED"
         before = await payment.state()
         status, answer = await bank.pay(cno, 12_500)

@@ -17,9 +17,10 @@ from emeterai_shared.contracts.events import BillExpired, BillIssued, OrderPlace
 from emeterai_shared.messaging import EVENTS
 from emeterai_shared.telemetry import setup_tracing
 from emeterai_testkit.fixtures import eventually
+from payment_service.adapters.banksim import BankSimulator
+from payment_service.adapters.snap import PAYMENT_PATH
+from payment_service.adapters.snap.signatures import format_snap_timestamp
 from payment_service.bootstrap import SERVICE
-from payment_service.snap.banksim import PAYMENT_PATH, BankSimulator
-from payment_service.snap.signatures import format_snap_timestamp
 
 if TYPE_CHECKING:
     from conftest import Payment
@@ -102,7 +103,7 @@ async def test_the_expiry_and_a_late_advice_continue_the_orders_trace(payment: P
                                bill["bill_id"])
     expires_at = (await payment.bill(bill["bill_id"]))["expires_at"]
     job = next(j for j in SERVICE.periodic if j.name == "expire-bills")
-    await job.run(payment.worker_context())
+    await job.run(payment.deps)
     [expired] = await outbox_headers(payment, BillExpired.TYPE, bill["order_id"])
     assert trace_id_of(expired) == order_trace
 

@@ -8,33 +8,26 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from payment_service.snap import banksim_cli
-from payment_service.snap.banksim import (
-    INQUIRY_PATH,
-    PAYMENT_PATH,
-    TOKEN_PATH,
-    BankSimulator,
-    generate_bank_keys,
-    load_bank,
-    new_bank_config,
-    new_external_id,
-    save_bank,
-)
-from payment_service.snap.codes import Case, Service
-from payment_service.snap.models import (
+from emeterai_shared.http import respond
+from payment_service.adapters.banks import generate_bank_keys, load_bank, new_bank_config, save_bank
+from payment_service.adapters.banksim import BankSimulator, new_external_id
+from payment_service.adapters.snap import INQUIRY_PATH, PAYMENT_PATH, TOKEN_PATH
+from payment_service.adapters.snap.codes import Case, Service
+from payment_service.adapters.snap.models import (
     SnapFieldError,
-    error_response,
+    SnapResult,
     payment_response,
     token_response,
     validate_inquiry,
     validate_payment,
 )
-from payment_service.snap.signatures import (
+from payment_service.adapters.snap.signatures import (
     parse_snap_timestamp,
     timestamp_within,
     verify_access_token_signature,
     verify_transaction_signature,
 )
+from payment_service.entrypoints import banksim_cli
 
 TS = "2024-09-04T10:00:00+07:00"
 
@@ -145,8 +138,8 @@ class FakeBiller:
             and fresh
             and verify_access_token_signature(public_key, client_id, timestamp, request.headers["X-SIGNATURE"])
         ):
-            return web.json_response(error_response("4017300"), status=401)
-        return web.json_response(token_response("the-token", 900))
+            return respond(SnapResult.of("4017300"), status=401)
+        return respond(token_response("the-token", 900))
 
     async def payment(self, request: web.Request) -> web.Response:
         raw = await request.read()
@@ -160,14 +153,14 @@ class FakeBiller:
             request.headers["X-SIGNATURE"],
         )
         if request.headers.get("Authorization") != "Bearer the-token" or not signed:
-            return web.json_response(error_response("4012500"), status=401)
+            return respond(SnapResult.of("4012500"), status=401)
         try:
             body = validate_payment(raw)
         except SnapFieldError as exc:
-            return web.json_response(exc.response(Service.PAYMENT), status=400)
+            return respond(exc.response(Service.PAYMENT), status=400)
         self.payments.append((request.headers["X-EXTERNAL-ID"], json.loads(raw)))
         code = Case.SUCCESS.code(Service.PAYMENT)
-        return web.json_response(payment_response(code, body, "00", "Success", "Sukses"))
+        return respond(payment_response(code, body, "00", "Success", "Sukses"), exclude_none=True)
 
     async def _start(self) -> None:
         app = web.Application()

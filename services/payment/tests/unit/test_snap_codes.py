@@ -1,5 +1,5 @@
 import pytest
-from payment_service.snap.codes import Case, Service, code, default_message, http_status
+from payment_service.adapters.snap.codes import Case, Service, code, default_message, http_status
 
 
 @pytest.mark.parametrize(

@@ -2,14 +2,15 @@ import json
 from typing import Any
 
 import pytest
-from payment_service.snap.models import (
+from payment_service.adapters.snap.models import (
     Amount,
     PaymentRequest,
     SnapFieldError,
-    error_response,
+    SnapResult,
     inquiry_response,
     pad_partner_service_id,
     payment_response,
+    snap_json,
     snap_virtual_account_no,
     token_response,
     va_digits,
@@ -145,10 +146,10 @@ def test_non_object_body(body: bytes) -> None:
 
 
 def test_field_error_response() -> None:
-    from payment_service.snap.codes import Service
+    from payment_service.adapters.snap.codes import Service
 
     error = SnapFieldError("missing", "paidAmount.value")
-    assert error.response(Service.PAYMENT) == {
+    assert snap_json(error.response(Service.PAYMENT)) == {
         "responseCode": "4002502",
         "responseMessage": "Invalid Mandatory Field {paidAmount.value}",
     }
@@ -202,14 +203,14 @@ def test_va_helpers() -> None:
 
 
 def test_token_response() -> None:
-    assert token_response("abc", 900) == {
+    assert snap_json(token_response("abc", 900)) == {
         "responseCode": "2007300",
         "responseMessage": "Successful",
         "accessToken": "abc",
         "tokenType": "Bearer",
         "expiresIn": "900",
     }
-    assert error_response("4017300") == {
+    assert snap_json(SnapResult.of("4017300")) == {
         "responseCode": "4017300",
         "responseMessage": "Unauthorized",
     }
@@ -217,7 +218,7 @@ def test_token_response() -> None:
 
 def test_payment_response_echoes_request() -> None:
     request = validate_payment(raw(payment()))
-    body = payment_response("2002500", request, "00", "Success", "Sukses")
+    body = snap_json(payment_response("2002500", request, "00", "Success", "Sukses"))
     assert body["responseCode"] == "2002500"
     assert body["responseMessage"] == "Successful"
     data = body["virtualAccountData"]
@@ -241,9 +242,9 @@ def test_payment_response_echoes_request() -> None:
 def test_payment_response_rejection_omits_absent_optionals() -> None:
     body = payment(trxId=..., totalAmount=..., virtualAccountName=...)
     request: PaymentRequest = validate_payment(raw(body))
-    answer = payment_response(
+    answer = snap_json(payment_response(
         "4042514", request, "01", "Bill has been paid", "Tagihan sudah dibayar", message="Paid Bill"
-    )
+    ))
     assert answer["responseCode"] == "4042514"
     assert answer["virtualAccountData"]["paymentFlagStatus"] == "01"
     assert "trxId" not in answer["virtualAccountData"]
@@ -261,7 +262,7 @@ def test_inquiry_response() -> None:
             }
         )
     )
-    ok = inquiry_response("2002400", request, total_amount=25000, virtual_account_name="Budi")
+    ok = snap_json(inquiry_response("2002400", request, total_amount=25000, virtual_account_name="Budi"))
     data = ok["virtualAccountData"]
     assert ok["responseCode"] == "2002400"
     assert data["inquiryStatus"] == "00"
@@ -269,7 +270,7 @@ def test_inquiry_response() -> None:
     assert data["inquiryRequestId"] == "inq-1"
     assert data["virtualAccountNo"] == PSID + "42"
     assert data["virtualAccountTrxType"] == "C"
-    missing = inquiry_response("4042412", request)
+    missing = snap_json(inquiry_response("4042412", request))
     assert missing["responseMessage"] == "Invalid Bill/Virtual Account [Not Found]"
     assert missing["virtualAccountData"]["inquiryStatus"] == "01"
     assert "totalAmount" not in missing["virtualAccountData"]

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from payment_service.snap.signatures import (
+from payment_service.adapters.snap.signatures import (
     body_sha256_hex,
     format_snap_timestamp,
     minify_json,

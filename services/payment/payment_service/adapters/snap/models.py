@@ -1,18 +1,24 @@
-"""SNAP virtual-account request bodies, their validation, and the biller's response bodies.
+"""SNAP virtual-account request bodies, their validation, and the biller's answers.
+
+The answers are the models the OpenAPI document names (``SnapResult`` and its subclasses): the
+endpoints send them (``respond(..., exclude_none=True)``, the dump ``snap_json`` keeps in
+``snap_requests``), so the document and the wire cannot drift apart.
 
 Validation tells a missing mandatory field (case 02) from a badly formatted one (case 01)
 through `SnapFieldError`. Attributes are snake_case; the JSON names are the SNAP camelCase
 aliases.
 """
 
+from __future__ import annotations
+
 import re
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 from emeterai_shared.http import JsonBodyError, decode_json
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
 
-from payment_service.snap.codes import Case, Service
+from payment_service.adapters.snap.codes import Case, Service
 
 PARTNER_SERVICE_ID_LEN = 8
 CUSTOMER_NO_MAX = 20
@@ -40,9 +46,9 @@ class SnapFieldError(ValueError):
         """SNAP-style responseMessage, e.g. ``Invalid Mandatory Field {paidAmount.value}``."""
         return f"{self.case.message} {{{self.field}}}"
 
-    def response(self, service: Service) -> dict[str, Any]:
-        """The error body to answer with."""
-        return error_response(self.case.code(service), self.message)
+    def response(self, service: Service) -> SnapResult:
+        """The error answer to give."""
+        return SnapResult.of(self.case.code(service), self.message)
 
 
 def pad_partner_service_id(digits: str) -> str:
@@ -95,7 +101,7 @@ class Amount(BaseModel):
         return int(whole)
 
     @classmethod
-    def of(cls, rupiah: int) -> "Amount":
+    def of(cls, rupiah: int) -> Amount:
         """The SNAP amount of a whole, non-negative rupiah sum."""
         if rupiah < 0:
             raise ValueError("negative amount")
@@ -202,30 +208,75 @@ def validate_payment(raw: bytes) -> PaymentRequest:
     return parse_body(PaymentRequest, raw)
 
 
-def error_response(response_code: str, message: str | None = None) -> dict[str, Any]:
-    """A bare ``{"responseCode", "responseMessage"}`` body."""
-    return {
-        "responseCode": response_code,
-        "responseMessage": message or Case.of(response_code).message,
-    }
+class SnapResult(BaseModel):
+    """Every SNAP answer: ``responseCode`` = HTTP status (3) + service (2) + case (2)."""
+
+    responseCode: str
+    responseMessage: str
+
+    @classmethod
+    def of(cls, response_code: str, message: str | None = None) -> Self:
+        """An answer with ``response_code`` and its message (default: the case's own)."""
+        return cls(responseCode=response_code, responseMessage=message or Case.of(response_code).message)
 
 
-def token_response(token: str, expires_in: int) -> dict[str, Any]:
+class AccessTokenAnswer(SnapResult):
+    accessToken: str
+    tokenType: Literal["Bearer"]
+    expiresIn: str
+
+
+class Reason(BaseModel):
+    english: str
+    indonesia: str
+
+
+class InquiryData(BaseModel):
+    inquiryStatus: Literal["00", "01"]
+    inquiryReason: Reason
+    partnerServiceId: str
+    customerNo: str
+    virtualAccountNo: str
+    inquiryRequestId: str
+    virtualAccountTrxType: Literal["C"]
+    virtualAccountName: str | None = None
+    totalAmount: Amount | None = None
+
+
+class InquiryAnswer(SnapResult):
+    virtualAccountData: InquiryData | None = None
+
+
+class PaymentData(BaseModel):
+    paymentFlagStatus: FlagStatus
+    paymentFlagReason: Reason
+    partnerServiceId: str
+    customerNo: str
+    virtualAccountNo: str
+    paymentRequestId: str
+    paidAmount: Amount
+    virtualAccountName: str | None = None
+    trxId: str | None = None
+    totalAmount: Amount | None = None
+    trxDateTime: str | None = None
+    referenceNo: str | None = None
+    flagAdvise: Literal["Y", "N"] | None = None
+
+
+class PaymentFlagAnswer(SnapResult):
+    virtualAccountData: PaymentData | None = None
+
+
+def snap_json(answer: SnapResult) -> dict[str, Any]:
+    """An answer as it goes on the wire (and into ``snap_requests.response``): absent optional
+    fields are left out, not ``null``."""
+    return answer.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def token_response(token: str, expires_in: int) -> AccessTokenAnswer:
     """Successful answer of ``POST /snap/v1.0/access-token/b2b``."""
-    return {
-        **error_response(Case.SUCCESS.code(Service.ACCESS_TOKEN)),
-        "accessToken": token,
-        "tokenType": "Bearer",
-        "expiresIn": str(expires_in),
-    }
-
-
-def _va_data(request: _VaRequest) -> dict[str, Any]:
-    return {
-        "partnerServiceId": request.partner_service_id,
-        "customerNo": request.customer_no,
-        "virtualAccountNo": request.virtual_account_no,
-    }
+    return AccessTokenAnswer(responseCode=Case.SUCCESS.code(Service.ACCESS_TOKEN), responseMessage=Case.SUCCESS.message,
+                             accessToken=token, tokenType="Bearer", expiresIn=str(expires_in))
 
 
 def inquiry_response(
@@ -237,24 +288,24 @@ def inquiry_response(
     reason_en: str | None = None,
     reason_id: str | None = None,
     message: str | None = None,
-) -> dict[str, Any]:
+) -> InquiryAnswer:
     """Answer of ``POST /snap/v1.0/transfer-va/inquiry`` for a closed-amount ("C") bill."""
-    success = Case.of(response_code) is Case.SUCCESS
-    data: dict[str, Any] = {
-        "inquiryStatus": "00" if success else "01",
-        "inquiryReason": {
-            "english": reason_en or ("Success" if success else Case.of(response_code).message),
-            "indonesia": reason_id or ("Sukses" if success else "Gagal"),
-        },
-        **_va_data(request),
-        "inquiryRequestId": request.inquiry_request_id,
-        "virtualAccountTrxType": "C",
-    }
-    if virtual_account_name is not None:
-        data["virtualAccountName"] = virtual_account_name
-    if total_amount is not None:
-        data["totalAmount"] = Amount.of(total_amount).model_dump()
-    return {**error_response(response_code, message), "virtualAccountData": data}
+    case = Case.of(response_code)
+    success = case is Case.SUCCESS
+    data = InquiryData(
+        inquiryStatus="00" if success else "01",
+        inquiryReason=Reason(english=reason_en or ("Success" if success else case.message),
+                             indonesia=reason_id or ("Sukses" if success else "Gagal")),
+        partnerServiceId=request.partner_service_id,
+        customerNo=request.customer_no,
+        virtualAccountNo=request.virtual_account_no,
+        inquiryRequestId=request.inquiry_request_id,
+        virtualAccountTrxType="C",
+        virtualAccountName=virtual_account_name,
+        totalAmount=Amount.of(total_amount) if total_amount is not None else None,
+    )
+    return InquiryAnswer(responseCode=response_code, responseMessage=message or case.message,
+                         virtualAccountData=data)
 
 
 def payment_response(
@@ -265,22 +316,22 @@ def payment_response(
     reason_id: str,
     *,
     message: str | None = None,
-) -> dict[str, Any]:
+) -> PaymentFlagAnswer:
     """Answer of ``POST /snap/v1.0/transfer-va/payment``, echoing the request's fields."""
-    data: dict[str, Any] = {
-        "paymentFlagStatus": flag_status,
-        "paymentFlagReason": {"english": reason_en, "indonesia": reason_id},
-        **_va_data(request),
-        "paymentRequestId": request.payment_request_id,
-        "paidAmount": request.paid_amount.model_dump(),
-    }
-    optional = {
-        "virtualAccountName": request.virtual_account_name,
-        "trxId": request.trx_id,
-        "totalAmount": request.total_amount.model_dump() if request.total_amount else None,
-        "trxDateTime": request.trx_date_time,
-        "referenceNo": request.reference_no,
-        "flagAdvise": request.flag_advise,
-    }
-    data.update({key: value for key, value in optional.items() if value is not None})
-    return {**error_response(response_code, message), "virtualAccountData": data}
+    data = PaymentData(
+        paymentFlagStatus=flag_status,
+        paymentFlagReason=Reason(english=reason_en, indonesia=reason_id),
+        partnerServiceId=request.partner_service_id,
+        customerNo=request.customer_no,
+        virtualAccountNo=request.virtual_account_no,
+        paymentRequestId=request.payment_request_id,
+        paidAmount=request.paid_amount,
+        virtualAccountName=request.virtual_account_name,
+        trxId=request.trx_id,
+        totalAmount=request.total_amount,
+        trxDateTime=request.trx_date_time,
+        referenceNo=request.reference_no,
+        flagAdvise=request.flag_advise,
+    )
+    return PaymentFlagAnswer(responseCode=response_code,
+                             responseMessage=message or Case.of(response_code).message, virtualAccountData=data)

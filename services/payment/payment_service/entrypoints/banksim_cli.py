@@ -1,10 +1,10 @@
 """Bank simulator command line: test a partner bank's SNAP integration against the biller.
 
-    python -m payment_service.snap.banksim_cli keygen --out DIR [--client-id ID]
+    python -m payment_service.entrypoints.banksim_cli keygen --out DIR [--client-id ID]
         [--partner-service-id DIGITS] [--channel-id ID]
-    python -m payment_service.snap.banksim_cli [--url URL] [--bank-dir DIR] token
-    python -m payment_service.snap.banksim_cli [--url URL] [--bank-dir DIR] inquiry --va DIGITS
-    python -m payment_service.snap.banksim_cli [--url URL] [--bank-dir DIR] pay --va DIGITS
+    python -m payment_service.entrypoints.banksim_cli [--url URL] [--bank-dir DIR] token
+    python -m payment_service.entrypoints.banksim_cli [--url URL] [--bank-dir DIR] inquiry --va DIGITS
+    python -m payment_service.entrypoints.banksim_cli [--url URL] [--bank-dir DIR] pay --va DIGITS
         --amount RUPIAH [--payment-request-id ID] [--external-id ID] [--advise]
 
 ``keygen`` writes ``DIR/bank.json`` (the bank's entry for ``PAYMENT_PARTNERS_FILE``) and
@@ -25,15 +25,14 @@ from typing import Any
 
 import aiohttp
 
-from payment_service.snap.banksim import (
+from payment_service.adapters.banks import (
     BANK_FILE,
-    DEFAULT_BASE_URL,
     PRIVATE_KEY_FILE,
-    BankSimulator,
     generate_bank_keys,
     new_bank_config,
     save_bank,
 )
+from payment_service.adapters.banksim import DEFAULT_BASE_URL, BankSimulator
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,6 +1,11 @@
 """A partner-bank simulator: builds and signs real SNAP requests and sends them with aiohttp.
 
-Used by the test suite, the rush benchmark and partner banks checking their integration::
+Used by its command line (``entrypoints.banksim_cli``, e.g. to pay a bill of ``make run``), the
+test suite, the rush benchmark and partner banks checking their integration. It builds on
+production code, never the reverse: keys and partners-file entries come from ``adapters.banks``,
+paths, codes and signatures from the SNAP protocol (``adapters.snap``)::
+
+    from payment_service.adapters.banks import generate_bank_keys, new_bank_config
 
     private_pem, public_pem = generate_bank_keys()
     entry = new_bank_config(public_pem, partner_service_id="77001")   # PAYMENT_PARTNERS_FILE
@@ -10,35 +15,27 @@ Used by the test suite, the rush benchmark and partner banks checking their inte
 
 import itertools
 import json
-import os
 import secrets
 import time
 import uuid
 from datetime import datetime
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
 import aiohttp
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
-from payment_service.snap.codes import Case, Service
-from payment_service.snap.models import Amount, pad_partner_service_id, snap_virtual_account_no
-from payment_service.snap.signatures import (
+from payment_service.adapters.snap import INQUIRY_PATH, PAYMENT_PATH, TOKEN_PATH
+from payment_service.adapters.snap.codes import Case, Service
+from payment_service.adapters.snap.models import Amount, pad_partner_service_id, snap_virtual_account_no
+from payment_service.adapters.snap.signatures import (
     format_snap_timestamp,
     load_private_key,
     sign_access_token,
     sign_transaction,
 )
 
-TOKEN_PATH = "/snap/v1.0/access-token/b2b"
-INQUIRY_PATH = "/snap/v1.0/transfer-va/inquiry"
-PAYMENT_PATH = "/snap/v1.0/transfer-va/payment"
 DEFAULT_BASE_URL = "http://127.0.0.1:8082"
-BANK_FILE = "bank.json"
-PRIVATE_KEY_FILE = "private_key.pem"
 
 FlagAdvise = Literal["Y", "N"]
 SignedRequest = tuple[str, dict[str, str], bytes]
@@ -50,54 +47,6 @@ _counter = itertools.count()
 def new_external_id() -> str:
     """A numeric X-EXTERNAL-ID: microseconds since the epoch, a counter, 4 random digits."""
     return f"{time.time_ns() // 1000}{next(_counter) % 10_000:04d}{secrets.randbelow(10_000):04d}"
-
-
-def generate_bank_keys() -> tuple[bytes, bytes]:
-    """A fresh RSA-2048 key pair as (PKCS#8 private PEM, SubjectPublicKeyInfo public PEM)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    public_pem = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return private_pem, public_pem
-
-
-def new_bank_config(
-    public_key_pem: bytes,
-    *,
-    client_id: str | None = None,
-    client_secret: str | None = None,
-    partner_service_id: str = "77001",
-    channel_id: str = "95221",
-) -> dict[str, str]:
-    """One entry of ``PAYMENT_PARTNERS_FILE``'s ``banks`` list (random id and secret)."""
-    pad_partner_service_id(partner_service_id)
-    return {
-        "client_id": client_id or f"banksim-{secrets.token_hex(4)}",
-        "client_secret": client_secret or secrets.token_urlsafe(32),
-        "public_key_pem": public_key_pem.decode(),
-        "partner_service_id": partner_service_id,
-        "channel_id": channel_id,
-    }
-
-
-def save_bank(directory: Path, config: dict[str, str], private_key_pem: bytes) -> None:
-    """Keep a bank's config entry (``bank.json``) and private key (mode 0600) in ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / BANK_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    fd = os.open(directory / PRIVATE_KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(private_key_pem)
-
-
-def load_bank(directory: Path) -> tuple[dict[str, str], bytes]:
-    """The (config entry, private key PEM) kept by `save_bank`."""
-    config = json.loads((directory / BANK_FILE).read_text())
-    return config, (directory / PRIVATE_KEY_FILE).read_bytes()
 
 
 class BankSimulator:

@@ -19,8 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from emeterai_shared.http import decode_json
 
-JAKARTA = timezone(timedelta(hours=7))
-"""Asia/Jakarta (WIB) has been a fixed UTC+07:00 without daylight saving since 1964."""
+from payment_service.domain.model import JAKARTA
 
 DEFAULT_SKEW = timedelta(minutes=5)
 
@@ -103,40 +102,21 @@ def string_to_sign(method: str, path: str, access_token: str, raw_body: bytes, t
     return f"{method.upper()}:{path}:{access_token}:{body_sha256_hex(raw_body)}:{timestamp}"
 
 
-def _transaction_mac(
-    client_secret: str,
-    method: str,
-    path: str,
-    access_token: str,
-    raw_body: bytes,
-    timestamp: str,
-) -> bytes:
+def _transaction_mac(client_secret: str, method: str, path: str, access_token: str, raw_body: bytes,
+                     timestamp: str) -> bytes:
     message = string_to_sign(method, path, access_token, raw_body, timestamp).encode()
     return hmac.new(client_secret.encode(), message, hashlib.sha512).digest()
 
 
-def sign_transaction(
-    client_secret: str,
-    method: str,
-    path: str,
-    access_token: str,
-    raw_body: bytes,
-    timestamp: str,
-) -> str:
+def sign_transaction(client_secret: str, method: str, path: str, access_token: str, raw_body: bytes,
+                     timestamp: str) -> str:
     """X-SIGNATURE of a transaction request: base64(HMAC-SHA512(secret, stringToSign))."""
     mac = _transaction_mac(client_secret, method, path, access_token, raw_body, timestamp)
     return base64.b64encode(mac).decode()
 
 
-def verify_transaction_signature(
-    client_secret: str,
-    method: str,
-    path: str,
-    access_token: str,
-    raw_body: bytes,
-    timestamp: str,
-    signature_b64: str,
-) -> bool:
+def verify_transaction_signature(client_secret: str, method: str, path: str, access_token: str, raw_body: bytes,
+                                 timestamp: str, signature_b64: str) -> bool:
     """Constant-time check of a transaction X-SIGNATURE; never raises."""
     try:
         expected = _transaction_mac(client_secret, method, path, access_token, raw_body, timestamp)

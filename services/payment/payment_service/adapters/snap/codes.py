@@ -33,13 +33,17 @@ class Case(Enum):
     INVALID_FIELD_FORMAT = (400, 1, "Invalid Field Format")
     MISSING_MANDATORY_FIELD = (400, 2, "Invalid Mandatory Field")
     UNAUTHORIZED = (401, 0, "Unauthorized")
+    """Unknown client, bad signature, X-TIMESTAMP out of range, X-PARTNER-ID not the token's bank."""
     INVALID_TOKEN = (401, 1, "Invalid Token (B2B)")
+    """An access token unknown or expired."""
     VA_NOT_FOUND = (404, 12, "Invalid Bill/Virtual Account [Not Found]")
     INVALID_AMOUNT = (404, 13, "Invalid Amount")
     BILL_ALREADY_PAID = (404, 14, "Paid Bill")
     INCONSISTENT_REQUEST = (404, 18, "Inconsistent Request")
+    """An X-EXTERNAL-ID sent again with the same content (a replay): the first answer's data again."""
     VA_EXPIRED = (404, 19, "Invalid Bill/Virtual Account [Expired]")
     CONFLICT = (409, 0, "Conflict")
+    """An X-EXTERNAL-ID reused with other content, or a paymentRequestId of another VA."""
     INTERNAL_ERROR = (500, 0, "General Error")
     TIMEOUT = (504, 0, "Timeout")
     """The biller cannot answer now (its database is out of reach): nothing was done, retry."""
