@@ -63,6 +63,7 @@ from emeterai_shared.auth import TokenIssuer, ensure_keypair
 from emeterai_shared.contracts.events import DocumentStamped
 from emeterai_shared.db import create_pool
 from emeterai_shared.messaging.topology import QueueSpec, declare_consumer_queue
+from emeterai_testkit.documents import sample_pdf
 from emeterai_testkit.fixtures import reset_service, settings_for
 from emeterai_testkit.platform import Platform
 from minting_service.domain import serial
@@ -70,7 +71,6 @@ from minting_service.domain.token import StampSigner
 from stamping_service.adapters.pdfpool import PdfPool
 from stamping_service.bootstrap import SERVICE
 from stamping_service.config import StampingSettings
-from emeterai_testkit.documents import sample_pdf
 from stamping_service.pdf.signer import DEV_CERT, DEV_KEY, DEV_ROOT, dev_signing_chain
 
 from bench.callbacks.load import Load

@@ -43,8 +43,7 @@ async def test_unpaid_order_expires_and_refuses_a_late_payment(
     async with aiohttp.ClientSession() as session:
         buyer = Buyer(session, platform.url("order"))
         await buyer.register()
-        order_id = await buyer.order(1)
-        bill = await buyer.bill(order_id)
+        order_id, bill = await buyer.billed_order(1)
         await expire_now(platform, order_id)
         await buyer.status_becomes(order_id, "EXPIRED", timeout_s=60)
         bank = bank_client(platform, session)
@@ -63,8 +62,7 @@ async def test_late_bank_advice_is_captured_and_refunded(
     async with aiohttp.ClientSession() as session:
         buyer = Buyer(session, platform.url("order"))
         await buyer.register()
-        order_id = await buyer.order(2)
-        bill = await buyer.bill(order_id)
+        order_id, bill = await buyer.billed_order(2)
         paid_at = await expire_now(platform, order_id) - timedelta(seconds=1)  # in time, by the bill's clock
         await buyer.status_becomes(order_id, "EXPIRED", timeout_s=60)
         bank = bank_client(platform, session)

@@ -68,8 +68,7 @@ async def buyer_token(platform: Platform) -> str:
         assert platform.bank is not None
         buyer = Buyer(session, platform.url("order"))
         await buyer.register()
-        order_id = await buyer.order(STAMPS)
-        bill = await buyer.bill(order_id)
+        order_id, bill = await buyer.billed_order(STAMPS)
         customer_no = platform.bank.customer_no(bill["virtual_account_no"])
         status, body = await bank.pay(customer_no, bill["amount"])
         assert (status, body["responseCode"]) == (200, "2002500"), body

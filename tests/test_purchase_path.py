@@ -35,8 +35,7 @@ async def test_full_purchase_path(platform: Platform, bank_client: BankFor, va_c
     async with aiohttp.ClientSession() as session:
         buyer = Buyer(session, platform.url("order"))
         await buyer.register()
-        order_id = await buyer.order(2)
-        bill = await buyer.bill(order_id)
+        order_id, bill = await buyer.billed_order(2)
         assert bill["amount"] == 25_000
         bank = bank_client(platform, session)
         status, body = await bank.get_token()
@@ -96,8 +95,7 @@ async def test_sigkill_order_worker_after_paid_commit(
     async with aiohttp.ClientSession() as session:
         buyer = Buyer(session, platform.url("order"))
         await buyer.register()
-        order_id = await buyer.order(1)
-        bill = await buyer.bill(order_id)
+        order_id, bill = await buyer.billed_order(1)
         worker = platform.proc("order", "worker")
         await platform.restart("order", "worker", extra_env=KILL_AFTER_COMMIT)
         bank = bank_client(platform, session)

@@ -57,10 +57,7 @@ async def platform(purchase_platform: Any, tmp_path_factory: pytest.TempPathFact
 async def paid_stamps(platform: Platform, session: aiohttp.ClientSession, bank: BankSimulator,
                       va_customer_no: CustomerNo, buyer: Buyer, quantity: int) -> list[str]:
     """Order ``quantity`` stamps as ``buyer``, pay them at the bank; the serials once FULFILLED."""
-    order_id = await buyer.order(quantity)
-    bill = await buyer.bill(order_id)
-    _, body = await bank.pay(va_customer_no(platform, bill["virtual_account_no"]), bill["amount"])
-    assert body["responseCode"] == "2002500", body
+    order_id = await buyer.paid_order(quantity, bank, platform.customer_no)
     order = await buyer.status_becomes(order_id, "FULFILLED")
     serials: list[str] = order["serials"]
     assert len(serials) == quantity

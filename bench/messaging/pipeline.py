@@ -12,12 +12,11 @@ from dataclasses import dataclass
 
 import asyncpg
 from emeterai_shared.config import ServiceSettings
-from emeterai_testkit.probe import ProbeSent
 from emeterai_shared.db import create_pool
 from emeterai_shared.outbox import outbox_stats
-from emeterai_testkit.fixtures import reset_service, settings_env, spawn
-from emeterai_testkit.probe import SERVICE
 from emeterai_shared.uow import unit_of_work
+from emeterai_testkit.fixtures import reset_service, settings_env, spawn
+from emeterai_testkit.probe import SERVICE, ProbeSent
 
 from bench.messaging.cpu import CpuMeter
 from bench.messaging.raw import Rate

@@ -7,8 +7,8 @@ nothing by itself: until an operator re-drives it, the payment waiting on it is 
 long anyone waits. So "pending" must never hide it:
 
 * ``stranded`` tells, of the captured payments not yet credited or refunded, those whose only
-  pending step is parked work: the rush (``bench/rush_checks.py``) and chaos
-  (``emeterai_testkit.chaos``) invariants count them as **lost** at once, naming the message;
+  pending step is parked work: the platform invariants that the rush and chaos check (the test
+  kit's ``invariants``) count them as **lost** at once, naming the message;
 * ``emeterai_paid_messages_parked{service, message_type, where}`` (set by the relay's outbox
   metrics and the worker's queue monitor) feeds the ``PaidMessageParked`` alert.
 

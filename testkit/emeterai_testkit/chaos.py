@@ -3,14 +3,14 @@
 One run, on its own namespace (databases ``emeterai_<ns>_<svc>``, vhost ``emeterai_<ns>``, never
 ``make run``'s data):
 
-1. the four services' api, worker and relay start as real processes (``Platform``), with one
-   generated partner bank and minting stock for every applicant;
+1. the four services' api, worker and relay start as real processes (the test kit's launcher,
+   ``platform.launched``), with one generated partner bank and minting stock for every applicant;
 2. applicants arrive over ``arrival_s``: each registers, orders 2 stamps, the bank simulator pays
    the bill (a share of the callbacks are sent twice: a re-sent advice and an exact replay), then
    uploads 2 generated PDFs once the stamping quota shows the serials and waits until both are
-   DONE or FAILED. 429/503 are retried after ``Retry-After``; 5xx and lost connections (the
-   faults) after a capped backoff, with the same idempotency keys (and, at the bank, the same
-   ``paymentRequestId`` re-sent as an advice);
+   DONE or FAILED, through the test kit's ``clients.Client``: 429/503 are retried after
+   ``Retry-After``; 5xx and lost connections (the faults) after a capped backoff, with the same
+   idempotency keys (and, at the bank, the same ``paymentRequestId`` re-sent as an advice);
 3. meanwhile, on a schedule and with a printed timeline, faults are injected: SIGKILL of one
    worker of every service (restarted at once), RabbitMQ stopped and started
    (``rabbitmqctl stop_app``/``start_app``), PostgreSQL stopped and started (``pg_ctlcluster``),
@@ -20,8 +20,9 @@ One run, on its own namespace (databases ``emeterai_<ns>_<svc>``, vhost ``emeter
 4. after the load: quiescence (every outbox published, every queue of the vhost empty, no
    stamping job or order in flight, stable over a few polls);
 5. checks, from the databases and the broker (not from the load's own counters): see
-   ``evaluate``; plus ``front_doors`` from the answers the load got (no 5xx but 503, no 429/503
-   without ``Retry-After``). ``invariant`` checks fail the run; ``observation`` rows are reported.
+   ``emeterai_testkit.invariants.evaluate`` (the invariants the rush and the tests use too); plus
+   ``front_doors`` from the answers the load got (no 5xx but 503, no 429/503 without
+   ``Retry-After``). ``invariant`` checks fail the run; ``observation`` rows are reported.
    A captured payment whose only pending step is a parked message is lost (``stranding``), and
    does not hold quiescence up as "in transition".
 
@@ -35,12 +36,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import os
 import random
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -53,35 +52,23 @@ from typing import Any
 import aiohttp
 import asyncpg
 from emeterai_shared.config import ServiceSettings
-from emeterai_shared.db import connect_with_retry
 from emeterai_shared.failpoints import ENV as FAILPOINTS_ENV
-from emeterai_shared.messaging import connect
-from emeterai_shared.messaging.parking import list_parked
-from emeterai_shared.runtime import Context, ServiceDefinition
-from emeterai_shared.stranding import (
-    ParkedWork,
-    live_outbox_orders,
-    parked_from_queues,
-    parked_in_queues,
-    parked_outbox,
-    stranded,
-)
+from emeterai_shared.stranding import stranded
 
+from emeterai_testkit import invariants
+from emeterai_testkit.clients import Client, Refused, Stats
 from emeterai_testkit.fixtures import (
     AMQP_BASE,
     LOCK_FILE,
     PG_BASE,
     broker_answers,
     require_restart_headroom,
-    settings_env,
-    settings_for,
     start_rabbitmq_node,
 )
-from emeterai_testkit.platform import Platform, Proc, prepare, wait_ready
+from emeterai_testkit.invariants import Check, counts, evaluate, queue_depths
+from emeterai_testkit.platform import SERVICES, Log, Platform, Proc, launched, new_bank, platform_settings
 
-SERVICES = ("order", "payment", "minting", "stamping")
-KINDS = ("api", "worker", "relay")
-Log = Callable[[str], None]
+__all__ = ["Check", "counts", "evaluate", "queue_depths"]
 
 WORKER_KILLS = "worker_kills"
 RABBITMQ_RESTART = "rabbitmq_restart"
@@ -103,6 +90,10 @@ def _default_retry_delays() -> list[int]:
     """The services' own default delay tiers (``ServiceSettings.retry_delays_ms``)."""
     delays: list[int] = ServiceSettings.model_fields["retry_delays_ms"].get_default(call_default_factory=True)
     return list(delays)
+
+
+START_TIMEOUT_S = 180.0
+"""Starting processes on a loaded 2-core machine can take longer than ``Platform.start``'s minute."""
 
 
 @dataclass
@@ -243,56 +234,19 @@ def exclusive_servers(wait_s: float = 900, log: Log = print) -> Iterator[None]:
 # --- the platform ------------------------------------------------------------------------------------------
 
 
-def _definitions() -> dict[str, tuple[ServiceDefinition, type[ServiceSettings]]]:
-    from minting_service.bootstrap import SERVICE as MINTING
-    from minting_service.config import MintingSettings
-    from order_service.bootstrap import SERVICE as ORDER
-    from order_service.config import OrderSettings
-    from payment_service.bootstrap import SERVICE as PAYMENT
-    from payment_service.config import PaymentSettings
-    from stamping_service.bootstrap import SERVICE as STAMPING
-    from stamping_service.config import StampingSettings
-
-    return {"order": (ORDER, OrderSettings), "payment": (PAYMENT, PaymentSettings),
-            "minting": (MINTING, MintingSettings), "stamping": (STAMPING, StampingSettings)}
-
-
 @contextlib.asynccontextmanager
 async def chaos_platform(cfg: ChaosConfig, workdir: Path, *, amqp_url: str | None = None,
                          log: Log = print) -> AsyncIterator[Platform]:
     """The four services on fresh databases of ``cfg.namespace`` and its vhost (which the caller
     made fresh), with a generated bank and stock for every applicant; stopped on exit."""
-    from payment_service.snap.banksim import generate_bank_keys, new_bank_config
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    private_pem, public_pem = generate_bank_keys()
-    bank = new_bank_config(public_pem, partner_service_id="88908")
-    (workdir / "banks.json").write_text(json.dumps({"banks": [bank]}))
-    amqp_url = amqp_url or f"{AMQP_BASE}/{cfg.vhost}"
-    defs = _definitions()
-    common: dict[str, Any] = {"secrets_dir": str(workdir / "secrets"), "amqp_url": amqp_url,
-                              "retry_delays_ms": list(cfg.retry_delays_ms)}
-    extra: dict[str, dict[str, Any]] = {"payment": {"partners_file": str(workdir / "banks.json")}}
-    settings = {svc: settings_for(cls, database_name=cfg.database(svc), **common, **extra.get(svc, {}))
-                for svc, (_, cls) in defs.items()}
-    await prepare([defs[s][0] for s in SERVICES], [settings[s] for s in SERVICES])
-    p = Platform(logs=workdir)
-    for svc in SERVICES:
-        p.add(defs[svc][0], settings[svc])
-    p.extras.update(bank=bank, bank_key=private_pem)
-    try:
-        await start(p, ("order", "api"), ("order", "worker"), ("order", "relay"))  # creates the token keys
-        await start(p, *((s, k) for s in SERVICES[1:] for k in KINDS))
-        stock = cfg.applicants * cfg.stamps_per_applicant + 50
-        done = await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-m", "minting_service", "stock", "add", "--count", str(stock)],
-            env=settings_env(settings["minting"]), capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"minting stock add failed: {done.stdout}{done.stderr}")
-        log(f"platform: 12 processes ready on namespace {cfg.namespace} (logs in {workdir}), {stock} serials in stock")
+    bank = new_bank(workdir)
+    services = platform_settings(SERVICES, workdir, common={
+        "amqp_url": amqp_url or f"{AMQP_BASE}/{cfg.vhost}", "retry_delays_ms": list(cfg.retry_delays_ms)},
+        overrides={svc: {"database_name": cfg.database(svc)} for svc in SERVICES})
+    stock = cfg.applicants * cfg.stamps_per_applicant + 50
+    async with launched(services, workdir, bank=bank, start_timeout_s=START_TIMEOUT_S, stock=stock,
+                        log=lambda m: log(f"{m} on namespace {cfg.namespace}")) as p:
         yield p
-    finally:
-        p.stop()
 
 
 # --- timeline and supervision ------------------------------------------------------------------------------
@@ -363,22 +317,6 @@ def _log_tail(proc: Proc, chars: int = 2000) -> str:
         return ""
 
 
-START_TIMEOUT_S = 180.0
-"""Starting processes on a loaded 2-core machine can take longer than ``Platform.start``'s minute."""
-
-
-async def start(platform: Platform, *keys: tuple[str, str], extra_env: dict[str, str] | None = None) -> None:
-    procs = [platform.proc(*k) for k in keys]
-    for p in procs:
-        p.start(extra_env)
-    await asyncio.gather(*(wait_ready(p, START_TIMEOUT_S) for p in procs))
-
-
-async def restart(platform: Platform, key: tuple[str, str], extra_env: dict[str, str] | None = None) -> None:
-    platform.proc(*key).kill()
-    await start(platform, key, extra_env=extra_env)
-
-
 async def all_ready(platform: Platform, timeout_s: float) -> float:
     """Seconds until every process answers /readyz (one that died meanwhile is the supervisor's:
     it counts as not ready); raises after ``timeout_s``."""
@@ -414,7 +352,7 @@ async def inject_worker_kills(platform: Platform, tl: Timeline, sup: Supervisor)
             proc.kill()
         codes = {k[0]: _exit_code(platform.proc(*k)) for k in keys}
         tl.note("SIGKILL order, payment, minting and stamping workers", pids=pids)
-        await start(platform, *keys)
+        await platform.start(*keys)
     tl.note("the four workers restarted and ready")
     return {"killed": pids, "exit_codes": codes, "ok": all(c == -9 for c in codes.values())}
 
@@ -461,7 +399,7 @@ async def inject_stamping_kill_after_sign(platform: Platform, tl: Timeline, sup:
     key = ("stamping", "worker")
     proc = platform.proc(*key)
     with sup.hands_off(key):
-        await restart(platform, key, extra_env={FAILPOINTS_ENV: "stamping.after_sign=kill"})
+        await platform.restart(*key, extra_env={FAILPOINTS_ENV: "stamping.after_sign=kill"})
         tl.note("stamping worker restarted with EMETERAI_FAILPOINTS=stamping.after_sign=kill")
         deadline = time.monotonic() + wait_s
         while proc.alive and time.monotonic() < deadline:
@@ -472,7 +410,7 @@ async def inject_stamping_kill_after_sign(platform: Platform, tl: Timeline, sup:
             tl.note("stamping worker SIGKILLed itself after a signature, before its commit", exit_code=code)
         else:
             tl.note(f"no job signed within {wait_s:.0f}s: failpoint not triggered")
-        await restart(platform, key)
+        await platform.restart(*key)
     tl.note("stamping worker restarted without the failpoint and ready")
     return {"triggered": triggered, "exit_code": code, "ok": (code == -9) if triggered else True}
 
@@ -480,8 +418,8 @@ async def inject_stamping_kill_after_sign(platform: Platform, tl: Timeline, sup:
 # --- the load: applicants through the public interfaces ------------------------------------------------------
 
 
-class GaveUp(Exception):
-    pass
+GaveUp = Refused
+"""An applicant gives up: an answer its journey does not allow, or none before its deadline."""
 
 
 @dataclass
@@ -508,8 +446,10 @@ class Load:
         self.platform = platform
         self.cfg = cfg
         self.tl = tl
-        self.answers: Counter[str] = Counter()
-        self.unhinted: Counter[str] = Counter()
+        self.stats = Stats()
+        self.answers: Counter[str] = self.stats.statuses
+        """Every answer, ``"<step> <status or SNAP code>"`` (lost connections: the exception)."""
+        self.unhinted: Counter[str] = self.stats.unhinted
         """429/503 answers of the platform's front doors that came without ``Retry-After``."""
         self.document = sample_pdf(3)
         self.applicants = [Applicant(i, round(i * cfg.arrival_s / max(1, cfg.applicants), 2))
@@ -518,14 +458,13 @@ class Load:
         self.seconds = 0.0
 
     async def run(self) -> None:
-        from payment_service.snap.banksim import BankSimulator
-
         started = time.monotonic()
         connector = aiohttp.TCPConnector(limit=256)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
             self.session = session
-            self.bank = BankSimulator.from_config(self.platform.url("payment"), self.platform.extras["bank"],
-                                                  self.platform.extras["bank_key"], session=session)
+            self.client = Client(session, self.platform.urls(), stats=self.stats, transport_retries=None,
+                                 retry_server_errors=True)
+            self.bank = self.platform.simulator(session)
             await asyncio.gather(*(self._applicant(a) for a in self.applicants))
         self.seconds = time.monotonic() - started
 
@@ -542,9 +481,8 @@ class Load:
     # the steps ------------------------------------------------------------------------------
 
     async def _journey(self, a: Applicant, deadline: float) -> None:
-        order_url, stamping_url = self.platform.url("order"), self.platform.url("stamping")
         a.stage = "register"
-        status, body = await self._call("account", "POST", f"{order_url}/v1/accounts", deadline, lambda: {
+        status, body = await self._call("account", "POST", "order", "/v1/accounts", deadline, lambda: {
             "json": {"name": f"Pelamar {a.index}", "phone": f"+62812{a.index:08d}"},
             "headers": {"Idempotency-Key": f"chaos-account-{a.index}-{self.cfg.namespace}"}})
         if status != 201:
@@ -552,13 +490,13 @@ class Load:
         auth = {"Authorization": f"Bearer {body['token']}"}
         a.stage = "order"
         order_key = str(uuid.uuid4())
-        status, body = await self._call("order", "POST", f"{order_url}/v1/orders", deadline, lambda: {
+        status, body = await self._call("order", "POST", "order", "/v1/orders", deadline, lambda: {
             "json": {"quantity": self.cfg.stamps_per_applicant}, "headers": {**auth, "Idempotency-Key": order_key}})
         if status != 202:
             raise GaveUp(f"order answered {status}: {body}")
         a.order_id = str(body["order_id"])
         a.stage = "bill"
-        order = await self._poll("order_get", f"{order_url}/v1/orders/{a.order_id}", auth, deadline,
+        order = await self._poll("order_get", "order", f"/v1/orders/{a.order_id}", auth, deadline,
                                  lambda o: o.get("payment") is not None or o.get("status") != "AWAITING_PAYMENT")
         if order.get("payment") is None:
             a.order_status = order.get("status")
@@ -567,7 +505,7 @@ class Load:
         if not await self._pay(a, order["payment"], deadline):
             return
         a.stage = "fulfil"
-        order = await self._poll("order_get", f"{order_url}/v1/orders/{a.order_id}", auth, deadline,
+        order = await self._poll("order_get", "order", f"/v1/orders/{a.order_id}", auth, deadline,
                                  lambda o: o.get("status") in ("FULFILLED", "REFUNDED", "FAILED", "EXPIRED"))
         a.order_status = order["status"]
         if a.order_status != "FULFILLED":
@@ -575,7 +513,7 @@ class Load:
             return
         a.serials = list(order["serials"])
         a.stage = "quota"
-        await self._poll("quota", f"{stamping_url}/v1/quota", auth, deadline,
+        await self._poll("quota", "stamping", "/v1/quota", auth, deadline,
                          lambda q: set(a.serials) <= set(q.get("serials_available", [])))
         a.stage = "upload"
         ids = []
@@ -585,14 +523,14 @@ class Load:
             def upload(n: int = n, key: str = key) -> dict[str, Any]:
                 return {"data": self._form(n), "headers": {**auth, "Idempotency-Key": key}}
 
-            status, body = await self._call("upload", "POST", f"{stamping_url}/v1/stampings", deadline, upload)
+            status, body = await self._call("upload", "POST", "stamping", "/v1/stampings", deadline, upload)
             if status == 202:
                 ids.append(str(body["stamping_id"]))
             else:
                 a.refusals.append(f"upload {status} {body.get('error', {}).get('code')}")
         a.stage = "stamp"
         for sid in ids:
-            job = await self._poll("stamping_get", f"{stamping_url}/v1/stampings/{sid}", auth, deadline,
+            job = await self._poll("stamping_get", "stamping", f"/v1/stampings/{sid}", auth, deadline,
                                    lambda j: j.get("status") in ("DONE", "FAILED"))
             a.stampings[sid] = job["status"]
         a.stage = "done"
@@ -604,44 +542,21 @@ class Load:
             form.add_field(name, str(value))
         return form
 
-    async def _call(self, step: str, method: str, url: str, deadline: float,
+    async def _call(self, step: str, method: str, service: str, path: str, deadline: float,
                     kwargs: Callable[[], dict[str, Any]]) -> tuple[int, dict[str, Any]]:
-        """One request, retried on 429/503 after Retry-After and on 5xx or a lost connection after
-        a capped backoff, until ``deadline``; any other answer is returned."""
-        backoff = 0.5
-        while True:
-            if time.monotonic() > deadline:
-                raise GaveUp(f"{step}: no answer other than 429/503/5xx before the deadline")
-            try:
-                async with self.session.request(method, url, **kwargs()) as r:
-                    status = r.status
-                    retry_after = r.headers.get("Retry-After")
-                    text = await r.text()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                self.answers[f"{step} {type(exc).__name__}"] += 1
-                await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
-                backoff = min(5.0, backoff * 2)
-                continue
-            self.answers[f"{step} {status}"] += 1
-            if status in (429, 503) and not retry_after:
-                self.unhinted[f"{step} {status}"] += 1
-            try:
-                body = json.loads(text) if text else {}
-            except ValueError:
-                body = {"raw": text[:200]}
-            if status in (429, 503):
-                await asyncio.sleep(_seconds(retry_after, 1.0) + random.uniform(0, 0.5))
-                continue
-            if status >= 500:
-                await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
-                backoff = min(5.0, backoff * 2)
-                continue
-            return status, body if isinstance(body, dict) else {"body": body}
+        """One request through the test kit's ``Client``: retried on 429/503 after Retry-After and on
+        5xx or a lost connection after a capped backoff, until ``deadline``; any other answer is
+        returned (``kwargs``: ``json``, ``headers``, ``data``, built again for every try)."""
+        first = kwargs()
+        answer = await self.client.call(method, service, path, step, ok=None, deadline=deadline,
+                                        json=first.get("json"), headers=first.get("headers"),
+                                        data=(lambda: kwargs().get("data")) if "data" in first else None)
+        return answer.status, answer.data
 
-    async def _poll(self, step: str, url: str, auth: dict[str, str], deadline: float,
+    async def _poll(self, step: str, service: str, path: str, auth: dict[str, str], deadline: float,
                     done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         while True:
-            status, body = await self._call(step, "GET", url, deadline, lambda: {"headers": auth})
+            status, body = await self._call(step, "GET", service, path, deadline, lambda: {"headers": auth})
             if status == 200 and done(body):
                 return body
             if status != 200:
@@ -668,10 +583,10 @@ class Load:
     async def _pay(self, a: Applicant, bill: dict[str, Any], deadline: float) -> bool:
         """The bank pays the bill; while it gets no definite answer it re-sends the same payment
         (same paymentRequestId and time) as an advice (``flagAdvise=Y``), as banks do."""
-        from payment_service.snap.banksim import PAYMENT_PATH
+        from payment_service.adapters.snap import PAYMENT_PATH
 
-        prefix = self.platform.extras["bank"]["partner_service_id"]
-        customer_no = str(bill["virtual_account_no"])[len(prefix):]
+        assert self.platform.bank is not None
+        customer_no = self.platform.bank.customer_no(str(bill["virtual_account_no"]))
         amount = int(bill["amount"])
         prid = uuid.uuid4().hex
         a.payment_request_id = prid
@@ -765,91 +680,29 @@ def front_doors(answers: Mapping[str, int], unhinted: Mapping[str, int]) -> Chec
                  violations=violations)
 
 
-def _seconds(value: str | None, default: float) -> float:
-    try:
-        return max(0.0, float(value)) if value is not None else default
-    except ValueError:
-        return default
-
-
 # --- quiescence --------------------------------------------------------------------------------------------
-
-
-async def queue_depths(vhost: str) -> dict[str, int]:
-    """Messages (ready and unacknowledged) of every queue of ``vhost``, from rabbitmqctl."""
-    done = await asyncio.to_thread(_run, ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "--no-table-headers",
-                                          "name", "messages"], 60)
-    if done.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl list_queues failed: {done.stderr.strip()}")
-    depths = {}
-    for line in done.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            depths[parts[0]] = int(parts[1])
-    return depths
-
-
-async def _fetch(settings: ServiceSettings, query: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await connect_with_retry(settings.database_url, timeout_s=30)
-    try:
-        rows: list[asyncpg.Record] = await conn.fetch(query, *args)
-        return rows
-    finally:
-        await conn.close()
-
-
-OUTBOX_STATS = """SELECT count(*) FILTER (WHERE parked_at IS NULL) AS backlog,
-                         count(*) FILTER (WHERE parked_at IS NOT NULL) AS parked,
-                         coalesce(round(extract(epoch FROM now() - min(created_at)
-                             FILTER (WHERE parked_at IS NULL))), 0)::int AS oldest_s
-                  FROM outbox WHERE sent_at IS NULL"""
 
 
 async def in_flight(platform: Platform, vhost: str) -> dict[str, Any]:
     """What is still moving: outbox backlogs, non-empty queues, unfinished jobs and orders."""
-    s = platform.settings
-    stats = {svc: (await _fetch(s[svc], OUTBOX_STATS))[0] for svc in SERVICES}
-    outbox = {svc: f"{r['backlog']} rows, oldest {r['oldest_s']}s" for svc, r in stats.items() if r["backlog"]}
-    depths = await queue_depths(vhost)
-    queues = {q: n for q, n in depths.items() if n and not q.endswith(".parking")}
-    jobs = (await _fetch(s["stamping"], "SELECT count(*) AS n FROM stampings WHERE status IN ('QUEUED', 'STAMPING')"
-                         ))[0]["n"]
-    moving = [str(r["id"]) for r in await _fetch(s["order"], "SELECT id FROM orders WHERE status = ANY($1)",
-                                                   list(TRANSITIONAL_ORDER_STATES))]
-    if moving:  # an order whose only pending step is a parked message is not moving: it is stranded
-        parked, live = await parked_work(platform)  # every parking queue: list_queues' counts lag behind
-        stuck = stranded(moving, parked, live)
-        moving = [o for o in moving if o not in stuck]
-    orders = len(moving)
+    async with invariants.pools_of({svc: s.database_url for svc, s in platform.settings.items()}) as pools:
+        stats = await invariants.outbox_stats(pools)
+        outbox = {svc: f"{r['backlog']} rows, oldest {r['oldest_s']}s" for svc, r in stats.items() if r["backlog"]}
+        depths = await queue_depths(vhost)
+        queues = {q: n for q, n in depths.items() if n and not q.endswith(".parking")}
+        jobs = await pools["stamping"].fetchval(
+            "SELECT count(*) FROM stampings WHERE status IN ('QUEUED', 'STAMPING')")
+        moving = [r["id"] for r in await pools["order"].fetch(
+            "SELECT id::text AS id FROM orders WHERE status = ANY($1)", list(TRANSITIONAL_ORDER_STATES))]
+        if moving:  # an order whose only pending step is a parked message is not moving: it is stranded
+            # every parking queue: list_queues' counts lag behind
+            parked, live = await invariants.parked_work(pools, platform.settings["order"].amqp_url,
+                                                        invariants.consumer_queues())
+            stuck = stranded(moving, parked, live)
+            moving = [o for o in moving if o not in stuck]
     busy = {k: v for k, v in {"outbox": outbox, "queues": queues,
-                              "stamping_jobs_unfinished": jobs, "orders_in_transition": orders}.items() if v}
+                              "stamping_jobs_unfinished": jobs, "orders_in_transition": len(moving)}.items() if v}
     return busy
-
-
-def consumer_queues(platform: Platform) -> list[str]:
-    defs = _definitions()
-    return [sub.queue for svc in SERVICES
-            for sub in defs[svc][0].subscriptions(Context(settings=platform.settings[svc], pool=None))]
-
-
-async def parked_work(platform: Platform) -> tuple[list[ParkedWork], set[str]]:
-    """The money-carrying parked work (outbox rows the relays parked, messages in parking queues)
-    and the orders with outbox rows still to publish."""
-    parked: list[ParkedWork] = []
-    live: set[str] = set()
-    for svc in SERVICES:
-        conn = await connect_with_retry(platform.settings[svc].database_url, timeout_s=30)
-        try:
-            parked += await parked_outbox(conn, svc)
-            live |= await live_outbox_orders(conn)
-        finally:
-            await conn.close()
-    amqp = await connect(platform.settings["order"].amqp_url, name="chaos-parked")
-    try:
-        parked += await parked_in_queues(amqp, consumer_queues(platform))
-    finally:
-        await amqp.close()
-    return parked, live
 
 
 async def wait_quiescent(platform: Platform, vhost: str, tl: Timeline, timeout_s: float,
@@ -876,233 +729,15 @@ async def wait_quiescent(platform: Platform, vhost: str, tl: Timeline, timeout_s
     return {"reached": False, "after_s": round(time.monotonic() - started, 1), "still_in_flight": busy}
 
 
-# --- the checks --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str
-    kind: str = "invariant"
-    """``invariant`` (fails the run) or ``observation`` (reported)."""
-    violations: list[str] = field(default_factory=list)
-
-    def status(self) -> str:
-        return "ok" if self.ok else ("FAIL" if self.kind == "invariant" else "WARN")
+# --- the checks: emeterai_testkit.invariants ---------------------------------------------------------------
 
 
 async def collect(platform: Platform, vhost: str) -> dict[str, Any]:
-    """Everything the checks read, from the four databases and the broker."""
-    s = platform.settings
-    data: dict[str, Any] = {
-        "payments": await _fetch(s["payment"], "SELECT payment_id, order_id, client_id, payment_request_id, amount,"
-                                               " late FROM payments"),
-        "refunds": await _fetch(s["payment"], "SELECT refund_id, order_id, payment_id, amount, reason FROM refunds"),
-        "bills": await _fetch(s["payment"], "SELECT order_id, status FROM bills"),
-        "orders": await _fetch(s["order"], "SELECT id, account_id, status, quantity, serials, payment_id, billed_at,"
-                                           " failure_reason FROM orders"),
-        "order_serials": await _fetch(s["order"], "SELECT sn, order_id FROM order_serials"),
-        "serials": await _fetch(s["minting"], "SELECT sn, status, order_id, stamping_id, document_sha256 FROM serials"
-                                              " WHERE status <> 'STOCK'"),
-        "issuances": await _fetch(s["minting"], "SELECT order_id, account_id, quantity, status, reason FROM issuances"),
-        "reuse_attempts": await _fetch(s["minting"], "SELECT sn, stamping_id, found_status FROM reuse_attempts"),
-        "stamps": await _fetch(s["stamping"], "SELECT sn, account_id, order_id, status FROM stamps"),
-        "stampings": await _fetch(s["stamping"], "SELECT id, account_id, sn, status, error, stamped_sha256, attempts"
-                                                 " FROM stampings"),
-        "outbox": {svc: dict((await _fetch(s[svc], OUTBOX_STATS))[0]) for svc in SERVICES},
-        "queues": await queue_depths(vhost),
-    }
-    parked: list[dict[str, Any]] = []
-    conn = await connect(s["order"].amqp_url, name="chaos-checks")
-    try:
-        defs = _definitions()
-        for svc in SERVICES:
-            for sub in defs[svc][0].subscriptions(Context(settings=s[svc], pool=None)):
-                for message in await list_parked(conn, sub.queue, limit=1000):
-                    parked.append({"service": svc, **message.summary()})
-    finally:
-        await conn.close()
-    data["parked"] = parked
-    data["parked_outbox"], data["live_orders"] = [], set()
-    for svc in SERVICES:
-        conn = await connect_with_retry(s[svc].database_url, timeout_s=30)
-        try:
-            data["parked_outbox"] += await parked_outbox(conn, svc)
-            data["live_orders"] |= await live_outbox_orders(conn)
-        finally:
-            await conn.close()
-    return data
-
-
-def _ids(rows: list[str], limit: int = 20) -> list[str]:
-    return rows[:limit]
-
-
-def evaluate(data: dict[str, Any], acknowledged: set[str], quiescence: dict[str, Any]) -> list[Check]:
-    """The invariants, from what ``collect`` read (``acknowledged``: the paymentRequestIds the bank
-    was answered ``2002500`` for)."""
-    checks: list[Check] = []
-    orders = {r["id"]: r for r in data["orders"]}
-    refunds = {r["order_id"]: r for r in data["refunds"]}
-    order_serials: dict[uuid.UUID, list[str]] = {}
-    for r in data["order_serials"]:
-        order_serials.setdefault(r["order_id"], []).append(r["sn"])
-    minted = {r["sn"]: r for r in data["serials"]}
-    stamps = {r["sn"]: r for r in data["stamps"]}
-    stampings = data["stampings"]
-
-    checks.append(Check("quiescence after recovery", bool(quiescence.get("reached")),
-                        f"after {quiescence.get('after_s')}s" if quiescence.get("reached")
-                        else f"still in flight: {quiescence.get('still_in_flight')}"))
-
-    # every captured payment ends credited (FULFILLED with its serials) or refunded (refund recorded)
-    credited = refunded = 0
-    bad: list[str] = []
-    unresolved: list[str] = []
-    for p in data["payments"]:
-        o = orders.get(p["order_id"])
-        sns = order_serials.get(p["order_id"], [])
-        if (o is not None and o["status"] == "FULFILLED" and len(o["serials"]) == o["quantity"]
-                and sorted(o["serials"]) == sorted(sns)
-                and all(minted.get(sn, {}).get("order_id") == p["order_id"] for sn in sns)):
-            credited += 1
-        elif p["order_id"] in refunds and refunds[p["order_id"]]["payment_id"] in (p["payment_id"], None):
-            refunded += 1
-            if o is None or o["status"] != "REFUNDED":
-                bad.append(f"order {p['order_id']}: refund recorded but order is {o and o['status']}")
-        else:
-            unresolved.append(str(p["order_id"]))
-            bad.append(f"order {p['order_id']}: payment {p['payment_id']} captured, order "
-                       f"{o['status'] if o else 'missing'} with {len(o['serials']) if o else 0} serial(s), "
-                       f"{len(sns)} in order_serials, no refund")
-    checks.append(Check("every captured payment credited or refunded", not bad,
-                        f"{len(data['payments'])} captured: {credited} credited, {refunded} refunded, "
-                        f"{len(unresolved)} lost", violations=bad))
-
-    # "pending" never hides parked work: a captured payment whose only pending step is a parked
-    # message is lost (nothing moves it until an operator acts), and the check names the message
-    parked_money = [*data.get("parked_outbox", []), *parked_from_queues(data["parked"])]
-    stuck = stranded(unresolved, parked_money, data.get("live_orders", set()))
-    checks.append(Check("no captured payment stranded behind a parked message (counted lost)", not stuck,
-                        f"{len(stuck)} captured payment(s) whose only pending step is parked work",
-                        violations=[f"order {o}: lost, {'; '.join(w.describe() for w in work)}"
-                                    for o, work in stuck.items()]))
-
-    # the bank's acknowledged payments exist (an acknowledged payment we did not record is lost money)
-    captured_ids = {p["payment_request_id"] for p in data["payments"]}
-    lost = sorted(acknowledged - captured_ids)
-    checks.append(Check("every payment the bank got 2002500 for is captured", not lost,
-                        f"{len(acknowledged)} acknowledged, {len(captured_ids)} captured",
-                        violations=[f"paymentRequestId {x}" for x in lost]))
-    per_order = Counter(p["order_id"] for p in data["payments"])
-    twice = [f"order {o}: {n} captures" for o, n in per_order.items() if n > 1]
-    checks.append(Check("one capture per order (duplicate callbacks absorbed)", not twice,
-                        f"{len(per_order)} orders paid", violations=twice))
-
-    # serials: issued once (minting), in one order (order db), used by one DONE stamping
-    issued = [r for r in data["serials"] if r["order_id"] is not None]
-    by_issuance: Counter[uuid.UUID] = Counter(r["order_id"] for r in issued)
-    bad = [f"issuance {i['order_id']}: {by_issuance.get(i['order_id'], 0)} serials for quantity {i['quantity']}"
-           for i in data["issuances"] if i["status"] == "ISSUED" and by_issuance.get(i["order_id"], 0) != i["quantity"]]
-    bad += [f"serial {r['sn']} carries order {r['order_id']} without an ISSUED issuance" for r in issued
-            if r["order_id"] not in {i["order_id"] for i in data["issuances"] if i["status"] == "ISSUED"}]
-    checks.append(Check("minting: every serial issued once, to one issuance", not bad,
-                        f"{len(issued)} serials issued to {len(by_issuance)} orders", violations=bad))
-
-    in_orders = Counter(sn for o in data["orders"] for sn in o["serials"])
-    bad = [f"serial {sn} in {n} orders" for sn, n in in_orders.items() if n > 1]
-    bad += [f"serial {sn}: order {oid} in order_serials, minting says {minted.get(sn, {}).get('order_id')}"
-            for oid, sns in order_serials.items() for sn in sns if minted.get(sn, {}).get("order_id") != oid]
-    checks.append(Check("order db: no serial in two orders, each the one minting issued it to", not bad,
-                        f"{len(in_orders)} serials in {sum(1 for o in data['orders'] if o['serials'])} orders",
-                        violations=bad))
-
-    done = [j for j in stampings if j["status"] == "DONE"]
-    per_sn = Counter(j["sn"] for j in done)
-    bad = [f"serial {sn} used by {n} DONE stampings" for sn, n in per_sn.items() if n > 1]
-    for j in done:
-        m = minted.get(j["sn"])
-        if m is None or m["status"] != "STAMPED" or m["stamping_id"] != j["id"] \
-                or m["document_sha256"] != j["stamped_sha256"]:
-            bad.append(f"stamping {j['id']} DONE with {j['sn']}, minting has "
-                       f"{m and (m['status'], str(m['stamping_id']), m['document_sha256'] == j['stamped_sha256'])}")
-    stamped_sns = {r["sn"] for r in data["serials"] if r["status"] == "STAMPED"}
-    bad += [f"serial {sn} STAMPED in minting without a DONE stamping" for sn in sorted(stamped_sns - set(per_sn))]
-    bad += [f"reuse attempt recorded: {r['sn']} by {r['stamping_id']} ({r['found_status']})"
-            for r in data["reuse_attempts"]]
-    checks.append(Check("no serial used by two DONE stampings; minting STAMPED = DONE (same document)", not bad,
-                        f"{len(done)} DONE, {len(stamped_sns)} STAMPED in minting, "
-                        f"{len(data['reuse_attempts'])} reuse attempts", violations=bad))
-
-    # every accepted stamping ends DONE, or FAILED with its serial back to UNUSED
-    live = {j["sn"]: j for j in stampings if j["status"] != "FAILED"}
-    bad = []
-    for j in stampings:
-        stamp = stamps.get(j["sn"])
-        stamp_status = stamp["status"] if stamp else None
-        if j["status"] in ("QUEUED", "STAMPING"):
-            bad.append(f"stamping {j['id']} still {j['status']} (attempts {j['attempts']})")
-        elif j["status"] == "DONE" and stamp_status != "USED":
-            bad.append(f"stamping {j['id']} DONE but stamp {j['sn']} is {stamp_status}")
-        elif j["status"] == "FAILED" and stamp_status != "UNUSED" and j["sn"] not in live:
-            bad.append(f"stamping {j['id']} FAILED ({j['error']}) but stamp {j['sn']} is {stamp_status}")
-    bad += [f"stamp {sn} RESERVED without a live job" for sn, st in stamps.items()
-            if st["status"] == "RESERVED" and sn not in live]
-    failed = [j for j in stampings if j["status"] == "FAILED"]
-    checks.append(Check("every accepted stamping DONE, or FAILED with its serial UNUSED again", not bad,
-                        f"{len(stampings)} accepted: {len(done)} DONE, {len(failed)} FAILED", violations=bad))
-
-    # the stamping quota learnt every serial minting issued, for the right account
-    accounts = {o["id"]: o["account_id"] for o in data["orders"]}
-    bad = [f"serial {r['sn']} of order {r['order_id']} missing from stamping's stamps" for r in issued
-           if r["sn"] not in stamps]
-    bad += [f"stamp {sn} belongs to {st['account_id']}, its order to {accounts.get(st['order_id'])}"
-            for sn, st in stamps.items() if accounts.get(st["order_id"]) != st["account_id"]]
-    checks.append(Check("stamping quota = serials minting issued, per account", not bad,
-                        f"{len(stamps)} stamps known to stamping", violations=bad))
-
-    # parking: reported with reasons; a parked message without one is a violation
-    parked = data["parked"]
-    reasonless = [f"{m['queue']} {m['message_id']} ({m['type']})" for m in parked
-                  if not m.get("reason") or m["reason"] == "unknown"]
-    checks.append(Check("nothing parked without a reason", not reasonless,
-                        f"{len(parked)} parked message(s)", violations=reasonless))
-    checks.append(Check("parking queues empty", not parked, f"{len(parked)} parked message(s)", kind="observation",
-                        violations=[f"{m['queue']}: {m['type']} {m['correlation_id']}: {m['reason']}" for m in parked]))
-
-    outbox = data["outbox"]
-    bad = [f"{svc}: {v['parked']} parked row(s)" for svc, v in outbox.items() if v["parked"]]
-    checks.append(Check("outbox: no parked rows", not bad,
-                        ", ".join(f"{svc} {v['parked']}" for svc, v in outbox.items()), violations=bad))
-    bad = [f"{svc}: {v['backlog']} unpublished row(s)" for svc, v in outbox.items() if v["backlog"]]
-    bad += [f"queue {q}: {n} message(s)" for q, n in sorted(data["queues"].items())
-            if n and not q.endswith(".parking")]
-    checks.append(Check("outboxes published and queues drained", not bad,
-                        f"{len(data['queues'])} queues in the vhost", violations=bad))
-
-    states = Counter(o["status"] for o in data["orders"])
-    unbilled = [f"order {o['id']} {o['status']} never billed" for o in data["orders"] if o["billed_at"] is None]
-    checks.append(Check("every order got its bill (order.placed handled)", not unbilled,
-                        ", ".join(f"{k} {v}" for k, v in sorted(states.items())), kind="observation",
-                        violations=unbilled))
-    for c in checks:
-        c.violations = _ids(c.violations)
-    return checks
-
-
-def counts(data: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "orders": dict(Counter(o["status"] for o in data["orders"])),
-        "payments_captured": len(data["payments"]), "refunds": len(data["refunds"]),
-        "serials_issued": sum(1 for r in data["serials"] if r["order_id"] is not None),
-        "serials_stamped": sum(1 for r in data["serials"] if r["status"] == "STAMPED"),
-        "stampings": dict(Counter(j["status"] for j in data["stampings"])),
-        "stampings_attempts_max": max((j["attempts"] for j in data["stampings"]), default=0),
-        "stamps": dict(Counter(s["status"] for s in data["stamps"])),
-        "parked_messages": len(data["parked"]),
-        "outbox": data["outbox"],
-    }
+    """Everything the invariants read (``invariants.snapshot``), from the platform's four
+    databases and its broker."""
+    async with invariants.pools_of({svc: s.database_url for svc, s in platform.settings.items()}) as pools:
+        return await invariants.snapshot(pools, amqp_url=platform.settings["order"].amqp_url,
+                                         queues=invariants.consumer_queues(), vhost=vhost)
 
 
 # --- the run -----------------------------------------------------------------------------------------------

@@ -319,7 +319,7 @@ def settings_env(settings: ServiceSettings) -> dict[str, str]:
     return env
 
 
-async def reset_service(defn: ServiceDefinition, settings: ServiceSettings) -> None:
+async def reset_service(defn: ServiceDefinition[Any], settings: ServiceSettings) -> None:
     """A fresh database (migrated) and empty queues for ``defn``."""
     await drop_database(settings.database_url)
     await prepare_database(settings.database_url, defn.migrations, defn.name)
@@ -366,7 +366,7 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def running(defn: ServiceDefinition, settings: ServiceSettings, *, worker: bool = True,
+async def running(defn: ServiceDefinition[Any], settings: ServiceSettings, *, worker: bool = True,
                   relay: bool = True) -> AsyncIterator[Harness]:
     """Run the worker and/or relay of ``defn`` in-process for the duration of the block."""
     from emeterai_shared.runtime import Resources
@@ -422,7 +422,7 @@ def spawn(module: str, command: str, env: dict[str, str], *extra: str) -> subpro
 
 
 @contextlib.asynccontextmanager
-async def serve_api(defn: ServiceDefinition, settings: ServiceSettings, pool: asyncpg.Pool) -> AsyncIterator[str]:
+async def serve_api(defn: ServiceDefinition[Any], settings: ServiceSettings, pool: asyncpg.Pool) -> AsyncIterator[str]:
     """The API of ``defn`` in-process on ``pool`` (a real aiohttp server on a free port);
     yields its base URL."""
     from aiohttp.test_utils import TestServer

@@ -1,9 +1,10 @@
 """The platform under the rush: bring it up when it is down, find its processes, sample them.
 
-- ``Platform.up()``: when the four apis answer ``/readyz`` they are used as they are; otherwise
-  the Makefile's ``setup`` runs and the Procfile is started with honcho (as ``make run`` does),
-  each process's lines written to ``var/rush/<process>.log``; ``down()`` stops what ``up()``
-  started (SIGTERM, then wait).
+- ``RushPlatform.up()``: when the four apis answer ``/readyz`` they are used as they are;
+  otherwise the Makefile's ``setup`` runs and the test kit's launcher (``emeterai_testkit.
+  platform.launch``) starts the api, worker and relay of every service with ``make run``'s
+  settings, each process's output in ``var/rush/<svc>-<kind>.log``; ``down()`` stops what
+  ``up()`` started (SIGTERM, then wait).
 - ``ProcessSampler``: RSS and CPU of every platform process (the api, worker and relay of each
   service, found by the ports they listen on, with their PDF worker processes) and of PostgreSQL
   and RabbitMQ (shared with anything else on the machine), from ``/proc``.
@@ -15,28 +16,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
-import signal
 import subprocess
-import sys
-import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import aiohttp
-from emeterai_shared.config import ServiceSettings
+from emeterai_testkit.platform import Log, Platform, definitions, launch, platform_of
 from prometheus_client.parser import text_string_to_metric_families
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LOG_DIR = REPO / "var" / "rush"
-SERVICES = ("order", "payment", "minting", "stamping")
 SERVERS = {"postgresql": "postgres", "rabbitmq": "beam.smp"}  # label -> process name (comm)
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
-_HONCHO_LINE = re.compile(r"^\S+\s+([a-z]+-[a-z]+)\.\d+\s+\|\s?(.*)$")
+START_TIMEOUT_S = 180.0
 
 
 async def ready(session: aiohttp.ClientSession, url: str) -> bool:
@@ -47,123 +43,60 @@ async def ready(session: aiohttp.ClientSession, url: str) -> bool:
         return False
 
 
-class Platform:
-    """The four services' processes: found running, or started here (and then stopped here)."""
+class RushPlatform:
+    """The four services with ``make run``'s settings: found running, or started here (by the
+    test kit's launcher, and then stopped here)."""
 
-    def __init__(self, settings: dict[str, ServiceSettings], *, stock_min: int, log: Any = print):
-        self.settings = settings
+    def __init__(self, *, stock_min: int, log: Log = print):
+        services = [(defn, cls()) for defn, cls in definitions().values()]
+        env = {"EMETERAI_LOG_JSON": os.environ.get("EMETERAI_LOG_JSON", "false")}
+        self.platform: Platform = platform_of(services, LOG_DIR, process_env=env, start_timeout_s=START_TIMEOUT_S)
+        self.settings = self.platform.settings
         self.stock_min = stock_min
         self.log = log
         self.started_here = False
-        self._honcho: subprocess.Popen[bytes] | None = None
-        self._files: dict[str, IO[str]] = {}
 
     def api_url(self, service: str) -> str:
-        s = self.settings[service]
-        host = "127.0.0.1" if s.http_host in ("0.0.0.0", "") else s.http_host
-        return f"http://{host}:{s.http_port}"
+        return self.platform.url(service)
 
     def ports(self) -> dict[int, str]:
         """port -> ``<svc>-<kind>`` of every api, worker and relay."""
-        out = {}
-        for svc in SERVICES:
-            s = self.settings[svc]
-            out.update({s.http_port: f"{svc}-api", s.worker_metrics_port: f"{svc}-worker",
-                        s.relay_metrics_port: f"{svc}-relay"})
-        return out
+        return self.platform.ports()
 
     def metrics_urls(self) -> dict[str, str]:
-        """``<svc>-<kind>`` -> its /metrics URL (workers and relays serve theirs on their own ports)."""
-        urls = {}
-        for svc in SERVICES:
-            s = self.settings[svc]
-            host = "127.0.0.1" if s.http_host in ("0.0.0.0", "") else s.http_host
-            ports = {"api": s.http_port, "worker": s.worker_metrics_port, "relay": s.relay_metrics_port}
-            for kind, port in ports.items():
-                urls[f"{svc}-{kind}"] = f"http://{host}:{port}/metrics"
-        return urls
+        return self.platform.metrics_urls()
 
-    async def all_ready(self, session: aiohttp.ClientSession, *, every_process: bool = False) -> bool:
-        urls = [f"{self.api_url(s)}/readyz" for s in SERVICES]
-        if every_process:
-            urls = [u.replace("/metrics", "/readyz") for u in self.metrics_urls().values()]
+    async def apis_ready(self, session: aiohttp.ClientSession) -> bool:
+        urls = [f"{self.api_url(s)}/readyz" for s in self.settings]
         return all(await asyncio.gather(*(ready(session, u) for u in urls)))
 
     async def up(self, session: aiohttp.ClientSession) -> None:
-        if await self.all_ready(session):
+        if await self.apis_ready(session):
             self.log("platform: the four apis answer /readyz: using the running platform")
         else:
-            self.log("platform: not running: make setup, then the Procfile under honcho "
+            self.log("platform: not running: make setup, then every api, worker and relay "
                      f"(logs in {LOG_DIR.relative_to(REPO)}/)")
-            self._setup()
-            self._start()
-            deadline = time.monotonic() + 180
-            while not await self.all_ready(session, every_process=True):
-                if self._honcho is not None and self._honcho.poll() is not None:
-                    raise RuntimeError(f"honcho exited with {self._honcho.returncode}: see {LOG_DIR}/")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the platform did not become ready within 180 s: see {LOG_DIR}/")
-                await asyncio.sleep(0.5)
+            await asyncio.to_thread(self._run, "make", "-s", "setup")
+            for old in LOG_DIR.glob("*.log"):
+                old.unlink()
+            self.started_here = True
+            await launch(self.platform, fresh=False)
             self.log("platform: every api, worker and relay is ready")
-        self._stock()
+        await self.platform.command("minting", "stock", "ensure", "--min", str(self.stock_min))
+        self.log(f"platform: minting stock ensured at ≥ {self.stock_min} serials")
 
     def _run(self, *argv: str) -> None:
         done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
 
-    def _setup(self) -> None:
-        self._run("make", "-s", "setup")
-
-    def _stock(self) -> None:
-        self._run(sys.executable, "-m", "minting_service", "stock", "ensure", "--min", str(self.stock_min))
-        self.log(f"platform: minting stock ensured at ≥ {self.stock_min} serials")
-
-    def _start(self) -> None:
-        LOG_DIR.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "EMETERAI_LOG_JSON": os.environ.get("EMETERAI_LOG_JSON", "false")}
-        self._honcho = subprocess.Popen(
-            [str(REPO / ".venv" / "bin" / "honcho"), "start", "-f", "Procfile", "--no-colour"],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
-        self.started_here = True
-        threading.Thread(target=self._split_logs, daemon=True).start()
-
-    def _file(self, name: str) -> IO[str]:
-        if name not in self._files:
-            self._files[name] = (LOG_DIR / f"{name}.log").open("w", buffering=1)
-        return self._files[name]
-
-    def _split_logs(self) -> None:
-        """honcho's merged output, one file per process (``order-api.log`` ...; honcho.log the rest)."""
-        assert self._honcho is not None and self._honcho.stdout is not None
-        for raw in self._honcho.stdout:
-            line = raw.decode(errors="replace").rstrip("\n")
-            match = _HONCHO_LINE.match(line)
-            if match:
-                self._file(match.group(1)).write(match.group(2) + "\n")
-            else:
-                self._file("honcho").write(line + "\n")
-
     def down(self, grace_s: float = 60) -> None:
-        """Stop what ``up()`` started: SIGTERM to honcho (it stops every process), then wait."""
-        if self._honcho is None:
+        """Stop what ``up()`` started: SIGTERM to every process, then wait (SIGKILL after ``grace_s``)."""
+        if not self.started_here:
             return
-        if self._honcho.poll() is None:
-            self.log("platform: stopping the processes started for the rush (SIGTERM)")
-            self._honcho.send_signal(signal.SIGTERM)
-            try:
-                self._honcho.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                self.log("platform: still running after SIGTERM: SIGKILL")
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self._honcho.pid, signal.SIGKILL)
-                self._honcho.wait()
-        time.sleep(0.2)
-        for f in self._files.values():
-            f.close()
-        self._files.clear()
-        self._honcho = None
+        self.log("platform: stopping the processes started for the rush (SIGTERM)")
+        self.platform.stop(grace_s)
+        self.started_here = False
 
 
 # --- processes -------------------------------------------------------------------------------

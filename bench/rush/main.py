@@ -1,6 +1,6 @@
 """``make rush`` (``python -m bench.rush --buyers N``): a CASN registration rush against the platform.
 
-Brings the platform up when it is not running (``bench.rush_platform``), measures the raw
+Brings the platform up when it is not running (``bench.rush.platform``), measures the raw
 database-commit and broker-confirm ceilings on a scratch database and vhost, then simulates
 applicants (asyncio + aiohttp, one bounded connection pool) in three phases, so that each tier's
 capacity is measured alone and together:
@@ -49,20 +49,18 @@ from typing import Any
 
 import aiohttp
 import uvloop
-from emeterai_shared.config import ServiceSettings
 from emeterai_shared.db import drop_database, ensure_database
-from minting_service.config import MintingSettings
-from order_service.config import OrderSettings
-from payment_service.config import PaymentSettings
-from payment_service.snap.banksim import BankSimulator, load_bank
+from emeterai_testkit import invariants
+from emeterai_testkit.clients import Bank, Client, Stats
+from emeterai_testkit.platform import dev_bank
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from stamping_service.config import StampingSettings
 
 from bench.common import benchmark_broker, fresh_vhost, machine_info
 from bench.messaging.raw import commit_ceiling, confirm_ceiling
-from bench.rush_checks import (
+from bench.rush.applicants import Applicant, Script, documents
+from bench.rush.figures import (
     TERMINAL_ORDER,
     TERMINAL_STAMPING,
     Databases,
@@ -71,8 +69,7 @@ from bench.rush_checks import (
     rate_over,
     sustained_rate,
 )
-from bench.rush_client import Applicant, Bank, Client, Script, Stats, documents
-from bench.rush_platform import REPO, MetricsScraper, Platform, ProcessSampler
+from bench.rush.platform import REPO, MetricsScraper, ProcessSampler, RushPlatform
 
 RESULTS = REPO / "bench" / "results" / "latest.json"
 SCRATCH_DATABASE = "emeterai_rush_scratch"
@@ -87,8 +84,6 @@ SATURATION_LAG = 1.5
 """... or the best credited rate so far is below the rate offered two steps earlier by this factor
 (unsaturated, credits follow arrivals about a step and a half behind)."""
 MEMORY_CAP_MB = 1024.0
-SETTINGS: dict[str, type[ServiceSettings]] = {"order": OrderSettings, "payment": PaymentSettings,
-                                              "minting": MintingSettings, "stamping": StampingSettings}
 
 err = Console(stderr=True)
 
@@ -139,7 +134,7 @@ class Clock:
 @dataclass
 class Run:
     args: argparse.Namespace
-    platform: Platform
+    platform: RushPlatform
     dbs: Databases
     script: Script
     stats: Stats
@@ -459,18 +454,6 @@ async def measure_ceiling(pg_base_url: str) -> dict[str, Any]:
             "broker_confirms": {"count": confirms.count, "seconds": round(confirms.seconds, 2), "in_flight": 500}}
 
 
-def consumer_queues(settings: dict[str, Any]) -> list[str]:
-    """Every consumer queue of the platform (the checks read their parking queues)."""
-    from emeterai_shared.runtime import Context
-    from minting_service.bootstrap import SERVICE as MINTING
-    from order_service.bootstrap import SERVICE as ORDER
-    from payment_service.bootstrap import SERVICE as PAYMENT
-    from stamping_service.bootstrap import SERVICE as STAMPING
-
-    return [sub.queue for defn in (ORDER, PAYMENT, MINTING, STAMPING)
-            for sub in defn.subscriptions(Context(settings=settings[defn.name], pool=None))]
-
-
 async def drain(run: Run) -> dict[str, Any]:
     """Wait until every captured payment is credited or refunded (or the timeout), then check. A
     payment whose only pending step is a parked message is not waited for: it is lost."""
@@ -478,15 +461,15 @@ async def drain(run: Run) -> dict[str, Any]:
     bar = run.progress.add_task("drain: captured payments unresolved", total=None)
 
     async def resolved() -> bool:
-        unresolved = await run.dbs.unresolved_captures()
+        unresolved = invariants.unresolved(await run.dbs.snapshot())
         run.progress.update(bar, description=f"drain: {unresolved} captured payments unresolved")
         return unresolved == 0
 
     await watch(run, resolved, run.args.drain_timeout_s, every_s=2.0)
     run.progress.update(bar, total=1, completed=1)
-    lost = await run.dbs.lost()
-    duplicates = await run.dbs.duplicates()
-    return {"seconds": round(time.monotonic() - started, 1), "lost": lost, "duplicates": duplicates}
+    data = await run.dbs.snapshot()
+    return {"seconds": round(time.monotonic() - started, 1), "lost": invariants.lost(data),
+            "duplicates": invariants.duplicates(data)}
 
 
 # --- bottleneck ------------------------------------------------------------------------------
@@ -728,10 +711,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     load_at_start = os.getloadavg()[0]
     rng = random.Random(args.seed)
     random.seed(args.seed)
-    settings = {name: cls() for name, cls in SETTINGS.items()}
     n_c = args.buyers // 3
     split = {"ab": args.buyers - n_c, "c": n_c}
-    platform = Platform(settings, stock_min=4 * args.buyers + 1_000, log=err.print)
+    platform = RushPlatform(stock_min=4 * args.buyers + 1_000, log=err.print)
+    settings = platform.settings
     started = time.monotonic()
     infra = aiohttp.ClientSession()
     stop = asyncio.Event()
@@ -750,15 +733,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             except Exception as exc:  # e.g. PostgreSQL out of connection slots: report it, go on
                 ceiling = {"db_commits_per_s": None, "broker_confirms_per_s": None, "error": repr(exc)}
         dbs = await Databases.open({name: s.database_url for name, s in settings.items()},
-                                   amqp_url=settings["order"].amqp_url, queues=consumer_queues(settings))
-        bank_config, bank_key = load_bank(args.bank_dir)
+                                   amqp_url=settings["order"].amqp_url, queues=invariants.consumer_queues())
+        bank_config = dev_bank(args.bank_dir)
         docs = await asyncio.to_thread(documents)
         connector = aiohttp.TCPConnector(limit=args.connections, limit_per_host=args.connections_per_host)
         session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120))
         stats = Stats()
         urls = {name: platform.api_url(name) for name in settings}
-        client = Client(session, stats, urls, deadline=time.monotonic() + 3 * args.phase_timeout_s + 600)
-        bank = Bank(client, BankSimulator.from_config(urls["payment"], bank_config, bank_key, session=session))
+        client = Client(session, urls, stats=stats, deadline=time.monotonic() + 3 * args.phase_timeout_s + 600)
+        bank = Bank(client, bank_config.simulator(urls["payment"], session))
         script = Script(client, bank, docs, args.poll_rate)
         sampler = ProcessSampler(platform.ports())
         scraper = MetricsScraper(platform.metrics_urls())

@@ -1,0 +1,3 @@
+from bench.rush.main import main
+
+raise SystemExit(main())

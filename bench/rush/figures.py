@@ -1,0 +1,154 @@
+"""What the databases say about the rush: rates and latencies; the invariants (``lost``,
+``duplicates``) are the test kit's (``emeterai_testkit.invariants``), read through ``Databases``.
+
+Nothing here trusts the simulator's counters: every figure is read from the services' own
+databases (``emeterai_<svc>`` by default, per their settings), joined across services in Python.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from emeterai_testkit import invariants
+from emeterai_testkit.invariants import retrying
+
+TERMINAL_ORDER = ("FULFILLED", "REFUNDED", "FAILED", "EXPIRED")
+TERMINAL_STAMPING = ("DONE", "FAILED")
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float | int | None]:
+    """p50/p95/p99 (nearest rank) in ms of values in seconds, with their count."""
+    if not values:
+        return {"p50": None, "p95": None, "p99": None, "n": 0}
+    ordered = sorted(values)
+
+    def rank(p: float) -> float:
+        return round(1000 * ordered[min(len(ordered) - 1, max(0, math.ceil(p * len(ordered)) - 1))], 1)
+
+    return {"p50": rank(0.50), "p95": rank(0.95), "p99": rank(0.99), "n": len(ordered)}
+
+
+def sustained_rate(times: Sequence[datetime], *, low: float = 0.1, high: float = 0.9) -> float:
+    """Events per second between the ``low`` and ``high`` quantiles of their times (the ramp-up
+    and the tail left out): the rate the platform kept up while it was busy."""
+    if len(times) < 10:
+        return 0.0
+    ordered = sorted(times)
+    i, j = int(low * (len(ordered) - 1)), int(high * (len(ordered) - 1))
+    span = (ordered[j] - ordered[i]).total_seconds()
+    return round((j - i) / span, 1) if span > 0 else 0.0
+
+
+def rate_over(times: Sequence[datetime], start: datetime) -> float:
+    """Events per second from ``start`` to the last event."""
+    if not times:
+        return 0.0
+    span = (max(times) - start).total_seconds()
+    return round(len(times) / span, 1) if span > 0 else 0.0
+
+
+def moving_peak(times: Sequence[datetime], window_s: float = 3.0) -> tuple[float, datetime | None]:
+    """The highest rate over any ``window_s`` window of events, and where that window ends."""
+    ordered = sorted(times)
+    best, at, i = 0.0, None, 0
+    for j, t in enumerate(ordered):
+        while (t - ordered[i]).total_seconds() > window_s:
+            i += 1
+        rate = (j - i + 1) / window_s
+        if rate > best:
+            best, at = rate, t
+    return round(best, 1), at
+
+
+def count_between(times: Iterable[datetime], start: datetime, end: datetime) -> int:
+    return sum(1 for t in times if start <= t <= end)
+
+
+@dataclass
+class Databases:
+    order: asyncpg.Pool
+    payment: asyncpg.Pool
+    minting: asyncpg.Pool
+    stamping: asyncpg.Pool
+    amqp_url: str | None = None
+    """The platform's vhost: its parking queues are read for parked money-carrying messages."""
+    queues: tuple[str, ...] = ()
+    """Every consumer queue of the platform (their ``.parking`` queues are read)."""
+
+    @classmethod
+    async def open(cls, urls: dict[str, str], *, amqp_url: str | None = None,
+                   queues: Iterable[str] = ()) -> Databases:
+        pools = await invariants.open_pools(urls)
+        return cls(pools["order"], pools["payment"], pools["minting"], pools["stamping"], amqp_url=amqp_url,
+                   queues=tuple(queues))
+
+    def pools(self) -> dict[str, asyncpg.Pool]:
+        return {"order": self.order, "payment": self.payment, "minting": self.minting, "stamping": self.stamping}
+
+    async def snapshot(self) -> dict[str, Any]:
+        """What the invariants read (``invariants.snapshot``), over the whole databases."""
+        return await invariants.snapshot(self.pools(), amqp_url=self.amqp_url, queues=self.queues)
+
+    async def close(self) -> None:
+        await asyncio.gather(self.order.close(), self.payment.close(), self.minting.close(),
+                             self.stamping.close())
+
+    @retrying
+    async def now(self) -> datetime:
+        value: datetime = await self.order.fetchval("SELECT clock_timestamp()")
+        return value
+
+    # --- progress (polled during the phases) ----------------------------------------------
+    @retrying
+    async def order_statuses(self, ids: list[str]) -> Counter[str]:
+        rows = await self.order.fetch("SELECT status, count(*) AS n FROM orders WHERE id = ANY($1::uuid[])"
+                                      " GROUP BY status", ids)
+        return Counter({r["status"]: r["n"] for r in rows})
+
+    @retrying
+    async def stamping_statuses(self, ids: list[str]) -> Counter[str]:
+        rows = await self.stamping.fetch("SELECT status, count(*) AS n FROM stampings WHERE id = ANY($1::uuid[])"
+                                         " GROUP BY status", ids)
+        return Counter({r["status"]: r["n"] for r in rows})
+
+    @retrying
+    async def fulfilled_since(self, since: datetime) -> list[datetime]:
+        rows = await self.order.fetch("SELECT at FROM order_history WHERE new_status = 'FULFILLED' AND at >= $1",
+                                      since)
+        return [r["at"] for r in rows]
+
+    # --- figures after a phase ------------------------------------------------------------
+    @retrying
+    async def credited(self, ids: list[str]) -> dict[str, Any]:
+        """Per order of ``ids``: when its payment was captured (payment db), when it went PAID
+        and FULFILLED (order_history)."""
+        history = await self.order.fetch(
+            """SELECT order_id::text AS id, new_status, min(at) AS at FROM order_history
+               WHERE order_id = ANY($1::uuid[]) AND new_status IN ('PAID', 'FULFILLED')
+               GROUP BY order_id, new_status""", ids)
+        captured = await self.payment.fetch(
+            "SELECT order_id::text AS id, captured_at FROM payments WHERE order_id = ANY($1::uuid[])", ids)
+        paid = {r["id"]: r["at"] for r in history if r["new_status"] == "PAID"}
+        fulfilled = {r["id"]: r["at"] for r in history if r["new_status"] == "FULFILLED"}
+        capture = {r["id"]: r["captured_at"] for r in captured}
+        return {"captured": capture, "paid": paid, "fulfilled": fulfilled}
+
+    @retrying
+    async def stamped(self, ids: list[str]) -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await self.stamping.fetch(
+            "SELECT id::text AS id, status, created_at, stamped_at, error FROM stampings"
+            " WHERE id = ANY($1::uuid[])", ids)
+        return rows
+
+    @retrying
+    async def serials_issued(self, ids: list[str]) -> int:
+        value: int = await self.minting.fetchval(
+            "SELECT count(*) FROM serials WHERE order_id = ANY($1::uuid[])", ids)
+        return value
