@@ -47,7 +47,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import asyncpg
@@ -67,6 +67,9 @@ from emeterai_testkit.fixtures import (
 )
 from emeterai_testkit.invariants import Check, counts, evaluate, queue_depths
 from emeterai_testkit.platform import SERVICES, Log, Platform, Proc, launched, new_bank, platform_settings
+
+if TYPE_CHECKING:
+    from payment_service.adapters.banksim import FlagAdvise
 
 __all__ = ["Check", "counts", "evaluate", "queue_depths"]
 
@@ -591,7 +594,7 @@ class Load:
         prid = uuid.uuid4().hex
         a.payment_request_id = prid
         paid_at = datetime.now(UTC)
-        flag = "N"
+        flag: FlagAdvise = "N"
         backoff = 0.5
         while True:
             if time.monotonic() > deadline:
