@@ -68,10 +68,10 @@ from emeterai_testkit.fixtures import reset_service, settings_for
 from emeterai_testkit.platform import Platform
 from minting_service.domain import serial
 from minting_service.domain.token import StampSigner
+from stamping_service.adapters.pdf.signer import DEV_CERT, DEV_KEY, DEV_ROOT, dev_signing_chain
 from stamping_service.adapters.pdfpool import PdfPool
 from stamping_service.bootstrap import SERVICE
 from stamping_service.config import StampingSettings
-from stamping_service.pdf.signer import DEV_CERT, DEV_KEY, DEV_ROOT, dev_signing_chain
 
 from bench.callbacks.load import Load
 from bench.common import benchmark_broker, fresh_vhost, machine_info, rate_record
@@ -141,7 +141,7 @@ def naive_loop(dev_dir: str, stamps: list[tuple[str, str]], warmup: int, profile
 
     document = sample_pdf(PAGES)
     folder = Path(dev_dir)
-    signer = signers.SimpleSigner.load(str(folder / DEV_KEY), str(folder / DEV_CERT),  # type: ignore[no-untyped-call]
+    signer = signers.SimpleSigner.load(str(folder / DEV_KEY), str(folder / DEV_CERT),
                                        ca_chain_files=(str(folder / DEV_ROOT),))
     assert signer is not None, "the development key did not load"
     box = (int(X), int(Y), int(X + SIZE), int(Y + SIZE))
@@ -163,7 +163,7 @@ def naive_loop(dev_dir: str, stamps: list[tuple[str, str]], warmup: int, profile
 
 def service_loop(dev_dir: str, stamps: list[tuple[str, str]], warmup: int, profile: str | None) -> Loop:
     """Our ``stamp_pdf`` with the service's signer (key parsed once, signature space reserved)."""
-    from stamping_service.pdf.stamp import stamp_pdf
+    from stamping_service.adapters.pdf.stamp import stamp_pdf
 
     document = sample_pdf(PAGES)
     signer, _root = dev_signing_chain(dev_dir)

@@ -1,142 +1,106 @@
-"""Composition root of the stamping service: settings, token keys, PDF processes, storage, routes and
-subscriptions."""
+"""Composition root of the stamping service: its dependencies, routes, subscriptions and jobs."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
-from aiohttp import web
+import asyncpg
 from emeterai_shared.admission import Admission
-from emeterai_shared.auth import Caller, PartnerKeys, TokenVerifier, caller_from_request, load_public_keys
-from emeterai_shared.http import OpenApi
-from emeterai_shared.messaging import Subscription
+from emeterai_shared.auth import PartnerKeys, TokenVerifier, load_public_keys
 from emeterai_shared.ratelimit import RateLimiter
-from emeterai_shared.runtime import Context, Periodic, ServiceDefinition
+from emeterai_shared.runtime import Periodic, Resources, ServiceDefinition
+from emeterai_shared.uow import unit_of_work
 
-from stamping_service.adapters.documents import PostgresDocumentStore
+from stamping_service.adapters.documents import DocumentStore, PostgresDocumentStore
 from stamping_service.adapters.pdfpool import PdfPool
+from stamping_service.adapters.signing import publish_certificates
 from stamping_service.adapters.stampings import admission_sample
 from stamping_service.config import StampingSettings
-from stamping_service.entrypoints import http, messages
+from stamping_service.entrypoints.http import routes
+from stamping_service.entrypoints.messages import SUBSCRIPTIONS
 from stamping_service.service_layer.stamper import Stamper, purge_documents, requeue_stale
-from stamping_service.signing import publish_certificates
 
 log = logging.getLogger(__name__)
-STORE = PostgresDocumentStore()
 
 
-def _settings(ctx: Context) -> StampingSettings:
-    assert isinstance(ctx.settings, StampingSettings)
-    return ctx.settings
+@dataclass(frozen=True)
+class StampingDeps:
+    """What the stamping service's routes, handlers and jobs use, built once per process."""
+
+    settings: StampingSettings
+    pool: asyncpg.Pool
+    verifier: TokenVerifier
+    """Buyers' bearer tokens, checked with the order service's public key(s)."""
+    partners: PartnerKeys
+    """Partner systems' ``X-Api-Key``s."""
+    store: DocumentStore
+    pdf: PdfPool
+    """This process's PDF worker processes, started at the first PDF task, stopped when it closes."""
+    stamper: Stamper
+    verify_limiter: RateLimiter
+    """``POST /v1/verify`` per client address (this api process)."""
+    account_uploads: RateLimiter
+    """``POST /v1/stampings`` per buyer account (this api process)."""
+    partner_uploads: RateLimiter
+    """``POST /v1/stampings`` per partner system (this api process)."""
+    admission: Admission
+    """Sheds uploads while the stamping backlog is past what the workers drain."""
 
 
-def _verifier(ctx: Context) -> TokenVerifier:
-    """The buyer-token verifier, read once per process from the order service's public key(s).
-
-    The key pair belongs to the order service (which creates it in development); a missing file
+def _verifier(settings: StampingSettings) -> TokenVerifier:
+    """The key pair belongs to the order service (which creates it in development); a missing file
     is an error here, never a reason to create keys."""
-    verifier = ctx.extras.get("verifier")
-    if verifier is None:
-        path = Path(ctx.settings.auth_public_key_file)
-        if not path.is_file():
-            raise RuntimeError(f"stamping: the token public key file {path} does not exist; it is the order "
-                               f"service's (run `python -m order_service setup` first, or set "
-                               f"STAMPING_AUTH_PUBLIC_KEY_FILE)")
-        verifier = ctx.extras["verifier"] = TokenVerifier(load_public_keys(path))
-    assert isinstance(verifier, TokenVerifier)
-    return verifier
+    path = Path(settings.auth_public_key_file)
+    if not path.is_file():
+        raise RuntimeError(f"stamping: the token public key file {path} does not exist; it is the order "
+                           f"service's (run `python -m order_service setup` first, or set "
+                           f"STAMPING_AUTH_PUBLIC_KEY_FILE)")
+    return TokenVerifier(load_public_keys(path))
 
 
-def _partners(ctx: Context) -> PartnerKeys:
-    partners = ctx.extras.get("partners")
-    if partners is None:
-        partners = ctx.extras["partners"] = PartnerKeys.from_file(_settings(ctx).partners_file)
-    assert isinstance(partners, PartnerKeys)
-    return partners
-
-
-def _caller(ctx: Context, request: web.Request) -> Caller:
-    return caller_from_request(request, _verifier(ctx), _partners(ctx))
-
-
-def _pdf_pool(ctx: Context) -> PdfPool:
-    """The PDF worker processes of this process, started at first use and stopped when it closes."""
-    pdf = ctx.extras.get("pdf_pool")
-    if pdf is None:
-        settings = _settings(ctx)
-        pdf = ctx.extras["pdf_pool"] = PdfPool(settings.signing(), settings.pdf_workers,
-                                               settings.pdf_worker_max_tasks)
-
-        async def close() -> None:
-            _close_pdf_pool(ctx)
-
-        ctx.closers.append(close)
-    assert isinstance(pdf, PdfPool)
-    return pdf
-
-
-def _close_pdf_pool(ctx: Context) -> None:
-    pdf = ctx.extras.pop("pdf_pool", None)
-    if isinstance(pdf, PdfPool):
-        pdf.close()
-
-
-def _stamper(ctx: Context) -> Stamper:
-    stamper = ctx.extras.get("stamper")
-    if stamper is None:
-        stamper = ctx.extras["stamper"] = Stamper(ctx.pool, _pdf_pool(ctx), STORE, _settings(ctx))
-    assert isinstance(stamper, Stamper)
-    return stamper
-
-
-async def _on_start(ctx: Context) -> None:
-    _verifier(ctx)  # a process without the public key fails at start, not at its first request
-    _partners(ctx)  # nor with a broken partners file
-    settings = _settings(ctx)
+async def dependencies(resources: Resources) -> StampingDeps:
+    settings = resources.settings
+    assert isinstance(settings, StampingSettings)
+    verifier = _verifier(settings)  # a process without the public key fails at start, not at a request
+    partners = PartnerKeys.from_file(settings.partners_file)  # nor with a broken partners file
     # Generates the development chain on a first run; publishes the chain for minting's /v1/keys.
     if publish_certificates(settings.signing(), settings.certificates_file):
         log.info("stamping certificates published to %s", settings.certificates_file)
+    store = PostgresDocumentStore()
+    pdf = PdfPool(settings.signing(), settings.pdf_workers, settings.pdf_worker_max_tasks)
+    resources.closers.append(pdf.aclose)
+    return StampingDeps(
+        settings=settings, pool=resources.pool, verifier=verifier, partners=partners, store=store, pdf=pdf,
+        stamper=Stamper(resources.pool, pdf, store, settings),
+        verify_limiter=RateLimiter(settings.verify_rate_per_s, settings.verify_burst),
+        account_uploads=RateLimiter(settings.upload_rate_per_account_per_s, settings.upload_burst_per_account),
+        partner_uploads=RateLimiter(settings.partner_upload_rate_per_s, settings.partner_upload_burst),
+        admission=Admission("stamping", admission_sample, settings.admission()),
+    )
 
 
-def _routes(ctx: Context, app: web.Application, spec: OpenApi) -> None:
-    settings = _settings(ctx)
-    limiter = RateLimiter(settings.verify_rate_per_s, settings.verify_burst)
-    admission = Admission("stamping", admission_sample, settings.admission())
-    app.cleanup_ctx.append(admission.cleanup_ctx(lambda: ctx.pool))
-    http.add_routes(app, spec, ctx.pool, lambda request: _caller(ctx, request), settings, lambda: _pdf_pool(ctx),
-                    STORE, limiter, admission)
-
-    async def cleanup(_app: web.Application) -> None:
-        _close_pdf_pool(ctx)
-
-    app.on_cleanup.append(cleanup)
+async def requeue_stale_jobs(deps: StampingDeps) -> None:
+    async with unit_of_work(deps.pool) as uow:
+        await requeue_stale(uow, deps.settings.stale_job_after_s)
 
 
-def _subscriptions(ctx: Context) -> list[Subscription]:
-    return messages.subscriptions(_settings(ctx), lambda: _stamper(ctx))
-
-
-async def _requeue_stale(ctx: Context) -> None:
-    async with ctx.pool.acquire() as conn:
-        await requeue_stale(conn, _settings(ctx).stale_job_after_s)
-
-
-async def _purge(ctx: Context) -> None:
-    async with ctx.pool.acquire() as conn:
-        await purge_documents(conn, STORE)
+async def purge_expired_documents(deps: StampingDeps) -> None:
+    async with unit_of_work(deps.pool) as uow:
+        await purge_documents(uow, deps.store)
 
 
 SERVICE = ServiceDefinition(
     name="stamping",
     title="Stamping service: PDF stamping, signing and verification",
     settings_cls=StampingSettings,
+    dependencies=dependencies,
     migrations=Path(__file__).parent / "migrations",
-    subscriptions=_subscriptions,
-    routes=_routes,
-    on_start=_on_start,
+    subscriptions=SUBSCRIPTIONS,
+    routes=routes,
     periodic=(
-        Periodic("requeue-stale-jobs", lambda s: s.stale_sweep_interval_s, _requeue_stale),
-        Periodic("purge-documents", lambda s: s.purge_interval_s, _purge),
+        Periodic("requeue-stale-jobs", lambda s: s.stale_sweep_interval_s, requeue_stale_jobs),
+        Periodic("purge-documents", lambda s: s.purge_interval_s, purge_expired_documents),
     ),
 )

@@ -8,8 +8,8 @@ from typing import ClassVar
 from emeterai_shared.config import ServiceSettings
 from pydantic import model_validator
 
-from stamping_service.pdf.inspect import Limits
-from stamping_service.signing import SigningConfig
+from stamping_service.adapters.pdf.inspect import Limits
+from stamping_service.adapters.signing import SigningConfig
 
 _LIMITS = Limits()
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024

@@ -38,7 +38,7 @@ from emeterai_shared.contracts.events import (
 from emeterai_shared.messaging.topology import QueueSpec
 
 STAMPING_JOB_QUEUED = "stamping.job_queued.v1"
-"""The stamping service's message to itself (``stamping_service.messages``, not a shared contract)."""
+"""The stamping service's message to itself (``stamping_service.domain.contracts``, not a shared contract)."""
 
 PLATFORM_QUEUES: tuple[QueueSpec, ...] = (
     # order

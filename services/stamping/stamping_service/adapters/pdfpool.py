@@ -22,10 +22,10 @@ from typing import Any, TypeVar
 from emeterai_shared import failpoints
 from pebble import ProcessExpired, ProcessPool
 
-from stamping_service.pdf.inspect import Limits, inspect_pdf
-from stamping_service.pdf.stamp import stamp_pdf
-from stamping_service.pdf.verify import StampCheck, verify_pdf
-from stamping_service.signing import SigningConfig
+from stamping_service.adapters.pdf.inspect import Limits, inspect_pdf
+from stamping_service.adapters.pdf.stamp import stamp_pdf
+from stamping_service.adapters.pdf.verify import StampCheck, verify_pdf
+from stamping_service.adapters.signing import SigningConfig
 
 T = TypeVar("T")
 
@@ -82,15 +82,30 @@ def _verify(data: bytes, password: str | None) -> list[StampCheck]:
 
 
 class PdfPool:
+    """The PDF worker processes of one service process: started at the first task (a process that
+    never handles a PDF, such as the relay, starts none), stopped by ``close``."""
+
     def __init__(self, config: SigningConfig, workers: int, max_tasks: int = 1000,
                  failpoint_spec: str | None = None):
         self.workers = workers
-        spec = failpoints.spec() if failpoint_spec is None else failpoint_spec
-        self._pool = ProcessPool(max_workers=workers, max_tasks=max_tasks, initializer=_initialize,
-                                 initargs=[config, spec], context=multiprocessing.get_context("forkserver"))
+        self._config = config
+        self._max_tasks = max_tasks
+        self._failpoints = failpoints.spec() if failpoint_spec is None else failpoint_spec
+        self._pool: ProcessPool | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._pool is not None
+
+    def _processes(self) -> ProcessPool:
+        if self._pool is None:
+            self._pool = ProcessPool(max_workers=self.workers, max_tasks=self._max_tasks, initializer=_initialize,
+                                     initargs=[self._config, self._failpoints],
+                                     context=multiprocessing.get_context("forkserver"))
+        return self._pool
 
     async def _run(self, function: Callable[..., T], args: tuple[Any, ...], timeout: float) -> T:
-        future: concurrent.futures.Future[T] = self._pool.schedule(function, args=list(args), timeout=timeout)
+        future: concurrent.futures.Future[T] = self._processes().schedule(function, args=list(args), timeout=timeout)
         try:
             return await asyncio.wrap_future(future)  # cancelling the await cancels (kills) the task
         except concurrent.futures.TimeoutError as exc:
@@ -112,6 +127,13 @@ class PdfPool:
         return await self._run(_verify, (data, password), timeout)
 
     def close(self) -> None:
-        """Stop at once: running tasks are killed (their callers see them cancelled)."""
-        self._pool.stop()  # type: ignore[no-untyped-call]
-        self._pool.join(timeout=5)
+        """Stop at once: running tasks are killed (their callers see them cancelled). A later task
+        starts new processes."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.stop()
+            pool.join(timeout=5)
+
+    async def aclose(self) -> None:
+        """``close`` for ``Resources.closers``."""
+        self.close()

@@ -71,6 +71,13 @@ class QuotaRepository:
         rows = await self.conn.fetch("SELECT sn, account_id FROM stamps WHERE sn = ANY($1::text[])", list(sns))
         return {r["sn"]: r["account_id"] for r in rows}
 
+    async def states(self, sns: Sequence[str]) -> dict[str, str]:
+        """The state of each of ``sns`` known here (``domain.stamping.StampStatus`` values)."""
+        if not sns:
+            return {}
+        rows = await self.conn.fetch("SELECT sn, status FROM stamps WHERE sn = ANY($1::text[])", list(sns))
+        return {r["sn"]: r["status"] for r in rows}
+
     async def quota(self, account_id: uuid.UUID) -> Quota:
         counts = dict(await self.conn.fetch(
             "SELECT status, count(*) FROM stamps WHERE account_id = $1 GROUP BY status", account_id))

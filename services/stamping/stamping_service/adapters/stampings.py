@@ -3,54 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 from emeterai_shared.admission import Sample
 
-
-@dataclass(frozen=True)
-class NewStamping:
-    id: uuid.UUID
-    account_id: uuid.UUID
-    sn: str
-    page: int
-    x: float
-    y: float
-    size: float
-    reason: str
-    password: str | None
-    document_sha256: str
-
-
-@dataclass(frozen=True)
-class StampingView:
-    id: uuid.UUID
-    status: str
-    sn: str
-    error: str | None
-    stamped_sha256: str | None
-    stamped_at: datetime | None
-
-
-@dataclass(frozen=True)
-class Job:
-    """A job as the worker needs it, with its stamp's token."""
-
-    id: uuid.UUID
-    account_id: uuid.UUID
-    sn: str
-    token: str
-    status: str
-    page: int
-    x: float
-    y: float
-    size: float
-    reason: str
-    password: str | None
-    attempts: int
-    """Times the job was started (crashes included)."""
+from stamping_service.domain.stamping import Job, JobStatus, NewStamping, StampingView
 
 
 class StampingRepository:
@@ -92,7 +50,7 @@ class StampingRepository:
             stamping_id, account_id)
         if row is None:
             return None
-        return StampingView(row["id"], row["status"], row["sn"], row["error"], row["stamped_sha256"],
+        return StampingView(row["id"], JobStatus(row["status"]), row["sn"], row["error"], row["stamped_sha256"],
                             row["stamped_at"])
 
     async def mark_started(self, stamping_id: uuid.UUID) -> None:
@@ -110,7 +68,7 @@ class StampingRepository:
                 WHERE j.id = $1 FOR UPDATE OF j""", stamping_id)
         if row is None:
             return None
-        return Job(**dict(row))
+        return Job(**{**dict(row), "status": JobStatus(row["status"])})
 
     async def done(self, job: Job, stamped_sha256: str, stamped_at: datetime) -> None:
         """DONE, and its stamp USED. The password is forgotten once it is no longer needed."""

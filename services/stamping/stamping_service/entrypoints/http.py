@@ -1,35 +1,40 @@
 """The stamping service's HTTP API: the buyer's quota, uploads of documents to stamp, their
-download, and the public verification of stamped documents."""
+download, and the public verification of stamped documents.
+
+Buyers authenticate with a bearer token, partner systems with their ``X-Api-Key``
+(``emeterai_shared.auth.caller_from_request``). ``/v1/verify`` is public, limited per client
+address; uploads are limited per account or partner, then shed while the stamping backlog is past
+what the workers drain (``emeterai_shared.admission``).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import asyncpg
 from aiohttp import web
 from emeterai_shared import idempotency
-from emeterai_shared.admission import Admission
-from emeterai_shared.auth import Caller
-from emeterai_shared.http import ApiError, OpenApi, Operation
+from emeterai_shared.auth import Caller, caller_from_request
+from emeterai_shared.http import ApiError, Operation, respond
+from emeterai_shared.idempotency import StoredAnswer
 from emeterai_shared.multipart import read_form
-from emeterai_shared.ratelimit import RateLimiter
-from emeterai_shared.uow import unit_of_work
+from emeterai_shared.runtime import Router
+from emeterai_shared.uow import UnitOfWork, unit_of_work
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import SkipJsonSchema
 
-from stamping_service.adapters.documents import DocumentStore, Kind
+from stamping_service.adapters.pdf.inspect import Limits, PdfRejected, RejectCode
 from stamping_service.adapters.pdfpool import PdfPool, PdfTimeout, PdfWorkerDied
-from stamping_service.adapters.quota import QuotaRepository
-from stamping_service.adapters.stampings import NewStamping, StampingRepository, StampingView
-from stamping_service.config import StampingSettings
-from stamping_service.messages import StampingJobQueued
+from stamping_service.domain.stamping import JobStatus, NoQuota, SerialUnavailable, StampingView
 from stamping_service.metrics import UPLOADS, VERIFICATIONS
-from stamping_service.pdf.inspect import Limits, PdfRejected, RejectCode
-from stamping_service.pdf.verify import StampCheck
+from stamping_service.service_layer import queries
+from stamping_service.service_layer.upload import Upload, upload
+
+if TYPE_CHECKING:
+    from stamping_service.bootstrap import StampingDeps
 
 FORM_FIELDS = ("page", "x", "y", "size", "reason", "sn", "password")
 
@@ -151,161 +156,155 @@ async def _read_file(request: web.Request, max_bytes: int) -> bytes:
     return form.files["file"]
 
 
-def _registry_status(projection: str | None) -> str:
-    return {"USED": "STAMPED", "UNUSED": "UNUSED", "RESERVED": "UNUSED"}.get(projection or "", "UNKNOWN")
+def _caller(request: web.Request, deps: StampingDeps) -> Caller:
+    return caller_from_request(request, deps.verifier, deps.partners)
 
 
-def _verification(checks: list[StampCheck], statuses: dict[str, str]) -> Verification:
-    stamps = [VerifiedStamp(sn=c.sn, status=_registry_status(statuses.get(c.sn)), signed_at=c.signed_at,
-                            intact=c.intact, trusted=c.trusted) for c in checks if c.sn is not None]
-    valid = bool(stamps) and all(
-        s.intact and s.trusted and s.status == "STAMPED" for s in stamps) and all(
-        c.valid for c in checks if c.sn is not None)
-    return Verification(valid=valid, stamps=stamps, other_signatures=sum(1 for c in checks if c.sn is None))
+async def get_quota(request: web.Request, deps: StampingDeps) -> web.Response:
+    principal = _caller(request, deps)
+    async with deps.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        quota = await queries.quota(UnitOfWork(conn), principal.account_id)  # one snapshot
+    return respond(QuotaView(available=quota.available, used=quota.used,
+                             serials_available=quota.serials_available))
 
 
-def add_routes(app: web.Application, spec: OpenApi, pool: asyncpg.Pool,
-               caller: Callable[[web.Request], Caller], settings: StampingSettings,
-               pdf_pool: Callable[[], PdfPool], store: DocumentStore, limiter: RateLimiter,
-               admission: Admission) -> None:
-    """``caller`` (a buyer's bearer token or a partner's ``X-Api-Key``) and ``pdf_pool`` are called
-    per request, so that building the app reads no key file and starts no process. ``limiter``
-    limits ``/v1/verify`` per client address; ``admission`` sheds uploads while the stamping
-    backlog is past what the workers drain."""
-    limits = settings.inspect_limits()
-    uploads_per_account = RateLimiter(settings.upload_rate_per_account_per_s, settings.upload_burst_per_account)
-    uploads_per_partner = RateLimiter(settings.partner_upload_rate_per_s, settings.partner_upload_burst)
+async def post_stamping(request: web.Request, deps: StampingDeps) -> web.Response:
+    principal = _caller(request, deps)
+    try:  # limits before the body is read: shedding is cheap
+        if principal.partner_id is not None:
+            deps.partner_uploads.enforce(principal.partner_id)
+        else:
+            deps.account_uploads.enforce(str(principal.account_id))
+        with deps.admission.slot():
+            return await _post_stamping(request, deps, principal)
+    except ApiError as exc:
+        UPLOADS.labels(exc.code).inc()
+        raise
 
-    async def get_quota(request: web.Request) -> web.Response:
-        principal = caller(request)
-        async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            quota = await QuotaRepository(conn).quota(principal.account_id)
-        view = QuotaView(available=quota.available, used=quota.used, serials_available=quota.serials_available)
-        return web.json_response(view.model_dump(mode="json"))
 
-    async def post_stamping(request: web.Request) -> web.Response:
-        principal = caller(request)
-        try:  # limits before the body is read: shedding is cheap
-            if principal.partner_id is not None:
-                uploads_per_partner.enforce(principal.partner_id)
-            else:
-                uploads_per_account.enforce(str(principal.account_id))
-            with admission.slot():
-                return await _post_stamping(request, principal)
-        except ApiError as exc:
-            UPLOADS.labels(exc.code).inc()
-            raise
+def _accepted(stamping_id: uuid.UUID) -> Any:
+    """The 202 answer (recorded under the Idempotency-Key for replays)."""
+    return StampingAccepted(stamping_id=stamping_id, status=JobStatus.QUEUED).model_dump(mode="json")
 
-    async def _post_stamping(request: web.Request, principal: Caller) -> web.Response:
-        """An admitted upload; refusals raise ``ApiError`` (counted by the caller)."""
-        key = idempotency.key_from(request, required=True)
-        assert key is not None
-        form, data = await _read_form(request, settings.max_upload_bytes)
-        sha256 = hashlib.sha256(data).hexdigest()
-        digest = idempotency.request_hash(
-            "POST", "/v1/stampings", {**form.model_dump(mode="json"), "file_sha256": sha256})
-        await _inspect(pdf_pool(), data, form, limits)
 
-        scope = f"stamping:{principal.account_id}"
-        async with unit_of_work(pool) as uow:
-            stored = await idempotency.claim(uow.conn, scope, key, digest)
-            if stored is not None:
-                return stored.response()
-            repo = StampingRepository(uow.conn)
-            sn = await repo.reserve(principal.account_id, form.sn)
-            if sn is None:
-                if form.sn is not None:
-                    raise ApiError(409, "sn_unavailable",
-                                   f"serial {form.sn} is not an unused stamp of this account")
-                raise ApiError(409, "no_quota", "no unused stamp left: buy more stamps first")
-            stamping_id = uuid.uuid4()
-            await repo.insert(NewStamping(id=stamping_id, account_id=principal.account_id, sn=sn, page=form.page,
-                                          x=form.x, y=form.y, size=form.size, reason=form.reason,
-                                          password=form.password, document_sha256=sha256))
-            await store.put(uow.conn, stamping_id, Kind.ORIGINAL, data)
-            uow.publish(StampingJobQueued(stamping_id=stamping_id, account_id=principal.account_id, sn=sn),
-                        correlation_id=str(stamping_id))
-            body = StampingAccepted(stamping_id=stamping_id, status="QUEUED").model_dump(mode="json")
-            await idempotency.complete(uow.conn, scope, key, 202, body)
-        UPLOADS.labels("accepted").inc()
-        return web.json_response(body, status=202)
+async def _post_stamping(request: web.Request, deps: StampingDeps, principal: Caller) -> web.Response:
+    """An admitted upload; refusals raise ``ApiError`` (counted by the caller)."""
+    key = idempotency.key_from(request, required=True)
+    assert key is not None
+    form, data = await _read_form(request, deps.settings.max_upload_bytes)
+    sha256 = hashlib.sha256(data).hexdigest()
+    digest = idempotency.request_hash(
+        "POST", "/v1/stampings", {**form.model_dump(mode="json"), "file_sha256": sha256})
+    await _inspect(deps.pdf, data, form, deps.settings.inspect_limits())
+    document = Upload(account_id=principal.account_id, document=data, sha256=sha256, page=form.page, x=form.x,
+                      y=form.y, size=form.size, reason=form.reason, sn=form.sn, password=form.password)
+    try:
+        async with unit_of_work(deps.pool) as uow:
+            outcome = await upload(uow, deps.store, document, key, digest, _accepted)
+    except SerialUnavailable as exc:
+        raise ApiError(409, "sn_unavailable", str(exc)) from exc
+    except NoQuota as exc:
+        raise ApiError(409, "no_quota", str(exc)) from exc
+    if isinstance(outcome, StoredAnswer):
+        return outcome.response()
+    UPLOADS.labels("accepted").inc()
+    return web.json_response(outcome.answer, status=202)
 
-    async def owned(request: web.Request, conn: asyncpg.Connection) -> StampingView:
-        principal = caller(request)
-        try:
-            stamping_id = uuid.UUID(request.match_info["id"])
-        except ValueError as exc:
-            raise ApiError(404, "not_found", "no such stamping") from exc
-        view = await StampingRepository(conn).get(stamping_id, principal.account_id)
-        if view is None:
-            raise ApiError(404, "not_found", "no such stamping")
-        return view
 
-    async def get_stamping(request: web.Request) -> web.Response:
-        async with pool.acquire() as conn:
-            view = await owned(request, conn)
-        body = StampingStatus(stamping_id=view.id, status=view.status, sn=view.sn, error=view.error,
-                              document_sha256=view.stamped_sha256, stamped_at=view.stamped_at)
-        return web.json_response(body.model_dump(mode="json"))
+async def _owned(request: web.Request, deps: StampingDeps, uow: UnitOfWork) -> StampingView:
+    principal = _caller(request, deps)
+    try:
+        stamping_id = uuid.UUID(request.match_info["id"])
+    except ValueError as exc:
+        raise ApiError(404, "not_found", "no such stamping") from exc
+    view = await queries.stamping(uow, stamping_id, principal.account_id)
+    if view is None:
+        raise ApiError(404, "not_found", "no such stamping")
+    return view
 
-    async def get_document(request: web.Request) -> web.Response:
-        async with pool.acquire() as conn:
-            view = await owned(request, conn)
-            if view.status in ("QUEUED", "STAMPING"):
-                raise ApiError(409, "not_ready", f"the document is {view.status}: try again shortly",
-                               headers={"Retry-After": "2"})
-            if view.status == "FAILED":
-                raise ApiError(409, "stamping_failed", f"the stamping failed: {view.error}")
-            document = await store.get(conn, view.id, Kind.STAMPED)
-        if document is None:
-            raise ApiError(410, "document_expired", "the stamped document is past its retention period")
-        etag = f'"{document.sha256}"'
-        if etag in request.headers.get("If-None-Match", ""):
-            return web.Response(status=304, headers={"ETag": etag})
-        return web.Response(body=document.data, content_type="application/pdf", headers={
-            "ETag": etag, "Content-Disposition": f'attachment; filename="e-meterai-{view.sn}.pdf"',
-            "Cache-Control": "private, max-age=0"})
 
-    async def post_verify(request: web.Request) -> web.Response:
-        try:
-            limiter.enforce(request.remote or "unknown")
-            data = await _read_file(request, settings.max_upload_bytes)
-            if b"%PDF-" not in data[:1024]:
-                raise ApiError(422, RejectCode.NOT_A_PDF.value, "the file is not a PDF document")
-            checks = await pdf_pool().verify(data, None, settings.verify_timeout_s)
-        except (PdfTimeout, PdfWorkerDied) as exc:
-            VERIFICATIONS.labels("unreadable").inc()
-            raise ApiError(422, RejectCode.UNREADABLE.value, "the document could not be read in time") from exc
-        except ApiError as exc:
-            VERIFICATIONS.labels(exc.code).inc()
-            raise
-        sns = sorted({c.sn for c in checks if c.sn is not None})
-        statuses: dict[str, str] = {}
-        if sns:
-            rows = await pool.fetch("SELECT sn, status FROM stamps WHERE sn = ANY($1::text[])", sns)
-            statuses = {r["sn"]: r["status"] for r in rows}
-        result = _verification(checks, statuses)
-        VERIFICATIONS.labels("valid" if result.valid else "invalid").inc()
-        return web.json_response(result.model_dump(mode="json"))
+async def get_stamping(request: web.Request, deps: StampingDeps) -> web.Response:
+    async with unit_of_work(deps.pool) as uow:
+        view = await _owned(request, deps, uow)
+    return respond(StampingStatus(stamping_id=view.id, status=view.status, sn=view.sn, error=view.error,
+                                  document_sha256=view.stamped_sha256, stamped_at=view.stamped_at))
 
-    app.router.add_get("/v1/quota", get_quota)
-    app.router.add_post("/v1/stampings", post_stamping)
-    app.router.add_get("/v1/stampings/{id}", get_stamping)
-    app.router.add_get("/v1/stampings/{id}/document", get_document)
-    app.router.add_post("/v1/verify", post_verify)
 
-    spec.security_schemes["bearer"] = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (EdDSA)",
-                                       "description": "a buyer's token (order service, POST /v1/accounts)"}
-    spec.security_schemes["apiKey"] = {"type": "apiKey", "in": "header", "name": "X-Api-Key",
-                                       "description": "a partner system's key; taken before a bearer token"}
+async def get_document(request: web.Request, deps: StampingDeps) -> web.Response:
+    async with unit_of_work(deps.pool) as uow:
+        view = await _owned(request, deps, uow)
+        if not view.status.finished:
+            raise ApiError(409, "not_ready", f"the document is {view.status}: try again shortly",
+                           headers={"Retry-After": "2"})
+        if view.status == JobStatus.FAILED:
+            raise ApiError(409, "stamping_failed", f"the stamping failed: {view.error}")
+        document = await queries.stamped_document(uow, deps.store, view)
+    if document is None:
+        raise ApiError(410, "document_expired", "the stamped document is past its retention period")
+    etag = f'"{document.sha256}"'
+    if etag in request.headers.get("If-None-Match", ""):
+        return web.Response(status=304, headers={"ETag": etag})
+    return web.Response(body=document.data, content_type="application/pdf", headers={
+        "ETag": etag, "Content-Disposition": f'attachment; filename="e-meterai-{view.sn}.pdf"',
+        "Cache-Control": "private, max-age=0"})
+
+
+async def post_verify(request: web.Request, deps: StampingDeps) -> web.Response:
+    settings = deps.settings
+    try:
+        deps.verify_limiter.enforce(request.remote or "unknown")
+        data = await _read_file(request, settings.max_upload_bytes)
+        if b"%PDF-" not in data[:1024]:
+            raise ApiError(422, RejectCode.NOT_A_PDF.value, "the file is not a PDF document")
+        checks = await deps.pdf.verify(data, None, settings.verify_timeout_s)
+    except (PdfTimeout, PdfWorkerDied) as exc:
+        VERIFICATIONS.labels("unreadable").inc()
+        raise ApiError(422, RejectCode.UNREADABLE.value, "the document could not be read in time") from exc
+    except ApiError as exc:
+        VERIFICATIONS.labels(exc.code).inc()
+        raise
+    async with unit_of_work(deps.pool) as uow:
+        result = await queries.verification(uow, checks)
+    VERIFICATIONS.labels("valid" if result.valid else "invalid").inc()
+    return respond(Verification(
+        valid=result.valid, other_signatures=result.other_signatures,
+        stamps=[VerifiedStamp(sn=s.sn, status=s.status, signed_at=s.signed_at, intact=s.intact, trusted=s.trusted)
+                for s in result.stamps]))
+
+
+async def _close_pdf(app: web.Application) -> None:
+    """The api's PDF processes stop with the app (the process's closer then finds none running)."""
+    deps: StampingDeps = Router.dependencies(app)
+    deps.pdf.close()
+
+
+async def _sample_admission(app: web.Application) -> AsyncIterator[None]:
+    """Measure the stamping backlog while the app serves (``emeterai_shared.admission``)."""
+    deps: StampingDeps = Router.dependencies(app)
+    async for _ in deps.admission.cleanup_ctx(lambda: deps.pool)(app):
+        yield
+
+
+# --- routes -------------------------------------------------------------------------------------
+
+
+def routes(router: Router[StampingDeps]) -> None:
+    router.app.cleanup_ctx.append(_sample_admission)
+    router.app.on_cleanup.append(_close_pdf)
+    spec = router.spec
+    if spec is not None:
+        spec.security_schemes["bearer"] = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (EdDSA)",
+                                           "description": "a buyer's token (order service, POST /v1/accounts)"}
+        spec.security_schemes["apiKey"] = {"type": "apiKey", "in": "header", "name": "X-Api-Key",
+                                           "description": "a partner system's key; taken before a bearer token"}
     unauthorized = ("unauthorized, invalid_token, token_expired or invalid_api_key", None)
     stamping_id = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}]
     pdf_part = {"file": {"contentType": "application/pdf, application/octet-stream"}}
-    spec.add(Operation("GET", "/v1/quota", "The caller's stamps: available, used and the serials available",
+    router.add(Operation("GET", "/v1/quota", "The caller's stamps: available, used and the serials available",
                        tags=["stamping"], security=["bearer", "apiKey"],
-                       responses={200: ("the caller's quota", QuotaView), 401: unauthorized}))
+                       responses={200: ("the caller's quota", QuotaView), 401: unauthorized}), get_quota)
     from_upload = {"id": "$response.body#/stamping_id"}
-    spec.add(Operation(
+    router.add(Operation(
         "POST", "/v1/stampings", "Upload a PDF to stamp: validated, then a serial is reserved and a job queued",
         request=StampingUpload, request_content_type="multipart/form-data", request_encoding=pdf_part,
         tags=["stamping"], security=["bearer", "apiKey"], parameters=[idempotency.header_parameter(required=True)],
@@ -322,14 +321,16 @@ def add_routes(app: web.Application, spec: OpenApi, pool: asyncpg.Pool,
                    503: ("overloaded: the stamping backlog is past what the workers drain in the target wait "
                          "(Retry-After; body retry_after_s, retry_at), or busy", None)},
         links={202: {"GetStamping": {"operationId": "get_v1_stampings_id", "parameters": from_upload},
-                     "GetDocument": {"operationId": "get_v1_stampings_id_document", "parameters": from_upload}}}))
-    spec.add(Operation("GET", "/v1/stampings/{id}", "The caller's stamping job", tags=["stamping"],
+                     "GetDocument": {"operationId": "get_v1_stampings_id_document", "parameters": from_upload}}}),
+        post_stamping)
+    router.add(Operation("GET", "/v1/stampings/{id}", "The caller's stamping job", tags=["stamping"],
                        security=["bearer", "apiKey"], parameters=stamping_id,
                        responses={200: ("the job", StampingStatus), 401: unauthorized,
                                   404: ("not_found: no such job of the caller's", None)},
                        links={200: {"GetDocument": {"operationId": "get_v1_stampings_id_document",
-                                                    "parameters": {"id": "$response.body#/stamping_id"}}}}))
-    spec.add(Operation(
+                                                    "parameters": {"id": "$response.body#/stamping_id"}}}}),
+        get_stamping)
+    router.add(Operation(
         "GET", "/v1/stampings/{id}/document", "The stamped PDF (application/pdf; ETag is its SHA-256)",
         tags=["stamping"], security=["bearer", "apiKey"],
         parameters=[*stamping_id, {"name": "If-None-Match", "in": "header", "required": False,
@@ -338,8 +339,8 @@ def add_routes(app: web.Application, spec: OpenApi, pool: asyncpg.Pool,
                    401: unauthorized, 404: ("not_found: no such job of the caller's", None),
                    409: ("not_ready (QUEUED or STAMPING; Retry-After), or stamping_failed", None),
                    410: ("document_expired: past the retention period", None)},
-        media={200: "application/pdf"}))
-    spec.add(Operation(
+        media={200: "application/pdf"}), get_document)
+    router.add(Operation(
         "POST", "/v1/verify", "Verify the e-meterai stamps of a PDF (public, multipart `file`)",
         request=VerifyForm, request_content_type="multipart/form-data", request_encoding=pdf_part,
         tags=["verification"],
@@ -347,4 +348,4 @@ def add_routes(app: web.Application, spec: OpenApi, pool: asyncpg.Pool,
                    400: ("malformed_form", None), 413: ("too_large", None), 415: ("multipart_required", None),
                    422: ("file_required, not_a_pdf, or unreadable (the document could not be read in time)",
                          None),
-                   429: ("rate_limited (per client address; Retry-After)", None)}))
+                   429: ("rate_limited (per client address; Retry-After)", None)}), post_verify)

@@ -1,6 +1,7 @@
 """The stamping worker's use case: stamp one queued job, exactly once, or fail it and release its serial.
 
-Per ``stamping.job_queued.v1`` (one message per transaction; see ``entrypoints/messages``):
+Per ``stamping.job_queued.v1`` (one message per transaction; see ``entrypoints/messages``; the
+states are ``domain.stamping``'s):
 
 1. the job is marked STAMPING in its own short transaction (its owner sees progress, and the
    attempt is counted even if the process dies while signing);
@@ -33,9 +34,10 @@ from emeterai_shared.uow import UnitOfWork
 
 from stamping_service.adapters.documents import DocumentStore, Kind
 from stamping_service.adapters.pdfpool import PdfPool, PdfTimeout, PdfWorkerDied, StampFailed
-from stamping_service.adapters.stampings import Job, StampingRepository
+from stamping_service.adapters.stampings import StampingRepository
 from stamping_service.config import StampingSettings
-from stamping_service.messages import StampingJobQueued
+from stamping_service.domain.contracts import StampingJobQueued
+from stamping_service.domain.stamping import Job
 from stamping_service.metrics import SIGN_SECONDS, STAMPINGS
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ class Stamper:
         job = await repo.lock(stamping_id)
         if job is None:
             raise PermanentError(f"there is no stamping job {stamping_id}")
-        if job.status in ("DONE", "FAILED"):
+        if job.status.finished:
             log.info("stamping %s is already %s: nothing to do", job.id, job.status)
             return
         original = await self._store.get(uow.conn, job.id, Kind.ORIGINAL)
@@ -94,23 +96,20 @@ class Stamper:
         log.warning("stamping %s failed for good, serial %s released: %s", job.id, job.sn, error)
 
 
-async def requeue_stale(conn: asyncpg.Connection, older_than_s: float, limit: int = 500) -> int:
+async def requeue_stale(uow: UnitOfWork, older_than_s: float, limit: int = 500) -> int:
     """Queue again the jobs whose message was lost or parked (a new message each: the job's own
     state, not the inbox, keeps a document from being stamped twice)."""
-    uow = UnitOfWork(conn)
-    async with conn.transaction():
-        stale = await StampingRepository(conn).claim_stale(older_than_s, limit)
-        for stamping_id, account_id, sn in stale:
-            uow.publish(StampingJobQueued(stamping_id=stamping_id, account_id=account_id, sn=sn),
-                        correlation_id=str(stamping_id))
-        await uow.flush()
+    stale = await StampingRepository(uow.conn).claim_stale(older_than_s, limit)
+    for stamping_id, account_id, sn in stale:
+        uow.publish(StampingJobQueued(stamping_id=stamping_id, account_id=account_id, sn=sn),
+                    correlation_id=str(stamping_id))
     if stale:
         log.warning("re-queued %d stamping job(s) unfinished for over %ss", len(stale), older_than_s)
     return len(stale)
 
 
-async def purge_documents(conn: asyncpg.Connection, store: DocumentStore, limit: int = 500) -> int:
-    purged = await store.purge_expired(conn, datetime.now(UTC), limit)
+async def purge_documents(uow: UnitOfWork, store: DocumentStore, limit: int = 500) -> int:
+    purged = await store.purge_expired(uow.conn, datetime.now(UTC), limit)
     if purged:
         log.info("purged %d stamped document(s) past their retention", purged)
     return purged

@@ -9,9 +9,9 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from emeterai_testkit.documents import sample_pdf
 from emeterai_testkit.fixtures import eventually, serve_api
 from stamping_service.bootstrap import SERVICE
-from emeterai_testkit.documents import sample_pdf
 
 if TYPE_CHECKING:
     from conftest import Stamping

@@ -23,7 +23,7 @@ import pytest
 from emeterai_shared.auth import TokenIssuer, ensure_keypair
 from emeterai_shared.contracts.events import SerialsIssued
 from emeterai_shared.messaging.parking import ParkedMessage, list_parked
-from emeterai_shared.runtime import Context
+from emeterai_shared.runtime import Resources
 from emeterai_testkit.fixtures import eventually, settings_for
 from stamping_service.bootstrap import SERVICE
 from stamping_service.config import StampingSettings
@@ -127,6 +127,7 @@ async def test_quota_needs_a_valid_token(stamping: Stamping, tmp_path: Path) -> 
 
 async def test_a_process_without_the_public_key_fails_at_start(tmp_path: Path) -> None:
     settings = settings_for(StampingSettings, secrets_dir=str(tmp_path))
-    assert SERVICE.on_start is not None
+    resources = Resources(settings=settings, pool=None)  # fails before any use of the pool
     with pytest.raises(RuntimeError, match=r"auth-ed25519\.pub does not exist"):
-        await SERVICE.on_start(Context(settings=settings, pool=None))
+        await SERVICE.dependencies(resources)
+    assert resources.closers == [] and not (tmp_path / "auth-ed25519.pub").exists()  # no keys created

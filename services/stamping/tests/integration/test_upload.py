@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
-from pikepdf import Dictionary, Name, String
 from emeterai_testkit.documents import (
     edited,
     encrypted,
@@ -29,6 +28,7 @@ from emeterai_testkit.documents import (
     with_stream,
     zero_pages,
 )
+from pikepdf import Dictionary, Name, String
 
 if TYPE_CHECKING:
     from conftest import Stamping

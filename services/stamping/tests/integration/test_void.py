@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 from emeterai_shared.contracts import decode
 from emeterai_shared.contracts.events import IssuedSerial, SerialsIssued, SerialsVoided, SerialsVoidRequested
+from emeterai_testkit.documents import sample_pdf
 from emeterai_testkit.fixtures import eventually, running
 from stamping_service.adapters.stampings import StampingRepository
 from stamping_service.bootstrap import SERVICE
-from emeterai_testkit.documents import sample_pdf
 
 if TYPE_CHECKING:
     from conftest import Stamping

@@ -29,20 +29,21 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pytest
 from emeterai_shared.auth import partner_account_id
-from emeterai_testkit.fixtures import eventually, running
 from emeterai_shared.uow import unit_of_work
+from emeterai_testkit.documents import sample_pdf
+from emeterai_testkit.fixtures import eventually, running
 from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.sign.validation import SignatureCoverageLevel, async_validate_pdf_signature
 from pyhanko_certvalidator import ValidationContext
 from stamping_service.adapters.documents import Kind, PostgresDocumentStore
+from stamping_service.adapters.pdf.signer import DEV_ROOT, dev_signing_chain
+from stamping_service.adapters.pdf.stamp import stamp_pdf
 from stamping_service.adapters.pdfpool import PdfPool, PdfTimeout
-from stamping_service.adapters.stampings import NewStamping, StampingRepository
+from stamping_service.adapters.stampings import StampingRepository
 from stamping_service.bootstrap import SERVICE
+from stamping_service.domain.contracts import StampingJobQueued
+from stamping_service.domain.stamping import NewStamping
 from stamping_service.entrypoints.messages import ON_JOB_QUEUED
-from stamping_service.messages import StampingJobQueued
-from emeterai_testkit.documents import sample_pdf
-from stamping_service.pdf.signer import DEV_ROOT, dev_signing_chain
-from stamping_service.pdf.stamp import stamp_pdf
 from stamping_service.service_layer.stamper import Stamper
 
 if TYPE_CHECKING:

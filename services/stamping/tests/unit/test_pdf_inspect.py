@@ -12,9 +12,6 @@ from typing import Any
 
 import pikepdf
 import pytest
-from pikepdf import Array, Dictionary, Name, String, settings
-from stamping_service.pdf import Inspection, Limits, PdfRejected, RejectCode, geometry, inspect_pdf
-from stamping_service.pdf.decode import decoded_size
 from emeterai_testkit.documents import (
     edited,
     encrypted,
@@ -25,6 +22,9 @@ from emeterai_testkit.documents import (
     with_stream,
     zero_pages,
 )
+from pikepdf import Array, Dictionary, Name, String, settings
+from stamping_service.adapters.pdf import Inspection, Limits, PdfRejected, RejectCode, geometry, inspect_pdf
+from stamping_service.adapters.pdf.decode import decoded_size
 
 MiB = 1024 * 1024
 

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from emeterai_testkit.documents import sample_pdf
 from pyhanko.keys import load_certs_from_pemder_data
 from pyhanko.keys.internal import translate_pyca_cryptography_cert_to_asn1, translate_pyca_cryptography_key_to_asn1
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
@@ -27,7 +28,7 @@ from pyhanko.sign.fields import MDPPerm
 from pyhanko.sign.timestamps.dummy_client import DummyTimeStamper
 from pyhanko.sign.validation import SignatureCoverageLevel, validate_pdf_signature
 from pyhanko_certvalidator import ValidationContext
-from stamping_service.pdf import (
+from stamping_service.adapters.pdf import (
     KeySigner,
     Limits,
     PdfRejected,
@@ -40,8 +41,7 @@ from stamping_service.pdf import (
     stamp_pdf,
     verify_pdf,
 )
-from stamping_service.pdf.appearance import QR_MASK, qr_content
-from emeterai_testkit.documents import sample_pdf
+from stamping_service.adapters.pdf.appearance import QR_MASK, qr_content
 
 SN, OTHER_SN = "2C5NV74I6D0HJ1EZ000DU9", "7QK2M9X4R8T1V6B3N5C0Z2"
 TOKEN = "eyJhbGciOiJFZERTQSIsImtpZCI6ImsxIn0." + "eyJzbiI6IjJDNU5WNzRJNkQwSEoxRVowMDBEVTkifQ" * 4 + ".c2ln"

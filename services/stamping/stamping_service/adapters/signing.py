@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from emeterai_shared.files import write_atomic
 from pyhanko.sign.timestamps import HTTPTimeStamper, TimeStamper
 
-from stamping_service.pdf.signer import DEV_ROOT, KeySigner, dev_signing_chain, load_signer
+from stamping_service.adapters.pdf.signer import DEV_ROOT, KeySigner, dev_signing_chain, load_signer
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""Messages the stamping service publishes to itself (not part of the shared contracts)."""
+"""Message contracts the stamping service publishes to itself (not part of the shared contracts, which
+are the platform's: its api queues a job, its worker stamps it; `entrypoints/messages` is the table of
+the queues it consumes)."""
 
 from __future__ import annotations
 

@@ -21,8 +21,8 @@ from pyhanko.sign.fields import SigFieldSpec, SigSeedSubFilter
 from pyhanko.sign.signers import PdfSignatureMetadata, PdfSigner, Signer
 from pyhanko.sign.timestamps import TimeStamper
 
-from stamping_service.pdf import geometry
-from stamping_service.pdf.appearance import MeteraiStyle
+from stamping_service.adapters.pdf import geometry
+from stamping_service.adapters.pdf.appearance import MeteraiStyle
 
 SERIAL = re.compile(r"[0-9A-Z]{22}")
 CMS_OVERHEAD = 4096

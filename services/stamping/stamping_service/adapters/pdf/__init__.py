@@ -5,10 +5,10 @@ picklable arguments and results, meant to run in a process pool (CPU-bound, and 
 own event loop).
 """
 
-from stamping_service.pdf.inspect import Inspection, Limits, PdfRejected, RejectCode, inspect_pdf
-from stamping_service.pdf.signer import KeySigner, dev_signing_chain, load_signer
-from stamping_service.pdf.stamp import field_name, stamp_pdf
-from stamping_service.pdf.verify import StampCheck, verify_pdf
+from stamping_service.adapters.pdf.inspect import Inspection, Limits, PdfRejected, RejectCode, inspect_pdf
+from stamping_service.adapters.pdf.signer import KeySigner, dev_signing_chain, load_signer
+from stamping_service.adapters.pdf.stamp import field_name, stamp_pdf
+from stamping_service.adapters.pdf.verify import StampCheck, verify_pdf
 
 __all__ = [
     "Inspection",

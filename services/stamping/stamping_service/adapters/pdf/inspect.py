@@ -50,8 +50,8 @@ from pyhanko.pdf_utils.crypt import AuthStatus
 from pyhanko.pdf_utils.misc import PdfDecodeLimitError
 from pyhanko.pdf_utils.reader import PdfFileReader
 
-from stamping_service.pdf import geometry
-from stamping_service.pdf.decode import DecodeLimitExceeded, decoded_size
+from stamping_service.adapters.pdf import geometry
+from stamping_service.adapters.pdf.decode import DecodeLimitExceeded, decoded_size
 
 MiB = 1024 * 1024
 RATIO_FLOOR = MiB
