@@ -1,6 +1,9 @@
 """The shape of the tree holds: one skeleton in every service, imports pointing down, the kernel
 free of services and test code, subscriptions readable without a process, routes declared once.
 
+Imports point down at run time: ``bootstrap`` (the composition root) builds the dependencies
+object and imports every layer; the layers may name its type only under ``TYPE_CHECKING``.
+
 Read from the source (``ast``), so a late function-level import counts as much as a top-level one.
 """
 
@@ -41,10 +44,19 @@ def python_files(top: Path) -> Iterator[Path]:
     yield from (p for p in sorted(top.rglob("*.py")) if "__pycache__" not in p.parts)
 
 
-def imports(path: Path) -> set[str]:
-    """Every module ``path`` imports, anywhere in the file (absolute names)."""
+def imports(path: Path, *, typing_only: bool = True) -> set[str]:
+    """Every module ``path`` imports, anywhere in the file (absolute names); with ``typing_only``
+    false, not those under ``if TYPE_CHECKING:`` (annotations, no import at run time)."""
+    tree = ast.parse(path.read_text(), str(path))
+    skipped: set[int] = set()
+    if not typing_only:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+                skipped.update(id(inner) for stmt in node.body for inner in ast.walk(stmt))
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -85,7 +97,8 @@ def test_imports_point_down_and_never_across_services(svc: str) -> None:
         layer = relative.parts[0] if len(relative.parts) > 1 else None
         if layer not in MAY_IMPORT:
             continue
-        for name in names:
+        # The entrypoints name the composition root's dependencies type in annotations only.
+        for name in imports(path, typing_only=False):
             parts = name.split(".")
             if parts[0] != own or len(parts) < 2:
                 continue

@@ -1,6 +1,6 @@
 """A partner-bank simulator: builds and signs real SNAP requests and sends them with aiohttp.
 
-Used by its command line (``entrypoints.banksim_cli``, e.g. to pay a bill of ``make run``), the
+Used by its command line (``python -m payment_service bank``, e.g. to pay a bill of ``make run``), the
 test suite, the rush benchmark and partner banks checking their integration. It builds on
 production code, never the reverse: keys and partners-file entries come from ``adapters.banks``,
 paths, codes and signatures from the SNAP protocol (``adapters.snap``)::

@@ -4,6 +4,23 @@
 settlement list with our captured payments (the bank defaults to the first configured one; the
 format to the file's extension). ``dev-bank`` creates a development bank when the partners file
 does not exist (``make setup`` runs it, before any database exists) and prints where its keys are.
+
+``bank`` is the partner-bank simulator: it tests a bank's SNAP integration against the biller::
+
+    python -m payment_service bank keygen --out DIR [--client-id ID] [--partner-service-id DIGITS]
+        [--channel-id ID]
+    python -m payment_service bank [--url URL] [--bank-dir DIR] token
+    python -m payment_service bank [--url URL] [--bank-dir DIR] inquiry --va DIGITS
+    python -m payment_service bank [--url URL] [--bank-dir DIR] pay --va DIGITS --amount RUPIAH
+        [--payment-request-id ID] [--external-id ID] [--advise]
+
+``keygen`` writes ``DIR/bank.json`` (the bank's entry for ``PAYMENT_PARTNERS_FILE``) and
+``DIR/private_key.pem`` (the bank's RSA key, mode 0600). The other commands read them from
+``--bank-dir`` (default ``./banksim``); ``--config`` and ``--private-key`` name the two files
+separately. ``--va`` is the digits-only VA number shown by the order API (the partner service
+id's digits followed by the customer number). The base URL defaults to
+``http://127.0.0.1:8082``. Each command prints the HTTP status and the JSON answer and exits 0
+on a 2xx answer, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -12,12 +29,21 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import aiohttp
 from emeterai_shared.config import ServiceSettings
 from emeterai_shared.uow import unit_of_work
 
-from payment_service.adapters.banks import BANK_FILE, PRIVATE_KEY_FILE, create_dev_bank
+from payment_service.adapters.banks import (
+    BANK_FILE,
+    PRIVATE_KEY_FILE,
+    create_dev_bank,
+    generate_bank_keys,
+    new_bank_config,
+    save_bank,
+)
+from payment_service.adapters.banksim import DEFAULT_BASE_URL, BankSimulator
 from payment_service.adapters.settlement import SettlementFileError, guess_format
 from payment_service.config import PaymentSettings
 from payment_service.service_layer.reconciliation import reconcile_file
@@ -25,7 +51,7 @@ from payment_service.service_layer.reconciliation import reconcile_file
 if TYPE_CHECKING:
     from payment_service.bootstrap import PaymentDeps
 
-OFFLINE_COMMANDS = frozenset({"dev-bank"})
+OFFLINE_COMMANDS = frozenset({"dev-bank", "bank"})
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,6 +60,29 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     reconcile.add_argument("--bank", help="the bank's client id (default: the first configured bank)")
     reconcile.add_argument("--format", choices=["csv", "json"], help="default: from the file name")
     sub.add_parser("dev-bank", help="create a development bank unless a partners file exists")
+    _bank_commands(sub.add_parser("bank", help="SNAP partner-bank simulator (keygen, token, inquiry, pay)"))
+
+
+def _bank_commands(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=DEFAULT_BASE_URL, help="biller base URL")
+    parser.add_argument("--bank-dir", type=Path, default=Path("banksim"))
+    parser.add_argument("--config", type=Path, help=f"bank entry JSON (default DIR/{BANK_FILE})")
+    parser.add_argument("--private-key", type=Path, help=f"default DIR/{PRIVATE_KEY_FILE}")
+    commands = parser.add_subparsers(dest="bank_command", required=True)
+    keygen = commands.add_parser("keygen", help="create a bank: keys, id, secret")
+    keygen.add_argument("--out", type=Path, required=True)
+    keygen.add_argument("--client-id")
+    keygen.add_argument("--partner-service-id", default="77001")
+    keygen.add_argument("--channel-id", default="95221")
+    commands.add_parser("token", help="get an access token")
+    inquiry = commands.add_parser("inquiry", help="ask for the bill behind a VA")
+    inquiry.add_argument("--va", required=True)
+    pay = commands.add_parser("pay", help="flag a payment to a VA")
+    pay.add_argument("--va", required=True)
+    pay.add_argument("--amount", type=int, required=True, help="whole rupiah")
+    pay.add_argument("--payment-request-id")
+    pay.add_argument("--external-id")
+    pay.add_argument("--advise", action="store_true", help='resend: flagAdvise "Y"')
 
 
 async def run_command(deps: PaymentDeps, args: argparse.Namespace) -> int:
@@ -55,8 +104,10 @@ async def run_command(deps: PaymentDeps, args: argparse.Namespace) -> int:
 
 
 async def run_offline(settings: ServiceSettings, args: argparse.Namespace) -> int:
-    """``dev-bank``: run without database or broker."""
-    assert isinstance(settings, PaymentSettings) and args.command == "dev-bank"
+    """``dev-bank`` and ``bank``: run without database or broker."""
+    assert isinstance(settings, PaymentSettings)
+    if args.command == "bank":
+        return await _bank(args)
     return _dev_bank(Path(settings.partners_file))
 
 
@@ -66,9 +117,60 @@ def _dev_bank(partners_file: Path) -> int:
     if created:
         print(f"payment: development bank created: partners file {partners_file}, bank entry and private key "
               f"in {keys / BANK_FILE} and {keys / PRIVATE_KEY_FILE} "
-              f"(try: python -m payment_service.entrypoints.banksim_cli --bank-dir {keys} token)")
+              f"(try: python -m payment_service bank --bank-dir {keys} token)")
     elif (keys / PRIVATE_KEY_FILE).exists():
         print(f"payment: partners file {partners_file} exists; development bank keys in {keys}")
     else:
         print(f"payment: partners file {partners_file} exists; no development bank created")
     return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    private_pem, public_pem = generate_bank_keys()
+    config = new_bank_config(
+        public_pem,
+        client_id=args.client_id,
+        partner_service_id=args.partner_service_id,
+        channel_id=args.channel_id,
+    )
+    save_bank(args.out, config, private_pem)
+    print(f"bank {config['client_id']} written to {args.out}/{{{BANK_FILE},{PRIVATE_KEY_FILE}}}")
+    return 0
+
+
+def _customer_no(bank: BankSimulator, va: str) -> str:
+    if not va.startswith(bank.partner_service_id) or len(va) == len(bank.partner_service_id):
+        raise SystemExit(f"--va must start with partner service id {bank.partner_service_id}")
+    return va[len(bank.partner_service_id) :]
+
+
+async def _call(args: argparse.Namespace) -> int:
+    config = json.loads((args.config or args.bank_dir / BANK_FILE).read_text())
+    private_pem = (args.private_key or args.bank_dir / PRIVATE_KEY_FILE).read_bytes()
+    async with BankSimulator.from_config(args.url, config, private_pem) as bank:
+        result: tuple[int, dict[str, Any]]
+        if args.bank_command == "token":
+            result = await bank.get_token()
+        elif args.bank_command == "inquiry":
+            result = await bank.inquiry(_customer_no(bank, args.va))
+        else:
+            result = await bank.pay(
+                _customer_no(bank, args.va),
+                args.amount,
+                args.payment_request_id,
+                args.external_id,
+                "Y" if args.advise else "N",
+            )
+    status, body = result
+    print(f"HTTP {status}\n{json.dumps(body, indent=2, ensure_ascii=False)}")
+    return 0 if 200 <= status < 300 else 1
+
+
+async def _bank(args: argparse.Namespace) -> int:
+    if args.bank_command == "keygen":
+        return _keygen(args)
+    try:
+        return await _call(args)
+    except (OSError, RuntimeError, ValueError, aiohttp.ClientError) as exc:
+        print(f"bank: {exc}", file=sys.stderr)
+        return 1

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from emeterai_shared.http import respond
+from emeterai_shared.runtime import main
 from payment_service.adapters.banks import generate_bank_keys, load_bank, new_bank_config, save_bank
 from payment_service.adapters.banksim import BankSimulator, new_external_id
 from payment_service.adapters.snap import INQUIRY_PATH, PAYMENT_PATH, TOKEN_PATH
@@ -27,7 +28,7 @@ from payment_service.adapters.snap.signatures import (
     verify_access_token_signature,
     verify_transaction_signature,
 )
-from payment_service.entrypoints import banksim_cli
+from payment_service.bootstrap import SERVICE
 
 TS = "2024-09-04T10:00:00+07:00"
 
@@ -224,14 +225,19 @@ def test_simulator_refused_token(keys: tuple[bytes, bytes], biller: tuple[str, F
     asyncio.run(scenario())
 
 
+def bank_cli(argv: list[str]) -> int:
+    """``python -m payment_service bank ARGV``."""
+    return main(SERVICE, ["bank", *argv])
+
+
 def test_cli_keygen_then_unknown_bank(
     tmp_path: Path, biller: tuple[str, FakeBiller], capsys: pytest.CaptureFixture[str]
 ) -> None:
     url, _ = biller
     bank_dir = tmp_path / "bank"
-    assert banksim_cli.main(["keygen", "--out", str(bank_dir), "--client-id", "x"]) == 0
+    assert bank_cli(["keygen", "--out", str(bank_dir), "--client-id", "x"]) == 0
     assert load_bank(bank_dir)[0]["client_id"] == "x"
-    assert banksim_cli.main(["--url", url, "--bank-dir", str(bank_dir), "token"]) == 1
+    assert bank_cli(["--url", url, "--bank-dir", str(bank_dir), "token"]) == 1
     assert "4017300" in capsys.readouterr().out
 
 
@@ -245,10 +251,10 @@ def test_cli_pay(
     url, fake = biller
     save_bank(tmp_path, config, keys[0])
     argv = ["--url", url, "--bank-dir", str(tmp_path), "pay", "--va", "770010000009"]
-    assert banksim_cli.main([*argv, "--amount", "12500", "--external-id", "77"]) == 0
+    assert bank_cli([*argv, "--amount", "12500", "--external-id", "77"]) == 0
     assert '"2002500"' in capsys.readouterr().out
     assert fake.payments[0][0] == "77"
     assert fake.payments[0][1]["customerNo"] == "0000009"
     with pytest.raises(SystemExit):
-        banksim_cli.main([*argv[:-1], "880010000009", "--amount", "1"])
-    assert banksim_cli.main(["--url", "http://127.0.0.1:9", "--bank-dir", str(tmp_path), "token"]) == 1
+        bank_cli([*argv[:-1], "880010000009", "--amount", "1"])
+    assert bank_cli(["--url", "http://127.0.0.1:9", "--bank-dir", str(tmp_path), "token"]) == 1
