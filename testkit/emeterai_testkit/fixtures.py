@@ -56,7 +56,8 @@ PG_BASE = os.environ.get("EMETERAI_TEST_PG_BASE_URL", "postgresql://root@127.0.0
 AMQP_BASE = os.environ.get("EMETERAI_TEST_AMQP_BASE_URL", "amqp://guest:guest@127.0.0.1:5672")
 AMQP_URL = f"{AMQP_BASE}/{VHOST}"
 LOCK_FILE = "/tmp/emeterai-broker.lock"
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = next(p for p in Path(__file__).resolve().parents if (p / "uv.lock").is_file())
+"""The checkout the test kit runs from (the workspace root, where ``uv.lock`` lies)."""
 SCRATCH_DESCRIPTION = "emeterai scratch vhost (a test session or benchmark): deleted when its run ends"
 RESTART_HEADROOM = 0.5
 """A broker restart is refused when RabbitMQ already uses more than this share of its file handles:

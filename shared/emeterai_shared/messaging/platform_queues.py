@@ -19,22 +19,7 @@ Until then the service still declares its own queue itself (with a warning), as 
 
 from __future__ import annotations
 
-from emeterai_shared.contracts.events import (
-    BillExpired,
-    BillFailed,
-    BillIssued,
-    DocumentStamped,
-    MintingFailed,
-    OrderPaid,
-    OrderPlaced,
-    OrderRefundRequested,
-    PaymentCaptured,
-    PaymentRefunded,
-    SerialsIssued,
-    SerialsVoided,
-    SerialsVoidRequested,
-    StockAwaited,
-)
+from emeterai_shared.contracts import events
 from emeterai_shared.messaging.topology import QueueSpec
 
 STAMPING_JOB_QUEUED = "stamping.job_queued.v1"
@@ -42,26 +27,26 @@ STAMPING_JOB_QUEUED = "stamping.job_queued.v1"
 
 PLATFORM_QUEUES: tuple[QueueSpec, ...] = (
     # order
-    QueueSpec("order.on_bill_issued", (BillIssued.TYPE,)),
-    QueueSpec("order.on_bill_failed", (BillFailed.TYPE,)),
-    QueueSpec("order.on_bill_expired", (BillExpired.TYPE,)),
-    QueueSpec("order.on_payment_captured", (PaymentCaptured.TYPE,)),
-    QueueSpec("order.on_payment_refunded", (PaymentRefunded.TYPE,)),
-    QueueSpec("order.on_serials_issued", (SerialsIssued.TYPE,)),
-    QueueSpec("order.on_minting_failed", (MintingFailed.TYPE,)),
-    QueueSpec("order.on_stock_awaited", (StockAwaited.TYPE,)),
-    QueueSpec("order.on_serials_voided", (SerialsVoided.TYPE,)),
-    QueueSpec("order.on_document_stamped", (DocumentStamped.TYPE,)),
+    QueueSpec("order.on_bill_issued", (events.BillIssued.TYPE,)),
+    QueueSpec("order.on_bill_failed", (events.BillFailed.TYPE,)),
+    QueueSpec("order.on_bill_expired", (events.BillExpired.TYPE,)),
+    QueueSpec("order.on_payment_captured", (events.PaymentCaptured.TYPE,)),
+    QueueSpec("order.on_payment_refunded", (events.PaymentRefunded.TYPE,)),
+    QueueSpec("order.on_serials_issued", (events.SerialsIssued.TYPE,)),
+    QueueSpec("order.on_minting_failed", (events.MintingFailed.TYPE,)),
+    QueueSpec("order.on_stock_awaited", (events.StockAwaited.TYPE,)),
+    QueueSpec("order.on_serials_voided", (events.SerialsVoided.TYPE,)),
+    QueueSpec("order.on_document_stamped", (events.DocumentStamped.TYPE,)),
     # payment
-    QueueSpec("payment.on_order_placed", (OrderPlaced.TYPE,)),
-    QueueSpec("payment.on_order_refund_requested", (OrderRefundRequested.TYPE,)),
+    QueueSpec("payment.on_order_placed", (events.OrderPlaced.TYPE,)),
+    QueueSpec("payment.on_order_refund_requested", (events.OrderRefundRequested.TYPE,)),
     # minting
-    QueueSpec("minting.on_order_paid", (OrderPaid.TYPE,)),
-    QueueSpec("minting.on_document_stamped", (DocumentStamped.TYPE,)),
-    QueueSpec("minting.on_serials_voided", (SerialsVoided.TYPE,)),
+    QueueSpec("minting.on_order_paid", (events.OrderPaid.TYPE,)),
+    QueueSpec("minting.on_document_stamped", (events.DocumentStamped.TYPE,)),
+    QueueSpec("minting.on_serials_voided", (events.SerialsVoided.TYPE,)),
     # stamping
-    QueueSpec("stamping.on_serials_issued", (SerialsIssued.TYPE,)),
-    QueueSpec("stamping.on_serials_void_requested", (SerialsVoidRequested.TYPE,)),
+    QueueSpec("stamping.on_serials_issued", (events.SerialsIssued.TYPE,)),
+    QueueSpec("stamping.on_serials_void_requested", (events.SerialsVoidRequested.TYPE,)),
     QueueSpec("stamping.on_job_queued", (STAMPING_JOB_QUEUED,)),
 )
 
