@@ -122,6 +122,18 @@ class Periodic(Generic[DepsT]):
 
 
 @dataclass(frozen=True)
+class CommandLine(Generic[DepsT]):
+    """The commands a service adds to ``python -m <svc>_service`` (its ``entrypoints/cli.py``)."""
+
+    add: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]
+    run: Callable[[DepsT, argparse.Namespace], Awaitable[int]] | None = None
+    """Runs a command with the service's dependencies (a database pool, no broker)."""
+    offline: frozenset[str] = frozenset()
+    """Commands run without database or broker, e.g. before setup: ``run_offline``."""
+    run_offline: Callable[[ServiceSettings, argparse.Namespace], Awaitable[int]] | None = None
+
+
+@dataclass(frozen=True)
 class ServiceDefinition(Generic[DepsT]):
     """Everything that differs between services; the runtime does the rest.
 
@@ -134,20 +146,24 @@ class ServiceDefinition(Generic[DepsT]):
     title: str
     settings_cls: type[ServiceSettings]
     dependencies: Callable[[Resources], Awaitable[DepsT]]
-    migrations: Path | None = None
+    routes: Callable[[Router[DepsT]], None] | None = None
     subscriptions: tuple[Subscription, ...] = ()
     """The module-level subscription table (``entrypoints/messages.py``)."""
-    routes: Callable[[Router[DepsT]], None] | None = None
+    commands: CommandLine[DepsT] | None = None
     periodic: tuple[Periodic[DepsT], ...] = ()
-    commands: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None] | None = None
-    run_command: Callable[[DepsT, argparse.Namespace], Awaitable[int]] | None = None
-    offline_commands: frozenset[str] = frozenset()
-    """Service commands run without database or broker, e.g. before setup: ``run_offline``."""
-    run_offline: Callable[[ServiceSettings, argparse.Namespace], Awaitable[int]] | None = None
+    migrations: Path | None = None
+    """Default: the ``migrations/`` folder of the settings' package, where the skeleton puts it."""
     platform_queues: tuple[QueueSpec, ...] = PLATFORM_QUEUES
     """Every consumer queue of the platform, declared with the service's own by ``setup`` and by
     the relay before it publishes (see ``messaging.platform_queues``); a service outside the
     platform (the test probe) declares only its own."""
+
+    def __post_init__(self) -> None:
+        if self.migrations is None:
+            module = sys.modules[self.settings_cls.__module__].__file__
+            found = Path(module).parent / "migrations" if module else None
+            if found is not None and found.is_dir():
+                object.__setattr__(self, "migrations", found)
 
     def settings(self) -> ServiceSettings:
         return self.settings_cls()
@@ -454,7 +470,7 @@ def _parser(defn: ServiceDefinition[Any]) -> argparse.ArgumentParser:
     outbox.add_argument("action", choices=["status", "redrive"])
     outbox.add_argument("--id", type=int, action="append", default=[])
     if defn.commands is not None:
-        defn.commands(sub)
+        defn.commands.add(sub)
     return parser
 
 
@@ -488,13 +504,15 @@ _BUILTIN = {"api", "worker", "relay", "migrate", "setup", "parking", "outbox", "
 async def _service_command(defn: ServiceDefinition[Any], args: argparse.Namespace) -> int:
     """A command the service adds (``defn.commands``), run with a database pool only."""
     settings = defn.settings()
-    if args.command in defn.offline_commands:
-        assert defn.run_offline is not None
-        return await defn.run_offline(settings, args)
-    assert defn.run_command is not None
+    commands = defn.commands
+    assert commands is not None
+    if args.command in commands.offline:
+        assert commands.run_offline is not None
+        return await commands.run_offline(settings, args)
+    assert commands.run is not None
     ctx = await _open(defn, settings, args.command, broker=False)
     try:
-        return await defn.run_command(ctx.deps, args)
+        return await commands.run(ctx.deps, args)
     except asyncpg.UndefinedTableError as exc:
         print(f"{defn.name}: the database {settings.database_name} is not set up ({exc}); "
               f"run `python -m {defn.name}_service setup` (or `make setup`) first", file=sys.stderr)

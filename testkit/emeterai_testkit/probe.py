@@ -105,13 +105,8 @@ def routes(router: Router[ProbeDeps]) -> None:
 SUBSCRIPTIONS = (Subscription(QUEUE, ProbeSent, on_probe_sent),)
 
 SERVICE = ServiceDefinition(
-    name="probe",
-    title="Probe service (platform self-test)",
-    settings_cls=ProbeSettings,
-    dependencies=dependencies,
+    "probe", "Probe service (platform self-test)", ProbeSettings, dependencies, routes, SUBSCRIPTIONS,
     migrations=Path(__file__).parent / "probe_migrations",
-    subscriptions=SUBSCRIPTIONS,
-    routes=routes,
     platform_queues=(),  # outside the platform: its setup and relay declare only its own queue
 )
 

@@ -78,17 +78,8 @@ async def serve_waiting_orders(deps: MintingDeps) -> None:
 
 
 SERVICE = ServiceDefinition(
-    name="minting",
-    title="Minting service: serial issuance, stamp tokens and the stamp registry",
-    settings_cls=MintingSettings,
-    dependencies=dependencies,
-    migrations=Path(__file__).parent / "migrations",
-    subscriptions=SUBSCRIPTIONS,
-    routes=routes,
-    periodic=(
-        Periodic("stock-gauge", lambda s: s.stock_refresh_interval_s, refresh_stock_gauges),
-        Periodic("serve-waiting-orders", lambda s: s.stock_wait_retry_interval_s, serve_waiting_orders),
-    ),
-    commands=cli.add_commands,
-    run_command=cli.run_command,
+    "minting", "Minting service: serial issuance, stamp tokens and the stamp registry", MintingSettings, dependencies,
+    routes, SUBSCRIPTIONS, commands=cli.COMMANDS,
+    periodic=(Periodic("stock-gauge", lambda s: s.stock_refresh_interval_s, refresh_stock_gauges),
+              Periodic("serve-waiting-orders", lambda s: s.stock_wait_retry_interval_s, serve_waiting_orders)),
 )

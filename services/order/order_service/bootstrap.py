@@ -69,14 +69,7 @@ async def dispatch_webhooks(deps: OrderDeps) -> None:
 
 
 SERVICE = ServiceDefinition(
-    name="order",
-    title="Order service: accounts, orders and the front door",
-    settings_cls=OrderSettings,
-    dependencies=dependencies,
-    migrations=Path(__file__).parent / "migrations",
-    subscriptions=SUBSCRIPTIONS,
-    routes=routes,
+    "order", "Order service: accounts, orders and the front door", OrderSettings, dependencies, routes, SUBSCRIPTIONS,
+    commands=cli.COMMANDS,
     periodic=(Periodic("partner-webhooks", lambda s: s.webhook_dispatch_interval_s, dispatch_webhooks),),
-    commands=cli.add_commands,
-    run_command=cli.run_command,
 )

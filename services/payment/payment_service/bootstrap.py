@@ -44,19 +44,8 @@ async def purge_tokens(deps: PaymentDeps) -> None:
 
 
 SERVICE = ServiceDefinition(
-    name="payment",
-    title="Payment service: virtual-account bills and SNAP bank callbacks",
-    settings_cls=PaymentSettings,
-    dependencies=dependencies,
-    migrations=Path(__file__).parent / "migrations",
-    subscriptions=SUBSCRIPTIONS,
-    routes=routes,
-    periodic=(
-        Periodic("expire-bills", lambda s: s.expiry_sweep_interval_s, expire_bills),
-        Periodic("purge-snap-tokens", lambda s: s.housekeeping_interval_s, purge_tokens),
-    ),
-    commands=cli.add_commands,
-    run_command=cli.run_command,
-    offline_commands=cli.OFFLINE_COMMANDS,
-    run_offline=cli.run_offline,
+    "payment", "Payment service: virtual-account bills and SNAP bank callbacks", PaymentSettings, dependencies, routes,
+    SUBSCRIPTIONS, commands=cli.COMMANDS,
+    periodic=(Periodic("expire-bills", lambda s: s.expiry_sweep_interval_s, expire_bills),
+              Periodic("purge-snap-tokens", lambda s: s.housekeeping_interval_s, purge_tokens)),
 )

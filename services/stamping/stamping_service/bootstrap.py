@@ -92,15 +92,8 @@ async def purge_expired_documents(deps: StampingDeps) -> None:
 
 
 SERVICE = ServiceDefinition(
-    name="stamping",
-    title="Stamping service: PDF stamping, signing and verification",
-    settings_cls=StampingSettings,
-    dependencies=dependencies,
-    migrations=Path(__file__).parent / "migrations",
-    subscriptions=SUBSCRIPTIONS,
-    routes=routes,
-    periodic=(
-        Periodic("requeue-stale-jobs", lambda s: s.stale_sweep_interval_s, requeue_stale_jobs),
-        Periodic("purge-documents", lambda s: s.purge_interval_s, purge_expired_documents),
-    ),
+    "stamping", "Stamping service: PDF stamping, signing and verification", StampingSettings, dependencies, routes,
+    SUBSCRIPTIONS,
+    periodic=(Periodic("requeue-stale-jobs", lambda s: s.stale_sweep_interval_s, requeue_stale_jobs),
+              Periodic("purge-documents", lambda s: s.purge_interval_s, purge_expired_documents)),
 )

@@ -18,6 +18,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from emeterai_shared.runtime import CommandLine
 from emeterai_shared.uow import UnitOfWork, unit_of_work
 
 from minting_service.domain import serial
@@ -86,3 +87,6 @@ async def _run(uow: UnitOfWork, args: argparse.Namespace, now: datetime) -> dict
     added = (await add_stock(uow, args.count, args.prefix) if args.action == "add"
              else await ensure_stock(uow, args.minimum, args.prefix))
     return {"added": added, **await stock_report(uow)}
+
+
+COMMANDS = CommandLine(add_commands, run_command)

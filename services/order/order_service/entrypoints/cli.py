@@ -13,6 +13,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
+from emeterai_shared.runtime import CommandLine
 from emeterai_shared.uow import unit_of_work
 
 from order_service.domain.delivery import DeliveryStatus
@@ -54,3 +55,6 @@ async def run_command(deps: OrderDeps, args: argparse.Namespace) -> int:
     unknown = sorted(set(args.id) - set(resent))
     _print({"resent": resent, "unknown": unknown})
     return 1 if unknown else 0
+
+
+COMMANDS = CommandLine(add_commands, run_command)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from emeterai_shared.config import ServiceSettings
+from emeterai_shared.runtime import CommandLine
 from emeterai_shared.uow import unit_of_work
 
 from payment_service.adapters.banks import (
@@ -174,3 +175,6 @@ async def _bank(args: argparse.Namespace) -> int:
     except (OSError, RuntimeError, ValueError, aiohttp.ClientError) as exc:
         print(f"bank: {exc}", file=sys.stderr)
         return 1
+
+
+COMMANDS = CommandLine(add_commands, run_command, OFFLINE_COMMANDS, run_offline)

@@ -20,8 +20,8 @@ from payment_service.adapters.snap.signatures import (
     sign_access_token,
     verify_access_token_signature,
 )
-from payment_service.bootstrap import SERVICE
 from payment_service.config import PaymentSettings
+from payment_service.entrypoints.cli import COMMANDS
 
 if TYPE_CHECKING:
     from conftest import Payment
@@ -71,15 +71,15 @@ async def test_reconcile_report(payment: Payment, tmp_path: Path, capsys: pytest
     json_file = tmp_path / "settlement.json"
     json_file.write_text(json.dumps([{"paymentRequestId": p, "amount": int(float(a)), "time": t.isoformat()}
                                      for p, a, t in lines]))
-    assert SERVICE.run_command is not None
+    assert COMMANDS.run is not None
     args = argparse.Namespace(command="reconcile", file=json_file, bank="bank-r", format=None)
-    assert await SERVICE.run_command(payment.deps, args) == 0
+    assert await COMMANDS.run(payment.deps, args) == 0
     assert {k: v for k, v in json.loads(capsys.readouterr().out).items() if k != "file"} == \
         {k: v for k, v in report.items() if k != "file"}
 
     bad = tmp_path / "bad.csv"
     bad.write_text("paymentRequestId,amount,time\nrc-1,12.5.0,yesterday\n")
-    assert await SERVICE.run_command(payment.deps,
+    assert await COMMANDS.run(payment.deps,
                                      argparse.Namespace(command="reconcile", file=bad, bank="bank-r",
                                                         format=None)) == 2
     assert "line 1" in capsys.readouterr().err
@@ -97,9 +97,9 @@ async def test_dev_bank_is_created_once_without_a_database(tmp_path: Path,
     [entry] = json.loads(content)["banks"]
     assert set(entry) == {"client_id", "client_secret", "public_key_pem", "partner_service_id", "channel_id"}
 
-    assert SERVICE.run_offline is not None and "dev-bank" in SERVICE.offline_commands
+    assert COMMANDS.run_offline is not None and "dev-bank" in COMMANDS.offline
     settings = PaymentSettings(partners_file=str(partners_file))
-    assert await SERVICE.run_offline(settings, argparse.Namespace(command="dev-bank")) == 0
+    assert await COMMANDS.run_offline(settings, argparse.Namespace(command="dev-bank")) == 0
     assert "exists" in capsys.readouterr().out and partners_file.read_text() == content
 
     config, private_pem = load_bank(partners_file.parent)
