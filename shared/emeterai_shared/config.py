@@ -89,20 +89,19 @@ class ServiceSettings(BaseSettings):
                                  max_retry_after_s=self.admission_max_retry_after_s,
                                  max_in_flight=self.admission_max_in_flight or 4 * self.db_pool_max)
 
+    def default(self, **values: object) -> None:
+        """Give each named setting its value unless the environment (or the caller) set it: for
+        defaults derived from other settings, in a ``model_validator(mode="after")``."""
+        for name, value in values.items():
+            if not getattr(self, name):
+                setattr(self, name, value)
+
     @model_validator(mode="after")
     def _derive(self) -> ServiceSettings:
-        if not self.database_name:
-            self.database_name = f"emeterai_{self.service_name}"
-        if not self.database_url:
-            self.database_url = f"{self.pg_base_url.rstrip('/')}/{self.database_name}"
-        if not self.http_port:
-            self.http_port = self.default_http_port
-        if not self.worker_metrics_port:
-            self.worker_metrics_port = self.http_port + 1000
-        if not self.relay_metrics_port:
-            self.relay_metrics_port = self.http_port + 2000
-        if not self.auth_public_key_file:
-            self.auth_public_key_file = f"{self.secrets_dir}/auth-ed25519.pub"
+        self.default(database_name=f"emeterai_{self.service_name}", http_port=self.default_http_port)
+        self.default(database_url=f"{self.pg_base_url.rstrip('/')}/{self.database_name}",
+                     worker_metrics_port=self.http_port + 1000, relay_metrics_port=self.http_port + 2000,
+                     auth_public_key_file=f"{self.secrets_dir}/auth-ed25519.pub")
         if not self.retry_delays_ms or any(d <= 0 for d in self.retry_delays_ms):
             raise ValueError("retry_delays_ms must be a non-empty list of positive delays")
         return self

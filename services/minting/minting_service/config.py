@@ -37,8 +37,6 @@ class MintingSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _derive_key_file(self) -> MintingSettings:
-        if not self.signing_key_file:
-            self.signing_key_file = f"{self.secrets_dir}/minting-ed25519.pem"
-        if not self.stamping_certificates_file:
-            self.stamping_certificates_file = f"{self.secrets_dir}/stamping-certificates.pem"
+        self.default(signing_key_file=f"{self.secrets_dir}/minting-ed25519.pem",
+                     stamping_certificates_file=f"{self.secrets_dir}/stamping-certificates.pem")
         return self

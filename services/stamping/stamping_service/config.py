@@ -95,12 +95,9 @@ class StampingSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _derive_stamping(self) -> StampingSettings:
-        if not self.partners_file:
-            self.partners_file = os.environ.get("ORDER_PARTNERS_FILE", "")
-        if not self.signing_dev_dir:
-            self.signing_dev_dir = f"{self.secrets_dir}/stamping-dev-ca"
-        if not self.certificates_file:
-            self.certificates_file = f"{self.secrets_dir}/stamping-certificates.pem"
+        self.default(partners_file=os.environ.get("ORDER_PARTNERS_FILE", ""),
+                     signing_dev_dir=f"{self.secrets_dir}/stamping-dev-ca",
+                     certificates_file=f"{self.secrets_dir}/stamping-certificates.pem")
         if self.pdf_workers <= 0:
             self.pdf_workers = os.cpu_count() or 1
         # A job holds its message's transaction and, briefly, a second connection (marking it
