@@ -1,8 +1,9 @@
 """The shape of the tree holds: one skeleton in every service, imports pointing down, the kernel
 free of services and test code, subscriptions readable without a process, routes declared once.
 
-Imports point down at run time: ``bootstrap`` (the composition root) builds the dependencies
-object and imports every layer; the layers may name its type only under ``TYPE_CHECKING``.
+Imports point down, annotations included: ``bootstrap`` (the composition root) imports every
+layer and builds the typed dependencies object that ``dependencies.py`` declares below the
+entrypoints, so no import runs back up, not even one made only for type checking.
 
 Read from the source (``ast``), so a late function-level import counts as much as a top-level one.
 """
@@ -22,8 +23,8 @@ from emeterai_shared.runtime import ServiceDefinition
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("order", "payment", "minting", "stamping")
 KERNEL = ROOT / "shared" / "emeterai_shared"
-SKELETON = {"__init__.py", "__main__.py", "bootstrap.py", "config.py", "metrics.py", "domain", "service_layer",
-            "adapters", "entrypoints", "migrations"}
+SKELETON = {"__init__.py", "__main__.py", "bootstrap.py", "dependencies.py", "config.py", "metrics.py", "domain",
+            "service_layer", "adapters", "entrypoints", "migrations"}
 ENTRYPOINTS = {"__init__.py", "http.py", "messages.py", "cli.py"}
 LAYERS = ("domain", "service_layer", "adapters", "entrypoints")
 # What each layer may import from its own service: imports point down only.
@@ -31,7 +32,8 @@ MAY_IMPORT = {
     "domain": {"domain"},
     "adapters": {"domain", "adapters", "config", "metrics"},
     "service_layer": {"domain", "adapters", "service_layer", "config", "metrics"},
-    "entrypoints": {"domain", "adapters", "service_layer", "entrypoints", "config", "metrics"},
+    "dependencies": {"domain", "adapters", "service_layer", "config", "metrics"},
+    "entrypoints": {"domain", "adapters", "service_layer", "entrypoints", "dependencies", "config", "metrics"},
 }
 IO_LIBRARIES = {"aiohttp", "asyncpg", "aio_pika", "emeterai_shared.uow", "emeterai_shared.db"}
 
@@ -44,19 +46,10 @@ def python_files(top: Path) -> Iterator[Path]:
     yield from (p for p in sorted(top.rglob("*.py")) if "__pycache__" not in p.parts)
 
 
-def imports(path: Path, *, typing_only: bool = True) -> set[str]:
-    """Every module ``path`` imports, anywhere in the file (absolute names); with ``typing_only``
-    false, not those under ``if TYPE_CHECKING:`` (annotations, no import at run time)."""
-    tree = ast.parse(path.read_text(), str(path))
-    skipped: set[int] = set()
-    if not typing_only:
-        for node in ast.walk(tree):
-            if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
-                skipped.update(id(inner) for stmt in node.body for inner in ast.walk(stmt))
+def imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, anywhere in the file, under ``TYPE_CHECKING`` too (absolute names)."""
     found: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -94,11 +87,10 @@ def test_imports_point_down_and_never_across_services(svc: str) -> None:
         others = {m for m in names if top(m).endswith("_service") and top(m) != own}
         assert not others, f"{svc}/{relative} imports another service: {sorted(others)}"
         assert not {m for m in names if top(m) in {"pytest", "emeterai_testkit"}}, f"{svc}/{relative}"
-        layer = relative.parts[0] if len(relative.parts) > 1 else None
+        layer = relative.parts[0] if len(relative.parts) > 1 else relative.stem
         if layer not in MAY_IMPORT:
             continue
-        # The entrypoints name the composition root's dependencies type in annotations only.
-        for name in imports(path, typing_only=False):
+        for name in names:
             parts = name.split(".")
             if parts[0] != own or len(parts) < 2:
                 continue

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
 from emeterai_shared.ratelimit import RateLimiter
 from emeterai_shared.runtime import Periodic, Resources, ServiceDefinition
 from emeterai_shared.uow import unit_of_work
 
 from minting_service.adapters.certificates import StampingCertificates
-from minting_service.adapters.keys import StampKeys, load_stamp_keys
+from minting_service.adapters.keys import load_stamp_keys
 from minting_service.config import MintingSettings
+from minting_service.dependencies import MintingDeps
 from minting_service.entrypoints import cli
 from minting_service.entrypoints.http import routes
 from minting_service.entrypoints.messages import SUBSCRIPTIONS
@@ -29,21 +28,6 @@ from minting_service.service_layer.issuance import serve_waiting
 from minting_service.service_layer.stock import stock_levels
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class MintingDeps:
-    """What the minting service's routes, handlers, jobs and commands use, built once per process."""
-
-    settings: MintingSettings
-    pool: asyncpg.Pool
-    keys: StampKeys
-    """The stamp-token keys: the signer of the tokens and the published public keys (read, in
-    development created, at start: a process with unusable keys does not start)."""
-    registry_limiter: RateLimiter
-    """``GET /v1/stamps/{sn}`` requests per client IP of this (api) process."""
-    certificates: StampingCertificates
-    """The stamping service's certificate bundle, read per ``GET /v1/keys`` (a rotation shows at once)."""
 
 
 async def dependencies(resources: Resources) -> MintingDeps:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-import asyncpg
 from emeterai_shared.admission import Admission
 from emeterai_shared.auth import TokenIssuer, TokenVerifier, ensure_keypair, load_public_keys
 from emeterai_shared.runtime import Periodic, Resources, ServiceDefinition
@@ -14,28 +12,11 @@ from emeterai_shared.runtime import Periodic, Resources, ServiceDefinition
 from order_service.adapters.partners import PartnerRegistry
 from order_service.adapters.repository import OrderRepository
 from order_service.config import OrderSettings
+from order_service.dependencies import CallerLimits, OrderDeps
 from order_service.entrypoints import cli
-from order_service.entrypoints.http import CallerLimits, routes
+from order_service.entrypoints.http import routes
 from order_service.entrypoints.messages import SUBSCRIPTIONS
 from order_service.service_layer.webhook_dispatcher import WebhookDispatcher
-
-
-@dataclass(frozen=True)
-class OrderDeps:
-    """What the order service's routes, handlers, jobs and commands use, built once per process."""
-
-    settings: OrderSettings
-    pool: asyncpg.Pool
-    issuer: TokenIssuer
-    verifier: TokenVerifier
-    partners: PartnerRegistry
-    """The partner systems, read from ``ORDER_PARTNERS_FILE`` at start."""
-    limits: CallerLimits
-    """Per-caller rate limits of this (api) process."""
-    admission: Admission
-    """Sheds new orders while the platform is behind (sampled by the api, see ``entrypoints.http``)."""
-    webhooks: WebhookDispatcher
-    """Sends partner webhooks (the worker's periodic job); closed with the process."""
 
 
 def _token_keys(settings: OrderSettings) -> tuple[TokenIssuer, TokenVerifier]:

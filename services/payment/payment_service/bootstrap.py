@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
 from emeterai_shared.runtime import Periodic, Resources, ServiceDefinition
 
 from payment_service.adapters.banks import BankRegistry
 from payment_service.config import PaymentSettings
+from payment_service.dependencies import PaymentDeps
 from payment_service.entrypoints import cli
 from payment_service.entrypoints.http import routes
 from payment_service.entrypoints.messages import SUBSCRIPTIONS
 from payment_service.service_layer.billing import expire_due_bills
 from payment_service.service_layer.tokens import purge_expired_tokens
-
-
-@dataclass(frozen=True)
-class PaymentDeps:
-    """What the payment service's routes, handlers, jobs and commands use, built once per process."""
-
-    settings: PaymentSettings
-    pool: asyncpg.Pool
-    banks: BankRegistry
-    """The partner banks, read from ``PAYMENT_PARTNERS_FILE`` at start (a malformed file stops the
-    process; a missing one is no bank: every bank is refused and bills fail)."""
 
 
 async def dependencies(resources: Resources) -> PaymentDeps:

@@ -3,50 +3,25 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 from emeterai_shared.admission import Admission
 from emeterai_shared.auth import PartnerKeys, TokenVerifier, load_public_keys
 from emeterai_shared.ratelimit import RateLimiter
 from emeterai_shared.runtime import Periodic, Resources, ServiceDefinition
 from emeterai_shared.uow import unit_of_work
 
-from stamping_service.adapters.documents import DocumentStore, PostgresDocumentStore
+from stamping_service.adapters.documents import PostgresDocumentStore
 from stamping_service.adapters.pdfpool import PdfPool
 from stamping_service.adapters.signing import publish_certificates
 from stamping_service.adapters.stampings import admission_sample
 from stamping_service.config import StampingSettings
+from stamping_service.dependencies import StampingDeps
 from stamping_service.entrypoints.http import routes
 from stamping_service.entrypoints.messages import SUBSCRIPTIONS
 from stamping_service.service_layer.stamper import Stamper, purge_documents, requeue_stale
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StampingDeps:
-    """What the stamping service's routes, handlers and jobs use, built once per process."""
-
-    settings: StampingSettings
-    pool: asyncpg.Pool
-    verifier: TokenVerifier
-    """Buyers' bearer tokens, checked with the order service's public key(s)."""
-    partners: PartnerKeys
-    """Partner systems' ``X-Api-Key``s."""
-    store: DocumentStore
-    pdf: PdfPool
-    """This process's PDF worker processes, started at the first PDF task, stopped when it closes."""
-    stamper: Stamper
-    verify_limiter: RateLimiter
-    """``POST /v1/verify`` per client address (this api process)."""
-    account_uploads: RateLimiter
-    """``POST /v1/stampings`` per buyer account (this api process)."""
-    partner_uploads: RateLimiter
-    """``POST /v1/stampings`` per partner system (this api process)."""
-    admission: Admission
-    """Sheds uploads while the stamping backlog is past what the workers drain."""
 
 
 def _verifier(settings: StampingSettings) -> TokenVerifier:

@@ -16,18 +16,16 @@ import argparse
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from emeterai_shared.runtime import CommandLine
 from emeterai_shared.uow import UnitOfWork, unit_of_work
 
+from minting_service.dependencies import MintingDeps
 from minting_service.domain import serial
 from minting_service.domain.stamp import SerialStatus
 from minting_service.service_layer.issuance import refund_waiting, waiting_orders
 from minting_service.service_layer.stock import add_stock, ensure_stock, stock_report, void_serials
-
-if TYPE_CHECKING:
-    from minting_service.bootstrap import MintingDeps
 
 
 def _count(text: str) -> int:

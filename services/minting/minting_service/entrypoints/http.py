@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from aiohttp import web
 from emeterai_shared.http import ApiError, Operation, respond
@@ -14,13 +14,11 @@ from emeterai_shared.uow import unit_of_work
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import SkipJsonSchema
 
+from minting_service.dependencies import MintingDeps
 from minting_service.domain import serial
 from minting_service.domain.stamp import FACE_VALUE, Stamp
 from minting_service.domain.token import jwk
 from minting_service.service_layer.registry import public_stamp
-
-if TYPE_CHECKING:
-    from minting_service.bootstrap import MintingDeps
 
 KEYS_MAX_AGE_S = 300
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
-from minting_service.bootstrap import SERVICE, MintingDeps
+from minting_service.bootstrap import SERVICE
+from minting_service.dependencies import MintingDeps
 from minting_service.domain.issuance import refund_deadline
 from minting_service.domain.serial import generate, is_valid, is_well_formed
 

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import TYPE_CHECKING
 
 from emeterai_shared.runtime import CommandLine
 from emeterai_shared.uow import unit_of_work
 
+from order_service.dependencies import OrderDeps
 from order_service.domain.delivery import DeliveryStatus
 from order_service.service_layer import partner_feed
-
-if TYPE_CHECKING:
-    from order_service.bootstrap import OrderDeps
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -15,26 +15,22 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from emeterai_shared import idempotency
 from emeterai_shared.auth import Caller, caller_from_request
 from emeterai_shared.http import NO_NUL, ApiError, Operation, read_json, respond
-from emeterai_shared.ratelimit import RateLimiter
 from emeterai_shared.runtime import Router
 from emeterai_shared.uow import unit_of_work
 from pydantic import BaseModel, Field, PlainSerializer, StringConstraints, field_validator
 
 from order_service.config import OrderSettings
+from order_service.dependencies import OrderDeps
 from order_service.domain.order import Order
 from order_service.domain.partner_events import ORDER_FULFILLED, STAMPING_COMPLETED, timestamp
 from order_service.service_layer import orders, partner_feed
-
-if TYPE_CHECKING:
-    from order_service.bootstrap import OrderDeps
 
 NAME_PATTERN = r"^[^\x00]*[0-9A-Za-z\u00c0-\u024f\u0370-\u1fff\u3040-\u9fff\uac00-\ud7af][^\x00]*$"
 """At least one letter or digit, and no NUL: the same in the published (ECMA) schema, in Python and in
@@ -178,25 +174,6 @@ WEBHOOKS: tuple[tuple[str, type[BaseModel]], ...] = ((ORDER_FULFILLED, OrderFulf
 
 
 # --- callers ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CallerLimits:
-    """Per-account (buyers) and per-partner token buckets of one api process."""
-
-    accounts: RateLimiter
-    partners: RateLimiter
-
-    @classmethod
-    def from_settings(cls, settings: OrderSettings) -> CallerLimits:
-        return cls(RateLimiter(settings.order_rate_per_account_per_s, settings.order_burst_per_account),
-                   RateLimiter(settings.partner_rate_per_s, settings.partner_burst))
-
-    def enforce(self, caller: Caller) -> None:
-        if caller.partner_id is not None:
-            self.partners.enforce(caller.partner_id)
-        else:
-            self.accounts.enforce(str(caller.account_id))
 
 
 def _caller(request: web.Request, deps: OrderDeps) -> Caller:

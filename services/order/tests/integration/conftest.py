@@ -11,8 +11,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from emeterai_shared.runtime import Resources, assemble, build_api
-from order_service.bootstrap import SERVICE, OrderDeps
+from order_service.bootstrap import SERVICE
 from order_service.config import OrderSettings
+from order_service.dependencies import OrderDeps
 
 Client = TestClient[web.Request, web.Application]
 ServeApi = Callable[[OrderSettings, asyncpg.Pool], AbstractAsyncContextManager[tuple[Client, OrderDeps]]]

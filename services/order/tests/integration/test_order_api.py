@@ -34,8 +34,9 @@ from emeterai_shared.auth import TokenIssuer, ensure_keypair
 from emeterai_shared.db import create_pool
 from emeterai_testkit.fixtures import eventually, reset_service, settings_for
 from order_service.adapters.partners import PARTNER_NAMESPACE
-from order_service.bootstrap import SERVICE, OrderDeps
+from order_service.bootstrap import SERVICE
 from order_service.config import OrderSettings
+from order_service.dependencies import OrderDeps
 
 Client = TestClient[web.Request, web.Application]
 ServeApi = Callable[[OrderSettings, asyncpg.Pool], AbstractAsyncContextManager[tuple[Client, OrderDeps]]]

@@ -61,8 +61,9 @@ from emeterai_shared.messaging.parking import ParkedMessage, list_parked
 from emeterai_shared.messaging.topology import EVENTS
 from emeterai_shared.uow import unit_of_work
 from emeterai_testkit.fixtures import eventually, reset_service, running, settings_for
-from order_service.bootstrap import SERVICE, OrderDeps
+from order_service.bootstrap import SERVICE
 from order_service.config import OrderSettings
+from order_service.dependencies import OrderDeps
 from order_service.service_layer import orders
 from prometheus_client import REGISTRY
 

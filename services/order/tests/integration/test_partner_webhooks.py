@@ -58,8 +58,9 @@ from emeterai_testkit.fixtures import (
 )
 from order_service.adapters.partner_store import PartnerEventRepository
 from order_service.adapters.partners import PARTNER_NAMESPACE
-from order_service.bootstrap import SERVICE, OrderDeps
+from order_service.bootstrap import SERVICE
 from order_service.config import OrderSettings
+from order_service.dependencies import OrderDeps
 from order_service.domain import partner_events
 from order_service.entrypoints.http import PartnerEventsPage
 from prometheus_client import REGISTRY

@@ -29,7 +29,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 from emeterai_shared.config import ServiceSettings
@@ -47,10 +47,8 @@ from payment_service.adapters.banks import (
 from payment_service.adapters.banksim import DEFAULT_BASE_URL, BankSimulator
 from payment_service.adapters.settlement import SettlementFileError, guess_format
 from payment_service.config import PaymentSettings
+from payment_service.dependencies import PaymentDeps
 from payment_service.service_layer.reconciliation import reconcile_file
-
-if TYPE_CHECKING:
-    from payment_service.bootstrap import PaymentDeps
 
 OFFLINE_COMMANDS = frozenset({"dev-bank", "bank"})
 

@@ -15,7 +15,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
@@ -48,12 +48,10 @@ from payment_service.adapters.snap.signatures import (
     verify_access_token_signature,
     verify_transaction_signature,
 )
+from payment_service.dependencies import PaymentDeps
 from payment_service.metrics import PAYMENTS_CAPTURED, SNAP_RESPONSES
 from payment_service.service_layer.payments import PaymentNotice, flag_payment, inquire
 from payment_service.service_layer.tokens import bank_of_token, issue_token
-
-if TYPE_CHECKING:
-    from payment_service.bootstrap import PaymentDeps
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,9 @@ from emeterai_shared.messaging import EVENTS
 from emeterai_testkit.fixtures import Harness, eventually, reset_service, running, serve_api, settings_for
 from payment_service.adapters.banks import generate_bank_keys, new_bank_config
 from payment_service.adapters.banksim import BankSimulator
-from payment_service.bootstrap import SERVICE, PaymentDeps
+from payment_service.bootstrap import SERVICE
 from payment_service.config import PaymentSettings
+from payment_service.dependencies import PaymentDeps
 
 PARTNER_SERVICE_IDS = {"bank-a": "77001", "bank-b": "88002", "bank-r": "99003"}
 """bank-a: the default bank; bank-b: a second bank; bank-r: used only by the reconcile test."""

@@ -13,7 +13,7 @@ import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from emeterai_shared import idempotency
@@ -28,13 +28,11 @@ from pydantic.json_schema import SkipJsonSchema
 
 from stamping_service.adapters.pdf.inspect import Limits, PdfRejected, RejectCode
 from stamping_service.adapters.pdfpool import PdfPool, PdfTimeout, PdfWorkerDied
+from stamping_service.dependencies import StampingDeps
 from stamping_service.domain.stamping import JobStatus, NoQuota, SerialUnavailable, StampingView
 from stamping_service.metrics import UPLOADS, VERIFICATIONS
 from stamping_service.service_layer import queries
 from stamping_service.service_layer.upload import Upload, upload
-
-if TYPE_CHECKING:
-    from stamping_service.bootstrap import StampingDeps
 
 FORM_FIELDS = ("page", "x", "y", "size", "reason", "sn", "password")
 

@@ -1,0 +1,22 @@
+"""What the payment service's routes, handlers, jobs and commands receive: its typed dependencies,
+built once per process by ``bootstrap.dependencies``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from payment_service.adapters.banks import BankRegistry
+from payment_service.config import PaymentSettings
+
+
+@dataclass(frozen=True)
+class PaymentDeps:
+    """What the payment service's routes, handlers, jobs and commands use, built once per process."""
+
+    settings: PaymentSettings
+    pool: asyncpg.Pool
+    banks: BankRegistry
+    """The partner banks, read from ``PAYMENT_PARTNERS_FILE`` at start (a malformed file stops the
+    process; a missing one is no bank: every bank is refused and bills fail)."""
