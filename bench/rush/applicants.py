@@ -17,11 +17,21 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import pikepdf
-from emeterai_testkit.clients import MAX_ERROR_BODIES, PAY_OK, REPLAYED, WRONG_AMOUNT, Bank, Client, Refused
+from emeterai_testkit.clients import (
+    MAX_ERROR_BODIES,
+    PAY_OK,
+    REPLAYED,
+    WRONG_AMOUNT,
+    Bank,
+    Client,
+    Refused,
+    SmsInbox,
+)
 from emeterai_testkit.documents import sample_pdf
 
 Unexpected = Refused
@@ -47,6 +57,13 @@ class Applicant:
     index: int
     phase: str
     scenario: str = "normal"         # normal | late | duplicate | wrong_amount
+    signs_in: bool = True
+    """Signs in with a phone code (POST /v1/auth/otp + /v1/auth/token) rather than POST /v1/accounts."""
+    phone: str = ""
+    refresh_token: str = ""
+    token_expires: float = 0.0
+    """Monotonic time the sign-in's access token expires (refreshed a minute before)."""
+    refreshing: asyncio.Lock = field(default_factory=asyncio.Lock)
     token: str = ""
     order_id: str = ""
     amount: int = 0
@@ -88,8 +105,13 @@ class Pacer:
 class Script:
     """What applicants do; the counters (``arrived``...) feed the progress bars."""
 
-    def __init__(self, client: Client, bank: Bank, docs: list[bytes], poll_rate_per_s: float):
+    def __init__(self, client: Client, bank: Bank, docs: list[bytes], poll_rate_per_s: float,
+                 inbox: SmsInbox | None = None, run_id: int = 0):
         self.client = client
+        self.inbox = inbox
+        """The texts the platform sent (its development sink), where signing-in applicants read their code."""
+        self.run_id = run_id
+        """Part of every applicant's phone, so that runs (and phases) never share a phone."""
         self.bank = bank
         self.docs = docs
         self.pacers = {"order": Pacer(poll_rate_per_s), "stamping": Pacer(poll_rate_per_s)}
@@ -134,21 +156,61 @@ class Script:
         if len(self.failures) < MAX_ERROR_BODIES:
             self.failures.append(f"applicant {a.phase}{a.index} ({a.scenario}): {exc}")
 
+    def phone(self, a: Applicant) -> str:
+        phase = "wac".index(a.phase) if a.phase in "wac" else 9
+        return f"+628{self.run_id % 10_000:04d}{phase}{a.index:07d}"
+
     async def _register(self, a: Applicant) -> None:
+        a.phone = self.phone(a)
+        if a.signs_in and self.inbox is not None:
+            await self._sign_in(a, self.inbox)
+            return
         answer = await self.client.call(
             "POST", "order", "/v1/accounts", "POST /v1/accounts", ok=(201,),
-            json={"name": f"Pelamar CASN {a.phase}{a.index}", "phone": f"+62812{a.index:08d}"},
+            json={"name": f"Pelamar CASN {a.phase}{a.index}", "phone": a.phone},
             headers={"Idempotency-Key": f"rush-account-{uuid.uuid4()}"})
         a.token = answer.body["token"]
 
+    async def _sign_in(self, a: Applicant, inbox: SmsInbox) -> None:
+        """A code to the applicant's phone, read from the development sink (the text sent after
+        this request), then the token for it."""
+        since = datetime.now(UTC)
+        await self.client.call("POST", "order", "/v1/auth/otp", "POST /v1/auth/otp", ok=(202,),
+                               json={"phone": a.phone})
+        try:
+            code = await inbox.code(a.phone, since, timeout_s=120)
+        except AssertionError as exc:
+            raise Unexpected(f"no sign-in code for {a.phone}: {exc}") from exc
+        answer = await self.client.call("POST", "order", "/v1/auth/token", "POST /v1/auth/token", ok=(200,),
+                                        json={"phone": a.phone, "code": code})
+        self._signed_in(a, answer.body)
+
+    def _signed_in(self, a: Applicant, body: dict[str, Any]) -> None:
+        a.token, a.refresh_token = body["token"], body["refresh_token"]
+        a.token_expires = time.monotonic() + float(body["expires_in_s"])
+
+    async def _fresh(self, a: Applicant) -> None:
+        """Refresh a sign-in's access token a minute before it expires (once, whoever asks first:
+        a refresh token presented twice would revoke the applicant's sessions)."""
+        if not a.refresh_token:
+            return
+        async with a.refreshing:
+            if time.monotonic() < a.token_expires - 60:
+                return
+            answer = await self.client.call("POST", "order", "/v1/auth/refresh", "POST /v1/auth/refresh", ok=(200,),
+                                            json={"refresh_token": a.refresh_token})
+            self._signed_in(a, answer.body)
+
     async def _order(self, a: Applicant) -> None:
         key = f"rush-order-{uuid.uuid4()}"  # the same key on every retry of this order
+        await self._fresh(a)
         answer = await self.client.call("POST", "order", "/v1/orders", "POST /v1/orders", ok=(202,),
                                         json={"quantity": 2}, headers={**a.auth, "Idempotency-Key": key})
         a.order_id, a.amount = answer.body["order_id"], int(answer.body["amount"])
         self.ordered[a.phase] += 1
 
     async def _get_order(self, a: Applicant) -> dict[str, Any]:
+        await self._fresh(a)
         answer = await self.client.call("GET", "order", f"/v1/orders/{a.order_id}", "GET /v1/orders/{id}",
                                         ok=(200,), headers=a.auth)
         body: dict[str, Any] = answer.body
@@ -211,6 +273,7 @@ class Script:
         while True:
             if delay:
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            await self._fresh(a)
             answer = await self.client.call("GET", "stamping", "/v1/quota", "GET /v1/quota", ok=(200,),
                                             headers=a.auth)
             if int(answer.body["available"]) >= needed:
@@ -231,6 +294,7 @@ class Script:
                 data.add_field(name, value)
             return data
 
+        await self._fresh(a)
         answer = await self.client.call("POST", "stamping", "/v1/stampings", "POST /v1/stampings", ok=(202,),
                                         data=form, headers={**a.auth, "Idempotency-Key": key})
         a.stamping_ids.append(str(answer.body["stamping_id"]))
@@ -240,6 +304,7 @@ class Script:
         delay = 2.0
         while True:
             await self.pacers["stamping"].wait(delay)
+            await self._fresh(a)
             answer = await self.client.call("GET", "stamping", f"/v1/stampings/{stamping_id}",
                                             "GET /v1/stampings/{id}", ok=(200,), headers=a.auth)
             status = answer.body["status"]

@@ -5,7 +5,10 @@ database-commit and broker-confirm ceilings on a scratch database and vhost, the
 applicants (asyncio + aiohttp, one bounded connection pool) in three phases, so that each tier's
 capacity is measured alone and together:
 
-a. **purchases** (2/3 of the buyers): each applicant registers, orders 2 stamps, polls its bill,
+a. **purchases** (2/3 of the buyers): each applicant signs in with a code sent to its phone
+   (``POST /v1/auth/otp``, the code read from the platform's development sink ``var/dev-sms.jsonl``,
+   then ``POST /v1/auth/token``; ``--signin-share`` of them, the rest register with
+   ``POST /v1/accounts``), orders 2 stamps, polls its bill,
    and the bank simulator pays it over signed SNAP callbacks: a share late (3-8 s after the bill),
    a share with the same callback sent twice at once (one capture), a share first paid with a
    wrong amount (refused ``4042513``, then paid right). Arrivals start at ``--start-rate``/s and
@@ -51,7 +54,7 @@ import aiohttp
 import uvloop
 from emeterai_shared.db import drop_database, ensure_database
 from emeterai_testkit import invariants
-from emeterai_testkit.clients import Bank, Client, Stats
+from emeterai_testkit.clients import Bank, Client, SmsInbox, Stats
 from emeterai_testkit.platform import dev_bank
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -101,6 +104,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "arrive at the overload rate")
     parser.add_argument("--overload-window-s", type=float, default=6.0,
                         help="credited rate measured over this long from the start of the overload")
+    parser.add_argument("--signin-share", type=float, default=1.0,
+                        help="share of applicants who sign in with a phone code; the rest register with "
+                             "POST /v1/accounts")
     parser.add_argument("--late-share", type=float, default=0.1)
     parser.add_argument("--duplicate-share", type=float, default=0.1)
     parser.add_argument("--wrong-amount-share", type=float, default=0.1)
@@ -581,6 +587,10 @@ def build_report(run: Run, *, buyers: int, split: dict[str, int], ceiling: dict[
     return {
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "buyers": buyers,
+        "signin": {"share": run.args.signin_share,
+                   "signed_in": sum(1 for p in ("a", "c") for x in run.applicants.get(p, []) if x.signs_in),
+                   "note": "applicants who signed in with a phone code (POST /v1/auth/otp + /v1/auth/token); "
+                           "the others registered with POST /v1/accounts"},
         "split": {"purchase_and_stamping_phases_a_b": split["ab"], "mixed_phase_c": split["c"],
                   "note": "phases a and b use the same applicants (they buy in a, stamp in b); phase c fresh ones"},
         "orders": a["orders"] + c["orders"],
@@ -742,7 +752,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         urls = {name: platform.api_url(name) for name in settings}
         client = Client(session, urls, stats=stats, deadline=time.monotonic() + 3 * args.phase_timeout_s + 600)
         bank = Bank(client, bank_config.simulator(urls["payment"], session))
-        script = Script(client, bank, docs, args.poll_rate)
+        sms_file = Path(settings["order"].dev_sms_file)  # type: ignore[attr-defined]
+        script = Script(client, bank, docs, args.poll_rate, inbox=SmsInbox(sms_file if sms_file.is_absolute()
+                                                                            else REPO / sms_file),
+                        run_id=rng.randrange(10_000))
         sampler = ProcessSampler(platform.ports())
         scraper = MetricsScraper(platform.metrics_urls())
         background += [asyncio.create_task(sampler.run(stop)), asyncio.create_task(scraper.run(infra, stop))]
@@ -751,8 +764,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         r = Run(args, platform, dbs, script, stats, progress, sampler, scraper, live)
         kinds_a = scenarios(split["ab"], args, rng)
         kinds_c = scenarios(split["c"], args, rng)
-        r.applicants["a"] = [Applicant(i, "a", kinds_a[i]) for i in range(split["ab"])]
-        r.applicants["c"] = [Applicant(i, "c", kinds_c[i]) for i in range(split["c"])]
+        r.applicants["a"] = [Applicant(i, "a", kinds_a[i], signs_in=rng.random() < args.signin_share)
+                             for i in range(split["ab"])]
+        r.applicants["c"] = [Applicant(i, "c", kinds_c[i], signs_in=rng.random() < args.signin_share)
+                             for i in range(split["c"])]
         with progress:
             await bank.token()
             warmup = await warm_up(r)

@@ -105,8 +105,9 @@ class Admission:
         wait = excess / self.drain_per_s if self.drain_per_s > 0 else float(self._settings.max_retry_after_s)
         return max(1, min(self._settings.max_retry_after_s, math.ceil(wait)))
 
-    def admit(self) -> None:
-        """Admit one new item, or raise ``503 overloaded`` with ``Retry-After``."""
+    def admit(self, *, counts: bool = True) -> None:
+        """Admit one new item, or raise ``503 overloaded`` with ``Retry-After``. ``counts=False``
+        admits a request that adds nothing to the measured backlog (a sign-in beside orders)."""
         retry = self.retry_after()
         if retry is not None:
             self._waiting += 1
@@ -117,17 +118,18 @@ class Admission:
                 f"(at {come_back}), nothing was charged or reserved",
                 headers={"Retry-After": str(retry)},
                 extra={"retry_after_s": retry, "retry_at": come_back})
-        self._admitted_since_sample += 1
+        if counts:
+            self._admitted_since_sample += 1
 
     @contextlib.contextmanager
-    def slot(self) -> Iterator[None]:
+    def slot(self, *, counts: bool = True) -> Iterator[None]:
         """``with admission.slot():`` around a front-door request: ``503 busy`` past
         ``max_in_flight`` requests in this process, then the global check (``admit``)."""
         cap = self._settings.max_in_flight
         if cap and self.in_flight >= cap:
             raise ApiError(503, "busy", "this server is working on as many requests as it can; retry shortly",
                            headers={"Retry-After": "1"}, extra={"retry_after_s": 1})
-        self.admit()
+        self.admit(counts=counts)
         self.in_flight += 1
         try:
             yield

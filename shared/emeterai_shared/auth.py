@@ -3,7 +3,12 @@
 The order service signs EdDSA (Ed25519) JWTs with its private key; every service holds the
 public key(s) (``auth_public_key_file``, one or more PEM keys, so a new key can be published
 before it signs anything). Claims: ``sub`` (account id), ``kind`` (``buyer``), ``iss``, ``aud``,
-``iat``, ``exp``. A missing, malformed, forged, expired or wrongly addressed token is a 401.
+``iat``, ``exp``, and ``sid`` (the sign-in session) on tokens from phone sign-in. A missing,
+malformed, forged, expired or wrongly addressed token is a 401.
+
+Squatting rule: once an account's phone is verified by a sign-in with a code, its tokens without
+a ``sid`` (``POST /v1/accounts`` tokens, which prove nothing about the phone) are refused with
+401 ``token_superseded`` (``superseded``) by the services that know of the verification.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ class Principal:
     account_id: uuid.UUID
     kind: str
     partner_id: str | None = None
+    sid: str | None = None
+    """The sign-in session of a token from phone sign-in; None for ``POST /v1/accounts`` tokens."""
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -86,10 +93,13 @@ class TokenIssuer:
         self._kid = key_id(key.public_key())
         self._ttl = ttl
 
-    def issue(self, account_id: uuid.UUID, kind: str = "buyer") -> str:
+    def issue(self, account_id: uuid.UUID, kind: str = "buyer", *, sid: str | None = None,
+              ttl: timedelta | None = None) -> str:
         now = datetime.now(UTC)
-        claims = {"sub": str(account_id), "kind": kind, "iss": ISSUER, "aud": AUDIENCE,
-                  "iat": now, "exp": now + self._ttl}
+        claims: dict[str, object] = {"sub": str(account_id), "kind": kind, "iss": ISSUER, "aud": AUDIENCE,
+                                     "iat": now, "exp": now + (ttl or self._ttl)}
+        if sid is not None:
+            claims["sid"] = sid
         return jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self._kid})
 
 
@@ -105,7 +115,9 @@ class TokenVerifier:
                 raise ApiError(401, "invalid_token", "token signed by an unknown key")
             claims = jwt.decode(token, key, algorithms=[ALGORITHM], audience=AUDIENCE,
                                 issuer=ISSUER, options={"require": ["sub", "exp", "iat"]})
-            return Principal(account_id=uuid.UUID(claims["sub"]), kind=str(claims.get("kind", "")))
+            sid = claims.get("sid")
+            return Principal(account_id=uuid.UUID(claims["sub"]), kind=str(claims.get("kind", "")),
+                             sid=sid if isinstance(sid, str) else None)
         except jwt.ExpiredSignatureError:
             raise ApiError(401, "token_expired", "the token has expired; create a new one",
                            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
@@ -161,6 +173,14 @@ class Caller:
     account_id: uuid.UUID
     partner_id: str | None
     """Set when the caller is a partner system (``X-Api-Key``), None for a buyer (bearer token)."""
+    sid: str | None = None
+    """A buyer's sign-in session (phone sign-in tokens); None for ``POST /v1/accounts`` tokens."""
+
+    @property
+    def unproven(self) -> bool:
+        """A buyer whose token proves nothing about the phone (no sign-in session): refused once
+        the account's phone is verified (``superseded``)."""
+        return self.partner_id is None and self.sid is None
 
 
 def caller_from_request(request: web.Request, verifier: TokenVerifier, partners: PartnerKeys) -> Caller:
@@ -171,4 +191,14 @@ def caller_from_request(request: web.Request, verifier: TokenVerifier, partners:
         if partner_id is None:
             raise ApiError(401, "invalid_api_key", "the X-Api-Key is not valid")
         return Caller(partner_account_id(partner_id), partner_id)
-    return Caller(verifier.from_request(request).account_id, None)
+    principal = verifier.from_request(request)
+    return Caller(principal.account_id, None, principal.sid)
+
+
+def superseded(caller: Caller, phone_verified_at: datetime | None) -> None:
+    """401 ``token_superseded`` for a token without a sign-in session of an account whose phone
+    was verified by a sign-in: whoever registered the phone first proves nothing by it."""
+    if phone_verified_at is not None and caller.unproven:
+        raise ApiError(401, "token_superseded", "this account's phone was verified by a sign-in since this "
+                       "token was issued: sign in with a code (POST /v1/auth/otp)",
+                       headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})

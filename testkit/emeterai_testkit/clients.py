@@ -5,7 +5,10 @@
   well-behaved client does; lost connections (and, with ``retry_server_errors``, other 5xx)
   after a capped backoff. Every answer is counted in ``Stats`` (by class, by route and status).
 - ``Bank``: the partner bank's SNAP calls through a ``Client`` (its token kept and renewed).
-- ``Buyer``: register, order, follow an order: what cross-service tests do.
+- ``Buyer``: register or sign in with a phone code, order, follow an order: what cross-service
+  tests do.
+- ``SmsInbox``: the texts the platform sent to phones (the development sink, ``var/dev-sms.jsonl``),
+  read as they arrive: the sign-in code sent to a phone after a given moment.
 
 Used by the cross-service tests, by ``emeterai_testkit.chaos`` and by the rush (``bench.rush``).
 """
@@ -15,11 +18,14 @@ from __future__ import annotations
 import asyncio
 import json as jsonlib
 import random
+import re
 import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -272,6 +278,52 @@ class Bank:
         return await self.send(await self.build(customer_no, amount, uuid.uuid4().hex), codes)
 
 
+_CODE = re.compile(r"(?<![0-9])[0-9]{6}(?![0-9])")
+
+
+class SmsInbox:
+    """The development sink of texts (one JSON line ``{"phone", "text", "sent_at"}`` each), read
+    incrementally: whole lines only, from where the last read stopped."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self._offset = 0
+        self._texts: dict[str, list[tuple[datetime, str]]] = defaultdict(list)
+        self._read_at = 0.0
+
+    def _read(self) -> None:
+        """What was appended since the last read (at most every 50 ms: many applicants share one inbox)."""
+        if time.monotonic() - self._read_at < 0.05:
+            return
+        self._read_at = time.monotonic()
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(self._offset)
+                chunk = handle.read()
+        except FileNotFoundError:
+            return
+        end = chunk.rfind(b"\n") + 1
+        self._offset += end
+        for line in chunk[:end].splitlines():
+            record = jsonlib.loads(line)
+            self._texts[record["phone"]].append((datetime.fromisoformat(record["sent_at"]), record["text"]))
+
+    def code_since(self, phone: str, since: datetime) -> str | None:
+        """The code of the newest text to ``phone`` sent after ``since``, if one arrived."""
+        self._read()
+        for sent_at, text in reversed(self._texts[phone]):
+            if sent_at > since:
+                codes = _CODE.findall(text)
+                return codes[0] if len(codes) == 1 else None
+            break
+        return None
+
+    async def code(self, phone: str, since: datetime, timeout_s: float = 60) -> str:
+        found: str = await eventually(lambda: self.code_since(phone, since), timeout_s=timeout_s, interval_s=0.1,
+                                      message=f"a sign-in code for {phone} in {self.path}")
+        return found
+
+
 class Buyer:
     """A buyer of the cross-service tests: an account and its orders."""
 
@@ -280,6 +332,8 @@ class Buyer:
         self.session = session
         self.url = order_url
         self.token = ""
+        self.refresh_token = ""
+        self.account_id = ""
         self.timeout_s = timeout_s
 
     @property
@@ -293,6 +347,34 @@ class Buyer:
         answer = await self.client.call("POST", "order", "/v1/accounts", "POST /v1/accounts", ok=(201,),
                                         json={"name": name, "phone": phone}, deadline=self._deadline())
         self.token = str(answer.data["token"])
+        self.account_id = str(answer.data["account_id"])
+
+    async def request_code(self, phone: str) -> None:
+        """A sign-in code for ``phone`` (a 429 past the limits is waited out for its Retry-After)."""
+        await self.client.call("POST", "order", "/v1/auth/otp", "POST /v1/auth/otp", ok=(202,),
+                               json={"phone": phone}, deadline=self._deadline())
+
+    async def sign_in(self, phone: str, inbox: SmsInbox) -> dict[str, Any]:
+        """Sign in with the code sent to ``phone`` (read from the development sink): the code of a
+        text sent after this request, never an earlier one's."""
+        since = datetime.now(UTC)
+        await self.request_code(phone)
+        code = await inbox.code(phone, since, timeout_s=self.timeout_s)
+        answer = await self.client.call("POST", "order", "/v1/auth/token", "POST /v1/auth/token", ok=(200,),
+                                        json={"phone": phone, "code": code}, deadline=self._deadline())
+        self._signed_in(answer.data)
+        return answer.data
+
+    def _signed_in(self, data: dict[str, Any]) -> None:
+        self.token, self.refresh_token = str(data["token"]), str(data["refresh_token"])
+        self.account_id = str(data["account_id"])
+
+    async def refresh(self) -> dict[str, Any]:
+        """A new token pair for the current refresh token (which is used up)."""
+        answer = await self.client.call("POST", "order", "/v1/auth/refresh", "POST /v1/auth/refresh", ok=(200,),
+                                        json={"refresh_token": self.refresh_token}, deadline=self._deadline())
+        self._signed_in(answer.data)
+        return answer.data
 
     async def order(self, quantity: int = 2, bank: str | None = None) -> str:
         """Place an order; a 429 or 503 is waited out for its ``Retry-After`` and the same request

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import timedelta
 from pathlib import Path
 
 from emeterai_shared.admission import Admission
 from emeterai_shared.auth import TokenIssuer, TokenVerifier, ensure_keypair, load_public_keys
+from emeterai_shared.files import locked, write_atomic
 from emeterai_shared.runtime import Periodic, Resources, ServiceDefinition
+from emeterai_shared.uow import unit_of_work
 
 from order_service.adapters.partners import PartnerRegistry
 from order_service.adapters.repository import OrderRepository
+from order_service.adapters.sms import sender
 from order_service.config import OrderSettings
 from order_service.dependencies import CallerLimits, OrderDeps
 from order_service.entrypoints import cli
 from order_service.entrypoints.http import routes
 from order_service.entrypoints.messages import SUBSCRIPTIONS
+from order_service.service_layer import signin
 from order_service.service_layer.webhook_dispatcher import WebhookDispatcher
 
 
@@ -30,6 +35,21 @@ def _token_keys(settings: OrderSettings) -> tuple[TokenIssuer, TokenVerifier]:
             TokenVerifier(load_public_keys(public_path)))
 
 
+def _otp_key(settings: OrderSettings) -> bytes:
+    """``ORDER_OTP_SECRET``, else the development key file, generated once (like the token keys)."""
+    if settings.otp_secret:
+        return settings.otp_secret.encode()
+    path = Path(settings.otp_key_path)
+    if not path.exists():
+        with locked(path.with_name(f".{path.name}.lock")):
+            if not path.exists():
+                write_atomic(path, secrets.token_hex(32).encode(), mode=0o600)
+    key = path.read_bytes().strip()
+    if len(key) < 32:
+        raise ValueError(f"{path}: the OTP key is too short (at least 32 characters)")
+    return key
+
+
 async def dependencies(resources: Resources) -> OrderDeps:
     settings = resources.settings
     assert isinstance(settings, OrderSettings)
@@ -37,11 +57,14 @@ async def dependencies(resources: Resources) -> OrderDeps:
     partners = PartnerRegistry.from_file(settings.partners_file)
     webhooks = WebhookDispatcher(resources.pool, partners, settings)
     resources.closers.append(webhooks.close)
+    sms = sender(settings.sms_gateway_url, settings.sms_gateway_token, settings.dev_sms_file,
+                 timeout_s=settings.sms_timeout_s, attempts=settings.sms_attempts)
+    resources.closers.append(sms.close)
     return OrderDeps(
         settings=settings, pool=resources.pool, issuer=issuer, verifier=verifier, partners=partners,
         limits=CallerLimits.from_settings(settings),
         admission=Admission("order", lambda conn: OrderRepository(conn).admission_sample(), settings.admission()),
-        webhooks=webhooks,
+        webhooks=webhooks, otp_key=_otp_key(settings), sms=sms,
     )
 
 
@@ -49,8 +72,14 @@ async def dispatch_webhooks(deps: OrderDeps) -> None:
     await deps.webhooks.tick()
 
 
+async def signin_housekeeping(deps: OrderDeps) -> None:
+    async with unit_of_work(deps.pool) as uow:
+        await signin.housekeeping(uow)
+
+
 SERVICE = ServiceDefinition(
     "order", "Order service: accounts, orders and the front door", OrderSettings, dependencies, routes, SUBSCRIPTIONS,
     commands=cli.COMMANDS,
-    periodic=(Periodic("partner-webhooks", lambda s: s.webhook_dispatch_interval_s, dispatch_webhooks),),
+    periodic=(Periodic("partner-webhooks", lambda s: s.webhook_dispatch_interval_s, dispatch_webhooks),
+              Periodic("signin-housekeeping", lambda s: s.signin_housekeeping_interval_s, signin_housekeeping)),
 )

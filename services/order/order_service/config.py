@@ -1,8 +1,12 @@
 """Settings of the order service; every field is overridable as `ORDER_<FIELD>`."""
 
+from __future__ import annotations
+
+from pathlib import Path
 from typing import ClassVar
 
 from emeterai_shared.config import ServiceSettings
+from pydantic import model_validator
 
 
 class OrderSettings(ServiceSettings):
@@ -30,6 +34,39 @@ class OrderSettings(ServiceSettings):
     webhook_backoff_max_s: float = 3600.0
     webhook_dispatch_interval_s: float = 1.0
     webhook_concurrency_per_partner: int = 4
+
+    # Phone sign-in (POST /v1/auth/*).
+    access_token_ttl_s: int = 900
+    """Lifetime of a sign-in's access token: also the bound on revocation (logout, reuse detection)."""
+    refresh_token_ttl_s: int = 30 * 24 * 3600
+    otp_secret: str = ""
+    """Key of the codes' HMAC-SHA256 digests; empty: ``<secrets_dir>/otp-hmac.key``, generated once."""
+    otp_ttl_s: int = 300
+    otp_phone_interval_s: int = 30
+    """A phone gets at most one code per this many seconds (0: no such limit)."""
+    otp_phone_per_hour: int = 5
+    otp_client_limit: int = 20
+    """Code requests per client address per ``otp_client_window_s`` (0: no such limit)."""
+    otp_client_window_s: int = 600
+    dev_sms_file: str = ""
+    """Development sink of texts (no gateway): one JSON line per text; default ``var/dev-sms.jsonl``
+    (beside ``secrets_dir``)."""
+    sms_gateway_url: str = ""
+    """Production SMS gateway (HTTP POST ``{"to", "text"}``); empty: the development sink."""
+    sms_gateway_token: str = ""
+    sms_timeout_s: float = 10.0
+    sms_attempts: int = 4
+    """Tries per send (backoff between them, for timeouts and 5xx) before the message parks."""
+    signin_housekeeping_interval_s: float = 300.0
+
+    @model_validator(mode="after")
+    def _derive_signin(self) -> OrderSettings:
+        self.default(dev_sms_file=str(Path(self.secrets_dir).parent / "dev-sms.jsonl"))
+        return self
+
+    @property
+    def otp_key_path(self) -> str:
+        return f"{self.secrets_dir}/otp-hmac.key"
 
     @property
     def private_key_path(self) -> str:

@@ -11,6 +11,7 @@ from emeterai_shared.auth import Caller, TokenIssuer, TokenVerifier
 from emeterai_shared.ratelimit import RateLimiter
 
 from order_service.adapters.partners import PartnerRegistry
+from order_service.adapters.sms import SmsSender
 from order_service.config import OrderSettings
 from order_service.service_layer.webhook_dispatcher import WebhookDispatcher
 
@@ -50,3 +51,7 @@ class OrderDeps:
     """Sheds new orders while the platform is behind (sampled by the api, see ``entrypoints.http``)."""
     webhooks: WebhookDispatcher
     """Sends partner webhooks (the worker's periodic job); closed with the process."""
+    otp_key: bytes
+    """Key of the sign-in codes' HMAC-SHA256 digests (``ORDER_OTP_SECRET`` or ``otp-hmac.key``)."""
+    sms: SmsSender
+    """The notification adapter: the SMS gateway, or the development sink; closed with the process."""

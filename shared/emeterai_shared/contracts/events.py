@@ -180,3 +180,27 @@ class SerialsVoided(Message):
     kept: tuple[str, ...]
     reason: str
     voided_at: datetime
+
+
+# --- applicants' accounts: phone sign-in -----------------------------------------------------
+# order ──order.sms_requested──► order (its notification adapter: SMS gateway, or the dev sink)
+# order ──order.account_verified──► stamping (refuses the account's tokens without a sign-in session)
+
+
+@message("order.sms_requested.v1")
+class SmsRequested(Message):
+    """A text to send to a phone (a sign-in code): nobody waits for it; pointless after ``expires_at``."""
+
+    phone: str
+    text: str
+    requested_at: datetime
+    expires_at: datetime | None = None
+
+
+@message("order.account_verified.v1")
+class AccountVerified(Message):
+    """The account's phone was verified by a sign-in with a code: from ``verified_at`` on, the
+    account's tokens without a sign-in session (``sid``) are refused (the squatting rule)."""
+
+    account_id: UUID
+    verified_at: datetime

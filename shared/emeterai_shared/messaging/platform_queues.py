@@ -37,6 +37,7 @@ PLATFORM_QUEUES: tuple[QueueSpec, ...] = (
     QueueSpec("order.on_stock_awaited", (events.StockAwaited.TYPE,)),
     QueueSpec("order.on_serials_voided", (events.SerialsVoided.TYPE,)),
     QueueSpec("order.on_document_stamped", (events.DocumentStamped.TYPE,)),
+    QueueSpec("order.on_sms_requested", (events.SmsRequested.TYPE,)),
     # payment
     QueueSpec("payment.on_order_placed", (events.OrderPlaced.TYPE,)),
     QueueSpec("payment.on_order_refund_requested", (events.OrderRefundRequested.TYPE,)),
@@ -48,6 +49,7 @@ PLATFORM_QUEUES: tuple[QueueSpec, ...] = (
     QueueSpec("stamping.on_serials_issued", (events.SerialsIssued.TYPE,)),
     QueueSpec("stamping.on_serials_void_requested", (events.SerialsVoidRequested.TYPE,)),
     QueueSpec("stamping.on_job_queued", (STAMPING_JOB_QUEUED,)),
+    QueueSpec("stamping.on_account_verified", (events.AccountVerified.TYPE,)),
 )
 
 _BY_NAME = {spec.name: spec for spec in PLATFORM_QUEUES}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
@@ -30,7 +30,8 @@ from order_service.config import OrderSettings
 from order_service.dependencies import OrderDeps
 from order_service.domain.order import Order
 from order_service.domain.partner_events import ORDER_FULFILLED, STAMPING_COMPLETED, timestamp
-from order_service.service_layer import orders, partner_feed
+from order_service.domain.signin import normalize_phone
+from order_service.service_layer import orders, partner_feed, signin
 
 NAME_PATTERN = r"^[^\x00]*[0-9A-Za-z\u00c0-\u024f\u0370-\u1fff\u3040-\u9fff\uac00-\ud7af][^\x00]*$"
 """At least one letter or digit, and no NUL: the same in the published (ECMA) schema, in Python and in
@@ -116,6 +117,34 @@ class OrderView(OrderAccepted):
         return cls(order_id=order.id, status=order.status.value, quantity=order.quantity,
                    amount=order.amount, payment=payment, serials=order.serials,
                    failure_reason=order.failure_reason, fulfilment=fulfilment)
+
+
+# --- phone sign-in ------------------------------------------------------------------------------
+
+
+class CodeRequest(BaseModel):
+    phone: Phone
+
+
+class CodeSent(BaseModel):
+    expires_in_s: int = Field(description="the code's lifetime; the same answer whether or not the phone has an "
+                                          "account")
+
+
+class SignInRequest(BaseModel):
+    phone: Phone
+    code: Annotated[str, StringConstraints(pattern=r"^[0-9]{6}$")] = Field(description="the 6 digits sent by SMS")
+
+
+class RefreshRequest(BaseModel):
+    refresh_token: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
+
+
+class SignedIn(BaseModel):
+    account_id: uuid.UUID
+    token: str = Field(description="bearer access token (JWT, with the session's sid), accepted by every service")
+    refresh_token: str = Field(description="works once: POST /v1/auth/refresh gives a new pair")
+    expires_in_s: int = Field(description="the access token's lifetime (ORDER_ACCESS_TOKEN_TTL_S)")
 
 
 # --- partner events: the feed's entries and the webhooks' bodies --------------------------------
@@ -208,6 +237,55 @@ async def create_account(request: web.Request, deps: OrderDeps) -> web.Response:
     return respond(answer, status=201)
 
 
+def _signed_in(session: signin.Session, deps: OrderDeps) -> web.Response:
+    ttl = deps.settings.access_token_ttl_s
+    token = deps.issuer.issue(session.account_id, sid=str(session.sid), ttl=timedelta(seconds=ttl))
+    return respond(SignedIn(account_id=session.account_id, token=token, refresh_token=session.refresh_token,
+                            expires_in_s=ttl), headers={"Cache-Control": "no-store"})
+
+
+async def request_code(request: web.Request, deps: OrderDeps) -> web.Response:
+    with deps.admission.slot(counts=False):  # behind the orders' admission, adding nothing to their backlog
+        body = await read_json(request, CodeRequest)
+        async with unit_of_work(deps.pool) as uow:
+            retry_after = await signin.request_code(uow, normalize_phone(body.phone), request.remote or "unknown",
+                                                    deps.otp_key, deps.settings)
+    if retry_after is not None:
+        raise ApiError(429, "rate_limited", f"too many code requests for this phone or from this address; "
+                       f"retry in {retry_after} s", headers={"Retry-After": str(retry_after)},
+                       extra={"retry_after_s": retry_after})
+    return respond(CodeSent(expires_in_s=deps.settings.otp_ttl_s), status=202)
+
+
+async def create_token(request: web.Request, deps: OrderDeps) -> web.Response:
+    with deps.admission.slot(counts=False):
+        body = await read_json(request, SignInRequest)
+        async with unit_of_work(deps.pool) as uow:
+            outcome = await signin.sign_in(uow, normalize_phone(body.phone), body.code, deps.otp_key, deps.settings)
+    if isinstance(outcome, signin.Refused):
+        raise ApiError(401, outcome.code, outcome.message)
+    return _signed_in(outcome, deps)
+
+
+async def refresh_token(request: web.Request, deps: OrderDeps) -> web.Response:
+    with deps.admission.slot(counts=False):
+        body = await read_json(request, RefreshRequest)
+        async with unit_of_work(deps.pool) as uow:
+            outcome = await signin.refresh(uow, body.refresh_token, deps.settings)
+    if isinstance(outcome, signin.Refused):
+        raise ApiError(401, outcome.code, outcome.message)
+    return _signed_in(outcome, deps)
+
+
+async def logout(request: web.Request, deps: OrderDeps) -> web.Response:
+    principal = deps.verifier.from_request(request)
+    caller = Caller(principal.account_id, None, principal.sid)
+    async with unit_of_work(deps.pool) as uow:
+        await signin.ensure_current(uow, caller)
+        await signin.logout(uow, caller)
+    return web.Response(status=204)
+
+
 async def place_order(request: web.Request, deps: OrderDeps) -> web.Response:
     caller = _caller(request, deps)
     deps.limits.enforce(caller)
@@ -225,6 +303,7 @@ async def _place_order(request: web.Request, deps: OrderDeps, caller: Caller) ->
     scope = f"orders:{caller.account_id}"
     digest = idempotency.request_hash("POST", "/v1/orders", body.model_dump())
     async with unit_of_work(deps.pool) as uow:
+        await signin.ensure_current(uow, caller)
         stored = await idempotency.claim(uow.conn, scope, key, digest)
         if stored is not None:
             return stored.response()
@@ -244,6 +323,7 @@ async def get_order(request: web.Request, deps: OrderDeps) -> web.Response:
     except ValueError:
         raise ApiError(404, "order_not_found", "no such order") from None
     async with unit_of_work(deps.pool) as uow:
+        await signin.ensure_current(uow, caller)
         order = await orders.order_of(uow, caller.account_id, order_id)
     if order is None:
         raise ApiError(404, "order_not_found", "no such order")
@@ -294,6 +374,7 @@ def routes(router: Router[OrderDeps]) -> None:
             "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key",
                        "description": "a partner system's key (ORDER_PARTNERS_FILE); taken before a bearer token"},
         })
+    _signin_routes(router)
     read_order = {"operationId": "get_v1_orders_order_id",
                   "parameters": {"order_id": "$response.body#/order_id"}}
     router.add(Operation(
@@ -311,7 +392,8 @@ def routes(router: Router[OrderDeps]) -> None:
         responses={202: ("order accepted", OrderAccepted),
                    400: ("malformed_json, too_deeply_nested, idempotency_key_required or invalid_idempotency_key",
                          None),
-                   401: ("unauthorized, invalid_token, token_expired or invalid_api_key", None),
+                   401: ("unauthorized, invalid_token, token_expired, invalid_api_key, or token_superseded (a "
+                         "token without a sign-in session of an account whose phone has been verified since)", None),
                    422: ("invalid_request, quantity_out_of_range (past the caller's maximum), or "
                          "idempotency_key_reused", None),
                    429: ("rate_limited: this account's or partner's order rate (Retry-After)", None),
@@ -323,7 +405,7 @@ def routes(router: Router[OrderDeps]) -> None:
         "GET", "/v1/orders/{order_id}", "An order of the caller", tags=["orders"], security=["bearer", "apiKey"],
         parameters=[{"name": "order_id", "in": "path", "required": True,
                      "schema": {"type": "string", "format": "uuid"}}],
-        responses={200: ("the order", OrderView), 401: ("not authenticated", None),
+        responses={200: ("the order", OrderView), 401: ("not authenticated, or token_superseded", None),
                    404: ("order_not_found: no such order of the caller", None)},
     ), get_order)
     router.add(Operation(
@@ -343,3 +425,43 @@ def routes(router: Router[OrderDeps]) -> None:
     for name, model in WEBHOOKS:
         router.document(Operation("POST", name, model.__doc__ or name, request=model, tags=["partners"],
                                   parameters=_SIGNED, responses={200: _ACKNOWLEDGED}, webhook=True))
+
+
+def _signin_routes(router: Router[OrderDeps]) -> None:
+    shed = ("overloaded (the platform's order backlog is past what it drains in the target wait; sign-ins add "
+            "nothing to it) or busy; Retry-After", None)
+    signed_in = {"PlaceOrder": {"operationId": "post_v1_orders", "description": "the token authorizes orders"}}
+    router.add(Operation(
+        "POST", "/v1/auth/otp", "Send a one-time sign-in code to a phone (same answer for every phone)",
+        request=CodeRequest, tags=["accounts"],
+        responses={202: ("a code is on its way by SMS (if the limits allow, whether or not an account exists)",
+                         CodeSent),
+                   422: ("invalid_request (fields)", None),
+                   429: ("rate_limited: too many codes for this phone (1 per 30 s, 5 per hour) or from this address "
+                         "(20 per 10 min); Retry-After and retry_after_s", None),
+                   503: shed},
+    ), request_code)
+    router.add(Operation(
+        "POST", "/v1/auth/token", "Sign in with the phone's code: the account of that phone (created on first sign-in)",
+        request=SignInRequest, tags=["accounts"],
+        responses={200: ("signed in: an access token and a refresh token", SignedIn),
+                   401: ("invalid_code: wrong, used or expired (5 wrong tries void the code)", None),
+                   422: ("invalid_request (fields)", None), 503: shed},
+        links={200: signed_in},
+    ), create_token)
+    router.add(Operation(
+        "POST", "/v1/auth/refresh", "A new token pair for a refresh token (each works once)",
+        request=RefreshRequest, tags=["accounts"],
+        responses={200: ("the session's new pair; the refresh token presented is used up", SignedIn),
+                   401: ("invalid_refresh_token (unknown, expired, revoked), or refresh_token_reused: presented "
+                         "a second time, which revokes every session of the account", None),
+                   422: ("invalid_request (fields)", None), 503: shed},
+        links={200: signed_in},
+    ), refresh_token)
+    router.add(Operation(
+        "POST", "/v1/auth/logout", "End the caller's session: its refresh token stops working", tags=["accounts"],
+        security=["bearer"],
+        responses={204: ("signed out (the access token itself lives until it expires, at most "
+                         "ORDER_ACCESS_TOKEN_TTL_S)", None),
+                   401: ("unauthorized, invalid_token, token_expired, or token_superseded", None)},
+    ), logout)

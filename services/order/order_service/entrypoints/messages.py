@@ -1,7 +1,8 @@
 """The order service's subscriptions: one queue per handler.
 
 Handlers that tell partners (``on_serials_issued``, ``on_document_stamped``) name ``partners``:
-the worker gives them ``OrderDeps.partners``."""
+the worker gives them ``OrderDeps.partners``; ``on_sms_requested`` names ``sms`` (the notification
+adapter), one message per transaction since it awaits the gateway."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from emeterai_shared.contracts.events import (
     PaymentRefunded,
     SerialsIssued,
     SerialsVoided,
+    SmsRequested,
     StockAwaited,
 )
 from emeterai_shared.messaging import Subscription
@@ -32,4 +34,5 @@ SUBSCRIPTIONS = (
     Subscription("order.on_stock_awaited", StockAwaited, handlers.on_stock_awaited),
     Subscription("order.on_serials_voided", SerialsVoided, handlers.on_serials_voided),
     Subscription("order.on_document_stamped", DocumentStamped, handlers.on_document_stamped),
+    Subscription("order.on_sms_requested", SmsRequested, handlers.on_sms_requested, batch_max=1),
 )

@@ -25,6 +25,7 @@ from emeterai_shared.contracts.events import (
     SerialsIssued,
     SerialsVoided,
     SerialsVoidRequested,
+    SmsRequested,
     StockAwaited,
 )
 from emeterai_shared.messaging import Envelope, PermanentError
@@ -33,9 +34,11 @@ from emeterai_shared.uow import UnitOfWork
 from order_service.adapters.partner_store import PartnerEventRepository
 from order_service.adapters.partners import PartnerRegistry
 from order_service.adapters.repository import OrderRepository
+from order_service.adapters.sms import SmsFailed, SmsSender
 from order_service.domain import partner_events
 from order_service.domain.order import Bill, IllegalTransition, Order, OrderStatus
 from order_service.domain.partner_events import PartnerEvent
+from order_service.metrics import SMS_SENDS
 
 log = logging.getLogger(__name__)
 
@@ -212,3 +215,19 @@ async def _tell_partner(uow: UnitOfWork, partners: PartnerRegistry, partner_id: 
     partner = partners.get(partner_id)
     await PartnerEventRepository(uow.conn).add_event(
         partner_id, event, deliver=partner is not None and partner.webhook_url is not None)
+
+
+async def on_sms_requested(uow: UnitOfWork, env: Envelope[SmsRequested], sms: SmsSender) -> None:
+    """Send a text through the notification adapter (gateway or development sink). A text whose
+    code expired meanwhile is dropped; one the gateway refuses for good parks (visible, counted)."""
+    event = env.body
+    if event.expires_at is not None and datetime.now(UTC) >= event.expires_at:
+        SMS_SENDS.labels("expired").inc()
+        log.warning("text to %s dropped: its code expired before it could be sent", event.phone[:-4] + "****")
+        return
+    try:
+        await sms.send(event.phone, event.text)
+    except SmsFailed as exc:
+        SMS_SENDS.labels("failed").inc()
+        raise PermanentError(f"SMS not sent: {exc}") from exc
+    SMS_SENDS.labels("sent").inc()

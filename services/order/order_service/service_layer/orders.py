@@ -10,11 +10,12 @@ from emeterai_shared.uow import UnitOfWork
 
 from order_service.adapters.repository import OrderRepository
 from order_service.domain.order import Order, price
+from order_service.domain.signin import normalize_phone
 
 
 async def create_account(uow: UnitOfWork, name: str, phone: str) -> uuid.UUID:
     account_id = uuid.uuid4()
-    await OrderRepository(uow.conn).add_account(account_id, name, phone)
+    await OrderRepository(uow.conn).add_account(account_id, name, normalize_phone(phone))
     return account_id
 
 

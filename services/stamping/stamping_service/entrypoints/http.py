@@ -31,7 +31,7 @@ from stamping_service.adapters.pdfpool import PdfPool, PdfTimeout, PdfWorkerDied
 from stamping_service.dependencies import StampingDeps
 from stamping_service.domain.stamping import JobStatus, NoQuota, SerialUnavailable, StampingView
 from stamping_service.metrics import UPLOADS, VERIFICATIONS
-from stamping_service.service_layer import queries
+from stamping_service.service_layer import accounts, queries
 from stamping_service.service_layer.upload import Upload, upload
 
 FORM_FIELDS = ("page", "x", "y", "size", "reason", "sn", "password")
@@ -161,6 +161,7 @@ def _caller(request: web.Request, deps: StampingDeps) -> Caller:
 async def get_quota(request: web.Request, deps: StampingDeps) -> web.Response:
     principal = _caller(request, deps)
     async with deps.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        await accounts.ensure_current(UnitOfWork(conn), principal)
         quota = await queries.quota(UnitOfWork(conn), principal.account_id)  # one snapshot
     return respond(QuotaView(available=quota.available, used=quota.used,
                              serials_available=quota.serials_available))
@@ -198,6 +199,7 @@ async def _post_stamping(request: web.Request, deps: StampingDeps, principal: Ca
                       y=form.y, size=form.size, reason=form.reason, sn=form.sn, password=form.password)
     try:
         async with unit_of_work(deps.pool) as uow:
+            await accounts.ensure_current(uow, principal)
             outcome = await upload(uow, deps.store, document, key, digest, _accepted)
     except SerialUnavailable as exc:
         raise ApiError(409, "sn_unavailable", str(exc)) from exc
@@ -211,6 +213,7 @@ async def _post_stamping(request: web.Request, deps: StampingDeps, principal: Ca
 
 async def _owned(request: web.Request, deps: StampingDeps, uow: UnitOfWork) -> StampingView:
     principal = _caller(request, deps)
+    await accounts.ensure_current(uow, principal)
     try:
         stamping_id = uuid.UUID(request.match_info["id"])
     except ValueError as exc:
@@ -295,7 +298,8 @@ def routes(router: Router[StampingDeps]) -> None:
                                            "description": "a buyer's token (order service, POST /v1/accounts)"}
         spec.security_schemes["apiKey"] = {"type": "apiKey", "in": "header", "name": "X-Api-Key",
                                            "description": "a partner system's key; taken before a bearer token"}
-    unauthorized = ("unauthorized, invalid_token, token_expired or invalid_api_key", None)
+    unauthorized = ("unauthorized, invalid_token, token_expired, invalid_api_key, or token_superseded (a token "
+                    "without a sign-in session of an account whose phone has been verified since)", None)
     stamping_id = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}]
     pdf_part = {"file": {"contentType": "application/pdf, application/octet-stream"}}
     router.add(Operation("GET", "/v1/quota", "The caller's stamps: available, used and the serials available",

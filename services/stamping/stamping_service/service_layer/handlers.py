@@ -6,10 +6,11 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from emeterai_shared.contracts.events import SerialsIssued, SerialsVoided, SerialsVoidRequested
+from emeterai_shared.contracts.events import AccountVerified, SerialsIssued, SerialsVoided, SerialsVoidRequested
 from emeterai_shared.messaging import Envelope, PermanentError
 from emeterai_shared.uow import UnitOfWork
 
+from stamping_service.adapters.accounts import VerifiedAccounts
 from stamping_service.adapters.quota import QuotaRepository
 from stamping_service.domain.contracts import StampingJobQueued
 from stamping_service.service_layer.stamper import Stamper
@@ -54,3 +55,9 @@ async def on_serials_void_requested(uow: UnitOfWork, env: Envelope[SerialsVoidRe
 async def on_job_queued(uow: UnitOfWork, env: Envelope[StampingJobQueued], stamper: Stamper) -> None:
     """Stamp the job (``Stamper.stamp``): once, whatever the number of deliveries."""
     await stamper.stamp(uow, env.body.stamping_id)
+
+
+async def on_account_verified(uow: UnitOfWork, env: Envelope[AccountVerified]) -> None:
+    """The account's phone was verified by a sign-in: its tokens without a session are refused
+    from now on (``service_layer.accounts.ensure_current``)."""
+    await VerifiedAccounts(uow.conn).add(env.body.account_id, env.body.verified_at)

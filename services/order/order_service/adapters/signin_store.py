@@ -1,0 +1,117 @@
+"""Sign-in state in PostgreSQL: pending codes, limit counters, sessions, refresh tokens, and the
+accounts' verified phones, over one connection (the caller's transaction)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import asyncpg
+
+from order_service.domain.signin import Limit, PendingCode
+
+
+class SigninRepository:
+    def __init__(self, conn: asyncpg.Connection):
+        self.conn = conn
+
+    # --- limits --------------------------------------------------------------------------------
+
+    async def hit(self, limits: list[Limit], now: datetime) -> dict[str, int]:
+        """Count one hit against each limit's current window; the counts after it, by key."""
+        if not limits:
+            return {}
+        rows = await self.conn.fetch(
+            """INSERT INTO auth_limits AS l (key, window_start, hits)
+               SELECT k, w, 1 FROM unnest($1::text[], $2::timestamptz[]) AS t (k, w)
+               ON CONFLICT (key, window_start) DO UPDATE SET hits = l.hits + 1
+               RETURNING key, hits""",
+            [limit.key for limit in limits], [limit.window_start(now) for limit in limits])
+        return {r["key"]: r["hits"] for r in rows}
+
+    # --- codes ---------------------------------------------------------------------------------
+
+    async def put_code(self, phone: str, digest: bytes, expires_at: datetime) -> None:
+        """The phone's pending code, replacing any earlier one (and its wrong tries)."""
+        await self.conn.execute(
+            """INSERT INTO otp_codes (phone, digest, expires_at) VALUES ($1, $2, $3)
+               ON CONFLICT (phone) DO UPDATE SET digest = $2, expires_at = $3, wrong_tries = 0, created_at = now()""",
+            phone, digest, expires_at)
+
+    async def pending_code(self, phone: str) -> PendingCode | None:
+        """The phone's pending code, locked until the transaction ends."""
+        row = await self.conn.fetchrow(
+            "SELECT digest, expires_at, wrong_tries FROM otp_codes WHERE phone = $1 FOR UPDATE", phone)
+        return PendingCode(bytes(row["digest"]), row["expires_at"], row["wrong_tries"]) if row else None
+
+    async def wrong_try(self, phone: str) -> int:
+        return int(await self.conn.fetchval(
+            "UPDATE otp_codes SET wrong_tries = wrong_tries + 1 WHERE phone = $1 RETURNING wrong_tries", phone) or 0)
+
+    async def use_code(self, phone: str) -> None:
+        await self.conn.execute("DELETE FROM otp_codes WHERE phone = $1", phone)
+
+    # --- accounts ------------------------------------------------------------------------------
+
+    async def account_of_phone(self, phone: str) -> tuple[uuid.UUID, datetime | None] | None:
+        """The phone's account, locked: the verified one, else the oldest registered with it."""
+        row = await self.conn.fetchrow(
+            """SELECT id, phone_verified_at FROM accounts WHERE phone = $1
+               ORDER BY phone_verified_at IS NULL, created_at, id LIMIT 1 FOR UPDATE""", phone)
+        return (row["id"], row["phone_verified_at"]) if row else None
+
+    async def add_verified_account(self, account_id: uuid.UUID, phone: str, now: datetime) -> None:
+        await self.conn.execute(
+            "INSERT INTO accounts (id, name, phone, phone_verified_at) VALUES ($1, '', $2, $3)",
+            account_id, phone, now)
+
+    async def verify(self, account_id: uuid.UUID, now: datetime) -> None:
+        await self.conn.execute("UPDATE accounts SET phone_verified_at = $2 WHERE id = $1", account_id, now)
+
+    async def phone_verified_at(self, account_id: uuid.UUID) -> datetime | None:
+        value: datetime | None = await self.conn.fetchval(
+            "SELECT phone_verified_at FROM accounts WHERE id = $1", account_id)
+        return value
+
+    # --- sessions and refresh tokens -----------------------------------------------------------
+
+    async def add_session(self, sid: uuid.UUID, account_id: uuid.UUID) -> None:
+        await self.conn.execute("INSERT INTO sessions (sid, account_id) VALUES ($1, $2)", sid, account_id)
+
+    async def add_refresh_token(self, digest: bytes, sid: uuid.UUID, account_id: uuid.UUID,
+                                expires_at: datetime) -> None:
+        await self.conn.execute(
+            "INSERT INTO refresh_tokens (digest, sid, account_id, expires_at) VALUES ($1, $2, $3, $4)",
+            digest, sid, account_id, expires_at)
+
+    async def refresh_token(self, digest: bytes) -> asyncpg.Record | None:
+        """The token with its session, locked: ``sid, account_id, expires_at, used_at, revoked_at``."""
+        row: asyncpg.Record | None = await self.conn.fetchrow(
+            """SELECT t.sid, t.account_id, t.expires_at, t.used_at, s.revoked_at
+               FROM refresh_tokens t JOIN sessions s ON s.sid = t.sid
+               WHERE t.digest = $1 FOR UPDATE OF t, s""", digest)
+        return row
+
+    async def use_refresh_token(self, digest: bytes, now: datetime) -> None:
+        await self.conn.execute("UPDATE refresh_tokens SET used_at = $2 WHERE digest = $1", digest, now)
+
+    async def revoke_session(self, sid: uuid.UUID, account_id: uuid.UUID, now: datetime) -> None:
+        await self.conn.execute(
+            "UPDATE sessions SET revoked_at = $3 WHERE sid = $1 AND account_id = $2 AND revoked_at IS NULL",
+            sid, account_id, now)
+
+    async def revoke_all_sessions(self, account_id: uuid.UUID, now: datetime) -> int:
+        status: str = await self.conn.execute(
+            "UPDATE sessions SET revoked_at = $2 WHERE account_id = $1 AND revoked_at IS NULL", account_id, now)
+        return int(status.split()[-1])
+
+    # --- housekeeping --------------------------------------------------------------------------
+
+    async def forget_old(self, now: datetime, keep_s: int) -> None:
+        """Delete limit windows, codes and refresh tokens past use for ``keep_s`` seconds."""
+        await self.conn.execute(
+            "DELETE FROM auth_limits WHERE window_start < $1 - make_interval(secs => $2)", now, float(keep_s))
+        await self.conn.execute(
+            "DELETE FROM otp_codes WHERE expires_at < $1 - make_interval(secs => $2)", now, float(keep_s))
+        await self.conn.execute(
+            "DELETE FROM refresh_tokens WHERE expires_at < $1 - make_interval(secs => $2)", now, float(keep_s))
