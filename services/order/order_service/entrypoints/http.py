@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from emeterai_shared import idempotency
+from emeterai_shared import idempotency, pagination
 from emeterai_shared.auth import Caller, caller_from_request
 from emeterai_shared.http import NO_NUL, ApiError, Operation, read_json, respond
 from emeterai_shared.runtime import Router
@@ -116,6 +116,12 @@ class OrderView(OrderAccepted):
         return cls(order_id=order.id, status=order.status.value, quantity=order.quantity,
                    amount=order.amount, payment=payment, serials=order.serials,
                    failure_reason=order.failure_reason, fulfilment=fulfilment)
+
+
+class OrdersPage(BaseModel):
+    orders: list[OrderView] = Field(description="the caller's orders, newest first, as GET /v1/orders/{order_id} "
+                                                "gives them")
+    next: str | None = Field(description="cursor of the next page (pass as ?cursor=); null on the last page")
 
 
 # --- partner events: the feed's entries and the webhooks' bodies --------------------------------
@@ -250,6 +256,14 @@ async def get_order(request: web.Request, deps: OrderDeps) -> web.Response:
     return respond(OrderView.of(order))
 
 
+async def list_orders(request: web.Request, deps: OrderDeps) -> web.Response:
+    caller = _caller(request, deps)
+    page = pagination.page_request(request)
+    async with unit_of_work(deps.pool) as uow:
+        found, cursor = await orders.history(uow, caller.account_id, page)
+    return respond(OrdersPage(orders=[OrderView.of(order) for order in found], next=cursor))
+
+
 async def partner_events(request: web.Request, deps: OrderDeps) -> web.Response:
     caller = _caller(request, deps)
     if caller.partner_id is None:
@@ -319,6 +333,14 @@ def routes(router: Router[OrderDeps]) -> None:
                          "retry_after_s, retry_at) or busy; Retry-After", None)},
         links={202: {"GetOrder": read_order}},
     ), place_order)
+    router.add(Operation(
+        "GET", "/v1/orders", "The caller's orders, newest first (keyset pages: pass `next` as ?cursor=)",
+        tags=["orders"], security=["bearer", "apiKey"], parameters=pagination.query_parameters(),
+        responses={200: ("a page of the caller's orders", OrdersPage),
+                   400: ("invalid_cursor: not a cursor this list returned", None),
+                   401: ("not authenticated", None),
+                   422: ("invalid_limit: not an integer from 1 to 100", None)},
+    ), list_orders)
     router.add(Operation(
         "GET", "/v1/orders/{order_id}", "An order of the caller", tags=["orders"], security=["bearer", "apiKey"],
         parameters=[{"name": "order_id", "in": "path", "required": True,
