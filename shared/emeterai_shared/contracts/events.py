@@ -140,6 +140,18 @@ class DocumentStamped(Message):
     stamped_at: datetime
 
 
+@message("stamping.document_failed.v1")
+class DocumentFailed(Message):
+    """A stamping job failed for good (its serial is UNUSED again): order tells the partner whose
+    serial it was (partner event ``stamping.failed``)."""
+
+    stamping_id: UUID
+    account_id: UUID
+    sn: str
+    error: str
+    failed_at: datetime
+
+
 # --- waiting for stock, voiding serials ------------------------------------------------------
 # minting ──minting.stock_awaited──► order (the PAID order shows it waits; minting then issues
 #   the serials when stock arrives, or sends minting.failed at refund_at)

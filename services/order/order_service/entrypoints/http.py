@@ -29,7 +29,13 @@ from pydantic import BaseModel, Field, PlainSerializer, StringConstraints, field
 from order_service.config import OrderSettings
 from order_service.dependencies import OrderDeps
 from order_service.domain.order import Order
-from order_service.domain.partner_events import ORDER_FULFILLED, STAMPING_COMPLETED, timestamp
+from order_service.domain.partner_events import (
+    ORDER_EXPIRED,
+    ORDER_FULFILLED,
+    STAMPING_COMPLETED,
+    STAMPING_FAILED,
+    timestamp,
+)
 from order_service.service_layer import orders, partner_feed
 
 NAME_PATTERN = r"^[^\x00]*[0-9A-Za-z\u00c0-\u024f\u0370-\u1fff\u3040-\u9fff\uac00-\ud7af][^\x00]*$"
@@ -167,7 +173,42 @@ class StampingCompletedEvent(BaseModel):
     data: StampingCompletedData
 
 
-PartnerEventBody = Annotated[OrderFulfilledEvent | StampingCompletedEvent, Field(discriminator="type")]
+class OrderExpiredData(BaseModel):
+    order_id: uuid.UUID
+    quantity: int
+    amount: int = Field(description="what the bill asked for (IDR)")
+    expired_at: Timestamp = Field(description="when the bill expired unpaid")
+
+
+class OrderExpiredEvent(BaseModel):
+    """Sent when a partner's order expired unpaid (its bill's time ran out): nothing was charged."""
+
+    id: uuid.UUID = Field(description="event id, also the webhook-id header: deduplicate on it")
+    type: Literal["order.expired"]
+    created_at: Timestamp
+    data: OrderExpiredData
+
+
+class StampingFailedData(BaseModel):
+    stamping_id: uuid.UUID
+    sn: str = Field(description="the serial the job had reserved: available again (UNUSED)")
+    order_id: uuid.UUID = Field(description="the partner's order the serial came from")
+    error: str = Field(description="why the document could not be stamped")
+    failed_at: Timestamp
+
+
+class StampingFailedEvent(BaseModel):
+    """Sent when a stamping job with a serial of one of the partner's orders failed for good; the
+    serial is back among the partner's available stamps."""
+
+    id: uuid.UUID = Field(description="event id, also the webhook-id header: deduplicate on it")
+    type: Literal["stamping.failed"]
+    created_at: Timestamp
+    data: StampingFailedData
+
+
+PartnerEventBody = Annotated[OrderFulfilledEvent | StampingCompletedEvent | OrderExpiredEvent | StampingFailedEvent,
+                             Field(discriminator="type")]
 
 
 class PartnerEventsPage(BaseModel):
@@ -176,7 +217,9 @@ class PartnerEventsPage(BaseModel):
 
 
 WEBHOOKS: tuple[tuple[str, type[BaseModel]], ...] = ((ORDER_FULFILLED, OrderFulfilledEvent),
-                                                      (STAMPING_COMPLETED, StampingCompletedEvent))
+                                                      (STAMPING_COMPLETED, StampingCompletedEvent),
+                                                      (ORDER_EXPIRED, OrderExpiredEvent),
+                                                      (STAMPING_FAILED, StampingFailedEvent))
 
 
 # --- callers ------------------------------------------------------------------------------------

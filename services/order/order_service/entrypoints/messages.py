@@ -1,6 +1,7 @@
 """The order service's subscriptions: one queue per handler.
 
-Handlers that tell partners (``on_serials_issued``, ``on_document_stamped``) name ``partners``:
+Handlers that tell partners (``on_serials_issued``, ``on_bill_expired``, ``on_document_stamped``,
+``on_document_failed``) name ``partners``:
 the worker gives them ``OrderDeps.partners``."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from emeterai_shared.contracts.events import (
     BillExpired,
     BillFailed,
     BillIssued,
+    DocumentFailed,
     DocumentStamped,
     MintingFailed,
     PaymentCaptured,
@@ -32,4 +34,5 @@ SUBSCRIPTIONS = (
     Subscription("order.on_stock_awaited", StockAwaited, handlers.on_stock_awaited),
     Subscription("order.on_serials_voided", SerialsVoided, handlers.on_serials_voided),
     Subscription("order.on_document_stamped", DocumentStamped, handlers.on_document_stamped),
+    Subscription("order.on_document_failed", DocumentFailed, handlers.on_document_failed),
 )
