@@ -102,6 +102,7 @@ class PaymentRefunded(Message):
 # --- minting and stamping --------------------------------------------------------------------
 # order ──order.paid──► minting ──minting.serials_issued / minting.failed──► order, stamping
 # stamping ──stamping.document_stamped──► minting (registry), order (partner webhooks)
+# stamping ──stamping.document_failed──► order (partner webhooks)
 
 
 class IssuedSerial(BaseModel):
