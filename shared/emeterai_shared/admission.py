@@ -26,12 +26,11 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from aiohttp import web
 
-from emeterai_shared.http import ApiError
+from emeterai_shared.http import retry_at, shed
 from emeterai_shared.telemetry import ADMISSION_BACKLOG, ADMISSION_DRAIN, ADMISSION_LIMIT
 
 log = logging.getLogger(__name__)
@@ -111,13 +110,9 @@ class Admission:
         retry = self.retry_after()
         if retry is not None:
             self._waiting += 1
-            come_back = (datetime.now(UTC) + timedelta(seconds=retry)).isoformat(timespec="seconds")
-            raise ApiError(
-                503, "overloaded",
-                f"the platform is at capacity: your request was not taken; come back in {retry} s "
-                f"(at {come_back}), nothing was charged or reserved",
-                headers={"Retry-After": str(retry)},
-                extra={"retry_after_s": retry, "retry_at": come_back})
+            raise shed(503, "overloaded",
+                       f"the platform is at capacity: your request was not taken; come back in {retry} s "
+                       f"(at {retry_at(retry)}), nothing was charged or reserved", retry)
         if counts:
             self._admitted_since_sample += 1
 
@@ -127,8 +122,7 @@ class Admission:
         ``max_in_flight`` requests in this process, then the global check (``admit``)."""
         cap = self._settings.max_in_flight
         if cap and self.in_flight >= cap:
-            raise ApiError(503, "busy", "this server is working on as many requests as it can; retry shortly",
-                           headers={"Retry-After": "1"}, extra={"retry_after_s": 1})
+            raise shed(503, "busy", "this server is working on as many requests as it can; retry shortly", 1)
         self.admit(counts=counts)
         self.in_flight += 1
         try:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -65,6 +67,36 @@ def error_response(status: int, code: str, message: str, *,
                    extra: Mapping[str, Any] | None = None) -> web.Response:
     body = {"error": {"code": code, "message": message, **(extra or {})}}
     return web.json_response(body, status=status, headers=headers)
+
+
+SHED_STATUSES = frozenset({429, 503})
+
+
+def retry_at(retry_after_s: int, now: datetime | None = None) -> str:
+    """ISO 8601 UTC (seconds, ``Z``) of ``now`` + ``retry_after_s``: when a shed caller may come back."""
+    at = (now or datetime.now(UTC)) + timedelta(seconds=retry_after_s)
+    return at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def shed(status: int, code: str, message: str, retry_after_s: float) -> ApiError:
+    """The one way a shed answer is made (429 rate limits; 503 admission, busy, database out of
+    reach, back-pressure): ``{"error": {"code", "message", "retry_after_s", "retry_at"}}`` and the
+    ``Retry-After`` header, the same number of whole seconds (at least 1). Raise it, or answer it
+    with ``shed_response``."""
+    if status not in SHED_STATUSES:
+        raise ValueError(f"a shed answer is a 429 or a 503, not {status}")
+    seconds = max(1, math.ceil(retry_after_s))
+    return ApiError(status, code, message, headers={"Retry-After": str(seconds)},
+                    extra={"retry_after_s": seconds, "retry_at": retry_at(seconds)})
+
+
+def shed_response(status: int, code: str, message: str, retry_after_s: float) -> web.Response:
+    """``shed`` as a response, for code outside a handler (middlewares)."""
+    return _error_of(shed(status, code, message, retry_after_s))
+
+
+def _error_of(exc: ApiError) -> web.Response:
+    return error_response(exc.status, exc.code, exc.message, headers=exc.headers, extra=exc.extra)
 
 
 NO_NUL = r"^[^\x00]*$"
@@ -200,8 +232,7 @@ def make_middlewares(service: str, max_in_flight: int = 0) -> list[Any]:
         nonlocal busy
         if max_in_flight and busy >= max_in_flight and request.path not in UNSHED_PATHS:
             SHED.labels(service, _route_name(request), "503").inc()
-            return error_response(503, "busy", "this server is answering too many requests; retry shortly",
-                                  headers={"Retry-After": "1"})
+            return shed_response(503, "busy", "this server is answering too many requests; retry shortly", 1)
         busy += 1
         in_flight.set(busy)
         try:
@@ -242,23 +273,28 @@ async def _answer(request: web.Request, handler: Any) -> web.StreamResponse:
         response: web.StreamResponse = await handler(request)
         return response
     except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message, headers=exc.headers, extra=exc.extra)
+        return _error_of(exc)
     except RequestPayloadError:  # e.g. a Content-Encoding: gzip body that is not gzip
         return error_response(400, "malformed_body", "the request body cannot be decoded as its Content-Encoding "
                                                      "says")
     except DATABASE_UNAVAILABLE as exc:
         log.warning("database unavailable in %s %s: %r", request.method, request.path, exc)
-        return error_response(503, "unavailable", "the service cannot reach its database right now; retry shortly",
-                              headers={"Retry-After": "2"})
+        return shed_response(503, "unavailable", "the service cannot reach its database right now; retry shortly", 2)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = _STATUS_CODES.get(exc.status, "http_error")
+        if exc.status in SHED_STATUSES:
+            return shed_response(exc.status, code, exc.reason, _seconds(exc.headers.get("Retry-After")))
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         return error_response(exc.status, code, exc.reason, headers=headers)
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(500, "internal_error", "internal error; it has been logged")
+
+
+def _seconds(header: str | None, default: int = 1) -> int:
+    return int(header) if header is not None and header.isdigit() else default
 
 
 RETRY_AFTER_HEADER = {"Retry-After": {"description": "seconds to wait before trying again", "required": True,
@@ -330,6 +366,17 @@ class ErrorBody(BaseModel):
     """Every error of the platform's own API (SNAP answers in its own format)."""
 
     error: ErrorDetail
+
+
+class ShedDetail(ErrorDetail):
+    retry_after_s: int = Field(ge=1, description="seconds to wait before trying again (the Retry-After header)")
+    retry_at: datetime = Field(description="ISO 8601 UTC time from which to try again: now + retry_after_s")
+
+
+class ShedBody(BaseModel):
+    """Every 429 and 503 of the platform's own API (``shed``): come back after ``retry_after_s``."""
+
+    error: ShedDetail
 
 
 JSON_VALUE = "JsonValue"
@@ -422,13 +469,16 @@ class OpenApi:
             for status, (desc, model) in sorted(op.all_responses().items()):
                 resp: dict[str, Any] = {"description": desc}
                 body_model = model or (ErrorBody if status >= 400 else None)
+                shed_answer = status in SHED_STATUSES and body_model is ErrorBody
+                if shed_answer:
+                    body_model = ShedBody
                 if status in op.media:
                     media_type = op.media[status]
                     any_body: dict[str, Any] = {} if media_type.endswith("json") else {"type": "string"}
                     resp["content"] = {media_type: {"schema": any_body}}
                 elif body_model is not None:
                     resp["content"] = {"application/json": {"schema": ref(body_model)}}
-                if status in (429, 503) and body_model is ErrorBody:
+                if shed_answer:
                     resp["headers"] = RETRY_AFTER_HEADER
                 if status in op.links:
                     resp["links"] = op.links[status]

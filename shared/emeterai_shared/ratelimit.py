@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from emeterai_shared.http import ApiError
+from emeterai_shared.http import shed
 
 
 class RateLimiter:
@@ -52,5 +52,4 @@ class RateLimiter:
         wait = self.take(key)
         if wait > 0:
             retry_after = max(1, math.ceil(wait))
-            raise ApiError(429, "rate_limited", f"too many requests; retry in {retry_after} s",
-                           headers={"Retry-After": str(retry_after)})
+            raise shed(429, "rate_limited", f"too many requests; retry in {retry_after} s", retry_after)

@@ -72,6 +72,10 @@ class StampingSettings(ServiceSettings):
     """How long a stamped document stays downloadable; originals are deleted once the job ends."""
     purge_interval_s: float = 600.0
 
+    queue_eta_fallback_s: float = 2.0
+    """Seconds per job ahead in a QUEUED job's ``queue.eta_s`` while no drain rate was measured yet (no
+    job finished in the admission window: the workers just started, or are down)."""
+
     admission_max_in_flight: int = 128
     """Uploads one api process takes at once (their CPU work waits in the PDF pool, not for a
     database connection): room for an account stamping a full order (100) at once."""

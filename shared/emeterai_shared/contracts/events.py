@@ -102,6 +102,7 @@ class PaymentRefunded(Message):
 # --- minting and stamping --------------------------------------------------------------------
 # order ──order.paid──► minting ──minting.serials_issued / minting.failed──► order, stamping
 # stamping ──stamping.document_stamped──► minting (registry), order (partner webhooks)
+# stamping ──stamping.document_failed──► order (partner webhooks)
 
 
 class IssuedSerial(BaseModel):
@@ -138,6 +139,18 @@ class DocumentStamped(Message):
     sn: str
     document_sha256: str
     stamped_at: datetime
+
+
+@message("stamping.document_failed.v1")
+class DocumentFailed(Message):
+    """A stamping job failed for good (its serial is UNUSED again): order tells the partner whose
+    serial it was (partner event ``stamping.failed``)."""
+
+    stamping_id: UUID
+    account_id: UUID
+    sn: str
+    error: str
+    failed_at: datetime
 
 
 # --- waiting for stock, voiding serials ------------------------------------------------------

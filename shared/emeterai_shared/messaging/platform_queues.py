@@ -38,6 +38,7 @@ PLATFORM_QUEUES: tuple[QueueSpec, ...] = (
     QueueSpec("order.on_serials_voided", (events.SerialsVoided.TYPE,)),
     QueueSpec("order.on_document_stamped", (events.DocumentStamped.TYPE,)),
     QueueSpec("order.on_sms_requested", (events.SmsRequested.TYPE,)),
+    QueueSpec("order.on_document_failed", (events.DocumentFailed.TYPE,)),
     # payment
     QueueSpec("payment.on_order_placed", (events.OrderPlaced.TYPE,)),
     QueueSpec("payment.on_order_refund_requested", (events.OrderRefundRequested.TYPE,)),

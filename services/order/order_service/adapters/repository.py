@@ -6,6 +6,7 @@ import uuid
 
 import asyncpg
 from emeterai_shared.admission import Sample
+from emeterai_shared.pagination import Key
 
 from order_service.domain.order import Bill, Order, OrderStatus
 
@@ -56,6 +57,16 @@ class OrderRepository:
         lock = " FOR UPDATE" if for_update else ""
         row = await self.conn.fetchrow(f"SELECT {_COLUMNS} FROM orders WHERE id = $1{lock}", order_id)
         return _order(row) if row else None
+
+    async def history(self, account_id: uuid.UUID, after: Key | None, limit: int) -> list[tuple[Order, Key]]:
+        """Up to ``limit`` orders of ``account_id`` newest first (``created_at DESC, id DESC``), after
+        the key ``after``: one index range scan (``orders_account_history``), whole aggregates."""
+        rows = await self.conn.fetch(
+            f"""SELECT {_COLUMNS}, created_at FROM orders
+                 WHERE account_id = $1 AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
+                 ORDER BY created_at DESC, id DESC LIMIT $4""",
+            account_id, after.created_at if after else None, after.id if after else None, limit)
+        return [(_order(r), Key(r["created_at"], r["id"])) for r in rows]
 
     async def save(self, order: Order) -> None:
         """Write the aggregate's mutable fields and the transitions it went through."""

@@ -17,6 +17,8 @@ from order_service.domain.order import Order
 
 ORDER_FULFILLED = "order.fulfilled"
 STAMPING_COMPLETED = "stamping.completed"
+ORDER_EXPIRED = "order.expired"
+STAMPING_FAILED = "stamping.failed"
 _EVENT_NAMESPACE = uuid.UUID("0b7f4f52-3c1e-4d7e-9a55-6b0e2f1c8d40")
 
 
@@ -56,4 +58,22 @@ def stamping_completed(*, order_id: uuid.UUID, stamping_id: uuid.UUID, sn: str, 
     return PartnerEvent(_event_id(STAMPING_COMPLETED, sn), STAMPING_COMPLETED, at, {
         "stamping_id": str(stamping_id), "sn": sn, "order_id": str(order_id),
         "document_sha256": document_sha256, "stamped_at": timestamp(stamped_at),
+    })
+
+
+def order_expired(order: Order, expired_at: datetime, at: datetime) -> PartnerEvent:
+    """The order's bill expired unpaid (an order expires once)."""
+    return PartnerEvent(_event_id(ORDER_EXPIRED, str(order.id)), ORDER_EXPIRED, at, {
+        "order_id": str(order.id), "quantity": order.quantity, "amount": order.amount,
+        "expired_at": timestamp(expired_at),
+    })
+
+
+def stamping_failed(*, order_id: uuid.UUID, stamping_id: uuid.UUID, sn: str, error: str, failed_at: datetime,
+                    at: datetime) -> PartnerEvent:
+    """A stamping job with a serial of the partner's order failed for good; the serial is available
+    again (a job fails once, so the event is keyed by the job)."""
+    return PartnerEvent(_event_id(STAMPING_FAILED, str(stamping_id)), STAMPING_FAILED, at, {
+        "stamping_id": str(stamping_id), "sn": sn, "order_id": str(order_id), "error": error,
+        "failed_at": timestamp(failed_at),
     })

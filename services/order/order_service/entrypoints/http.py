@@ -19,9 +19,9 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from emeterai_shared import idempotency
+from emeterai_shared import idempotency, pagination
 from emeterai_shared.auth import Caller, caller_from_request
-from emeterai_shared.http import NO_NUL, ApiError, Operation, read_json, respond
+from emeterai_shared.http import NO_NUL, ApiError, Operation, read_json, respond, shed
 from emeterai_shared.runtime import Router
 from emeterai_shared.uow import unit_of_work
 from pydantic import BaseModel, Field, PlainSerializer, StringConstraints, field_validator
@@ -29,7 +29,13 @@ from pydantic import BaseModel, Field, PlainSerializer, StringConstraints, field
 from order_service.config import OrderSettings
 from order_service.dependencies import OrderDeps
 from order_service.domain.order import Order
-from order_service.domain.partner_events import ORDER_FULFILLED, STAMPING_COMPLETED, timestamp
+from order_service.domain.partner_events import (
+    ORDER_EXPIRED,
+    ORDER_FULFILLED,
+    STAMPING_COMPLETED,
+    STAMPING_FAILED,
+    timestamp,
+)
 from order_service.domain.signin import normalize_phone
 from order_service.service_layer import orders, partner_feed, signin
 
@@ -147,6 +153,12 @@ class SignedIn(BaseModel):
     expires_in_s: int = Field(description="the access token's lifetime (ORDER_ACCESS_TOKEN_TTL_S)")
 
 
+class OrdersPage(BaseModel):
+    orders: list[OrderView] = Field(description="the caller's orders, newest first, as GET /v1/orders/{order_id} "
+                                                "gives them")
+    next: str | None = Field(description="cursor of the next page (pass as ?cursor=); null on the last page")
+
+
 # --- partner events: the feed's entries and the webhooks' bodies --------------------------------
 
 Timestamp = Annotated[datetime, PlainSerializer(timestamp, return_type=str)]
@@ -190,7 +202,42 @@ class StampingCompletedEvent(BaseModel):
     data: StampingCompletedData
 
 
-PartnerEventBody = Annotated[OrderFulfilledEvent | StampingCompletedEvent, Field(discriminator="type")]
+class OrderExpiredData(BaseModel):
+    order_id: uuid.UUID
+    quantity: int
+    amount: int = Field(description="what the bill asked for (IDR)")
+    expired_at: Timestamp = Field(description="when the bill expired unpaid")
+
+
+class OrderExpiredEvent(BaseModel):
+    """Sent when a partner's order expired unpaid (its bill's time ran out): nothing was charged."""
+
+    id: uuid.UUID = Field(description="event id, also the webhook-id header: deduplicate on it")
+    type: Literal["order.expired"]
+    created_at: Timestamp
+    data: OrderExpiredData
+
+
+class StampingFailedData(BaseModel):
+    stamping_id: uuid.UUID
+    sn: str = Field(description="the serial the job had reserved: available again (UNUSED)")
+    order_id: uuid.UUID = Field(description="the partner's order the serial came from")
+    error: str = Field(description="why the document could not be stamped")
+    failed_at: Timestamp
+
+
+class StampingFailedEvent(BaseModel):
+    """Sent when a stamping job with a serial of one of the partner's orders failed for good; the
+    serial is back among the partner's available stamps."""
+
+    id: uuid.UUID = Field(description="event id, also the webhook-id header: deduplicate on it")
+    type: Literal["stamping.failed"]
+    created_at: Timestamp
+    data: StampingFailedData
+
+
+PartnerEventBody = Annotated[OrderFulfilledEvent | StampingCompletedEvent | OrderExpiredEvent | StampingFailedEvent,
+                             Field(discriminator="type")]
 
 
 class PartnerEventsPage(BaseModel):
@@ -199,7 +246,9 @@ class PartnerEventsPage(BaseModel):
 
 
 WEBHOOKS: tuple[tuple[str, type[BaseModel]], ...] = ((ORDER_FULFILLED, OrderFulfilledEvent),
-                                                      (STAMPING_COMPLETED, StampingCompletedEvent))
+                                                      (STAMPING_COMPLETED, StampingCompletedEvent),
+                                                      (ORDER_EXPIRED, OrderExpiredEvent),
+                                                      (STAMPING_FAILED, StampingFailedEvent))
 
 
 # --- callers ------------------------------------------------------------------------------------
@@ -251,9 +300,8 @@ async def request_code(request: web.Request, deps: OrderDeps) -> web.Response:
             retry_after = await signin.request_code(uow, normalize_phone(body.phone), request.remote or "unknown",
                                                     deps.otp_key, deps.settings)
     if retry_after is not None:
-        raise ApiError(429, "rate_limited", f"too many code requests for this phone or from this address; "
-                       f"retry in {retry_after} s", headers={"Retry-After": str(retry_after)},
-                       extra={"retry_after_s": retry_after})
+        raise shed(429, "rate_limited", f"too many code requests for this phone or from this address; "
+                   f"retry in {retry_after} s", retry_after)
     return respond(CodeSent(expires_in_s=deps.settings.otp_ttl_s), status=202)
 
 
@@ -330,6 +378,14 @@ async def get_order(request: web.Request, deps: OrderDeps) -> web.Response:
     return respond(OrderView.of(order))
 
 
+async def list_orders(request: web.Request, deps: OrderDeps) -> web.Response:
+    caller = _caller(request, deps)
+    page = pagination.page_request(request)
+    async with unit_of_work(deps.pool) as uow:
+        found, cursor = await orders.history(uow, caller.account_id, page)
+    return respond(OrdersPage(orders=[OrderView.of(order) for order in found], next=cursor))
+
+
 async def partner_events(request: web.Request, deps: OrderDeps) -> web.Response:
     caller = _caller(request, deps)
     if caller.partner_id is None:
@@ -401,6 +457,14 @@ def routes(router: Router[OrderDeps]) -> None:
                          "retry_after_s, retry_at) or busy; Retry-After", None)},
         links={202: {"GetOrder": read_order}},
     ), place_order)
+    router.add(Operation(
+        "GET", "/v1/orders", "The caller's orders, newest first (keyset pages: pass `next` as ?cursor=)",
+        tags=["orders"], security=["bearer", "apiKey"], parameters=pagination.query_parameters(),
+        responses={200: ("a page of the caller's orders", OrdersPage),
+                   400: ("invalid_cursor: not a cursor this list returned", None),
+                   401: ("not authenticated", None),
+                   422: ("invalid_limit: not an integer from 1 to 100", None)},
+    ), list_orders)
     router.add(Operation(
         "GET", "/v1/orders/{order_id}", "An order of the caller", tags=["orders"], security=["bearer", "apiKey"],
         parameters=[{"name": "order_id", "in": "path", "required": True,

@@ -1,8 +1,9 @@
 """The order service's subscriptions: one queue per handler.
 
-Handlers that tell partners (``on_serials_issued``, ``on_document_stamped``) name ``partners``:
-the worker gives them ``OrderDeps.partners``; ``on_sms_requested`` names ``sms`` (the notification
-adapter), one message per transaction since it awaits the gateway."""
+Handlers that tell partners (``on_serials_issued``, ``on_bill_expired``, ``on_document_stamped``,
+``on_document_failed``) name ``partners``: the worker gives them ``OrderDeps.partners``;
+``on_sms_requested`` names ``sms`` (the notification adapter), one message per transaction since it
+awaits the gateway."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from emeterai_shared.contracts.events import (
     BillExpired,
     BillFailed,
     BillIssued,
+    DocumentFailed,
     DocumentStamped,
     MintingFailed,
     PaymentCaptured,
@@ -35,4 +37,5 @@ SUBSCRIPTIONS = (
     Subscription("order.on_serials_voided", SerialsVoided, handlers.on_serials_voided),
     Subscription("order.on_document_stamped", DocumentStamped, handlers.on_document_stamped),
     Subscription("order.on_sms_requested", SmsRequested, handlers.on_sms_requested, batch_max=1),
+    Subscription("order.on_document_failed", DocumentFailed, handlers.on_document_failed),
 )

@@ -1,6 +1,7 @@
 """Message handlers of the order service: each loads the order, applies the domain, saves.
 
-Events for partners (``order.fulfilled``, ``stamping.completed``) are recorded in the same
+Events for partners (``order.fulfilled``, ``order.expired``, ``stamping.completed``,
+``stamping.failed``) are recorded in the same
 transaction as the change they report, with their webhook delivery when the partner has a
 ``webhook_url``.
 """
@@ -16,6 +17,7 @@ from emeterai_shared.contracts.events import (
     BillExpired,
     BillFailed,
     BillIssued,
+    DocumentFailed,
     DocumentStamped,
     MintingFailed,
     OrderPaid,
@@ -82,8 +84,12 @@ async def on_bill_failed(uow: UnitOfWork, env: Envelope[BillFailed]) -> None:
     await _transition(uow, env.body.order_id, "bill failure", lambda order: order.fail(env.body.reason))
 
 
-async def on_bill_expired(uow: UnitOfWork, env: Envelope[BillExpired]) -> None:
-    await _transition(uow, env.body.order_id, "bill expiry", Order.expire)
+async def on_bill_expired(uow: UnitOfWork, env: Envelope[BillExpired], partners: PartnerRegistry) -> None:
+    """EXPIRED; a partner's order tells the partner (``order.expired``), in the same transaction."""
+    order = await _transition(uow, env.body.order_id, "bill expiry", Order.expire)
+    if order is not None and order.partner_id is not None:
+        await _tell_partner(uow, partners, order.partner_id,
+                            partner_events.order_expired(order, env.body.expired_at, datetime.now(UTC)))
 
 
 async def on_payment_captured(uow: UnitOfWork, env: Envelope[PaymentCaptured]) -> None:
@@ -207,6 +213,21 @@ async def on_document_stamped(uow: UnitOfWork, env: Envelope[DocumentStamped], p
     await _tell_partner(uow, partners, partner_id, partner_events.stamping_completed(
         order_id=order_id, stamping_id=e.stamping_id, sn=e.sn, document_sha256=e.document_sha256,
         stamped_at=e.stamped_at, at=datetime.now(UTC)))
+
+
+async def on_document_failed(uow: UnitOfWork, env: Envelope[DocumentFailed], partners: PartnerRegistry) -> None:
+    """Tell the partner whose order the serial of a failed stamping came from (``stamping.failed``);
+    buyers' serials need nothing. An unknown serial is retried, then parked, as for a stamped one."""
+    e = env.body
+    owner = await OrderRepository(uow.conn).serial_owner(e.sn)
+    if owner is None:
+        raise LookupError(f"serial {e.sn} is not (yet) issued to any order")
+    order_id, partner_id = owner
+    if partner_id is None:
+        return
+    await _tell_partner(uow, partners, partner_id, partner_events.stamping_failed(
+        order_id=order_id, stamping_id=e.stamping_id, sn=e.sn, error=e.error, failed_at=e.failed_at,
+        at=datetime.now(UTC)))
 
 
 async def _tell_partner(uow: UnitOfWork, partners: PartnerRegistry, partner_id: str, event: PartnerEvent) -> None:

@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime
 
 from emeterai_shared.contracts.events import OrderPlaced
+from emeterai_shared.pagination import PageRequest, page_of
 from emeterai_shared.uow import UnitOfWork
 
 from order_service.adapters.repository import OrderRepository
@@ -38,3 +39,10 @@ async def order_of(uow: UnitOfWork, account_id: uuid.UUID, order_id: uuid.UUID) 
     """The order ``order_id`` if it belongs to ``account_id`` (another account's order is not found)."""
     order = await OrderRepository(uow.conn).get(order_id)
     return order if order is not None and order.account_id == account_id else None
+
+
+async def history(uow: UnitOfWork, account_id: uuid.UUID, page: PageRequest) -> tuple[list[Order], str | None]:
+    """A page of ``account_id``'s orders, newest first, and the cursor of the next page (None: last)."""
+    rows = await OrderRepository(uow.conn).history(account_id, page.after, page.limit + 1)
+    entries, cursor = page_of(rows, page.limit, lambda row: row[1])
+    return [order for order, _ in entries], cursor

@@ -9,6 +9,8 @@ signature independently with ``hmac`` over the exact bytes received.
   webhook whose body is the feed's entry; a stamped serial of it → ``stamping.completed``; the same
   facts reported again add nothing; a stamping event that overtakes its serials is retried and
   still recorded after ``order.fulfilled``; a partner without ``webhook_url`` gets feed entries only;
+* a partner's order whose bill expires → ``order.expired``; a failed stamping of its serial →
+  ``stamping.failed``; each once however often reported;
 * the feed: ordered and resumable pages, limits, 400 for bad parameters, 401 without a partner
   key, 403 for a buyer's token, never another partner's events;
 * retries: 500 then 200; no answer (a timeout) then quick; down for a while then up: every event
@@ -43,7 +45,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from emeterai_shared.contracts import Message
-from emeterai_shared.contracts.events import DocumentStamped, IssuedSerial, PaymentCaptured, SerialsIssued
+from emeterai_shared.contracts.events import (
+    BillExpired,
+    DocumentFailed,
+    DocumentStamped,
+    IssuedSerial,
+    PaymentCaptured,
+    SerialsIssued,
+)
 from emeterai_shared.db import create_pool
 from emeterai_shared.messaging.topology import EVENTS
 from emeterai_shared.runtime import Resources
@@ -308,7 +317,7 @@ async def world(servers: str, tmp_path_factory: pytest.TempPathFactory, serve_or
     }
     settings = settings_for(
         OrderSettings, secrets_dir=str(tmp / "secrets"),
-        partners_file=partners_file(tmp / "partners.json", receivers, feed_only=("feedonly", "reader")),
+        partners_file=partners_file(tmp / "partners.json", receivers, feed_only=("feedonly", "reader", "lapsed")),
         webhook_timeout_s=TIMEOUT_S, webhook_backoff_initial_s=0.2, webhook_backoff_max_s=1.0,
         webhook_dispatch_interval_s=0.1, webhook_concurrency_per_partner=2,
         retry_delays_ms=[200, 1000, 3000, 10000])
@@ -388,6 +397,34 @@ async def test_stamping_that_overtakes_its_serials_is_recorded_after_them(world:
         ("order.fulfilled", str(order_id)), ("stamping.completed", str(order_id))]
     assert page["events"][1]["data"]["sn"] == event.serials[0].sn
     assert await world.deliveries("feedonly") == []  # no webhook_url: the feed only
+
+
+async def test_expired_order_and_failed_stamping_reach_the_partner_once(world: World) -> None:
+    resp = await world.client.post("/v1/orders", json={"quantity": 3},
+                                   headers={"X-Api-Key": api_key("lapsed"), "Idempotency-Key": str(uuid.uuid4())})
+    assert resp.status == 202, await resp.text()
+    unpaid = uuid.UUID((await resp.json())["order_id"])
+    expired_at = datetime.now(UTC)
+    expiry = BillExpired(order_id=unpaid, bill_id=uuid.uuid4(), expired_at=expired_at)
+    await world.send("order.on_bill_expired", expiry)
+    await world.send("order.on_bill_expired", expiry)  # again, under another message id
+    [expired] = (await world.feed("lapsed"))["events"]
+    assert expired == {"id": expired["id"], "type": "order.expired", "created_at": expired["created_at"],
+                       "data": {"order_id": str(unpaid), "quantity": 3, "amount": 3 * UNIT_PRICE,
+                                "expired_at": expired["data"]["expired_at"]}}
+    assert datetime.fromisoformat(expired["data"]["expired_at"]) == expired_at
+
+    order_id, issuance = await world.fulfilled("lapsed")
+    failure = DocumentFailed(stamping_id=uuid.uuid4(), account_id=account_of("lapsed"), sn=issuance.serials[0].sn,
+                             error="the document cannot be stamped: broken", failed_at=datetime.now(UTC))
+    await world.send("order.on_document_failed", failure)
+    await world.send("order.on_document_failed", failure)
+    page = await world.feed("lapsed")
+    assert [e["type"] for e in page["events"]] == ["order.expired", "order.fulfilled", "stamping.failed"]
+    failed = page["events"][2]["data"]
+    assert failed == {"stamping_id": str(failure.stamping_id), "sn": issuance.serials[0].sn,
+                      "order_id": str(order_id), "error": failure.error, "failed_at": failed["failed_at"]}
+    PartnerEventsPage.model_validate(page)  # the documented bodies
 
 
 async def test_feed_pages_in_order_resume_and_refuse_bad_requests(world: World) -> None:

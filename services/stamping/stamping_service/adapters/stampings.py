@@ -7,8 +7,14 @@ from datetime import datetime
 
 import asyncpg
 from emeterai_shared.admission import Sample
+from emeterai_shared.pagination import Key
 
 from stamping_service.domain.stamping import Job, JobStatus, NewStamping, StampingView
+
+
+def _view(row: asyncpg.Record) -> StampingView:
+    return StampingView(row["id"], JobStatus(row["status"]), row["sn"], row["error"], row["stamped_sha256"],
+                        row["stamped_at"])
 
 
 class StampingRepository:
@@ -48,10 +54,30 @@ class StampingRepository:
             """SELECT id, status, sn, error, stamped_sha256, stamped_at FROM stampings
                 WHERE id = $1 AND account_id = $2""",
             stamping_id, account_id)
-        if row is None:
-            return None
-        return StampingView(row["id"], JobStatus(row["status"]), row["sn"], row["error"], row["stamped_sha256"],
-                            row["stamped_at"])
+        return _view(row) if row is not None else None
+
+    async def history(self, account_id: uuid.UUID, after: Key | None, limit: int) -> list[tuple[StampingView, Key]]:
+        """Up to ``limit`` jobs of ``account_id`` newest first (``created_at DESC, id DESC``), after the
+        key ``after``: one index range scan (``stampings_account_history``)."""
+        rows = await self.conn.fetch(
+            """SELECT id, status, sn, error, stamped_sha256, stamped_at, created_at FROM stampings
+                WHERE account_id = $1 AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
+                ORDER BY created_at DESC, id DESC LIMIT $4""",
+            account_id, after.created_at if after else None, after.id if after else None, limit)
+        return [(_view(r), Key(r["created_at"], r["id"])) for r in rows]
+
+    async def queue_positions(self, stamping_ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+        """For those of ``stamping_ids`` still QUEUED: 1 + the QUEUED jobs ahead of each, in the order
+        the workers take them (``created_at, id``; the upload's message is published in that order).
+        One query; each count reads only the queue ahead (partial index ``stampings_queued``)."""
+        if not stamping_ids:
+            return {}
+        rows = await self.conn.fetch(
+            """SELECT j.id, 1 + (SELECT count(*) FROM stampings q
+                                  WHERE q.status = 'QUEUED' AND (q.created_at, q.id) < (j.created_at, j.id))
+                              AS position
+                 FROM stampings j WHERE j.id = ANY($1::uuid[]) AND j.status = 'QUEUED'""", stamping_ids)
+        return {r["id"]: r["position"] for r in rows}
 
     async def mark_started(self, stamping_id: uuid.UUID) -> None:
         """QUEUED → STAMPING (visible to its owner while the document is signed); counts the attempt."""

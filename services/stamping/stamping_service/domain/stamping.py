@@ -16,6 +16,7 @@ UNUSED (the account's to use), RESERVED (held by an unfinished job), USED (affix
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -98,6 +99,22 @@ class StampingView:
     error: str | None
     stamped_sha256: str | None
     stamped_at: datetime | None
+
+
+@dataclass(frozen=True)
+class QueuePlace:
+    """Where a QUEUED job stands: ``position`` 1 is the next the workers take."""
+
+    position: int
+    eta_s: int
+
+
+def queue_place(position: int, drain_per_s: float, fallback_s_per_job: float) -> QueuePlace:
+    """The ETA of the job at ``position``: the jobs up to and including it at the measured drain rate
+    (jobs finished per second), or ``fallback_s_per_job`` each while nothing was measured (no job
+    finished lately: the workers just started, or are down)."""
+    per_job = 1 / drain_per_s if drain_per_s > 0 else fallback_s_per_job
+    return QueuePlace(position, max(1, math.ceil(position * per_job)))
 
 
 @dataclass(frozen=True, kw_only=True)

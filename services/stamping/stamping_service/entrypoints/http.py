@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
-from emeterai_shared import idempotency
+from emeterai_shared import idempotency, pagination
 from emeterai_shared.auth import Caller, caller_from_request
 from emeterai_shared.http import ApiError, Operation, respond
 from emeterai_shared.idempotency import StoredAnswer
@@ -29,7 +29,7 @@ from pydantic.json_schema import SkipJsonSchema
 from stamping_service.adapters.pdf.inspect import Limits, PdfRejected, RejectCode
 from stamping_service.adapters.pdfpool import PdfPool, PdfTimeout, PdfWorkerDied
 from stamping_service.dependencies import StampingDeps
-from stamping_service.domain.stamping import JobStatus, NoQuota, SerialUnavailable, StampingView
+from stamping_service.domain.stamping import JobStatus, NoQuota, QueuePlace, SerialUnavailable, StampingView
 from stamping_service.metrics import UPLOADS, VERIFICATIONS
 from stamping_service.service_layer import accounts, queries
 from stamping_service.service_layer.upload import Upload, upload
@@ -87,6 +87,13 @@ class StampingAccepted(BaseModel):
     status: str
 
 
+class QueueView(BaseModel):
+    """Where a QUEUED job stands."""
+
+    position: int = Field(ge=1, description="1 + the jobs queued ahead of it, in the order the workers take them")
+    eta_s: int = Field(ge=1, description="seconds until it is stamped, estimated from the measured drain rate")
+
+
 class StampingStatus(BaseModel):
     stamping_id: uuid.UUID
     status: str = Field(description="QUEUED | STAMPING | DONE | FAILED")
@@ -95,6 +102,20 @@ class StampingStatus(BaseModel):
     error: str | None = Field(description="why a FAILED job failed")
     document_sha256: str | None = Field(default=None, description="SHA-256 of the stamped PDF (DONE)")
     stamped_at: datetime | None = Field(default=None, description="when the document was stamped (DONE)")
+    queue: QueueView | None = Field(default=None, description="while QUEUED: its place in the queue and ETA; "
+                                                              "null otherwise")
+
+    @classmethod
+    def of(cls, view: StampingView, place: QueuePlace | None) -> StampingStatus:
+        return cls(stamping_id=view.id, status=view.status, sn=view.sn, error=view.error,
+                   document_sha256=view.stamped_sha256, stamped_at=view.stamped_at,
+                   queue=QueueView(position=place.position, eta_s=place.eta_s) if place is not None else None)
+
+
+class StampingsPage(BaseModel):
+    stampings: list[StampingStatus] = Field(description="the caller's jobs, newest first, as GET /v1/stampings/{id} "
+                                                        "gives them (queue included)")
+    next: str | None = Field(description="cursor of the next page (pass as ?cursor=); null on the last page")
 
 
 class VerifyForm(BaseModel):
@@ -224,11 +245,25 @@ async def _owned(request: web.Request, deps: StampingDeps, uow: UnitOfWork) -> S
     return view
 
 
+async def _queue_places(uow: UnitOfWork, deps: StampingDeps, views: list[StampingView]) -> dict[uuid.UUID, QueuePlace]:
+    """QUEUED jobs' places, with ETAs from the drain rate the admission control measures."""
+    return await queries.queue_places(uow, views, deps.admission.drain_per_s, deps.settings.queue_eta_fallback_s)
+
+
 async def get_stamping(request: web.Request, deps: StampingDeps) -> web.Response:
     async with unit_of_work(deps.pool) as uow:
         view = await _owned(request, deps, uow)
-    return respond(StampingStatus(stamping_id=view.id, status=view.status, sn=view.sn, error=view.error,
-                                  document_sha256=view.stamped_sha256, stamped_at=view.stamped_at))
+        places = await _queue_places(uow, deps, [view])
+    return respond(StampingStatus.of(view, places.get(view.id)))
+
+
+async def list_stampings(request: web.Request, deps: StampingDeps) -> web.Response:
+    principal = _caller(request, deps)
+    page = pagination.page_request(request)
+    async with unit_of_work(deps.pool) as uow:
+        views, cursor = await queries.history(uow, principal.account_id, page)
+        places = await _queue_places(uow, deps, views)
+    return respond(StampingsPage(stampings=[StampingStatus.of(v, places.get(v.id)) for v in views], next=cursor))
 
 
 async def get_document(request: web.Request, deps: StampingDeps) -> web.Response:
@@ -325,6 +360,12 @@ def routes(router: Router[StampingDeps]) -> None:
         links={202: {"GetStamping": {"operationId": "get_v1_stampings_id", "parameters": from_upload},
                      "GetDocument": {"operationId": "get_v1_stampings_id_document", "parameters": from_upload}}}),
         post_stamping)
+    router.add(Operation(
+        "GET", "/v1/stampings", "The caller's stamping jobs, newest first (keyset pages: pass `next` as ?cursor=)",
+        tags=["stamping"], security=["bearer", "apiKey"], parameters=pagination.query_parameters(),
+        responses={200: ("a page of the caller's jobs", StampingsPage),
+                   400: ("invalid_cursor: not a cursor this list returned", None), 401: unauthorized,
+                   422: ("invalid_limit: not an integer from 1 to 100", None)}), list_stampings)
     router.add(Operation("GET", "/v1/stampings/{id}", "The caller's stamping job", tags=["stamping"],
                        security=["bearer", "apiKey"], parameters=stamping_id,
                        responses={200: ("the job", StampingStatus), 401: unauthorized,

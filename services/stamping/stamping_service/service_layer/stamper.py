@@ -10,7 +10,8 @@ states are ``domain.stamping``'s):
    serial reserved at upload, whatever the number of deliveries;
 3. the PDF is rendered and signed in a PDF worker process (the event loop keeps consuming,
    acking and answering health checks);
-4. the stamped PDF, DONE, the stamp USED and ``stamping.document_stamped.v1`` commit together.
+4. the stamped PDF, DONE, the stamp USED and ``stamping.document_stamped.v1`` commit together
+   (a job failed for good: FAILED, the stamp UNUSED and ``stamping.document_failed.v1``).
    Dying before this commit loses only the signature: the redelivery signs again, and only the
    committed document ever leaves the service.
 
@@ -27,7 +28,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-from emeterai_shared.contracts.events import DocumentStamped
+from emeterai_shared.contracts.events import DocumentFailed, DocumentStamped
 from emeterai_shared.failpoints import failpoint
 from emeterai_shared.messaging import PermanentError
 from emeterai_shared.uow import UnitOfWork
@@ -92,6 +93,8 @@ class Stamper:
     async def _fail(self, uow: UnitOfWork, repo: StampingRepository, job: Job, error: str) -> None:
         await self._store.delete(uow.conn, job.id, Kind.ORIGINAL)
         await repo.failed(job, error)
+        uow.publish(DocumentFailed(stamping_id=job.id, account_id=job.account_id, sn=job.sn, error=error[:1000],
+                                   failed_at=datetime.now(UTC)), correlation_id=str(job.id))
         STAMPINGS.labels("failed").inc()
         log.warning("stamping %s failed for good, serial %s released: %s", job.id, job.sn, error)
 

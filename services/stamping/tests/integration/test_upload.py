@@ -93,6 +93,8 @@ async def test_a_valid_pdf_is_queued_with_a_reserved_serial(stamping: Stamping) 
     assert await stamping.quota(account) == after
 
     status, job = await get_job(stamping, account, sid)
+    place = job.pop("queue")  # where it stands among every account's queued jobs (no worker runs here)
+    assert place["position"] >= 1 and place["eta_s"] >= 1
     assert (status, job) == (200, {"stamping_id": sid, "status": "QUEUED", "sn": oldest, "error": None,
                                    "document_sha256": None, "stamped_at": None})
     status, job = await get_job(stamping, uuid.uuid4(), sid)
