@@ -61,8 +61,8 @@ async def receipt_json(session: aiohttp.ClientSession, platform: Platform, order
 
 async def bank_payment(platform: Platform, order_id: str) -> dict[str, Any]:
     """The payment the bank made for the order, as the payment service recorded it."""
-    row = await fetchval(platform.settings["payment"], "SELECT row_to_json(p)::text FROM payments p WHERE order_id = $1",
-                         uuid.UUID(order_id))
+    row = await fetchval(platform.settings["payment"],
+                         "SELECT row_to_json(p)::text FROM payments p WHERE order_id = $1", uuid.UUID(order_id))
     assert row is not None
     found: dict[str, Any] = json.loads(row)
     return found
@@ -135,7 +135,8 @@ async def test_numbers_of_concurrently_paid_orders_run_on_without_gaps(platform:
         bank = platform.simulator(session)
         await asyncio.gather(*(owner.pay(o, bank, platform.customer_no)
                                for owner, o in zip(owners, order_ids, strict=True)))
-        await asyncio.gather(*(owner.status_becomes(o, "FULFILLED") for owner, o in zip(owners, order_ids, strict=True)))
+        await asyncio.gather(*(owner.status_becomes(o, "FULFILLED")
+                               for owner, o in zip(owners, order_ids, strict=True)))
         receipts = await asyncio.gather(*(receipt_json(session, platform, o, owner.auth)
                                           for owner, o in zip(owners, order_ids, strict=True)))
 
