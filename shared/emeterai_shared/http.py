@@ -12,7 +12,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -60,6 +60,43 @@ def respond(body: BaseModel, *, status: int = 200, headers: Mapping[str, str] | 
     document and the wire cannot drift apart."""
     return web.json_response(body.model_dump(mode="json", by_alias=True, exclude_none=exclude_none),
                              status=status, headers=headers)
+
+
+def preferred_media_type(accept: str | None, offered: Sequence[str]) -> str:
+    """The one of ``offered`` the ``Accept`` header ranks highest (RFC 9110: each offer takes the q
+    of the most specific range that matches it); a tie, no header or one that matches nothing
+    chooses the first offer, the default (no 406)."""
+    ranges: list[tuple[str, str, float]] = []
+    for item in (accept or "").split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        if "/" not in media:
+            continue
+        main, sub = (x.strip().lower() for x in media.split("/", 1))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = min(max(float(value.strip()), 0.0), 1.0)
+                except ValueError:
+                    q = 0.0
+        ranges.append((main, sub, q))
+
+    def quality(offer: str) -> float:
+        main, sub = offer.lower().split("/", 1)
+        best, specificity = 0.0, -1
+        for r_main, r_sub, q in ranges:
+            rank = 2 if (r_main, r_sub) == (main, sub) else 1 if (r_main, r_sub) == (main, "*") else \
+                0 if (r_main, r_sub) == ("*", "*") else -1
+            if rank > specificity:
+                best, specificity = q, rank
+        return best
+
+    chosen, chosen_q = offered[0], quality(offered[0])
+    for offer in offered[1:]:
+        if (q := quality(offer)) > chosen_q:
+            chosen, chosen_q = offer, q
+    return chosen
 
 
 def error_response(status: int, code: str, message: str, *,
@@ -330,7 +367,9 @@ class Operation:
     oversize_status: int | None = 413
     """What a body past the server's limit gets (SNAP answers it as a 400 of its own format)."""
     media: dict[int, str] = field(default_factory=dict)
-    """Statuses answered with a body that is not JSON, by media type (e.g. ``{200: "application/pdf"}``)."""
+    """Statuses answered with a body that is not JSON, by media type (e.g. ``{200: "application/pdf"}``).
+    When the status also names a model, it answers either (content negotiation on ``Accept``,
+    ``preferred_media_type``): this media type, or the model as ``application/json``."""
 
     @property
     def id(self) -> str:
@@ -476,6 +515,8 @@ class OpenApi:
                     media_type = op.media[status]
                     any_body: dict[str, Any] = {} if media_type.endswith("json") else {"type": "string"}
                     resp["content"] = {media_type: {"schema": any_body}}
+                    if model is not None and media_type != "application/json":
+                        resp["content"]["application/json"] = {"schema": ref(model)}
                 elif body_model is not None:
                     resp["content"] = {"application/json": {"schema": ref(body_model)}}
                 if shed_answer:

@@ -23,6 +23,7 @@ from emeterai_shared.http import (
     create_app,
     decode_json,
     json_depth_exceeds,
+    preferred_media_type,
 )
 from emeterai_shared.messaging import connect
 from emeterai_shared.runtime import Process, Resources, ServiceDefinition, assemble, build_api
@@ -325,6 +326,38 @@ def test_the_document_says_what_every_route_can_answer() -> None:
     assert set(doc["paths"]["/healthz"]["get"]["responses"]) == {"200"}
     error = doc["components"]["schemas"]["ErrorBody"]
     assert error["properties"]["error"] == {"$ref": "#/components/schemas/ErrorDetail"}
+
+
+def test_a_status_may_answer_a_file_or_its_model_as_json() -> None:
+    spec = OpenApi("t")
+    spec.add(Operation("GET", "/receipts/{id}", "a receipt", responses={200: ("the receipt", _Body)},
+                       parameters=[{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                       media={200: "application/pdf"}))
+    doc = spec.document()
+    validate(doc)
+    content = doc["paths"]["/receipts/{id}"]["get"]["responses"]["200"]["content"]
+    assert content == {"application/pdf": {"schema": {"type": "string"}},
+                       "application/json": {"schema": {"$ref": "#/components/schemas/_Body"}}}
+
+
+@pytest.mark.parametrize(("accept", "chosen"), [
+    (None, "application/pdf"),
+    ("", "application/pdf"),
+    ("*/*", "application/pdf"),
+    ("application/json", "application/json"),
+    ("Application/JSON; charset=utf-8", "application/json"),
+    ("application/pdf", "application/pdf"),
+    ("application/json, application/pdf", "application/pdf"),
+    ("application/pdf;q=0.5, application/json", "application/json"),
+    ("application/*;q=0.4, application/json;q=0.9", "application/json"),
+    ("application/json;q=0.9, */*;q=1", "application/pdf"),
+    ("application/json;q=0, */*", "application/pdf"),
+    ("text/html", "application/pdf"),
+    ("application/json;q=bogus, application/pdf;q=0.1", "application/pdf"),
+    ("garbage", "application/pdf"),
+])
+def test_the_preferred_media_type_follows_accept(accept: str | None, chosen: str) -> None:
+    assert preferred_media_type(accept, ("application/pdf", "application/json")) == chosen
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])

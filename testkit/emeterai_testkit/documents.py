@@ -95,3 +95,65 @@ def encrypted(user: str) -> bytes:
 
 def zero_pages() -> bytes:
     return save(pikepdf.new())
+
+
+_PDF_ESCAPES = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"b": b"\b", b"f": b"\f"}
+
+
+def _literal_strings(content: bytes) -> list[bytes]:
+    """The literal strings ``(...)`` of a content stream, unescaped (balanced parentheses, octal)."""
+    found: list[bytes] = []
+    i = 0
+    while i < len(content):
+        if content[i:i + 1] != b"(":
+            i += 1
+            continue
+        depth, i, out = 1, i + 1, bytearray()
+        while i < len(content) and depth:
+            ch = content[i:i + 1]
+            if ch == b"\\":
+                nxt = content[i + 1:i + 2]
+                if nxt and nxt in b"01234567":
+                    end = i + 1
+                    while end < min(i + 4, len(content)) and content[end] in b"01234567":
+                        end += 1
+                    out.append(int(content[i + 1:end], 8) & 0xFF)
+                    i = end
+                    continue
+                out += _PDF_ESCAPES.get(nxt, nxt)
+                i += 2
+                continue
+            if ch == b"(":
+                depth += 1
+            elif ch == b")":
+                depth -= 1
+                if not depth:
+                    break
+            out += ch
+            i += 1
+        found.append(bytes(out))
+        i += 1
+    return found
+
+
+def pdf_text(data: bytes) -> list[str]:
+    """The text lines drawn on each page of a PDF whose text is in uncompressed or Flate-encoded
+    content streams with simple (WinAnsi) fonts, as reportlab writes them: opened with pyHanko's
+    reader, one entry per page, the strings of the page in drawing order joined by newlines."""
+    from pyhanko.pdf_utils.reader import PdfFileReader
+
+    reader = PdfFileReader(io.BytesIO(data), strict=False)
+    pages: list[str] = []
+
+    def walk(node: Any) -> None:
+        if node["/Type"] == "/Pages":
+            for kid in node["/Kids"]:
+                walk(kid.get_object())
+            return
+        contents = node["/Contents"]
+        streams = [item.get_object() for item in contents] if isinstance(contents, list) else [contents]
+        raw = b"\n".join(stream.data for stream in streams)
+        pages.append("\n".join(s.decode("cp1252", errors="replace") for s in _literal_strings(raw)))
+
+    walk(reader.root["/Pages"])
+    return pages

@@ -18,6 +18,8 @@ class OrderSettings(ServiceSettings):
     token_ttl_s: int = 24 * 3600
     auth_private_key_file: str = ""
     partners_file: str = ""
+    receipt_seller: str = "e-Meterai Platform"
+    """The seller named on receipts (``GET /v1/orders/{id}/receipt``)."""
 
     # Per-caller limits at the front door (per api process): 429 rate_limited with Retry-After.
     order_rate_per_account_per_s: float = 1.0

@@ -87,6 +87,10 @@ class PaymentCaptured(Message):
     payment_request_id: str
     captured_at: datetime
     late: bool = False
+    method: str = "va"
+    """How the buyer paid: ``va`` (virtual account); later ``qris``. Absent in older messages."""
+    reference_no: str | None = None
+    """The bank's reference number of the payment (SNAP ``referenceNo``), when it sent one."""
 
 
 @message("payment.refunded.v1")

@@ -21,11 +21,12 @@ from typing import Annotated, Any, Literal
 from aiohttp import web
 from emeterai_shared import idempotency, pagination
 from emeterai_shared.auth import Caller, caller_from_request
-from emeterai_shared.http import NO_NUL, ApiError, Operation, read_json, respond, shed
+from emeterai_shared.http import NO_NUL, ApiError, Operation, preferred_media_type, read_json, respond, shed
 from emeterai_shared.runtime import Router
 from emeterai_shared.uow import unit_of_work
 from pydantic import BaseModel, Field, PlainSerializer, StringConstraints, field_validator
 
+from order_service.adapters.receipt_pdf import render_receipt
 from order_service.config import OrderSettings
 from order_service.dependencies import OrderDeps
 from order_service.domain.order import Order
@@ -36,8 +37,9 @@ from order_service.domain.partner_events import (
     STAMPING_FAILED,
     timestamp,
 )
+from order_service.domain.receipt import Receipt
 from order_service.domain.signin import normalize_phone
-from order_service.service_layer import orders, partner_feed, signin
+from order_service.service_layer import orders, partner_feed, receipts, signin
 
 NAME_PATTERN = r"^[^\x00]*[0-9A-Za-z\u00c0-\u024f\u0370-\u1fff\u3040-\u9fff\uac00-\ud7af][^\x00]*$"
 """At least one letter or digit, and no NUL: the same in the published (ECMA) schema, in Python and in
@@ -157,6 +159,59 @@ class OrdersPage(BaseModel):
     orders: list[OrderView] = Field(description="the caller's orders, newest first, as GET /v1/orders/{order_id} "
                                                 "gives them")
     next: str | None = Field(description="cursor of the next page (pass as ?cursor=); null on the last page")
+
+
+# --- receipts -------------------------------------------------------------------------------------
+
+PDF = "application/pdf"
+JSON = "application/json"
+
+
+class ReceiptPaymentView(BaseModel):
+    method: str = Field(description="va (virtual account); later qris")
+    reference: str | None = Field(description="the bank's reference of the payment (SNAP referenceNo, else its "
+                                              "paymentRequestId); null for orders paid before receipts existed")
+    bank: str | None = Field(default=None, description="the partner bank (its client_id)")
+    payment_request_id: str | None = Field(default=None, description="the bank's id of the payment (SNAP "
+                                                                       "paymentRequestId)")
+    virtual_account_no: str | None = None
+
+
+class ReceiptRefundView(BaseModel):
+    refund_id: uuid.UUID
+    serials: list[str]
+    amount: int
+    status: str
+
+
+class ReceiptView(BaseModel):
+    """The receipt of a paid order: the same facts as its PDF."""
+
+    receipt_no: str = Field(description="EM-<year>-<7 digits>: unique and gap-free per year (Asia/Jakarta), "
+                                        "given when the payment is recorded, never changed")
+    order_id: uuid.UUID
+    paid_at: datetime
+    quantity: int
+    duty_per_stamp: int = Field(description="Rp 10.000")
+    duty: int = Field(description="stamp duty: duty_per_stamp x quantity")
+    fee: int = Field(description="our service fee: total less duty")
+    total: int = Field(description="the amount paid")
+    payment: ReceiptPaymentView
+    serials: list[str]
+    refunds: list[ReceiptRefundView]
+
+    @classmethod
+    def of(cls, receipt: Receipt) -> ReceiptView:
+        p = receipt.payment
+        return cls(receipt_no=receipt.receipt_no, order_id=receipt.order_id, paid_at=receipt.paid_at,
+                   quantity=receipt.quantity, duty_per_stamp=receipt.duty_per_stamp, duty=receipt.duty,
+                   fee=receipt.fee, total=receipt.total,
+                   payment=ReceiptPaymentView(method=p.method, reference=p.reference, bank=p.bank,
+                                              payment_request_id=p.payment_request_id,
+                                              virtual_account_no=p.virtual_account_no),
+                   serials=receipt.serials,
+                   refunds=[ReceiptRefundView(refund_id=r.refund_id, serials=r.serials, amount=r.amount,
+                                              status=r.status) for r in receipt.refunds])
 
 
 # --- partner events: the feed's entries and the webhooks' bodies --------------------------------
@@ -364,12 +419,16 @@ async def _place_order(request: web.Request, deps: OrderDeps, caller: Caller) ->
     return respond(answer, status=202)
 
 
-async def get_order(request: web.Request, deps: OrderDeps) -> web.Response:
-    caller = _caller(request, deps)
+def _order_id(request: web.Request) -> uuid.UUID:
     try:
-        order_id = uuid.UUID(request.match_info["order_id"])
+        return uuid.UUID(request.match_info["order_id"])
     except ValueError:
         raise ApiError(404, "order_not_found", "no such order") from None
+
+
+async def get_order(request: web.Request, deps: OrderDeps) -> web.Response:
+    caller = _caller(request, deps)
+    order_id = _order_id(request)
     async with unit_of_work(deps.pool) as uow:
         await signin.ensure_current(uow, caller)
         order = await orders.order_of(uow, caller.account_id, order_id)
@@ -384,6 +443,24 @@ async def list_orders(request: web.Request, deps: OrderDeps) -> web.Response:
     async with unit_of_work(deps.pool) as uow:
         found, cursor = await orders.history(uow, caller.account_id, page)
     return respond(OrdersPage(orders=[OrderView.of(order) for order in found], next=cursor))
+
+
+async def get_receipt(request: web.Request, deps: OrderDeps) -> web.Response:
+    """The receipt as PDF, or as JSON when the client prefers it (``Accept``)."""
+    caller = _caller(request, deps)
+    order_id = _order_id(request)
+    try:
+        async with unit_of_work(deps.pool) as uow:
+            found = await receipts.receipt(uow, caller.account_id, order_id)
+    except receipts.NotPaid as exc:
+        raise ApiError(409, "not_paid", f"the order is {exc.order.status.value}: it has no receipt before its "
+                                        "payment for stamps is recorded") from None
+    if found is None:
+        raise ApiError(404, "order_not_found", "no such order")
+    if preferred_media_type(request.headers.get("Accept"), (PDF, JSON)) == JSON:
+        return respond(ReceiptView.of(found))
+    return web.Response(body=render_receipt(found, seller=deps.settings.receipt_seller), content_type=PDF,
+                        headers={"Content-Disposition": f'inline; filename="{found.receipt_no}.pdf"'})
 
 
 async def partner_events(request: web.Request, deps: OrderDeps) -> web.Response:
@@ -455,7 +532,9 @@ def routes(router: Router[OrderDeps]) -> None:
                    429: ("rate_limited: this account's or partner's order rate (Retry-After)", None),
                    503: ("overloaded (the platform's backlog is past what it drains in the target wait; body "
                          "retry_after_s, retry_at) or busy; Retry-After", None)},
-        links={202: {"GetOrder": read_order}},
+        links={202: {"GetOrder": read_order,
+                     "GetReceipt": {"operationId": "get_v1_orders_order_id_receipt",
+                                    "parameters": {"order_id": "$response.body#/order_id"}}}},
     ), place_order)
     router.add(Operation(
         "GET", "/v1/orders", "The caller's orders, newest first (keyset pages: pass `next` as ?cursor=)",
@@ -472,6 +551,18 @@ def routes(router: Router[OrderDeps]) -> None:
         responses={200: ("the order", OrderView), 401: ("not authenticated, or token_superseded", None),
                    404: ("order_not_found: no such order of the caller", None)},
     ), get_order)
+    router.add(Operation(
+        "GET", "/v1/orders/{order_id}/receipt",
+        "The receipt of a paid order: PDF (A4, Indonesian with English subtitles), or JSON with "
+        "Accept: application/json", tags=["orders"], security=["bearer", "apiKey"],
+        parameters=[{"name": "order_id", "in": "path", "required": True,
+                     "schema": {"type": "string", "format": "uuid"}}],
+        responses={200: ("the receipt: application/pdf unless the client prefers application/json", ReceiptView),
+                   401: ("not authenticated", None),
+                   404: ("order_not_found: no such order of the caller", None),
+                   409: ("not_paid: no payment for stamps recorded on the order (yet)", None)},
+        media={200: PDF},
+    ), get_receipt)
     router.add(Operation(
         "GET", "/v1/partner/events", "The partner's events in order (resumable with the cursor)",
         tags=["partners"], security=["apiKey"],

@@ -40,7 +40,9 @@ from order_service.adapters.sms import SmsFailed, SmsSender
 from order_service.domain import partner_events
 from order_service.domain.order import Bill, IllegalTransition, Order, OrderStatus
 from order_service.domain.partner_events import PartnerEvent
+from order_service.domain.receipt import Payment
 from order_service.metrics import SMS_SENDS
+from order_service.service_layer import receipts
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,9 @@ async def on_payment_captured(uow: UnitOfWork, env: Envelope[PaymentCaptured]) -
         return
     await OrderRepository(uow.conn).save(order)
     if fulfil:
+        # The receipt number is taken here, with the payment: a number for every PAID order, none skipped.
+        await receipts.issue_receipt(uow, order, paid_at=e.captured_at, payment=Payment(
+            e.method, e.bank, e.payment_request_id, e.reference_no))
         uow.publish(OrderPaid(order_id=order.id, account_id=order.account_id, quantity=order.quantity,
                               amount=order.amount, partner_id=order.partner_id, paid_at=now),
                     correlation_id=cid)

@@ -8,6 +8,8 @@ rows stay in the outbox to be counted) applies them:
 * BillIssued → payment instructions on GET; BillFailed → FAILED with its reason;
 * PaymentCaptured → PAID and one ``order.paid.v1``, however often it is delivered (same message
   id: inbox; new message id, same payment: the payment id);
+* the capture that makes an order PAID numbers its receipt, once; a PaymentCaptured of an older
+  producer (without ``method`` and ``reference_no``) still parses; a late capture numbers none;
 * BillExpired then a late PaymentCaptured → REFUND_PENDING with ``order.refund_requested.v1``,
   PaymentRefunded → REFUNDED; ``late=True`` on an unpaid order does the same;
 * events that no longer apply (BillExpired after PAID) change nothing;
@@ -29,6 +31,7 @@ rows stay in the outbox to be counted) applies them:
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -551,3 +554,54 @@ async def test_stamped_serials_of_buyers_tell_no_one_and_unknown_serials_park(wo
     mid = await world.publish(stamped("SN-NEVER-ISSUED", account_id))
     reason = await world.parked("order.on_document_stamped", mid)
     assert "gave up after" in reason and "serial SN-NEVER-ISSUED is not (yet) issued" in reason
+
+
+async def receipt_of(world: World, order_id: uuid.UUID, token: str) -> tuple[int, dict[str, Any]]:
+    resp = await world.client.get(f"/v1/orders/{order_id}/receipt",
+                                  headers={"Authorization": f"Bearer {token}", "Accept": "application/json"})
+    body: dict[str, Any] = await resp.json()
+    return resp.status, body
+
+
+async def test_the_capture_numbers_the_receipt_once_even_from_an_older_producer(world: World) -> None:
+    """A payment.captured.v1 without the newer fields (method, reference_no) still parses: the receipt
+    says va, and the reference falls back to the bank's paymentRequestId. The capture again, under
+    another message id, takes no second number."""
+    order_id, token = await world.place()
+    assert (await receipt_of(world, order_id, token))[0] == 409
+    payment_id = uuid.uuid4()
+    event = captured(order_id, payment_id)
+    old_body = event.model_dump(mode="json")
+    del old_body["method"], old_body["reference_no"]
+    mid = str(uuid.uuid4())
+    await world.exchange.publish(
+        aio_pika.Message(json.dumps(old_body).encode(), message_id=mid, type=event.TYPE, correlation_id=str(order_id),
+                         content_type="application/json", app_id="payment",
+                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT, timestamp=datetime.now(UTC)),
+        routing_key=event.TYPE, mandatory=True)
+    await world.applied("order.on_payment_captured", mid)
+    status, receipt = await receipt_of(world, order_id, token)
+    assert status == 200, receipt
+    assert receipt["payment"] == {"method": "va", "reference": event.payment_request_id, "bank": "bank-bri",
+                                  "payment_request_id": event.payment_request_id, "virtual_account_no": None}
+    assert datetime.fromisoformat(receipt["paid_at"]) == event.captured_at
+    await world.send("order.on_payment_captured", captured(order_id, payment_id))
+    assert (await receipt_of(world, order_id, token)) == (200, receipt)
+    assert await world.val("SELECT count(*) FROM receipts WHERE order_id = $1", order_id) == 1
+
+    # A newer producer's reference number is the reference shown.
+    other, other_token = await world.place()
+    await world.send("order.on_payment_captured", captured(other).model_copy(update={"reference_no": "REF-991"}))
+    status, second = await receipt_of(world, other, other_token)
+    assert (status, second["payment"]["reference"]) == (200, "REF-991")
+    assert second["receipt_no"] != receipt["receipt_no"]
+
+
+async def test_a_payment_after_expiry_is_refunded_and_numbers_no_receipt(world: World) -> None:
+    order_id, token = await world.place()
+    await world.send("order.on_bill_expired", expired(order_id))
+    await world.send("order.on_payment_captured", captured(order_id))
+    assert await world.status(order_id) == "REFUND_PENDING"
+    status, body = await receipt_of(world, order_id, token)
+    assert (status, body["error"]["code"]) == (409, "not_paid")
+    assert await world.val("SELECT count(*) FROM receipts WHERE order_id = $1", order_id) == 0

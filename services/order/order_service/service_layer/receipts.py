@@ -1,0 +1,58 @@
+"""Receipts of paid orders: numbered when the payment is recorded, read by their owner."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from emeterai_shared.uow import UnitOfWork
+
+from order_service.adapters.receipts import ReceiptRepository
+from order_service.domain.order import Order
+from order_service.domain.receipt import Payment, Receipt, ReceiptRefund
+from order_service.service_layer.orders import order_of
+
+
+class NotPaid(Exception):
+    """The order has no captured payment for stamps (yet): it has no receipt."""
+
+    def __init__(self, order: Order):
+        super().__init__(f"order {order.id} is {order.status}: no payment for stamps recorded")
+        self.order = order
+
+
+async def issue_receipt(uow: UnitOfWork, order: Order, *, paid_at: datetime, payment: Payment) -> str:
+    """Number the receipt of ``order``, which became PAID in this unit of work (the order is locked)."""
+    return await ReceiptRepository(uow.conn).issue(order.id, paid_at=paid_at, payment=payment)
+
+
+async def refunds_of(uow: UnitOfWork, order_id: uuid.UUID) -> list[ReceiptRefund]:
+    """The buyer refunds of the order, as its receipt lists them.
+
+    Empty for now: buyer refunds (``POST /v1/orders/{id}/refund``, the ``refunds`` table of order
+    migration 007_refunds.sql) are being built in parallel; this is wired to them when they land,
+    reading that table's ``{refund_id, serials, amount, status}`` for ``order_id``. The receipt
+    renders whatever this returns."""
+    del uow, order_id
+    return []
+
+
+async def receipt(uow: UnitOfWork, account_id: uuid.UUID, order_id: uuid.UUID) -> Receipt | None:
+    """The receipt of the caller's order; None when the order is not the caller's (not found),
+    ``NotPaid`` before its payment is recorded."""
+    order = await order_of(uow, account_id, order_id)
+    if order is None:
+        return None
+    repo = ReceiptRepository(uow.conn)
+    record = await repo.record(order.id)
+    if record is None:
+        raise NotPaid(order)
+    if order.partner_id is not None:
+        buyer = f"{order.partner_id} (partner)"
+    else:
+        buyer = await repo.buyer_name(order.account_id) or str(order.account_id)
+    payment = Payment(record.payment.method, record.payment.bank, record.payment.payment_request_id,
+                      record.payment.reference_no, order.bill.virtual_account_no if order.bill is not None else None)
+    return Receipt(receipt_no=record.receipt_no, order_id=order.id, account_id=order.account_id, buyer=buyer,
+                   paid_at=record.paid_at, quantity=order.quantity, total=order.amount, payment=payment,
+                   serials=list(order.serials), refunds=await refunds_of(uow, order.id))
