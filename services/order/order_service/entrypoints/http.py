@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
@@ -29,8 +29,9 @@ from pydantic import BaseModel, Field, PlainSerializer, StringConstraints, field
 from order_service.config import OrderSettings
 from order_service.dependencies import OrderDeps
 from order_service.domain.order import Order
-from order_service.domain.partner_events import ORDER_FULFILLED, STAMPING_COMPLETED, timestamp
-from order_service.service_layer import orders, partner_feed
+from order_service.domain.partner_events import ORDER_FULFILLED, ORDER_REFUNDED, STAMPING_COMPLETED, timestamp
+from order_service.domain.refund import NothingToRefund, Refund
+from order_service.service_layer import orders, partner_feed, refunds
 
 NAME_PATTERN = r"^[^\x00]*[0-9A-Za-z\u00c0-\u024f\u0370-\u1fff\u3040-\u9fff\uac00-\ud7af][^\x00]*$"
 """At least one letter or digit, and no NUL: the same in the published (ECMA) schema, in Python and in
@@ -96,15 +97,37 @@ class Fulfilment(BaseModel):
                                    "being voided before the refund")
 
 
+class RefundView(BaseModel):
+    """A buyer's refund of the order's unused stamps."""
+
+    refund_id: uuid.UUID
+    serials: list[str] = Field(description="the serials refunded (VOID, out of the quota); while REQUESTED, "
+                                           "those asked for")
+    amount: int = Field(description="rupiah refunded: the per-stamp price (duty and service fee) per serial; "
+                                    "while REQUESTED, the most it can be")
+    status: Literal["REQUESTED", "PAYING", "PAID_OUT", "NOTHING"] = Field(
+        description="REQUESTED (the stamping service decides which are unused) -> PAYING (voided; being paid "
+                    "out) -> PAID_OUT, or NOTHING (every serial asked for was in use)")
+    requested: list[str] = Field(description="the serials asked for")
+    kept: list[str] = Field(description="serials asked for that were in use: stamped, not refunded")
+
+    @classmethod
+    def of(cls, refund: Refund, per_stamp: int) -> RefundView:
+        amount = refund.amount if refund.decided_at is not None else per_stamp * len(refund.requested)
+        return cls(refund_id=refund.refund_id, serials=refund.serials, amount=amount, status=refund.status.value,
+                   requested=refund.requested, kept=refund.kept)
+
+
 class OrderView(OrderAccepted):
     payment: PaymentInstructions | None
     serials: list[str]
     failure_reason: str | None = None
     fulfilment: Fulfilment | None = Field(default=None, description="null unless the order waited for stock "
                                           "or gave serials back")
+    refunds: list[RefundView] = Field(default_factory=list, description="refunds of unused stamps, oldest first")
 
     @classmethod
-    def of(cls, order: Order) -> OrderView:
+    def of(cls, order: Order, refunds: list[Refund] | None = None) -> OrderView:
         payment = None
         if order.bill is not None:
             payment = PaymentInstructions(virtual_account_no=order.bill.virtual_account_no,
@@ -115,7 +138,8 @@ class OrderView(OrderAccepted):
                                     refund_at=order.stock_refund_at, giving_back=order.giving_back)
         return cls(order_id=order.id, status=order.status.value, quantity=order.quantity,
                    amount=order.amount, payment=payment, serials=order.serials,
-                   failure_reason=order.failure_reason, fulfilment=fulfilment)
+                   failure_reason=order.failure_reason, fulfilment=fulfilment,
+                   refunds=[RefundView.of(r, order.per_stamp()) for r in refunds or ()])
 
 
 # --- partner events: the feed's entries and the webhooks' bodies --------------------------------
@@ -143,6 +167,13 @@ class StampingCompletedData(BaseModel):
     stamped_at: Timestamp
 
 
+class OrderRefundedData(BaseModel):
+    order_id: uuid.UUID
+    refund_id: uuid.UUID
+    serials: list[str] = Field(description="the serials refunded, now VOID in the registry")
+    amount: int = Field(description="rupiah paid back")
+
+
 class OrderFulfilledEvent(BaseModel):
     """Sent when a partner's order is FULFILLED: its serials and their tokens."""
 
@@ -161,7 +192,17 @@ class StampingCompletedEvent(BaseModel):
     data: StampingCompletedData
 
 
-PartnerEventBody = Annotated[OrderFulfilledEvent | StampingCompletedEvent, Field(discriminator="type")]
+class OrderRefundedEvent(BaseModel):
+    """Sent when a refund of unused stamps of one of the partner's orders was paid out."""
+
+    id: uuid.UUID = Field(description="event id, also the webhook-id header: deduplicate on it")
+    type: Literal["order.refunded"]
+    created_at: Timestamp
+    data: OrderRefundedData
+
+
+PartnerEventBody = Annotated[OrderFulfilledEvent | StampingCompletedEvent | OrderRefundedEvent,
+                             Field(discriminator="type")]
 
 
 class PartnerEventsPage(BaseModel):
@@ -170,7 +211,8 @@ class PartnerEventsPage(BaseModel):
 
 
 WEBHOOKS: tuple[tuple[str, type[BaseModel]], ...] = ((ORDER_FULFILLED, OrderFulfilledEvent),
-                                                      (STAMPING_COMPLETED, StampingCompletedEvent))
+                                                      (STAMPING_COMPLETED, StampingCompletedEvent),
+                                                      (ORDER_REFUNDED, OrderRefundedEvent))
 
 
 # --- callers ------------------------------------------------------------------------------------
@@ -237,17 +279,47 @@ async def _place_order(request: web.Request, deps: OrderDeps, caller: Caller) ->
     return respond(answer, status=202)
 
 
-async def get_order(request: web.Request, deps: OrderDeps) -> web.Response:
-    caller = _caller(request, deps)
+def _order_id(request: web.Request) -> uuid.UUID:
     try:
-        order_id = uuid.UUID(request.match_info["order_id"])
+        return uuid.UUID(request.match_info["order_id"])
     except ValueError:
         raise ApiError(404, "order_not_found", "no such order") from None
+
+
+async def get_order(request: web.Request, deps: OrderDeps) -> web.Response:
+    caller = _caller(request, deps)
+    order_id = _order_id(request)
     async with unit_of_work(deps.pool) as uow:
         order = await orders.order_of(uow, caller.account_id, order_id)
+        given = await refunds.refunds_of(uow, order_id) if order is not None else []
     if order is None:
         raise ApiError(404, "order_not_found", "no such order")
-    return respond(OrderView.of(order))
+    return respond(OrderView.of(order, given))
+
+
+async def refund_order(request: web.Request, deps: OrderDeps) -> web.Response:
+    """Refund the order's stamps that are still unused (the stamping service decides which)."""
+    caller = _caller(request, deps)
+    order_id = _order_id(request)
+    key = idempotency.key_from(request, required=True)
+    assert key is not None
+    scope = f"refunds:{caller.account_id}:{order_id}"
+    digest = idempotency.request_hash("POST", f"/v1/orders/{order_id}/refund", {})
+    async with unit_of_work(deps.pool) as uow:
+        stored = await idempotency.claim(uow.conn, scope, key, digest)
+        if stored is not None:
+            return stored.response()
+        try:
+            refund = await refunds.request_refund(uow, caller.account_id, order_id, datetime.now(UTC))
+        except NothingToRefund as exc:
+            raise ApiError(409, "nothing_to_refund", str(exc)) from None
+        if refund is None:
+            raise ApiError(404, "order_not_found", "no such order")
+        order = await orders.order_of(uow, caller.account_id, order_id)
+        assert order is not None
+        answer = RefundView.of(refund, order.per_stamp())
+        await idempotency.complete(uow.conn, scope, key, 202, answer.model_dump(mode="json"))
+    return respond(answer, status=202)
 
 
 async def partner_events(request: web.Request, deps: OrderDeps) -> web.Response:
@@ -326,6 +398,23 @@ def routes(router: Router[OrderDeps]) -> None:
         responses={200: ("the order", OrderView), 401: ("not authenticated", None),
                    404: ("order_not_found: no such order of the caller", None)},
     ), get_order)
+    router.add(Operation(
+        "POST", "/v1/orders/{order_id}/refund",
+        "Refund the order's unused stamps (answered at once; the order view shows the refund's progress)",
+        tags=["orders"], security=["bearer", "apiKey"],
+        parameters=[{"name": "order_id", "in": "path", "required": True,
+                     "schema": {"type": "string", "format": "uuid"}},
+                    idempotency.header_parameter(required=True)],
+        responses={202: ("refund requested: the serials asked for, decided by the stamping service", RefundView),
+                   400: ("idempotency_key_required or invalid_idempotency_key", None),
+                   401: ("not authenticated", None),
+                   404: ("order_not_found: no such order of the caller", None),
+                   409: ("nothing_to_refund: the order is not FULFILLED, or every stamp is used, refunded or "
+                         "being refunded", None),
+                   422: ("idempotency_key_reused", None)},
+        links={202: {"GetRefundedOrder": {"operationId": "get_v1_orders_order_id",
+                                          "parameters": {"order_id": "$request.path.order_id"}}}},
+    ), refund_order)
     router.add(Operation(
         "GET", "/v1/partner/events", "The partner's events in order (resumable with the cursor)",
         tags=["partners"], security=["apiKey"],

@@ -11,6 +11,7 @@ from emeterai_shared.contracts.events import (
     BillIssued,
     DocumentStamped,
     MintingFailed,
+    PartialRefundPaidOut,
     PaymentCaptured,
     PaymentRefunded,
     SerialsIssued,
@@ -32,4 +33,5 @@ SUBSCRIPTIONS = (
     Subscription("order.on_stock_awaited", StockAwaited, handlers.on_stock_awaited),
     Subscription("order.on_serials_voided", SerialsVoided, handlers.on_serials_voided),
     Subscription("order.on_document_stamped", DocumentStamped, handlers.on_document_stamped),
+    Subscription("order.on_partial_refund_paid_out", PartialRefundPaidOut, handlers.on_partial_refund_paid_out),
 )
