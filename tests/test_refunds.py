@@ -212,6 +212,7 @@ async def race_round(platform: Platform, session: aiohttp.ClientSession, n: int)
         return await job_ends(platform, buyer, body["stamping_id"])
 
     async def refund() -> dict[str, Any] | None:
+        await asyncio.sleep(random.uniform(0, 0.15))
         answer = await buyer.refund(order_id, ok=(202, 409))
         if answer.status == 409:
             assert answer.code == "nothing_to_refund", answer.body

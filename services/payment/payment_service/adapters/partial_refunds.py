@@ -49,5 +49,6 @@ class PartialRefundRepository:
         """A failed attempt: retried after ``first_delay_s`` doubling per attempt, at most an hour."""
         await self.conn.execute(
             """UPDATE partial_refunds SET attempts = attempts + 1, last_error = $2,
-                      next_attempt_at = $4 + make_interval(secs => least(3600, $3 * power(2, least(attempts, 12))))
+                      next_attempt_at = $4::timestamptz
+                          + make_interval(secs => least(3600, $3::float8 * power(2, least(attempts, 12))))
                 WHERE refund_id = $1""", refund_id, error[:1000], first_delay_s, now)
