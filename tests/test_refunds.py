@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from emeterai_testkit import invariants
 from emeterai_testkit.clients import Buyer
 from emeterai_testkit.documents import sample_pdf
 from emeterai_testkit.fixtures import eventually
@@ -247,3 +248,21 @@ async def test_a_stamp_in_use_is_stamped_or_refunded_never_both(platform: Platfo
                                                for n in range(start, min(ROUNDS, start + AT_ONCE))))
     print(f"race outcomes: {sorted((o, outcomes.count(o)) for o in set(outcomes))}")
     assert len(outcomes) == ROUNDS
+
+
+async def test_the_platform_invariants_hold_with_refunds(platform: Platform) -> None:
+    """After the tests above (run first in this module): the invariants chaos and the rush check,
+    refunds included: nothing lost, no serial used twice or both refunded and stamped."""
+    urls = {name: platform.settings[name].database_url for name in invariants.SERVICES}
+
+    async def settled() -> dict[str, Any] | None:
+        async with invariants.pools_of(urls) as pools:
+            data = await invariants.snapshot(pools, amqp_url=None, queues=())
+        return data if not invariants.unresolved(data) and not invariants.unsettled(data) else None
+
+    data: dict[str, Any] = await eventually(settled, timeout_s=120, interval_s=0.5, message="every payment settled")
+    assert invariants.lost(data)["lost_orders"] == []
+    assert invariants.duplicates(data)["total"] == 0
+    assert all(not v for v in invariants.refund_violations(data).values()), invariants.refund_violations(data)
+    figures = invariants.refunds(data)
+    assert figures["requested"] >= 2 and figures["serials_refunded"] >= 3
