@@ -39,6 +39,8 @@ MONEY_EVENTS = frozenset({
     "payment.refunded",  # the refund reaches the order (REFUNDED)
     "order.serials_void_requested",  # a refund voids serials already credited
     "stamping.serials_voided",
+    "order.partial_refund_requested",  # a buyer's refund of unused stamps reaches payment
+    "payment.partial_refund_paid_out",  # its payout reaches the order
 })
 """Message types (without their ``.v<major>``) on the way from a captured payment to its credit or refund."""
 

@@ -418,6 +418,13 @@ class Buyer:
         await self.pay(order_id, bank, customer_no)
         return order_id
 
+    async def refund(self, order_id: str, key: str | None = None, *, ok: Container[int] = (202,)) -> Answer:
+        """``POST /v1/orders/{id}/refund``: refund the order's unused stamps (``key``: the
+        Idempotency-Key, fresh by default)."""
+        return await self.client.call("POST", "order", f"/v1/orders/{order_id}/refund", "POST /v1/orders/{id}/refund",
+                                      ok=ok, headers={**self.auth, "Idempotency-Key": key or str(uuid.uuid4())},
+                                      deadline=self._deadline())
+
     async def status_becomes(self, order_id: str, status: str, timeout_s: float = 90) -> dict[str, Any]:
         async def reached() -> dict[str, Any] | None:
             order = await self.get(order_id)

@@ -12,7 +12,12 @@ the rush (``lost`` and ``duplicates``: the report's ``lost``/``lost_detail`` and
   or the order REFUNDED); anything else is **lost**. A lost payment whose only pending step is a
   parked money-carrying message (an outbox row the relay parked, a message in a parking queue) is
   **stranded**: lost whatever the wait, and it names its parked message;
-- serials: none issued twice, in two orders, or used by two DONE stampings, each way it could show.
+- serials: none issued twice, in two orders, or used by two DONE stampings, each way it could show;
+- buyers' refunds of unused stamps: every refunded serial is VOID in the registry and in the quota
+  and was never stamped; the captured money of an order equals its credited stamps plus its
+  refunds (each refund paid out by the payment service for the per-stamp price of the serials it
+  voided). A refund not settled yet (voided serials not paid out) leaves its payment unresolved,
+  and, behind a parked message, stranded.
 """
 
 from __future__ import annotations
@@ -120,6 +125,10 @@ QUERIES: dict[str, tuple[str, str]] = {
                              " reason FROM issuances"),
     "reuse_attempts": ("minting", "SELECT sn, stamping_id::text AS stamping_id, found_status FROM reuse_attempts"),
     "stamps": ("stamping", "SELECT sn, account_id::text AS account_id, order_id::text AS order_id, status FROM stamps"),
+    "buyer_refunds": ("order", "SELECT refund_id::text AS refund_id, order_id::text AS order_id, status, requested,"
+                               " voided, kept, amount FROM refunds"),
+    "partial_refunds": ("payment", "SELECT refund_id::text AS refund_id, order_id::text AS order_id, amount, status,"
+                                   " serials FROM partial_refunds"),
     "stampings": ("stamping", "SELECT id::text AS id, account_id::text AS account_id, sn, status, error,"
                               " stamped_sha256, attempts FROM stampings"),
 }
@@ -226,6 +235,7 @@ def money(data: Mapping[str, Any]) -> Money:
         order_serials.setdefault(r["order_id"], []).append(r["sn"])
     minted = {r["sn"]: r for r in data["serials"]}
     quota = Counter(r["order_id"] for r in data["stamps"])
+    unsettled_refunds = unsettled(data)
     out = Money(captured=len(data["payments"]))
     for p in data["payments"]:
         oid = p["order_id"]
@@ -233,9 +243,10 @@ def money(data: Mapping[str, Any]) -> Money:
         sns = order_serials.get(oid, [])
         wanted = quantity.get(p["bill_id"], o["quantity"] if o else None)
         refund = refunds.get(oid)
+        pending_refunds = unsettled_refunds.get(oid)
         if (o is not None and o["status"] == "FULFILLED" and len(o["serials"]) == o["quantity"] == wanted
                 and sorted(o["serials"]) == sorted(sns) and quota.get(oid, 0) == wanted
-                and all(minted.get(sn, {}).get("order_id") == oid for sn in sns)):
+                and all(minted.get(sn, {}).get("order_id") == oid for sn in sns) and not pending_refunds):
             out.credited += 1
         elif (refund is not None and refund["payment_id"] in (p["payment_id"], None)) or (
                 o is not None and o["status"] == "REFUNDED"):
@@ -246,13 +257,76 @@ def money(data: Mapping[str, Any]) -> Money:
                 "quota": quota.get(oid, 0),
                 "detail": f"payment {p['payment_id']} captured, order {o['status'] if o else 'missing'} with "
                           f"{len(o['serials']) if o else 0} serial(s), {len(sns)} in order_serials, "
-                          f"{quota.get(oid, 0)} in the stamping quota, no refund"})
+                          f"{quota.get(oid, 0)} in the stamping quota, "
+                          + (f"refund(s) of unused stamps not paid out: {', '.join(pending_refunds)}"
+                             if pending_refunds else "no refund")})
     if out.lost:
         parked = [*data.get("parked_outbox", []), *data.get("parked_money", [])]
         out.stranded = stranded((e["order_id"] for e in out.lost), parked, data.get("live_orders", set()))
         for entry in out.lost:
             if entry["order_id"] in out.stranded:
                 entry["parked"] = [work.describe() for work in out.stranded[entry["order_id"]]]
+    return out
+
+
+def unsettled(data: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Buyers' refunds of unused stamps still on their way, by order: not decided by stamping yet
+    (REQUESTED), or voided serials whose payout has not reached the order (PAYING)."""
+    out: dict[str, list[str]] = {}
+    for r in data.get("buyer_refunds", ()):
+        if r["status"] in ("REQUESTED", "PAYING"):
+            out.setdefault(r["order_id"], []).append(f"{r['refund_id']} {r['status']}")
+    return out
+
+
+def refunds(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The rush report's figures on buyers' refunds of unused stamps."""
+    rows = data.get("buyer_refunds", ())
+    return {"requested": len(rows), "by_status": dict(Counter(r["status"] for r in rows)),
+            "serials_refunded": sum(len(r["voided"]) for r in rows if r["status"] in ("PAYING", "PAID_OUT")),
+            "amount_paid_out": sum(r["amount"] for r in data.get("partial_refunds", ()) if r["status"] == "PAID_OUT")}
+
+
+def refund_violations(data: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Each way a buyer's refund could break the rules, with the cases: a refunded serial not VOID
+    in the registry, stamped (registry or a DONE stamping), or still in the quota; the money of a
+    refund different from the per-stamp price of the serials it voided (order vs payment); an
+    order's refunds past its captured payment."""
+    minted = {r["sn"]: r for r in data["serials"]}
+    stamps = {r["sn"]: r for r in data["stamps"]}
+    done = {j["sn"] for j in data["stampings"] if j["status"] == "DONE"}
+    payments = {p["order_id"]: p for p in data["payments"]}
+    quantities = {o["id"]: o["quantity"] for o in data["orders"]}
+    paid = {r["refund_id"]: r for r in data.get("partial_refunds", ())}
+    out: dict[str, list[str]] = {"refunded_serial_not_void_in_registry": [], "refunded_serial_stamped": [],
+                                 "refunded_serial_in_quota": [], "refund_amount_mismatch": [],
+                                 "refunds_exceed_payment": []}
+    per_order: Counter[str] = Counter()
+    for r in data.get("buyer_refunds", ()):
+        if r["status"] not in ("PAYING", "PAID_OUT"):
+            continue
+        for sn in r["voided"]:
+            if minted.get(sn, {}).get("status") != "VOID":
+                out["refunded_serial_not_void_in_registry"].append(f"{sn} ({minted.get(sn, {}).get('status')})")
+            if sn in done or minted.get(sn, {}).get("status") == "STAMPED":
+                out["refunded_serial_stamped"].append(f"{sn} (refund {r['refund_id']})")
+            if stamps.get(sn, {}).get("status") != "VOID":
+                out["refunded_serial_in_quota"].append(f"{sn} ({stamps.get(sn, {}).get('status')})")
+        p, q = payments.get(r["order_id"]), quantities.get(r["order_id"])
+        per_stamp = p["amount"] // q if p and q else None
+        payout = paid.get(r["refund_id"])
+        if per_stamp is None or r["amount"] != per_stamp * len(r["voided"]) or (
+                payout is not None and (payout["amount"] != r["amount"]
+                                        or sorted(payout["serials"]) != sorted(r["voided"]))):
+            out["refund_amount_mismatch"].append(
+                f"refund {r['refund_id']}: {len(r['voided'])} voided, order says {r['amount']}, payment "
+                f"{payout and payout['amount']}, per stamp {per_stamp}")
+    for r in data.get("partial_refunds", ()):
+        per_order[r["order_id"]] += r["amount"]
+    for r in data["refunds"]:
+        per_order[r["order_id"]] += r["amount"]
+    out["refunds_exceed_payment"] = [f"order {oid}: {n} refunded of {payments[oid]['amount']} captured"
+                                     for oid, n in per_order.items() if oid in payments and n > payments[oid]["amount"]]
     return out
 
 
@@ -294,6 +368,7 @@ def duplicates(data: Mapping[str, Any]) -> dict[str, Any]:
         "registry_stamped_by_another_stamping": sum(
             1 for r in data["serials"] if r["status"] == "STAMPED" and r["sn"] in done_by_sn
             and done_by_sn[r["sn"]] != r["stamping_id"]),
+        "refunded_and_stamped": len(refund_violations(data)["refunded_serial_stamped"]),
     }
     return {"total": sum(parts.values()), "parts": parts, "reuse_attempts_refused": len(data["reuse_attempts"])}
 
@@ -393,6 +468,18 @@ def evaluate(data: Mapping[str, Any], acknowledged: set[str], quiescence: Mappin
                         f"{len(done)} DONE, {len(stamped_sns)} STAMPED in minting, "
                         f"{len(data['reuse_attempts'])} reuse attempts", violations=bad))
 
+    # buyers' refunds of unused stamps: refunded serials VOID everywhere and never stamped; the
+    # captured money = credited stamps + refunds (per-stamp price of the voided serials, paid out)
+    broken = refund_violations(data)
+    for name, title in (("refunded_serial_not_void_in_registry", "every refunded serial is VOID in the registry"),
+                        ("refunded_serial_stamped", "no refunded serial was stamped"),
+                        ("refunded_serial_in_quota", "no refunded serial is in the quota"),
+                        ("refund_amount_mismatch", "captured money = credited stamps + refunds (per-stamp price "
+                                                   "of the voided serials, the same at order and payment)"),
+                        ("refunds_exceed_payment", "an order's refunds never exceed its captured payment")):
+        checks.append(Check(title, not broken[name], f"{len(data.get('buyer_refunds', ()))} buyer refund(s)",
+                            violations=broken[name]))
+
     # the rush's count of serials issued or used twice, each way it could show
     twice_counted = duplicates(data)
     checks.append(Check("no serial issued or used twice (the rush's duplicates)", not twice_counted["total"],
@@ -460,6 +547,7 @@ def counts(data: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "orders": dict(Counter(o["status"] for o in data["orders"])),
         "payments_captured": len(data["payments"]), "refunds": len(data["refunds"]),
+        "buyer_refunds": refunds(data),
         "serials_issued": sum(1 for r in data["serials"] if r["order_id"] is not None),
         "serials_stamped": sum(1 for r in data["serials"] if r["status"] == "STAMPED"),
         "stampings": dict(Counter(j["status"] for j in data["stampings"])),

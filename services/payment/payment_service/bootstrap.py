@@ -8,19 +8,22 @@ from pathlib import Path
 from emeterai_shared.runtime import Periodic, Resources, ServiceDefinition
 
 from payment_service.adapters.banks import BankRegistry
+from payment_service.adapters.payouts import payouts_adapter
 from payment_service.config import PaymentSettings
 from payment_service.dependencies import PaymentDeps
 from payment_service.entrypoints import cli
 from payment_service.entrypoints.http import routes
 from payment_service.entrypoints.messages import SUBSCRIPTIONS
 from payment_service.service_layer.billing import expire_due_bills
+from payment_service.service_layer.refunds import pay_out_due
 from payment_service.service_layer.tokens import purge_expired_tokens
 
 
 async def dependencies(resources: Resources) -> PaymentDeps:
     settings = resources.settings
     assert isinstance(settings, PaymentSettings)
-    return PaymentDeps(settings=settings, pool=resources.pool, banks=BankRegistry.load(Path(settings.partners_file)))
+    return PaymentDeps(settings=settings, pool=resources.pool, banks=BankRegistry.load(Path(settings.partners_file)),
+                       payouts=payouts_adapter(settings.payout_adapter))
 
 
 async def expire_bills(deps: PaymentDeps) -> None:
@@ -31,9 +34,14 @@ async def purge_tokens(deps: PaymentDeps) -> None:
     await purge_expired_tokens(deps.pool, datetime.now(UTC))
 
 
+async def pay_out_refunds(deps: PaymentDeps) -> None:
+    await pay_out_due(deps.pool, deps.payouts, datetime.now(UTC), deps.settings.payout_retry_s)
+
+
 SERVICE = ServiceDefinition(
     "payment", "Payment service: virtual-account bills and SNAP bank callbacks", PaymentSettings, dependencies, routes,
     SUBSCRIPTIONS, commands=cli.COMMANDS,
     periodic=(Periodic("expire-bills", lambda s: s.expiry_sweep_interval_s, expire_bills),
-              Periodic("purge-snap-tokens", lambda s: s.housekeeping_interval_s, purge_tokens)),
+              Periodic("purge-snap-tokens", lambda s: s.housekeeping_interval_s, purge_tokens),
+              Periodic("pay-out-refunds", lambda s: s.payout_interval_s, pay_out_refunds)),
 )

@@ -15,3 +15,9 @@ class PaymentSettings(ServiceSettings):
     snap_token_ttl_s: int = 900
     snap_timestamp_skew_s: int = 300
     expiry_sweep_interval_s: float = 5.0
+    payout_adapter: str = "devbank"
+    """Who pays refunds out: ``devbank``, the development bank's simulation (the only adapter so far)."""
+    payout_interval_s: float = 1.0
+    """How often the worker pays out recorded partial refunds."""
+    payout_retry_s: float = 30.0
+    """First delay after a failed payout (doubling, at most an hour)."""

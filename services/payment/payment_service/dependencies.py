@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from payment_service.adapters.banks import BankRegistry
+from payment_service.adapters.payouts import Payouts
 from payment_service.config import PaymentSettings
 
 
@@ -20,3 +21,5 @@ class PaymentDeps:
     banks: BankRegistry
     """The partner banks, read from ``PAYMENT_PARTNERS_FILE`` at start (a malformed file stops the
     process; a missing one is no bank: every bank is refused and bills fail)."""
+    payouts: Payouts
+    """Who pays refunds out (``PAYMENT_PAYOUT_ADAPTER``; the development bank's simulation)."""

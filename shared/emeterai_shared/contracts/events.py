@@ -184,6 +184,9 @@ class SerialsVoidRequested(Message):
     serials: tuple[str, ...]
     reason: str
     requested_at: datetime
+    refund_id: UUID | None = None
+    """Set for a buyer's refund of unused stamps (``POST /v1/orders/{id}/refund``): the answer
+    carries it back so the order settles that refund; None for an order giving serials back."""
 
 
 @message("stamping.serials_voided.v1")
@@ -197,6 +200,8 @@ class SerialsVoided(Message):
     kept: tuple[str, ...]
     reason: str
     voided_at: datetime
+    refund_id: UUID | None = None
+    """The buyer's refund the request belonged to (``SerialsVoidRequested.refund_id``), if any."""
 
 
 # --- applicants' accounts: phone sign-in -----------------------------------------------------
@@ -221,3 +226,33 @@ class AccountVerified(Message):
 
     account_id: UUID
     verified_at: datetime
+
+
+# --- buyers' refunds of unused stamps --------------------------------------------------------
+# buyer ──POST /v1/orders/{id}/refund──► order ──order.serials_void_requested (refund_id)──► stamping
+#   (decides, under the quota row locks POST /v1/stampings takes) ──stamping.serials_voided──►
+#   minting (registry VOID), order ──order.partial_refund_requested──► payment (records, pays out
+#   through the bank adapter) ──payment.partial_refund_paid_out──► order (refund PAID_OUT)
+
+
+@message("order.partial_refund_requested.v1")
+class PartialRefundRequested(Message):
+    """A FULFILLED order's buyer gets back the money of ``serials`` (voided, out of the quota)."""
+
+    order_id: UUID
+    account_id: UUID
+    refund_id: UUID
+    serials: tuple[str, ...]
+    amount: int
+    requested_at: datetime
+
+
+@message("payment.partial_refund_paid_out.v1")
+class PartialRefundPaidOut(Message):
+    """The payment service recorded the partial refund and the bank paid it out."""
+
+    order_id: UUID
+    refund_id: UUID
+    amount: int
+    payout_reference: str
+    paid_out_at: datetime

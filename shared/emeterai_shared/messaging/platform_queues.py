@@ -39,9 +39,11 @@ PLATFORM_QUEUES: tuple[QueueSpec, ...] = (
     QueueSpec("order.on_document_stamped", (events.DocumentStamped.TYPE,)),
     QueueSpec("order.on_sms_requested", (events.SmsRequested.TYPE,)),
     QueueSpec("order.on_document_failed", (events.DocumentFailed.TYPE,)),
+    QueueSpec("order.on_partial_refund_paid_out", (events.PartialRefundPaidOut.TYPE,)),
     # payment
     QueueSpec("payment.on_order_placed", (events.OrderPlaced.TYPE,)),
     QueueSpec("payment.on_order_refund_requested", (events.OrderRefundRequested.TYPE,)),
+    QueueSpec("payment.on_partial_refund_requested", (events.PartialRefundRequested.TYPE,)),
     # minting
     QueueSpec("minting.on_order_paid", (events.OrderPaid.TYPE,)),
     QueueSpec("minting.on_document_stamped", (events.DocumentStamped.TYPE,)),

@@ -19,6 +19,7 @@ ORDER_FULFILLED = "order.fulfilled"
 STAMPING_COMPLETED = "stamping.completed"
 ORDER_EXPIRED = "order.expired"
 STAMPING_FAILED = "stamping.failed"
+ORDER_REFUNDED = "order.refunded"
 _EVENT_NAMESPACE = uuid.UUID("0b7f4f52-3c1e-4d7e-9a55-6b0e2f1c8d40")
 
 
@@ -76,4 +77,12 @@ def stamping_failed(*, order_id: uuid.UUID, stamping_id: uuid.UUID, sn: str, err
     return PartnerEvent(_event_id(STAMPING_FAILED, str(stamping_id)), STAMPING_FAILED, at, {
         "stamping_id": str(stamping_id), "sn": sn, "order_id": str(order_id), "error": error,
         "failed_at": timestamp(failed_at),
+    })
+
+
+def order_refunded(*, order_id: uuid.UUID, refund_id: uuid.UUID, serials: Sequence[str], amount: int,
+                   at: datetime) -> PartnerEvent:
+    """A buyer's refund of unused stamps was paid out: ``serials`` are VOID, ``amount`` went back."""
+    return PartnerEvent(_event_id(ORDER_REFUNDED, str(refund_id)), ORDER_REFUNDED, at, {
+        "order_id": str(order_id), "refund_id": str(refund_id), "serials": list(serials), "amount": amount,
     })

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
@@ -33,13 +33,15 @@ from order_service.domain.order import Order
 from order_service.domain.partner_events import (
     ORDER_EXPIRED,
     ORDER_FULFILLED,
+    ORDER_REFUNDED,
     STAMPING_COMPLETED,
     STAMPING_FAILED,
     timestamp,
 )
 from order_service.domain.receipt import Receipt
+from order_service.domain.refund import NothingToRefund, Refund
 from order_service.domain.signin import normalize_phone
-from order_service.service_layer import orders, partner_feed, receipts, signin
+from order_service.service_layer import orders, partner_feed, receipts, refunds, signin
 
 NAME_PATTERN = r"^[^\x00]*[0-9A-Za-z\u00c0-\u024f\u0370-\u1fff\u3040-\u9fff\uac00-\ud7af][^\x00]*$"
 """At least one letter or digit, and no NUL: the same in the published (ECMA) schema, in Python and in
@@ -105,15 +107,37 @@ class Fulfilment(BaseModel):
                                    "being voided before the refund")
 
 
+class RefundView(BaseModel):
+    """A buyer's refund of the order's unused stamps."""
+
+    refund_id: uuid.UUID
+    serials: list[str] = Field(description="the serials refunded (VOID, out of the quota); while REQUESTED, "
+                                           "those asked for")
+    amount: int = Field(description="rupiah refunded: the per-stamp price (duty and service fee) per serial; "
+                                    "while REQUESTED, the most it can be")
+    status: Literal["REQUESTED", "PAYING", "PAID_OUT", "NOTHING"] = Field(
+        description="REQUESTED (the stamping service decides which are unused) -> PAYING (voided; being paid "
+                    "out) -> PAID_OUT, or NOTHING (every serial asked for was in use)")
+    requested: list[str] = Field(description="the serials asked for")
+    kept: list[str] = Field(description="serials asked for that were in use: stamped, not refunded")
+
+    @classmethod
+    def of(cls, refund: Refund, per_stamp: int) -> RefundView:
+        amount = refund.amount if refund.decided_at is not None else per_stamp * len(refund.requested)
+        return cls(refund_id=refund.refund_id, serials=refund.serials, amount=amount, status=refund.status.value,
+                   requested=refund.requested, kept=refund.kept)
+
+
 class OrderView(OrderAccepted):
     payment: PaymentInstructions | None
     serials: list[str]
     failure_reason: str | None = None
     fulfilment: Fulfilment | None = Field(default=None, description="null unless the order waited for stock "
                                           "or gave serials back")
+    refunds: list[RefundView] = Field(default_factory=list, description="refunds of unused stamps, oldest first")
 
     @classmethod
-    def of(cls, order: Order) -> OrderView:
+    def of(cls, order: Order, refunds: list[Refund] | None = None) -> OrderView:
         payment = None
         if order.bill is not None:
             payment = PaymentInstructions(virtual_account_no=order.bill.virtual_account_no,
@@ -124,7 +148,8 @@ class OrderView(OrderAccepted):
                                     refund_at=order.stock_refund_at, giving_back=order.giving_back)
         return cls(order_id=order.id, status=order.status.value, quantity=order.quantity,
                    amount=order.amount, payment=payment, serials=order.serials,
-                   failure_reason=order.failure_reason, fulfilment=fulfilment)
+                   failure_reason=order.failure_reason, fulfilment=fulfilment,
+                   refunds=[RefundView.of(r, order.per_stamp()) for r in refunds or ()])
 
 
 # --- phone sign-in ------------------------------------------------------------------------------
@@ -239,6 +264,13 @@ class StampingCompletedData(BaseModel):
     stamped_at: Timestamp
 
 
+class OrderRefundedData(BaseModel):
+    order_id: uuid.UUID
+    refund_id: uuid.UUID
+    serials: list[str] = Field(description="the serials refunded, now VOID in the registry")
+    amount: int = Field(description="rupiah paid back")
+
+
 class OrderFulfilledEvent(BaseModel):
     """Sent when a partner's order is FULFILLED: its serials and their tokens."""
 
@@ -291,7 +323,19 @@ class StampingFailedEvent(BaseModel):
     data: StampingFailedData
 
 
-PartnerEventBody = Annotated[OrderFulfilledEvent | StampingCompletedEvent | OrderExpiredEvent | StampingFailedEvent,
+
+
+class OrderRefundedEvent(BaseModel):
+    """Sent when a refund of unused stamps of one of the partner's orders was paid out."""
+
+    id: uuid.UUID = Field(description="event id, also the webhook-id header: deduplicate on it")
+    type: Literal["order.refunded"]
+    created_at: Timestamp
+    data: OrderRefundedData
+
+
+PartnerEventBody = Annotated[OrderFulfilledEvent | StampingCompletedEvent | OrderExpiredEvent | StampingFailedEvent
+                             | OrderRefundedEvent,
                              Field(discriminator="type")]
 
 
@@ -303,7 +347,8 @@ class PartnerEventsPage(BaseModel):
 WEBHOOKS: tuple[tuple[str, type[BaseModel]], ...] = ((ORDER_FULFILLED, OrderFulfilledEvent),
                                                       (STAMPING_COMPLETED, StampingCompletedEvent),
                                                       (ORDER_EXPIRED, OrderExpiredEvent),
-                                                      (STAMPING_FAILED, StampingFailedEvent))
+                                                      (STAMPING_FAILED, StampingFailedEvent),
+                                                      (ORDER_REFUNDED, OrderRefundedEvent))
 
 
 # --- callers ------------------------------------------------------------------------------------
@@ -432,9 +477,35 @@ async def get_order(request: web.Request, deps: OrderDeps) -> web.Response:
     async with unit_of_work(deps.pool) as uow:
         await signin.ensure_current(uow, caller)
         order = await orders.order_of(uow, caller.account_id, order_id)
+        given = await refunds.refunds_of(uow, order_id) if order is not None else []
     if order is None:
         raise ApiError(404, "order_not_found", "no such order")
-    return respond(OrderView.of(order))
+    return respond(OrderView.of(order, given))
+
+
+async def refund_order(request: web.Request, deps: OrderDeps) -> web.Response:
+    """Refund the order's stamps that are still unused (the stamping service decides which)."""
+    caller = _caller(request, deps)
+    order_id = _order_id(request)
+    key = idempotency.key_from(request, required=True)
+    assert key is not None
+    scope = f"refunds:{caller.account_id}:{order_id}"
+    digest = idempotency.request_hash("POST", f"/v1/orders/{order_id}/refund", {})
+    async with unit_of_work(deps.pool) as uow:
+        stored = await idempotency.claim(uow.conn, scope, key, digest)
+        if stored is not None:
+            return stored.response()
+        try:
+            refund = await refunds.request_refund(uow, caller.account_id, order_id, datetime.now(UTC))
+        except NothingToRefund as exc:
+            raise ApiError(409, "nothing_to_refund", str(exc)) from None
+        if refund is None:
+            raise ApiError(404, "order_not_found", "no such order")
+        order = await orders.order_of(uow, caller.account_id, order_id)
+        assert order is not None
+        answer = RefundView.of(refund, order.per_stamp())
+        await idempotency.complete(uow.conn, scope, key, 202, answer.model_dump(mode="json"))
+    return respond(answer, status=202)
 
 
 async def list_orders(request: web.Request, deps: OrderDeps) -> web.Response:
@@ -563,6 +634,23 @@ def routes(router: Router[OrderDeps]) -> None:
                    409: ("not_paid: no payment for stamps recorded on the order (yet)", None)},
         media={200: PDF},
     ), get_receipt)
+    router.add(Operation(
+        "POST", "/v1/orders/{order_id}/refund",
+        "Refund the order's unused stamps (answered at once; the order view shows the refund's progress)",
+        tags=["orders"], security=["bearer", "apiKey"],
+        parameters=[{"name": "order_id", "in": "path", "required": True,
+                     "schema": {"type": "string", "format": "uuid"}},
+                    idempotency.header_parameter(required=True)],
+        responses={202: ("refund requested: the serials asked for, decided by the stamping service", RefundView),
+                   400: ("idempotency_key_required or invalid_idempotency_key", None),
+                   401: ("not authenticated", None),
+                   404: ("order_not_found: no such order of the caller", None),
+                   409: ("nothing_to_refund: the order is not FULFILLED, or every stamp is used, refunded or "
+                         "being refunded", None),
+                   422: ("idempotency_key_reused", None)},
+        links={202: {"GetRefundedOrder": {"operationId": "get_v1_orders_order_id",
+                                          "parameters": {"order_id": "$request.path.order_id"}}}},
+    ), refund_order)
     router.add(Operation(
         "GET", "/v1/partner/events", "The partner's events in order (resumable with the cursor)",
         tags=["partners"], security=["apiKey"],

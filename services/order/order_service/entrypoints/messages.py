@@ -14,6 +14,7 @@ from emeterai_shared.contracts.events import (
     DocumentFailed,
     DocumentStamped,
     MintingFailed,
+    PartialRefundPaidOut,
     PaymentCaptured,
     PaymentRefunded,
     SerialsIssued,
@@ -38,4 +39,5 @@ SUBSCRIPTIONS = (
     Subscription("order.on_document_stamped", DocumentStamped, handlers.on_document_stamped),
     Subscription("order.on_sms_requested", SmsRequested, handlers.on_sms_requested, batch_max=1),
     Subscription("order.on_document_failed", DocumentFailed, handlers.on_document_failed),
+    Subscription("order.on_partial_refund_paid_out", PartialRefundPaidOut, handlers.on_partial_refund_paid_out),
 )

@@ -22,6 +22,7 @@ from emeterai_shared.contracts.events import (
     MintingFailed,
     OrderPaid,
     OrderRefundRequested,
+    PartialRefundPaidOut,
     PaymentCaptured,
     PaymentRefunded,
     SerialsIssued,
@@ -35,6 +36,7 @@ from emeterai_shared.uow import UnitOfWork
 
 from order_service.adapters.partner_store import PartnerEventRepository
 from order_service.adapters.partners import PartnerRegistry
+from order_service.adapters.refunds import RefundRepository
 from order_service.adapters.repository import OrderRepository
 from order_service.adapters.sms import SmsFailed, SmsSender
 from order_service.domain import partner_events
@@ -42,7 +44,7 @@ from order_service.domain.order import Bill, IllegalTransition, Order, OrderStat
 from order_service.domain.partner_events import PartnerEvent
 from order_service.domain.receipt import Payment
 from order_service.metrics import SMS_SENDS
-from order_service.service_layer import receipts
+from order_service.service_layer import receipts, refunds
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +171,12 @@ async def _give_back(uow: UnitOfWork, order: Order, account_id: uuid.UUID, seria
 
 
 async def on_serials_voided(uow: UnitOfWork, env: Envelope[SerialsVoided]) -> None:
-    """Stamping's answer to a void request: refund what was voided, or fulfil with what was kept."""
+    """Stamping's answer to a void request: refund what was voided, or fulfil with what was kept.
+    The answer to a buyer's refund of unused stamps (``refund_id``) settles that refund."""
     e = env.body
+    if e.refund_id is not None:
+        await refunds.settle(uow, e, datetime.now(UTC))
+        return
     order = await _load(uow, e.order_id)
     status = order.status
     refund = order.settle_given_back(list(e.voided), list(e.kept))
@@ -213,6 +219,7 @@ async def on_document_stamped(uow: UnitOfWork, env: Envelope[DocumentStamped], p
     if owner is None:
         raise LookupError(f"serial {e.sn} is not (yet) issued to any order")
     order_id, partner_id = owner
+    await RefundRepository(uow.conn).mark_stamped(e.sn, e.stamped_at)
     if partner_id is None:
         return
     await _tell_partner(uow, partners, partner_id, partner_events.stamping_completed(
@@ -233,6 +240,11 @@ async def on_document_failed(uow: UnitOfWork, env: Envelope[DocumentFailed], par
     await _tell_partner(uow, partners, partner_id, partner_events.stamping_failed(
         order_id=order_id, stamping_id=e.stamping_id, sn=e.sn, error=e.error, failed_at=e.failed_at,
         at=datetime.now(UTC)))
+
+
+async def on_partial_refund_paid_out(uow: UnitOfWork, env: Envelope[PartialRefundPaidOut],
+                                     partners: PartnerRegistry) -> None:
+    await refunds.paid_out(uow, env.body, partners, datetime.now(UTC))
 
 
 async def _tell_partner(uow: UnitOfWork, partners: PartnerRegistry, partner_id: str, event: PartnerEvent) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from emeterai_shared.contracts.events import OrderPlaced, OrderRefundRequested
+from emeterai_shared.contracts.events import OrderPlaced, OrderRefundRequested, PartialRefundRequested
 from emeterai_shared.messaging import Envelope
 from emeterai_shared.telemetry import inject_context, trace_headers_of
 from emeterai_shared.uow import UnitOfWork
@@ -16,7 +16,7 @@ from payment_service.adapters.banks import BankRegistry
 from payment_service.config import PaymentSettings
 from payment_service.metrics import PAYMENTS_REFUNDED
 from payment_service.service_layer.billing import issue_bill
-from payment_service.service_layer.refunds import record_refund
+from payment_service.service_layer.refunds import record_partial_refund, record_refund
 
 
 async def on_order_placed(uow: UnitOfWork, env: Envelope[OrderPlaced], banks: BankRegistry,
@@ -30,4 +30,10 @@ async def on_order_placed(uow: UnitOfWork, env: Envelope[OrderPlaced], banks: Ba
 
 async def on_order_refund_requested(uow: UnitOfWork, env: Envelope[OrderRefundRequested]) -> None:
     if await record_refund(uow, env.body, datetime.now(UTC)):
+        PAYMENTS_REFUNDED.inc()
+
+
+async def on_partial_refund_requested(uow: UnitOfWork, env: Envelope[PartialRefundRequested]) -> None:
+    """Recorded to pay out; the worker's payout job pays it (``refunds.pay_out_due``)."""
+    if await record_partial_refund(uow, env.body, datetime.now(UTC)):
         PAYMENTS_REFUNDED.inc()

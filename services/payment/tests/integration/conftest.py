@@ -1,6 +1,8 @@
 """The payment service against the real PostgreSQL and RabbitMQ.
 
-One migrated database and one in-process worker per session; the API is built in-process
+One migrated database and one in-process worker per test module (not per session: a worker left
+consuming this session's queues and database would take the messages of the cross-service tests
+that run later in the same pytest run, whose platform resets the same database); the API is built in-process
 (``build_api``) and served by an aiohttp ``TestServer``; banks are ``BankSimulator``s using keys
 generated for the session and listed in a partners file under ``tmp_path``. Orders reach the
 worker as ``order.placed.v1`` messages published to the broker, exactly as the order service's
@@ -123,7 +125,7 @@ class Payment:
         ), sort_keys=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 async def payment(servers: str, bank_keys: tuple[dict[str, BankKeys], Path]) -> AsyncIterator[Payment]:
     keys, partners_file = bank_keys
     settings = settings_for(PaymentSettings, partners_file=str(partners_file))

@@ -46,7 +46,7 @@ async def on_serials_void_requested(uow: UnitOfWork, env: Envelope[SerialsVoidRe
     now = datetime.now(UTC)
     voided, kept = await QuotaRepository(uow.conn).void(event.order_id, event.account_id, event.serials, now)
     uow.publish(SerialsVoided(order_id=event.order_id, account_id=event.account_id, voided=tuple(voided),
-                              kept=tuple(kept), reason=event.reason, voided_at=now),
+                              kept=tuple(kept), reason=event.reason, voided_at=now, refund_id=event.refund_id),
                 correlation_id=str(event.order_id))
     log.warning("order %s gave back %d serial(s): %d voided, %d kept (in use): %s", event.order_id,
                 len(event.serials), len(voided), len(kept), event.reason)

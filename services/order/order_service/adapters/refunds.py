@@ -1,0 +1,57 @@
+"""Buyers' refunds of unused stamps in PostgreSQL (``domain.refund``), and what the order service
+knows of its serials' use."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import asyncpg
+
+from order_service.domain.refund import Refund, RefundStatus
+
+_COLUMNS = """refund_id, order_id, requested, voided, kept, amount, status, payout_reference, requested_at,
+              decided_at, paid_out_at"""
+
+
+def _refund(row: asyncpg.Record) -> Refund:
+    return Refund(refund_id=row["refund_id"], order_id=row["order_id"], requested=list(row["requested"]),
+                  requested_at=row["requested_at"], voided=list(row["voided"]), kept=list(row["kept"]),
+                  amount=row["amount"], status=RefundStatus(row["status"]), payout_reference=row["payout_reference"],
+                  decided_at=row["decided_at"], paid_out_at=row["paid_out_at"])
+
+
+class RefundRepository:
+    def __init__(self, conn: asyncpg.Connection):
+        self.conn = conn
+
+    async def add(self, refund: Refund) -> None:
+        await self.conn.execute(
+            "INSERT INTO refunds (refund_id, order_id, requested, status, requested_at) VALUES ($1, $2, $3, $4, $5)",
+            refund.refund_id, refund.order_id, refund.requested, refund.status.value, refund.requested_at)
+
+    async def get(self, refund_id: uuid.UUID, *, for_update: bool = False) -> Refund | None:
+        lock = " FOR UPDATE" if for_update else ""
+        row = await self.conn.fetchrow(f"SELECT {_COLUMNS} FROM refunds WHERE refund_id = $1{lock}", refund_id)
+        return _refund(row) if row else None
+
+    async def of_order(self, order_id: uuid.UUID) -> list[Refund]:
+        rows = await self.conn.fetch(
+            f"SELECT {_COLUMNS} FROM refunds WHERE order_id = $1 ORDER BY requested_at, refund_id", order_id)
+        return [_refund(r) for r in rows]
+
+    async def save(self, refund: Refund) -> None:
+        await self.conn.execute(
+            """UPDATE refunds SET voided = $2, kept = $3, amount = $4, status = $5, payout_reference = $6,
+                      decided_at = $7, paid_out_at = $8 WHERE refund_id = $1""",
+            refund.refund_id, refund.voided, refund.kept, refund.amount, refund.status.value,
+            refund.payout_reference, refund.decided_at, refund.paid_out_at)
+
+    async def stamped_serials(self, order_id: uuid.UUID) -> list[str]:
+        rows = await self.conn.fetch(
+            "SELECT sn FROM order_serials WHERE order_id = $1 AND stamped_at IS NOT NULL", order_id)
+        return [r["sn"] for r in rows]
+
+    async def mark_stamped(self, sn: str, at: datetime) -> None:
+        await self.conn.execute(
+            "UPDATE order_serials SET stamped_at = $2 WHERE sn = $1 AND stamped_at IS NULL", sn, at)
