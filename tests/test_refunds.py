@@ -25,9 +25,10 @@ import asyncpg
 import pytest
 from emeterai_testkit import invariants
 from emeterai_testkit.clients import Buyer
-from emeterai_testkit.documents import sample_pdf
+from emeterai_testkit.documents import pdf_text, sample_pdf
 from emeterai_testkit.fixtures import eventually
 from emeterai_testkit.platform import Platform
+from order_service.domain.receipt import rupiah
 from payment_service.adapters.banksim import BankSimulator
 
 BankFor = Callable[[Platform, aiohttp.ClientSession], BankSimulator]
@@ -168,6 +169,18 @@ async def test_refund_voids_exactly_the_unused_stamps_and_pays_them_out(platform
         assert (str(paid["refund_id"]), paid["amount"], paid["status"]) == (refund["refund_id"], 2 * PER_STAMP,
                                                                             "PAID_OUT")
         assert paid["payout_reference"] and sorted(paid["serials"]) == sorted(unused)
+
+        # the receipt lists the refund, in JSON and in the PDF
+        async with session.get(f"{platform.url('order')}/v1/orders/{order_id}/receipt",
+                               headers={**buyer.auth, "Accept": "application/json"}) as r:
+            assert r.status == 200
+            receipt = await r.json()
+        assert [(x["refund_id"], sorted(x["serials"]), x["amount"], x["status"]) for x in receipt["refunds"]] == [
+            (refund["refund_id"], sorted(unused), 2 * PER_STAMP, "PAID_OUT")]
+        async with session.get(f"{platform.url('order')}/v1/orders/{order_id}/receipt", headers=buyer.auth) as r:
+            assert r.status == 200 and r.content_type == "application/pdf"
+            text = "\n".join(pdf_text(await r.read()))
+        assert rupiah(2 * PER_STAMP) in text and all(sn in text for sn in unused)
 
         again_refund = await buyer.refund(order_id, ok=(409,))
         assert again_refund.code == "nothing_to_refund"

@@ -8,8 +8,10 @@ from datetime import datetime
 from emeterai_shared.uow import UnitOfWork
 
 from order_service.adapters.receipts import ReceiptRepository
+from order_service.adapters.refunds import RefundRepository
 from order_service.domain.order import Order
 from order_service.domain.receipt import Payment, Receipt, ReceiptRefund
+from order_service.domain.refund import RefundStatus
 from order_service.service_layer.orders import order_of
 
 
@@ -26,15 +28,18 @@ async def issue_receipt(uow: UnitOfWork, order: Order, *, paid_at: datetime, pay
     return await ReceiptRepository(uow.conn).issue(order.id, paid_at=paid_at, payment=payment)
 
 
-async def refunds_of(uow: UnitOfWork, order_id: uuid.UUID) -> list[ReceiptRefund]:
-    """The buyer refunds of the order, as its receipt lists them.
-
-    Empty for now: buyer refunds (``POST /v1/orders/{id}/refund``, the ``refunds`` table of order
-    migration 007_refunds.sql) are being built in parallel; this is wired to them when they land,
-    reading that table's ``{refund_id, serials, amount, status}`` for ``order_id``. The receipt
-    renders whatever this returns."""
-    del uow, order_id
-    return []
+async def refunds_of(uow: UnitOfWork, order: Order) -> list[ReceiptRefund]:
+    """The buyer refunds of the order that returned money, or may (``POST /v1/orders/{id}/refund``),
+    oldest first, as the order view shows them: a refund still REQUESTED shows the most it can be;
+    one that found every serial in use (NOTHING) returned nothing and is not listed."""
+    listed = []
+    for r in await RefundRepository(uow.conn).of_order(order.id):
+        if r.status is RefundStatus.NOTHING:
+            continue
+        amount = r.amount if r.decided_at is not None else order.per_stamp() * len(r.requested)
+        listed.append(ReceiptRefund(refund_id=r.refund_id, serials=list(r.serials), amount=amount,
+                                    status=r.status.value))
+    return listed
 
 
 async def receipt(uow: UnitOfWork, account_id: uuid.UUID, order_id: uuid.UUID) -> Receipt | None:
@@ -55,4 +60,4 @@ async def receipt(uow: UnitOfWork, account_id: uuid.UUID, order_id: uuid.UUID) -
                       record.payment.reference_no, order.bill.virtual_account_no if order.bill is not None else None)
     return Receipt(receipt_no=record.receipt_no, order_id=order.id, account_id=order.account_id, buyer=buyer,
                    paid_at=record.paid_at, quantity=order.quantity, total=order.amount, payment=payment,
-                   serials=list(order.serials), refunds=await refunds_of(uow, order.id))
+                   serials=list(order.serials), refunds=await refunds_of(uow, order))
