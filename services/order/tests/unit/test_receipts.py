@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
@@ -121,3 +122,13 @@ def test_a_receipt_before_serials_says_so() -> None:
     lines = text.splitlines()
     assert "Belum diterbitkan" in lines and "Not issued yet" in lines
     assert lines[lines.index("Referensi bank") + 1] == "-"
+
+
+def test_a_line_too_long_for_the_page_is_set_smaller_then_cut() -> None:
+    long_name = "Siti " + "Aminah " * 20
+    r = dataclasses.replace(receipt(1), buyer=long_name)
+    [text] = pdf_text(render_receipt(r, seller="PT Penjual Yang Namanya Cukup Panjang Sekali (Persero) Tbk"))
+    lines = text.splitlines()
+    assert "PT Penjual Yang Namanya Cukup Panjang Sekali (Persero) Tbk" in lines  # smaller, whole
+    [cut] = [line for line in lines if line.startswith("Siti Aminah")]
+    assert cut.endswith("...") and len(cut) < len(long_name)
