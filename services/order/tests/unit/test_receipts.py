@@ -4,7 +4,8 @@
 * numbers are ``EM-<year>-<7 digits>``, from 1, growing a digit past 9 999 999;
 * the duty (Rp 10.000 x n) and the service fee are shown apart and add up to the total;
 * the PDF is one A4 page that shows the figures, the payment and its reference, the serials and the
-  refunds (none, or each one given to the renderer), and the same receipt gives the same bytes.
+  refunds (none, or each one given to the renderer), and the same receipt gives the same bytes;
+  many serials are summarised and a line too long for the page is set smaller, then cut.
 """
 
 from __future__ import annotations
