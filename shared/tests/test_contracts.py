@@ -20,6 +20,7 @@ from emeterai_shared.contracts import (
     model_for,
     registry,
 )
+from emeterai_shared.contracts.events import PaymentCaptured
 from emeterai_testkit.probe import ProbeSent
 from pydantic import ValidationError
 
@@ -130,6 +131,19 @@ def test_consumer_decode_is_tolerant() -> None:
     assert decoded.sent_at == datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
     assert not hasattr(decoded, "added_in_v1_1")
     assert "added_in_v1_1" not in decoded.model_dump()
+
+
+def test_a_payment_captured_of_an_older_producer_still_decodes() -> None:
+    """``method`` and ``reference_no`` were added to payment.captured.v1 for receipts: optional."""
+    body = (b'{"order_id": "00000000-0000-0000-0000-000000000001", "bill_id": "00000000-0000-0000-0000-000000000002",'
+            b' "payment_id": "00000000-0000-0000-0000-000000000003", "amount": 25000, "bank": "bank-a",'
+            b' "payment_request_id": "PRQ-1", "captured_at": "2026-12-06T08:30:00Z"}')
+    decoded = decode(PaymentCaptured.TYPE, body)
+    assert isinstance(decoded, PaymentCaptured)
+    assert (decoded.method, decoded.reference_no, decoded.late) == ("va", None, False)
+    newer = decoded.model_copy(update={"reference_no": "REF-1"})
+    again = decode(PaymentCaptured.TYPE, newer.to_json())
+    assert isinstance(again, PaymentCaptured) and again.reference_no == "REF-1"
 
 
 def test_round_trip_through_json() -> None:

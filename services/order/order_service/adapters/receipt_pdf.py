@@ -3,8 +3,10 @@
 Pure: facts in, bytes out. The output is deterministic (``invariant``: no creation date or random
 document id) and its page content is not compressed, so the same receipt gives the same bytes and
 its text can be read back by tests. A receipt is small (a few kB), so it is drawn on request and
-never cached. Serials and refunds beyond what one page holds are summarised ("... and N more"):
-the JSON form always lists them all.
+never cached. Serials and refunds beyond what one page holds are summarised ("... and N more"),
+and a line too long for the page is set smaller, then cut: the JSON form always has everything.
+Standard PDF fonts are used (nothing to ship): they draw Latin script (Windows-1252), so a name
+in another script prints without those letters.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import io
 
 from reportlab.lib.colors import Color, black
 from reportlab.lib.pagesizes import A4
+from reportlab.pdfbase.pdfmetrics import stringWidth
 from reportlab.pdfgen.canvas import Canvas
 
 from order_service.domain.receipt import Receipt, ReceiptRefund, rupiah, wib
@@ -21,6 +24,7 @@ GREY = Color(0.4, 0.4, 0.4)
 MARGIN = 50.0
 WIDTH, HEIGHT = A4
 VALUE_X = 260.0
+MIN_SIZE = 7.0
 SERIAL_COLUMNS = 3
 SERIAL_ROWS = 12
 """At most 36 serials are printed; more are summarised."""
@@ -40,7 +44,16 @@ class _Page:
 
     def text(self, x: float, text: str, *, size: float = 10, bold: bool = False, grey: bool = False,
              advance: float | None = None) -> None:
-        self.c.setFont("Helvetica-Bold" if bold else "Helvetica", size)
+        """Draw one line; a line too long for the page shrinks (down to 7 pt), then is cut with "...". """
+        font = "Helvetica-Bold" if bold else "Helvetica"
+        room = WIDTH - MARGIN - x
+        while size > MIN_SIZE and stringWidth(text, font, size) > room:
+            size = max(MIN_SIZE, size - 0.5)
+        if stringWidth(text, font, size) > room:
+            while text and stringWidth(text + "...", font, size) > room:
+                text = text[:-1]
+            text += "..."
+        self.c.setFont(font, size)
         self.c.setFillColor(GREY if grey else black)
         self.c.drawString(x, self.y, text)
         if advance is not None:

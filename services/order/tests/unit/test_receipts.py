@@ -4,11 +4,13 @@
 * numbers are ``EM-<year>-<7 digits>``, from 1, growing a digit past 9 999 999;
 * the duty (Rp 10.000 x n) and the service fee are shown apart and add up to the total;
 * the PDF is one A4 page that shows the figures, the payment and its reference, the serials and the
-  refunds (none, or each one given to the renderer), and the same receipt gives the same bytes.
+  refunds (none, or each one given to the renderer), and the same receipt gives the same bytes;
+  many serials are summarised and a line too long for the page is set smaller, then cut.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
@@ -121,3 +123,13 @@ def test_a_receipt_before_serials_says_so() -> None:
     lines = text.splitlines()
     assert "Belum diterbitkan" in lines and "Not issued yet" in lines
     assert lines[lines.index("Referensi bank") + 1] == "-"
+
+
+def test_a_line_too_long_for_the_page_is_set_smaller_then_cut() -> None:
+    long_name = "Siti " + "Aminah " * 20
+    r = dataclasses.replace(receipt(1), buyer=long_name)
+    [text] = pdf_text(render_receipt(r, seller="PT Penjual Yang Namanya Cukup Panjang Sekali (Persero) Tbk"))
+    lines = text.splitlines()
+    assert "PT Penjual Yang Namanya Cukup Panjang Sekali (Persero) Tbk" in lines  # smaller, whole
+    [cut] = [line for line in lines if line.startswith("Siti Aminah")]
+    assert cut.endswith("...") and len(cut) < len(long_name)
