@@ -236,3 +236,29 @@ async def test_wrong_codes_void_the_code_and_requests_are_limited(platform: Plat
         assert error_code(body) == "rate_limited"
         assert int(headers["Retry-After"]) >= 1
         assert body["error"]["retry_after_s"] == int(headers["Retry-After"])
+
+
+async def test_a_browser_keeps_its_session_in_an_httponly_cookie(platform: Platform, inbox: SmsInbox) -> None:
+    """The web app never holds the refresh token: the sign-in sets it as an HttpOnly, SameSite=Strict
+    cookie for /v1/auth only, a refresh without a body uses (and rotates) it, logout clears it."""
+    order_url = platform.url("order")
+    phone = new_phone()
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        buyer = Buyer(session, order_url)
+        await buyer.sign_in(phone, inbox)
+        [cookie] = [c for c in session.cookie_jar if c.key == "emeterai_refresh"]
+        assert cookie.value == buyer.refresh_token
+        assert cookie["httponly"] and cookie["samesite"] == "Strict" and cookie["path"] == "/v1/auth"
+        first = cookie.value
+
+        status, body, _ = await call(session, "POST", f"{order_url}/v1/auth/refresh", json={})
+        assert status == 200 and body["account_id"] == buyer.account_id, body
+        [cookie] = [c for c in session.cookie_jar if c.key == "emeterai_refresh"]
+        assert cookie.value == body["refresh_token"] != first  # rotated in the cookie too
+        status, _, _ = await call(session, "GET", f"{order_url}/v1/orders?limit=1", token=body["token"])
+        assert status == 200
+
+        status, _, _ = await call(session, "POST", f"{order_url}/v1/auth/logout", token=body["token"])
+        assert status == 204
+        assert not [c for c in session.cookie_jar if c.key == "emeterai_refresh" and c.value]
+        await refused_with(session, "POST", f"{order_url}/v1/auth/refresh", "", "invalid_refresh_token", json={})

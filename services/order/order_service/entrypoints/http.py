@@ -50,6 +50,12 @@ Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
 BUYER_MAX_QUANTITY: int = OrderSettings.model_fields["buyer_max_quantity"].default
 Phone = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^\+?[0-9]{8,15}$")]
 
+REFRESH_COOKIE = "emeterai_refresh"
+"""The refresh token again, for browsers: HttpOnly (no script of the page can read it, so an
+injected script cannot steal a lasting session), SameSite=Strict and only sent to /v1/auth; Secure
+when the request came over HTTPS (directly or as the ingress says)."""
+
+
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 100
 MAX_CURSOR = 2**63 - 1
@@ -170,7 +176,9 @@ class SignInRequest(BaseModel):
 
 
 class RefreshRequest(BaseModel):
-    refresh_token: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
+    refresh_token: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)] | None = Field(
+        default=None, description=f"the refresh token; a browser may leave it out and rely on the HttpOnly "
+                                  f"cookie {REFRESH_COOKIE} the sign-in set")
 
 
 class SignedIn(BaseModel):
@@ -386,11 +394,19 @@ async def create_account(request: web.Request, deps: OrderDeps) -> web.Response:
     return respond(answer, status=201)
 
 
-def _signed_in(session: signin.Session, deps: OrderDeps) -> web.Response:
+def _refresh_cookie(response: web.Response, request: web.Request, value: str, max_age: int) -> None:
+    secure = request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
+    response.set_cookie(REFRESH_COOKIE, value, max_age=max_age, path="/v1/auth", httponly=True, secure=secure,
+                        samesite="Strict")
+
+
+def _signed_in(request: web.Request, session: signin.Session, deps: OrderDeps) -> web.Response:
     ttl = deps.settings.access_token_ttl_s
     token = deps.issuer.issue(session.account_id, sid=str(session.sid), ttl=timedelta(seconds=ttl))
-    return respond(SignedIn(account_id=session.account_id, token=token, refresh_token=session.refresh_token,
-                            expires_in_s=ttl), headers={"Cache-Control": "no-store"})
+    response = respond(SignedIn(account_id=session.account_id, token=token, refresh_token=session.refresh_token,
+                                expires_in_s=ttl), headers={"Cache-Control": "no-store"})
+    _refresh_cookie(response, request, session.refresh_token, deps.settings.refresh_token_ttl_s)
+    return response
 
 
 async def request_code(request: web.Request, deps: OrderDeps) -> web.Response:
@@ -412,17 +428,20 @@ async def create_token(request: web.Request, deps: OrderDeps) -> web.Response:
             outcome = await signin.sign_in(uow, normalize_phone(body.phone), body.code, deps.otp_key, deps.settings)
     if isinstance(outcome, signin.Refused):
         raise ApiError(401, outcome.code, outcome.message)
-    return _signed_in(outcome, deps)
+    return _signed_in(request, outcome, deps)
 
 
 async def refresh_token(request: web.Request, deps: OrderDeps) -> web.Response:
     with deps.admission.slot(counts=False):
         body = await read_json(request, RefreshRequest)
+        presented = body.refresh_token or request.cookies.get(REFRESH_COOKIE, "")
+        if not presented or len(presented) > 200:
+            raise ApiError(401, "invalid_refresh_token", "no refresh token: send refresh_token, or sign in again")
         async with unit_of_work(deps.pool) as uow:
-            outcome = await signin.refresh(uow, body.refresh_token, deps.settings)
+            outcome = await signin.refresh(uow, presented, deps.settings)
     if isinstance(outcome, signin.Refused):
         raise ApiError(401, outcome.code, outcome.message)
-    return _signed_in(outcome, deps)
+    return _signed_in(request, outcome, deps)
 
 
 async def logout(request: web.Request, deps: OrderDeps) -> web.Response:
@@ -431,7 +450,9 @@ async def logout(request: web.Request, deps: OrderDeps) -> web.Response:
     async with unit_of_work(deps.pool) as uow:
         await signin.ensure_current(uow, caller)
         await signin.logout(uow, caller)
-    return web.Response(status=204)
+    response = web.Response(status=204)
+    _refresh_cookie(response, request, "", 0)
+    return response
 
 
 async def place_order(request: web.Request, deps: OrderDeps) -> web.Response:
@@ -696,8 +717,9 @@ def _signin_routes(router: Router[OrderDeps]) -> None:
         "POST", "/v1/auth/refresh", "A new token pair for a refresh token (each works once)",
         request=RefreshRequest, tags=["accounts"],
         responses={200: ("the session's new pair; the refresh token presented is used up", SignedIn),
-                   401: ("invalid_refresh_token (unknown, expired, revoked), or refresh_token_reused: presented "
-                         "a second time, which revokes every session of the account", None),
+                   401: ("invalid_refresh_token (none presented, unknown, expired, revoked), or "
+                         "refresh_token_reused: presented a second time, which revokes every session of the "
+                         "account", None),
                    422: ("invalid_request (fields)", None), 503: shed},
         links={200: signed_in},
     ), refresh_token)
