@@ -13,6 +13,8 @@ the fuzzer cannot satisfy by chance; a component generated as invalid is sent as
   by design; reuse is tested on purpose elsewhere).
 * ``POST /v1/stampings`` and ``POST /v1/verify``: the ``file`` part is a real PDF (``FUZZ_PDF``), and
   the stamp is placed inside its pages (a page count and page size are not schema facts).
+* ``GET /v1/orders`` and ``GET /v1/stampings``: a ``cursor`` is a key the list encoded (an opaque
+  token, not a schema fact): a generated valid one becomes a real cursor (a random key).
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ import os
 import threading
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import requests
 import schemathesis
+from emeterai_shared.pagination import Key, encode_cursor
 from payment_service.adapters.snap.signatures import format_snap_timestamp, sign_access_token, sign_transaction
 from schemathesis.core import NotSet
 from schemathesis.core.parameters import ParameterLocation
@@ -121,6 +125,16 @@ def _real_pdf(case: schemathesis.Case) -> None:
         body["y"] = float(body["y"]) % (A4[1] - size)
 
 
+LISTS = ("/v1/orders", "/v1/stampings")
+
+
+def _real_cursor(case: schemathesis.Case) -> None:
+    query = case.query
+    if isinstance(query, dict) and "cursor" in query and _positive(case, ParameterLocation.QUERY):
+        when = datetime.now(UTC) - timedelta(seconds=len(str(query["cursor"])))
+        query["cursor"] = encode_cursor(Key(when, uuid.uuid4()))
+
+
 def _schemes(case: schemathesis.Case) -> set[str]:
     return {name for requirement in case.operation.definition.raw.get("security", []) for name in requirement}
 
@@ -142,6 +156,8 @@ class Platform:
             return
         if path in ("/v1/stampings", "/v1/verify") and case.method.upper() == "POST":
             _real_pdf(case)
+        if path in LISTS and case.method.upper() == "GET":
+            _real_cursor(case)
         schemes = _schemes(case)
         headers = case.headers if case.headers is not None else {}
         if "bearer" in schemes:

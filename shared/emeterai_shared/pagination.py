@@ -6,7 +6,10 @@ extra row only says whether there is a next page). The cursor is the key of the 
 returned, as URL-safe base64 (no padding) of ``{"t": created_at ISO 8601, "id": uuid}``: opaque to
 callers, stable under concurrent inserts (a row created later sorts before every cursor already
 handed out, so it never shifts, repeats or hides entries on later pages), and each page costs an
-index range scan however deep it is. ``limit`` is 1..``MAX_LIMIT`` (default ``DEFAULT_LIMIT``).
+index range scan however deep it is. (``created_at`` is its transaction's start: a row whose
+transaction began before a page was read and committed after it may show on a later page rather
+than a fresh first one; it is listed once either way, and no other entry moves.)
+``limit`` is 1..``MAX_LIMIT`` (default ``DEFAULT_LIMIT``).
 
 Refusals: a cursor that does not decode is 400 ``invalid_cursor``; a limit that is not an integer in
 range is 422 ``invalid_limit``.

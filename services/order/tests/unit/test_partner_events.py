@@ -82,6 +82,31 @@ def test_stamping_completed_body_is_identified_by_its_serial() -> None:
                                              at=T0).event_id != event.event_id
 
 
+def test_order_expired_body_is_identified_by_its_order() -> None:
+    order = order_in(S.AWAITING_PAYMENT)
+    order.expire()
+    event = partner_events.order_expired(order, T0, T0 + timedelta(seconds=1))
+    assert event.body() == {
+        "id": str(event.event_id), "type": "order.expired", "created_at": "2026-03-02T08:00:01.123456Z",
+        "data": {"order_id": str(order.id), "quantity": 2, "amount": order.amount,
+                 "expired_at": "2026-03-02T08:00:00.123456Z"},
+    }
+    assert partner_events.order_expired(order, T0, T0 + timedelta(hours=1)).event_id == event.event_id
+
+
+def test_stamping_failed_body_is_identified_by_its_job() -> None:
+    order_id, stamping_id = uuid.uuid4(), uuid.uuid4()
+    event = partner_events.stamping_failed(order_id=order_id, stamping_id=stamping_id, sn="SN-9", error="broken",
+                                           failed_at=T0, at=T0)
+    assert event.body()["type"] == "stamping.failed"
+    assert event.body()["data"] == {"stamping_id": str(stamping_id), "sn": "SN-9", "order_id": str(order_id),
+                                    "error": "broken", "failed_at": "2026-03-02T08:00:00.123456Z"}
+    # The serial is free again after a failure: another job's failure with it is another event.
+    again = partner_events.stamping_failed(order_id=order_id, stamping_id=uuid.uuid4(), sn="SN-9", error="broken",
+                                           failed_at=T0, at=T0)
+    assert again.event_id != event.event_id
+
+
 def test_signing_keys() -> None:
     raw = bytes(range(24))
     assert signing_key("whsec_" + base64.b64encode(raw).decode()) == raw
