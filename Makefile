@@ -8,7 +8,7 @@ SERVICES := order payment minting stamping
 export SSL_CERT_FILE ?= /etc/ssl/certs/ca-certificates.crt
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: run test fuzz setup servers packages venv lint bench-messaging bench-callbacks bench-stamping rush chaos prometheus clean
+.PHONY: run test fuzz setup servers packages browser web venv lint bench-messaging bench-callbacks bench-stamping rush chaos prometheus clean
 
 ## run: set everything up, then supervise every api, worker and relay and the ingress on :8080 (Ctrl-C stops all)
 run: setup
@@ -16,7 +16,7 @@ run: setup
 	  exec .venv/bin/honcho start -f Procfile
 
 ## test: set everything up, then run the whole suite against the real servers
-test: venv servers packages
+test: venv servers packages browser web
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## fuzz: schemathesis over the four services, FUZZ_EXAMPLES (200) cases per operation from FUZZ_SEED (random)
@@ -29,13 +29,24 @@ fuzz: venv servers
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_SEED=$(FUZZ_SEED) $(PY) -m pytest tests/test_fuzz.py --timeout 0 $(PYTEST_ARGS)
 
 ## setup: databases, migrations and broker topology for every service
-setup: venv servers packages
+setup: venv servers packages web
 	$(PY) -m payment_service dev-bank
 	@for s in $(SERVICES); do $(PY) -m $${s}_service setup || exit 1; done
 	$(PY) -m minting_service stock ensure --min 100000
 
 servers:
 	@scripts/ensure-servers
+
+## web: build the applicants' page into web/dist (npm ci from web/package-lock.json, then vite build)
+web: web/dist/index.html
+
+web/dist/index.html: web/package-lock.json web/vite.config.js web/index.html $(wildcard web/src/*)
+	cd web && npm ci --no-audit --no-fund --loglevel=error && npm run build --silent
+	@touch $@
+
+## browser: Debian's chromium for the browser tests (Playwright drives it; no browser download)
+browser:
+	@scripts/ensure-packages chromium
 
 ## packages: Debian packages beside the servers (nginx-light for the ingress), installed when missing
 packages:
@@ -91,4 +102,4 @@ prometheus:
 	fi
 
 clean:
-	rm -rf .venv .tools .pytest_cache
+	rm -rf .venv .tools .pytest_cache web/node_modules web/dist

@@ -326,7 +326,7 @@ async def ingress(p: Platform, workdir: Path, *, web_root: Path | None = None,
     port = free_port()
     env = {"PATH": f"/usr/sbin:/usr/bin:/bin:{Path(sys.executable).parent}",
            "INGRESS_PREFIX": str(workdir / "ingress"), "INGRESS_LISTEN": f"127.0.0.1:{port}",
-           "WEB_ROOT": str(web_root or REPO_ROOT / "web")}
+           "WEB_ROOT": str(web_root or REPO_ROOT / "web" / "dist")}
     for service in SERVICES:
         if service in p.settings:
             env[f"{service.upper()}_ADDR"] = f"127.0.0.1:{p.settings[service].http_port}"

@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field, PlainSerializer, StringConstraints, field
 from order_service.adapters.receipt_pdf import render_receipt
 from order_service.config import OrderSettings
 from order_service.dependencies import OrderDeps
-from order_service.domain.order import Order
+from order_service.domain.order import DUTY_PER_STAMP, Order
 from order_service.domain.partner_events import (
     ORDER_EXPIRED,
     ORDER_FULFILLED,
@@ -88,6 +88,16 @@ class OrderRequest(BaseModel):
         """``2.0`` is the JSON number 2, as JSON Schema's ``integer`` says; ``2.5``, ``"2"`` and ``true``
         stay refused (strict)."""
         return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+class Pricing(BaseModel):
+    """What a stamp costs, for a page to show the price before ordering (amount = quantity x
+    (duty_per_stamp + fee_per_stamp))."""
+
+    duty_per_stamp: int = Field(description="the stamp duty, rupiah (Rp 10.000)")
+    fee_per_stamp: int = Field(description="our service fee per stamp, rupiah (ORDER_SERVICE_FEE)")
+    max_quantity: int = Field(description="the most stamps a buyer may order at once")
+    currency: Literal["IDR"] = "IDR"
 
 
 class OrderAccepted(BaseModel):
@@ -455,6 +465,12 @@ async def logout(request: web.Request, deps: OrderDeps) -> web.Response:
     return response
 
 
+async def pricing(_: web.Request, deps: OrderDeps) -> web.Response:
+    return respond(Pricing(duty_per_stamp=DUTY_PER_STAMP, fee_per_stamp=deps.settings.service_fee,
+                           max_quantity=deps.settings.buyer_max_quantity),
+                   headers={"Cache-Control": "public, max-age=60"})
+
+
 async def place_order(request: web.Request, deps: OrderDeps) -> web.Response:
     caller = _caller(request, deps)
     deps.limits.enforce(caller)
@@ -610,6 +626,10 @@ def routes(router: Router[OrderDeps]) -> None:
                    422: ("invalid_request (fields), or idempotency_key_reused", None)},
         links={201: {"PlaceOrder": {"operationId": "post_v1_orders", "description": "the token authorizes orders"}}},
     ), create_account)
+    router.add(Operation(
+        "GET", "/v1/pricing", "What a stamp costs: the duty and our fee, per stamp (public)", tags=["orders"],
+        responses={200: ("the prices", Pricing)},
+    ), pricing)
     router.add(Operation(
         "POST", "/v1/orders", "Order a quota of stamps (answered at once; payment instructions follow on GET)",
         request=OrderRequest, tags=["orders"], security=["bearer", "apiKey"],

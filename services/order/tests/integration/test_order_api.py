@@ -122,6 +122,22 @@ def key() -> str:
     return f"key-{uuid.uuid4()}"
 
 
+# --- pricing -------------------------------------------------------------------------------------
+
+
+async def test_pricing_is_public_and_matches_what_an_order_costs(api: Api) -> None:
+    resp = await api.client.get("/v1/pricing")
+    assert resp.status == 200
+    prices = await resp.json()
+    assert prices == {"duty_per_stamp": 10_000, "fee_per_stamp": api.settings.service_fee,
+                      "max_quantity": api.settings.buyer_max_quantity, "currency": "IDR"}
+    assert "max-age" in resp.headers["Cache-Control"]
+    resp = await api.client.post("/v1/accounts", json={"name": "Budi", "phone": "081234567890"})
+    token = (await resp.json())["token"]
+    resp = await api.order(token, {"quantity": 3}, key())
+    assert (await resp.json())["amount"] == 3 * (prices["duty_per_stamp"] + prices["fee_per_stamp"])
+
+
 # --- accounts ------------------------------------------------------------------------------------
 
 

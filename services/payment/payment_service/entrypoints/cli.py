@@ -48,6 +48,7 @@ from payment_service.adapters.banksim import DEFAULT_BASE_URL, BankSimulator
 from payment_service.adapters.settlement import SettlementFileError, guess_format
 from payment_service.config import PaymentSettings
 from payment_service.dependencies import PaymentDeps
+from payment_service.entrypoints import devbank
 from payment_service.service_layer.reconciliation import reconcile_file
 
 OFFLINE_COMMANDS = frozenset({"dev-bank", "bank"})
@@ -82,6 +83,9 @@ def _bank_commands(parser: argparse.ArgumentParser) -> None:
     pay.add_argument("--payment-request-id")
     pay.add_argument("--external-id")
     pay.add_argument("--advise", action="store_true", help='resend: flagAdvise "Y"')
+    serve = commands.add_parser("serve", help="pay virtual accounts on request over HTTP (the web app's "
+                                              "development pay control; 127.0.0.1 only)")
+    serve.add_argument("--port", type=int, default=8089)
 
 
 async def run_command(deps: PaymentDeps, args: argparse.Namespace) -> int:
@@ -168,6 +172,8 @@ async def _call(args: argparse.Namespace) -> int:
 async def _bank(args: argparse.Namespace) -> int:
     if args.bank_command == "keygen":
         return _keygen(args)
+    if args.bank_command == "serve":
+        return await devbank.serve(args.url, args.bank_dir, args.port)
     try:
         return await _call(args)
     except (OSError, RuntimeError, ValueError, aiohttp.ClientError) as exc:
