@@ -36,6 +36,7 @@ from emeterai_shared.config import ServiceSettings
 from emeterai_shared.runtime import CommandLine
 from emeterai_shared.uow import unit_of_work
 
+from payment_service.adapters import banksim_server
 from payment_service.adapters.banks import (
     BANK_FILE,
     PRIVATE_KEY_FILE,
@@ -48,7 +49,6 @@ from payment_service.adapters.banksim import DEFAULT_BASE_URL, BankSimulator
 from payment_service.adapters.settlement import SettlementFileError, guess_format
 from payment_service.config import PaymentSettings
 from payment_service.dependencies import PaymentDeps
-from payment_service.entrypoints import devbank
 from payment_service.service_layer.reconciliation import reconcile_file
 
 OFFLINE_COMMANDS = frozenset({"dev-bank", "bank"})
@@ -173,7 +173,7 @@ async def _bank(args: argparse.Namespace) -> int:
     if args.bank_command == "keygen":
         return _keygen(args)
     if args.bank_command == "serve":
-        return await devbank.serve(args.url, args.bank_dir, args.port)
+        return await banksim_server.serve(args.url, args.bank_dir, args.port)
     try:
         return await _call(args)
     except (OSError, RuntimeError, ValueError, aiohttp.ClientError) as exc:
