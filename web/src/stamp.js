@@ -29,8 +29,9 @@ export function stampView({ go }) {
   const submit = h('button', { type: 'submit', disabled: true }, t('submit_stamp'));
 
   const place = (clientX, clientY) => {
-    if (!pageBox) return;
+    if (!pageBox || stage.hidden) return;
     const rect = canvas.getBoundingClientRect();
+    if (!rect.width || !rect.height) return;
     const px = (clientX - rect.left) * (canvas.width / rect.width);
     const py = (clientY - rect.top) * (canvas.height / rect.height);
     // canvas pixels -> points from the bottom-left; the stamp centred on the pointer, kept inside
@@ -50,7 +51,7 @@ export function stampView({ go }) {
   canvas.addEventListener('pointerdown', (e) => { dragging = true; canvas.setPointerCapture(e.pointerId); place(e.clientX, e.clientY); });
   canvas.addEventListener('pointermove', (e) => { if (dragging) place(e.clientX, e.clientY); });
   canvas.addEventListener('pointerup', () => { dragging = false; });
-  window.addEventListener('resize', () => { if (at) placeAt(at); });
+  window.addEventListener('resize', () => { if (at && pageBox && !stage.hidden) placeAt(at); });
 
   const placeAt = (point) => { // keyboard and resize: re-place from points
     const rect = canvas.getBoundingClientRect();
@@ -83,7 +84,10 @@ export function stampView({ go }) {
       pdf = await getDocument({ data: new Uint8Array(await chosen.arrayBuffer()), isEvalSupported: false }).promise;
     } catch {
       pdf = null; // the service decides: it refuses what it cannot stamp, with its reason
+      pageBox = null;
       stage.hidden = true;
+      box.hidden = true;
+      where.textContent = '';
       pageSelect.replaceChildren(h('option', { value: 1 }, '1'));
       pageSelect.disabled = false;
       submit.disabled = false;
