@@ -8,14 +8,15 @@ SERVICES := order payment minting stamping
 export SSL_CERT_FILE ?= /etc/ssl/certs/ca-certificates.crt
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: run test fuzz setup servers venv lint bench-messaging bench-callbacks bench-stamping rush chaos prometheus clean
+.PHONY: run test fuzz setup servers packages venv lint bench-messaging bench-callbacks bench-stamping rush chaos prometheus clean
 
-## run: set everything up, then supervise every api, worker and relay (Ctrl-C stops all)
+## run: set everything up, then supervise every api, worker and relay and the ingress on :8080 (Ctrl-C stops all)
 run: setup
-	EMETERAI_LOG_JSON=$${EMETERAI_LOG_JSON:-false} exec .venv/bin/honcho start -f Procfile
+	EMETERAI_LOG_JSON=$${EMETERAI_LOG_JSON:-false} EMETERAI_TRUSTED_PROXIES=$${EMETERAI_TRUSTED_PROXIES-127.0.0.1,::1} \
+	  exec .venv/bin/honcho start -f Procfile
 
 ## test: set everything up, then run the whole suite against the real servers
-test: venv servers
+test: venv servers packages
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## fuzz: schemathesis over the four services, FUZZ_EXAMPLES (200) cases per operation from FUZZ_SEED (random)
@@ -28,13 +29,17 @@ fuzz: venv servers
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_SEED=$(FUZZ_SEED) $(PY) -m pytest tests/test_fuzz.py --timeout 0 $(PYTEST_ARGS)
 
 ## setup: databases, migrations and broker topology for every service
-setup: venv servers
+setup: venv servers packages
 	$(PY) -m payment_service dev-bank
 	@for s in $(SERVICES); do $(PY) -m $${s}_service setup || exit 1; done
 	$(PY) -m minting_service stock ensure --min 100000
 
 servers:
 	@scripts/ensure-servers
+
+## packages: Debian packages beside the servers (nginx-light for the ingress), installed when missing
+packages:
+	@scripts/ensure-packages
 
 venv: .venv/.synced
 

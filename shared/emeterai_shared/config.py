@@ -50,6 +50,9 @@ class ServiceSettings(BaseSettings):
     worker_metrics_port: int = 0
     relay_metrics_port: int = 0
     http_max_body_bytes: int = 1024 * 1024
+    trusted_proxies: str = ""
+    """Addresses or networks of the ingress proxies (``127.0.0.1, 10.0.0.0/8``) whose
+    ``X-Forwarded-For`` names the client (``emeterai_shared.forwarded``); empty: nobody's."""
     http_max_in_flight: int = 256
     """Requests one api process answers at once; past it ``503 busy`` (0: no cap)."""
     admission_target_wait_s: float = 30.0

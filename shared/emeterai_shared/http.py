@@ -22,6 +22,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from emeterai_shared.db import DATABASE_OUTAGE
+from emeterai_shared.forwarded import TrustedProxies
+from emeterai_shared.forwarded import middleware as forwarded_middleware
 from emeterai_shared.telemetry import HTTP_LATENCY, HTTP_REQUESTS, IN_FLIGHT, SHED, extract_context, tracer
 
 log = logging.getLogger(__name__)
@@ -495,5 +497,11 @@ def add_probe_routes(app: web.Application, spec: OpenApi | None, checks: Mapping
                            media={200: "application/json"}))
 
 
-def create_app(service: str, *, max_body_bytes: int, max_in_flight: int = 0) -> web.Application:
-    return web.Application(middlewares=make_middlewares(service, max_in_flight), client_max_size=max_body_bytes)
+def create_app(service: str, *, max_body_bytes: int, max_in_flight: int = 0,
+               trusted_proxies: TrustedProxies | None = None) -> web.Application:
+    """An api's application; behind ``trusted_proxies`` each client is known by its own address
+    (``emeterai_shared.forwarded``)."""
+    middlewares = make_middlewares(service, max_in_flight)
+    if trusted_proxies:
+        middlewares.insert(0, forwarded_middleware(trusted_proxies))
+    return web.Application(middlewares=middlewares, client_max_size=max_body_bytes)

@@ -39,6 +39,7 @@ from aiohttp import web
 
 from emeterai_shared.config import ServiceSettings
 from emeterai_shared.db import create_pool, prepare_database
+from emeterai_shared.forwarded import TrustedProxies
 from emeterai_shared.http import OpenApi, Operation, add_probe_routes, create_app
 from emeterai_shared.messaging import Consumer, Publisher, Subscription, connect
 from emeterai_shared.messaging.parking import list_parked, redrive
@@ -250,7 +251,8 @@ def _checks(ctx: Process[Any]) -> dict[str, Callable[[], Awaitable[None]]]:
 def build_api(defn: ServiceDefinition[Any], ctx: Process[Any]) -> web.Application:
     spec = OpenApi(defn.title)
     app = create_app(defn.name, max_body_bytes=ctx.settings.http_max_body_bytes,
-                     max_in_flight=ctx.settings.http_max_in_flight)
+                     max_in_flight=ctx.settings.http_max_in_flight,
+                     trusted_proxies=TrustedProxies.parse(ctx.settings.trusted_proxies))
     add_probe_routes(app, spec, _checks(ctx))
     app[DEPENDENCIES] = ctx.deps
     if defn.routes is not None:

@@ -7,6 +7,7 @@ tests can SIGKILL, SIGTERM and restart any of them.
 - ``platform_settings``: the services' settings for a run (a work directory for secrets and the
   partner bank file, common and per-service overrides);
 - ``new_bank``/``dev_bank``: the partner bank the simulator plays (generated, or ``make setup``'s);
+- ``ingress``: the browser's one origin (nginx, as ``make run`` starts it) in front of them;
 - ``Platform``: the processes; ``launch`` starts them (fresh databases and queues first, unless
   ``fresh=False``; order's processes first, they create the token keys; then minting stock);
   ``launched`` does it as an ``async with`` that stops them on exit.
@@ -30,7 +31,7 @@ import aiohttp
 from emeterai_shared.config import ServiceSettings
 from emeterai_shared.runtime import ServiceDefinition
 
-from emeterai_testkit.fixtures import REPO_ROOT, reset_service, settings_env, settings_for
+from emeterai_testkit.fixtures import REPO_ROOT, free_port, reset_service, settings_env, settings_for
 
 if TYPE_CHECKING:
     from payment_service.adapters.banksim import BankSimulator
@@ -308,3 +309,48 @@ async def launched(services: Services, logs: Path, *, bank: DevBank | None = Non
         yield p
     finally:
         p.stop()
+
+
+def _spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log:
+        return subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+@contextlib.asynccontextmanager
+async def ingress(p: Platform, workdir: Path, *, web_root: Path | None = None,
+                  start_timeout_s: float = 30.0) -> AsyncIterator[str]:
+    """``async with ingress(p, dir) as url``: the browser's one origin in front of ``p``'s apis, as
+    ``make run`` starts it (``scripts/ingress``: Debian's nginx with ``compose/ingress``'s rules),
+    on a free port; stopped on exit. The services trust it only if their settings say so
+    (``trusted_proxies``)."""
+    port = free_port()
+    env = {"PATH": f"/usr/sbin:/usr/bin:/bin:{Path(sys.executable).parent}",
+           "INGRESS_PREFIX": str(workdir / "ingress"), "INGRESS_LISTEN": f"127.0.0.1:{port}",
+           "WEB_ROOT": str(web_root or REPO_ROOT / "web")}
+    for service in SERVICES:
+        if service in p.settings:
+            env[f"{service.upper()}_ADDR"] = f"127.0.0.1:{p.settings[service].http_port}"
+    proc = _spawn([str(REPO_ROOT / "scripts" / "ingress")], env, p.logs / "ingress.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        async with aiohttp.ClientSession() as session:
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the ingress exited ({proc.returncode}): "
+                                       + (p.logs / "ingress.log").read_text()[-3000:])
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.get(url + "/", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                        if r.status == 200:
+                            break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the ingress did not answer within {start_timeout_s} s")
+                await asyncio.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
