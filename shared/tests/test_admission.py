@@ -59,6 +59,21 @@ def test_what_a_process_admits_between_samples_counts() -> None:
     gate.admit()
 
 
+def test_requests_that_add_no_backlog_pass_the_gate_without_counting() -> None:
+    """Sign-ins are shed with orders when the platform is behind, but never fill the order backlog."""
+    gate = admission(target_wait_s=10, min_limit=2)
+    gate.observe(Sample(backlog=0, drained=0, window_s=10))
+    for _ in range(10):
+        with gate.slot(counts=False):
+            pass
+    gate.admit()
+    gate.admit()
+    with pytest.raises(ApiError) as refused:
+        with gate.slot(counts=False):
+            pass
+    assert refused.value.code == "overloaded"
+
+
 def test_with_nothing_draining_the_wait_is_the_longest_retry_after() -> None:
     gate = admission(target_wait_s=10, min_limit=5, max_retry_after_s=42)
     gate.observe(Sample(backlog=9, drained=0, window_s=10))
