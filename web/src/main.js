@@ -192,10 +192,10 @@ async function payView({ params: [orderId], signal }) {
       const left = h('span', {});
       const va = order.payment.virtual_account_no;
       details.replaceChildren(
-        h('dl', {},
+        h('dl', { class: 'pay' },
           h('dt', {}, t('va_no')), h('dd', { class: 'va' }, h('span', { id: 'va-no' }, va), ' ',
             h('button', { type: 'button', onclick: async () => { await navigator.clipboard?.writeText(va).catch(() => {}); announce(t('copied')); } }, t('copy'))),
-          h('dt', {}, t('bank')), h('dd', {}, order.payment.bank_name ?? order.bank ?? 'Bank'),
+          order.payment.bank ? [h('dt', {}, t('bank')), h('dd', {}, order.payment.bank)] : [],
           h('dt', {}, t('amount')), h('dd', { class: 'total' }, rupiah(order.payment.amount))),
         h('p', {}, left),
         devBank ? h('div', { class: 'dev' }, h('p', {}, t('dev_note')),
