@@ -458,7 +458,7 @@ async def test_owner_reads_the_order(api: Api) -> None:
     assert resp.status == 200
     assert await resp.json() == {"order_id": placed["order_id"], "status": "AWAITING_PAYMENT", "quantity": 3,
                                  "amount": 3 * UNIT_PRICE, "payment": None, "serials": [],
-                                 "failure_reason": None, "fulfilment": None}
+                                 "failure_reason": None, "fulfilment": None, "refunds": []}
 
 
 async def test_others_and_bad_ids_get_404(api: Api) -> None:
