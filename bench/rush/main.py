@@ -694,6 +694,9 @@ def print_report(report: dict[str, Any]) -> None:
              if k not in ("postgresql", "rabbitmq")), default=None), "memory_bounded")
     row("ceiling: raw commits/s · confirms/s",
         f"{_fmt(report['ceiling'].get('db_commits_per_s'))} · {_fmt(report['ceiling'].get('broker_confirms_per_s'))}")
+    refunds = report["refunds"]
+    row("refunds of unused stamps: paid out / applicants refunding",
+        f"{refunds['by_status'].get('PAID_OUT', 0):,} / {refunds['applicants']:,}")
     row("LOST (captured, neither credited nor refunded)", report["lost"], "lost")
     row("DUPLICATES (serials issued or used twice)", report["duplicates"], "duplicates")
     console.print(table)
