@@ -72,6 +72,13 @@ class Applicant:
     stamping_ids: list[str] = field(default_factory=list)
     done: int = 0
     failure: str | None = None
+    refunds: bool = False
+    """Stamps one document only and refunds the other, unused stamp (``POST /v1/orders/{id}/refund``)."""
+    refund: dict[str, Any] | None = None
+
+    @property
+    def uploads(self) -> int:
+        return 1 if self.refunds else 2
 
     @property
     def auth(self) -> dict[str, str]:
@@ -119,6 +126,7 @@ class Script:
         self.ordered: Counter[str] = Counter()
         self.paid: Counter[str] = Counter()
         self.uploaded: Counter[str] = Counter()
+        self.refunded: Counter[str] = Counter()
         self.failures: list[str] = []
         self.poll_rate_per_s = poll_rate_per_s
 
@@ -142,8 +150,10 @@ class Script:
             return
         try:
             await self._quota(a, 2)
-            await asyncio.gather(*(self._upload(a, n) for n in range(2)))
+            await asyncio.gather(*(self._upload(a, n) for n in range(a.uploads)))
             await asyncio.gather(*(self._stamped(a, sid) for sid in a.stamping_ids))
+            if a.refunds:
+                await self._refund(a)
         except Unexpected as exc:
             self._fail(a, exc)
 
@@ -267,6 +277,29 @@ class Script:
             if self.client.past_deadline():
                 raise Unexpected(f"order {a.order_id} not FULFILLED before the deadline")
             delay = min(delay * 1.5, 8.0)
+
+    async def _refund(self, a: Applicant) -> None:
+        """Refund the unused stamp (one of two, the other stamped): exactly that serial is refunded,
+        for half the order's amount, and paid out."""
+        key = f"rush-refund-{uuid.uuid4()}"  # the same key on every retry of this refund
+        answer = await self.client.call("POST", "order", f"/v1/orders/{a.order_id}/refund",
+                                        "POST /v1/orders/{id}/refund", ok=(202,),
+                                        headers={**a.auth, "Idempotency-Key": key})
+        refund_id = str(answer.body["refund_id"])
+        delay = 1.0
+        while True:
+            await self.pacers["order"].wait(delay)
+            order = await self._get_order(a)
+            [refund] = [r for r in order.get("refunds", ()) if r["refund_id"] == refund_id]
+            if refund["status"] in ("PAID_OUT", "NOTHING"):
+                break
+            if self.client.past_deadline():
+                raise Unexpected(f"refund {refund_id} of {a.order_id} still {refund['status']} at the deadline")
+            delay = min(delay * 1.5, 8.0)
+        a.refund = refund
+        if (refund["status"], len(refund["serials"]), refund["amount"]) != ("PAID_OUT", 1, a.amount // 2):
+            raise Unexpected(f"refund of the unused stamp of {a.order_id} ended {refund}")
+        self.refunded[a.phase] += 1
 
     async def _quota(self, a: Applicant, needed: int) -> None:
         delay = 0.0

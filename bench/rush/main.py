@@ -110,6 +110,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--late-share", type=float, default=0.1)
     parser.add_argument("--duplicate-share", type=float, default=0.1)
     parser.add_argument("--wrong-amount-share", type=float, default=0.1)
+    parser.add_argument("--refund-share", type=float, default=0.1,
+                        help="applicants who stamp one document and refund their other, unused stamp")
     parser.add_argument("--connections", type=int, default=384, help="connection pool size in all")
     parser.add_argument("--connections-per-host", type=int, default=128)
     parser.add_argument("--poll-rate", type=float, default=40.0,
@@ -342,7 +344,7 @@ async def wait_stampings(run: Run, applicants: list[Applicant], tasks: list[asyn
         run.progress.update(bar, completed=done, description=(
             f"{label}: stamped (DONE) (shed {run.stats.answers['shed']}, errors {run.stats.answers['error']})"))
         uploading = any(not t.done() for t in tasks) and any(
-            len(a.stamping_ids) < 2 and a.failure is None for a in applicants)
+            len(a.stamping_ids) < a.uploads and a.failure is None for a in applicants)
         return not uploading and sum(statuses.get(s, 0) for s in TERMINAL_STAMPING) >= len(ids)
 
     await watch(run, settled, run.args.phase_timeout_s)
@@ -362,7 +364,7 @@ async def stamping_figures(run: Run, applicants: list[Applicant], start: datetim
 async def phase_stamping(run: Run, applicants: list[Applicant]) -> dict[str, Any]:
     """Phase b: every credited applicant of phase a stamps its 2 documents at once."""
     ready = [a for a in applicants if a.failure is None and a.order_id]
-    bar = run.progress.add_task("b stamping: stamped (DONE)", total=2 * len(ready))
+    bar = run.progress.add_task("b stamping: stamped (DONE)", total=sum(a.uploads for a in ready))
     run.script.reset_pacers()
     clock = await run.clock()
     run.sampler.marks["b_start"] = clock.mono
@@ -380,7 +382,7 @@ async def phase_stamping(run: Run, applicants: list[Applicant]) -> dict[str, Any
 async def phase_mixed(run: Run, applicants: list[Applicant], rate: float) -> dict[str, Any]:
     """Phase c: fresh applicants buying and stamping end to end, arriving at ``rate``/s."""
     bar_credited = run.progress.add_task("c mixed: credited (FULFILLED)", total=len(applicants))
-    bar_done = run.progress.add_task("c mixed: stamped (DONE)", total=2 * len(applicants))
+    bar_done = run.progress.add_task("c mixed: stamped (DONE)", total=sum(a.uploads for a in applicants))
     run.script.reset_pacers()
     clock = await run.clock()
     run.sampler.marks["c_start"] = clock.mono
@@ -475,7 +477,8 @@ async def drain(run: Run) -> dict[str, Any]:
     run.progress.update(bar, total=1, completed=1)
     data = await run.dbs.snapshot()
     return {"seconds": round(time.monotonic() - started, 1), "lost": invariants.lost(data),
-            "duplicates": invariants.duplicates(data)}
+            "duplicates": invariants.duplicates(data), "refunds": invariants.refunds(data),
+            "refund_violations": {k: v[:10] for k, v in invariants.refund_violations(data).items() if v}}
 
 
 # --- bottleneck ------------------------------------------------------------------------------
@@ -625,6 +628,9 @@ def build_report(run: Run, *, buyers: int, split: dict[str, int], ceiling: dict[
         | {"orders": checks["lost"]["lost_orders"][:10], "scope": "every captured payment in the payment database"},
         "duplicates": duplicates,
         "duplicates_detail": checks["duplicates"],
+        "refunds": {"applicants": sum(1 for apps in run.applicants.values() for a in apps if a.refunds),
+                    "paid_out_seen_by_applicants": sum(run.script.refunded.values()), **checks["refunds"],
+                    "violations": checks["refund_violations"]},
         "ceiling": ceiling,
         "machine": machine,
         "targets": targets,
@@ -698,6 +704,9 @@ def print_report(report: dict[str, Any]) -> None:
              if k not in ("postgresql", "rabbitmq")), default=None), "memory_bounded")
     row("ceiling: raw commits/s · confirms/s",
         f"{_fmt(report['ceiling'].get('db_commits_per_s'))} · {_fmt(report['ceiling'].get('broker_confirms_per_s'))}")
+    refunds = report["refunds"]
+    row("refunds of unused stamps: paid out / applicants refunding",
+        f"{refunds['by_status'].get('PAID_OUT', 0):,} / {refunds['applicants']:,}")
     row("LOST (captured, neither credited nor refunded)", report["lost"], "lost")
     row("DUPLICATES (serials issued or used twice)", report["duplicates"], "duplicates")
     console.print(table)
@@ -768,6 +777,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                              for i in range(split["ab"])]
         r.applicants["c"] = [Applicant(i, "c", kinds_c[i], signs_in=rng.random() < args.signin_share)
                              for i in range(split["c"])]
+        for apps in r.applicants.values():
+            for a in rng.sample(apps, round(len(apps) * args.refund_share)):
+                a.refunds = True
         with progress:
             await bank.token()
             warmup = await warm_up(r)
@@ -778,7 +790,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             checked = await drain(r)
         all_orders = [a.order_id for apps in r.applicants.values() for a in apps if a.order_id]
         checks = {"warmup": warmup, "lost": checked["lost"], "duplicates": checked["duplicates"],
-                  "drain_s": checked["seconds"], "stamps_minted": await dbs.serials_issued(all_orders)}
+                  "drain_s": checked["seconds"], "stamps_minted": await dbs.serials_issued(all_orders),
+                  "refunds": checked["refunds"], "refund_violations": checked["refund_violations"]}
         stop.set()
         await asyncio.gather(*background, return_exceptions=True)
         try:

@@ -523,6 +523,7 @@ async def get_order(request: web.Request, deps: OrderDeps) -> web.Response:
 async def refund_order(request: web.Request, deps: OrderDeps) -> web.Response:
     """Refund the order's stamps that are still unused (the stamping service decides which)."""
     caller = _caller(request, deps)
+    deps.limits.enforce(caller)  # the same per-caller bucket as POST /v1/orders
     order_id = _order_id(request)
     key = idempotency.key_from(request, required=True)
     assert key is not None
@@ -688,7 +689,9 @@ def routes(router: Router[OrderDeps]) -> None:
                    404: ("order_not_found: no such order of the caller", None),
                    409: ("nothing_to_refund: the order is not FULFILLED, or every stamp is used, refunded or "
                          "being refunded", None),
-                   422: ("idempotency_key_reused", None)},
+                   422: ("idempotency_key_reused", None),
+                   429: ("rate_limited: this account's or partner's order rate, shared with POST /v1/orders "
+                         "(Retry-After)", None)},
         links={202: {"GetRefundedOrder": {"operationId": "get_v1_orders_order_id",
                                           "parameters": {"order_id": "$request.path.order_id"}}}},
     ), refund_order)

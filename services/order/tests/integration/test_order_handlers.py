@@ -53,6 +53,7 @@ from emeterai_shared.contracts.events import (
     DocumentStamped,
     IssuedSerial,
     MintingFailed,
+    PartialRefundPaidOut,
     PaymentCaptured,
     PaymentRefunded,
     SerialsIssued,
@@ -605,3 +606,58 @@ async def test_a_payment_after_expiry_is_refunded_and_numbers_no_receipt(world: 
     status, body = await receipt_of(world, order_id, token)
     assert (status, body["error"]["code"]) == (409, "not_paid")
     assert await world.val("SELECT count(*) FROM receipts WHERE order_id = $1", order_id) == 0
+
+
+# --- a buyer's refund of unused stamps -------------------------------------------------------------------
+
+
+async def refund(world: World, order_id: uuid.UUID, token: str, key: str, status: int = 202) -> dict[str, Any]:
+    resp = await world.client.post(f"/v1/orders/{order_id}/refund",
+                                   headers={"Authorization": f"Bearer {token}", "Idempotency-Key": key})
+    assert resp.status == status, await resp.text()
+    body: dict[str, Any] = await resp.json()
+    return body
+
+
+async def test_a_refund_asks_stamping_settles_its_answer_once_and_is_paid_out_once(world: World) -> None:
+    order_id, account_id, token = await world.paid()
+    event = issued(order_id, account_id)
+    await world.send("order.on_serials_issued", event)
+    sns = [s.sn for s in event.serials]
+    await world.send("order.on_document_stamped", DocumentStamped(
+        stamping_id=uuid.uuid4(), account_id=account_id, sn=sns[0], document_sha256="ab" * 32,
+        stamped_at=datetime.now(UTC)))
+
+    asked = await refund(world, order_id, token, "refund-1")
+    assert (asked["status"], asked["requested"], asked["amount"]) == ("REQUESTED", sns[1:], 12_500)
+    assert (await refund(world, order_id, token, "refund-1"))["refund_id"] == asked["refund_id"]
+    assert (await refund(world, order_id, token, "refund-2", 409))["error"]["code"] == "nothing_to_refund"
+    [request] = await world.outbox(order_id, "order.serials_void_requested.v1")
+    assert (request["serials"], request["refund_id"]) == (sns[1:], asked["refund_id"])
+
+    refund_id = uuid.UUID(asked["refund_id"])
+    answer = SerialsVoided(order_id=order_id, account_id=account_id, voided=tuple(sns[1:]), kept=(),
+                           reason="refund", voided_at=datetime.now(UTC), refund_id=refund_id)
+    first = await world.send("order.on_serials_voided", answer)
+    await world.send("order.on_serials_voided", answer, first)  # redelivered
+    await world.send("order.on_serials_voided", answer)  # the same answer again, another id
+    [pay] = await world.outbox(order_id, "order.partial_refund_requested.v1")
+    assert (pay["refund_id"], pay["amount"], pay["serials"]) == (
+        asked["refund_id"], 12_500, sns[1:])
+    view = await world.view(order_id, token)
+    assert view["status"] == "FULFILLED"
+    assert [(r["status"], r["serials"], r["amount"]) for r in view["refunds"]] == [("PAYING", sns[1:], 12_500)]
+
+    paid_out = PartialRefundPaidOut(order_id=order_id, refund_id=refund_id, amount=12_500,
+                                    payout_reference="SIM-1", paid_out_at=datetime.now(UTC))
+    await world.send("order.on_partial_refund_paid_out", paid_out)
+    await world.send("order.on_partial_refund_paid_out", paid_out)
+    assert [r["status"] for r in (await world.view(order_id, token))["refunds"]] == ["PAID_OUT"]
+    assert await world.history(order_id) == [PLACED, PAID, FULFILLED]  # the order's status is untouched
+
+
+async def test_a_refund_of_a_paid_order_not_fulfilled_is_nothing_to_refund(world: World) -> None:
+    order_id, _, token = await world.paid()
+    assert (await refund(world, order_id, token, "early", 409))["error"]["code"] == "nothing_to_refund"
+    other = await world.place()
+    assert (await refund(world, order_id, other[1], "theirs", 404))["error"]["code"] == "order_not_found"

@@ -73,3 +73,25 @@ async def test_unused_stamps_are_voided_and_stamps_in_use_are_kept(stamping: Sta
     assert (await stamping.quota(account))["serials_available"] == [spare]
     status, body = await stamping.upload(account, sample_pdf(1), sn=unused)
     assert status == 409, body
+
+
+async def test_a_buyers_refund_is_answered_with_its_refund_id(stamping: Stamping) -> None:
+    """The void request of a buyer's refund of unused stamps carries the order's refund id, and so
+    does the answer, for the order to settle that refund."""
+    account = uuid.uuid4()
+    order = stamping.issued(account, 2)
+    await stamping.send(order)
+    first, second = sorted(s.sn for s in order.serials)
+    async with stamping.pool.acquire() as conn:
+        assert await StampingRepository(conn).reserve(account, first) == first  # being used right now
+    refund_id = uuid.uuid4()
+    request = SerialsVoidRequested(order_id=order.order_id, account_id=account, serials=(first, second),
+                                   reason="refund of unused stamps requested by the buyer",
+                                   requested_at=datetime.now(UTC), refund_id=refund_id)
+    await stamping.applied(ON_SERIALS_VOID_REQUESTED, await stamping.publish(request))
+    [row] = await stamping.pool.fetch("SELECT body FROM outbox WHERE message_type = $1 AND correlation_id = $2",
+                                      SerialsVoided.TYPE, str(order.order_id))
+    answer = decode(SerialsVoided.TYPE, row["body"])
+    assert isinstance(answer, SerialsVoided)
+    assert (answer.refund_id, answer.voided, answer.kept) == (refund_id, (second,), (first,))
+    assert (await stamping.quota(account))["serials_available"] == []
