@@ -157,6 +157,8 @@ async def test_the_whole_journey_on_a_phone(site: tuple[Platform, str], browser:
         await expect(va).to_have_text(re.compile(r"^[0-9]{8,}$"))
         number = await va.text_content()
         await expect(page.get_by_text(re.compile("Bayar sebelum"))).to_be_visible()
+        assert platform.bank is not None  # the bank's name (here its client id: the test bank has no name)
+        await expect(page.locator("#bank-name")).to_have_text(platform.bank.config["client_id"])
         await shot(page, "3-bayar")
         await page.reload()  # the session comes back from the HttpOnly cookie, the order from the URL
         await expect(page.locator("#va-no")).to_have_text(number or "")

@@ -133,8 +133,16 @@ function normal(phone) {
 
 // --- Beli -------------------------------------------------------------------------------------
 
+async function banks() {
+  try {
+    return (await api('GET', '/v1/banks', { auth: false })).banks;
+  } catch {
+    return [];
+  }
+}
+
 async function buyView() {
-  const pricing = await api('GET', '/v1/pricing', { auth: false });
+  const [pricing, bankList] = await Promise.all([api('GET', '/v1/pricing', { auth: false }), banks()]);
   const quantity = field(t('quantity'), { type: 'number', name: 'quantity', min: 1, max: pricing.max_quantity, value: 2, required: true });
   const duty = h('dd', {});
   const fee = h('dd', {});
@@ -149,24 +157,29 @@ async function buyView() {
   };
   quantity.input.addEventListener('input', update);
   update();
+  const bankSelect = bankList.length > 1
+    ? h('select', { id: 'bank', name: 'bank' }, bankList.map((b) => h('option', { value: b.client_id }, b.name)))
+    : null;
   const method = h('fieldset', {}, h('legend', {}, t('pay_with')),
     h('label', {}, h('input', { type: 'radio', name: 'method', value: 'va', checked: true }), ' ', t('va')),
+    bankSelect ? h('p', { class: 'field' }, h('label', { for: 'bank' }, t('bank')), bankSelect) : null,
     h('label', {}, h('input', { type: 'radio', name: 'method', value: 'qris', disabled: true }), ' ', t('qris')));
   const form = h('form', {
     onsubmit: async (e) => {
       e.preventDefault();
       const n = Number.parseInt(quantity.input.value, 10);
+      const bank = bankSelect ? bankSelect.value : null;
       // One key per purchase, kept until it is answered: a retry or a reload cannot buy twice.
       const pending = JSON.parse(sessionStorage.getItem('purchase') ?? 'null');
-      const key = pending && pending.quantity === n ? pending.key : newKey();
-      sessionStorage.setItem('purchase', JSON.stringify({ key, quantity: n }));
-      form.querySelector('button').disabled = true;
+      const key = pending && pending.quantity === n && pending.bank === bank ? pending.key : newKey();
+      sessionStorage.setItem('purchase', JSON.stringify({ key, quantity: n, bank }));
+      form.querySelector('button[type="submit"]').disabled = true;
       try {
-        const order = await api('POST', '/v1/orders', { body: { quantity: n }, key });
+        const order = await api('POST', '/v1/orders', { body: bank ? { quantity: n, bank } : { quantity: n }, key });
         sessionStorage.removeItem('purchase');
         go(`/bayar/${order.order_id}`);
       } catch (error) {
-        form.querySelector('button').disabled = false;
+        form.querySelector('button[type="submit"]').disabled = false;
         showError(t('error', { message: error.message }));
       }
     },
@@ -184,7 +197,9 @@ async function payView({ params: [orderId], signal }) {
   section.append(h('p', {}, t('status'), ': ', status), details);
   let countdown = null;
   let shown = null;
-  const devBank = await fetch('/dev/bank/', { credentials: 'omit' }).then((r) => r.ok).catch(() => false);
+  const [devBank, bankList] = await Promise.all([
+    fetch('/dev/bank/', { credentials: 'omit' }).then((r) => r.ok).catch(() => false), banks()]);
+  const bankOf = (va) => bankList.find((b) => va.startsWith(b.partner_service_id))?.name;
   const show = (order) => {
     status.textContent = t(`status_${order.status}`);
     if (order.payment && order.status === 'AWAITING_PAYMENT' && shown !== order.payment.virtual_account_no) {
@@ -195,7 +210,7 @@ async function payView({ params: [orderId], signal }) {
         h('dl', { class: 'pay' },
           h('dt', {}, t('va_no')), h('dd', { class: 'va' }, h('span', { id: 'va-no' }, va), ' ',
             h('button', { type: 'button', onclick: async () => { await navigator.clipboard?.writeText(va).catch(() => {}); announce(t('copied')); } }, t('copy'))),
-          order.payment.bank ? [h('dt', {}, t('bank')), h('dd', {}, order.payment.bank)] : [],
+          bankOf(va) ? [h('dt', {}, t('bank')), h('dd', { id: 'bank-name' }, bankOf(va))] : [],
           h('dt', {}, t('amount')), h('dd', { class: 'total' }, rupiah(order.payment.amount))),
         h('p', {}, left),
         devBank ? h('div', { class: 'dev' }, h('p', {}, t('dev_note')),

@@ -34,6 +34,12 @@ class Bank:
     partner_service_id: str
     """Digits of the company code (at most 8); SNAP bodies carry it padded with spaces."""
     channel_id: str
+    name: str = ""
+    """What applicants see (optional ``name`` in the partners file; the client id when absent)."""
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.client_id
 
 
 class BankRegistry:
@@ -55,11 +61,15 @@ class BankRegistry:
         for entry in entries:
             pad_partner_service_id(entry["partner_service_id"])
             banks.append(Bank(entry["client_id"], entry["client_secret"], load_public_key(entry["public_key_pem"]),
-                              entry["partner_service_id"], entry["channel_id"]))
+                              entry["partner_service_id"], entry["channel_id"], str(entry.get("name") or "")))
         return cls(banks)
 
     def get(self, client_id: str) -> Bank | None:
         return self._banks.get(client_id)
+
+    def all(self) -> list[Bank]:
+        """In file order (the first is the default)."""
+        return list(self._banks.values())
 
     def for_order(self, client_id: str | None) -> Bank | None:
         """The bank an order names, or the first configured bank when it names none."""
@@ -125,7 +135,7 @@ def create_dev_bank(partners_file: Path) -> bool:
         if partners_file.exists():
             return False
         private_pem, public_pem = generate_bank_keys()
-        config = new_bank_config(public_pem, client_id="dev-bank")
+        config = {**new_bank_config(public_pem, client_id="dev-bank"), "name": "Bank Simulasi (pengembangan)"}
         save_bank(partners_file.parent, config, private_pem)
         write_atomic(partners_file, (json.dumps({"banks": [config]}, indent=2) + "\n").encode(), mode=0o600)
     return True

@@ -228,6 +228,26 @@ _ERRORS: dict[int, tuple[str, type[BaseModel] | None]] = {
 }
 
 
+class BankView(BaseModel):
+    client_id: str
+    name: str
+    partner_service_id: str
+
+
+class BanksPage(BaseModel):
+    """The partner banks an order can name (``"bank": client_id``); the first is the default.
+    A virtual-account number starts with its bank's ``partner_service_id``."""
+
+    banks: list[BankView]
+
+
+async def list_banks(_: web.Request, deps: PaymentDeps) -> web.Response:
+    return respond(BanksPage(banks=[BankView(client_id=b.client_id, name=b.display_name,
+                                             partner_service_id=b.partner_service_id)
+                                    for b in deps.banks.all()]),
+                   headers={"Cache-Control": "public, max-age=300"})
+
+
 def routes(router: Router[PaymentDeps]) -> None:
     if router.spec is not None:
         router.spec.security_schemes["snapClientSignature"] = {
@@ -239,6 +259,10 @@ def routes(router: Router[PaymentDeps]) -> None:
             "description": "B2B access token; X-SIGNATURE = base64 HMAC-SHA512(client secret, "
                            "METHOD:path:token:hex(sha256(minified body)):X-TIMESTAMP)",
         }
+    router.add(Operation(
+        "GET", "/v1/banks", "The partner banks to pay at (public): names, ids, virtual-account prefixes",
+        tags=["banks"], responses={200: ("the banks, the default first", BanksPage)},
+    ), list_banks)
     router.add(Operation(
         "POST", TOKEN_PATH, "SNAP B2B access token (service 73)", request=AccessTokenRequest,
         responses={200: ("token issued (2007300)", AccessTokenAnswer), **_ERRORS},

@@ -49,8 +49,10 @@ def bank_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, BankK
     banks = {}
     for client_id, psid in PARTNER_SERVICE_IDS.items():
         private_pem, public_pem = generate_bank_keys()
-        banks[client_id] = BankKeys(new_bank_config(public_pem, client_id=client_id, partner_service_id=psid),
-                                    private_pem)
+        config = new_bank_config(public_pem, client_id=client_id, partner_service_id=psid)
+        if client_id == "bank-b":
+            config["name"] = "Bank Dua (uji)"  # a display name; the others show their client id
+        banks[client_id] = BankKeys(config, private_pem)
     path = tmp_path_factory.mktemp("partners") / "banks.json"
     path.write_text(json.dumps({"banks": [b.config for b in banks.values()]}))
     return banks, path

@@ -95,7 +95,8 @@ async def test_dev_bank_is_created_once_without_a_database(tmp_path: Path,
     assert str(partners_file.parent / "private_key.pem") in out
     content = partners_file.read_text()
     [entry] = json.loads(content)["banks"]
-    assert set(entry) == {"client_id", "client_secret", "public_key_pem", "partner_service_id", "channel_id"}
+    assert set(entry) == {"client_id", "client_secret", "public_key_pem", "partner_service_id", "channel_id",
+                          "name"}
 
     assert COMMANDS.run_offline is not None and "dev-bank" in COMMANDS.offline
     settings = PaymentSettings(partners_file=str(partners_file))

@@ -364,3 +364,18 @@ async def test_a_body_not_in_its_content_encoding_is_4002x01(payment: Payment) -
         status, answer = await bank.send((PAYMENT_PATH, {"Content-Encoding": "gzip", "Connection": "close"},
                                           b'{"not": "gzip"}'))
     assert (status, answer) == (400, {"responseCode": "4002501", "responseMessage": "Invalid Field Format {body}"})
+
+
+async def test_the_banks_are_listed_publicly_without_their_secrets(payment: Payment) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session, session.get(f"{payment.base_url}/v1/banks") as r:
+        assert r.status == 200 and "max-age" in r.headers["Cache-Control"]
+        listed = (await r.json())["banks"]
+    configured = [payment.keys[c].config for c in payment.keys]
+    assert [b["client_id"] for b in listed] == [c["client_id"] for c in configured]
+    for bank, config in zip(listed, configured, strict=True):
+        assert bank == {"client_id": config["client_id"], "name": config.get("name") or config["client_id"],
+                        "partner_service_id": config["partner_service_id"]}
+    assert [b["name"] for b in listed][:2] == ["bank-a", "Bank Dua (uji)"]
+    assert not any("secret" in key or "key" in key for bank in listed for key in bank)
