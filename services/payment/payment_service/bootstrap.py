@@ -7,6 +7,7 @@ from pathlib import Path
 
 from emeterai_shared.runtime import Periodic, Resources, ServiceDefinition
 
+from payment_service.adapters.acquirers import AcquirerClients, AcquirerRegistry
 from payment_service.adapters.banks import BankRegistry
 from payment_service.adapters.payouts import payouts_adapter
 from payment_service.config import PaymentSettings
@@ -15,6 +16,7 @@ from payment_service.entrypoints import cli
 from payment_service.entrypoints.http import routes
 from payment_service.entrypoints.messages import SUBSCRIPTIONS
 from payment_service.service_layer.billing import expire_due_bills
+from payment_service.service_layer.qris import generate_qrs
 from payment_service.service_layer.refunds import pay_out_due
 from payment_service.service_layer.tokens import purge_expired_tokens
 
@@ -22,8 +24,15 @@ from payment_service.service_layer.tokens import purge_expired_tokens
 async def dependencies(resources: Resources) -> PaymentDeps:
     settings = resources.settings
     assert isinstance(settings, PaymentSettings)
+    clients = AcquirerClients(timeout_s=settings.acquirer_timeout_s, attempts=settings.acquirer_attempts)
+    resources.closers.append(clients.close)
     return PaymentDeps(settings=settings, pool=resources.pool, banks=BankRegistry.load(Path(settings.partners_file)),
+                       acquirers=AcquirerRegistry.load(Path(settings.partners_file)), acquirer_clients=clients,
                        payouts=payouts_adapter(settings.payout_adapter))
+
+
+async def generate_qris_codes(deps: PaymentDeps) -> None:
+    await generate_qrs(deps.pool, deps.acquirers, deps.acquirer_clients, datetime.now(UTC))
 
 
 async def expire_bills(deps: PaymentDeps) -> None:
@@ -43,5 +52,6 @@ SERVICE = ServiceDefinition(
     SUBSCRIPTIONS, commands=cli.COMMANDS,
     periodic=(Periodic("expire-bills", lambda s: s.expiry_sweep_interval_s, expire_bills),
               Periodic("purge-snap-tokens", lambda s: s.housekeeping_interval_s, purge_tokens),
-              Periodic("pay-out-refunds", lambda s: s.payout_interval_s, pay_out_refunds)),
+              Periodic("pay-out-refunds", lambda s: s.payout_interval_s, pay_out_refunds),
+              Periodic("generate-qris", lambda s: s.qris_interval_s, generate_qris_codes)),
 )

@@ -1,0 +1,67 @@
+"""SQL of QRIS bills: the QRs to generate, the QR once generated, the acquirer's notifications."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+
+@dataclass(frozen=True)
+class QrToGenerate:
+    bill_id: UUID
+    order_id: UUID
+    acquirer: str
+    partner_reference_no: str
+    amount: int
+    expires_at: datetime
+    attempts: int
+
+
+class QrisStore:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def to_generate(self, now: datetime, limit: int) -> list[QrToGenerate]:
+        rows = await self.conn.fetch(
+            """SELECT bill_id, order_id, bank AS acquirer, partner_reference_no, amount, expires_at,
+                      qr_attempts AS attempts
+                 FROM bills WHERE method = 'qris' AND qr_content IS NULL AND status = 'OPEN'
+                  AND (qr_next_attempt_at IS NULL OR qr_next_attempt_at <= $1)
+                ORDER BY created_at LIMIT $2""", now, limit)
+        return [QrToGenerate(**dict(r)) for r in rows]
+
+    async def postpone(self, bill_id: UUID, next_attempt_at: datetime) -> None:
+        await self.conn.execute(
+            "UPDATE bills SET qr_attempts = qr_attempts + 1, qr_next_attempt_at = $2 WHERE bill_id = $1",
+            bill_id, next_attempt_at)
+
+    async def set_qr(self, bill_id: UUID, reference_no: str, qr_content: str, now: datetime) -> bool:
+        """Keep the generated QR; False when another worker kept it first."""
+        return bool(await self.conn.fetchval(
+            """UPDATE bills SET qr_reference_no = $2, qr_content = $3, qr_generated_at = $4
+                WHERE bill_id = $1 AND qr_content IS NULL RETURNING true""",
+            bill_id, reference_no, qr_content, now))
+
+    async def qr_reference_of(self, bill_id: UUID) -> str | None:
+        value: str | None = await self.conn.fetchval("SELECT qr_reference_no FROM bills WHERE bill_id = $1", bill_id)
+        return value
+
+    async def bill_id_of(self, partner_reference_no: str, acquirer: str) -> UUID | None:
+        value: UUID | None = await self.conn.fetchval(
+            "SELECT bill_id FROM bills WHERE partner_reference_no = $1 AND bank = $2 AND method = 'qris'",
+            partner_reference_no, acquirer)
+        return value
+
+    async def record_notification(self, acquirer: str, reference_no: str, status: str, partner_reference_no: str,
+                                  bill_id: UUID | None, amount: int | None, rrn: str | None,
+                                  body: dict[str, Any]) -> bool:
+        """Record a notification; False when the same (reference, status) was recorded before."""
+        return bool(await self.conn.fetchval(
+            """INSERT INTO qris_notifications (acquirer, reference_no, status, partner_reference_no, bill_id, amount,
+                                               rrn, body)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING RETURNING true""",
+            acquirer, reference_no, status, partner_reference_no, bill_id, amount, rrn, body))

@@ -1,0 +1,179 @@
+"""QRIS (SNAP QR MPM) use cases: generating the QR of a QRIS bill, and the acquirer's notify.
+
+The bill and its ``partnerReferenceNo`` are stored when the order is placed (``billing.issue_bill``);
+the worker's job `generate_qrs` then asks the acquirer for the QR, outside any buyer's request and
+outside any transaction. A retried or repeated generation cannot make a second QR: the acquirer
+answers ``4094701`` for a ``partnerReferenceNo`` it already generated, and we query it instead.
+The QR reaches the order through ``payment.bill_issued.v1`` (``method`` ``qris``, ``qr_content``).
+
+A notify with status ``00`` captures through the same ``payment.captured.v1`` as a VA payment
+(``method`` ``qris``, ``reference_no`` the RRN, else the acquirer's reference), exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from uuid import UUID, uuid4
+
+import asyncpg
+from emeterai_shared.contracts.events import BillFailed, BillIssued, PaymentCaptured
+from emeterai_shared.uow import UnitOfWork, unit_of_work
+
+from payment_service.adapters.acquirers import (
+    Acquirer,
+    AcquirerClients,
+    AcquirerRefused,
+    AcquirerRegistry,
+    AcquirerUnavailable,
+)
+from payment_service.adapters.qris_store import QrisStore, QrToGenerate
+from payment_service.adapters.repository import NewPayment, PaymentRepository
+from payment_service.adapters.snap import QR_GENERATE, QR_QUERY
+from payment_service.adapters.snap.codes import Case
+from payment_service.adapters.snap.models import QrNotifyRequest
+from payment_service.adapters.snap.signatures import format_snap_timestamp
+from payment_service.domain.model import Bill, BillStatus
+
+log = logging.getLogger(__name__)
+
+GENERATE_BATCH = 20
+GENERATED = "2004700"
+DUPLICATE = "4094701"
+QUERIED = "2005100"
+MAX_RETRY_DELAY_S = 60.0
+
+
+def _amount(rupiah: int) -> dict[str, str]:
+    return {"value": f"{rupiah}.00", "currency": "IDR"}
+
+
+@dataclass(frozen=True)
+class GeneratedQr:
+    reference_no: str
+    qr_content: str
+
+
+async def query_qr(clients: AcquirerClients, acquirer: Acquirer, partner_reference_no: str,
+                   reference_no: str | None = None) -> dict[str, object]:
+    """qr-mpm-query (service 51) of one of our QRs: the acquirer's answer."""
+    payload: dict[str, object] = {"originalPartnerReferenceNo": partner_reference_no, "serviceCode": "47",
+                                  "merchantId": acquirer.merchant_id}
+    if reference_no:
+        payload["originalReferenceNo"] = reference_no
+    return await clients.client(acquirer).call(QR_QUERY, payload)
+
+
+async def _generate(clients: AcquirerClients, acquirer: Acquirer, qr: QrToGenerate) -> GeneratedQr:
+    body = await clients.client(acquirer).call(QR_GENERATE, {
+        "partnerReferenceNo": qr.partner_reference_no, "amount": _amount(qr.amount),
+        "merchantId": acquirer.merchant_id, "validityPeriod": format_snap_timestamp(qr.expires_at)})
+    code = str(body.get("responseCode"))
+    if code == DUPLICATE:  # generated before (an answer we lost): ask for it instead of generating anew
+        body = await query_qr(clients, acquirer, qr.partner_reference_no)
+        code = str(body.get("responseCode"))
+        if code != QUERIED or not body.get("qrContent"):
+            raise AcquirerRefused(code, body)
+        return GeneratedQr(str(body["originalReferenceNo"]), str(body["qrContent"]))
+    if code != GENERATED or not body.get("qrContent") or not body.get("referenceNo"):
+        raise AcquirerRefused(code, body)
+    return GeneratedQr(str(body["referenceNo"]), str(body["qrContent"]))
+
+
+async def _generate_one(pool: asyncpg.Pool, acquirers: AcquirerRegistry, clients: AcquirerClients,
+                        qr: QrToGenerate, now: datetime) -> bool:
+    acquirer = acquirers.get(qr.acquirer)
+    try:
+        if acquirer is None:
+            raise AcquirerRefused("unknown", {"responseMessage": f"acquirer {qr.acquirer!r} is not configured"})
+        generated = await _generate(clients, acquirer, qr)
+    except AcquirerUnavailable as exc:  # retried already; try again in a later round, with backoff
+        delay = min(MAX_RETRY_DELAY_S, 2.0 ** qr.attempts)
+        log.warning("QR of bill %s not generated (%s): next attempt in %.0f s", qr.bill_id, exc, delay)
+        async with unit_of_work(pool) as uow:
+            await QrisStore(uow.conn).postpone(qr.bill_id, now + timedelta(seconds=delay))
+        return False
+    except AcquirerRefused as exc:
+        log.error("QR of bill %s refused: %s", qr.bill_id, exc)
+        async with unit_of_work(pool) as uow:
+            await _fail(uow, qr.bill_id, f"the QRIS acquirer refused the QR: {exc}")
+        return False
+    async with unit_of_work(pool) as uow:
+        if not await QrisStore(uow.conn).set_qr(qr.bill_id, generated.reference_no, generated.qr_content, now):
+            return False
+        uow.publish(BillIssued(order_id=qr.order_id, bill_id=qr.bill_id, bank=qr.acquirer, virtual_account_no="",
+                               amount=qr.amount, expires_at=qr.expires_at, method="qris",
+                               qr_content=generated.qr_content), correlation_id=str(qr.order_id))
+    return True
+
+
+async def _fail(uow: UnitOfWork, bill_id: UUID, reason: str) -> None:
+    repo = PaymentRepository(uow.conn)
+    bill = await repo.bill_by_id(bill_id, lock=True)
+    if bill is None or bill.status is not BillStatus.OPEN:
+        return
+    bill.expire()
+    await repo.save_expired([bill], datetime.now(UTC))
+    uow.publish(BillFailed(order_id=bill.order_id, reason=reason), correlation_id=str(bill.order_id))
+
+
+async def generate_qrs(pool: asyncpg.Pool, acquirers: AcquirerRegistry, clients: AcquirerClients,
+                       now: datetime) -> int:
+    """The worker's job: generate the QRs of new QRIS bills; returns how many were generated."""
+    async with unit_of_work(pool) as uow:
+        pending = await QrisStore(uow.conn).to_generate(now, GENERATE_BATCH)
+    if not pending:
+        return 0
+    done = await asyncio.gather(*(_generate_one(pool, acquirers, clients, qr, now) for qr in pending))
+    return sum(done)
+
+
+async def capture_qris(uow: UnitOfWork, acquirer: Acquirer, bill: Bill, reference_no: str, rrn: str | None,
+                       paid_time: datetime | None, now: datetime) -> bool:
+    """Capture the QRIS payment of ``bill`` (locked by the caller): once, through
+    ``payment.captured.v1`` as for a VA payment. False when captured already or no longer open."""
+    repo = PaymentRepository(uow.conn)
+    if await repo.captured_for_bill(bill.bill_id) is not None or bill.status is not BillStatus.OPEN:
+        return False
+    bill.pay(late=False)
+    payment = NewPayment(uuid4(), bill, acquirer.acquirer_id, reference_no, bill.amount, None, rrn or reference_no,
+                         paid_time, False, now)
+    await repo.add_payment(payment)
+    uow.publish(PaymentCaptured(order_id=bill.order_id, bill_id=bill.bill_id, payment_id=payment.payment_id,
+                                amount=payment.amount, bank=acquirer.acquirer_id,
+                                payment_request_id=reference_no, captured_at=now, late=False, method="qris",
+                                reference_no=rrn or reference_no),
+                correlation_id=str(bill.order_id), trace_headers=bill.trace_context or None)
+    return True
+
+
+async def notify(uow: UnitOfWork, acquirer: Acquirer, request: QrNotifyRequest, raw_body: dict[str, object],
+                 now: datetime) -> tuple[Case, bool]:
+    """An authenticated, well-formed qr-mpm-notify: (the answer's case, whether it captured)."""
+    store, repo = QrisStore(uow.conn), PaymentRepository(uow.conn)
+    bill_id = await store.bill_id_of(request.original_partner_reference_no, acquirer.acquirer_id)
+    bill = await repo.bill_by_id(bill_id, lock=True) if bill_id is not None else None
+    if bill is None:
+        return Case.TRANSACTION_NOT_FOUND, False
+    known_reference = await store.qr_reference_of(bill.bill_id)
+    if known_reference is not None and known_reference != request.original_reference_no:
+        return Case.TRANSACTION_NOT_FOUND, False
+    try:
+        amount: int | None = request.amount.to_rupiah()
+    except ValueError:
+        amount = None
+    if amount != bill.amount:
+        return Case.INVALID_AMOUNT, False
+    if not await store.record_notification(acquirer.acquirer_id, request.original_reference_no,
+                                           request.latest_transaction_status, request.original_partner_reference_no,
+                                           bill.bill_id, amount, request.rrn, raw_body):
+        return Case.SUCCESS, False  # the same notify again: stored already, nothing more
+    if request.latest_transaction_status != "00":
+        log.info("QRIS bill %s: status %s recorded", bill.bill_id, request.latest_transaction_status)
+        return Case.SUCCESS, False
+    captured = await capture_qris(uow, acquirer, bill, request.original_reference_no, request.rrn, None, now)
+    if not captured and bill.status is not BillStatus.PAID:
+        log.warning("QRIS bill %s paid while %s: recorded, not captured", bill.bill_id, bill.status)
+    return Case.SUCCESS, captured
