@@ -138,3 +138,19 @@ async def test_a_generate_whose_answer_was_lost_is_queried_not_made_again(qris: 
     assert await fetchval(payment_db, "SELECT qr_content FROM bills WHERE order_id = $1::uuid",
                           order_id) == payment["qr_content"]
     assert qris.sim.generate_calls.count(prn) == 2  # the first, then the one answered 4094701 (then queried)
+
+
+async def test_a_payment_whose_notify_never_arrives_is_captured_by_query(qris: Qris) -> None:
+    async with aiohttp.ClientSession() as session:
+        buyer, order_id, _ = await qris_order(session, qris)
+        prn = await partner_reference_of(qris, order_id)
+        assert await qris.sim.pay(prn, notify=False) == []
+        # within 60 s by the platform's settings; the deadline here is generous for a loaded machine
+        await buyer.status_becomes(order_id, "FULFILLED", timeout_s=120)
+    assert await captures(qris, order_id) == 1
+    assert await fetchval(qris.platform.settings["payment"], "SELECT count(*) FROM qris_notifications n"
+                          " JOIN bills b USING (bill_id) WHERE b.order_id = $1::uuid", order_id) == 0
+    # the notify that comes late changes nothing
+    status, body = await qris.sim.notify(prn)
+    assert (status, body["responseCode"]) == (200, "2005200"), body
+    assert await captures(qris, order_id) == 1

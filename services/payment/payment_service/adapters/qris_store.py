@@ -21,6 +21,15 @@ class QrToGenerate:
     attempts: int
 
 
+@dataclass(frozen=True)
+class QrToQuery:
+    bill_id: UUID
+    acquirer: str
+    partner_reference_no: str
+    reference_no: str
+    queries: int
+
+
 class QrisStore:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
@@ -34,17 +43,31 @@ class QrisStore:
                 ORDER BY created_at LIMIT $2""", now, limit)
         return [QrToGenerate(**dict(r)) for r in rows]
 
+    async def to_query(self, now: datetime, limit: int) -> list[QrToQuery]:
+        rows = await self.conn.fetch(
+            """SELECT bill_id, bank AS acquirer, partner_reference_no, qr_reference_no AS reference_no,
+                      qr_queries AS queries
+                 FROM bills WHERE method = 'qris' AND qr_content IS NOT NULL AND status = 'OPEN'
+                  AND qr_next_query_at <= $1
+                ORDER BY qr_next_query_at LIMIT $2""", now, limit)
+        return [QrToQuery(**dict(r)) for r in rows]
+
+    async def next_query(self, bill_id: UUID, at: datetime) -> None:
+        await self.conn.execute(
+            "UPDATE bills SET qr_queries = qr_queries + 1, qr_next_query_at = $2 WHERE bill_id = $1", bill_id, at)
+
     async def postpone(self, bill_id: UUID, next_attempt_at: datetime) -> None:
         await self.conn.execute(
             "UPDATE bills SET qr_attempts = qr_attempts + 1, qr_next_attempt_at = $2 WHERE bill_id = $1",
             bill_id, next_attempt_at)
 
-    async def set_qr(self, bill_id: UUID, reference_no: str, qr_content: str, now: datetime) -> bool:
-        """Keep the generated QR; False when another worker kept it first."""
+    async def set_qr(self, bill_id: UUID, reference_no: str, qr_content: str, now: datetime,
+                     first_query_at: datetime) -> bool:
+        """Keep the generated QR (first queried at ``first_query_at``); False when another worker kept it first."""
         return bool(await self.conn.fetchval(
-            """UPDATE bills SET qr_reference_no = $2, qr_content = $3, qr_generated_at = $4
+            """UPDATE bills SET qr_reference_no = $2, qr_content = $3, qr_generated_at = $4, qr_next_query_at = $5
                 WHERE bill_id = $1 AND qr_content IS NULL RETURNING true""",
-            bill_id, reference_no, qr_content, now))
+            bill_id, reference_no, qr_content, now, first_query_at))
 
     async def qr_reference_of(self, bill_id: UUID) -> str | None:
         value: str | None = await self.conn.fetchval("SELECT qr_reference_no FROM bills WHERE bill_id = $1", bill_id)

@@ -8,6 +8,11 @@ ALTER TABLE bills ADD COLUMN qr_content text;
 ALTER TABLE bills ADD COLUMN qr_generated_at timestamptz;
 ALTER TABLE bills ADD COLUMN qr_attempts int NOT NULL DEFAULT 0;
 ALTER TABLE bills ADD COLUMN qr_next_attempt_at timestamptz;
+-- Lost notifications: a pending QR is queried (qr-mpm-query) with backoff until it is final.
+ALTER TABLE bills ADD COLUMN qr_queries int NOT NULL DEFAULT 0;
+ALTER TABLE bills ADD COLUMN qr_next_query_at timestamptz;
+CREATE INDEX bills_qr_to_query ON bills (qr_next_query_at) WHERE method = 'qris' AND qr_content IS NOT NULL
+    AND status = 'OPEN';
 CREATE INDEX bills_qr_to_generate ON bills (created_at) WHERE method = 'qris' AND qr_content IS NULL AND status = 'OPEN';
 
 -- Every QRIS notification the acquirer sent (qr-mpm-notify), once per (acquirer, its reference,

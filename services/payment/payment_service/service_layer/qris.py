@@ -29,17 +29,18 @@ from payment_service.adapters.acquirers import (
     AcquirerRegistry,
     AcquirerUnavailable,
 )
-from payment_service.adapters.qris_store import QrisStore, QrToGenerate
+from payment_service.adapters.qris_store import QrisStore, QrToGenerate, QrToQuery
 from payment_service.adapters.repository import NewPayment, PaymentRepository
 from payment_service.adapters.snap import QR_GENERATE, QR_QUERY
 from payment_service.adapters.snap.codes import Case
 from payment_service.adapters.snap.models import QrNotifyRequest
-from payment_service.adapters.snap.signatures import format_snap_timestamp
+from payment_service.adapters.snap.signatures import format_snap_timestamp, parse_snap_timestamp
 from payment_service.domain.model import Bill, BillStatus
 
 log = logging.getLogger(__name__)
 
 GENERATE_BATCH = 20
+QUERY_BATCH = 50
 GENERATED = "2004700"
 DUPLICATE = "4094701"
 QUERIED = "2005100"
@@ -83,7 +84,7 @@ async def _generate(clients: AcquirerClients, acquirer: Acquirer, qr: QrToGenera
 
 
 async def _generate_one(pool: asyncpg.Pool, acquirers: AcquirerRegistry, clients: AcquirerClients,
-                        qr: QrToGenerate, now: datetime) -> bool:
+                        qr: QrToGenerate, now: datetime, first_query_s: float) -> bool:
     acquirer = acquirers.get(qr.acquirer)
     try:
         if acquirer is None:
@@ -101,7 +102,8 @@ async def _generate_one(pool: asyncpg.Pool, acquirers: AcquirerRegistry, clients
             await _fail(uow, qr.bill_id, f"the QRIS acquirer refused the QR: {exc}")
         return False
     async with unit_of_work(pool) as uow:
-        if not await QrisStore(uow.conn).set_qr(qr.bill_id, generated.reference_no, generated.qr_content, now):
+        if not await QrisStore(uow.conn).set_qr(qr.bill_id, generated.reference_no, generated.qr_content, now,
+                                                now + timedelta(seconds=first_query_s)):
             return False
         uow.publish(BillIssued(order_id=qr.order_id, bill_id=qr.bill_id, bank=qr.acquirer, virtual_account_no="",
                                amount=qr.amount, expires_at=qr.expires_at, method="qris",
@@ -120,13 +122,70 @@ async def _fail(uow: UnitOfWork, bill_id: UUID, reason: str) -> None:
 
 
 async def generate_qrs(pool: asyncpg.Pool, acquirers: AcquirerRegistry, clients: AcquirerClients,
-                       now: datetime) -> int:
+                       now: datetime, first_query_s: float = 2.0) -> int:
     """The worker's job: generate the QRs of new QRIS bills; returns how many were generated."""
     async with unit_of_work(pool) as uow:
         pending = await QrisStore(uow.conn).to_generate(now, GENERATE_BATCH)
     if not pending:
         return 0
-    done = await asyncio.gather(*(_generate_one(pool, acquirers, clients, qr, now) for qr in pending))
+    done = await asyncio.gather(*(_generate_one(pool, acquirers, clients, qr, now, first_query_s) for qr in pending))
+    return sum(done)
+
+
+def _paid_time(value: object) -> datetime | None:
+    try:
+        return parse_snap_timestamp(str(value)) if value else None
+    except ValueError:
+        return None
+
+
+async def _query_one(pool: asyncpg.Pool, acquirers: AcquirerRegistry, clients: AcquirerClients, qr: QrToQuery,
+                     now: datetime, first_s: float, max_s: float) -> bool:
+    acquirer = acquirers.get(qr.acquirer)
+    delay = min(max_s, first_s * 1.5 ** (qr.queries + 1))
+    body: dict[str, object] = {}
+    if acquirer is not None:
+        try:
+            body = await query_qr(clients, acquirer, qr.partner_reference_no, qr.reference_no)
+        except (AcquirerUnavailable, AcquirerRefused) as exc:
+            log.warning("query of QR bill %s failed: %s", qr.bill_id, exc)
+    async with unit_of_work(pool) as uow:
+        if acquirer is not None and body.get("responseCode") == QUERIED and body.get("latestTransactionStatus") == "00":
+            if await _capture_queried(uow, acquirer, qr, body, now):
+                return True
+        await QrisStore(uow.conn).next_query(qr.bill_id, now + timedelta(seconds=delay))
+    return False
+
+
+async def _capture_queried(uow: UnitOfWork, acquirer: Acquirer, qr: QrToQuery, body: dict[str, object],
+                           now: datetime) -> bool:
+    """A query found the QR paid (its notify lost or late): capture it, once, if the amount is the bill's."""
+    bill = await PaymentRepository(uow.conn).bill_by_id(qr.bill_id, lock=True)
+    if bill is None:
+        return False
+    amount = body.get("amount")
+    value = amount.get("value") if isinstance(amount, dict) else None
+    if value != f"{bill.amount}.00":
+        log.error("QR bill %s: the acquirer reports %r paid, the bill is %s", qr.bill_id, amount, bill.amount)
+        return False
+    info = body.get("additionalInfo")
+    rrn = str(info["rrn"]) if isinstance(info, dict) and info.get("rrn") else None
+    reference_no = str(body.get("originalReferenceNo") or qr.reference_no)
+    captured = await capture_qris(uow, acquirer, bill, reference_no, rrn, _paid_time(body.get("paidTime")), now)
+    if captured:
+        log.info("QR bill %s captured by query (no notify arrived)", qr.bill_id)
+    return captured or bill.status is not BillStatus.OPEN
+
+
+async def query_pending_qrs(pool: asyncpg.Pool, acquirers: AcquirerRegistry, clients: AcquirerClients,
+                            now: datetime, first_s: float, max_s: float) -> int:
+    """The worker's job: query the pending QRs that are due (backoff x1.5 from ``first_s`` up to
+    ``max_s``), capturing those paid whose notify never came; returns how many it captured."""
+    async with unit_of_work(pool) as uow:
+        due = await QrisStore(uow.conn).to_query(now, QUERY_BATCH)
+    if not due:
+        return 0
+    done = await asyncio.gather(*(_query_one(pool, acquirers, clients, qr, now, first_s, max_s) for qr in due))
     return sum(done)
 
 
