@@ -154,3 +154,62 @@ async def test_a_payment_whose_notify_never_arrives_is_captured_by_query(qris: Q
     status, body = await qris.sim.notify(prn)
     assert (status, body["responseCode"]) == (200, "2005200"), body
     assert await captures(qris, order_id) == 1
+
+
+async def expire_now(q: Qris, order_id: str) -> None:
+    """The bill is due from now on (the worker's QRIS expiry cancels, queries, expires it); a short
+    configured validity would race the platform instead."""
+    await fetchval(q.platform.settings["payment"], "UPDATE bills SET expires_at = now() - interval '1 second'"
+                   " WHERE order_id = $1::uuid RETURNING 1", order_id)
+
+
+async def test_an_unpaid_qr_is_cancelled_and_expires(qris: Qris) -> None:
+    async with aiohttp.ClientSession() as session:
+        buyer, order_id, _ = await qris_order(session, qris)
+        prn = await partner_reference_of(qris, order_id)
+        await expire_now(qris, order_id)
+        await buyer.status_becomes(order_id, "EXPIRED", timeout_s=90)
+    assert qris.sim.qrs[prn].status == "05"  # cancelled at the acquirer before the bill expired
+    assert await captures(qris, order_id) == 0
+
+
+async def test_a_qr_paid_before_expiry_is_found_by_the_last_query(qris: Qris) -> None:
+    async with aiohttp.ClientSession() as session:
+        buyer, order_id, _ = await qris_order(session, qris)
+        prn = await partner_reference_of(qris, order_id)
+        await fetchval(qris.platform.settings["payment"], "UPDATE bills SET qr_next_query_at = now() + interval"
+                       " '1 hour' WHERE order_id = $1::uuid RETURNING 1", order_id)  # no routine query first
+        qris.sim.mark_paid(prn)
+        await expire_now(qris, order_id)
+        await buyer.status_becomes(order_id, "FULFILLED", timeout_s=90)
+    assert await captures(qris, order_id) == 1
+
+
+async def test_a_payment_after_expiry_is_refunded_once_through_qr_mpm_refund(qris: Qris) -> None:
+    async with aiohttp.ClientSession() as session:
+        buyer, order_id, payment = await qris_order(session, qris)
+        prn = await partner_reference_of(qris, order_id)
+        await expire_now(qris, order_id)
+        await buyer.status_becomes(order_id, "EXPIRED", timeout_s=90)
+        qris.sim.time_out_refunds(1, slow_s=5.0)  # past our 2 s timeout: the first answer is lost
+        answers = await qris.sim.pay(prn)  # the acquirer reports a payment after the bill expired
+        assert [(s, b["responseCode"]) for s, b in answers] == [(200, "2005200")]
+        await buyer.status_becomes(order_id, "REFUNDED", timeout_s=90)
+    payment_db = qris.platform.settings["payment"]
+
+    async def refunded() -> bool:
+        return bool(await fetchval(payment_db, "SELECT r.status = 'DONE' FROM qris_refunds r JOIN bills b"
+                                   " USING (bill_id) WHERE b.order_id = $1::uuid", order_id))
+
+    await eventually(refunded, timeout_s=90, message="QRIS refund done")
+    qr = qris.sim.qrs[prn]
+    assert len(qr.refunds) == 1  # one refund at the acquirer
+    (refund_no,) = qr.refunds
+    calls = [c for c in qris.sim.refund_calls if c == refund_no]
+    assert len(calls) >= 2  # timed out once, sent again with the same partnerRefundNo
+    assert await fetchval(payment_db, "SELECT count(*) FROM qris_refunds r JOIN bills b USING (bill_id)"
+                          " WHERE b.order_id = $1::uuid AND r.partner_refund_no = $2 AND r.refund_no = $3"
+                          " AND r.amount = $4", order_id, refund_no, qr.refunds[refund_no]["refundNo"],
+                          payment["amount"]) == 1
+    assert await fetchval(payment_db, "SELECT count(*) FROM refunds WHERE order_id = $1::uuid", order_id) == 1
+    assert await captures(qris, order_id) == 1

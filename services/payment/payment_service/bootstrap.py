@@ -16,7 +16,7 @@ from payment_service.entrypoints import cli
 from payment_service.entrypoints.http import routes
 from payment_service.entrypoints.messages import SUBSCRIPTIONS
 from payment_service.service_layer.billing import expire_due_bills
-from payment_service.service_layer.qris import generate_qrs, query_pending_qrs
+from payment_service.service_layer.qris import expire_qrs, generate_qrs, query_pending_qrs, refund_qrs
 from payment_service.service_layer.refunds import pay_out_due
 from payment_service.service_layer.tokens import purge_expired_tokens
 
@@ -34,6 +34,15 @@ async def dependencies(resources: Resources) -> PaymentDeps:
 async def generate_qris_codes(deps: PaymentDeps) -> None:
     await generate_qrs(deps.pool, deps.acquirers, deps.acquirer_clients, datetime.now(UTC),
                        deps.settings.qris_query_first_s)
+
+
+async def expire_qris_codes(deps: PaymentDeps) -> None:
+    await expire_qrs(deps.pool, deps.acquirers, deps.acquirer_clients, datetime.now(UTC),
+                     deps.settings.qris_query_max_s)
+
+
+async def refund_qris_payments(deps: PaymentDeps) -> None:
+    await refund_qrs(deps.pool, deps.acquirers, deps.acquirer_clients, datetime.now(UTC))
 
 
 async def query_qris_codes(deps: PaymentDeps) -> None:
@@ -61,5 +70,7 @@ SERVICE = ServiceDefinition(
               Periodic("purge-snap-tokens", lambda s: s.housekeeping_interval_s, purge_tokens),
               Periodic("pay-out-refunds", lambda s: s.payout_interval_s, pay_out_refunds),
               Periodic("generate-qris", lambda s: s.qris_interval_s, generate_qris_codes),
-              Periodic("query-qris", lambda s: s.qris_interval_s, query_qris_codes)),
+              Periodic("query-qris", lambda s: s.qris_interval_s, query_qris_codes),
+              Periodic("expire-qris", lambda s: s.expiry_sweep_interval_s, expire_qris_codes),
+              Periodic("refund-qris", lambda s: s.qris_interval_s, refund_qris_payments)),
 )

@@ -30,6 +30,16 @@ class QrToQuery:
     queries: int
 
 
+@dataclass(frozen=True)
+class QrRefund:
+    partner_refund_no: str
+    acquirer: str
+    partner_reference_no: str
+    reference_no: str
+    amount: int
+    attempts: int
+
+
 class QrisStore:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
@@ -48,7 +58,7 @@ class QrisStore:
             """SELECT bill_id, bank AS acquirer, partner_reference_no, qr_reference_no AS reference_no,
                       qr_queries AS queries
                  FROM bills WHERE method = 'qris' AND qr_content IS NOT NULL AND status = 'OPEN'
-                  AND qr_next_query_at <= $1
+                  AND qr_next_query_at <= $1 AND expires_at >= $1
                 ORDER BY qr_next_query_at LIMIT $2""", now, limit)
         return [QrToQuery(**dict(r)) for r in rows]
 
@@ -88,3 +98,41 @@ class QrisStore:
                                                rrn, body)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING RETURNING true""",
             acquirer, reference_no, status, partner_reference_no, bill_id, amount, rrn, body))
+
+    async def due_to_expire(self, now: datetime, limit: int) -> list[QrToQuery]:
+        rows = await self.conn.fetch(
+            """SELECT bill_id, bank AS acquirer, partner_reference_no, coalesce(qr_reference_no, '') AS reference_no,
+                      qr_queries AS queries
+                 FROM bills WHERE method = 'qris' AND status = 'OPEN' AND expires_at < $1
+                  AND (qr_expiry_retry_at IS NULL OR qr_expiry_retry_at <= $1)
+                ORDER BY expires_at LIMIT $2""", now, limit)
+        return [QrToQuery(**dict(r)) for r in rows]
+
+    async def retry_expiry(self, bill_id: UUID, at: datetime) -> None:
+        await self.conn.execute("UPDATE bills SET qr_expiry_retry_at = $2 WHERE bill_id = $1", bill_id, at)
+
+    async def add_refund(self, partner_refund_no: str, refund_id: UUID, bill_id: UUID, acquirer: str,
+                         partner_reference_no: str, reference_no: str, amount: int, now: datetime) -> bool:
+        return bool(await self.conn.fetchval(
+            """INSERT INTO qris_refunds (partner_refund_no, refund_id, bill_id, acquirer, partner_reference_no,
+                                         reference_no, amount, recorded_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING RETURNING true""",
+            partner_refund_no, refund_id, bill_id, acquirer, partner_reference_no, reference_no, amount, now))
+
+    async def due_refunds(self, now: datetime, limit: int) -> list[QrRefund]:
+        rows = await self.conn.fetch(
+            """SELECT partner_refund_no, acquirer, partner_reference_no, reference_no, amount, attempts
+                 FROM qris_refunds WHERE status = 'PENDING' AND next_attempt_at <= $1
+                ORDER BY next_attempt_at LIMIT $2""", now, limit)
+        return [QrRefund(**dict(r)) for r in rows]
+
+    async def refund_done(self, partner_refund_no: str, refund_no: str, now: datetime) -> bool:
+        return bool(await self.conn.fetchval(
+            """UPDATE qris_refunds SET status = 'DONE', refund_no = $2, refunded_at = $3, attempts = attempts + 1
+                WHERE partner_refund_no = $1 AND status = 'PENDING' RETURNING true""",
+            partner_refund_no, refund_no, now))
+
+    async def refund_failed(self, partner_refund_no: str, error: str, next_attempt_at: datetime) -> None:
+        await self.conn.execute(
+            """UPDATE qris_refunds SET attempts = attempts + 1, last_error = $2, next_attempt_at = $3
+                WHERE partner_refund_no = $1 AND status = 'PENDING'""", partner_refund_no, error, next_attempt_at)

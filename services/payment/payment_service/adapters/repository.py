@@ -70,9 +70,10 @@ class PaymentRepository:
         ))
 
     async def claim_due_bills(self, now: datetime, limit: int) -> list[Bill]:
-        """Lock up to ``limit`` open bills past their expiry that no other worker holds."""
+        """Lock up to ``limit`` open VA bills past their expiry that no other worker holds (QRIS bills
+        expire through ``qris.expire_qrs``: their QR is cancelled and queried first)."""
         rows = await self.conn.fetch(
-            f"""SELECT {_BILL_COLUMNS} FROM bills WHERE status = 'OPEN' AND expires_at < $1
+            f"""SELECT {_BILL_COLUMNS} FROM bills WHERE status = 'OPEN' AND expires_at < $1 AND method = 'va'
                 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED""",
             now, limit,
         )

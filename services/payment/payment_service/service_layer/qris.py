@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
 import asyncpg
-from emeterai_shared.contracts.events import BillFailed, BillIssued, PaymentCaptured
+from emeterai_shared.contracts.events import BillExpired, BillFailed, BillIssued, PaymentCaptured
 from emeterai_shared.uow import UnitOfWork, unit_of_work
 
 from payment_service.adapters.acquirers import (
@@ -29,9 +29,9 @@ from payment_service.adapters.acquirers import (
     AcquirerRegistry,
     AcquirerUnavailable,
 )
-from payment_service.adapters.qris_store import QrisStore, QrToGenerate, QrToQuery
+from payment_service.adapters.qris_store import QrisStore, QrRefund, QrToGenerate, QrToQuery
 from payment_service.adapters.repository import NewPayment, PaymentRepository
-from payment_service.adapters.snap import QR_GENERATE, QR_QUERY
+from payment_service.adapters.snap import QR_CANCEL, QR_GENERATE, QR_QUERY, QR_REFUND
 from payment_service.adapters.snap.codes import Case
 from payment_service.adapters.snap.models import QrNotifyRequest
 from payment_service.adapters.snap.signatures import format_snap_timestamp, parse_snap_timestamp
@@ -44,6 +44,7 @@ QUERY_BATCH = 50
 GENERATED = "2004700"
 DUPLICATE = "4094701"
 QUERIED = "2005100"
+REFUNDED = "2007800"
 MAX_RETRY_DELAY_S = 60.0
 
 
@@ -192,17 +193,22 @@ async def query_pending_qrs(pool: asyncpg.Pool, acquirers: AcquirerRegistry, cli
 async def capture_qris(uow: UnitOfWork, acquirer: Acquirer, bill: Bill, reference_no: str, rrn: str | None,
                        paid_time: datetime | None, now: datetime) -> bool:
     """Capture the QRIS payment of ``bill`` (locked by the caller): once, through
-    ``payment.captured.v1`` as for a VA payment. False when captured already or no longer open."""
+    ``payment.captured.v1`` as for a VA payment. False when captured already.
+
+    A payment reported after the bill expired is captured ``late``, as a VA late advice is: the order
+    service refunds it (``order.refund_requested.v1``), and the refund of a QRIS payment goes back
+    through ``qr-mpm-refund`` (`record_qris_refund`)."""
     repo = PaymentRepository(uow.conn)
-    if await repo.captured_for_bill(bill.bill_id) is not None or bill.status is not BillStatus.OPEN:
+    if await repo.captured_for_bill(bill.bill_id) is not None or bill.status is BillStatus.PAID:
         return False
-    bill.pay(late=False)
+    late = bill.status is BillStatus.EXPIRED
+    bill.pay(late=late)
     payment = NewPayment(uuid4(), bill, acquirer.acquirer_id, reference_no, bill.amount, None, rrn or reference_no,
-                         paid_time, False, now)
+                         paid_time, late, now)
     await repo.add_payment(payment)
     uow.publish(PaymentCaptured(order_id=bill.order_id, bill_id=bill.bill_id, payment_id=payment.payment_id,
                                 amount=payment.amount, bank=acquirer.acquirer_id,
-                                payment_request_id=reference_no, captured_at=now, late=False, method="qris",
+                                payment_request_id=reference_no, captured_at=now, late=late, method="qris",
                                 reference_no=rrn or reference_no),
                 correlation_id=str(bill.order_id), trace_headers=bill.trace_context or None)
     return True
@@ -233,6 +239,94 @@ async def notify(uow: UnitOfWork, acquirer: Acquirer, request: QrNotifyRequest, 
         log.info("QRIS bill %s: status %s recorded", bill.bill_id, request.latest_transaction_status)
         return Case.SUCCESS, False
     captured = await capture_qris(uow, acquirer, bill, request.original_reference_no, request.rrn, None, now)
-    if not captured and bill.status is not BillStatus.PAID:
-        log.warning("QRIS bill %s paid while %s: recorded, not captured", bill.bill_id, bill.status)
     return Case.SUCCESS, captured
+
+
+async def _expire_one(pool: asyncpg.Pool, acquirers: AcquirerRegistry, clients: AcquirerClients, qr: QrToQuery,
+                      now: datetime, max_s: float) -> bool:
+    """Cancel the QR (qr-mpm-cancel), query it once more, then capture it (paid in time after all) or
+    expire the bill. While the acquirer cannot be reached the bill stays open and is tried again."""
+    acquirer = acquirers.get(qr.acquirer)
+    body: dict[str, object] = {}
+    if acquirer is not None and qr.reference_no:
+        try:
+            await clients.client(acquirer).call(QR_CANCEL, {
+                "originalPartnerReferenceNo": qr.partner_reference_no, "originalReferenceNo": qr.reference_no,
+                "merchantId": acquirer.merchant_id, "reason": "expired"})
+            body = await query_qr(clients, acquirer, qr.partner_reference_no, qr.reference_no)
+        except (AcquirerUnavailable, AcquirerRefused) as exc:
+            log.warning("QR bill %s due to expire, the acquirer cannot say (%s): tried again later", qr.bill_id, exc)
+            async with unit_of_work(pool) as uow:
+                await QrisStore(uow.conn).retry_expiry(qr.bill_id, now + timedelta(seconds=max_s))
+            return False
+    async with unit_of_work(pool) as uow:
+        if acquirer is not None and body.get("responseCode") == QUERIED and body.get("latestTransactionStatus") == "00":
+            if await _capture_queried(uow, acquirer, qr, body, now):
+                return False
+        repo = PaymentRepository(uow.conn)
+        bill = await repo.bill_by_id(qr.bill_id, lock=True)
+        if bill is None or bill.status is not BillStatus.OPEN:
+            return False
+        bill.expire()
+        await repo.save_expired([bill], now)
+        uow.publish(BillExpired(order_id=bill.order_id, bill_id=bill.bill_id, expired_at=bill.expires_at),
+                    correlation_id=str(bill.order_id), trace_headers=bill.trace_context or None)
+    return True
+
+
+async def expire_qrs(pool: asyncpg.Pool, acquirers: AcquirerRegistry, clients: AcquirerClients, now: datetime,
+                     max_s: float) -> int:
+    """The worker's job: expire the QRIS bills past their validity (cancel, query once more, expire)."""
+    async with unit_of_work(pool) as uow:
+        due = await QrisStore(uow.conn).due_to_expire(now, QUERY_BATCH)
+    done = await asyncio.gather(*(_expire_one(pool, acquirers, clients, qr, now, max_s) for qr in due))
+    return sum(done)
+
+
+async def record_qris_refund(uow: UnitOfWork, bill: Bill, refund_id: UUID, amount: int, now: datetime) -> None:
+    """A refund recorded for a QRIS bill's payment goes back through qr-mpm-refund: kept with its
+    ``partnerRefundNo`` (fixed now, the same on every retry) for `refund_qrs` to send."""
+    store = QrisStore(uow.conn)
+    reference_no = await store.qr_reference_of(bill.bill_id)
+    payment = await PaymentRepository(uow.conn).captured_for_bill(bill.bill_id)
+    if payment is None or bill.partner_reference_no is None or amount <= 0:
+        return
+    await store.add_refund(f"RF{refund_id.hex}", refund_id, bill.bill_id, bill.bank, bill.partner_reference_no,
+                           reference_no or payment.payment_request_id, amount, now)
+
+
+async def _refund_one(pool: asyncpg.Pool, acquirers: AcquirerRegistry, clients: AcquirerClients, refund: QrRefund,
+                      now: datetime) -> bool:
+    acquirer = acquirers.get(refund.acquirer)
+    error: str
+    try:
+        if acquirer is None:
+            raise AcquirerRefused("unknown", {"responseMessage": f"acquirer {refund.acquirer!r} is not configured"})
+        body = await clients.client(acquirer).call(QR_REFUND, {
+            "originalPartnerReferenceNo": refund.partner_reference_no, "originalReferenceNo": refund.reference_no,
+            "partnerRefundNo": refund.partner_refund_no, "refundAmount": _amount(refund.amount),
+            "merchantId": acquirer.merchant_id, "reason": "refund"})
+        if body.get("responseCode") == REFUNDED and body.get("refundNo"):
+            async with unit_of_work(pool) as uow:
+                done = await QrisStore(uow.conn).refund_done(refund.partner_refund_no, str(body["refundNo"]), now)
+            if done:
+                log.info("QRIS refund %s done: refundNo %s", refund.partner_refund_no, body["refundNo"])
+            return done
+        error = f"{body.get('responseCode')} {body.get('responseMessage')}"
+    except (AcquirerUnavailable, AcquirerRefused) as exc:
+        error = str(exc)
+    delay = min(MAX_RETRY_DELAY_S * 60, 2.0 ** refund.attempts)
+    log.warning("QRIS refund %s not done (%s): next attempt in %.0f s", refund.partner_refund_no, error, delay)
+    async with unit_of_work(pool) as uow:
+        await QrisStore(uow.conn).refund_failed(refund.partner_refund_no, error, now + timedelta(seconds=delay))
+    return False
+
+
+async def refund_qrs(pool: asyncpg.Pool, acquirers: AcquirerRegistry, clients: AcquirerClients,
+                     now: datetime) -> int:
+    """The worker's job: send the due QRIS refunds (the same partnerRefundNo until the acquirer says
+    2007800, so a refund it made but whose answer we lost is recorded once)."""
+    async with unit_of_work(pool) as uow:
+        due = await QrisStore(uow.conn).due_refunds(now, QUERY_BATCH)
+    done = await asyncio.gather(*(_refund_one(pool, acquirers, clients, r, now) for r in due))
+    return sum(done)
