@@ -15,16 +15,20 @@ generate calls answer ``500``; `time_out_refunds` makes the next N refund calls 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
+import signal
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
+from emeterai_shared.files import locked, write_atomic
 
-from payment_service.adapters.banks import generate_bank_keys
+from payment_service.adapters.banks import BANK_FILE, generate_bank_keys
 from payment_service.adapters.snap import QR_NOTIFY_PATH, TOKEN_PATH
 from payment_service.adapters.snap.qris import dynamic_qris
 from payment_service.adapters.snap.signatures import (
@@ -288,3 +292,52 @@ class AcquirerSimulator:
         return runner
 
 
+
+
+ACQUIRER_FILE = "acquirer.json"
+ACQUIRER_KEY_FILE = "acquirer_private_key.pem"
+DEV_ACQUIRER_PORT = 8090
+
+
+def add_dev_acquirer(partners_file: Path, port: int = DEV_ACQUIRER_PORT) -> bool:
+    """Give a development partners file (the one ``dev-bank`` made, its keys beside it) a development
+    acquirer played by this simulator on ``port``, unless it names acquirers already. The entry and
+    the simulator's private key are kept beside the file (``acquirer.json``,
+    ``acquirer_private_key.pem``). False when nothing was added."""
+    keys = partners_file.parent
+    if not partners_file.exists() or not (keys / BANK_FILE).exists():
+        return False
+    with locked(partners_file.with_name(f".{partners_file.name}.lock")):
+        partners = json.loads(partners_file.read_text())
+        if "acquirers" in partners:
+            return False
+        entry, private_pem = new_acquirer_entry(f"http://127.0.0.1:{port}/snap", acquirer_id="dev-acquirer")
+        write_atomic(keys / ACQUIRER_FILE, (json.dumps(entry, indent=2) + "\n").encode(), mode=0o600)
+        write_atomic(keys / ACQUIRER_KEY_FILE, private_pem, mode=0o600)
+        partners["acquirers"] = [entry]
+        write_atomic(partners_file, (json.dumps(partners, indent=2) + "\n").encode(), mode=0o600)
+    return True
+
+
+async def serve(directory: Path, merchant_url: str, port: int) -> int:
+    """Play the acquirer kept in ``directory`` on 127.0.0.1:``port`` until SIGINT/SIGTERM. Without
+    one (the platform runs against a real acquirer) it idles, so a supervisor keeps the others up."""
+    runner: web.AppRunner | None = None
+    try:
+        entry = json.loads((directory / ACQUIRER_FILE).read_text())
+        private_pem = (directory / ACQUIRER_KEY_FILE).read_bytes()
+    except (OSError, ValueError):
+        print(f"no development QRIS acquirer in {directory}: nothing to play", flush=True)
+    else:
+        runner = await AcquirerSimulator(entry, private_pem, merchant_url).start(port)
+        print(f"development QRIS acquirer {entry['acquirer_id']} on http://127.0.0.1:{port}/snap "
+              f"(pay: POST /sim/pay {{\"partnerReferenceNo\"}})", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    if runner is not None:
+        await runner.cleanup()
+    return 0

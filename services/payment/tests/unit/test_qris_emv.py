@@ -1,8 +1,15 @@
-"""The EMV QRIS string: TLV fields and CRC-16/CCITT-FALSE (domain.md, "QRIS payments")."""
+"""The EMV QRIS string: TLV fields and CRC-16/CCITT-FALSE (domain.md, "QRIS payments"); the
+development acquirer `make run` configures."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
+from payment_service.adapters.acquirers import AcquirerRegistry
+from payment_service.adapters.acquirersim import ACQUIRER_FILE, ACQUIRER_KEY_FILE, add_dev_acquirer
+from payment_service.adapters.banks import create_dev_bank
 from payment_service.adapters.snap.qris import crc16_ccitt_false, crc_valid, dynamic_qris, parse_tlv, tlv
 
 
@@ -30,3 +37,23 @@ def test_tlv_refuses_what_it_cannot_encode() -> None:
         tlv("01", "x" * 100)
     with pytest.raises(ValueError):
         parse_tlv("0105ab")
+
+
+def test_the_development_partners_file_gets_a_development_acquirer_once(tmp_path: Path) -> None:
+    partners = tmp_path / "banks.json"
+    assert not add_dev_acquirer(partners)  # no file: nothing to add to
+    assert create_dev_bank(partners)
+    assert add_dev_acquirer(partners, port=8123)
+    (entry,) = json.loads(partners.read_text())["acquirers"]
+    assert entry["base_url"] == "http://127.0.0.1:8123/snap" and entry["acquirer_id"] == "dev-acquirer"
+    assert AcquirerRegistry.load(partners).first() is not None
+    assert json.loads((tmp_path / ACQUIRER_FILE).read_text()) == entry
+    assert (tmp_path / ACQUIRER_KEY_FILE).exists()
+    assert not add_dev_acquirer(partners)  # acquirers named already: left as they are
+
+
+def test_a_partners_file_not_made_by_dev_bank_is_left_alone(tmp_path: Path) -> None:
+    partners = tmp_path / "partners.json"
+    partners.write_text('{"banks": []}')
+    assert not add_dev_acquirer(partners)
+    assert json.loads(partners.read_text()) == {"banks": []}
