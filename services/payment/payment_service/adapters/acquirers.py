@@ -33,6 +33,7 @@ from payment_service.adapters.snap.signatures import (
     sign_access_token,
     sign_transaction,
 )
+from payment_service.metrics import ACQUIRER_CALL_SECONDS, ACQUIRER_CALLS
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,8 @@ class AcquirerClient:
 
     async def _post(self, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, Any]]:
         url, _ = self._url(path)
+        labels = (self.acquirer.acquirer_id, path)
+        started = time.monotonic()
         try:
             async with self.session.post(url, data=raw, headers={**headers, "Content-Type": "application/json"},
                                          timeout=self.timeout) as resp:
@@ -134,7 +137,10 @@ class AcquirerClient:
                 text = await resp.text()
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("acquirer %s POST %s: %r", self.acquirer.acquirer_id, path, exc)
+            ACQUIRER_CALLS.labels(*labels, "unreachable").inc()
             raise AcquirerUnavailable(f"{path}: {exc!r}") from exc
+        finally:
+            ACQUIRER_CALL_SECONDS.labels(*labels).observe(time.monotonic() - started)
         try:
             body = json.loads(text) if text else {}
         except ValueError:
@@ -143,6 +149,7 @@ class AcquirerClient:
             body = {}
         log.info("acquirer %s POST %s -> %s %s", self.acquirer.acquirer_id, path, status, json.dumps(_masked(body)))
         code = str(body.get("responseCode", ""))
+        ACQUIRER_CALLS.labels(*labels, code or f"http{status}").inc()
         if status >= 500 or code.startswith("5"):
             raise AcquirerUnavailable(f"{path}: HTTP {status} {code}")
         return status, body
