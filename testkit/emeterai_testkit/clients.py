@@ -376,12 +376,14 @@ class Buyer:
         self._signed_in(answer.data)
         return answer.data
 
-    async def order(self, quantity: int = 2, bank: str | None = None) -> str:
+    async def order(self, quantity: int = 2, bank: str | None = None, payment_method: str | None = None) -> str:
         """Place an order; a 429 or 503 is waited out for its ``Retry-After`` and the same request
         (the same Idempotency-Key) sent again, as a well-behaved client does."""
         body: dict[str, Any] = {"quantity": quantity}
         if bank is not None:
             body["bank"] = bank
+        if payment_method is not None:
+            body["payment_method"] = payment_method
         answer = await self.client.call("POST", "order", "/v1/orders", "POST /v1/orders", ok=(202,), json=body,
                                         headers={**self.auth, "Idempotency-Key": str(uuid.uuid4())},
                                         deadline=self._deadline())

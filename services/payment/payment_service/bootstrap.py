@@ -7,6 +7,7 @@ from pathlib import Path
 
 from emeterai_shared.runtime import Periodic, Resources, ServiceDefinition
 
+from payment_service.adapters.acquirers import AcquirerClients, AcquirerRegistry
 from payment_service.adapters.banks import BankRegistry
 from payment_service.adapters.payouts import payouts_adapter
 from payment_service.config import PaymentSettings
@@ -15,6 +16,7 @@ from payment_service.entrypoints import cli
 from payment_service.entrypoints.http import routes
 from payment_service.entrypoints.messages import SUBSCRIPTIONS
 from payment_service.service_layer.billing import expire_due_bills
+from payment_service.service_layer.qris import expire_qrs, generate_qrs, query_pending_qrs, refund_qrs
 from payment_service.service_layer.refunds import pay_out_due
 from payment_service.service_layer.tokens import purge_expired_tokens
 
@@ -22,8 +24,31 @@ from payment_service.service_layer.tokens import purge_expired_tokens
 async def dependencies(resources: Resources) -> PaymentDeps:
     settings = resources.settings
     assert isinstance(settings, PaymentSettings)
+    clients = AcquirerClients(timeout_s=settings.acquirer_timeout_s, attempts=settings.acquirer_attempts)
+    resources.closers.append(clients.close)
     return PaymentDeps(settings=settings, pool=resources.pool, banks=BankRegistry.load(Path(settings.partners_file)),
+                       acquirers=AcquirerRegistry.load(Path(settings.partners_file)), acquirer_clients=clients,
                        payouts=payouts_adapter(settings.payout_adapter))
+
+
+async def generate_qris_codes(deps: PaymentDeps) -> None:
+    await generate_qrs(deps.pool, deps.acquirers, deps.acquirer_clients, datetime.now(UTC),
+                       deps.settings.qris_query_first_s)
+
+
+async def expire_qris_codes(deps: PaymentDeps) -> None:
+    await expire_qrs(deps.pool, deps.acquirers, deps.acquirer_clients, datetime.now(UTC),
+                     deps.settings.qris_query_max_s)
+
+
+async def refund_qris_payments(deps: PaymentDeps) -> None:
+    await refund_qrs(deps.pool, deps.acquirers, deps.acquirer_clients, datetime.now(UTC))
+
+
+async def query_qris_codes(deps: PaymentDeps) -> None:
+    s = deps.settings
+    await query_pending_qrs(deps.pool, deps.acquirers, deps.acquirer_clients, datetime.now(UTC),
+                            s.qris_query_first_s, s.qris_query_max_s)
 
 
 async def expire_bills(deps: PaymentDeps) -> None:
@@ -43,5 +68,9 @@ SERVICE = ServiceDefinition(
     SUBSCRIPTIONS, commands=cli.COMMANDS,
     periodic=(Periodic("expire-bills", lambda s: s.expiry_sweep_interval_s, expire_bills),
               Periodic("purge-snap-tokens", lambda s: s.housekeeping_interval_s, purge_tokens),
-              Periodic("pay-out-refunds", lambda s: s.payout_interval_s, pay_out_refunds)),
+              Periodic("pay-out-refunds", lambda s: s.payout_interval_s, pay_out_refunds),
+              Periodic("generate-qris", lambda s: s.qris_interval_s, generate_qris_codes),
+              Periodic("query-qris", lambda s: s.qris_interval_s, query_qris_codes),
+              Periodic("expire-qris", lambda s: s.expiry_sweep_interval_s, expire_qris_codes),
+              Periodic("refund-qris", lambda s: s.qris_interval_s, refund_qris_payments)),
 )

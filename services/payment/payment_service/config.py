@@ -21,3 +21,15 @@ class PaymentSettings(ServiceSettings):
     """How often the worker pays out recorded partial refunds."""
     payout_retry_s: float = 30.0
     """First delay after a failed payout (doubling, at most an hour)."""
+    qris_validity_s: int = 900
+    """How long a QRIS code can be paid (its bill's expiry and the QR's ``validityPeriod``)."""
+    qris_interval_s: float = 0.5
+    """How often the worker generates the QRs of new QRIS bills."""
+    qris_query_first_s: float = 2.0
+    """First query of a QR still unpaid this long after it was made (a notify may get lost)."""
+    qris_query_max_s: float = 15.0
+    """The longest wait between two queries of a pending QR (the delay grows x1.5 up to it)."""
+    acquirer_timeout_s: float = 10.0
+    """Timeout of each call to a QRIS acquirer (retried with backoff on timeouts and 5xx)."""
+    acquirer_attempts: int = 4
+    """Attempts of one call to an acquirer before the job gives up until its next round."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from payment_service.adapters.acquirers import AcquirerClients, AcquirerRegistry
 from payment_service.adapters.banks import BankRegistry
 from payment_service.adapters.payouts import Payouts
 from payment_service.config import PaymentSettings
@@ -21,5 +22,9 @@ class PaymentDeps:
     banks: BankRegistry
     """The partner banks, read from ``PAYMENT_PARTNERS_FILE`` at start (a malformed file stops the
     process; a missing one is no bank: every bank is refused and bills fail)."""
+    acquirers: AcquirerRegistry
+    """The QRIS acquirers, from the same file's ``acquirers`` list (none: QRIS orders fail)."""
+    acquirer_clients: AcquirerClients
+    """Clients of the acquirers (one HTTP session per process, opened on first use)."""
     payouts: Payouts
     """Who pays refunds out (``PAYMENT_PAYOUT_ADAPTER``; the development bank's simulation)."""

@@ -28,6 +28,8 @@ class OrderPlaced(Message):
     bank: str | None = None
     partner_id: str | None = None
     placed_at: datetime
+    payment_method: str = "va"
+    """How the buyer pays: ``va`` (virtual account) or ``qris``. Absent in older messages (``va``)."""
 
 
 @message("order.paid.v1")
@@ -58,8 +60,13 @@ class BillIssued(Message):
     bill_id: UUID
     bank: str
     virtual_account_no: str
+    """The VA number; empty for a QRIS bill."""
     amount: int
     expires_at: datetime
+    method: str = "va"
+    """``va`` or ``qris`` (then ``bank`` is the acquirer and ``qr_content`` the QR). Absent in older messages."""
+    qr_content: str | None = None
+    """The EMV QRIS string exactly as the acquirer returned it (QRIS bills only)."""
 
 
 @message("payment.bill_failed.v1")

@@ -12,16 +12,17 @@ from order_service.domain.order import Bill, Order, OrderStatus
 
 _COLUMNS = """id, account_id, partner_id, quantity, amount, bank, status, failure_reason,
               virtual_account_no, bill_amount, expires_at, payment_id, serials, awaiting_stock_since,
-              stock_refund_at, giving_back"""
+              stock_refund_at, giving_back, payment_method, qr_content"""
 
 
 def _order(row: asyncpg.Record) -> Order:
     bill = None
     if row["virtual_account_no"] is not None:
-        bill = Bill(row["virtual_account_no"], row["bill_amount"], row["expires_at"])
+        bill = Bill(row["virtual_account_no"], row["bill_amount"], row["expires_at"], row["payment_method"],
+                    row["qr_content"])
     return Order(
         id=row["id"], account_id=row["account_id"], partner_id=row["partner_id"],
-        quantity=row["quantity"], amount=row["amount"], bank=row["bank"],
+        quantity=row["quantity"], amount=row["amount"], bank=row["bank"], payment_method=row["payment_method"],
         status=OrderStatus(row["status"]), failure_reason=row["failure_reason"], bill=bill,
         payment_id=row["payment_id"], serials=list(row["serials"]),
         awaiting_stock_since=row["awaiting_stock_since"], stock_refund_at=row["stock_refund_at"],
@@ -45,10 +46,10 @@ class OrderRepository:
 
     async def add_order(self, order: Order) -> None:
         await self.conn.execute(
-            """INSERT INTO orders (id, account_id, partner_id, quantity, amount, bank, status)
-               VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+            """INSERT INTO orders (id, account_id, partner_id, quantity, amount, bank, status, payment_method)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
             order.id, order.account_id, order.partner_id, order.quantity, order.amount, order.bank,
-            order.status.value)
+            order.status.value, order.payment_method)
         await self.conn.execute(
             "INSERT INTO order_history (order_id, old_status, new_status, reason) VALUES ($1, NULL, $2, $3)",
             order.id, order.status.value, "order placed")
@@ -76,12 +77,13 @@ class OrderRepository:
                       bill_amount = $5, expires_at = $6, payment_id = $7, serials = $8,
                       billed_at = COALESCE(billed_at, CASE WHEN $4::text IS NOT NULL OR $2 <> 'AWAITING_PAYMENT'
                                                            THEN now() END),
-                      awaiting_stock_since = $9, stock_refund_at = $10, giving_back = $11, updated_at = now()
+                      awaiting_stock_since = $9, stock_refund_at = $10, giving_back = $11,
+                      qr_content = $12, updated_at = now()
                WHERE id = $1""",
             order.id, order.status.value, order.failure_reason,
             bill.virtual_account_no if bill else None, bill.amount if bill else None,
             bill.expires_at if bill else None, order.payment_id, order.serials, order.awaiting_stock_since,
-            order.stock_refund_at, order.giving_back)
+            order.stock_refund_at, order.giving_back, bill.qr_content if bill else None)
         if order.changes:
             await self.conn.executemany(
                 "INSERT INTO order_history (order_id, old_status, new_status, reason) VALUES ($1, $2, $3, $4)",

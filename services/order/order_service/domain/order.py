@@ -71,6 +71,9 @@ class Bill:
     virtual_account_no: str
     amount: int
     expires_at: datetime
+    method: str = "va"
+    qr_content: str | None = None
+    """QRIS bills: the EMV string to draw as a QR (``virtual_account_no`` is empty then)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ class Order:
     status: OrderStatus = OrderStatus.AWAITING_PAYMENT
     bank: str | None = None
     partner_id: str | None = None
+    payment_method: str = "va"
     failure_reason: str | None = None
     bill: Bill | None = None
     payment_id: uuid.UUID | None = None

@@ -81,6 +81,9 @@ class OrderRequest(BaseModel):
                                       "a partner (X-Api-Key) up to its own max_quantity")
     bank: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=NO_NUL)] | None = Field(
         default=None, description="client_id of the partner bank to pay at; default: the first")
+    payment_method: Literal["va", "qris"] = Field(
+        default="va", description="va: a virtual account at a partner bank; qris: a dynamic QRIS code from the "
+                                  "configured acquirer, any Indonesian bank app or e-wallet pays it")
 
     @field_validator("quantity", mode="before")
     @classmethod
@@ -108,7 +111,15 @@ class OrderAccepted(BaseModel):
 
 
 class PaymentInstructions(BaseModel):
+    method: Literal["va"] = "va"
     virtual_account_no: str
+    amount: int
+    expires_at: datetime
+
+
+class QrisPaymentInstructions(BaseModel):
+    method: Literal["qris"] = "qris"
+    qr_content: str = Field(description="the EMV QRIS string exactly as the acquirer returned it: draw it as a QR")
     amount: int
     expires_at: datetime
 
@@ -145,7 +156,8 @@ class RefundView(BaseModel):
 
 
 class OrderView(OrderAccepted):
-    payment: PaymentInstructions | None
+    payment: PaymentInstructions | QrisPaymentInstructions | None = Field(
+        description="how to pay, null until the bill (VA) or the QR (QRIS) exists")
     serials: list[str]
     failure_reason: str | None = None
     fulfilment: Fulfilment | None = Field(default=None, description="null unless the order waited for stock "
@@ -154,8 +166,12 @@ class OrderView(OrderAccepted):
 
     @classmethod
     def of(cls, order: Order, refunds: list[Refund] | None = None) -> OrderView:
-        payment = None
-        if order.bill is not None:
+        payment: PaymentInstructions | QrisPaymentInstructions | None = None
+        if order.bill is not None and order.bill.method == "qris":
+            if order.bill.qr_content is not None:
+                payment = QrisPaymentInstructions(qr_content=order.bill.qr_content, amount=order.bill.amount,
+                                                  expires_at=order.bill.expires_at)
+        elif order.bill is not None:
             payment = PaymentInstructions(virtual_account_no=order.bill.virtual_account_no,
                                           amount=order.bill.amount, expires_at=order.bill.expires_at)
         fulfilment = None
@@ -494,7 +510,7 @@ async def _place_order(request: web.Request, deps: OrderDeps, caller: Caller) ->
             return stored.response()
         order = await orders.place_order(
             uow, account_id=caller.account_id, quantity=body.quantity, bank=body.bank,
-            partner_id=caller.partner_id, service_fee=deps.settings.service_fee)
+            partner_id=caller.partner_id, service_fee=deps.settings.service_fee, payment_method=body.payment_method)
         answer = OrderAccepted(order_id=order.id, status=order.status.value, quantity=order.quantity,
                                amount=order.amount)
         await idempotency.complete(uow.conn, scope, key, 202, answer.model_dump(mode="json"))

@@ -80,7 +80,7 @@ async def _transition(uow: UnitOfWork, order_id: uuid.UUID, what: str,
 async def on_bill_issued(uow: UnitOfWork, env: Envelope[BillIssued]) -> None:
     e = env.body
     order = await _load(uow, e.order_id)
-    order.attach_bill(Bill(e.virtual_account_no, e.amount, e.expires_at))
+    order.attach_bill(Bill(e.virtual_account_no, e.amount, e.expires_at, e.method, e.qr_content))
     await OrderRepository(uow.conn).save(order)
 
 

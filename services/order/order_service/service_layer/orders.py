@@ -22,14 +22,15 @@ async def create_account(uow: UnitOfWork, name: str, phone: str) -> uuid.UUID:
 
 async def place_order(
     uow: UnitOfWork, *, account_id: uuid.UUID, quantity: int, bank: str | None,
-    partner_id: str | None, service_fee: int,
+    partner_id: str | None, service_fee: int, payment_method: str = "va",
 ) -> Order:
     order = Order(id=uuid.uuid4(), account_id=account_id, quantity=quantity,
-                  amount=price(quantity, service_fee), bank=bank, partner_id=partner_id)
+                  amount=price(quantity, service_fee), bank=bank, partner_id=partner_id,
+                  payment_method=payment_method)
     await OrderRepository(uow.conn).add_order(order)
     uow.publish(
         OrderPlaced(order_id=order.id, account_id=account_id, quantity=quantity, amount=order.amount,
-                    bank=bank, partner_id=partner_id, placed_at=datetime.now(UTC)),
+                    bank=bank, partner_id=partner_id, placed_at=datetime.now(UTC), payment_method=payment_method),
         correlation_id=str(order.id),
     )
     return order

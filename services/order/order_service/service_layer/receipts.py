@@ -56,8 +56,9 @@ async def receipt(uow: UnitOfWork, account_id: uuid.UUID, order_id: uuid.UUID) -
         buyer = f"{order.partner_id} (partner)"
     else:
         buyer = await repo.buyer_name(order.account_id) or str(order.account_id)
+    va = (order.bill.virtual_account_no or None) if order.bill is not None else None  # '' for QRIS
     payment = Payment(record.payment.method, record.payment.bank, record.payment.payment_request_id,
-                      record.payment.reference_no, order.bill.virtual_account_no if order.bill is not None else None)
+                      record.payment.reference_no, va)
     return Receipt(receipt_no=record.receipt_no, order_id=order.id, account_id=order.account_id, buyer=buyer,
                    paid_at=record.paid_at, quantity=order.quantity, total=order.amount, payment=payment,
                    serials=list(order.serials), refunds=await refunds_of(uow, order))

@@ -284,7 +284,8 @@ async def test_order_placed_outbox_row_has_the_right_fields(api: Api) -> None:
     placed_at = datetime.fromisoformat(body.pop("placed_at"))
     assert placed_at.utcoffset() == timedelta(0)
     assert body == {"order_id": order_id, "account_id": str(account_id), "quantity": 3,
-                    "amount": 3 * UNIT_PRICE, "bank": "bank-bri", "partner_id": None}
+                    "amount": 3 * UNIT_PRICE, "bank": "bank-bri", "partner_id": None,
+                    "payment_method": "va"}
     stored_bank = await api.val("SELECT bank FROM orders WHERE id = $1::uuid", order_id)
     assert stored_bank == "bank-bri"
 

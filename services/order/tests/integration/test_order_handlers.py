@@ -245,7 +245,7 @@ async def test_bill_issued_shows_payment_instructions(world: World) -> None:
     view = await world.view(order_id, token)
     payment = view.pop("payment")
     assert datetime.fromisoformat(payment.pop("expires_at")) == expires_at
-    assert payment == {"virtual_account_no": "88081234000001", "amount": AMOUNT}
+    assert payment == {"method": "va", "virtual_account_no": "88081234000001", "amount": AMOUNT}
     assert view == {"order_id": str(order_id), "status": "AWAITING_PAYMENT", "quantity": QUANTITY,
                     "amount": AMOUNT, "serials": [], "failure_reason": None, "fulfilment": None, "refunds": []}
     assert await world.history(order_id) == [PLACED]

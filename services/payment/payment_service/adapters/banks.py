@@ -56,7 +56,7 @@ class BankRegistry:
         if not path.exists():
             log.warning("partners file %s does not exist: no partner bank is configured", path)
             return cls([])
-        entries = json.loads(path.read_text())["banks"]
+        entries = json.loads(path.read_text()).get("banks", [])
         banks = []
         for entry in entries:
             pad_partner_service_id(entry["partner_service_id"])

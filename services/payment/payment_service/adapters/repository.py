@@ -13,7 +13,7 @@ from payment_service.domain.model import Bill, BillStatus, CapturedPayment, Snap
 from payment_service.domain.reconciliation import Settled, Window
 
 _BILL_COLUMNS = ("bill_id, order_id, bank, customer_no, virtual_account_no, amount, quantity, status, expires_at,"
-                 " trace_context")
+                 " trace_context, method, partner_reference_no")
 
 
 def _bill(row: asyncpg.Record | None) -> Bill | None:
@@ -45,17 +45,22 @@ class PaymentRepository:
     async def add_bill(self, bill: Bill) -> bool:
         """Insert ``bill``; False when its order already has one or its customer number is taken."""
         inserted = await self.conn.fetchval(
-            f"""INSERT INTO bills ({_BILL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+            f"""INSERT INTO bills ({_BILL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
                 ON CONFLICT DO NOTHING RETURNING true""",
             bill.bill_id, bill.order_id, bill.bank, bill.customer_no, bill.virtual_account_no,
             bill.amount, bill.quantity, bill.status.value, bill.expires_at,
-            dict(bill.trace_context) if bill.trace_context else None,
+            dict(bill.trace_context) if bill.trace_context else None, bill.method, bill.partner_reference_no,
         )
         return bool(inserted)
 
     async def bill_for_order(self, order_id: UUID, *, lock: bool = False) -> Bill | None:
         return _bill(await self.conn.fetchrow(
             f"SELECT {_BILL_COLUMNS} FROM bills WHERE order_id = $1" + (" FOR UPDATE" if lock else ""), order_id,
+        ))
+
+    async def bill_by_id(self, bill_id: UUID, *, lock: bool = False) -> Bill | None:
+        return _bill(await self.conn.fetchrow(
+            f"SELECT {_BILL_COLUMNS} FROM bills WHERE bill_id = $1" + (" FOR UPDATE" if lock else ""), bill_id,
         ))
 
     async def bill_by_customer_no(self, customer_no: str, *, lock: bool = False) -> Bill | None:
@@ -65,9 +70,10 @@ class PaymentRepository:
         ))
 
     async def claim_due_bills(self, now: datetime, limit: int) -> list[Bill]:
-        """Lock up to ``limit`` open bills past their expiry that no other worker holds."""
+        """Lock up to ``limit`` open VA bills past their expiry that no other worker holds (QRIS bills
+        expire through ``qris.expire_qrs``: their QR is cancelled and queried first)."""
         rows = await self.conn.fetch(
-            f"""SELECT {_BILL_COLUMNS} FROM bills WHERE status = 'OPEN' AND expires_at < $1
+            f"""SELECT {_BILL_COLUMNS} FROM bills WHERE status = 'OPEN' AND expires_at < $1 AND method = 'va'
                 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED""",
             now, limit,
         )

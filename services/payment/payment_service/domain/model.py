@@ -51,6 +51,10 @@ class Bill:
     expires_at: datetime
     trace_context: Mapping[str, str] | None = None
     """W3C ``traceparent``/``tracestate`` of the order's trace; events about the bill continue it."""
+    method: str = "va"
+    """``va`` (virtual account) or ``qris`` (then ``bank`` is the acquirer, ``virtual_account_no`` empty)."""
+    partner_reference_no: str | None = None
+    """QRIS: our ``partnerReferenceNo``, stored with the bill before the QR is asked for (the idempotency key)."""
 
     def past_due(self, now: datetime) -> bool:
         """Expired, or unpaid past its expiry before the sweep got to it."""

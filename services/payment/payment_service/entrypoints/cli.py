@@ -36,7 +36,7 @@ from emeterai_shared.config import ServiceSettings
 from emeterai_shared.runtime import CommandLine
 from emeterai_shared.uow import unit_of_work
 
-from payment_service.adapters import banksim_server
+from payment_service.adapters import acquirersim, banksim_server
 from payment_service.adapters.banks import (
     BANK_FILE,
     PRIVATE_KEY_FILE,
@@ -51,7 +51,7 @@ from payment_service.config import PaymentSettings
 from payment_service.dependencies import PaymentDeps
 from payment_service.service_layer.reconciliation import reconcile_file
 
-OFFLINE_COMMANDS = frozenset({"dev-bank", "bank"})
+OFFLINE_COMMANDS = frozenset({"dev-bank", "bank", "acquirer"})
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -61,6 +61,18 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     reconcile.add_argument("--format", choices=["csv", "json"], help="default: from the file name")
     sub.add_parser("dev-bank", help="create a development bank unless a partners file exists")
     _bank_commands(sub.add_parser("bank", help="SNAP partner-bank simulator (keygen, token, inquiry, pay)"))
+    acquirer = sub.add_parser("acquirer", help="QRIS acquirer simulator (serve; pay a QR through a served one)")
+    acquirer.add_argument("--dir", type=Path, default=Path("var/dev-bank"),
+                          help=f"where {acquirersim.ACQUIRER_FILE} and {acquirersim.ACQUIRER_KEY_FILE} are")
+    acquirer.add_argument("--port", type=int, default=acquirersim.DEV_ACQUIRER_PORT)
+    acquirer_commands = acquirer.add_subparsers(dest="acquirer_command", required=True)
+    acquirer_serve = acquirer_commands.add_parser("serve", help="play the acquirer (127.0.0.1 only)")
+    acquirer_serve.add_argument("--url", default=DEFAULT_BASE_URL, help="our payment service's base URL (notify)")
+    acquirer_pay = acquirer_commands.add_parser("pay", help="pay a QR at the served acquirer")
+    acquirer_pay.add_argument("--partner-reference-no", required=True)
+    acquirer_pay.add_argument("--no-notify", action="store_true", help="pay without notifying us")
+    acquirer_pay.add_argument("--times", type=int, default=1, help="notify this many times")
+    acquirer_pay.add_argument("--amount", type=int, help="report this amount instead of the QR's")
 
 
 def _bank_commands(parser: argparse.ArgumentParser) -> None:
@@ -111,7 +123,30 @@ async def run_offline(settings: ServiceSettings, args: argparse.Namespace) -> in
     assert isinstance(settings, PaymentSettings)
     if args.command == "bank":
         return await _bank(args)
-    return _dev_bank(Path(settings.partners_file))
+    if args.command == "acquirer":
+        return await _acquirer(args)
+    code = _dev_bank(Path(settings.partners_file))
+    if acquirersim.add_dev_acquirer(Path(settings.partners_file)):
+        print(f"payment: development QRIS acquirer added to {settings.partners_file} "
+              f"(played by: python -m payment_service acquirer serve)")
+    return code
+
+
+async def _acquirer(args: argparse.Namespace) -> int:
+    if args.acquirer_command == "serve":
+        return await acquirersim.serve(args.dir, args.url, args.port)
+    body: dict[str, Any] = {"partnerReferenceNo": args.partner_reference_no, "notify": not args.no_notify,
+                            "times": args.times}
+    if args.amount is not None:
+        body["amount"] = args.amount
+    try:
+        async with aiohttp.ClientSession() as session, session.post(
+                f"http://127.0.0.1:{args.port}/sim/pay", json=body) as resp:
+            print(f"HTTP {resp.status}\n{await resp.text()}")
+            return 0 if resp.status == 200 else 1
+    except aiohttp.ClientError as exc:
+        print(f"acquirer: {exc}", file=sys.stderr)
+        return 1
 
 
 def _dev_bank(partners_file: Path) -> int:

@@ -25,7 +25,7 @@ from emeterai_shared.uow import UnitOfWork, unit_of_work
 from pydantic import BaseModel
 
 from payment_service.adapters.banks import Bank
-from payment_service.adapters.snap import INQUIRY_PATH, PAYMENT_PATH, TOKEN_PATH
+from payment_service.adapters.snap import INQUIRY_PATH, PAYMENT_PATH, QR_NOTIFY_PATH, TOKEN_PATH
 from payment_service.adapters.snap.codes import Case, Service, http_status
 from payment_service.adapters.snap.models import (
     AccessTokenAnswer,
@@ -34,12 +34,14 @@ from payment_service.adapters.snap.models import (
     InquiryRequest,
     PaymentFlagAnswer,
     PaymentRequest,
+    QrNotifyRequest,
     SnapFieldError,
     SnapResult,
     token_response,
     validate_access_token_request,
     validate_inquiry,
     validate_payment,
+    validate_qr_notify,
 )
 from payment_service.adapters.snap.signatures import (
     body_sha256_hex,
@@ -50,6 +52,7 @@ from payment_service.adapters.snap.signatures import (
 )
 from payment_service.dependencies import PaymentDeps
 from payment_service.metrics import PAYMENTS_CAPTURED, SNAP_RESPONSES
+from payment_service.service_layer import qris
 from payment_service.service_layer.payments import PaymentNotice, flag_payment, inquire
 from payment_service.service_layer.tokens import bank_of_token, issue_token
 
@@ -123,17 +126,20 @@ def _timestamp(request: web.Request, deps: PaymentDeps, now: datetime) -> dateti
 
 async def _access_token(request: web.Request, raw: bytes, deps: PaymentDeps) -> SnapResult:
     now = datetime.now(UTC)
-    bank = deps.banks.get(request.headers.get("X-CLIENT-KEY", ""))
-    if bank is None:
+    client_key = request.headers.get("X-CLIENT-KEY", "")
+    bank = deps.banks.get(client_key)
+    acquirer = deps.acquirers.by_notify_client(client_key) if bank is None else None
+    if bank is None and acquirer is None:
         raise _unauthorized("Unknown client")
+    public_key = bank.public_key if bank is not None else acquirer.public_key  # type: ignore[union-attr]
     _timestamp(request, deps, now)
-    if not verify_access_token_signature(bank.public_key, bank.client_id, request.headers["X-TIMESTAMP"],
+    if not verify_access_token_signature(public_key, client_key, request.headers["X-TIMESTAMP"],
                                          request.headers.get("X-SIGNATURE", "")):
         raise _unauthorized("Signature")
     validate_access_token_request(raw)
     ttl = deps.settings.snap_token_ttl_s
     async with unit_of_work(deps.pool) as uow:
-        token = await issue_token(uow, bank.client_id, timedelta(seconds=ttl), now)
+        token = await issue_token(uow, client_key, timedelta(seconds=ttl), now)
     return token_response(token, ttl)
 
 
@@ -184,6 +190,34 @@ async def _payment(request: web.Request, raw: bytes, deps: PaymentDeps) -> SnapR
     if answer.captured is not None:
         PAYMENTS_CAPTURED.labels(str(answer.captured.late).lower()).inc()
     return answer.body
+
+
+async def _qr_notify(request: web.Request, raw: bytes, deps: PaymentDeps) -> SnapResult:
+    """The acquirer's qr-mpm-notify: its token (from our access-token/b2b, X-CLIENT-KEY =
+    notify_client_id), X-TIMESTAMP and HMAC X-SIGNATURE with notify_client_secret, then the body."""
+    now = datetime.now(UTC)
+    async with unit_of_work(deps.pool) as uow:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token.strip()
+        client_id = await bank_of_token(uow, token, now) if scheme.lower() == "bearer" and token else None
+        acquirer = deps.acquirers.by_notify_client(client_id) if client_id is not None else None
+        if acquirer is None:
+            raise SnapRefusal(Case.INVALID_TOKEN)
+        if request.headers.get("X-CLIENT-KEY", acquirer.notify_client_id) != acquirer.notify_client_id:
+            raise _unauthorized("X-CLIENT-KEY does not match the access token")
+        _timestamp(request, deps, now)
+        if not verify_transaction_signature(acquirer.notify_client_secret, request.method, request.path, token, raw,
+                                            request.headers["X-TIMESTAMP"], request.headers.get("X-SIGNATURE", "")):
+            raise _unauthorized("Signature")
+        body = validate_qr_notify(raw)
+        case, captured = await qris.notify(uow, acquirer, body, decode_json(raw), now)
+    if captured:
+        PAYMENTS_CAPTURED.labels("false").inc()
+    return SnapResult.of(case.code(Service.QR_NOTIFY))
+
+
+async def qr_notify(request: web.Request, deps: PaymentDeps) -> web.Response:
+    return await _answer(Service.QR_NOTIFY, _qr_notify, request, deps)
 
 
 async def access_token(request: web.Request, deps: PaymentDeps) -> web.Response:
@@ -285,3 +319,10 @@ def routes(router: Router[PaymentDeps]) -> None:
                    **_ERRORS},
         security=["snapBearer"], tags=["snap"], parameters=_TRANSACTION_HEADERS, oversize_status=None,
     ), va_payment)
+    router.add(Operation(
+        "POST", QR_NOTIFY_PATH, "SNAP QRIS MPM notify (service 52): the acquirer reports a QR's payment",
+        request=QrNotifyRequest,
+        responses={200: ("stored (2005200), also for the same notify again", SnapResult),
+                   404: ("unknown reference (01), amount differs from the bill (13)", SnapResult), **_ERRORS},
+        security=["snapBearer"], tags=["snap"], parameters=_TRANSACTION_HEADERS, oversize_status=None,
+    ), qr_notify)

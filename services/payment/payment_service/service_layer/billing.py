@@ -11,6 +11,7 @@ from emeterai_shared.contracts.events import BillExpired, BillFailed, BillIssued
 from emeterai_shared.messaging import PermanentError
 from emeterai_shared.uow import UnitOfWork, unit_of_work
 
+from payment_service.adapters.acquirers import AcquirerRegistry
 from payment_service.adapters.banks import BankRegistry
 from payment_service.adapters.repository import PaymentRepository
 from payment_service.adapters.snap.models import va_digits
@@ -21,7 +22,8 @@ EXPIRY_BATCH = 500
 
 
 async def issue_bill(uow: UnitOfWork, banks: BankRegistry, order: OrderPlaced, expiry: timedelta,
-                     now: datetime, trace_context: Mapping[str, str] | None = None) -> None:
+                     now: datetime, trace_context: Mapping[str, str] | None = None, *,
+                     acquirers: AcquirerRegistry | None = None, qris_validity: timedelta | None = None) -> None:
     """Open the order's bill at its bank and announce it; a redelivered order changes nothing.
 
     ``trace_context`` (the order's W3C trace context) is kept with the bill, so that the bank's
@@ -30,6 +32,9 @@ async def issue_bill(uow: UnitOfWork, banks: BankRegistry, order: OrderPlaced, e
     if await repo.bill_for_order(order.order_id) is not None:
         return
     correlation_id = str(order.order_id)
+    if order.payment_method == "qris":
+        await _issue_qris_bill(uow, acquirers, order, qris_validity or expiry, now, trace_context)
+        return
     bank = banks.for_order(order.bank)
     if bank is None:
         reason = f"unknown bank {order.bank!r}" if order.bank else "no partner bank is configured"
@@ -49,6 +54,28 @@ async def issue_bill(uow: UnitOfWork, banks: BankRegistry, order: OrderPlaced, e
             return
         if await repo.bill_for_order(order.order_id) is not None:
             return  # a concurrent delivery of the same order issued it
+    raise RuntimeError(f"no free customer number after {CUSTOMER_NO_ATTEMPTS} attempts")
+
+
+async def _issue_qris_bill(uow: UnitOfWork, acquirers: AcquirerRegistry | None, order: OrderPlaced,
+                           validity: timedelta, now: datetime, trace_context: Mapping[str, str] | None) -> None:
+    """Store the QRIS bill with its ``partnerReferenceNo``; the worker's job asks the acquirer for the
+    QR afterwards (``qris.generate_qrs``) and announces the bill then."""
+    repo = PaymentRepository(uow.conn)
+    acquirer = acquirers.first() if acquirers is not None else None
+    if acquirer is None:
+        uow.publish(BillFailed(order_id=order.order_id, reason="no QRIS acquirer is configured"),
+                    correlation_id=str(order.order_id))
+        return
+    if order.amount <= 0:
+        raise PermanentError(f"order {order.order_id} has a non-positive amount {order.amount}")
+    for _ in range(CUSTOMER_NO_ATTEMPTS):
+        bill_id = uuid4()
+        bill = Bill(bill_id, order.order_id, acquirer.acquirer_id, new_customer_no(), "", order.amount,
+                    order.quantity, BillStatus.OPEN, now + validity, trace_context or None, method="qris",
+                    partner_reference_no=f"EM{bill_id.hex}")
+        if await repo.add_bill(bill) or await repo.bill_for_order(order.order_id) is not None:
+            return
     raise RuntimeError(f"no free customer number after {CUSTOMER_NO_ATTEMPTS} attempts")
 
 

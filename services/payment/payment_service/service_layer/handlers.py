@@ -12,6 +12,7 @@ from emeterai_shared.messaging import Envelope
 from emeterai_shared.telemetry import inject_context, trace_headers_of
 from emeterai_shared.uow import UnitOfWork
 
+from payment_service.adapters.acquirers import AcquirerRegistry
 from payment_service.adapters.banks import BankRegistry
 from payment_service.config import PaymentSettings
 from payment_service.metrics import PAYMENTS_REFUNDED
@@ -20,12 +21,12 @@ from payment_service.service_layer.refunds import record_partial_refund, record_
 
 
 async def on_order_placed(uow: UnitOfWork, env: Envelope[OrderPlaced], banks: BankRegistry,
-                          settings: PaymentSettings) -> None:
+                          acquirers: AcquirerRegistry, settings: PaymentSettings) -> None:
     # The order's trace, as this message carries it (through this consumer's span when one is
     # recording), is kept with the bill: the bank's callback continues it (one trace per order).
     trace_context = trace_headers_of(inject_context({})) or trace_headers_of(env.headers)
     await issue_bill(uow, banks, env.body, timedelta(seconds=settings.bill_expiry_s), datetime.now(UTC),
-                     trace_context)
+                     trace_context, acquirers=acquirers, qris_validity=timedelta(seconds=settings.qris_validity_s))
 
 
 async def on_order_refund_requested(uow: UnitOfWork, env: Envelope[OrderRefundRequested]) -> None:

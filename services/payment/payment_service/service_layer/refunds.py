@@ -21,6 +21,7 @@ from emeterai_shared.uow import UnitOfWork, unit_of_work
 from payment_service.adapters.partial_refunds import PartialRefundRepository
 from payment_service.adapters.payouts import Payouts
 from payment_service.adapters.repository import PaymentRepository
+from payment_service.service_layer.qris import record_qris_refund
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ async def record_refund(uow: UnitOfWork, requested: OrderRefundRequested, now: d
     amount = min(payment.amount, requested.amount) if payment is not None else requested.amount
     if not await repo.add_refund(refund_id, requested.order_id, payment_id, amount, requested.reason, now):
         return False
+    if bill is not None and bill.method == "qris" and payment is not None:
+        await record_qris_refund(uow, bill, refund_id, amount, now)
     uow.publish(PaymentRefunded(order_id=requested.order_id, refund_id=refund_id, payment_id=payment_id,
                                 amount=amount, reason=requested.reason, refunded_at=now),
                 correlation_id=str(requested.order_id))

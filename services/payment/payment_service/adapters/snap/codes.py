@@ -9,6 +9,11 @@ class Service(StrEnum):
     ACCESS_TOKEN = "73"
     INQUIRY = "24"
     PAYMENT = "25"
+    QR_GENERATE = "47"
+    QR_QUERY = "51"
+    QR_NOTIFY = "52"
+    QR_CANCEL = "77"
+    QR_REFUND = "78"
 
 
 def code(http_status: int, service: str, case: int | str) -> str:
@@ -36,6 +41,8 @@ class Case(Enum):
     """Unknown client, bad signature, X-TIMESTAMP out of range, X-PARTNER-ID not the token's bank."""
     INVALID_TOKEN = (401, 1, "Invalid Token (B2B)")
     """An access token unknown or expired."""
+    TRANSACTION_NOT_FOUND = (404, 1, "Transaction Not Found")
+    """QRIS: an unknown reference (``4045201``)."""
     VA_NOT_FOUND = (404, 12, "Invalid Bill/Virtual Account [Not Found]")
     INVALID_AMOUNT = (404, 13, "Invalid Amount")
     BILL_ALREADY_PAID = (404, 14, "Paid Bill")
@@ -44,6 +51,8 @@ class Case(Enum):
     VA_EXPIRED = (404, 19, "Invalid Bill/Virtual Account [Expired]")
     CONFLICT = (409, 0, "Conflict")
     """An X-EXTERNAL-ID reused with other content, or a paymentRequestId of another VA."""
+    DUPLICATE_PARTNER_REFERENCE = (409, 1, "Duplicate partnerReferenceNo")
+    """QRIS generate: that partnerReferenceNo was already generated (``4094701``): query it instead."""
     INTERNAL_ERROR = (500, 0, "General Error")
     TIMEOUT = (504, 0, "Timeout")
     """The biller cannot answer now (its database is out of reach): nothing was done, retry."""

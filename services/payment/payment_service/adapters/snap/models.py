@@ -335,3 +335,28 @@ def payment_response(
     )
     return PaymentFlagAnswer(responseCode=response_code,
                              responseMessage=message or Case.of(response_code).message, virtualAccountData=data)
+
+
+QrStatus = Literal["00", "01", "02", "03", "04", "05", "06", "07"]
+"""SNAP latestTransactionStatus: 00 success, 01 initiated, 02 paying, 03 pending, 04 refunded,
+05 cancelled, 06 failed, 07 not found."""
+
+
+class QrNotifyRequest(_Body):
+    """``POST /snap/v1.0/qr/qr-mpm-notify``: the acquirer tells us what became of a QR."""
+
+    original_reference_no: str = Field(min_length=1, max_length=64, description="the acquirer's referenceNo")
+    original_partner_reference_no: str = Field(min_length=1, max_length=64, description="our partnerReferenceNo")
+    latest_transaction_status: QrStatus
+    transaction_status_desc: str | None = None
+    amount: Amount
+    additional_info: dict[str, Any] | None = Field(default=None, description="rrn, issuer, ...")
+
+    @property
+    def rrn(self) -> str | None:
+        value = (self.additional_info or {}).get("rrn")
+        return str(value) if value else None
+
+
+def validate_qr_notify(raw: bytes) -> QrNotifyRequest:
+    return parse_body(QrNotifyRequest, raw)

@@ -1,0 +1,225 @@
+"""QRIS acquirers, loaded from ``PAYMENT_PARTNERS_FILE`` (``{"acquirers": [...]}``, contract shape),
+and the client that calls them (SNAP QR MPM).
+
+Every call: a B2B token taken with our RSA key (cached until shortly before it expires), then
+``Authorization: Bearer`` and the HMAC-SHA512 ``X-SIGNATURE`` over the full path called (the path of
+``base_url`` included). Each call has a timeout; transient failures (timeouts, connection errors,
+HTTP 5xx, ``5044700``-style timeout codes) are retried with exponential backoff and jitter
+(tenacity). Calls run in the payment worker only, never inside a buyer's HTTP request. Every call
+and answer is logged (without secrets or tokens).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric import rsa
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from payment_service.adapters.snap import ACCESS_TOKEN
+from payment_service.adapters.snap.signatures import (
+    format_snap_timestamp,
+    load_private_key,
+    load_public_key,
+    sign_access_token,
+    sign_transaction,
+)
+from payment_service.metrics import ACQUIRER_CALL_SECONDS, ACQUIRER_CALLS
+
+log = logging.getLogger(__name__)
+
+TOKEN_MARGIN_S = 60.0
+"""A cached token is renewed this long before it expires."""
+
+
+@dataclass(frozen=True)
+class Acquirer:
+    acquirer_id: str
+    base_url: str
+    client_id: str
+    client_secret: str
+    private_key: rsa.RSAPrivateKey
+    merchant_id: str
+    partner_id: str
+    channel_id: str
+    notify_client_id: str
+    notify_client_secret: str
+    public_key: rsa.RSAPublicKey
+
+    @classmethod
+    def of(cls, entry: dict[str, Any]) -> Acquirer:
+        return cls(str(entry["acquirer_id"]), str(entry["base_url"]).rstrip("/"), str(entry["client_id"]),
+                   str(entry["client_secret"]), load_private_key(entry["private_key_pem"]),
+                   str(entry["merchant_id"]), str(entry["partner_id"]), str(entry["channel_id"]),
+                   str(entry["notify_client_id"]), str(entry["notify_client_secret"]),
+                   load_public_key(entry["public_key_pem"]))
+
+
+class AcquirerRegistry:
+    """The configured acquirers in file order (QRIS bills go to the first)."""
+
+    def __init__(self, acquirers: list[Acquirer]) -> None:
+        self._by_id = {a.acquirer_id: a for a in acquirers}
+        self._by_notify = {a.notify_client_id: a for a in acquirers}
+        if len(self._by_id) != len(acquirers) or len(self._by_notify) != len(acquirers):
+            raise ValueError("acquirers: duplicate acquirer_id or notify_client_id")
+
+    @classmethod
+    def load(cls, path: Path) -> AcquirerRegistry:
+        if not path.exists():
+            return cls([])
+        return cls([Acquirer.of(entry) for entry in json.loads(path.read_text()).get("acquirers", [])])
+
+    def first(self) -> Acquirer | None:
+        return next(iter(self._by_id.values()), None)
+
+    def get(self, acquirer_id: str) -> Acquirer | None:
+        return self._by_id.get(acquirer_id)
+
+    def by_notify_client(self, notify_client_id: str) -> Acquirer | None:
+        return self._by_notify.get(notify_client_id)
+
+
+class AcquirerUnavailable(Exception):
+    """A transient failure: timeout, connection error, HTTP 5xx or a SNAP 5xx code. Retried."""
+
+
+class AcquirerRefused(Exception):
+    """A definite refusal (a 4xx SNAP code other than the ones the caller handles)."""
+
+    def __init__(self, code: str, body: dict[str, Any]) -> None:
+        super().__init__(f"acquirer answered {code}: {body.get('responseMessage')}")
+        self.code = code
+        self.body = body
+
+
+_SECRET_KEYS = {"accessToken"}
+
+
+def _masked(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: ("***" if k in _SECRET_KEYS else v) for k, v in body.items()}
+
+
+class AcquirerClient:
+    """Calls one acquirer's SNAP QR MPM services."""
+
+    def __init__(self, acquirer: Acquirer, session: aiohttp.ClientSession, *, timeout_s: float = 10.0,
+                 attempts: int = 4, backoff_s: float = 0.2) -> None:
+        self.acquirer = acquirer
+        self.session = session
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self._token: tuple[str, float] | None = None
+        self._token_lock = asyncio.Lock()
+
+    def _url(self, path: str) -> tuple[str, str]:
+        url = self.acquirer.base_url + path
+        return url, urlsplit(url).path
+
+    async def _post(self, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, Any]]:
+        url, _ = self._url(path)
+        labels = (self.acquirer.acquirer_id, path)
+        started = time.monotonic()
+        try:
+            async with self.session.post(url, data=raw, headers={**headers, "Content-Type": "application/json"},
+                                         timeout=self.timeout) as resp:
+                status = resp.status
+                text = await resp.text()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("acquirer %s POST %s: %r", self.acquirer.acquirer_id, path, exc)
+            ACQUIRER_CALLS.labels(*labels, "unreachable").inc()
+            raise AcquirerUnavailable(f"{path}: {exc!r}") from exc
+        finally:
+            ACQUIRER_CALL_SECONDS.labels(*labels).observe(time.monotonic() - started)
+        try:
+            body = json.loads(text) if text else {}
+        except ValueError:
+            body = {}
+        if not isinstance(body, dict):
+            body = {}
+        log.info("acquirer %s POST %s -> %s %s", self.acquirer.acquirer_id, path, status, json.dumps(_masked(body)))
+        code = str(body.get("responseCode", ""))
+        ACQUIRER_CALLS.labels(*labels, code or f"http{status}").inc()
+        if status >= 500 or code.startswith("5"):
+            raise AcquirerUnavailable(f"{path}: HTTP {status} {code}")
+        return status, body
+
+    async def _retrying(self, path: str, make: Any) -> dict[str, Any]:
+        async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(self.attempts), reraise=True,
+                wait=wait_exponential_jitter(initial=self.backoff_s, max=5.0, jitter=self.backoff_s),
+                retry=retry_if_exception_type(AcquirerUnavailable)):
+            with attempt:
+                headers, raw = await make()
+                _, body = await self._post(path, headers, raw)
+                return body
+        raise AssertionError("unreachable")
+
+    async def token(self) -> str:
+        async with self._token_lock:
+            if self._token is not None and time.monotonic() < self._token[1]:
+                return self._token[0]
+            a = self.acquirer
+
+            async def make() -> tuple[dict[str, str], bytes]:
+                ts = format_snap_timestamp()
+                return ({"X-CLIENT-KEY": a.client_id, "X-TIMESTAMP": ts,
+                         "X-SIGNATURE": sign_access_token(a.private_key, a.client_id, ts)},
+                        b'{"grantType":"client_credentials"}')
+
+            body = await self._retrying(ACCESS_TOKEN, make)
+            if body.get("responseCode") != "2007300" or not body.get("accessToken"):
+                raise AcquirerRefused(str(body.get("responseCode")), body)
+            ttl = float(body.get("expiresIn", 900))
+            self._token = (str(body["accessToken"]), time.monotonic() + max(ttl - TOKEN_MARGIN_S, ttl / 2))
+            return self._token[0]
+
+    async def call(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """A signed transaction call; the answer's body (any responseCode below 5xx)."""
+        a = self.acquirer
+        raw = json.dumps(payload, separators=(",", ":")).encode()
+
+        async def make() -> tuple[dict[str, str], bytes]:
+            token = await self.token()
+            ts = format_snap_timestamp()
+            _, full_path = self._url(path)
+            return ({"Authorization": f"Bearer {token}", "X-TIMESTAMP": ts, "X-PARTNER-ID": a.partner_id,
+                     "X-EXTERNAL-ID": str(secrets.randbelow(10**18)), "CHANNEL-ID": a.channel_id,
+                     "X-SIGNATURE": sign_transaction(a.client_secret, "POST", full_path, token, raw, ts)}, raw)
+
+        body = await self._retrying(path, make)
+        if str(body.get("responseCode", "")).startswith("401"):
+            self._token = None  # a token the acquirer no longer knows: the next call takes a new one
+        return body
+
+
+class AcquirerClients:
+    """One client per acquirer over one HTTP session, opened on first use (the worker's)."""
+
+    def __init__(self, *, timeout_s: float, attempts: int) -> None:
+        self.timeout_s = timeout_s
+        self.attempts = attempts
+        self._session: aiohttp.ClientSession | None = None
+        self._clients: dict[str, AcquirerClient] = {}
+
+    def client(self, acquirer: Acquirer) -> AcquirerClient:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        if acquirer.acquirer_id not in self._clients:
+            self._clients[acquirer.acquirer_id] = AcquirerClient(acquirer, self._session, timeout_s=self.timeout_s,
+                                                                 attempts=self.attempts)
+        return self._clients[acquirer.acquirer_id]
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()

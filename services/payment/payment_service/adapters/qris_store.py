@@ -1,0 +1,138 @@
+"""SQL of QRIS bills: the QRs to generate, the QR once generated, the acquirer's notifications."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+
+@dataclass(frozen=True)
+class QrToGenerate:
+    bill_id: UUID
+    order_id: UUID
+    acquirer: str
+    partner_reference_no: str
+    amount: int
+    expires_at: datetime
+    attempts: int
+
+
+@dataclass(frozen=True)
+class QrToQuery:
+    bill_id: UUID
+    acquirer: str
+    partner_reference_no: str
+    reference_no: str
+    queries: int
+
+
+@dataclass(frozen=True)
+class QrRefund:
+    partner_refund_no: str
+    acquirer: str
+    partner_reference_no: str
+    reference_no: str
+    amount: int
+    attempts: int
+
+
+class QrisStore:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def to_generate(self, now: datetime, limit: int) -> list[QrToGenerate]:
+        rows = await self.conn.fetch(
+            """SELECT bill_id, order_id, bank AS acquirer, partner_reference_no, amount, expires_at,
+                      qr_attempts AS attempts
+                 FROM bills WHERE method = 'qris' AND qr_content IS NULL AND status = 'OPEN'
+                  AND (qr_next_attempt_at IS NULL OR qr_next_attempt_at <= $1)
+                ORDER BY created_at LIMIT $2""", now, limit)
+        return [QrToGenerate(**dict(r)) for r in rows]
+
+    async def to_query(self, now: datetime, limit: int) -> list[QrToQuery]:
+        rows = await self.conn.fetch(
+            """SELECT bill_id, bank AS acquirer, partner_reference_no, qr_reference_no AS reference_no,
+                      qr_queries AS queries
+                 FROM bills WHERE method = 'qris' AND qr_content IS NOT NULL AND status = 'OPEN'
+                  AND qr_next_query_at <= $1 AND expires_at >= $1
+                ORDER BY qr_next_query_at LIMIT $2""", now, limit)
+        return [QrToQuery(**dict(r)) for r in rows]
+
+    async def next_query(self, bill_id: UUID, at: datetime) -> None:
+        await self.conn.execute(
+            "UPDATE bills SET qr_queries = qr_queries + 1, qr_next_query_at = $2 WHERE bill_id = $1", bill_id, at)
+
+    async def postpone(self, bill_id: UUID, next_attempt_at: datetime) -> None:
+        await self.conn.execute(
+            "UPDATE bills SET qr_attempts = qr_attempts + 1, qr_next_attempt_at = $2 WHERE bill_id = $1",
+            bill_id, next_attempt_at)
+
+    async def set_qr(self, bill_id: UUID, reference_no: str, qr_content: str, now: datetime,
+                     first_query_at: datetime) -> bool:
+        """Keep the generated QR (first queried at ``first_query_at``); False when another worker kept it first."""
+        return bool(await self.conn.fetchval(
+            """UPDATE bills SET qr_reference_no = $2, qr_content = $3, qr_generated_at = $4, qr_next_query_at = $5
+                WHERE bill_id = $1 AND qr_content IS NULL RETURNING true""",
+            bill_id, reference_no, qr_content, now, first_query_at))
+
+    async def qr_reference_of(self, bill_id: UUID) -> str | None:
+        value: str | None = await self.conn.fetchval("SELECT qr_reference_no FROM bills WHERE bill_id = $1", bill_id)
+        return value
+
+    async def bill_id_of(self, partner_reference_no: str, acquirer: str) -> UUID | None:
+        value: UUID | None = await self.conn.fetchval(
+            "SELECT bill_id FROM bills WHERE partner_reference_no = $1 AND bank = $2 AND method = 'qris'",
+            partner_reference_no, acquirer)
+        return value
+
+    async def record_notification(self, acquirer: str, reference_no: str, status: str, partner_reference_no: str,
+                                  bill_id: UUID | None, amount: int | None, rrn: str | None,
+                                  body: dict[str, Any]) -> bool:
+        """Record a notification; False when the same (reference, status) was recorded before."""
+        return bool(await self.conn.fetchval(
+            """INSERT INTO qris_notifications (acquirer, reference_no, status, partner_reference_no, bill_id, amount,
+                                               rrn, body)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING RETURNING true""",
+            acquirer, reference_no, status, partner_reference_no, bill_id, amount, rrn, body))
+
+    async def due_to_expire(self, now: datetime, limit: int) -> list[QrToQuery]:
+        rows = await self.conn.fetch(
+            """SELECT bill_id, bank AS acquirer, partner_reference_no, coalesce(qr_reference_no, '') AS reference_no,
+                      qr_queries AS queries
+                 FROM bills WHERE method = 'qris' AND status = 'OPEN' AND expires_at < $1
+                  AND (qr_expiry_retry_at IS NULL OR qr_expiry_retry_at <= $1)
+                ORDER BY expires_at LIMIT $2""", now, limit)
+        return [QrToQuery(**dict(r)) for r in rows]
+
+    async def retry_expiry(self, bill_id: UUID, at: datetime) -> None:
+        await self.conn.execute("UPDATE bills SET qr_expiry_retry_at = $2 WHERE bill_id = $1", bill_id, at)
+
+    async def add_refund(self, partner_refund_no: str, refund_id: UUID, bill_id: UUID, acquirer: str,
+                         partner_reference_no: str, reference_no: str, amount: int, now: datetime) -> bool:
+        return bool(await self.conn.fetchval(
+            """INSERT INTO qris_refunds (partner_refund_no, refund_id, bill_id, acquirer, partner_reference_no,
+                                         reference_no, amount, recorded_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING RETURNING true""",
+            partner_refund_no, refund_id, bill_id, acquirer, partner_reference_no, reference_no, amount, now))
+
+    async def due_refunds(self, now: datetime, limit: int) -> list[QrRefund]:
+        rows = await self.conn.fetch(
+            """SELECT partner_refund_no, acquirer, partner_reference_no, reference_no, amount, attempts
+                 FROM qris_refunds WHERE status = 'PENDING' AND next_attempt_at <= $1
+                ORDER BY next_attempt_at LIMIT $2""", now, limit)
+        return [QrRefund(**dict(r)) for r in rows]
+
+    async def refund_done(self, partner_refund_no: str, refund_no: str, now: datetime) -> bool:
+        return bool(await self.conn.fetchval(
+            """UPDATE qris_refunds SET status = 'DONE', refund_no = $2, refunded_at = $3, attempts = attempts + 1
+                WHERE partner_refund_no = $1 AND status = 'PENDING' RETURNING true""",
+            partner_refund_no, refund_no, now))
+
+    async def refund_failed(self, partner_refund_no: str, error: str, next_attempt_at: datetime) -> None:
+        await self.conn.execute(
+            """UPDATE qris_refunds SET attempts = attempts + 1, last_error = $2, next_attempt_at = $3
+                WHERE partner_refund_no = $1 AND status = 'PENDING'""", partner_refund_no, error, next_attempt_at)
