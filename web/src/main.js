@@ -5,6 +5,7 @@ import './style.css';
 import { api, announce, ApiError, newKey, poll, refresh, setSignedOutHandler, setToken, signedIn, signOut } from './api.js';
 import { field, h, showError } from './dom.js';
 import { language, rupiah, setLanguage, t, when } from './i18n.js';
+import { qrCanvas } from './qr.js';
 
 const view = document.getElementById('view');
 let leaving = new AbortController(); // aborts the current view's polling when the route changes
@@ -163,19 +164,22 @@ async function buyView() {
   const method = h('fieldset', {}, h('legend', {}, t('pay_with')),
     h('label', {}, h('input', { type: 'radio', name: 'method', value: 'va', checked: true }), ' ', t('va')),
     bankSelect ? h('p', { class: 'field' }, h('label', { for: 'bank' }, t('bank')), bankSelect) : null,
-    h('label', {}, h('input', { type: 'radio', name: 'method', value: 'qris', disabled: true }), ' ', t('qris')));
+    h('label', {}, h('input', { type: 'radio', name: 'method', value: 'qris' }), ' ', t('qris')));
   const form = h('form', {
     onsubmit: async (e) => {
       e.preventDefault();
       const n = Number.parseInt(quantity.input.value, 10);
-      const bank = bankSelect ? bankSelect.value : null;
+      const method = form.querySelector('input[name="method"]:checked')?.value ?? 'va';
+      const bank = method === 'va' && bankSelect ? bankSelect.value : null;
       // One key per purchase, kept until it is answered: a retry or a reload cannot buy twice.
       const pending = JSON.parse(sessionStorage.getItem('purchase') ?? 'null');
-      const key = pending && pending.quantity === n && pending.bank === bank ? pending.key : newKey();
-      sessionStorage.setItem('purchase', JSON.stringify({ key, quantity: n, bank }));
+      const key = pending && pending.quantity === n && pending.bank === bank && pending.method === method
+        ? pending.key : newKey();
+      sessionStorage.setItem('purchase', JSON.stringify({ key, quantity: n, bank, method }));
       form.querySelector('button[type="submit"]').disabled = true;
       try {
-        const order = await api('POST', '/v1/orders', { body: bank ? { quantity: n, bank } : { quantity: n }, key });
+        const body = { quantity: n, ...(bank ? { bank } : {}), ...(method === 'qris' ? { payment_method: 'qris' } : {}) };
+        const order = await api('POST', '/v1/orders', { body, key });
         sessionStorage.removeItem('purchase');
         go(`/bayar/${order.order_id}`);
       } catch (error) {
@@ -202,22 +206,33 @@ async function payView({ params: [orderId], signal }) {
   const bankOf = (va) => bankList.find((b) => va.startsWith(b.partner_service_id))?.name;
   const show = (order) => {
     status.textContent = t(`status_${order.status}`);
-    if (order.payment && order.status === 'AWAITING_PAYMENT' && shown !== order.payment.virtual_account_no) {
-      shown = order.payment.virtual_account_no;
+    const p = order.payment;
+    const ref = p ? (p.qr_content ?? p.virtual_account_no) : null;
+    if (p && order.status === 'AWAITING_PAYMENT' && shown !== ref) {
+      shown = ref;
       const left = h('span', {});
-      const va = order.payment.virtual_account_no;
-      details.replaceChildren(
-        h('dl', { class: 'pay' },
-          h('dt', {}, t('va_no')), h('dd', { class: 'va' }, h('span', { id: 'va-no' }, va), ' ',
-            h('button', { type: 'button', onclick: async () => { await navigator.clipboard?.writeText(va).catch(() => {}); announce(t('copied')); } }, t('copy'))),
-          bankOf(va) ? [h('dt', {}, t('bank')), h('dd', { id: 'bank-name' }, bankOf(va))] : [],
-          h('dt', {}, t('amount')), h('dd', { class: 'total' }, rupiah(order.payment.amount))),
-        h('p', {}, left),
-        devBank ? h('div', { class: 'dev' }, h('p', {}, t('dev_note')),
-          h('button', { type: 'button', onclick: async (e) => {
-            e.target.disabled = true;
-            await fetch('/dev/bank/pay', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ virtual_account_no: va }) });
-          } }, t('dev_pay'))) : null);
+      const devPay = (body) => (devBank ? h('div', { class: 'dev' }, h('p', {}, t('dev_note')),
+        h('button', { type: 'button', onclick: async (e) => {
+          e.target.disabled = true;
+          await fetch('/dev/bank/pay', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
+        } }, t('dev_pay'))) : null);
+      if (p.method === 'qris') {
+        details.replaceChildren(
+          h('figure', { class: 'qr' }, qrCanvas(p.qr_content, t('qris_code')), h('figcaption', {}, t('qris_scan'))),
+          h('dl', { class: 'pay' }, h('dt', {}, t('amount')), h('dd', { class: 'total' }, rupiah(p.amount))),
+          h('p', {}, left),
+          devPay({ order_id: order.order_id, qr_content: p.qr_content }));
+      } else {
+        const va = p.virtual_account_no;
+        details.replaceChildren(
+          h('dl', { class: 'pay' },
+            h('dt', {}, t('va_no')), h('dd', { class: 'va' }, h('span', { id: 'va-no' }, va), ' ',
+              h('button', { type: 'button', onclick: async () => { await navigator.clipboard?.writeText(va).catch(() => {}); announce(t('copied')); } }, t('copy'))),
+            bankOf(va) ? [h('dt', {}, t('bank')), h('dd', { id: 'bank-name' }, bankOf(va))] : [],
+            h('dt', {}, t('amount')), h('dd', { class: 'total' }, rupiah(p.amount))),
+          h('p', {}, left),
+          devPay({ virtual_account_no: va }));
+      }
       const expires = Date.parse(order.payment.expires_at);
       clearInterval(countdown);
       const tick = () => {
