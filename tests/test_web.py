@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import json
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -31,9 +32,10 @@ from aiohttp import web
 from asn1crypto import x509
 from emeterai_testkit.clients import SmsInbox
 from emeterai_testkit.documents import sample_pdf
-from emeterai_testkit.fixtures import REPO_ROOT, eventually, free_port
+from emeterai_testkit.fixtures import REPO_ROOT, eventually, fetchval, free_port
 from emeterai_testkit.platform import Platform, ingress
 from payment_service.adapters import banksim_server
+from payment_service.adapters.acquirersim import AcquirerSimulator, new_acquirer_entry
 from payment_service.adapters.banks import save_bank
 from playwright.async_api import Browser, Page, async_playwright, expect
 from pyhanko.pdf_utils.reader import PdfFileReader
@@ -55,20 +57,37 @@ expect.set_options(timeout=UI_TIMEOUT_MS)
 @pytest.fixture(scope="module")
 async def site(purchase_platform: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
         tuple[Platform, str]]:
-    async with purchase_platform(stock=20, stamping=True, order_overrides=ORDER_LIMITS,
-                                 stamping_overrides={"pdf_workers": 1}) as p:
-        assert p.bank is not None
-        bank_dir = tmp_path_factory.mktemp("dev-bank")
-        save_bank(bank_dir, p.bank.config, p.bank.private_pem)
-        runner = web.AppRunner(banksim_server.app(p.url("payment"), bank_dir))
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
-            async with ingress(p, tmp_path_factory.mktemp("ingress"), dev_bank=f"127.0.0.1:{port}") as url:
-                yield p, url
-        finally:
-            await runner.cleanup()
+    """The platform behind the ingress, with the development pay controls: the bank simulator's
+    (``/dev/bank/``) and a QRIS acquirer's (the simulator, a real HTTP server, at ``/dev/acquirer/``)."""
+    acquirer_port = free_port()
+    entry, sim_key = new_acquirer_entry(f"http://127.0.0.1:{acquirer_port}/snap")
+    sim = AcquirerSimulator(entry, sim_key)
+    acquirer = await sim.start(acquirer_port)
+    try:
+        async with purchase_platform(stock=20, stamping=True, order_overrides=ORDER_LIMITS,
+                                     stamping_overrides={"pdf_workers": 1}, qris_interval_s=0.2) as p:
+            assert p.bank is not None
+            partners_file = Path(p.settings["payment"].partners_file)  # type: ignore[attr-defined]
+            partners = json.loads(partners_file.read_text())
+            partners["acquirers"] = [entry]
+            partners_file.write_text(json.dumps(partners))
+            await p.restart("payment", "api")
+            await p.restart("payment", "worker")
+            sim.merchant_url = p.url("payment")
+            bank_dir = tmp_path_factory.mktemp("dev-bank")
+            save_bank(bank_dir, p.bank.config, p.bank.private_pem)
+            runner = web.AppRunner(banksim_server.app(p.url("payment"), bank_dir))
+            await runner.setup()
+            port = free_port()
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            try:
+                async with ingress(p, tmp_path_factory.mktemp("ingress"), dev_bank=f"127.0.0.1:{port}",
+                                   dev_acquirer=f"127.0.0.1:{acquirer_port}") as url:
+                    yield p, url
+            finally:
+                await runner.cleanup()
+    finally:
+        await acquirer.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -281,3 +300,24 @@ async def test_the_waiting_room_buys_once_by_itself(site: tuple[Platform, str], 
         await go(page, "Riwayat")
         # the retried purchase bought once: two orders in all
         await expect(page.get_by_role("list", name="Pembelian").get_by_role("listitem")).to_have_count(2)
+
+
+async def test_paying_by_qris_draws_the_qr_and_the_status_changes_by_itself(
+        site: tuple[Platform, str], browser: Browser) -> None:
+    platform, url = site
+    async with phone(browser) as page:
+        await sign_in(page, url, platform, new_phone())
+        await page.get_by_label("Jumlah meterai").fill("1")
+        await page.get_by_label("QRIS").check()
+        await page.get_by_role("button", name="Beli sekarang").click()
+        await page.wait_for_url(re.compile(r"/bayar/[0-9a-f-]{36}$"))
+        order_id = page.url.rsplit("/", 1)[1]
+        qr = page.get_by_role("img", name="Kode QRIS untuk membayar")
+        await expect(qr).to_be_visible()
+        stored = await fetchval(platform.settings["order"], "SELECT qr_content FROM orders WHERE id = $1::uuid",
+                                order_id)
+        assert stored and await qr.get_attribute("data-content") == stored  # the acquirer's string, as drawn
+        await expect(page.get_by_text("Rp 12.500")).to_be_visible()
+        await shot(page, "13-qris")
+        await page.get_by_role("button", name="Simulasi: bayar dari bank pengembangan").click()
+        await expect(page.get_by_text("Selesai: meterai siap dipakai")).to_be_visible()

@@ -318,17 +318,18 @@ def _spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.P
 
 @contextlib.asynccontextmanager
 async def ingress(p: Platform, workdir: Path, *, web_root: Path | None = None, dev_bank: str | None = None,
-                  start_timeout_s: float = 30.0) -> AsyncIterator[str]:
+                  dev_acquirer: str | None = None, start_timeout_s: float = 30.0) -> AsyncIterator[str]:
     """``async with ingress(p, dir) as url``: the browser's one origin in front of ``p``'s apis, as
     ``make run`` starts it (``scripts/ingress``: Debian's nginx with ``compose/ingress``'s rules),
     on a free port; stopped on exit. The services trust it only if their settings say so
     (``trusted_proxies``). ``dev_bank``: the address of the development bank's pay control
-    (``payment_service bank serve``), routed at ``/dev/bank/`` as under ``make run``."""
+    (``payment_service bank serve``), routed at ``/dev/bank/`` as under ``make run``; ``dev_acquirer``:
+    the QRIS acquirer simulator's, at ``/dev/acquirer/``."""
     port = free_port()
     env = {"PATH": f"/usr/sbin:/usr/bin:/bin:{Path(sys.executable).parent}",
            "INGRESS_PREFIX": str(workdir / "ingress"), "INGRESS_LISTEN": f"127.0.0.1:{port}",
            "WEB_ROOT": str(web_root or REPO_ROOT / "web" / "dist"),
-           "DEV_BANK_ADDR": dev_bank or "127.0.0.1:9"}
+           "DEV_BANK_ADDR": dev_bank or "127.0.0.1:9", "DEV_ACQUIRER_ADDR": dev_acquirer or "127.0.0.1:9"}
     for service in SERVICES:
         if service in p.settings:
             env[f"{service.upper()}_ADDR"] = f"127.0.0.1:{p.settings[service].http_port}"

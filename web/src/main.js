@@ -201,8 +201,9 @@ async function payView({ params: [orderId], signal }) {
   section.append(h('p', {}, t('status'), ': ', status), details);
   let countdown = null;
   let shown = null;
-  const [devBank, bankList] = await Promise.all([
-    fetch('/dev/bank/', { credentials: 'omit' }).then((r) => r.ok).catch(() => false), banks()]);
+  const devControl = (path) => fetch(path, { credentials: 'omit' }).then((r) => r.ok).catch(() => false);
+  const [devBank, devAcquirer, bankList] = await Promise.all([devControl('/dev/bank/'), devControl('/dev/acquirer/'),
+    banks()]);
   const bankOf = (va) => bankList.find((b) => va.startsWith(b.partner_service_id))?.name;
   const show = (order) => {
     status.textContent = t(`status_${order.status}`);
@@ -211,17 +212,18 @@ async function payView({ params: [orderId], signal }) {
     if (p && order.status === 'AWAITING_PAYMENT' && shown !== ref) {
       shown = ref;
       const left = h('span', {});
-      const devPay = (body) => (devBank ? h('div', { class: 'dev' }, h('p', {}, t('dev_note')),
+      const devPay = (body) => ((p.method === 'qris' ? devAcquirer : devBank) ? h('div', { class: 'dev' }, h('p', {}, t('dev_note')),
         h('button', { type: 'button', onclick: async (e) => {
           e.target.disabled = true;
-          await fetch('/dev/bank/pay', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
+          await fetch(p.method === 'qris' ? '/dev/acquirer/pay' : '/dev/bank/pay',
+            { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
         } }, t('dev_pay'))) : null);
       if (p.method === 'qris') {
         details.replaceChildren(
           h('figure', { class: 'qr' }, qrCanvas(p.qr_content, t('qris_code')), h('figcaption', {}, t('qris_scan'))),
           h('dl', { class: 'pay' }, h('dt', {}, t('amount')), h('dd', { class: 'total' }, rupiah(p.amount))),
           h('p', {}, left),
-          devPay({ order_id: order.order_id, qr_content: p.qr_content }));
+          devPay({ qr_content: p.qr_content }));
       } else {
         const va = p.virtual_account_no;
         details.replaceChildren(

@@ -17,6 +17,7 @@ export function stampView({ go }) {
   let pageBox = null; // { width, height } in points
   let scale = 1;
   let at = null; // { x, y } lower-left of the stamp, points from the bottom-left
+  let rendering = null; // pdf.js's render task in progress, if any
 
   const file = field(t('choose_pdf'), { type: 'file', name: 'file', accept: 'application/pdf,.pdf', required: true });
   const pageSelect = h('select', { id: 'page', name: 'page', disabled: true });
@@ -59,8 +60,15 @@ export function stampView({ go }) {
     place(rect.left + (point.x + SIZE / 2) * cssPerPoint, rect.top + (pageBox.height - point.y - SIZE / 2) * cssPerPoint);
   };
 
+  let generation = 0; // the latest page asked for: an older drawing stops where it is
   const renderPage = async () => {
+    const mine = ++generation;
+    if (rendering) {
+      rendering.cancel();
+      await rendering.promise.catch(() => {});
+    }
     const page = await pdf.getPage(pageNo);
+    if (mine !== generation) return;
     const base = page.getViewport({ scale: 1 });
     pageBox = { width: base.width, height: base.height };
     scale = Math.min(2, Math.max(0.5, (stage.parentElement?.clientWidth || 360) * (window.devicePixelRatio || 1) / base.width));
@@ -68,7 +76,17 @@ export function stampView({ go }) {
     canvas.width = Math.floor(viewport.width);
     canvas.height = Math.floor(viewport.height);
     canvas.setAttribute('aria-label', t('preview', { page: pageNo }));
-    await page.render({ canvas, canvasContext: canvas.getContext('2d'), viewport }).promise;
+    const task = page.render({ canvas, canvasContext: canvas.getContext('2d'), viewport });
+    rendering = task;
+    try {
+      await task.promise;
+    } catch (error) {
+      if (error?.name === 'RenderingCancelledException') return;
+      throw error;
+    } finally {
+      if (rendering === task) rendering = null;
+    }
+    if (mine !== generation) return;
     stage.hidden = false;
     at = null;
     box.hidden = true;

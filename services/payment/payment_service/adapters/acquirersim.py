@@ -261,11 +261,17 @@ class AcquirerSimulator:
     async def _sim_pay(self, request: web.Request) -> web.Response:
         body = await request.json()
         prn = str(body.get("partnerReferenceNo", ""))
+        if not prn and body.get("qr_content"):  # the web app's development pay control knows the QR only
+            prn = next((p for p, qr in self.qrs.items() if qr.qr_content == body["qr_content"]), "")
         if prn not in self.qrs:
             return web.json_response({"error": "unknown partnerReferenceNo"}, status=404)
         answers = await self.pay(prn, notify=bool(body.get("notify", True)), times=int(body.get("times", 1)),
                                  amount=body.get("amount"))
         return web.json_response({"notified": [b for _, b in answers]})
+
+    async def _sim_status(self, _: web.Request) -> web.Response:
+        """Whether a simulated acquirer is there (the web app shows its development pay control then)."""
+        return web.json_response({"acquirer": True, "qrs": len(self.qrs)})
 
     async def _sim_fail_generate(self, request: web.Request) -> web.Response:
         self.fail_generate(int((await request.json()).get("count", 1)))
@@ -280,6 +286,7 @@ class AcquirerSimulator:
             web.post(f"{base}/v1.0/qr/qr-mpm-query", self._query),
             web.post(f"{base}/v1.0/qr/qr-mpm-cancel", self._cancel),
             web.post(f"{base}/v1.0/qr/qr-mpm-refund", self._refund),
+            web.get("/sim/", self._sim_status),
             web.post("/sim/pay", self._sim_pay),
             web.post("/sim/fail-generate", self._sim_fail_generate),
         ])
