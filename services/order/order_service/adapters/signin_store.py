@@ -109,9 +109,8 @@ class SigninRepository:
 
     async def forget_old(self, now: datetime, keep_s: int) -> None:
         """Delete limit windows, codes and refresh tokens past use for ``keep_s`` seconds."""
-        await self.conn.execute(
-            "DELETE FROM auth_limits WHERE window_start < $1 - make_interval(secs => $2)", now, float(keep_s))
-        await self.conn.execute(
-            "DELETE FROM otp_codes WHERE expires_at < $1 - make_interval(secs => $2)", now, float(keep_s))
-        await self.conn.execute(
-            "DELETE FROM refresh_tokens WHERE expires_at < $1 - make_interval(secs => $2)", now, float(keep_s))
+        for table, column in (("auth_limits", "window_start"), ("otp_codes", "expires_at"),
+                              ("refresh_tokens", "expires_at")):
+            await self.conn.execute(
+                f"DELETE FROM {table} WHERE {column} < $1::timestamptz - make_interval(secs => $2::float8)",
+                now, float(keep_s))

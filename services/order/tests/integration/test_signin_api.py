@@ -130,3 +130,33 @@ async def test_malformed_sign_in_bodies_are_refused(api: tuple[Client, asyncpg.P
     assert (resp.status, (await resp.json())["error"]["code"]) == (401, "invalid_refresh_token")
     resp = await client.post("/v1/auth/logout")
     assert resp.status == 401
+
+
+async def test_housekeeping_forgets_what_is_past_use_and_keeps_the_rest(api: tuple[Client, asyncpg.Pool]) -> None:
+    """The worker's periodic job: limit windows, codes and refresh tokens older than the keep time
+    go, current ones stay (run against the real schema: its SQL must type-check in PostgreSQL)."""
+    from datetime import UTC, datetime, timedelta
+
+    from emeterai_shared.uow import unit_of_work
+    from order_service.service_layer import signin
+
+    _, pool = api
+    now = datetime.now(UTC)
+    old, fresh = now - timedelta(days=2), now
+    account, sid = uuid.uuid4(), uuid.uuid4()
+    await pool.execute("INSERT INTO auth_limits (key, window_start, hits) VALUES ('hk-old', $1, 1), ('hk-new', $2, 1)",
+                       old, fresh)
+    await pool.execute("INSERT INTO otp_codes (phone, digest, expires_at) VALUES ('+62899000001', $3, $1),"
+                       " ('+62899000002', $3, $2)", old, fresh + timedelta(minutes=5), b"\x00")
+    await pool.execute("INSERT INTO accounts (id, name, phone) VALUES ($1, 'Housekeeping', '+62899000009')", account)
+    await pool.execute("INSERT INTO sessions (sid, account_id) VALUES ($1, $2)", sid, account)
+    await pool.execute("INSERT INTO refresh_tokens (digest, sid, account_id, expires_at) VALUES"
+                       " ($5, $1, $2, $3), ($6, $1, $2, $4)", sid, account, old, fresh + timedelta(days=1),
+                       uuid.uuid4().bytes, uuid.uuid4().bytes)
+    async with unit_of_work(pool) as uow:
+        await signin.housekeeping(uow)
+    assert await pool.fetchval("SELECT array_agg(key ORDER BY key) FROM auth_limits WHERE key LIKE 'hk-%'") == [
+        "hk-new"]
+    assert await pool.fetchval("SELECT array_agg(phone) FROM otp_codes WHERE phone LIKE '+628990000%'") == [
+        "+62899000002"]
+    assert await pool.fetchval("SELECT count(*) FROM refresh_tokens WHERE sid = $1", sid) == 1
