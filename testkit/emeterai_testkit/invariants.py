@@ -126,7 +126,7 @@ QUERIES: dict[str, tuple[str, str]] = {
     "reuse_attempts": ("minting", "SELECT sn, stamping_id::text AS stamping_id, found_status FROM reuse_attempts"),
     "stamps": ("stamping", "SELECT sn, account_id::text AS account_id, order_id::text AS order_id, status FROM stamps"),
     "buyer_refunds": ("order", "SELECT refund_id::text AS refund_id, order_id::text AS order_id, status, requested,"
-                               " voided, kept, amount FROM refunds"),
+                               " voided, kept, amount FROM refunds WHERE kind = 'stamps'"),
     "partial_refunds": ("payment", "SELECT refund_id::text AS refund_id, order_id::text AS order_id, amount, status,"
                                    " serials FROM partial_refunds"),
     "stampings": ("stamping", "SELECT id::text AS id, account_id::text AS account_id, sn, status, error,"

@@ -17,6 +17,7 @@ from emeterai_shared.contracts.base import Message, message
 # order ──order.placed──► payment ──payment.bill_issued / bill_failed / bill_expired──► order
 # bank ──SNAP──► payment ──payment.captured──► order ──order.paid──► minting
 # order ──order.refund_requested──► payment ──payment.refunded──► order
+#   (QRIS: ──qr-mpm-refund 2007800──► payment ──payment.refund_settled──► order, the refundNo)
 
 
 @message("order.placed.v1")
@@ -108,6 +109,19 @@ class PaymentRefunded(Message):
     amount: int
     reason: str
     refunded_at: datetime
+
+
+@message("payment.refund_settled.v1")
+class PaymentRefundSettled(Message):
+    """A whole-order refund (``payment.refunded.v1``) of a QRIS payment went back to the payer:
+    the acquirer answered ``qr-mpm-refund`` with ``2007800``; ``reference`` is its ``refundNo``.
+    Published after ``payment.refunded.v1`` of the same ``refund_id`` (it may be consumed first)."""
+
+    order_id: UUID
+    refund_id: UUID
+    amount: int
+    reference: str
+    settled_at: datetime
 
 
 # --- minting and stamping --------------------------------------------------------------------
@@ -239,7 +253,8 @@ class AccountVerified(Message):
 # buyer ──POST /v1/orders/{id}/refund──► order ──order.serials_void_requested (refund_id)──► stamping
 #   (decides, under the quota row locks POST /v1/stampings takes) ──stamping.serials_voided──►
 #   minting (registry VOID), order ──order.partial_refund_requested──► payment (records, pays out
-#   through the bank adapter) ──payment.partial_refund_paid_out──► order (refund PAID_OUT)
+#   through the bank adapter, or for a QRIS payment through qr-mpm-refund)
+#   ──payment.partial_refund_paid_out──► order (refund PAID_OUT)
 
 
 @message("order.partial_refund_requested.v1")

@@ -32,7 +32,7 @@ REFUND_ROWS = 4
 
 METHODS = {"va": "Virtual Account (VA)", "qris": "QRIS"}
 REFUND_STATUS = {"REQUESTED": "diajukan", "PENDING": "diproses", "REFUNDED": "dikembalikan",
-                 "COMPLETED": "dikembalikan", "FAILED": "gagal"}
+                 "COMPLETED": "dikembalikan", "FAILED": "gagal", "PAYING": "diproses", "PAID_OUT": "dikembalikan"}
 
 
 class _Page:
@@ -144,10 +144,13 @@ def _refunds(page: _Page, refunds: list[ReceiptRefund]) -> None:
         return
     for refund in refunds[:REFUND_ROWS]:
         status = REFUND_STATUS.get(refund.status, refund.status.lower())
-        page.text(MARGIN, f"{rupiah(refund.amount)} - {len(refund.serials)} meterai / stamps - {status} "
-                          f"({refund.status})", size=9, advance=10)
+        what = ("seluruh pesanan / whole order" if refund.kind == "order"
+                else f"{len(refund.serials)} meterai / stamps")
+        page.text(MARGIN, f"{rupiah(refund.amount)} - {what} - {status} ({refund.status})", size=9, advance=10)
+        reference = f" - Ref. {refund.reference}" if refund.reference else ""
         page.text(MARGIN + 10, f"ID {refund.refund_id}: {', '.join(refund.serials[:3])}"
-                               f"{' ...' if len(refund.serials) > 3 else ''}", size=7.5, grey=True, advance=13)
+                               f"{' ...' if len(refund.serials) > 3 else ''}{reference}", size=7.5, grey=True,
+                  advance=13)
     if len(refunds) > REFUND_ROWS:
         more = len(refunds) - REFUND_ROWS
         page.text(MARGIN, f"... dan {more} lainnya / and {more} more (lihat / see JSON)", size=8, grey=True,

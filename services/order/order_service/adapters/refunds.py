@@ -8,17 +8,17 @@ from datetime import datetime
 
 import asyncpg
 
-from order_service.domain.refund import Refund, RefundStatus
+from order_service.domain.refund import Refund, RefundKind, RefundStatus
 
 _COLUMNS = """refund_id, order_id, requested, voided, kept, amount, status, payout_reference, requested_at,
-              decided_at, paid_out_at"""
+              decided_at, paid_out_at, kind"""
 
 
 def _refund(row: asyncpg.Record) -> Refund:
     return Refund(refund_id=row["refund_id"], order_id=row["order_id"], requested=list(row["requested"]),
                   requested_at=row["requested_at"], voided=list(row["voided"]), kept=list(row["kept"]),
                   amount=row["amount"], status=RefundStatus(row["status"]), payout_reference=row["payout_reference"],
-                  decided_at=row["decided_at"], paid_out_at=row["paid_out_at"])
+                  decided_at=row["decided_at"], paid_out_at=row["paid_out_at"], kind=RefundKind(row["kind"]))
 
 
 class RefundRepository:
@@ -29,6 +29,15 @@ class RefundRepository:
         await self.conn.execute(
             "INSERT INTO refunds (refund_id, order_id, requested, status, requested_at) VALUES ($1, $2, $3, $4, $5)",
             refund.refund_id, refund.order_id, refund.requested, refund.status.value, refund.requested_at)
+
+    async def add_whole_order(self, refund: Refund) -> bool:
+        """Record a whole-order refund as it stands; False when its id is recorded already."""
+        return bool(await self.conn.fetchval(
+            """INSERT INTO refunds (refund_id, order_id, requested, amount, status, payout_reference, requested_at,
+                                    decided_at, paid_out_at, kind)
+               VALUES ($1, $2, '{}', $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (refund_id) DO NOTHING RETURNING true""",
+            refund.refund_id, refund.order_id, refund.amount, refund.status.value, refund.payout_reference,
+            refund.requested_at, refund.decided_at, refund.paid_out_at, refund.kind.value))
 
     async def get(self, refund_id: uuid.UUID, *, for_update: bool = False) -> Refund | None:
         lock = " FOR UPDATE" if for_update else ""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Literal
 
 from order_service.domain.order import DUTY_PER_STAMP
 
@@ -61,6 +62,10 @@ class ReceiptRefund:
     serials: list[str]
     amount: int
     status: str
+    kind: Literal["stamps", "order"] = "stamps"
+    """``order``: the whole order's refund of a QRIS payment (no serials)."""
+    reference: str | None = None
+    """Once paid out: the reference of the money paid back (QRIS: the acquirer's ``refundNo``)."""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,9 @@ The amount is the order's per-stamp price (duty Rp 10.000 plus the service fee s
 stamps voided: the fee is refunded with its stamp, as when an order gives serials back, so every
 rupiah captured ends as a stamp the buyer kept or as money refunded.
 
-The order keeps its status (FULFILLED): REFUND_PENDING/REFUNDED are whole-order refunds.
+The order keeps its status (FULFILLED): REFUND_PENDING/REFUNDED are whole-order refunds. A
+whole-order refund of a QRIS payment is kept beside them too (``RefundKind.ORDER``, no serials:
+PAYING, then PAID_OUT with the acquirer's ``refundNo``), so the order view and the receipt show it.
 """
 
 from __future__ import annotations
@@ -42,6 +44,15 @@ class RefundStatus(StrEnum):
     """Every serial asked for was in use: nothing refunded (final)."""
 
 
+class RefundKind(StrEnum):
+    STAMPS = "stamps"
+    """A buyer's refund of unused stamps (``POST /v1/orders/{id}/refund``)."""
+    ORDER = "order"
+    """A whole-order refund of a QRIS payment (paid after expiry, or the order cannot be fulfilled),
+    recorded by the payment service (``payment.refunded.v1``): PAYING until the acquirer has made it,
+    then PAID_OUT with its ``refundNo`` (``payment.refund_settled.v1``)."""
+
+
 class NothingToRefund(ValueError):
     """409 ``nothing_to_refund``: the order is not FULFILLED, or every serial is used, refunded or
     being refunded as far as the order service knows."""
@@ -64,6 +75,13 @@ class Refund:
     payout_reference: str | None = None
     decided_at: datetime | None = None
     paid_out_at: datetime | None = None
+    kind: RefundKind = RefundKind.STAMPS
+
+    @classmethod
+    def whole_order(cls, refund_id: uuid.UUID, order_id: uuid.UUID, amount: int, at: datetime) -> Refund:
+        """The payment service's refund of the whole order (its ``refund_id``): being paid back."""
+        return cls(refund_id=refund_id, order_id=order_id, requested=[], requested_at=at, amount=amount,
+                   status=RefundStatus.PAYING, decided_at=at, kind=RefundKind.ORDER)
 
     @property
     def holds(self) -> list[str]:

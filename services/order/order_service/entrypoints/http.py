@@ -147,12 +147,20 @@ class RefundView(BaseModel):
                     "out) -> PAID_OUT, or NOTHING (every serial asked for was in use)")
     requested: list[str] = Field(description="the serials asked for")
     kept: list[str] = Field(description="serials asked for that were in use: stamped, not refunded")
+    kind: Literal["stamps", "order"] = Field(
+        default="stamps", description="stamps: a buyer's refund of unused stamps; order: the whole order's "
+                                      "refund of a QRIS payment (paid after the order expired, or the order "
+                                      "cannot be fulfilled), no serials")
+    reference: str | None = Field(
+        default=None, description="once PAID_OUT, the reference of the money paid back: for a QRIS payment the "
+                                  "acquirer's refundNo (qr-mpm-refund), otherwise the payout's reference")
 
     @classmethod
     def of(cls, refund: Refund, per_stamp: int) -> RefundView:
         amount = refund.amount if refund.decided_at is not None else per_stamp * len(refund.requested)
         return cls(refund_id=refund.refund_id, serials=refund.serials, amount=amount, status=refund.status.value,
-                   requested=refund.requested, kept=refund.kept)
+                   requested=refund.requested, kept=refund.kept, kind=refund.kind.value,
+                   reference=refund.payout_reference)
 
 
 class OrderView(OrderAccepted):
@@ -162,7 +170,8 @@ class OrderView(OrderAccepted):
     failure_reason: str | None = None
     fulfilment: Fulfilment | None = Field(default=None, description="null unless the order waited for stock "
                                           "or gave serials back")
-    refunds: list[RefundView] = Field(default_factory=list, description="refunds of unused stamps, oldest first")
+    refunds: list[RefundView] = Field(default_factory=list, description="refunds of unused stamps, and the whole "
+                                      "order's refund of a QRIS payment, oldest first")
 
     @classmethod
     def of(cls, order: Order, refunds: list[Refund] | None = None) -> OrderView:
@@ -241,6 +250,9 @@ class ReceiptRefundView(BaseModel):
     serials: list[str]
     amount: int
     status: str
+    kind: Literal["stamps", "order"] = Field(default="stamps", description="as in the order view's refunds")
+    reference: str | None = Field(default=None, description="once PAID_OUT, the reference of the money paid "
+                                                            "back (QRIS: the acquirer's refundNo)")
 
 
 class ReceiptView(BaseModel):
@@ -270,7 +282,8 @@ class ReceiptView(BaseModel):
                                               virtual_account_no=p.virtual_account_no),
                    serials=receipt.serials,
                    refunds=[ReceiptRefundView(refund_id=r.refund_id, serials=r.serials, amount=r.amount,
-                                              status=r.status) for r in receipt.refunds])
+                                              status=r.status, kind=r.kind, reference=r.reference)
+                            for r in receipt.refunds])
 
 
 # --- partner events: the feed's entries and the webhooks' bodies --------------------------------

@@ -17,6 +17,7 @@ from emeterai_shared.contracts.events import (
     PartialRefundPaidOut,
     PaymentCaptured,
     PaymentRefunded,
+    PaymentRefundSettled,
     SerialsIssued,
     SerialsVoided,
     SmsRequested,
@@ -40,4 +41,5 @@ SUBSCRIPTIONS = (
     Subscription("order.on_sms_requested", SmsRequested, handlers.on_sms_requested, batch_max=1),
     Subscription("order.on_document_failed", DocumentFailed, handlers.on_document_failed),
     Subscription("order.on_partial_refund_paid_out", PartialRefundPaidOut, handlers.on_partial_refund_paid_out),
+    Subscription("order.on_payment_refund_settled", PaymentRefundSettled, handlers.on_payment_refund_settled),
 )

@@ -25,6 +25,7 @@ from emeterai_shared.contracts.events import (
     PartialRefundPaidOut,
     PaymentCaptured,
     PaymentRefunded,
+    PaymentRefundSettled,
     SerialsIssued,
     SerialsVoided,
     SerialsVoidRequested,
@@ -127,7 +128,13 @@ async def on_payment_captured(uow: UnitOfWork, env: Envelope[PaymentCaptured]) -
 
 
 async def on_payment_refunded(uow: UnitOfWork, env: Envelope[PaymentRefunded]) -> None:
-    await _transition(uow, env.body.order_id, "refund", Order.refunded)
+    order = await _transition(uow, env.body.order_id, "refund", Order.refunded)
+    await refunds.whole_order_refunded(uow, order or await _load(uow, env.body.order_id), env.body)
+
+
+async def on_payment_refund_settled(uow: UnitOfWork, env: Envelope[PaymentRefundSettled]) -> None:
+    """The acquirer made a whole-order QRIS refund: the order's refund gets its refundNo."""
+    await refunds.refund_settled(uow, env.body)
 
 
 async def on_serials_issued(uow: UnitOfWork, env: Envelope[SerialsIssued], partners: PartnerRegistry) -> None:

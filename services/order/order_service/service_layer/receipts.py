@@ -30,6 +30,7 @@ async def issue_receipt(uow: UnitOfWork, order: Order, *, paid_at: datetime, pay
 
 async def refunds_of(uow: UnitOfWork, order: Order) -> list[ReceiptRefund]:
     """The buyer refunds of the order that returned money, or may (``POST /v1/orders/{id}/refund``),
+    and the whole order's refund of a QRIS payment,
     oldest first, as the order view shows them: a refund still REQUESTED shows the most it can be;
     one that found every serial in use (NOTHING) returned nothing and is not listed."""
     listed = []
@@ -38,7 +39,7 @@ async def refunds_of(uow: UnitOfWork, order: Order) -> list[ReceiptRefund]:
             continue
         amount = r.amount if r.decided_at is not None else order.per_stamp() * len(r.requested)
         listed.append(ReceiptRefund(refund_id=r.refund_id, serials=list(r.serials), amount=amount,
-                                    status=r.status.value))
+                                    status=r.status.value, kind=r.kind.value, reference=r.payout_reference))
     return listed
 
 

@@ -1,5 +1,6 @@
 """Buyers' refunds of unused stamps (``domain.refund``): requested by the API, decided by the
-stamping service, paid out by the payment service; each step in the caller's unit of work."""
+stamping service, paid out by the payment service; each step in the caller's unit of work. And
+whole-order refunds of QRIS payments, kept with the acquirer's ``refundNo`` once it has made them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from datetime import datetime
 from emeterai_shared.contracts.events import (
     PartialRefundPaidOut,
     PartialRefundRequested,
+    PaymentRefunded,
+    PaymentRefundSettled,
     SerialsVoided,
     SerialsVoidRequested,
 )
@@ -89,3 +92,35 @@ async def paid_out(uow: UnitOfWork, event: PartialRefundPaidOut, partners: Partn
             partner_events.order_refunded(order_id=order.id, refund_id=refund.refund_id, serials=refund.voided,
                                           amount=refund.amount, at=now),
             deliver=partner is not None and partner.webhook_url is not None)
+
+
+async def whole_order_refunded(uow: UnitOfWork, order: Order, event: PaymentRefunded) -> None:
+    """The payment service refunded the whole order (``order`` locked): a QRIS payment goes back
+    through the acquirer, whose ``refundNo`` comes later (``refund_settled``), so the order keeps the
+    refund (PAYING) to show it. Other refunds (a VA payment, or no payment captured) are not kept:
+    the order's status REFUNDED tells them. A redelivery, or a settlement seen first, changes nothing."""
+    if order.payment_method != "qris" or event.payment_id is None:
+        return
+    await RefundRepository(uow.conn).add_whole_order(
+        Refund.whole_order(event.refund_id, order.id, event.amount, event.refunded_at))
+
+
+async def refund_settled(uow: UnitOfWork, event: PaymentRefundSettled) -> None:
+    """The acquirer made a whole-order refund: PAID_OUT with its ``refundNo``. It may come before
+    ``payment.refunded.v1`` (another queue): then the refund is recorded PAID_OUT at once. The order
+    row is locked, as ``payment.refunded.v1``'s handler locks it, so the two never both insert."""
+    order = await OrderRepository(uow.conn).get(event.order_id, for_update=True)
+    if order is None:
+        raise PermanentError(f"refund {event.refund_id} settled for unknown order {event.order_id}")
+    repo = RefundRepository(uow.conn)
+    refund = await repo.get(event.refund_id, for_update=True)
+    if refund is None:
+        refund = Refund.whole_order(event.refund_id, order.id, event.amount, event.settled_at)
+        refund.paid_out(event.reference, event.settled_at)
+        await repo.add_whole_order(refund)
+        return
+    if refund.order_id != event.order_id:
+        raise PermanentError(f"refund {event.refund_id} settled for order {event.order_id}, "
+                             f"recorded for {refund.order_id}")
+    if refund.paid_out(event.reference, event.settled_at):
+        await repo.save(refund)

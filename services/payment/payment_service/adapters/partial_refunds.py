@@ -16,14 +16,20 @@ class PartialRefundRepository:
         self.conn = conn
 
     async def add(self, refund_id: UUID, order_id: UUID, payment_id: UUID, bank: str, serials: Sequence[str],
-                  amount: int, now: datetime) -> bool:
-        """Record a partial refund (PAYING); False when this refund id is already recorded."""
+                  amount: int, now: datetime, *, via: str = "payout") -> bool:
+        """Record a partial refund (PAYING), paid back through the payout adapter (``via`` ``payout``)
+        or the QRIS acquirer (``qris``); False when this refund id is already recorded."""
         inserted = await self.conn.fetchval(
             """INSERT INTO partial_refunds (refund_id, order_id, payment_id, bank, serials, amount, recorded_at,
-                                            next_attempt_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (refund_id) DO NOTHING RETURNING true""",
-            refund_id, order_id, payment_id, bank, list(serials), amount, now)
+                                            next_attempt_at, via)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) ON CONFLICT (refund_id) DO NOTHING RETURNING true""",
+            refund_id, order_id, payment_id, bank, list(serials), amount, now, via)
         return bool(inserted)
+
+    async def paying(self, refund_id: UUID) -> bool:
+        """Whether ``refund_id`` is a partial refund not paid out yet (locked until the commit)."""
+        return bool(await self.conn.fetchval(
+            "SELECT true FROM partial_refunds WHERE refund_id = $1 AND status = 'PAYING' FOR UPDATE", refund_id))
 
     async def refunded_of_order(self, order_id: UUID) -> int:
         """Money already refunded (or being paid out) for the order: partial and whole refunds."""
@@ -36,7 +42,7 @@ class PartialRefundRepository:
         """Lock up to ``limit`` partial refunds due for payout that no other worker holds."""
         rows = await self.conn.fetch(
             """SELECT refund_id, order_id, amount, bank FROM partial_refunds
-                WHERE status = 'PAYING' AND next_attempt_at <= $1
+                WHERE status = 'PAYING' AND via = 'payout' AND next_attempt_at <= $1
                 ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED""", now, limit)
         return [Payout(r["refund_id"], r["order_id"], r["amount"], r["bank"]) for r in rows]
 

@@ -1,4 +1,5 @@
-"""SQL of QRIS bills: the QRs to generate, the QR once generated, the acquirer's notifications."""
+"""SQL of QRIS bills: the QRs to generate, the QR once generated, the acquirer's notifications, the
+refunds sent through qr-mpm-refund and the captured QRIS payments a settlement list is compared with."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+
+from payment_service.domain.reconciliation import Settled, Window
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,9 @@ class QrToQuery:
 @dataclass(frozen=True)
 class QrRefund:
     partner_refund_no: str
+    refund_id: UUID
+    """A whole-order refund's (``refunds``) or a buyer's partial refund's (``partial_refunds``)."""
+    order_id: UUID
     acquirer: str
     partner_reference_no: str
     reference_no: str
@@ -121,9 +127,11 @@ class QrisStore:
 
     async def due_refunds(self, now: datetime, limit: int) -> list[QrRefund]:
         rows = await self.conn.fetch(
-            """SELECT partner_refund_no, acquirer, partner_reference_no, reference_no, amount, attempts
-                 FROM qris_refunds WHERE status = 'PENDING' AND next_attempt_at <= $1
-                ORDER BY next_attempt_at LIMIT $2""", now, limit)
+            """SELECT r.partner_refund_no, r.refund_id, b.order_id, r.acquirer, r.partner_reference_no,
+                      r.reference_no, r.amount, r.attempts
+                 FROM qris_refunds r JOIN bills b USING (bill_id)
+                WHERE r.status = 'PENDING' AND r.next_attempt_at <= $1
+                ORDER BY r.next_attempt_at LIMIT $2""", now, limit)
         return [QrRefund(**dict(r)) for r in rows]
 
     async def refund_done(self, partner_refund_no: str, refund_no: str, now: datetime) -> bool:
@@ -136,3 +144,25 @@ class QrisStore:
         await self.conn.execute(
             """UPDATE qris_refunds SET attempts = attempts + 1, last_error = $2, next_attempt_at = $3
                 WHERE partner_refund_no = $1 AND status = 'PENDING'""", partner_refund_no, error, next_attempt_at)
+
+    async def settled_payments(self, acquirer: str, references: list[str], window: Window) -> list[Settled]:
+        """The acquirer's payments captured by us named in a settlement list (by its ``referenceNo``
+        or the RRN) or made inside its time window, keyed by the acquirer's ``referenceNo``."""
+        rows = await self.conn.fetch(
+            """SELECT p.payment_request_id, p.reference_no, p.amount, coalesce(p.trx_time, p.captured_at) AS time
+                 FROM payments p JOIN bills b USING (bill_id)
+                WHERE b.method = 'qris' AND p.client_id = $1
+                  AND (p.payment_request_id = ANY($2::text[]) OR p.reference_no = ANY($2::text[])
+                       OR coalesce(p.trx_time, p.captured_at) BETWEEN $3 AND $4)""",
+            acquirer, references, window.start, window.end)
+        return [Settled(r["payment_request_id"], r["amount"], r["time"], r["reference_no"]) for r in rows]
+
+    async def settled_refunds(self, acquirer: str, refund_nos: list[str], window: Window) -> list[Settled]:
+        """Our refunds the acquirer made (``DONE``, its ``refundNo``) named in a settlement list or made
+        inside its time window, keyed by ``refundNo``."""
+        rows = await self.conn.fetch(
+            """SELECT refund_no, amount, refunded_at FROM qris_refunds
+                WHERE acquirer = $1 AND status = 'DONE'
+                  AND (refund_no = ANY($2::text[]) OR refunded_at BETWEEN $3 AND $4)""",
+            acquirer, refund_nos, window.start, window.end)
+        return [Settled(r["refund_no"], r["amount"], r["refunded_at"]) for r in rows]

@@ -18,6 +18,9 @@ class Settled:
     """Whole rupiah."""
     time: datetime
     """The bank's time of the transaction (ours: ``trxDateTime``, else when we captured it)."""
+    alias: str | None = None
+    """Another id the other side may name it by: a QRIS payment's RRN (its key is the acquirer's
+    ``referenceNo``)."""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,9 @@ The QR reaches the order through ``payment.bill_issued.v1`` (``method`` ``qris``
 
 A notify with status ``00`` captures through the same ``payment.captured.v1`` as a VA payment
 (``method`` ``qris``, ``reference_no`` the RRN, else the acquirer's reference), exactly once.
+
+Refunds of QRIS payments, a whole order's and a buyer's partial ones alike, go back through
+``qr-mpm-refund`` with a ``partnerRefundNo`` of their own (`record_qris_refund`, `refund_qrs`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,14 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
 import asyncpg
-from emeterai_shared.contracts.events import BillExpired, BillFailed, BillIssued, PaymentCaptured
+from emeterai_shared.contracts.events import (
+    BillExpired,
+    BillFailed,
+    BillIssued,
+    PartialRefundPaidOut,
+    PaymentCaptured,
+    PaymentRefundSettled,
+)
 from emeterai_shared.uow import UnitOfWork, unit_of_work
 
 from payment_service.adapters.acquirers import (
@@ -29,6 +39,7 @@ from payment_service.adapters.acquirers import (
     AcquirerRegistry,
     AcquirerUnavailable,
 )
+from payment_service.adapters.partial_refunds import PartialRefundRepository
 from payment_service.adapters.qris_store import QrisStore, QrRefund, QrToGenerate, QrToQuery
 from payment_service.adapters.repository import NewPayment, PaymentRepository
 from payment_service.adapters.snap import QR_CANCEL, QR_GENERATE, QR_QUERY, QR_REFUND
@@ -283,16 +294,43 @@ async def expire_qrs(pool: asyncpg.Pool, acquirers: AcquirerRegistry, clients: A
     return sum(done)
 
 
-async def record_qris_refund(uow: UnitOfWork, bill: Bill, refund_id: UUID, amount: int, now: datetime) -> None:
+def partner_refund_no(refund_id: UUID) -> str:
+    """Our ``partnerRefundNo`` of a refund: fixed by its id, so each refund (a whole order's, or each
+    of a buyer's partial refunds of one order) is its own refund at the acquirer, whatever the retries."""
+    return f"RF{refund_id.hex}"
+
+
+async def record_qris_refund(uow: UnitOfWork, bill: Bill, refund_id: UUID, amount: int, now: datetime) -> bool:
     """A refund recorded for a QRIS bill's payment goes back through qr-mpm-refund: kept with its
-    ``partnerRefundNo`` (fixed now, the same on every retry) for `refund_qrs` to send."""
+    ``partnerRefundNo`` (fixed now, the same on every retry) for `refund_qrs` to send. False when
+    there is nothing to send it for (no captured payment, no QR reference, no amount) or it is
+    recorded already."""
     store = QrisStore(uow.conn)
     reference_no = await store.qr_reference_of(bill.bill_id)
     payment = await PaymentRepository(uow.conn).captured_for_bill(bill.bill_id)
     if payment is None or bill.partner_reference_no is None or amount <= 0:
-        return
-    await store.add_refund(f"RF{refund_id.hex}", refund_id, bill.bill_id, bill.bank, bill.partner_reference_no,
-                           reference_no or payment.payment_request_id, amount, now)
+        return False
+    return await store.add_refund(partner_refund_no(refund_id), refund_id, bill.bill_id, bill.bank,
+                                  bill.partner_reference_no, reference_no or payment.payment_request_id, amount, now)
+
+
+async def _refunded(uow: UnitOfWork, refund: QrRefund, refund_no: str, now: datetime) -> bool:
+    """Record the acquirer's ``refundNo`` (once) and tell the order: a buyer's partial refund is paid
+    out (``payment.partial_refund_paid_out.v1``, the refundNo as its payout reference), a whole-order
+    refund settled (``payment.refund_settled.v1``). False when recorded before."""
+    if not await QrisStore(uow.conn).refund_done(refund.partner_refund_no, refund_no, now):
+        return False
+    partial = PartialRefundRepository(uow.conn)
+    if await partial.paying(refund.refund_id):
+        await partial.paid_out(refund.refund_id, refund_no, now)
+        uow.publish(PartialRefundPaidOut(order_id=refund.order_id, refund_id=refund.refund_id, amount=refund.amount,
+                                         payout_reference=refund_no, paid_out_at=now),
+                    correlation_id=str(refund.order_id))
+    else:
+        uow.publish(PaymentRefundSettled(order_id=refund.order_id, refund_id=refund.refund_id, amount=refund.amount,
+                                         reference=refund_no, settled_at=now),
+                    correlation_id=str(refund.order_id))
+    return True
 
 
 async def _refund_one(pool: asyncpg.Pool, acquirers: AcquirerRegistry, clients: AcquirerClients, refund: QrRefund,
@@ -308,7 +346,7 @@ async def _refund_one(pool: asyncpg.Pool, acquirers: AcquirerRegistry, clients: 
             "merchantId": acquirer.merchant_id, "reason": "refund"})
         if body.get("responseCode") == REFUNDED and body.get("refundNo"):
             async with unit_of_work(pool) as uow:
-                done = await QrisStore(uow.conn).refund_done(refund.partner_refund_no, str(body["refundNo"]), now)
+                done = await _refunded(uow, refund, str(body["refundNo"]), now)
             if done:
                 log.info("QRIS refund %s done: refundNo %s", refund.partner_refund_no, body["refundNo"])
             return done

@@ -1,6 +1,11 @@
 """Refunds: a whole order's, recorded once per order and announced with ``payment.refunded.v1``;
 and a buyer's refunds of unused stamps (partial, several per order), recorded once per refund id
-and paid out through the bank adapter (``payment.partial_refund_paid_out.v1``)."""
+and paid out through the bank adapter (``payment.partial_refund_paid_out.v1``).
+
+A refund of a QRIS payment, whole or partial, goes back through the acquirer instead
+(``qr-mpm-refund``, ``service_layer.qris.refund_qrs``): partial ones are then paid out when the
+acquirer answers ``2007800`` (the same ``payment.partial_refund_paid_out.v1``, its ``refundNo`` as
+the payout reference), whole ones settled (``payment.refund_settled.v1``)."""
 
 from __future__ import annotations
 
@@ -51,7 +56,8 @@ PAYOUT_BATCH = 50
 
 
 async def record_partial_refund(uow: UnitOfWork, requested: PartialRefundRequested, now: datetime) -> bool:
-    """Record a buyer's refund of unused stamps to pay out (PAYING); False when already recorded
+    """Record a buyer's refund of unused stamps to pay out (PAYING), through the payout adapter, or
+    for a QRIS payment through qr-mpm-refund with its own partnerRefundNo; False when already recorded
     (a redelivery, or the same refund published again). It needs the order's captured payment, and
     all refunds of an order together never exceed it: anything else is an anomaly that parks,
     visible to operators, instead of paying money nobody captured."""
@@ -64,12 +70,16 @@ async def record_partial_refund(uow: UnitOfWork, requested: PartialRefundRequest
     if requested.amount <= 0:
         raise PermanentError(f"refund {requested.refund_id}: amount {requested.amount}")
     already = await partial.refunded_of_order(requested.order_id)
+    qris = bill.method == "qris"
     if not await partial.add(requested.refund_id, requested.order_id, payment.payment_id, bill.bank,
-                             requested.serials, requested.amount, now):
+                             requested.serials, requested.amount, now, via="qris" if qris else "payout"):
         return False
     if already + requested.amount > payment.amount:
         raise PermanentError(f"refund {requested.refund_id} of {requested.amount}: the order's refunds would "
                              f"exceed its payment of {payment.amount} ({already} refunded already)")
+    if qris and not await record_qris_refund(uow, bill, requested.refund_id, requested.amount, now):
+        raise PermanentError(f"refund {requested.refund_id}: the QRIS payment of order {requested.order_id} "
+                             "cannot be refunded through its acquirer (no QR reference)")
     return True
 
 
