@@ -7,15 +7,20 @@ signature), ``/v1.0/qr/qr-mpm-generate`` (a real EMV QRIS string with its CRC; `
 ``qr-mpm-refund`` (idempotent on ``partnerRefundNo``), all checking our token and HMAC signature.
 It plays the payer too: `pay` pays a QR and notifies the merchant's ``qr-mpm-notify`` (taking a
 token from the merchant's ``access-token/b2b`` with its own RSA key, then HMAC-signing), or pays
-without notifying, notifies twice, or reports another amount; `fail_generate` makes the next N
-generate calls answer ``500``; `time_out_refunds` makes the next N refund calls answer only after
-``slow_s`` (the merchant's timeout). The same controls are served under ``/sim/`` as JSON.
+without notifying, notifies twice, notifies late (after ``late_s``), or reports another amount;
+`fail_generate` makes the next N generate calls answer ``500``; `time_out_refunds` makes the next N
+refund calls answer only after ``slow_s`` (the merchant's timeout); refunds, several per QR, may add
+up to the amount paid. `settlement` is its settlement list (paid QRs and refunds). The same controls
+are served under ``/sim/`` as JSON: ``POST /sim/pay``, ``/sim/fail-generate``,
+``/sim/time-out-refunds``, ``GET /sim/settlement`` (``?format=csv``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
+import io
 import json
 import secrets
 import signal
@@ -89,6 +94,9 @@ class AcquirerSimulator:
         self._fail_generate = 0
         self._slow_refunds = 0
         self.slow_s = 30.0
+        self._late: set[asyncio.Task[None]] = set()
+        self.late_answers: list[tuple[int, dict[str, Any]]] = []
+        """The merchant's answers to notifies sent late (``pay(late_s=...)``), in order."""
 
     # --- controls -------------------------------------------------------------------------
 
@@ -106,13 +114,45 @@ class AcquirerSimulator:
         return qr
 
     async def pay(self, partner_reference_no: str, *, notify: bool = True, times: int = 1,
-                  amount: int | None = None) -> list[tuple[int, dict[str, Any]]]:
-        """The payer pays the QR; the merchant is notified ``times`` times (none unless ``notify``)."""
+                  amount: int | None = None, late_s: float = 0.0) -> list[tuple[int, dict[str, Any]]]:
+        """The payer pays the QR; the merchant is notified ``times`` times (none unless ``notify``),
+        reporting ``amount`` instead of the QR's when given. With ``late_s`` the notifies go out that
+        many seconds later, in the background (their answers land in ``late_answers``): [] now."""
         self.mark_paid(partner_reference_no)
+        count = times if notify else 0
+        if late_s > 0 and count:
+            task = asyncio.create_task(self._notify_late(partner_reference_no, late_s, count, amount))
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+            return []
         answers = []
-        for _ in range(times if notify else 0):
+        for _ in range(count):
             answers.append(await self.notify(partner_reference_no, amount=amount))
         return answers
+
+    async def _notify_late(self, partner_reference_no: str, late_s: float, times: int, amount: int | None) -> None:
+        await asyncio.sleep(late_s)
+        for _ in range(times):
+            try:
+                self.late_answers.append(await self.notify(partner_reference_no, amount=amount))
+            except (aiohttp.ClientError, RuntimeError, ValueError) as exc:  # the merchant is down: as a real one
+                self.late_answers.append((0, {"error": str(exc)}))
+
+    def settlement(self) -> list[dict[str, Any]]:
+        """The acquirer's settlement list: every paid QR (``referenceNo``, ``rrn``, amount, paid time)
+        and every refund made (``type`` ``refund``, ``refundNo``), as ``reconcile --acquirer`` reads it."""
+        lines: list[dict[str, Any]] = []
+        for qr in self.qrs.values():
+            if qr.paid_time is None:
+                continue
+            lines.append({"type": "payment", "referenceNo": qr.reference_no, "rrn": qr.rrn,
+                          "partnerReferenceNo": qr.partner_reference_no, "amount": f"{qr.amount}.00",
+                          "time": qr.paid_time})
+            for refund in qr.refunds.values():
+                lines.append({"type": "refund", "referenceNo": qr.reference_no, "refundNo": refund["refundNo"],
+                              "partnerRefundNo": refund["partnerRefundNo"],
+                              "amount": refund["refundAmount"]["value"], "time": refund["refundTime"]})
+        return lines
 
     async def notify(self, partner_reference_no: str, *, status: str | None = None, amount: int | None = None,
                      reference_no: str | None = None, bad_signature: bool = False,
@@ -246,6 +286,13 @@ class AcquirerSimulator:
         if refund_no not in qr.refunds:
             if qr.status not in ("00", "04"):
                 return _answer("4037800", "Transaction not paid")
+            try:
+                amount = int(str(body["refundAmount"]["value"]).split(".")[0])
+            except (KeyError, TypeError, ValueError):
+                return _answer("4007801", "Invalid Field Format {refundAmount}")
+            refunded = sum(int(str(r["refundAmount"]["value"]).split(".")[0]) for r in qr.refunds.values())
+            if amount <= 0 or refunded + amount > qr.amount:  # partial refunds up to the amount paid
+                return _answer("4047813", "Invalid Amount")
             qr.refunds[refund_no] = {"refundNo": f"{secrets.randbelow(10**12):012d}",
                                      "partnerRefundNo": refund_no, "refundAmount": body.get("refundAmount"),
                                      "refundTime": format_snap_timestamp()}
@@ -259,15 +306,38 @@ class AcquirerSimulator:
     # --- controls over HTTP -----------------------------------------------------------------
 
     async def _sim_pay(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        """``{"partnerReferenceNo" | "qr_content", "notify"?: true, "times"?: 1, "amount"?: rupiah,
+        "late_s"?: seconds}``: pay, and notify (or not; several times; reporting another amount; late)."""
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise ValueError("not an object")
+            times, late_s = int(body.get("times", 1)), float(body.get("late_s", 0))
+            amount = None if body.get("amount") is None else int(body["amount"])
+            if not 0 <= times <= 10 or not 0 <= late_s <= 3600:
+                raise ValueError("times must be 0..10, late_s 0..3600")
+        except (ValueError, TypeError) as exc:
+            return web.json_response({"error": f"bad request: {exc}"}, status=400)
         prn = str(body.get("partnerReferenceNo", ""))
         if not prn and body.get("qr_content"):  # the web app's development pay control knows the QR only
             prn = next((p for p, qr in self.qrs.items() if qr.qr_content == body["qr_content"]), "")
         if prn not in self.qrs:
             return web.json_response({"error": "unknown partnerReferenceNo"}, status=404)
-        answers = await self.pay(prn, notify=bool(body.get("notify", True)), times=int(body.get("times", 1)),
-                                 amount=body.get("amount"))
-        return web.json_response({"notified": [b for _, b in answers]})
+        notify = bool(body.get("notify", True))
+        answers = await self.pay(prn, notify=notify, times=times, amount=amount, late_s=late_s)
+        late = {"notify_in_s": late_s} if late_s > 0 and notify and times else {}
+        return web.json_response({"notified": [b for _, b in answers], **late})
+
+    async def _sim_settlement(self, request: web.Request) -> web.Response:
+        """The settlement list: JSON, or CSV with ``?format=csv``."""
+        lines = self.settlement()
+        if request.query.get("format") == "csv":
+            out = io.StringIO()
+            writer = csv.DictWriter(out, SETTLEMENT_FIELDS, extrasaction="ignore", lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(lines)
+            return web.Response(text=out.getvalue(), content_type="text/csv")
+        return web.json_response(lines)
 
     async def _sim_status(self, _: web.Request) -> web.Response:
         """Whether a simulated acquirer is there (the web app shows its development pay control then)."""
@@ -275,6 +345,11 @@ class AcquirerSimulator:
 
     async def _sim_fail_generate(self, request: web.Request) -> web.Response:
         self.fail_generate(int((await request.json()).get("count", 1)))
+        return web.json_response({"ok": True})
+
+    async def _sim_time_out_refunds(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.time_out_refunds(int(body.get("count", 1)), float(body.get("slow_s", 30.0)))
         return web.json_response({"ok": True})
 
     def app(self) -> web.Application:
@@ -289,6 +364,8 @@ class AcquirerSimulator:
             web.get("/sim/", self._sim_status),
             web.post("/sim/pay", self._sim_pay),
             web.post("/sim/fail-generate", self._sim_fail_generate),
+            web.post("/sim/time-out-refunds", self._sim_time_out_refunds),
+            web.get("/sim/settlement", self._sim_settlement),
         ])
         return application
 
@@ -300,6 +377,10 @@ class AcquirerSimulator:
 
 
 
+
+SETTLEMENT_FIELDS = ("type", "referenceNo", "rrn", "partnerReferenceNo", "refundNo", "partnerRefundNo", "amount",
+                     "time")
+"""The columns of the settlement list as CSV (``GET /sim/settlement?format=csv``)."""
 
 ACQUIRER_FILE = "acquirer.json"
 ACQUIRER_KEY_FILE = "acquirer_private_key.pem"

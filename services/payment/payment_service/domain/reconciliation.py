@@ -1,10 +1,11 @@
-"""Reconciliation of a bank's settlement list against our captured payments (pure)."""
+"""Reconciliation of a bank's or a QRIS acquirer's settlement list against our captured payments
+(and the acquirer's refunds against ours) (pure)."""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -37,17 +38,24 @@ class Window:
         return self.start <= when <= self.end
 
 
-def reconcile(bank_lines: Sequence[Settled], ours: Sequence[Settled], window: Window) -> dict[str, Any]:
-    """Compare by paymentRequestId.
+def reconcile(bank_lines: Sequence[Settled], ours: Sequence[Settled], window: Window,
+              key: str = "paymentRequestId") -> dict[str, Any]:
+    """Compare by id (``key`` names it in the amount mismatches: a bank's paymentRequestId, a QRIS
+    acquirer's referenceNo or refundNo).
 
     ``ours`` holds our payments named in the list plus those captured inside ``window``; one of
-    ours missing from the list counts only when it lies inside the window.
+    ours missing from the list counts only when it lies inside the window. A line naming one of
+    ours by its alias (a QRIS payment's RRN) is compared under that one's id.
     """
+    aliases = {p.alias: p.payment_request_id for p in ours if p.alias}
+    ids = {p.payment_request_id for p in ours}
+    bank_lines = [line if line.payment_request_id in ids or line.payment_request_id not in aliases
+                  else replace(line, payment_request_id=aliases[line.payment_request_id]) for line in bank_lines]
     theirs = {line.payment_request_id: line for line in bank_lines}
     mine = {p.payment_request_id: p for p in ours}
     matched = sorted(k for k in theirs.keys() & mine.keys() if theirs[k].amount == mine[k].amount)
     mismatches = [
-        {"paymentRequestId": k, "ours": mine[k].amount, "bank": theirs[k].amount}
+        {key: k, "ours": mine[k].amount, "bank": theirs[k].amount}
         for k in sorted(theirs.keys() & mine.keys())
         if theirs[k].amount != mine[k].amount
     ]

@@ -1,8 +1,12 @@
 """Commands the payment service adds to its command line.
 
-``reconcile FILE [--bank CLIENT_ID] [--format csv|json]`` prints a JSON report comparing a bank's
-settlement list with our captured payments (the bank defaults to the first configured one; the
-format to the file's extension). ``dev-bank`` creates a development bank when the partners file
+``reconcile FILE [--bank CLIENT_ID | --acquirer ID] [--format csv|json]`` prints a JSON report
+comparing a bank's settlement list with our captured payments (the bank defaults to the first
+configured one; the format to the file's extension), or with ``--acquirer`` a QRIS acquirer's list
+with the QRIS payments captured through it (by ``referenceNo`` or RRN) and its refunds (by
+``refundNo``). ``acquirer serve|pay|settlement`` plays a QRIS acquirer (``adapters.acquirersim``):
+``pay --partner-reference-no P [--no-notify] [--times N] [--amount RUPIAH] [--late SECONDS]``,
+``settlement [--out FILE] [--format csv|json]``. ``dev-bank`` creates a development bank when the partners file
 does not exist (``make setup`` runs it, before any database exists) and prints where its keys are.
 
 ``bank`` is the partner-bank simulator: it tests a bank's SNAP integration against the biller::
@@ -49,15 +53,19 @@ from payment_service.adapters.banksim import DEFAULT_BASE_URL, BankSimulator
 from payment_service.adapters.settlement import SettlementFileError, guess_format
 from payment_service.config import PaymentSettings
 from payment_service.dependencies import PaymentDeps
-from payment_service.service_layer.reconciliation import reconcile_file
+from payment_service.service_layer.reconciliation import reconcile_acquirer_file, reconcile_file
 
 OFFLINE_COMMANDS = frozenset({"dev-bank", "bank", "acquirer"})
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    reconcile = sub.add_parser("reconcile", help="compare a bank settlement list with our captured payments")
-    reconcile.add_argument("file", type=Path, help="CSV (paymentRequestId,amount,time) or JSON list")
-    reconcile.add_argument("--bank", help="the bank's client id (default: the first configured bank)")
+    reconcile = sub.add_parser("reconcile", help="compare a bank's or a QRIS acquirer's settlement list with our "
+                                                 "captured payments")
+    reconcile.add_argument("file", type=Path, help="CSV (paymentRequestId,amount,time; an acquirer's: "
+                                                   "type,referenceNo,rrn,refundNo,amount,time) or JSON list")
+    which = reconcile.add_mutually_exclusive_group()
+    which.add_argument("--bank", help="the bank's client id (default: the first configured bank)")
+    which.add_argument("--acquirer", help="a QRIS acquirer's id: the file is its settlement list")
     reconcile.add_argument("--format", choices=["csv", "json"], help="default: from the file name")
     sub.add_parser("dev-bank", help="create a development bank unless a partners file exists")
     _bank_commands(sub.add_parser("bank", help="SNAP partner-bank simulator (keygen, token, inquiry, pay)"))
@@ -73,6 +81,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     acquirer_pay.add_argument("--no-notify", action="store_true", help="pay without notifying us")
     acquirer_pay.add_argument("--times", type=int, default=1, help="notify this many times")
     acquirer_pay.add_argument("--amount", type=int, help="report this amount instead of the QR's")
+    acquirer_pay.add_argument("--late", type=float, default=0.0, metavar="SECONDS",
+                              help="pay now, notify this many seconds later")
+    acquirer_settlement = acquirer_commands.add_parser(
+        "settlement", help="the served acquirer's settlement list (paid QRs and refunds), for reconcile --acquirer")
+    acquirer_settlement.add_argument("--out", type=Path, help="write it here (default: print it)")
+    acquirer_settlement.add_argument("--format", choices=["csv", "json"], help="default: from --out's name, else json")
 
 
 def _bank_commands(parser: argparse.ArgumentParser) -> None:
@@ -103,6 +117,20 @@ def _bank_commands(parser: argparse.ArgumentParser) -> None:
 async def run_command(deps: PaymentDeps, args: argparse.Namespace) -> int:
     """``reconcile`` (the one command that needs the database)."""
     settings = deps.settings
+    if getattr(args, "acquirer", None):
+        acquirer = deps.acquirers.get(args.acquirer)
+        if acquirer is None:
+            print(f"reconcile: no acquirer {args.acquirer!r} configured in {settings.partners_file}", file=sys.stderr)
+            return 2
+        try:
+            async with unit_of_work(deps.pool) as uow:
+                report = await reconcile_acquirer_file(uow, acquirer.acquirer_id, args.file,
+                                                       args.format or guess_format(args.file))
+        except (OSError, SettlementFileError) as exc:
+            print(f"reconcile: {args.file}: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(report, indent=2))
+        return 0
     bank = deps.banks.for_order(args.bank)
     if bank is None:
         what = f"bank {args.bank!r}" if args.bank else "bank"
@@ -135,10 +163,14 @@ async def run_offline(settings: ServiceSettings, args: argparse.Namespace) -> in
 async def _acquirer(args: argparse.Namespace) -> int:
     if args.acquirer_command == "serve":
         return await acquirersim.serve(args.dir, args.url, args.port)
+    if args.acquirer_command == "settlement":
+        return await _acquirer_settlement(args)
     body: dict[str, Any] = {"partnerReferenceNo": args.partner_reference_no, "notify": not args.no_notify,
                             "times": args.times}
     if args.amount is not None:
         body["amount"] = args.amount
+    if args.late:
+        body["late_s"] = args.late
     try:
         async with aiohttp.ClientSession() as session, session.post(
                 f"http://127.0.0.1:{args.port}/sim/pay", json=body) as resp:
@@ -147,6 +179,27 @@ async def _acquirer(args: argparse.Namespace) -> int:
     except aiohttp.ClientError as exc:
         print(f"acquirer: {exc}", file=sys.stderr)
         return 1
+
+
+async def _acquirer_settlement(args: argparse.Namespace) -> int:
+    fmt = args.format or (guess_format(args.out) if args.out else "json")
+    try:
+        async with aiohttp.ClientSession() as session, session.get(
+                f"http://127.0.0.1:{args.port}/sim/settlement", params={"format": fmt}) as resp:
+            text = await resp.text()
+            if resp.status != 200:
+                print(f"acquirer: HTTP {resp.status}\n{text}", file=sys.stderr)
+                return 1
+    except aiohttp.ClientError as exc:
+        print(f"acquirer: {exc}", file=sys.stderr)
+        return 1
+    if args.out is None:
+        print(text, end="" if text.endswith("\n") else "\n")
+    else:
+        args.out.write_text(text)
+        print(f"settlement list written to {args.out} (python -m payment_service reconcile {args.out} "
+              f"--acquirer ID)")
+    return 0
 
 
 def _dev_bank(partners_file: Path) -> int:
