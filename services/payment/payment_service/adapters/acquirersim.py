@@ -95,8 +95,9 @@ class AcquirerSimulator:
         self._slow_refunds = 0
         self.slow_s = 30.0
         self._late: set[asyncio.Task[None]] = set()
-        self.late_answers: list[tuple[int, dict[str, Any]]] = []
-        """The merchant's answers to notifies sent late (``pay(late_s=...)``), in order."""
+        self.late_answers: list[tuple[str, int, dict[str, Any]]] = []
+        """(partnerReferenceNo, HTTP status, body) of the merchant's answers to notifies sent late
+        (``pay(late_s=...)``), in order."""
 
     # --- controls -------------------------------------------------------------------------
 
@@ -134,9 +135,10 @@ class AcquirerSimulator:
         await asyncio.sleep(late_s)
         for _ in range(times):
             try:
-                self.late_answers.append(await self.notify(partner_reference_no, amount=amount))
+                status, body = await self.notify(partner_reference_no, amount=amount)
             except (aiohttp.ClientError, RuntimeError, ValueError) as exc:  # the merchant is down: as a real one
-                self.late_answers.append((0, {"error": str(exc)}))
+                status, body = 0, {"error": str(exc)}
+            self.late_answers.append((partner_reference_no, status, body))
 
     def settlement(self) -> list[dict[str, Any]]:
         """The acquirer's settlement list: every paid QR (``referenceNo``, ``rrn``, amount, paid time)
