@@ -56,6 +56,7 @@ from emeterai_shared.contracts.events import (
     PartialRefundPaidOut,
     PaymentCaptured,
     PaymentRefunded,
+    PaymentRefundSettled,
     SerialsIssued,
     SerialsVoided,
     StockAwaited,
@@ -91,12 +92,13 @@ class World:
     client: Client
     exchange: aio_pika.abc.AbstractExchange
 
-    async def place(self, quantity: int = QUANTITY) -> tuple[uuid.UUID, str]:
+    async def place(self, quantity: int = QUANTITY, payment_method: str = "va") -> tuple[uuid.UUID, str]:
         """An order placed the way the API places it; returns its id and its owner's token."""
         async with unit_of_work(self.deps.pool) as uow:
             account_id = await orders.create_account(uow, "Rina Wijaya", "+6281311112222")
             order = await orders.place_order(uow, account_id=account_id, quantity=quantity, bank=None,
-                                             partner_id=None, service_fee=self.settings.service_fee)
+                                             partner_id=None, service_fee=self.settings.service_fee,
+                                             payment_method=payment_method)
         return order.id, self.deps.issuer.issue(account_id)
 
     async def publish(self, event: Message, message_id: str | None = None) -> str:
@@ -661,3 +663,55 @@ async def test_a_refund_of_a_paid_order_not_fulfilled_is_nothing_to_refund(world
     assert (await refund(world, order_id, token, "early", 409))["error"]["code"] == "nothing_to_refund"
     other = await world.place()
     assert (await refund(world, order_id, other[1], "theirs", 404))["error"]["code"] == "order_not_found"
+
+
+# --- whole-order refunds of QRIS payments: the acquirer's refundNo ---------------------------------------
+
+
+def settled(order_id: uuid.UUID, refund_id: uuid.UUID, reference: str, amount: int = AMOUNT) -> PaymentRefundSettled:
+    return PaymentRefundSettled(order_id=order_id, refund_id=refund_id, amount=amount, reference=reference,
+                                settled_at=datetime.now(UTC))
+
+
+async def test_a_qris_orders_whole_refund_shows_the_acquirers_refund_no_whichever_comes_first(world: World) -> None:
+    # the refund first, its settlement later: PAYING, then PAID_OUT with the refundNo, on the view and receipt
+    order_id, token = await world.place(payment_method="qris")
+    await world.send("order.on_payment_captured", captured(order_id))
+    await world.send("order.on_minting_failed", minting_failed(order_id))
+    refund = refunded(order_id, uuid.uuid4())
+    await world.send("order.on_payment_refunded", refund)
+    await world.send("order.on_payment_refunded", refund)  # the same again, another id
+    view = await world.view(order_id, token)
+    assert view["status"] == "REFUNDED"
+    assert [(r["refund_id"], r["kind"], r["status"], r["amount"], r["serials"], r["reference"])
+            for r in view["refunds"]] == [(str(refund.refund_id), "order", "PAYING", AMOUNT, [], None)]
+    done = settled(order_id, refund.refund_id, "202612060001")
+    await world.send("order.on_payment_refund_settled", done)
+    await world.send("order.on_payment_refund_settled", done)
+    view = await world.view(order_id, token)
+    assert [(r["kind"], r["status"], r["reference"]) for r in view["refunds"]] == [
+        ("order", "PAID_OUT", "202612060001")]
+    status, body = await receipt_of(world, order_id, token)
+    assert status == 200
+    assert [(r["kind"], r["status"], r["amount"], r["reference"]) for r in body["refunds"]] == [
+        ("order", "PAID_OUT", AMOUNT, "202612060001")]
+
+    # the settlement first (another queue): recorded PAID_OUT at once; the refund after it changes nothing
+    order_id, token = await world.place(payment_method="qris")
+    await world.send("order.on_bill_expired", expired(order_id))
+    await world.send("order.on_payment_captured", captured(order_id, late=True))
+    refund = refunded(order_id, uuid.uuid4())
+    await world.send("order.on_payment_refund_settled", settled(order_id, refund.refund_id, "202612060002"))
+    await world.send("order.on_payment_refunded", refund)
+    view = await world.view(order_id, token)
+    assert view["status"] == "REFUNDED"
+    assert [(r["refund_id"], r["status"], r["reference"]) for r in view["refunds"]] == [
+        (str(refund.refund_id), "PAID_OUT", "202612060002")]
+
+    # a virtual account's whole refund has no acquirer's reference to wait for: not listed
+    order_id, token = await world.place()
+    await world.send("order.on_payment_captured", captured(order_id))
+    await world.send("order.on_minting_failed", minting_failed(order_id))
+    await world.send("order.on_payment_refunded", refunded(order_id, uuid.uuid4()))
+    view = await world.view(order_id, token)
+    assert (view["status"], view["refunds"]) == ("REFUNDED", [])
