@@ -338,7 +338,7 @@ async function historyView() {
         }
       } }, t('refund')));
     }
-    for (const r of o.refunds ?? []) li.append(h('p', { class: 'note' }, `${t('refund_asked')} ${rupiah(r.amount)} · ${r.status}`));
+    for (const r of o.refunds ?? []) li.append(h('p', { class: 'note' }, `${t('refund_asked')} ${rupiah(r.amount)} · ${r.status}${r.reference ? ` · Ref. ${r.reference}` : ''}`));
     return li;
   };
   const stampingItem = (s) => {
