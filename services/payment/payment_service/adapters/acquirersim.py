@@ -371,8 +371,16 @@ class AcquirerSimulator:
         ])
         return application
 
+    async def _stop_late(self, _: web.Application) -> None:
+        """Notifies still waiting to be sent late are dropped with the server."""
+        for task in list(self._late):
+            task.cancel()
+        await asyncio.gather(*self._late, return_exceptions=True)
+
     async def start(self, port: int, host: str = "127.0.0.1") -> web.AppRunner:
-        runner = web.AppRunner(self.app(), access_log=None)
+        application = self.app()
+        application.on_cleanup.append(self._stop_late)
+        runner = web.AppRunner(application, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host, port, reuse_address=True).start()
         return runner
