@@ -195,7 +195,7 @@ async def post_stamping(request: web.Request, deps: StampingDeps) -> web.Respons
             deps.partner_uploads.enforce(principal.partner_id)
         else:
             deps.account_uploads.enforce(str(principal.account_id))
-        with deps.admission.slot():
+        async with deps.admission.slot():
             return await _post_stamping(request, deps, principal)
     except ApiError as exc:
         UPLOADS.labels(exc.code).inc()
