@@ -53,6 +53,16 @@ class Sample:
     """Work finished within the last ``window_s`` seconds."""
     window_s: float
 
+    @classmethod
+    def measured(cls, backlog: int, drained: int, window_s: float, span_s: float | None) -> Sample:
+        """A sample whose rate counts only the part of the window in which work was finishing:
+        ``span_s`` is the age of the oldest item drained in the window. A tier that started
+        draining 2 s ago at 40/s drains 40/s, not the 8/s that 80 items over a 10 s window say;
+        so the limit and ``Retry-After`` follow a burst from its first second."""
+        if span_s is None or drained == 0:
+            return cls(backlog, drained, window_s)
+        return cls(backlog, drained, max(1.0, min(window_s, span_s)))
+
 
 Probe = Callable[[asyncpg.Connection], Awaitable[Sample]]
 
@@ -65,6 +75,10 @@ class AdmissionSettings:
     """Backlog always admitted (at start the drain rate is unknown, and a quiet platform drains 0/s)."""
     sample_interval_s: float = 1.0
     max_retry_after_s: int = 60
+    unknown_retry_after_s: int = 3
+    """``Retry-After`` past the limit while no drain rate is known yet (nothing finished in the
+    window: the back tier just started): come back soon, when the rate will be known. Such callers
+    take no place in the virtual queue (they would be counted again when they come back)."""
     max_in_flight: int = 0
     """Front-door requests one api process works on at once (0: no cap). Past it, ``503 busy``:
     when the process's database connections are the bottleneck, extra requests would only queue
@@ -163,7 +177,8 @@ class Admission:
 
     def observe(self, sample: Sample) -> None:
         rate = sample.drained / sample.window_s if sample.window_s > 0 else 0.0
-        self.drain_per_s = rate if self.sampled_at is None else (
+        # the first rate measured is taken as it is (averaging it with "unknown" would understate it)
+        self.drain_per_s = rate if self.sampled_at is None or self.drain_per_s <= 0 else (
             SMOOTHING * rate + (1 - SMOOTHING) * self.drain_per_s)
         self.limit = max(self._settings.min_limit, int(self.drain_per_s * self._settings.target_wait_s))
         now = self._clock()
@@ -181,18 +196,22 @@ class Admission:
         backlog = self.backlog + self._admitted_since_sample
         if backlog < self.limit:
             return None
+        if self.drain_per_s <= 0:
+            return max(1, min(self._settings.max_retry_after_s, self._settings.unknown_retry_after_s))
         excess = backlog - self.limit + 1 + self._waiting
-        wait = excess / self.drain_per_s if self.drain_per_s > 0 else float(self._settings.max_retry_after_s)
-        return max(1, min(self._settings.max_retry_after_s, math.ceil(wait)))
+        return max(1, min(self._settings.max_retry_after_s, math.ceil(excess / self.drain_per_s)))
 
     @property
     def in_flight(self) -> int:
         return self.gate.busy
 
-    def _check(self) -> None:
+    def check(self) -> None:
+        """The global check alone (``503 overloaded``): arithmetic on the last sample, so a front
+        door may call it before authenticating or reading anything."""
         retry = self.retry_after()
         if retry is not None:
-            self._waiting += 1
+            if self.drain_per_s > 0:
+                self._waiting += 1
             raise shed(503, "overloaded",
                        f"the platform is at capacity: your request was not taken; come back in {retry} s "
                        f"(at {retry_at(retry)}), nothing was charged or reserved", retry)
@@ -200,7 +219,7 @@ class Admission:
     def admit(self, *, counts: bool = True) -> None:
         """Admit one new item, or raise ``503 overloaded`` with ``Retry-After``. ``counts=False``
         admits a request that adds nothing to the measured backlog (a sign-in beside orders)."""
-        self._check()
+        self.check()
         if counts:
             self._admitted_since_sample += 1
 
@@ -209,7 +228,7 @@ class Admission:
         """``async with admission.slot():`` around a front-door request: the global check first
         (``503 overloaded``, arithmetic only), then one of this process's ``max_in_flight`` slots,
         waiting briefly in line for one (``503 busy`` when the line cannot be served in time)."""
-        self._check()
+        self.check()
         await self.gate.enter()
         started = self._clock()
         if counts:

@@ -23,8 +23,8 @@ def test_the_limit_follows_the_measured_drain_rate() -> None:
     gate = admission(target_wait_s=30, min_limit=50)
     gate.observe(Sample(backlog=0, drained=0, window_s=10))
     assert gate.limit == 50  # nothing drained yet: the floor
-    gate.observe(Sample(backlog=10, drained=100, window_s=10))  # 10/s, smoothed
-    assert gate.drain_per_s == pytest.approx(0.3 * 10)
+    gate.observe(Sample(backlog=10, drained=100, window_s=10))  # 10/s: the first rate is taken as it is
+    assert gate.drain_per_s == pytest.approx(10)
     for _ in range(30):
         gate.observe(Sample(backlog=10, drained=100, window_s=10))
     assert gate.drain_per_s == pytest.approx(10, rel=1e-3)
@@ -74,10 +74,30 @@ async def test_requests_that_add_no_backlog_pass_the_gate_without_counting() -> 
     assert refused.value.code == "overloaded"
 
 
-def test_with_nothing_draining_the_wait_is_the_longest_retry_after() -> None:
+def test_before_any_drain_is_measured_callers_come_back_soon_without_a_place_in_the_queue() -> None:
+    gate = admission(target_wait_s=0.1, min_limit=5, max_retry_after_s=42, unknown_retry_after_s=3)
+    gate.observe(Sample(backlog=9, drained=0, window_s=10))  # the back tier has finished nothing yet
+    for _ in range(50):
+        with pytest.raises(ApiError) as refused:
+            gate.admit()
+        assert refused.value.headers["Retry-After"] == "3"
+    gate.observe(Sample(backlog=9, drained=10, window_s=1))  # now 10/s (the first rate is taken as it is)
+    assert gate.retry_after() == 1  # (9 - 5 + 1) / 10/s: the 50 told "soon" did not queue ahead
+
+
+def test_when_a_tier_that_drained_stops_the_wait_grows_to_the_longest_retry_after() -> None:
     gate = admission(target_wait_s=10, min_limit=5, max_retry_after_s=42)
-    gate.observe(Sample(backlog=9, drained=0, window_s=10))
+    gate.observe(Sample(backlog=9, drained=10, window_s=10))
+    for _ in range(60):
+        gate.observe(Sample(backlog=9, drained=0, window_s=10))
     assert gate.retry_after() == 42
+
+
+def test_the_rate_counts_only_the_part_of_the_window_in_which_work_was_finishing() -> None:
+    assert Sample.measured(0, 80, 10.0, 2.0).window_s == 2.0  # 40/s since draining began 2 s ago
+    assert Sample.measured(0, 80, 10.0, 25.0).window_s == 10.0
+    assert Sample.measured(0, 1, 10.0, 0.0).window_s == 1.0  # one item: at most 1/s
+    assert Sample.measured(0, 0, 10.0, None).window_s == 10.0
 
 
 async def test_sampling_failures_keep_the_last_sample() -> None:

@@ -488,6 +488,7 @@ async def pricing(_: web.Request, deps: OrderDeps) -> web.Response:
 
 
 async def place_order(request: web.Request, deps: OrderDeps) -> web.Response:
+    deps.admission.check()  # shed before verifying the token: shedding must cost next to nothing
     caller = _caller(request, deps)
     deps.limits.enforce(caller)
     async with deps.admission.slot():
