@@ -15,6 +15,12 @@ processes can overshoot the limit by what they admit in one sample interval.
 Callers told to come back form a virtual queue: each 503 counts one more waiting caller (the
 count drains at the measured rate), and ``Retry-After`` covers the excess backlog *plus* the
 callers already told to come back, so that they return spread out instead of all at once.
+
+Inside one api process, ``max_in_flight`` front-door requests work at once (more would only queue
+for a database connection). A burst past it **waits briefly** in a bounded FIFO queue instead of
+being refused at once: a request is shed (``503 busy``) only when the queue is full or its wait
+would exceed ``queue_wait_s`` (estimated from the measured time a request holds its slot, and
+bounded by a deadline), so a burst an idle platform can serve is served.
 """
 
 from __future__ import annotations
@@ -24,13 +30,14 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
 from aiohttp import web
 
-from emeterai_shared.http import retry_at, shed
+from emeterai_shared.http import ApiError, retry_at, shed
 from emeterai_shared.telemetry import ADMISSION_BACKLOG, ADMISSION_DRAIN, ADMISSION_LIMIT
 
 log = logging.getLogger(__name__)
@@ -46,6 +53,16 @@ class Sample:
     """Work finished within the last ``window_s`` seconds."""
     window_s: float
 
+    @classmethod
+    def measured(cls, backlog: int, drained: int, window_s: float, span_s: float | None) -> Sample:
+        """A sample whose rate counts only the part of the window in which work was finishing:
+        ``span_s`` is the age of the oldest item drained in the window. A tier that started
+        draining 2 s ago at 40/s drains 40/s, not the 8/s that 80 items over a 10 s window say;
+        so the limit and ``Retry-After`` follow a burst from its first second."""
+        if span_s is None or drained == 0:
+            return cls(backlog, drained, window_s)
+        return cls(backlog, drained, max(1.0, min(window_s, span_s)))
+
 
 Probe = Callable[[asyncpg.Connection], Awaitable[Sample]]
 
@@ -58,10 +75,87 @@ class AdmissionSettings:
     """Backlog always admitted (at start the drain rate is unknown, and a quiet platform drains 0/s)."""
     sample_interval_s: float = 1.0
     max_retry_after_s: int = 60
+    unknown_retry_after_s: int = 3
+    """``Retry-After`` past the limit while no drain rate is known yet (nothing finished in the
+    window: the back tier just started): come back soon, when the rate will be known. Such callers
+    take no place in the virtual queue (they would be counted again when they come back)."""
     max_in_flight: int = 0
     """Front-door requests one api process works on at once (0: no cap). Past it, ``503 busy``:
     when the process's database connections are the bottleneck, extra requests would only queue
-    for them (latency grows, goodput falls); refusing them at once keeps the admitted fast."""
+    for them (latency grows, goodput falls); a few more wait briefly (below), the rest are refused."""
+    queue_wait_s: float = 0.5
+    """Longest a request waits for one of the ``max_in_flight`` slots before ``503 busy``."""
+    max_queued: int = 0
+    """Requests waiting for a slot in one process (0: ``4 x max_in_flight``); past it ``503 busy``."""
+
+
+HOLD_SMOOTHING = 0.1
+"""Weight of the newest slot-holding time in its moving average (the queue's wait estimate)."""
+
+
+class SlotGate:
+    """``capacity`` slots and a bounded FIFO queue of requests waiting for one, each for at most
+    ``max_wait_s``. A request the queue cannot serve in time is refused at once, before it waits:
+    the expected wait is the requests ahead times the measured time a slot is held, over the
+    capacity. Waiting costs a sleeping coroutine, nothing else."""
+
+    def __init__(self, capacity: int, max_wait_s: float, max_queued: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.capacity = capacity
+        self.max_wait_s = max_wait_s
+        self.max_queued = max_queued
+        self.busy = 0
+        self.hold_s = 0.0
+        """Moving average of how long a request holds its slot."""
+        self._clock = clock
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    def _busy(self) -> ApiError:
+        return shed(503, "busy", "this server is working on as many requests as it can; retry shortly", 1)
+
+    async def enter(self) -> None:
+        """Take a slot, waiting in line if need be; ``503 busy`` when the line cannot be served in time."""
+        if not self.capacity:
+            return
+        if self.busy < self.capacity and not self._waiters:
+            self.busy += 1
+            return
+        expected_s = (len(self._waiters) + 1) * self.hold_s / self.capacity
+        if len(self._waiters) >= self.max_queued or expected_s > self.max_wait_s:
+            raise self._busy()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self.max_wait_s):
+                await waiter
+        except TimeoutError:
+            if waiter.done() and not waiter.cancelled():
+                return  # handed a slot as the deadline passed: take it
+            self._waiters.remove(waiter)
+            raise self._busy() from None
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.leave()  # handed a slot, but the request is gone: pass the slot on
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def leave(self, held_s: float | None = None) -> None:
+        """Give the slot back: to the first request in line, else to the pool."""
+        if not self.capacity:
+            return
+        if held_s is not None:
+            self.hold_s = held_s if self.hold_s == 0 else HOLD_SMOOTHING * held_s + (1 - HOLD_SMOOTHING) * self.hold_s
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes to it: busy stays the same
+                return
+        self.busy -= 1
 
 
 class Admission:
@@ -78,11 +172,13 @@ class Admission:
         self._admitted_since_sample = 0
         self._waiting = 0.0
         """Callers told to come back and not yet drained (the virtual queue)."""
-        self.in_flight = 0
+        cap = settings.max_in_flight
+        self.gate = SlotGate(cap, settings.queue_wait_s, settings.max_queued or 4 * cap, clock)
 
     def observe(self, sample: Sample) -> None:
         rate = sample.drained / sample.window_s if sample.window_s > 0 else 0.0
-        self.drain_per_s = rate if self.sampled_at is None else (
+        # the first rate measured is taken as it is (averaging it with "unknown" would understate it)
+        self.drain_per_s = rate if self.sampled_at is None or self.drain_per_s <= 0 else (
             SMOOTHING * rate + (1 - SMOOTHING) * self.drain_per_s)
         self.limit = max(self._settings.min_limit, int(self.drain_per_s * self._settings.target_wait_s))
         now = self._clock()
@@ -100,35 +196,47 @@ class Admission:
         backlog = self.backlog + self._admitted_since_sample
         if backlog < self.limit:
             return None
+        if self.drain_per_s <= 0:
+            return max(1, min(self._settings.max_retry_after_s, self._settings.unknown_retry_after_s))
         excess = backlog - self.limit + 1 + self._waiting
-        wait = excess / self.drain_per_s if self.drain_per_s > 0 else float(self._settings.max_retry_after_s)
-        return max(1, min(self._settings.max_retry_after_s, math.ceil(wait)))
+        return max(1, min(self._settings.max_retry_after_s, math.ceil(excess / self.drain_per_s)))
+
+    @property
+    def in_flight(self) -> int:
+        return self.gate.busy
+
+    def check(self) -> None:
+        """The global check alone (``503 overloaded``): arithmetic on the last sample, so a front
+        door may call it before authenticating or reading anything."""
+        retry = self.retry_after()
+        if retry is not None:
+            if self.drain_per_s > 0:
+                self._waiting += 1
+            raise shed(503, "overloaded",
+                       f"the platform is at capacity: your request was not taken; come back in {retry} s "
+                       f"(at {retry_at(retry)}), nothing was charged or reserved", retry)
 
     def admit(self, *, counts: bool = True) -> None:
         """Admit one new item, or raise ``503 overloaded`` with ``Retry-After``. ``counts=False``
         admits a request that adds nothing to the measured backlog (a sign-in beside orders)."""
-        retry = self.retry_after()
-        if retry is not None:
-            self._waiting += 1
-            raise shed(503, "overloaded",
-                       f"the platform is at capacity: your request was not taken; come back in {retry} s "
-                       f"(at {retry_at(retry)}), nothing was charged or reserved", retry)
+        self.check()
         if counts:
             self._admitted_since_sample += 1
 
-    @contextlib.contextmanager
-    def slot(self, *, counts: bool = True) -> Iterator[None]:
-        """``with admission.slot():`` around a front-door request: ``503 busy`` past
-        ``max_in_flight`` requests in this process, then the global check (``admit``)."""
-        cap = self._settings.max_in_flight
-        if cap and self.in_flight >= cap:
-            raise shed(503, "busy", "this server is working on as many requests as it can; retry shortly", 1)
-        self.admit(counts=counts)
-        self.in_flight += 1
+    @contextlib.asynccontextmanager
+    async def slot(self, *, counts: bool = True) -> AsyncIterator[None]:
+        """``async with admission.slot():`` around a front-door request: the global check first
+        (``503 overloaded``, arithmetic only), then one of this process's ``max_in_flight`` slots,
+        waiting briefly in line for one (``503 busy`` when the line cannot be served in time)."""
+        self.check()
+        await self.gate.enter()
+        started = self._clock()
+        if counts:
+            self._admitted_since_sample += 1
         try:
             yield
         finally:
-            self.in_flight -= 1
+            self.gate.leave(self._clock() - started)
 
     async def sample(self, pool: asyncpg.Pool) -> None:
         async with pool.acquire() as conn:

@@ -60,9 +60,15 @@ class ServiceSettings(BaseSettings):
     admission_min_limit: int = 200
     admission_sample_interval_s: float = 1.0
     admission_max_retry_after_s: int = 60
+    admission_unknown_retry_after_s: int = 3
+    """``Retry-After`` past the limit before any drain rate was measured (the back tier just started)."""
     admission_max_in_flight: int = 0
     """Front-door requests (new orders, uploads) one api process works on at once; past it ``503
     busy``. Default: 4 x ``db_pool_max`` (more would only queue for a database connection)."""
+    admission_queue_wait_s: float = 0.5
+    """Past ``admission_max_in_flight``, a request waits this long at most for a slot before ``503 busy``."""
+    admission_max_queued: int = 0
+    """Requests one api process keeps waiting for a slot (default 4 x the in-flight cap)."""
 
     prefetch: int = 128
     consumer_concurrency: int = 4
@@ -90,7 +96,9 @@ class ServiceSettings(BaseSettings):
         return AdmissionSettings(target_wait_s=self.admission_target_wait_s, min_limit=self.admission_min_limit,
                                  sample_interval_s=self.admission_sample_interval_s,
                                  max_retry_after_s=self.admission_max_retry_after_s,
-                                 max_in_flight=self.admission_max_in_flight or 4 * self.db_pool_max)
+                                 unknown_retry_after_s=self.admission_unknown_retry_after_s,
+                                 max_in_flight=self.admission_max_in_flight or 4 * self.db_pool_max,
+                                 queue_wait_s=self.admission_queue_wait_s, max_queued=self.admission_max_queued)
 
     def default(self, **values: object) -> None:
         """Give each named setting its value unless the environment (or the caller) set it: for

@@ -92,6 +92,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """A released connection skips asyncpg's default reset (``pg_advisory_unlock_all; CLOSE ALL;
+    UNLISTEN *; RESET ALL``, one round trip per release): pooled connections keep no session
+    state here (advisory locks are transaction-scoped, LISTEN has its own connection, no
+    ``SET``). asyncpg still rolls back a transaction left open before the connection is reused."""
+
+
 async def create_pool(
     url: str, *, min_size: int = 1, max_size: int = 10, command_timeout: float = 30.0
 ) -> asyncpg.Pool:
@@ -109,6 +116,7 @@ async def create_pool(
                 max_size=max_size,
                 command_timeout=command_timeout,
                 init=_init_connection,
+                reset=_keep_session,
             )
     assert pool is not None
     return pool

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from emeterai_shared.admission import Admission, AdmissionSettings, Sample
+from emeterai_shared.admission import Admission, AdmissionSettings, Sample, SlotGate
 from emeterai_shared.http import ApiError, create_app
 
 
@@ -23,8 +23,8 @@ def test_the_limit_follows_the_measured_drain_rate() -> None:
     gate = admission(target_wait_s=30, min_limit=50)
     gate.observe(Sample(backlog=0, drained=0, window_s=10))
     assert gate.limit == 50  # nothing drained yet: the floor
-    gate.observe(Sample(backlog=10, drained=100, window_s=10))  # 10/s, smoothed
-    assert gate.drain_per_s == pytest.approx(0.3 * 10)
+    gate.observe(Sample(backlog=10, drained=100, window_s=10))  # 10/s: the first rate is taken as it is
+    assert gate.drain_per_s == pytest.approx(10)
     for _ in range(30):
         gate.observe(Sample(backlog=10, drained=100, window_s=10))
     assert gate.drain_per_s == pytest.approx(10, rel=1e-3)
@@ -59,25 +59,45 @@ def test_what_a_process_admits_between_samples_counts() -> None:
     gate.admit()
 
 
-def test_requests_that_add_no_backlog_pass_the_gate_without_counting() -> None:
+async def test_requests_that_add_no_backlog_pass_the_gate_without_counting() -> None:
     """Sign-ins are shed with orders when the platform is behind, but never fill the order backlog."""
     gate = admission(target_wait_s=10, min_limit=2)
     gate.observe(Sample(backlog=0, drained=0, window_s=10))
     for _ in range(10):
-        with gate.slot(counts=False):
+        async with gate.slot(counts=False):
             pass
     gate.admit()
     gate.admit()
     with pytest.raises(ApiError) as refused:
-        with gate.slot(counts=False):
+        async with gate.slot(counts=False):
             pass
     assert refused.value.code == "overloaded"
 
 
-def test_with_nothing_draining_the_wait_is_the_longest_retry_after() -> None:
+def test_before_any_drain_is_measured_callers_come_back_soon_without_a_place_in_the_queue() -> None:
+    gate = admission(target_wait_s=0.1, min_limit=5, max_retry_after_s=42, unknown_retry_after_s=3)
+    gate.observe(Sample(backlog=9, drained=0, window_s=10))  # the back tier has finished nothing yet
+    for _ in range(50):
+        with pytest.raises(ApiError) as refused:
+            gate.admit()
+        assert refused.value.headers["Retry-After"] == "3"
+    gate.observe(Sample(backlog=9, drained=10, window_s=1))  # now 10/s (the first rate is taken as it is)
+    assert gate.retry_after() == 1  # (9 - 5 + 1) / 10/s: the 50 told "soon" did not queue ahead
+
+
+def test_when_a_tier_that_drained_stops_the_wait_grows_to_the_longest_retry_after() -> None:
     gate = admission(target_wait_s=10, min_limit=5, max_retry_after_s=42)
-    gate.observe(Sample(backlog=9, drained=0, window_s=10))
+    gate.observe(Sample(backlog=9, drained=10, window_s=10))
+    for _ in range(60):
+        gate.observe(Sample(backlog=9, drained=0, window_s=10))
     assert gate.retry_after() == 42
+
+
+def test_the_rate_counts_only_the_part_of_the_window_in_which_work_was_finishing() -> None:
+    assert Sample.measured(0, 80, 10.0, 2.0).window_s == 2.0  # 40/s since draining began 2 s ago
+    assert Sample.measured(0, 80, 10.0, 25.0).window_s == 10.0
+    assert Sample.measured(0, 1, 10.0, 0.0).window_s == 1.0  # one item: at most 1/s
+    assert Sample.measured(0, 0, 10.0, None).window_s == 10.0
 
 
 async def test_sampling_failures_keep_the_last_sample() -> None:
@@ -156,14 +176,84 @@ def test_callers_told_to_come_back_are_spread_out_and_drain_at_the_measured_rate
     assert int(refused.value.headers["Retry-After"]) == waits[0]
 
 
-def test_past_max_in_flight_front_door_requests_get_busy_and_a_finished_one_frees_its_slot() -> None:
-    gate = admission(min_limit=100, max_in_flight=2)
+async def test_past_max_in_flight_requests_wait_in_line_and_are_served_in_order() -> None:
+    gate = admission(min_limit=100, max_in_flight=2, queue_wait_s=60)
     gate.observe(Sample(backlog=0, drained=0, window_s=10))
-    with gate.slot(), gate.slot():
-        assert gate.in_flight == 2
-        with pytest.raises(ApiError) as refused, gate.slot():
-            pass
+    release = asyncio.Event()
+    served: list[int] = []
+
+    async def request(n: int) -> None:
+        async with gate.slot():
+            served.append(n)
+            await release.wait()
+
+    tasks = [asyncio.create_task(request(n)) for n in range(10)]
+    while gate.gate.queued < 8:
+        await asyncio.sleep(0.01)
+    assert gate.in_flight == 2 and served == [0, 1]  # a burst past the cap waits; nobody is refused
+    release.set()
+    await asyncio.gather(*tasks)
+    assert served == list(range(10)) and gate.in_flight == 0 and gate.gate.queued == 0
+
+
+async def test_a_request_that_cannot_get_a_slot_before_its_deadline_is_shed_as_busy() -> None:
+    gate = admission(min_limit=100, max_in_flight=1, queue_wait_s=0.05)
+    gate.observe(Sample(backlog=0, drained=0, window_s=10))
+    async with gate.slot():  # held for longer than the wait allowed
+        with pytest.raises(ApiError) as refused:
+            async with gate.slot():
+                pass
         assert (refused.value.status, refused.value.code, refused.value.headers["Retry-After"]) == (503, "busy", "1")
+        assert gate.gate.queued == 0  # the refused request left the line
     assert gate.in_flight == 0
-    with gate.slot():
+    async with gate.slot():
         assert gate.in_flight == 1
+
+
+async def test_a_full_line_or_a_line_too_slow_for_the_deadline_refuses_at_once() -> None:
+    gate = admission(min_limit=100, max_in_flight=1, queue_wait_s=60, max_queued=1)
+    gate.observe(Sample(backlog=0, drained=0, window_s=10))
+    async with gate.slot():
+        waiting = asyncio.create_task(gate.gate.enter())
+        while gate.gate.queued < 1:
+            await asyncio.sleep(0.01)
+        with pytest.raises(ApiError) as full:  # the line holds one: refused without waiting
+            await gate.gate.enter()
+        assert full.value.code == "busy"
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    assert gate.in_flight == 0 and gate.gate.queued == 0
+    slow = SlotGate(1, max_wait_s=0.5, max_queued=100)
+    slow.hold_s = 2.0  # each request holds its slot 2 s: the first in line would wait past 0.5 s
+    await slow.enter()
+    with pytest.raises(ApiError) as too_slow:
+        await slow.enter()
+    assert too_slow.value.code == "busy" and slow.queued == 0
+
+
+async def test_a_slot_handed_to_a_request_that_went_away_passes_to_the_next_in_line() -> None:
+    gate = SlotGate(1, max_wait_s=60, max_queued=10)
+    await gate.enter()
+    gone = asyncio.create_task(gate.enter())
+    next_in_line = asyncio.create_task(gate.enter())
+    while gate.queued < 2:
+        await asyncio.sleep(0.01)
+    gate.leave()  # handed to ``gone``...
+    gone.cancel()  # ...which is cancelled before it runs
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    await next_in_line
+    assert gate.busy == 1 and gate.queued == 0
+    gate.leave()
+    assert gate.busy == 0
+
+
+async def test_overload_is_checked_before_a_request_takes_or_waits_for_a_slot() -> None:
+    gate = admission(target_wait_s=10, min_limit=1, max_in_flight=1)
+    for _ in range(40):
+        gate.observe(Sample(backlog=100, drained=50, window_s=10))
+    with pytest.raises(ApiError) as refused:
+        async with gate.slot():
+            pass
+    assert refused.value.code == "overloaded" and gate.in_flight == 0 and gate.gate.queued == 0

@@ -115,7 +115,8 @@ class OrderRepository:
     async def admission_sample(self, window_s: float = ADMISSION_WINDOW_S) -> Sample:
         """Orders waiting on the payment service for their bill, and how many got one in the window."""
         row = await self.conn.fetchrow(
-            """SELECT (SELECT count(*) FROM orders WHERE billed_at IS NULL) AS backlog,
-                      (SELECT count(*) FROM orders WHERE billed_at > now() - make_interval(secs => $1)) AS drained""",
+            """SELECT (SELECT count(*) FROM orders WHERE billed_at IS NULL) AS backlog, d.drained, d.span_s
+                 FROM (SELECT count(*) AS drained, extract(epoch FROM now() - min(billed_at))::float8 AS span_s
+                         FROM orders WHERE billed_at > now() - make_interval(secs => $1)) d""",
             window_s)
-        return Sample(backlog=row["backlog"], drained=row["drained"], window_s=window_s)
+        return Sample.measured(row["backlog"], row["drained"], window_s, row["span_s"])

@@ -449,7 +449,7 @@ def _signed_in(request: web.Request, session: signin.Session, deps: OrderDeps) -
 
 
 async def request_code(request: web.Request, deps: OrderDeps) -> web.Response:
-    with deps.admission.slot(counts=False):  # behind the orders' admission, adding nothing to their backlog
+    async with deps.admission.slot(counts=False):  # behind the orders' admission, adding nothing to their backlog
         body = await read_json(request, CodeRequest)
         async with unit_of_work(deps.pool) as uow:
             retry_after = await signin.request_code(uow, normalize_phone(body.phone), request.remote or "unknown",
@@ -461,7 +461,7 @@ async def request_code(request: web.Request, deps: OrderDeps) -> web.Response:
 
 
 async def create_token(request: web.Request, deps: OrderDeps) -> web.Response:
-    with deps.admission.slot(counts=False):
+    async with deps.admission.slot(counts=False):
         body = await read_json(request, SignInRequest)
         async with unit_of_work(deps.pool) as uow:
             outcome = await signin.sign_in(uow, normalize_phone(body.phone), body.code, deps.otp_key, deps.settings)
@@ -471,7 +471,7 @@ async def create_token(request: web.Request, deps: OrderDeps) -> web.Response:
 
 
 async def refresh_token(request: web.Request, deps: OrderDeps) -> web.Response:
-    with deps.admission.slot(counts=False):
+    async with deps.admission.slot(counts=False):
         body = await read_json(request, RefreshRequest)
         presented = body.refresh_token or request.cookies.get(REFRESH_COOKIE, "")
         if not presented or len(presented) > 200:
@@ -501,9 +501,10 @@ async def pricing(_: web.Request, deps: OrderDeps) -> web.Response:
 
 
 async def place_order(request: web.Request, deps: OrderDeps) -> web.Response:
+    deps.admission.check()  # shed before verifying the token: shedding must cost next to nothing
     caller = _caller(request, deps)
     deps.limits.enforce(caller)
-    with deps.admission.slot():
+    async with deps.admission.slot():
         return await _place_order(request, deps, caller)
 
 

@@ -131,6 +131,8 @@ async def admission_sample(conn: asyncpg.Connection, window_s: float = ADMISSION
     """Jobs accepted and not finished (every api and worker process), and jobs finished in the window."""
     row = await conn.fetchrow(
         """SELECT (SELECT count(*) FROM stampings WHERE status IN ('QUEUED', 'STAMPING')) AS backlog,
-                  (SELECT count(*) FROM stampings WHERE status IN ('DONE', 'FAILED')
-                      AND updated_at > now() - make_interval(secs => $1)) AS drained""", window_s)
-    return Sample(backlog=row["backlog"], drained=row["drained"], window_s=window_s)
+                  d.drained, d.span_s
+             FROM (SELECT count(*) AS drained, extract(epoch FROM now() - min(updated_at))::float8 AS span_s
+                     FROM stampings WHERE status IN ('DONE', 'FAILED')
+                      AND updated_at > now() - make_interval(secs => $1)) d""", window_s)
+    return Sample.measured(row["backlog"], row["drained"], window_s, row["span_s"])

@@ -189,13 +189,18 @@ async def get_quota(request: web.Request, deps: StampingDeps) -> web.Response:
 
 
 async def post_stamping(request: web.Request, deps: StampingDeps) -> web.Response:
+    try:
+        deps.admission.check()  # shed before verifying the token: shedding must cost next to nothing
+    except ApiError as exc:
+        UPLOADS.labels(exc.code).inc()
+        raise
     principal = _caller(request, deps)
     try:  # limits before the body is read: shedding is cheap
         if principal.partner_id is not None:
             deps.partner_uploads.enforce(principal.partner_id)
         else:
             deps.account_uploads.enforce(str(principal.account_id))
-        with deps.admission.slot():
+        async with deps.admission.slot():
             return await _post_stamping(request, deps, principal)
     except ApiError as exc:
         UPLOADS.labels(exc.code).inc()
