@@ -314,7 +314,9 @@ def test_keys_are_mounted_read_only_where_the_settings_look(rendered: dict[str, 
     assert mount["readOnly"] is True, "only the setup Job writes the keys"
     (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
     claim = volume["persistentVolumeClaim"]["claimName"]
-    assert "ReadWriteMany" in _one(docs, "PersistentVolumeClaim", claim)["spec"]["accessModes"]
+    modes = _one(docs, "PersistentVolumeClaim", claim)["spec"]["accessModes"]
+    # pods of every Deployment, on any node (development: a one-node cluster)
+    assert modes == (["ReadWriteOnce"] if overlay == "development" else ["ReadWriteMany"])
     settings = _settings(docs, svc, tier, monkeypatch)
     assert Path(settings.secrets_dir).is_relative_to(KEYS_MOUNT)
     assert Path(settings.auth_public_key_file).is_relative_to(KEYS_MOUNT)
