@@ -43,6 +43,15 @@ RUNTIME = ROOT / "shared" / "emeterai_shared" / "runtime.py"
 KUBERNETES_VERSION = "1.32"
 KEDA_KINDS = {("keda.sh/v1alpha1", "ScaledObject"): "keda.sh_v1alpha1_scaledobject.json",
               ("keda.sh/v1alpha1", "TriggerAuthentication"): "keda.sh_v1alpha1_triggerauthentication.json"}
+# The trigger metadata each KEDA scaler reads (the `keda:"name=..."` tags of KEDA's
+# pkg/scalers/rabbitmq_scaler.go and prometheus_scaler.go, after v2.20.1): the CRD keeps metadata a
+# free map of strings, so a misspelt key would pass its schema and be ignored.
+KEDA_TRIGGER_METADATA = {
+    "rabbitmq": {"queueName", "mode", "queueLength", "value", "activationValue", "host", "protocol", "vhostName",
+                 "useRegex", "excludeUnacknowledged", "pageSize", "operation", "timeout", "unsafeSsl"},
+    "prometheus": {"serverAddress", "query", "queryParameters", "threshold", "activationThreshold", "namespace",
+                   "customHeaders", "ignoreNullValues", "unsafeSsl", "awsRegion", "timeout", "identityOwner"},
+}
 KEYS_MOUNT = "/srv/emeterai"
 # PostgreSQL connections kept free for the superuser, operators' sessions and the setup Job.
 CONNECTION_RESERVE = 50
@@ -230,6 +239,16 @@ def test_keda_objects_follow_the_crd_schemas(rendered: dict[str, list[dict[str, 
             assert not errors, f"{overlay}: {doc['kind']}/{doc['metadata']['name']}: {errors}"
             seen.add(doc["kind"])
     assert seen == {"ScaledObject", "TriggerAuthentication"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_keda_triggers_name_only_metadata_their_scaler_reads(rendered: dict[str, list[dict[str, Any]]],
+                                                             overlay: str) -> None:
+    for scaler in _all(rendered[overlay], "ScaledObject"):
+        for trigger in scaler["spec"]["triggers"]:
+            unknown = set(trigger["metadata"]) - KEDA_TRIGGER_METADATA[trigger["type"]]
+            assert not unknown, f"{scaler['metadata']['name']}: {trigger['type']} reads no {sorted(unknown)}"
+            assert all(isinstance(value, str) for value in trigger["metadata"].values())
 
 
 def test_the_keda_schema_check_rejects_a_broken_scaled_object(base: list[dict[str, Any]]) -> None:
@@ -603,6 +622,16 @@ def test_the_dashboard_shows_the_rush() -> None:
     for panel in dashboard["panels"]:
         for target in panel.get("targets", []):
             assert target["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+
+
+def test_the_dashboards_front_doors_are_routes_of_the_services() -> None:
+    from emeterai_shared.runtime import _offline_spec
+
+    paths = [path for svc in SERVICES for path in _offline_spec(checks._definition(svc))["paths"]]
+    for expr in _dashboard_expressions():
+        for pattern in re.findall(r'route=~"([^"]+)"', expr):
+            for alternative in pattern.split("|"):
+                assert any(re.fullmatch(alternative, path) for path in paths), f"no route matches {alternative!r}"
 
 
 def test_compose_provisions_the_dashboard() -> None:
