@@ -728,7 +728,7 @@ def build_report(run: Run, *, buyers: int, split: dict[str, int], ceiling: dict[
         | {"orders": checks["lost"]["lost_orders"][:10], "qris_paid_not_captured": checks["qris_uncaptured"],
            "scope": "every captured payment in the payment database, and every QR paid at the acquirer simulator"},
         "by_method": {m: checks["by_method"][m] for m in ("va", "qris")},
-        "qris": {k: v for k, v in checks["by_method"].items() if k not in ("va", "qris")},
+        "acquirer_outage": checks["by_method"].get("outage"),
         "duplicates": duplicates,
         "duplicates_detail": checks["duplicates"],
         "refunds": {"applicants": sum(1 for apps in run.applicants.values() for a in apps if a.refunds),
@@ -816,7 +816,7 @@ def print_report(report: dict[str, Any]) -> None:
     q = methods["qris"]
     row("QRIS order→QR p50 / p99", f"{_fmt(q['order_to_qr']['p50'])} / {_fmt(q['order_to_qr']['p99'])} ms")
     row("QRIS orders shed (503/429) / fell back to VA", f"{q['orders_shed']:,} / {q['fell_back_to_va']:,}")
-    outage = report["qris"].get("outage")
+    outage = report["acquirer_outage"]
     if outage:
         row("acquirer outage", f"{outage['seconds']} s (from {outage['from_s']} s of phase a)")
         row("   QRIS: 503 qris_unavailable / shed / fell back / QR queued",

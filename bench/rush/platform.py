@@ -63,10 +63,10 @@ class RushPlatform:
         # every applicant calls from this machine: the per-address limit on sign-in codes is off
         services = [(defn, cls()) for defn, cls in definitions().values()]
         self.run_partners_file = REPO / "var" / "dev-bank" / "banks.json"
-        for _, settings in services:
+        for defn, settings in services:
             if hasattr(settings, "otp_client_limit"):
                 settings.otp_client_limit = 0
-            if hasattr(settings, "partners_file"):  # payment: make run's file, read in up()
+            if defn.name == "payment" and hasattr(settings, "partners_file"):  # make run's file, read in up()
                 self.run_partners_file = REPO / settings.partners_file
                 settings.partners_file = str(PARTNERS_FILE)
         env = {"EMETERAI_LOG_JSON": os.environ.get("EMETERAI_LOG_JSON", "false")}
