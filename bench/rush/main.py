@@ -300,7 +300,7 @@ async def phase_purchase(run: Run, applicants: list[Applicant]) -> dict[str, Any
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             tasks.append(run.spawn(script.buy(a)))
             if outage_after is not None and len(tasks) >= outage_after and run.outage is None:
-                run.outage = asyncio.create_task(run.acquirer.outage(args.acquirer_outage_s))
+                run.outage = run.spawn(run.acquirer.outage(args.acquirer_outage_s))
         last_arrival = time.monotonic()
         await end_step(last_arrival, last=True)
 
