@@ -80,10 +80,13 @@ bench-callbacks: venv servers
 bench-stamping: venv servers
 	$(PY) -m bench.stamping
 
-## rush: a registration rush of BUYERS applicants (platform started if down); report in bench/results/latest.json
+## rush: a registration rush of BUYERS applicants, QRIS_SHARE of them paying by QRIS (platform started if down);
+## ACQUIRER_OUTAGE=N stops the QRIS acquirer for N s during the purchases; report in bench/results/latest.json
 BUYERS ?= 2000
+QRIS_SHARE ?= 0.5
+ACQUIRER_OUTAGE ?= 0
 rush: venv servers
-	$(PY) -m bench.rush --buyers $(BUYERS)
+	$(PY) -m bench.rush --buyers $(BUYERS) --qris-share $(QRIS_SHARE) --acquirer-outage-s $(ACQUIRER_OUTAGE)
 
 ## chaos: CHAOS_BUYERS applicants (200) while RabbitMQ, PostgreSQL and workers fail; invariants checked after
 chaos: venv servers

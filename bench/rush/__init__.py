@@ -5,6 +5,7 @@
   ``Retry-After``);
 - ``figures``: rates and latencies read from the services' databases (the invariants, ``lost``
   and ``duplicates``, are the test kit's: ``emeterai_testkit.invariants``);
-- ``platform``: the platform found running or started by the test kit's launcher, and its
-  processes and metrics sampled.
+- ``platform``: the platform found running or started by the test kit's launcher, its QRIS
+  acquirer (a simulator the rush runs, which can be stopped for an outage), and its processes and
+  metrics sampled.
 """

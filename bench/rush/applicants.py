@@ -5,17 +5,26 @@ Every HTTP answer goes through ``emeterai_testkit.clients.Client`` and is classi
 the same ``Idempotency-Key``); a SNAP refusal the scenario asked for (wrong amount ``4042513``, an
 exact replay's ``4042518``) = expected; anything else, and any transport failure, = error
 (counted by route and status, the first bodies kept).
+
+A QRIS applicant (``method`` ``qris``) orders with ``payment_method: "qris"``, polls its order
+until ``payment.qr_content`` appears (the payment worker asks the acquirer for it: late while the
+acquirer is down), pays it at the acquirer simulator (``POST /sim/pay`` with the QR's content, as a
+payer's bank app would: retried while the acquirer cannot be reached), then waits for the credit
+as a VA applicant does. Its order answered ``503``/``429`` is waited out for its ``Retry-After``;
+after ``qris_fallback_after`` answers with code ``qris_unavailable`` it orders by VA instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import random
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +36,7 @@ from emeterai_testkit.clients import (
     PAY_OK,
     REPLAYED,
     WRONG_AMOUNT,
+    Answer,
     Bank,
     Client,
     Refused,
@@ -36,6 +46,13 @@ from emeterai_testkit.documents import sample_pdf
 
 Unexpected = Refused
 """An answer the scenario did not allow: the applicant gives up (already counted as an error)."""
+
+QRIS_UNAVAILABLE = "qris_unavailable"
+"""The order api's code for a QRIS order it cannot take now (the acquirer is down): come back later."""
+
+
+class FallBack(Exception):
+    """A QRIS order refused ``qris_unavailable`` too often: the applicant pays by VA instead."""
 
 
 def documents(count: int = 4) -> list[bytes]:
@@ -57,6 +74,17 @@ class Applicant:
     index: int
     phase: str
     scenario: str = "normal"         # normal | late | duplicate | wrong_amount
+    method: str = "va"
+    """How the order is paid: ``va`` or ``qris`` (``va`` after a fall-back)."""
+    wanted_qris: bool = False
+    """Chose QRIS (even if it fell back to VA)."""
+    fell_back: bool = False
+    qris_sheds: int = 0
+    """429/503 answers to its QRIS order (each waited out)."""
+    qris_unavailable: int = 0
+    """Of those, answers with code ``qris_unavailable``."""
+    ordered_at: float | None = None  # monotonic time POST /v1/orders answered 202
+    billed_at: float | None = None   # monotonic time the bill (VA number or QR) was seen
     signs_in: bool = True
     """Signs in with a phone code (POST /v1/auth/otp + /v1/auth/token) rather than POST /v1/accounts."""
     phone: str = ""
@@ -113,8 +141,19 @@ class Script:
     """What applicants do; the counters (``arrived``...) feed the progress bars."""
 
     def __init__(self, client: Client, bank: Bank, docs: list[bytes], poll_rate_per_s: float,
-                 inbox: SmsInbox | None = None, run_id: int = 0):
+                 inbox: SmsInbox | None = None, run_id: int = 0, acquirer: Client | None = None,
+                 qris_fallback_after: int = 3):
         self.client = client
+        self.acquirer = acquirer
+        """The payers' calls to the acquirer simulator (service ``acquirer``; its own ``Stats``)."""
+        self.qris_fallback_after = qris_fallback_after
+        """``qris_unavailable`` answers before a QRIS applicant orders by VA (0: never)."""
+        self.qris_shed_codes: Counter[str] = Counter()
+        """The 429/503 answers to QRIS orders, by ``"<status> <code>"``."""
+        self.qris_unavailable_at: list[float] = []
+        """Monotonic times of the ``qris_unavailable`` answers (not saturation: the acquirer is down)."""
+        self.notify_failed = 0
+        """/sim/pay answers 500: the QR paid, the acquirer's notify failed (the platform's query finds it)."""
         self.inbox = inbox
         """The texts the platform sent (its development sink), where signing-in applicants read their code."""
         self.run_id = run_id
@@ -214,10 +253,30 @@ class Script:
     async def _order(self, a: Applicant) -> None:
         key = f"rush-order-{uuid.uuid4()}"  # the same key on every retry of this order
         await self._fresh(a)
-        answer = await self.client.call("POST", "order", "/v1/orders", "POST /v1/orders", ok=(202,),
-                                        json={"quantity": 2}, headers={**a.auth, "Idempotency-Key": key})
+        body: dict[str, Any] = {"quantity": 2}
+        on_shed: Callable[[Answer], None] | None = None
+        if a.method == "qris":
+            body["payment_method"] = "qris"
+            on_shed = functools.partial(self._qris_shed, a)
+        try:
+            answer = await self.client.call("POST", "order", "/v1/orders", "POST /v1/orders", ok=(202,),
+                                            json=body, headers={**a.auth, "Idempotency-Key": key}, on_shed=on_shed)
+        except FallBack:
+            a.method, a.fell_back = "va", True
+            await self._order(a)  # a new order (a new key): by VA
+            return
         a.order_id, a.amount = answer.body["order_id"], int(answer.body["amount"])
+        a.ordered_at = time.monotonic()
         self.ordered[a.phase] += 1
+
+    def _qris_shed(self, a: Applicant, answer: Answer) -> None:
+        a.qris_sheds += 1
+        self.qris_shed_codes[f"{answer.status} {answer.code or '-'}"] += 1
+        if answer.code == QRIS_UNAVAILABLE:
+            a.qris_unavailable += 1
+            self.qris_unavailable_at.append(time.monotonic())
+            if self.qris_fallback_after and a.qris_unavailable >= self.qris_fallback_after:
+                raise FallBack(f"{a.qris_unavailable} answers {QRIS_UNAVAILABLE}")
 
     async def _get_order(self, a: Applicant) -> dict[str, Any]:
         await self._fresh(a)
@@ -227,21 +286,47 @@ class Script:
         return body
 
     async def _bill(self, a: Applicant) -> str:
+        """The customer number of the order's VA, or the content of its QR (QRIS)."""
         delay = 0.3
         while True:
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             order = await self._get_order(a)
-            if order["payment"] is not None:
-                if order["payment"]["amount"] != a.amount:
-                    raise Unexpected(f"bill amount {order['payment']['amount']} != order amount {a.amount}")
-                return self.bank.customer_no(order["payment"]["virtual_account_no"])
+            payment = order["payment"]
+            if payment is not None and (a.method != "qris" or payment.get("qr_content")):
+                if payment["amount"] != a.amount:
+                    raise Unexpected(f"bill amount {payment['amount']} != order amount {a.amount}")
+                a.billed_at = time.monotonic()
+                if a.method == "qris":
+                    if payment.get("method") != "qris":
+                        raise Unexpected(f"QRIS order {a.order_id} billed {payment.get('method')}")
+                    return str(payment["qr_content"])
+                return self.bank.customer_no(payment["virtual_account_no"])
             if order["status"] not in ("AWAITING_PAYMENT",):
                 raise Unexpected(f"order {a.order_id} is {order['status']} before its bill")
             if self.client.past_deadline():
                 raise Unexpected(f"no bill for order {a.order_id} before the deadline")
             delay = min(delay * 1.5, 3.0)
 
+    async def _pay_qris(self, a: Applicant, qr_content: str) -> None:
+        """The payer's bank app pays the QR at the acquirer, which notifies the platform (twice for
+        the ``duplicate`` scenario; a QR's amount is fixed, so ``wrong_amount`` pays as ``normal``).
+        An unreachable acquirer is tried again until the deadline, as a payer would."""
+        if self.acquirer is None:
+            raise Unexpected("no acquirer simulator to pay QRIS through")
+        if a.scenario == "late":
+            await asyncio.sleep(random.uniform(3.0, 8.0))
+        answer = await self.acquirer.call(
+            "POST", "acquirer", "/sim/pay", "POST /sim/pay", ok=(200, 500),
+            json={"qr_content": qr_content, "times": 2 if a.scenario == "duplicate" else 1})
+        if answer.status == 500:  # paid; the notify failed: the platform's query of the QR finds it
+            self.notify_failed += 1
+        a.paid_at = time.monotonic()
+        self.paid[a.phase] += 1
+
     async def _pay(self, a: Applicant, customer_no: str) -> None:
+        if a.method == "qris":
+            await self._pay_qris(a, customer_no)
+            return
         if a.scenario == "late":
             await asyncio.sleep(random.uniform(3.0, 8.0))
         if a.scenario == "wrong_amount":

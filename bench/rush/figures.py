@@ -148,6 +148,14 @@ class Databases:
         return rows
 
     @retrying
+    async def captured_references(self, references: list[str]) -> set[str]:
+        """Which of these QRs (our partnerReferenceNo) have a captured payment."""
+        rows = await self.payment.fetch(
+            "SELECT b.partner_reference_no FROM payments p JOIN bills b USING (bill_id)"
+            " WHERE b.partner_reference_no = ANY($1::text[])", references)
+        return {r["partner_reference_no"] for r in rows}
+
+    @retrying
     async def serials_issued(self, ids: list[str]) -> int:
         value: int = await self.minting.fetchval(
             "SELECT count(*) FROM serials WHERE order_id = ANY($1::uuid[])", ids)

@@ -26,6 +26,17 @@ b. **stamping** (the same applicants): each waits for its quota to show 2 availa
 c. **mixed** (the other 1/3, fresh): buy and stamp end to end, arriving at phase a's measured
    rate, both rates reported (10th-90th percentile windows).
 
+QRIS: ``--qris-share`` of the applicants (half, as the CASN shop saw) order with ``payment_method:
+"qris"``, wait for the QR in the order view, pay it at the QRIS acquirer simulator (``POST /sim/pay``,
+a real HTTP server the rush runs and configures in the payment service's partners file) and wait
+for the credit; the report gives their figures apart (``by_method``). ``--acquirer-outage-s N``
+stops the acquirer (connection refused) for N seconds once ``--acquirer-outage-at`` of phase a's
+applicants have arrived, then starts it again with its QRs: QRIS orders are answered ``503``
+(waited out; after ``--qris-fallback-after`` ``qris_unavailable`` answers the applicant orders by
+VA) or their QR comes late; the report's ``qris.outage`` counts them and compares VA credits
+during the outage. Every QR paid at the simulator must end captured, and every captured payment
+credited or refunded, per method.
+
 Latencies and invariants are read from the services' databases, never from the simulator:
 ``payment_to_credited`` = order FULFILLED (order_history) - payment captured (payments), below
 saturation; ``upload_to_stamped`` = stamped_at - created_at of DONE stampings. ``lost`` and
@@ -72,7 +83,7 @@ from bench.rush.figures import (
     rate_over,
     sustained_rate,
 )
-from bench.rush.platform import REPO, MetricsScraper, ProcessSampler, RushPlatform
+from bench.rush.platform import REPO, MetricsScraper, ProcessSampler, RushAcquirer, RushPlatform
 
 RESULTS = REPO / "bench" / "results" / "latest.json"
 SCRATCH_DATABASE = "emeterai_rush_scratch"
@@ -112,6 +123,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--wrong-amount-share", type=float, default=0.1)
     parser.add_argument("--refund-share", type=float, default=0.1,
                         help="applicants who stamp one document and refund their other, unused stamp")
+    parser.add_argument("--qris-share", type=float, default=0.5,
+                        help="applicants who pay by QRIS (through the acquirer simulator); the rest by VA")
+    parser.add_argument("--qris-fallback-after", type=int, default=3,
+                        help="a QRIS applicant answered 503 qris_unavailable this many times orders by VA "
+                             "instead (0: never)")
+    parser.add_argument("--acquirer-outage-s", type=float, default=0.0,
+                        help="stop the QRIS acquirer (connection refused) for this long during phase a (0: none)")
+    parser.add_argument("--acquirer-outage-at", type=float, default=0.25,
+                        help="the outage starts once this share of phase a's applicants have arrived")
     parser.add_argument("--connections", type=int, default=384, help="connection pool size in all")
     parser.add_argument("--connections-per-host", type=int, default=128)
     parser.add_argument("--poll-rate", type=float, default=40.0,
@@ -150,8 +170,14 @@ class Run:
     sampler: ProcessSampler
     scraper: MetricsScraper
     live: set[asyncio.Task[None]]
+    acquirer: RushAcquirer
+    acquirer_stats: Stats
+    """What the payers saw at the acquirer simulator (apart from the platform's answers)."""
     phases: dict[str, dict[str, Any]] = field(default_factory=dict)
     applicants: dict[str, list[Applicant]] = field(default_factory=dict)
+    outage: asyncio.Task[None] | None = None
+    origin: Clock | None = None
+    """This process's clock mapped to the database's, taken before the phases."""
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """An applicant's task, cancelled if the run stops early."""
@@ -211,6 +237,7 @@ async def phase_purchase(run: Run, applicants: list[Applicant]) -> dict[str, Any
     plateau_first = 0
     saturated: tuple[float, str] | None = None
     ramp_budget = int(len(applicants) * args.ramp_share)
+    outage_after = int(len(applicants) * args.acquirer_outage_at) if args.acquirer_outage_s > 0 else None
     peak = 0.0
     next_at = start_mono
 
@@ -224,7 +251,9 @@ async def phase_purchase(run: Run, applicants: list[Applicant]) -> dict[str, Any
         recent = [(t - credited["captured"][o]).total_seconds() for o, t in credited["fulfilled"].items()
                   if t >= since and o in credited["captured"]]
         p95 = percentiles(recent)["p95"]
-        shed = stats.count("shed", step_start, now)
+        # qris_unavailable answers are the acquirer's outage, not the platform saturating
+        shed = stats.count("shed", step_start, now) - sum(
+            1 for t in script.qris_unavailable_at if step_start <= t <= now)
         order_p95 = stats.p95_ms("POST /v1/orders", step_start, now)
         step = {"offered_per_s": round(rate, 1), "arrived": len(tasks) - step_first,
                 "seconds": round(now - step_start, 2), "credited_in_step": len(recent),
@@ -270,6 +299,8 @@ async def phase_purchase(run: Run, applicants: list[Applicant]) -> dict[str, Any
             next_at = max(next_at + 1 / rate, now - 0.5)
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             tasks.append(run.spawn(script.buy(a)))
+            if outage_after is not None and len(tasks) >= outage_after and run.outage is None:
+                run.outage = run.spawn(run.acquirer.outage(args.acquirer_outage_s))
         last_arrival = time.monotonic()
         await end_step(last_arrival, last=True)
 
@@ -437,6 +468,8 @@ async def warm_up(run: Run, count: int = 2) -> dict[str, Any]:
     PDF process pools and connection pools start here, not inside phase b's figures."""
     started = time.monotonic()
     applicants = [Applicant(i, "w") for i in range(count)]
+    if run.args.qris_share > 0:  # the QR path (the worker's acquirer token, the simulator) warmed too
+        applicants[-1].method = "qris"
     await asyncio.gather(*(run.spawn(run.script.buy_and_stamp(a)) for a in applicants))
     run.script.reset_pacers()
     return {"applicants": count, "seconds": round(time.monotonic() - started, 1),
@@ -468,17 +501,84 @@ async def drain(run: Run) -> dict[str, Any]:
     started = time.monotonic()
     bar = run.progress.add_task("drain: captured payments unresolved", total=None)
 
+    paid_qrs = run.acquirer.paid_references()  # QRs paid at the acquirer: each must be captured
+    uncaptured: set[str] = set(paid_qrs)
+
     async def resolved() -> bool:
+        nonlocal uncaptured
         unresolved = invariants.unresolved(await run.dbs.snapshot())
-        run.progress.update(bar, description=f"drain: {unresolved} captured payments unresolved")
-        return unresolved == 0
+        if uncaptured:
+            uncaptured -= await run.dbs.captured_references(sorted(uncaptured))
+        run.progress.update(bar, description=f"drain: {unresolved} captured payments unresolved, "
+                                             f"{len(uncaptured)} QRs paid at the acquirer not captured")
+        return unresolved == 0 and not uncaptured
 
     await watch(run, resolved, run.args.drain_timeout_s, every_s=2.0)
     run.progress.update(bar, total=1, completed=1)
     data = await run.dbs.snapshot()
     return {"seconds": round(time.monotonic() - started, 1), "lost": invariants.lost(data),
+            "qris_uncaptured": {"paid_at_acquirer": len(paid_qrs), "not_captured": sorted(uncaptured)[:10],
+                                "count": len(uncaptured)},
             "duplicates": invariants.duplicates(data), "refunds": invariants.refunds(data),
             "refund_violations": {k: v[:10] for k, v in invariants.refund_violations(data).items() if v}}
+
+
+async def method_figures(run: Run) -> dict[str, Any]:
+    """Phases a and c by payment method (a QRIS applicant who fell back to VA counts as VA), the
+    QRIS share's sheds and late QRs, and the acquirer's outage: what QRIS applicants met during
+    it, and VA payments credited during it against the rest of phase a."""
+    apps = [a for p in ("a", "c") for a in run.applicants.get(p, [])]
+    out: dict[str, Any] = {}
+    credited_by: dict[str, dict[str, Any]] = {}
+    for method in ("va", "qris"):
+        mine = [a for a in apps if a.method == method]
+        ids = [a.order_id for a in mine if a.order_id]
+        credited = credited_by[method] = await run.dbs.credited(ids)
+        out[method] = {
+            "applicants": len(mine), "orders": len(ids), "paid": sum(1 for a in mine if a.paid_at is not None),
+            "credited": len(credited["fulfilled"]), "failed": sum(1 for a in mine if a.failure),
+            "payment_to_credited": percentiles([
+                (t - credited["captured"][o]).total_seconds()
+                for o, t in credited["fulfilled"].items() if o in credited["captured"]]),
+        }
+    wanted = [a for a in apps if a.wanted_qris]
+    qris = [a for a in apps if a.method == "qris"]
+    waits = [a.billed_at - a.ordered_at for a in qris if a.billed_at is not None and a.ordered_at is not None]
+    out["qris"] |= {
+        "share": run.args.qris_share, "chose_qris": len(wanted),
+        "fell_back_to_va": sum(1 for a in wanted if a.fell_back),
+        "orders_shed": sum(1 for a in wanted if a.qris_sheds), "shed_answers": sum(a.qris_sheds for a in wanted),
+        "shed_by_code": dict(run.script.qris_shed_codes),
+        "order_to_qr": percentiles(waits), "notify_failed_at_acquirer": run.script.notify_failed,
+        "payer_calls": {"answers": dict(run.acquirer_stats.statuses), "transport_failures_retried": sum(
+            n for k, n in run.acquirer_stats.errors.items() if k.endswith("transport"))},
+    }
+    if run.acquirer.outages and run.origin is not None:
+        o = run.acquirer.outages[0]
+        start, end = o["start"], o["end"]
+        t0, t1 = run.origin.at(start), run.origin.at(end)
+        phase_a = run.phases.get("a", {}).get("_window", (start, end))
+        va = credited_by["va"]
+
+        def va_latencies(inside: bool) -> list[float]:
+            return [(t - va["captured"][oid]).total_seconds() for oid, t in va["fulfilled"].items()
+                    if oid in va["captured"] and (t0 <= va["captured"][oid] <= t1) == inside
+                    and run.origin is not None and va["captured"][oid] >= run.origin.at(phase_a[0])]
+
+        a_wanted = [a for a in run.applicants.get("a", []) if a.wanted_qris]
+        out["outage"] = {
+            "seconds": round(end - start, 1), "from_s": round(start - phase_a[0], 1),
+            "to_s": round(end - phase_a[0], 1), "scope": "seconds from the start of phase a",
+            "qris_answered_503_qris_unavailable": sum(1 for t in run.script.qris_unavailable_at if start <= t <= end),
+            "qris_orders_shed": sum(1 for a in a_wanted if a.qris_sheds),
+            "qris_fell_back_to_va": sum(1 for a in a_wanted if a.fell_back),
+            "qris_queued_qr_late": sum(1 for a in a_wanted if a.method == "qris" and a.ordered_at is not None
+                                       and a.ordered_at < end and a.billed_at is not None and a.billed_at >= end),
+            "note": "queued: ordered before the acquirer came back, QR seen after it",
+            "va_payment_to_credited_during": percentiles(va_latencies(True)),
+            "va_payment_to_credited_rest_of_run": percentiles(va_latencies(False)),
+        }
+    return out
 
 
 # --- bottleneck ------------------------------------------------------------------------------
@@ -553,7 +653,7 @@ def build_report(run: Run, *, buyers: int, split: dict[str, int], ceiling: dict[
                  machine: dict[str, Any], duration_s: float, checks: dict[str, Any]) -> dict[str, Any]:
     a, b, c = run.phases["a"], run.phases["b"], run.phases["c"]
     stats = run.stats
-    lost = len(checks["lost"]["lost_orders"])
+    lost = len(checks["lost"]["lost_orders"]) + checks["qris_uncaptured"]["count"]
     duplicates = checks["duplicates"]["total"]
     memory = run.sampler.memory(MEMORY_CAP_MB)
     overload = a.get("overload") or {}
@@ -625,7 +725,10 @@ def build_report(run: Run, *, buyers: int, split: dict[str, int], ceiling: dict[
         "answers": dict(stats.answers),
         "lost": lost,
         "lost_detail": {k: v for k, v in checks["lost"].items() if k != "lost_orders"}
-        | {"orders": checks["lost"]["lost_orders"][:10], "scope": "every captured payment in the payment database"},
+        | {"orders": checks["lost"]["lost_orders"][:10], "qris_paid_not_captured": checks["qris_uncaptured"],
+           "scope": "every captured payment in the payment database, and every QR paid at the acquirer simulator"},
+        "by_method": {m: checks["by_method"][m] for m in ("va", "qris")},
+        "acquirer_outage": checks["by_method"].get("outage"),
         "duplicates": duplicates,
         "duplicates_detail": checks["duplicates"],
         "refunds": {"applicants": sum(1 for apps in run.applicants.values() for a in apps if a.refunds),
@@ -699,6 +802,29 @@ def print_report(report: dict[str, Any]) -> None:
     for route, ra in report["shed"]["retry_after_s"].items():
         row(f"   Retry-After given, {route}", f"p50 {ra['p50']} s, max {ra['max']} s")
     row("errors (other non-2xx, transport)", report["errors"])
+    methods, money = report["by_method"], report["lost_detail"].get("by_method", {})
+    for method in ("va", "qris"):
+        m, paid = methods[method], money.get(method, {})
+        ptc_m = m["payment_to_credited"]
+        row(f"{method.upper():4} orders / paid / credited (a + c)",
+            f"{m['orders']:,} / {m['paid']:,} / {m['credited']:,}")
+        row(f"{method.upper():4} payment→credited p50 / p99 (a + c)",
+            f"{_fmt(ptc_m['p50'])} / {_fmt(ptc_m['p99'])} ms")
+        row(f"{method.upper():4} captured: credited / refunded / lost",
+            f"{paid.get('captured', 0):,}: {paid.get('credited', 0):,} / {paid.get('refunded', 0):,} / "
+            f"{paid.get('lost', 0):,}")
+    q = methods["qris"]
+    row("QRIS order→QR p50 / p99", f"{_fmt(q['order_to_qr']['p50'])} / {_fmt(q['order_to_qr']['p99'])} ms")
+    row("QRIS orders shed (503/429) / fell back to VA", f"{q['orders_shed']:,} / {q['fell_back_to_va']:,}")
+    outage = report["acquirer_outage"]
+    if outage:
+        row("acquirer outage", f"{outage['seconds']} s (from {outage['from_s']} s of phase a)")
+        row("   QRIS: 503 qris_unavailable / shed / fell back / QR queued",
+            f"{outage['qris_answered_503_qris_unavailable']:,} / {outage['qris_orders_shed']:,} / "
+            f"{outage['qris_fell_back_to_va']:,} / {outage['qris_queued_qr_late']:,}")
+        d, rest = outage["va_payment_to_credited_during"], outage["va_payment_to_credited_rest_of_run"]
+        row("   VA payment→credited p50/p99 during · rest",
+            f"{_fmt(d['p50'])}/{_fmt(d['p99'])} (n {d['n']}) · {_fmt(rest['p50'])}/{_fmt(rest['p99'])} ms")
     row("memory: max RSS of a platform process (MB)",
         max((p["max_tree_rss_mb"] for k, p in report["memory"].get("processes", {}).items()
              if k not in ("postgresql", "rabbitmq")), default=None), "memory_bounded")
@@ -743,6 +869,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     session: aiohttp.ClientSession | None = None
     try:
         await platform.up(infra)
+        acquirer = platform.acquirer
+        assert acquirer is not None
+        if args.qris_share > 0 and acquirer.url is None:
+            raise RuntimeError(f"--qris-share {args.qris_share} needs a QRIS acquirer simulator: {acquirer.why_none} "
+                               "(run with --qris-share 0, or let the rush start the platform)")
+        if args.acquirer_outage_s > 0 and not acquirer.can_stop:
+            raise RuntimeError("--acquirer-outage-s needs the rush's own acquirer simulator: stop `make run` and "
+                               "let the rush start the platform")
         if args.no_ceiling:
             ceiling: dict[str, Any] = {"db_commits_per_s": None, "broker_confirms_per_s": None, "skipped": True}
         else:
@@ -762,15 +896,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         client = Client(session, urls, stats=stats, deadline=time.monotonic() + 3 * args.phase_timeout_s + 600)
         bank = Bank(client, bank_config.simulator(urls["payment"], session))
         sms_file = Path(settings["order"].dev_sms_file)  # type: ignore[attr-defined]
+        acquirer_stats = Stats()
+        payer = Client(session, {"acquirer": acquirer.url or "http://127.0.0.1:9"}, stats=acquirer_stats,
+                       deadline=client.deadline, transport_retries=None)
         script = Script(client, bank, docs, args.poll_rate, inbox=SmsInbox(sms_file if sms_file.is_absolute()
                                                                             else REPO / sms_file),
-                        run_id=rng.randrange(10_000))
+                        run_id=rng.randrange(10_000), acquirer=payer, qris_fallback_after=args.qris_fallback_after)
         sampler = ProcessSampler(platform.ports())
         scraper = MetricsScraper(platform.metrics_urls())
         background += [asyncio.create_task(sampler.run(stop)), asyncio.create_task(scraper.run(infra, stop))]
         progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), console=err)
-        r = Run(args, platform, dbs, script, stats, progress, sampler, scraper, live)
+        r = Run(args, platform, dbs, script, stats, progress, sampler, scraper, live, acquirer, acquirer_stats)
         kinds_a = scenarios(split["ab"], args, rng)
         kinds_c = scenarios(split["c"], args, rng)
         r.applicants["a"] = [Applicant(i, "a", kinds_a[i], signs_in=rng.random() < args.signin_share)
@@ -780,16 +917,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for apps in r.applicants.values():
             for a in rng.sample(apps, round(len(apps) * args.refund_share)):
                 a.refunds = True
+            for a in rng.sample(apps, round(len(apps) * args.qris_share)):
+                a.method, a.wanted_qris = "qris", True
         with progress:
             await bank.token()
+            r.origin = await r.clock()
             warmup = await warm_up(r)
             r.phases["a"] = await phase_purchase(r, r.applicants["a"])
+            if r.outage is not None:
+                await r.outage  # the acquirer is back before phase b
             r.phases["b"] = await phase_stamping(r, r.applicants["a"])
             rate_c = max(args.start_rate, r.phases["a"]["orders_per_s"] or args.start_rate)
             r.phases["c"] = await phase_mixed(r, r.applicants["c"], rate_c)
             checked = await drain(r)
         all_orders = [a.order_id for apps in r.applicants.values() for a in apps if a.order_id]
         checks = {"warmup": warmup, "lost": checked["lost"], "duplicates": checked["duplicates"],
+                  "qris_uncaptured": checked["qris_uncaptured"], "by_method": await method_figures(r),
                   "drain_s": checked["seconds"], "stamps_minted": await dbs.serials_issued(all_orders),
                   "refunds": checked["refunds"], "refund_violations": checked["refund_violations"]}
         stop.set()
@@ -806,6 +949,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for task in [*background, *live]:
             task.cancel()
         await asyncio.gather(*background, *live, return_exceptions=True)
+        if platform.acquirer is not None:
+            with contextlib.suppress(Exception):
+                await platform.acquirer.stop()
         if session is not None:
             await session.close()
         await infra.close()

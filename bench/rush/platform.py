@@ -9,12 +9,19 @@
   service, found by the ports they listen on, with their PDF worker processes) and of PostgreSQL
   and RabbitMQ (shared with anything else on the machine), from ``/proc``.
 - ``MetricsScraper``: the backlog gauges of every process's ``/metrics`` over time.
+- ``RushAcquirer``: the QRIS acquirer the QRIS share pays through. When ``up()`` starts the
+  platform, the payment service's partners file is the rush's own (``var/rush/partners.json``:
+  ``make setup``'s banks and one acquirer played by ``payment_service.adapters.acquirersim``, a
+  real HTTP server run inside the rush's process on a free port, so that ``outage`` can stop it
+  (connection refused) and start it again with its QRs kept). A running platform (``make run``)
+  keeps its partners file and its ``dev-acquirer`` process (no outage then).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import time
@@ -22,13 +29,18 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp import web
+from emeterai_testkit.fixtures import free_port
 from emeterai_testkit.platform import Log, Platform, definitions, launch, platform_of
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[2]
 LOG_DIR = REPO / "var" / "rush"
+PARTNERS_FILE = LOG_DIR / "partners.json"
+"""The payment service's partners file when the rush starts the platform (its acquirer is the rush's)."""
 SERVERS = {"postgresql": "postgres", "rabbitmq": "beam.smp"}  # label -> process name (comm)
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -50,15 +62,20 @@ class RushPlatform:
     def __init__(self, *, stock_min: int, log: Log = print):
         # every applicant calls from this machine: the per-address limit on sign-in codes is off
         services = [(defn, cls()) for defn, cls in definitions().values()]
-        for _, settings in services:
+        self.run_partners_file = REPO / "var" / "dev-bank" / "banks.json"
+        for defn, settings in services:
             if hasattr(settings, "otp_client_limit"):
                 settings.otp_client_limit = 0
+            if defn.name == "payment" and hasattr(settings, "partners_file"):  # make run's file, read in up()
+                self.run_partners_file = REPO / settings.partners_file
+                settings.partners_file = str(PARTNERS_FILE)
         env = {"EMETERAI_LOG_JSON": os.environ.get("EMETERAI_LOG_JSON", "false")}
         self.platform: Platform = platform_of(services, LOG_DIR, process_env=env, start_timeout_s=START_TIMEOUT_S)
         self.settings = self.platform.settings
         self.stock_min = stock_min
         self.log = log
         self.started_here = False
+        self.acquirer: RushAcquirer | None = None
 
     def api_url(self, service: str) -> str:
         return self.platform.url(service)
@@ -83,11 +100,14 @@ class RushPlatform:
             await asyncio.to_thread(self._run, "make", "-s", "setup")
             for old in LOG_DIR.glob("*.log"):
                 old.unlink()
+            self.acquirer = await RushAcquirer.own(self.run_partners_file, self.api_url("payment"), self.log)
             self.started_here = True
             await launch(self.platform, fresh=False)
             self.log("platform: every api, worker and relay is ready")
         await self.platform.command("minting", "stock", "ensure", "--min", str(self.stock_min))
         self.log(f"platform: minting stock ensured at ≥ {self.stock_min} serials")
+        if self.acquirer is None:
+            self.acquirer = await RushAcquirer.running(self.run_partners_file, session, self.log)
 
     def _run(self, *argv: str) -> None:
         done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
@@ -101,6 +121,92 @@ class RushPlatform:
         self.log("platform: stopping the processes started for the rush (SIGTERM)")
         self.platform.stop(grace_s)
         self.started_here = False
+
+
+# --- the QRIS acquirer -----------------------------------------------------------------------
+
+class RushAcquirer:
+    """The QRIS acquirer the rush's QRIS share pays through (``POST /sim/pay`` with the QR's
+    content, as a payer's bank app would): the rush's own simulator (``own``: in this process,
+    its outage possible) or a running platform's ``dev-acquirer`` (``running``)."""
+
+    def __init__(self, url: str | None, *, sim: Any = None, port: int = 0, log: Log = print,
+                 why_none: str = "") -> None:
+        self.url = url
+        """The simulator's root (``/sim/pay`` under it); None when there is none to pay through."""
+        self.sim = sim
+        """The in-process ``AcquirerSimulator`` (its QRs, to check every paid QR was captured)."""
+        self.port = port
+        self.log = log
+        self.why_none = why_none
+        self._runner: web.AppRunner | None = None
+        self.outages: list[dict[str, float]] = []
+        """Each outage: monotonic ``start`` (stopped) and ``end`` (answering again)."""
+
+    @classmethod
+    async def own(cls, run_partners_file: Path, merchant_url: str, log: Log) -> RushAcquirer:
+        """Write the rush's partners file (``make setup``'s banks, a fresh acquirer on a free port)
+        and start the simulator playing that acquirer."""
+        from payment_service.adapters.acquirersim import AcquirerSimulator, new_acquirer_entry
+
+        port = free_port()
+        entry, private_pem = new_acquirer_entry(f"http://127.0.0.1:{port}/snap", acquirer_id="rush-acquirer")
+        partners = json.loads(run_partners_file.read_text())
+        partners["acquirers"] = [entry]
+        PARTNERS_FILE.parent.mkdir(parents=True, exist_ok=True)
+        PARTNERS_FILE.write_text(json.dumps(partners, indent=2) + "\n")
+        PARTNERS_FILE.chmod(0o600)
+        acquirer = cls(f"http://127.0.0.1:{port}", sim=AcquirerSimulator(entry, private_pem, merchant_url),
+                       port=port, log=log)
+        await acquirer.start()
+        log(f"platform: QRIS acquirer simulator on {acquirer.url} (partners file {PARTNERS_FILE.relative_to(REPO)})")
+        return acquirer
+
+    @classmethod
+    async def running(cls, partners_file: Path, session: aiohttp.ClientSession, log: Log) -> RushAcquirer:
+        """The acquirer of a running platform (``make run``'s ``dev-acquirer``), if it answers ``/sim/``."""
+        try:
+            base = str(json.loads(partners_file.read_text())["acquirers"][0]["base_url"])
+        except (OSError, ValueError, KeyError, IndexError):
+            return cls(None, log=log, why_none=f"no acquirer in {partners_file}")
+        parts = urlsplit(base)
+        root = f"{parts.scheme}://{parts.netloc}"
+        if not await ready(session, f"{root}/sim/"):
+            return cls(None, log=log, why_none=f"the acquirer simulator at {root}/sim/ does not answer")
+        log(f"platform: paying QRIS through the running acquirer simulator at {root}")
+        return cls(root, log=log)
+
+    @property
+    def can_stop(self) -> bool:
+        return self.sim is not None
+
+    async def start(self) -> None:
+        assert self.sim is not None
+        self._runner = await self.sim.start(self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def outage(self, seconds: float) -> None:
+        """Unreachable for ``seconds`` (the server stopped: connection refused), then back with
+        every QR it knew (the simulator's state is kept)."""
+        assert self.can_stop, "only the rush's own acquirer can be stopped"
+        start = time.monotonic()
+        self.outages.append({"start": start, "end": start})
+        self.log(f"acquirer: down for {seconds:g} s (connection refused)")
+        await self.stop()
+        await asyncio.sleep(max(0.0, start + seconds - time.monotonic()))
+        await self.start()
+        self.outages[-1]["end"] = time.monotonic()
+        self.log("acquirer: back")
+
+    def paid_references(self) -> list[str]:
+        """partnerReferenceNo of every QR the simulator saw paid (refunded ones included)."""
+        if self.sim is None:
+            return []
+        return [prn for prn, qr in self.sim.qrs.items() if qr.status in ("00", "04")]
 
 
 # --- processes -------------------------------------------------------------------------------

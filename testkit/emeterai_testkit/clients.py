@@ -166,10 +166,13 @@ class Client:
     async def call(self, method: str, service: str, path: str, route: str, *,
                    ok: Container[int] | None = (200, 201, 202), accept: Callable[[Answer], bool] | None = None,
                    json: Any = None, data: Callable[[], Any] | None = None, headers: Mapping[str, str] | None = None,
-                   raw: bytes | None = None, deadline: float | None = None) -> Answer:
+                   raw: bytes | None = None, deadline: float | None = None,
+                   on_shed: Callable[[Answer], None] | None = None) -> Answer:
         """Send until answered other than 429/503 (and 5xx, with ``retry_server_errors``); an
         ``ok`` status (or an answer ``accept`` takes) is returned (``ok=None``: any), anything else
-        is counted as an error and raises `Refused`. ``data`` builds a fresh body for every try."""
+        is counted as an error and raises `Refused`. ``data`` builds a fresh body for every try.
+        ``on_shed`` sees every 429/503 (counted already) before it is waited out: it may raise to
+        stop retrying (e.g. to come back another way)."""
         url = self.urls[service] + path
         deadline = deadline if deadline is not None else self.deadline
         lost = failed = 0  # lost connections; 5xx answers retried
@@ -203,6 +206,8 @@ class Client:
                     self.stats.unhinted[f"{route} {status}"] += 1
                     if self.require_retry_after:
                         raise Refused(f"{route}: {status} without Retry-After: {text[:200]}")
+                if on_shed is not None:
+                    on_shed(answer)
                 await asyncio.sleep(retry_after_s(answer_headers) * random.uniform(1.0, 1.2))
                 continue
             if status >= 500 and self.retry_server_errors:

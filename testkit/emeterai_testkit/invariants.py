@@ -115,7 +115,8 @@ QUERIES: dict[str, tuple[str, str]] = {
                             " order_id::text AS order_id, client_id, payment_request_id, amount, late FROM payments"),
     "refunds": ("payment", "SELECT refund_id::text AS refund_id, order_id::text AS order_id,"
                            " payment_id::text AS payment_id, amount, reason FROM refunds"),
-    "bills": ("payment", "SELECT bill_id::text AS bill_id, order_id::text AS order_id, status, quantity FROM bills"),
+    "bills": ("payment", "SELECT bill_id::text AS bill_id, order_id::text AS order_id, status, quantity, method"
+                         " FROM bills"),
     "orders": ("order", "SELECT id::text AS id, account_id::text AS account_id, status, quantity, serials,"
                         " payment_id::text AS payment_id, billed_at, failure_reason FROM orders"),
     "order_serials": ("order", "SELECT sn, order_id::text AS order_id FROM order_serials"),
@@ -224,12 +225,15 @@ class Money:
     """The lost payments: ``order_id``, ``status``, ``serials``, ``quota``, ``detail`` and, when
     stranded, ``parked`` (what holds it)."""
     stranded: dict[str, list[ParkedWork]] = field(default_factory=dict)
+    by_method: dict[str, Counter[str]] = field(default_factory=dict)
+    """Per payment method of the bill (``va``, ``qris``): ``captured``, ``credited``, ``refunded``, ``lost``."""
 
 
 def money(data: Mapping[str, Any]) -> Money:
     orders = {r["id"]: r for r in data["orders"]}
     refunds = {r["order_id"]: r for r in data["refunds"]}
     quantity = {r["bill_id"]: r["quantity"] for r in data["bills"]}
+    methods = {r["bill_id"]: r.get("method") or "va" for r in data["bills"]}
     order_serials: dict[str, list[str]] = {}
     for r in data["order_serials"]:
         order_serials.setdefault(r["order_id"], []).append(r["sn"])
@@ -244,14 +248,19 @@ def money(data: Mapping[str, Any]) -> Money:
         wanted = quantity.get(p["bill_id"], o["quantity"] if o else None)
         refund = refunds.get(oid)
         pending_refunds = unsettled_refunds.get(oid)
+        tally = out.by_method.setdefault(methods.get(p["bill_id"], "va"), Counter())
+        tally["captured"] += 1
         if (o is not None and o["status"] == "FULFILLED" and len(o["serials"]) == o["quantity"] == wanted
                 and sorted(o["serials"]) == sorted(sns) and quota.get(oid, 0) == wanted
                 and all(minted.get(sn, {}).get("order_id") == oid for sn in sns) and not pending_refunds):
             out.credited += 1
+            tally["credited"] += 1
         elif (refund is not None and refund["payment_id"] in (p["payment_id"], None)) or (
                 o is not None and o["status"] == "REFUNDED"):
             out.refunded.append(p)
+            tally["refunded"] += 1
         else:
+            tally["lost"] += 1
             out.lost.append({
                 "order_id": oid, "status": o["status"] if o else None, "serials": len(sns) if o else None,
                 "quota": quota.get(oid, 0),
@@ -332,9 +341,13 @@ def refund_violations(data: Mapping[str, Any]) -> dict[str, list[str]]:
 
 def lost(data: Mapping[str, Any]) -> dict[str, Any]:
     """The rush report's money figures: ``captured``, ``credited``, ``refunded``, ``stranded``,
-    ``lost_orders`` (each: ``order_id``, ``status``, ``serials``, ``quota``, ``parked`` if stranded)."""
+    ``by_method`` (the same per payment method: ``va``, ``qris``), ``lost_orders`` (each:
+    ``order_id``, ``status``, ``serials``, ``quota``, ``parked`` if stranded)."""
     m = money(data)
+    by_method = {method: {k: tally.get(k, 0) for k in ("captured", "credited", "refunded", "lost")}
+                 for method, tally in sorted(m.by_method.items())}
     return {"captured": m.captured, "credited": m.credited, "refunded": len(m.refunded), "stranded": len(m.stranded),
+            "by_method": by_method,
             "lost_orders": [{k: v for k, v in e.items() if k != "detail"} for e in m.lost]}
 
 
