@@ -8,6 +8,7 @@ awaits the gateway."""
 from __future__ import annotations
 
 from emeterai_shared.contracts.events import (
+    AcquirerStateChanged,
     BillExpired,
     BillFailed,
     BillIssued,
@@ -40,4 +41,5 @@ SUBSCRIPTIONS = (
     Subscription("order.on_sms_requested", SmsRequested, handlers.on_sms_requested, batch_max=1),
     Subscription("order.on_document_failed", DocumentFailed, handlers.on_document_failed),
     Subscription("order.on_partial_refund_paid_out", PartialRefundPaidOut, handlers.on_partial_refund_paid_out),
+    Subscription("order.on_acquirer_state", AcquirerStateChanged, handlers.on_acquirer_state),
 )
