@@ -32,7 +32,7 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric import rsa
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from payment_service.adapters.breaker import BreakerState, CircuitBreaker, CircuitOpen
+from payment_service.adapters.breaker import BreakerState, CircuitBreaker
 from payment_service.adapters.snap import ACCESS_TOKEN
 from payment_service.adapters.snap.signatures import (
     format_snap_timestamp,
@@ -110,7 +110,8 @@ class AcquirerUnavailable(Exception):
 
 
 class AcquirerCircuitOpen(AcquirerUnavailable):
-    """The acquirer's breaker is open: the call was not made (no network touched)."""
+    """The acquirer's breaker is open: the call was not made (no network touched; counted as the
+    outcome ``breaker_open`` of ``emeterai_acquirer_calls_total``)."""
 
     def __init__(self, acquirer_id: str, retry_in_s: float) -> None:
         super().__init__(f"acquirer {acquirer_id}: circuit open, calls fail at once for {retry_in_s:.1f} s more")
@@ -140,7 +141,7 @@ class AcquirerClient:
                  attempts: int = 4, backoff_s: float = 0.2, breaker: CircuitBreaker | None = None) -> None:
         self.acquirer = acquirer
         self.breaker = breaker or CircuitBreaker(acquirer.acquirer_id, threshold=5, cool_down_s=30.0,
-                                                 failure=(AcquirerUnavailable,))
+                                                 failure=(AcquirerUnavailable,), refusal=AcquirerCircuitOpen)
         self.session = session
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.attempts = attempts
@@ -210,25 +211,22 @@ class AcquirerClient:
             self._token = (str(body["accessToken"]), time.monotonic() + max(ttl - TOKEN_MARGIN_S, ttl / 2))
             return self._token[0]
 
-    def _guarded(self, path: str) -> Any:
-        """The breaker around one call; `AcquirerCircuitOpen` (counted, no network) while it is open."""
-        try:
-            return self.breaker.call()
-        except CircuitOpen as exc:
-            ACQUIRER_CALLS.labels(self.acquirer.acquirer_id, path, "breaker_open").inc()
-            raise AcquirerCircuitOpen(self.acquirer.acquirer_id, exc.retry_in_s) from None
-
     async def probe(self) -> None:
         """Whether the acquirer answers: a fresh token request through the breaker (the worker's
         probe of an open breaker whose cool-down is over, when no other call comes)."""
-        with self._guarded(ACCESS_TOKEN):
+        with self.breaker.call():
             self._token = None
             await self.token()
 
     async def call(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """A signed transaction call; the answer's body (any responseCode below 5xx)."""
-        with self._guarded(path):
-            return await self._call(path, payload)
+        """A signed transaction call; the answer's body (any responseCode below 5xx).
+        `AcquirerCircuitOpen` at once, without a request, while the breaker is open."""
+        try:
+            with self.breaker.call():
+                return await self._call(path, payload)
+        except AcquirerCircuitOpen:
+            ACQUIRER_CALLS.labels(self.acquirer.acquirer_id, path, "breaker_open").inc()
+            raise
 
     async def _call(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         a = self.acquirer
@@ -252,8 +250,8 @@ def _breaker_changed(breaker: CircuitBreaker) -> None:
     ACQUIRER_BREAKER_STATE.labels(breaker.name).set(breaker.state.value)
     if breaker.state is BreakerState.OPEN:
         ACQUIRER_BREAKER_OPENED.labels(breaker.name).inc()
-        log.warning("acquirer %s: circuit open after %s failed calls (a probe in %.0f s)", breaker.name,
-                    breaker.threshold, breaker.cool_down_s)
+        log.warning("acquirer %s: circuit open, its calls fail at once (a probe in %.0f s)", breaker.name,
+                    breaker.cool_down_s)
     else:
         log.info("acquirer %s: circuit %s", breaker.name, breaker.state.name.lower().replace("_", "-"))
 
@@ -288,7 +286,7 @@ class AcquirerClients:
         if acquirer.acquirer_id not in self._clients:
             breaker = CircuitBreaker(acquirer.acquirer_id, threshold=self.breaker_threshold,
                                      cool_down_s=self.breaker_cool_down_s, failure=(AcquirerUnavailable,),
-                                     on_change=_breaker_changed)
+                                     on_change=_breaker_changed, refusal=AcquirerCircuitOpen)
             ACQUIRER_BREAKER_STATE.labels(acquirer.acquirer_id).set(breaker.state.value)
             self._clients[acquirer.acquirer_id] = AcquirerClient(acquirer, self._session, timeout_s=self.timeout_s,
                                                                  attempts=self.attempts, breaker=breaker)

@@ -40,11 +40,12 @@ class CircuitOpen(Exception):
 class CircuitBreaker:
     def __init__(self, name: str, *, threshold: int, cool_down_s: float,
                  failure: tuple[type[BaseException], ...], clock: Callable[[], float] = time.monotonic,
-                 on_change: Callable[[CircuitBreaker], None] | None = None) -> None:
+                 on_change: Callable[[CircuitBreaker], None] | None = None,
+                 refusal: Callable[[str, float], Exception] = CircuitOpen) -> None:
         if threshold < 1 or cool_down_s < 0:
             raise ValueError("a breaker needs threshold >= 1 and cool_down_s >= 0")
         self.name, self.threshold, self.cool_down_s = name, threshold, cool_down_s
-        self.failure, self.clock, self.on_change = failure, clock, on_change
+        self.failure, self.clock, self.on_change, self.refusal = failure, clock, on_change, refusal
         self.state = BreakerState.CLOSED
         self.failures = 0
         self.opened_at = 0.0
@@ -67,14 +68,14 @@ class CircuitBreaker:
             self.on_change(self)
 
     def _admit(self) -> tuple[int, bool]:
-        """Let a call through or raise `CircuitOpen`; (the call's epoch, whether it is the probe)."""
+        """Let a call through or raise ``refusal`` (`CircuitOpen`); (the call's epoch, whether it is the probe)."""
         if self.state is BreakerState.OPEN:
             if self.retry_in() > 0:
-                raise CircuitOpen(self.name, self.retry_in())
+                raise self.refusal(self.name, self.retry_in())
             self._set(BreakerState.HALF_OPEN)
         if self.state is BreakerState.HALF_OPEN:
             if self._probing:
-                raise CircuitOpen(self.name, 0.0)
+                raise self.refusal(self.name, 0.0)
             self._probing = True
             return self._epoch, True
         return self._epoch, False

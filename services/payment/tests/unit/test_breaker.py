@@ -1,11 +1,18 @@
-"""The acquirers' circuit breaker (``payment_service.adapters.breaker``) on a clock the test moves."""
+"""The acquirers' circuit breaker (``payment_service.adapters.breaker``) on a clock the test moves, and
+an acquirer client failing at once while its breaker is open."""
 
 from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import pytest
+from emeterai_testkit.fixtures import free_port
+from payment_service.adapters.acquirers import Acquirer, AcquirerCircuitOpen, AcquirerClient, AcquirerUnavailable
+from payment_service.adapters.acquirersim import new_acquirer_entry
 from payment_service.adapters.breaker import BreakerState, CircuitBreaker, CircuitOpen
+from payment_service.adapters.snap import QR_QUERY
+from payment_service.metrics import ACQUIRER_CALLS
 
 
 class Down(Exception):
@@ -136,3 +143,23 @@ def test_calls_admitted_before_a_change_do_not_count_after_it() -> None:
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError):
         CircuitBreaker("acq", threshold=0, cool_down_s=1, failure=(Down,))
+
+
+async def test_an_acquirer_client_fails_at_once_while_its_breaker_is_open() -> None:
+    """Against a port nobody listens on: the first call is refused by the network (after its
+    retries), then the open breaker answers without a request."""
+    entry, _ = new_acquirer_entry(f"http://127.0.0.1:{free_port()}/snap", acquirer_id="unit-dead")
+    acquirer = Acquirer.of(entry)
+    b = CircuitBreaker("unit-dead", threshold=1, cool_down_s=60, failure=(AcquirerUnavailable,),
+                       refusal=AcquirerCircuitOpen)
+    unreachable = ACQUIRER_CALLS.labels("unit-dead", "/v1.0/access-token/b2b", "unreachable")
+    shed = ACQUIRER_CALLS.labels("unit-dead", QR_QUERY, "breaker_open")
+    async with aiohttp.ClientSession() as session:
+        client = AcquirerClient(acquirer, session, timeout_s=1, attempts=2, backoff_s=0.01, breaker=b)
+        with pytest.raises(AcquirerUnavailable) as first:
+            await client.call(QR_QUERY, {})
+        assert not isinstance(first.value, AcquirerCircuitOpen) and b.state is BreakerState.OPEN
+        tried, refused = unreachable._value.get(), shed._value.get()
+        with pytest.raises(AcquirerCircuitOpen):
+            await client.call(QR_QUERY, {})
+        assert unreachable._value.get() == tried and shed._value.get() == refused + 1
