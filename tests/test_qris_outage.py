@@ -54,7 +54,7 @@ async def outage(purchase_platform: Any) -> AsyncIterator[Outage]:
         async with purchase_platform(stock=20, qris_interval_s=0.2, acquirer_timeout_s=2.0, acquirer_attempts=2,
                                      acquirer_breaker_threshold=2, acquirer_breaker_cool_down_s=1.0) as p:
             # the platform's bank and the acquirer in one partners file: VA and QRIS side by side
-            partners_file = Path(p.settings["payment"].partners_file)  # type: ignore[attr-defined]
+            partners_file = Path(p.settings["payment"].partners_file)
             partners = json.loads(partners_file.read_text())
             partners["acquirers"] = [entry]
             partners_file.write_text(json.dumps(partners))

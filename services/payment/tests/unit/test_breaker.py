@@ -47,7 +47,7 @@ def succeed(b: CircuitBreaker) -> None:
 
 
 def test_a_run_of_failures_opens_it_and_a_success_between_resets_the_run() -> None:
-    clock, changes = Clock(), []
+    clock, changes = Clock(), list[BreakerState]()
     b = breaker(clock, changes)
     fail(b)
     fail(b)
@@ -73,7 +73,7 @@ def test_while_open_calls_fail_at_once_without_running() -> None:
 
 
 def test_after_the_cool_down_one_probe_decides_closed() -> None:
-    clock, changes = Clock(), []
+    clock, changes = Clock(), list[BreakerState]()
     b = breaker(clock, changes)
     for _ in range(3):
         fail(b)
