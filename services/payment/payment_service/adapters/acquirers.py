@@ -278,7 +278,7 @@ class AcquirerClients:
         self._session: aiohttp.ClientSession | None = None
         self._clients: dict[str, AcquirerClient] = {}
         self.reported: dict[str, tuple[bool, float]] = {}
-        """What this process last published about each acquirer (`report_acquirer_states`)."""
+        """What this process last published about each acquirer (`service_layer.qris.watch_acquirers`)."""
 
     def client(self, acquirer: Acquirer) -> AcquirerClient:
         if self._session is None:

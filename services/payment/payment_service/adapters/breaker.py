@@ -8,7 +8,7 @@ Only the outcome of a call admitted in the current state counts (a call started 
 fails after the breaker opened changes nothing). An exception other than a failure is an answer (a
 refusal): it counts as a success; a cancelled probe gives no verdict and the next call probes.
 
-Hand-written (about sixty lines) rather than a library: the asyncio breakers on PyPI (``purgatory``,
+Hand-written (about seventy lines of code) rather than a library: the asyncio breakers on PyPI (``purgatory``,
 ``circuitbreaker``; ``pybreaker`` is asyncio-capable through tornado only) let every call through
 while half-open, which would send a whole round of the worker's concurrent calls into a dead
 acquirer with their timeouts and retries each time the cool-down ends; ``purgatory`` also counts a
