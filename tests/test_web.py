@@ -321,3 +321,37 @@ async def test_paying_by_qris_draws_the_qr_and_the_status_changes_by_itself(
         await shot(page, "13-qris")
         await page.get_by_role("button", name="Simulasi: bayar dari bank pengembangan").click()
         await expect(page.get_by_text("Selesai: meterai siap dipakai")).to_be_visible()
+
+
+async def test_while_qris_is_unavailable_the_page_offers_the_virtual_account(
+        site: tuple[Platform, str], browser: Browser) -> None:
+    """The order service's word that the QRIS acquirer is down (its projection of
+    ``payment.acquirer_state.v1``, written here as the order worker would; the event's path is
+    tests/test_qris_outage.py's): buying by QRIS is answered 503 qris_unavailable, which the page
+    does not wait out: it says so and selects the virtual account; another applicant's page has QRIS
+    off from the start (GET /v1/pricing)."""
+    platform, url = site
+    order_db = platform.settings["order"]
+    async with phone(browser) as page:
+        await sign_in(page, url, platform, new_phone())
+        await fetchval(order_db, "INSERT INTO acquirer_states (acquirer_id, available, retry_at, takes_new_bills,"
+                       " changed_at) VALUES ('web-test-acquirer', false, now() + interval '1 minute', true, now())"
+                       " RETURNING 1")
+        try:
+            await page.get_by_label("Jumlah meterai").fill("1")
+            await page.get_by_label("QRIS").check()
+            await page.get_by_role("button", name="Beli sekarang").click()
+            await expect(page.locator("#alert")).to_contain_text("QRIS sedang tidak tersedia")
+            await expect(page.locator("#alert")).to_contain_text("virtual account")
+            await expect(page.get_by_label("QRIS")).to_be_disabled()
+            await expect(page.get_by_label("Virtual account bank")).to_be_checked()
+            await expect(page.get_by_role("alertdialog", name="Antrean penuh")).to_be_hidden()
+            await shot(page, "14-qris-tidak-tersedia")
+            async with phone(browser) as fresh:  # another applicant (a fresh cache): GET /v1/pricing says it
+                await sign_in(fresh, url, platform, new_phone())
+                await expect(fresh.locator("#qris-note")).to_contain_text("QRIS sedang tidak tersedia")
+                await expect(fresh.get_by_label("QRIS")).to_be_disabled()
+                await expect(fresh.get_by_label("Virtual account bank")).to_be_checked()
+        finally:
+            await fetchval(order_db, "DELETE FROM acquirer_states WHERE acquirer_id = 'web-test-acquirer'"
+                           " RETURNING 1")

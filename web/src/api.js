@@ -64,8 +64,9 @@ async function parse(response) {
 }
 
 // One API call. `body` is JSON unless it is FormData; `key` is the Idempotency-Key reused on
-// every retry of this call; `raw` returns the Response (for PDFs).
-export async function api(method, path, { body, key, raw = false, auth = true, retried = false } = {}) {
+// every retry of this call; `raw` returns the Response (for PDFs); a 503 whose code is in `noWait`
+// (qris_unavailable: the buyer can pay another way now) is thrown instead of waited out.
+export async function api(method, path, { body, key, raw = false, auth = true, retried = false, noWait = [] } = {}) {
   const headers = {};
   if (auth && accessToken) headers.Authorization = `Bearer ${accessToken}`;
   if (key) headers['Idempotency-Key'] = key;
@@ -86,11 +87,14 @@ export async function api(method, path, { body, key, raw = false, auth = true, r
     }
     if (response.status === 429 || response.status === 503) {
       const data = await parse(response);
+      if (noWait.includes(data?.error?.code)) {
+        throw new ApiError(response.status, data.error.code, data.error.message ?? response.statusText, data);
+      }
       await waitingRoom(retryDelayS(response, data));
       continue;
     }
     if (response.status === 401 && auth && !retried && path !== '/v1/auth/refresh') {
-      if (await refresh()) return api(method, path, { body, key, raw, auth, retried: true });
+      if (await refresh()) return api(method, path, { body, key, raw, auth, retried: true, noWait });
       accessToken = null;
       onSignedOut();
     }

@@ -18,6 +18,10 @@ const TEXT = {
     pay_title: 'Bayar', va_no: 'Nomor virtual account', bank: 'Bank', amount: 'Jumlah',
     copy: 'Salin nomor', copied: 'Nomor disalin.', expires_in: 'Bayar sebelum {time} (sisa {left})',
     expired: 'Waktu pembayaran habis.', waiting_bill: 'Menyiapkan nomor virtual account…',
+    waiting_qr: 'Menyiapkan kode QRIS… Bila penyedia QRIS sedang tidak menjawab, kode dibuat begitu ia kembali; '
+      + 'bila tidak sempat, pesanan kedaluwarsa tanpa ada uang yang diambil.',
+    qris_unavailable: 'QRIS sedang tidak tersedia. Silakan bayar dengan virtual account bank (sudah dipilih), '
+      + 'atau coba QRIS lagi setelah {time}.',
     dev_pay: 'Simulasi: bayar dari bank pengembangan', dev_note: 'Hanya di lingkungan pengembangan.',
     status: 'Status', status_AWAITING_PAYMENT: 'Menunggu pembayaran', status_PAID: 'Dibayar, meterai disiapkan',
     status_FULFILLED: 'Selesai: meterai siap dipakai', status_EXPIRED: 'Kedaluwarsa',
@@ -62,6 +66,10 @@ const TEXT = {
     pay_title: 'Pay', va_no: 'Virtual account number', bank: 'Bank', amount: 'Amount',
     copy: 'Copy number', copied: 'Number copied.', expires_in: 'Pay before {time} ({left} left)',
     expired: 'The time to pay is over.', waiting_bill: 'Preparing the virtual account number…',
+    waiting_qr: 'Preparing the QRIS code… If the QRIS provider is not answering, the code is made as soon as it is '
+      + 'back; if it does not come in time, the order expires and no money is taken.',
+    qris_unavailable: 'QRIS is unavailable right now. Please pay by bank virtual account (now selected), '
+      + 'or try QRIS again after {time}.',
     dev_pay: 'Simulation: pay from the development bank', dev_note: 'Development only.',
     status: 'Status', status_AWAITING_PAYMENT: 'Awaiting payment', status_PAID: 'Paid, stamps being prepared',
     status_FULFILLED: 'Done: stamps ready to use', status_EXPIRED: 'Expired',

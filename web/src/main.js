@@ -164,7 +164,18 @@ async function buyView() {
   const method = h('fieldset', {}, h('legend', {}, t('pay_with')),
     h('label', {}, h('input', { type: 'radio', name: 'method', value: 'va', checked: true }), ' ', t('va')),
     bankSelect ? h('p', { class: 'field' }, h('label', { for: 'bank' }, t('bank')), bankSelect) : null,
-    h('label', {}, h('input', { type: 'radio', name: 'method', value: 'qris' }), ' ', t('qris')));
+    h('label', {}, h('input', { type: 'radio', name: 'method', value: 'qris' }), ' ', t('qris')),
+    h('p', { class: 'note', id: 'qris-note', hidden: true }));
+  // QRIS off while our acquirer does not answer (GET /v1/pricing, or a 503 qris_unavailable): VA instead
+  const qrisOff = (retryAt) => {
+    method.querySelector('input[value="va"]').checked = true;
+    method.querySelector('input[value="qris"]').disabled = true;
+    const note = method.querySelector('#qris-note');
+    note.textContent = t('qris_unavailable', { time: retryAt ? when(retryAt) : '…' });
+    note.hidden = false;
+  };
+  const qrisState = (pricing.payment_methods ?? []).find((m) => m.method === 'qris');
+  if (qrisState && !qrisState.available) qrisOff(qrisState.retry_at);
   const form = h('form', {
     onsubmit: async (e) => {
       e.preventDefault();
@@ -179,12 +190,19 @@ async function buyView() {
       form.querySelector('button[type="submit"]').disabled = true;
       try {
         const body = { quantity: n, ...(bank ? { bank } : {}), ...(method === 'qris' ? { payment_method: 'qris' } : {}) };
-        const order = await api('POST', '/v1/orders', { body, key });
+        const order = await api('POST', '/v1/orders', { body, key, noWait: ['qris_unavailable'] });
         sessionStorage.removeItem('purchase');
+        sessionStorage.setItem(`method:${order.order_id}`, method);
         go(`/bayar/${order.order_id}`);
       } catch (error) {
         form.querySelector('button[type="submit"]').disabled = false;
-        showError(t('error', { message: error.message }));
+        if (error instanceof ApiError && error.code === 'qris_unavailable') {
+          sessionStorage.removeItem('purchase');
+          qrisOff(error.body?.error?.retry_at);
+          showError(t('qris_unavailable', { time: error.body?.error?.retry_at ? when(error.body.error.retry_at) : '…' }));
+        } else {
+          showError(t('error', { message: error.message }));
+        }
       }
     },
   }, quantity.el, h('dl', { class: 'price' }, dutyLabel, duty, h('dt', {}, t('fee')), fee, h('dt', {}, t('total')), total),
@@ -245,7 +263,8 @@ async function payView({ params: [orderId], signal }) {
       countdown = setInterval(tick, 1000);
       signal.addEventListener('abort', () => clearInterval(countdown));
     } else if (!order.payment && order.status === 'AWAITING_PAYMENT') {
-      details.replaceChildren(h('p', {}, t('waiting_bill')));
+      const qris = sessionStorage.getItem(`method:${orderId}`) === 'qris';
+      details.replaceChildren(h('p', {}, t(qris ? 'waiting_qr' : 'waiting_bill')));
     } else if (order.status !== 'AWAITING_PAYMENT') {
       clearInterval(countdown);
       details.replaceChildren(order.status === 'FULFILLED'

@@ -16,7 +16,13 @@ from payment_service.entrypoints import cli
 from payment_service.entrypoints.http import routes
 from payment_service.entrypoints.messages import SUBSCRIPTIONS
 from payment_service.service_layer.billing import expire_due_bills
-from payment_service.service_layer.qris import expire_qrs, generate_qrs, query_pending_qrs, refund_qrs
+from payment_service.service_layer.qris import (
+    expire_qrs,
+    generate_qrs,
+    query_pending_qrs,
+    refund_qrs,
+    watch_acquirers,
+)
 from payment_service.service_layer.refunds import pay_out_due
 from payment_service.service_layer.tokens import purge_expired_tokens
 
@@ -24,7 +30,9 @@ from payment_service.service_layer.tokens import purge_expired_tokens
 async def dependencies(resources: Resources) -> PaymentDeps:
     settings = resources.settings
     assert isinstance(settings, PaymentSettings)
-    clients = AcquirerClients(timeout_s=settings.acquirer_timeout_s, attempts=settings.acquirer_attempts)
+    clients = AcquirerClients(timeout_s=settings.acquirer_timeout_s, attempts=settings.acquirer_attempts,
+                              breaker_threshold=settings.acquirer_breaker_threshold,
+                              breaker_cool_down_s=settings.acquirer_breaker_cool_down_s)
     resources.closers.append(clients.close)
     return PaymentDeps(settings=settings, pool=resources.pool, banks=BankRegistry.load(Path(settings.partners_file)),
                        acquirers=AcquirerRegistry.load(Path(settings.partners_file)), acquirer_clients=clients,
@@ -51,6 +59,10 @@ async def query_qris_codes(deps: PaymentDeps) -> None:
                             s.qris_query_first_s, s.qris_query_max_s)
 
 
+async def watch_qris_acquirers(deps: PaymentDeps) -> None:
+    await watch_acquirers(deps.pool, deps.acquirers, deps.acquirer_clients)
+
+
 async def expire_bills(deps: PaymentDeps) -> None:
     await expire_due_bills(deps.pool, datetime.now(UTC))
 
@@ -72,5 +84,6 @@ SERVICE = ServiceDefinition(
               Periodic("generate-qris", lambda s: s.qris_interval_s, generate_qris_codes),
               Periodic("query-qris", lambda s: s.qris_interval_s, query_qris_codes),
               Periodic("expire-qris", lambda s: s.expiry_sweep_interval_s, expire_qris_codes),
-              Periodic("refund-qris", lambda s: s.qris_interval_s, refund_qris_payments)),
+              Periodic("refund-qris", lambda s: s.qris_interval_s, refund_qris_payments),
+              Periodic("watch-acquirers", lambda s: s.qris_interval_s, watch_qris_acquirers)),
 )

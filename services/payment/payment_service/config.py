@@ -33,3 +33,8 @@ class PaymentSettings(ServiceSettings):
     """Timeout of each call to a QRIS acquirer (retried with backoff on timeouts and 5xx)."""
     acquirer_attempts: int = 4
     """Attempts of one call to an acquirer before the job gives up until its next round."""
+    acquirer_breaker_threshold: int = 5
+    """Calls in a row to one acquirer that failed after their retries before its circuit breaker opens
+    (then the worker's calls to it fail at once, and the order service sheds new QRIS orders)."""
+    acquirer_breaker_cool_down_s: float = 30.0
+    """How long an open breaker refuses calls before one probe call decides (closes it, or opens it again)."""

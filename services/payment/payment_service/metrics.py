@@ -1,6 +1,6 @@
 """Prometheus metrics of the payment service (served at ``/metrics`` with the platform's)."""
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 PAYMENTS_CAPTURED = Counter("emeterai_payments_captured_total", "Payments captured (bills paid)", ["late"])
 PAYMENTS_REFUNDED = Counter("emeterai_payments_refunded_total", "Refunds recorded")
@@ -13,3 +13,7 @@ ACQUIRER_CALLS = Counter(
 )
 ACQUIRER_CALL_SECONDS = Histogram("emeterai_acquirer_call_seconds", "Duration of each call to a QRIS acquirer",
                                   ["acquirer", "path"])
+ACQUIRER_BREAKER_STATE = Gauge("emeterai_acquirer_breaker_state", "Circuit breaker of each QRIS acquirer in this "
+                               "process: 0 closed, 1 half-open (probing), 2 open (calls fail at once)", ["acquirer"])
+ACQUIRER_BREAKER_OPENED = Counter("emeterai_acquirer_breaker_opened_total", "Times an acquirer's circuit breaker "
+                                  "opened (a run of failed calls, or a failed probe)", ["acquirer"])

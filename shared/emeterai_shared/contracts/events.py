@@ -124,6 +124,22 @@ class PaymentRefundSettled(Message):
     settled_at: datetime
 
 
+@message("payment.acquirer_state.v1")
+class AcquirerStateChanged(Message):
+    """Whether the payment worker can reach a QRIS acquirer: sent when its circuit breaker opens
+    (``available`` false, ``retry_at`` when the next probe may go), opens again after a failed probe
+    (a later ``retry_at``) or closes, and once for every acquirer when a worker starts. The order
+    service sheds new QRIS orders while the acquirer that takes new QRIS bills is unavailable; the
+    newest report (``changed_at``) wins."""
+
+    acquirer_id: str
+    available: bool
+    retry_at: datetime | None = None
+    changed_at: datetime
+    takes_new_bills: bool = True
+    """Whether new QRIS bills go to this acquirer (the first configured one)."""
+
+
 # --- minting and stamping --------------------------------------------------------------------
 # order ──order.paid──► minting ──minting.serials_issued / minting.failed──► order, stamping
 # stamping ──stamping.document_stamped──► minting (registry), order (partner webhooks)

@@ -41,6 +41,7 @@ PLATFORM_QUEUES: tuple[QueueSpec, ...] = (
     QueueSpec("order.on_document_failed", (events.DocumentFailed.TYPE,)),
     QueueSpec("order.on_partial_refund_paid_out", (events.PartialRefundPaidOut.TYPE,)),
     QueueSpec("order.on_payment_refund_settled", (events.PaymentRefundSettled.TYPE,)),
+    QueueSpec("order.on_acquirer_state", (events.AcquirerStateChanged.TYPE,)),
     # payment
     QueueSpec("payment.on_order_placed", (events.OrderPlaced.TYPE,)),
     QueueSpec("payment.on_order_refund_requested", (events.OrderRefundRequested.TYPE,)),

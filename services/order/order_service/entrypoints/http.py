@@ -26,6 +26,7 @@ from emeterai_shared.runtime import Router
 from emeterai_shared.uow import unit_of_work
 from pydantic import BaseModel, Field, PlainSerializer, StringConstraints, field_validator
 
+from order_service.adapters.acquirer_states import AcquirerStates, QrisOutage
 from order_service.adapters.receipt_pdf import render_receipt
 from order_service.config import OrderSettings
 from order_service.dependencies import OrderDeps
@@ -93,14 +94,23 @@ class OrderRequest(BaseModel):
         return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+class PaymentMethodState(BaseModel):
+    method: Literal["va", "qris"]
+    available: bool = Field(description="false while new orders with this method are refused (503 "
+                                        "qris_unavailable): pay by another method meanwhile")
+    retry_at: datetime | None = Field(default=None, description="while unavailable: when it is tried again, "
+                                                                "if known")
+
+
 class Pricing(BaseModel):
     """What a stamp costs, for a page to show the price before ordering (amount = quantity x
-    (duty_per_stamp + fee_per_stamp))."""
+    (duty_per_stamp + fee_per_stamp)), and which payment methods take new orders now."""
 
     duty_per_stamp: int = Field(description="the stamp duty, rupiah (Rp 10.000)")
     fee_per_stamp: int = Field(description="our service fee per stamp, rupiah (ORDER_SERVICE_FEE)")
     max_quantity: int = Field(description="the most stamps a buyer may order at once")
     currency: Literal["IDR"] = "IDR"
+    payment_methods: list[PaymentMethodState] = Field(default_factory=list)
 
 
 class OrderAccepted(BaseModel):
@@ -494,10 +504,27 @@ async def logout(request: web.Request, deps: OrderDeps) -> web.Response:
     return response
 
 
+QRIS_RETRY_AFTER_MIN_S = 5
+"""Retry-After of a qris_unavailable answer when the acquirer's next try is due already or unknown."""
+
+
+def _qris_unavailable(outage: QrisOutage) -> ApiError:
+    now = datetime.now(UTC)
+    wait = (outage.retry_at - now).total_seconds() if outage.retry_at is not None else 0.0
+    return shed(503, "qris_unavailable", "QRIS payments are unavailable for now: our QRIS acquirer does not "
+                "answer. Pay by virtual account instead (payment_method \"va\"), or try QRIS again later.",
+                max(float(QRIS_RETRY_AFTER_MIN_S), wait))
+
+
 async def pricing(_: web.Request, deps: OrderDeps) -> web.Response:
+    async with deps.pool.acquire() as conn:
+        outage = await AcquirerStates(conn).qris_outage()
+    methods = [PaymentMethodState(method="va", available=True),
+               PaymentMethodState(method="qris", available=outage is None,
+                                  retry_at=outage.retry_at if outage is not None else None)]
     return respond(Pricing(duty_per_stamp=DUTY_PER_STAMP, fee_per_stamp=deps.settings.service_fee,
-                           max_quantity=deps.settings.buyer_max_quantity),
-                   headers={"Cache-Control": "public, max-age=60"})
+                           max_quantity=deps.settings.buyer_max_quantity, payment_methods=methods),
+                   headers={"Cache-Control": "public, max-age=5"})
 
 
 async def place_order(request: web.Request, deps: OrderDeps) -> web.Response:
@@ -522,6 +549,10 @@ async def _place_order(request: web.Request, deps: OrderDeps, caller: Caller) ->
         stored = await idempotency.claim(uow.conn, scope, key, digest)
         if stored is not None:
             return stored.response()
+        if body.payment_method == "qris":
+            outage = await AcquirerStates(uow.conn).qris_outage()
+            if outage is not None:  # nothing kept: the same key may be sent again later
+                raise _qris_unavailable(outage)
         order = await orders.place_order(
             uow, account_id=caller.account_id, quantity=body.quantity, bank=body.bank,
             partner_id=caller.partner_id, service_fee=deps.settings.service_fee, payment_method=body.payment_method)
@@ -658,7 +689,8 @@ def routes(router: Router[OrderDeps]) -> None:
         links={201: {"PlaceOrder": {"operationId": "post_v1_orders", "description": "the token authorizes orders"}}},
     ), create_account)
     router.add(Operation(
-        "GET", "/v1/pricing", "What a stamp costs: the duty and our fee, per stamp (public)", tags=["orders"],
+        "GET", "/v1/pricing", "What a stamp costs: the duty and our fee, per stamp, and which payment methods "
+        "take new orders now (public)", tags=["orders"],
         responses={200: ("the prices", Pricing)},
     ), pricing)
     router.add(Operation(
@@ -674,7 +706,8 @@ def routes(router: Router[OrderDeps]) -> None:
                          "idempotency_key_reused", None),
                    429: ("rate_limited: this account's or partner's order rate (Retry-After)", None),
                    503: ("overloaded (the platform's backlog is past what it drains in the target wait; body "
-                         "retry_after_s, retry_at) or busy; Retry-After", None)},
+                         "retry_after_s, retry_at), busy, or qris_unavailable (a QRIS order while our QRIS "
+                         "acquirer does not answer: pay by virtual account meanwhile); Retry-After", None)},
         links={202: {"GetOrder": read_order,
                      "GetReceipt": {"operationId": "get_v1_orders_order_id_receipt",
                                     "parameters": {"order_id": "$response.body#/order_id"}}}},

@@ -8,6 +8,7 @@ awaits the gateway."""
 from __future__ import annotations
 
 from emeterai_shared.contracts.events import (
+    AcquirerStateChanged,
     BillExpired,
     BillFailed,
     BillIssued,
@@ -42,4 +43,5 @@ SUBSCRIPTIONS = (
     Subscription("order.on_document_failed", DocumentFailed, handlers.on_document_failed),
     Subscription("order.on_partial_refund_paid_out", PartialRefundPaidOut, handlers.on_partial_refund_paid_out),
     Subscription("order.on_payment_refund_settled", PaymentRefundSettled, handlers.on_payment_refund_settled),
+    Subscription("order.on_acquirer_state", AcquirerStateChanged, handlers.on_acquirer_state),
 )

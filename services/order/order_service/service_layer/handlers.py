@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from emeterai_shared.contracts.events import (
+    AcquirerStateChanged,
     BillExpired,
     BillFailed,
     BillIssued,
@@ -35,6 +36,7 @@ from emeterai_shared.contracts.events import (
 from emeterai_shared.messaging import Envelope, PermanentError
 from emeterai_shared.uow import UnitOfWork
 
+from order_service.adapters.acquirer_states import AcquirerStates
 from order_service.adapters.partner_store import PartnerEventRepository
 from order_service.adapters.partners import PartnerRegistry
 from order_service.adapters.refunds import RefundRepository
@@ -252,6 +254,16 @@ async def on_document_failed(uow: UnitOfWork, env: Envelope[DocumentFailed], par
 async def on_partial_refund_paid_out(uow: UnitOfWork, env: Envelope[PartialRefundPaidOut],
                                      partners: PartnerRegistry) -> None:
     await refunds.paid_out(uow, env.body, partners, datetime.now(UTC))
+
+
+async def on_acquirer_state(uow: UnitOfWork, env: Envelope[AcquirerStateChanged]) -> None:
+    """Keep what the payment worker reports about a QRIS acquirer (newest first): ``POST /v1/orders``
+    sheds QRIS orders while the acquirer that takes new bills is unavailable."""
+    e = env.body
+    if await AcquirerStates(uow.conn).record(e.acquirer_id, e.available, e.retry_at, e.takes_new_bills,
+                                             e.changed_at):
+        log.info("QRIS acquirer %s %s", e.acquirer_id,
+                 "available" if e.available else f"unavailable (retry at {e.retry_at})")
 
 
 async def _tell_partner(uow: UnitOfWork, partners: PartnerRegistry, partner_id: str, event: PartnerEvent) -> None:

@@ -130,7 +130,9 @@ async def test_pricing_is_public_and_matches_what_an_order_costs(api: Api) -> No
     assert resp.status == 200
     prices = await resp.json()
     assert prices == {"duty_per_stamp": 10_000, "fee_per_stamp": api.settings.service_fee,
-                      "max_quantity": api.settings.buyer_max_quantity, "currency": "IDR"}
+                      "max_quantity": api.settings.buyer_max_quantity, "currency": "IDR",
+                      "payment_methods": [{"method": "va", "available": True, "retry_at": None},
+                                          {"method": "qris", "available": True, "retry_at": None}]}
     assert "max-age" in resp.headers["Cache-Control"]
     resp = await api.client.post("/v1/accounts", json={"name": "Budi", "phone": "081234567890"})
     token = (await resp.json())["token"]

@@ -43,10 +43,11 @@ from typing import Any
 import aio_pika
 import asyncpg
 import pytest
-from aiohttp import web
+from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 from emeterai_shared.contracts import Message
 from emeterai_shared.contracts.events import (
+    AcquirerStateChanged,
     BillExpired,
     BillFailed,
     BillIssued,
@@ -715,3 +716,39 @@ async def test_a_qris_orders_whole_refund_shows_the_acquirers_refund_no_whicheve
     await world.send("order.on_payment_refunded", refunded(order_id, uuid.uuid4()))
     view = await world.view(order_id, token)
     assert (view["status"], view["refunds"]) == ("REFUNDED", [])
+
+
+async def test_acquirer_reports_keep_the_newest_and_shed_qris_orders_only(world: World) -> None:
+    """``payment.acquirer_state.v1``: the newest report wins whatever order they arrive in; while the
+    acquirer that takes new bills is unavailable a QRIS order is answered 503 qris_unavailable
+    (nothing kept: the same key is taken later), a VA order is placed as ever."""
+    _, token = await world.place()
+    now = datetime.now(UTC)
+
+    def report(available: bool, at: datetime, takes_new_bills: bool = True) -> AcquirerStateChanged:
+        return AcquirerStateChanged(acquirer_id="acq-test", available=available, changed_at=at,
+                                    retry_at=None if available else at + timedelta(seconds=30),
+                                    takes_new_bills=takes_new_bills)
+
+    async def order(method: str, key: str) -> ClientResponse:
+        return await world.client.post("/v1/orders", json={"quantity": 1, "payment_method": method},
+                                       headers={"Authorization": f"Bearer {token}", "Idempotency-Key": key})
+
+    try:
+        await world.send("order.on_acquirer_state", report(False, now))
+        await world.send("order.on_acquirer_state", report(True, now - timedelta(seconds=5)))  # older: ignored
+        key = str(uuid.uuid4())
+        resp = await order("qris", key)
+        body = await resp.json()
+        assert resp.status == 503 and body["error"]["code"] == "qris_unavailable", body
+        assert int(resp.headers["Retry-After"]) == body["error"]["retry_after_s"] >= 1
+        assert (await order("va", str(uuid.uuid4()))).status == 202
+        resp = await world.client.get("/v1/pricing")
+        assert [(m["method"], m["available"]) for m in (await resp.json())["payment_methods"]] == [
+            ("va", True), ("qris", False)]
+        # a report that the acquirer no longer takes new bills (another is first now) lifts the shedding
+        await world.send("order.on_acquirer_state", report(False, now + timedelta(seconds=1), takes_new_bills=False))
+        assert (await order("qris", key)).status == 202
+    finally:
+        await world.send("order.on_acquirer_state", report(True, now + timedelta(seconds=2)))
+

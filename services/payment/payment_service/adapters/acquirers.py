@@ -7,6 +7,12 @@ Every call: a B2B token taken with our RSA key (cached until shortly before it e
 HTTP 5xx, ``5044700``-style timeout codes) are retried with exponential backoff and jitter
 (tenacity). Calls run in the payment worker only, never inside a buyer's HTTP request. Every call
 and answer is logged (without secrets or tokens).
+
+Each acquirer's calls go through its circuit breaker (`payment_service.adapters.breaker`): after
+``PAYMENT_ACQUIRER_BREAKER_THRESHOLD`` calls in a row failed (after their retries) the calls fail at
+once (`AcquirerCircuitOpen`, a kind of `AcquirerUnavailable`, so every job keeps its backoff) until
+``PAYMENT_ACQUIRER_BREAKER_COOL_DOWN_S`` have passed; then one call, or the worker's `probe` (a
+fresh token request), decides.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +32,7 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric import rsa
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
+from payment_service.adapters.breaker import BreakerState, CircuitBreaker
 from payment_service.adapters.snap import ACCESS_TOKEN
 from payment_service.adapters.snap.signatures import (
     format_snap_timestamp,
@@ -33,7 +41,12 @@ from payment_service.adapters.snap.signatures import (
     sign_access_token,
     sign_transaction,
 )
-from payment_service.metrics import ACQUIRER_CALL_SECONDS, ACQUIRER_CALLS
+from payment_service.metrics import (
+    ACQUIRER_BREAKER_OPENED,
+    ACQUIRER_BREAKER_STATE,
+    ACQUIRER_CALL_SECONDS,
+    ACQUIRER_CALLS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +92,9 @@ class AcquirerRegistry:
             return cls([])
         return cls([Acquirer.of(entry) for entry in json.loads(path.read_text()).get("acquirers", [])])
 
+    def all(self) -> list[Acquirer]:
+        return list(self._by_id.values())
+
     def first(self) -> Acquirer | None:
         return next(iter(self._by_id.values()), None)
 
@@ -91,6 +107,15 @@ class AcquirerRegistry:
 
 class AcquirerUnavailable(Exception):
     """A transient failure: timeout, connection error, HTTP 5xx or a SNAP 5xx code. Retried."""
+
+
+class AcquirerCircuitOpen(AcquirerUnavailable):
+    """The acquirer's breaker is open: the call was not made (no network touched; counted as the
+    outcome ``breaker_open`` of ``emeterai_acquirer_calls_total``)."""
+
+    def __init__(self, acquirer_id: str, retry_in_s: float) -> None:
+        super().__init__(f"acquirer {acquirer_id}: circuit open, calls fail at once for {retry_in_s:.1f} s more")
+        self.retry_in_s = retry_in_s
 
 
 class AcquirerRefused(Exception):
@@ -113,8 +138,10 @@ class AcquirerClient:
     """Calls one acquirer's SNAP QR MPM services."""
 
     def __init__(self, acquirer: Acquirer, session: aiohttp.ClientSession, *, timeout_s: float = 10.0,
-                 attempts: int = 4, backoff_s: float = 0.2) -> None:
+                 attempts: int = 4, backoff_s: float = 0.2, breaker: CircuitBreaker | None = None) -> None:
         self.acquirer = acquirer
+        self.breaker = breaker or CircuitBreaker(acquirer.acquirer_id, threshold=5, cool_down_s=30.0,
+                                                 failure=(AcquirerUnavailable,), refusal=AcquirerCircuitOpen)
         self.session = session
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.attempts = attempts
@@ -184,8 +211,24 @@ class AcquirerClient:
             self._token = (str(body["accessToken"]), time.monotonic() + max(ttl - TOKEN_MARGIN_S, ttl / 2))
             return self._token[0]
 
+    async def probe(self) -> None:
+        """Whether the acquirer answers: a fresh token request through the breaker (the worker's
+        probe of an open breaker whose cool-down is over, when no other call comes)."""
+        with self.breaker.call():
+            self._token = None
+            await self.token()
+
     async def call(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """A signed transaction call; the answer's body (any responseCode below 5xx)."""
+        """A signed transaction call; the answer's body (any responseCode below 5xx).
+        `AcquirerCircuitOpen` at once, without a request, while the breaker is open."""
+        try:
+            with self.breaker.call():
+                return await self._call(path, payload)
+        except AcquirerCircuitOpen:
+            ACQUIRER_CALLS.labels(self.acquirer.acquirer_id, path, "breaker_open").inc()
+            raise
+
+    async def _call(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         a = self.acquirer
         raw = json.dumps(payload, separators=(",", ":")).encode()
 
@@ -203,22 +246,58 @@ class AcquirerClient:
         return body
 
 
-class AcquirerClients:
-    """One client per acquirer over one HTTP session, opened on first use (the worker's)."""
+def _breaker_changed(breaker: CircuitBreaker) -> None:
+    ACQUIRER_BREAKER_STATE.labels(breaker.name).set(breaker.state.value)
+    if breaker.state is BreakerState.OPEN:
+        ACQUIRER_BREAKER_OPENED.labels(breaker.name).inc()
+        log.warning("acquirer %s: circuit open, its calls fail at once (a probe in %.0f s)", breaker.name,
+                    breaker.cool_down_s)
+    else:
+        log.info("acquirer %s: circuit %s", breaker.name, breaker.state.name.lower().replace("_", "-"))
 
-    def __init__(self, *, timeout_s: float, attempts: int) -> None:
+
+@dataclass(frozen=True)
+class Availability:
+    """What the worker tells about an acquirer (``payment.acquirer_state.v1``)."""
+
+    available: bool
+    retry_at: datetime | None
+    """While unavailable: when the next probe may go (the breaker's cool-down ends)."""
+
+
+class AcquirerClients:
+    """One client per acquirer over one HTTP session, opened on first use (the worker's), each with
+    its circuit breaker (``breaker_threshold`` failed calls in a row, ``breaker_cool_down_s``)."""
+
+    def __init__(self, *, timeout_s: float, attempts: int, breaker_threshold: int = 5,
+                 breaker_cool_down_s: float = 30.0) -> None:
         self.timeout_s = timeout_s
         self.attempts = attempts
+        self.breaker_threshold = breaker_threshold
+        self.breaker_cool_down_s = breaker_cool_down_s
         self._session: aiohttp.ClientSession | None = None
         self._clients: dict[str, AcquirerClient] = {}
+        self.reported: dict[str, tuple[bool, float]] = {}
+        """What this process last published about each acquirer (`service_layer.qris.watch_acquirers`)."""
 
     def client(self, acquirer: Acquirer) -> AcquirerClient:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         if acquirer.acquirer_id not in self._clients:
+            breaker = CircuitBreaker(acquirer.acquirer_id, threshold=self.breaker_threshold,
+                                     cool_down_s=self.breaker_cool_down_s, failure=(AcquirerUnavailable,),
+                                     on_change=_breaker_changed, refusal=AcquirerCircuitOpen)
+            ACQUIRER_BREAKER_STATE.labels(acquirer.acquirer_id).set(breaker.state.value)
             self._clients[acquirer.acquirer_id] = AcquirerClient(acquirer, self._session, timeout_s=self.timeout_s,
-                                                                 attempts=self.attempts)
+                                                                 attempts=self.attempts, breaker=breaker)
         return self._clients[acquirer.acquirer_id]
+
+    def availability(self, acquirer: Acquirer) -> Availability:
+        breaker = self.client(acquirer).breaker
+        if breaker.state is BreakerState.CLOSED:
+            return Availability(True, None)
+        retry_at = datetime.now(UTC) + timedelta(seconds=breaker.retry_in())
+        return Availability(False, retry_at.replace(microsecond=0) + timedelta(seconds=1))
 
     async def close(self) -> None:
         if self._session is not None:

@@ -6,6 +6,12 @@ outside any transaction. A retried or repeated generation cannot make a second Q
 answers ``4094701`` for a ``partnerReferenceNo`` it already generated, and we query it instead.
 The QR reaches the order through ``payment.bill_issued.v1`` (``method`` ``qris``, ``qr_content``).
 
+Each acquirer's calls pass its circuit breaker (``adapters.acquirers``): while it is open they fail at
+once as `AcquirerUnavailable` and every job keeps its own backoff (a QR is generated, a payment
+queried, a refund sent when the acquirer is back). `watch_acquirers` probes an open breaker whose
+cool-down is over and publishes ``payment.acquirer_state.v1`` when an acquirer's availability
+changes, for the order service to shed new QRIS orders meanwhile.
+
 A notify with status ``00`` captures through the same ``payment.captured.v1`` as a VA payment
 (``method`` ``qris``, ``reference_no`` the RRN, else the acquirer's reference), exactly once.
 
@@ -23,6 +29,7 @@ from uuid import UUID, uuid4
 
 import asyncpg
 from emeterai_shared.contracts.events import (
+    AcquirerStateChanged,
     BillExpired,
     BillFailed,
     BillIssued,
@@ -39,6 +46,7 @@ from payment_service.adapters.acquirers import (
     AcquirerRegistry,
     AcquirerUnavailable,
 )
+from payment_service.adapters.breaker import BreakerState
 from payment_service.adapters.partial_refunds import PartialRefundRepository
 from payment_service.adapters.qris_store import QrisStore, QrRefund, QrToGenerate, QrToQuery
 from payment_service.adapters.repository import NewPayment, PaymentRepository
@@ -368,3 +376,43 @@ async def refund_qrs(pool: asyncpg.Pool, acquirers: AcquirerRegistry, clients: A
         due = await QrisStore(uow.conn).due_refunds(now, QUERY_BATCH)
     done = await asyncio.gather(*(_refund_one(pool, acquirers, clients, r, now) for r in due))
     return sum(done)
+
+
+async def _probe(clients: AcquirerClients, acquirer: Acquirer) -> None:
+    try:
+        await clients.client(acquirer).probe()
+    except (AcquirerUnavailable, AcquirerRefused) as exc:
+        log.info("acquirer %s probe: %s", acquirer.acquirer_id, exc)
+
+
+async def watch_acquirers(pool: asyncpg.Pool, acquirers: AcquirerRegistry, clients: AcquirerClients) -> int:
+    """The worker's job: probe each acquirer whose breaker is open and past its cool-down (no other
+    call may come: the order service sheds new QRIS orders meanwhile), then publish
+    ``payment.acquirer_state.v1`` for each acquirer whose availability this process has not
+    reported yet (every one at start), or that changed; returns how many it published."""
+    configured = acquirers.all()
+    await asyncio.gather(*(_probe(clients, a) for a in configured
+                           if clients.client(a).breaker.state is BreakerState.OPEN
+                           and clients.client(a).breaker.retry_in() <= 0))
+    first = acquirers.first()
+    changed = []
+    for acquirer in configured:
+        availability = clients.availability(acquirer)
+        breaker = clients.client(acquirer).breaker
+        key = (availability.available, 0.0 if availability.available else breaker.opened_at)
+        if clients.reported.get(acquirer.acquirer_id) != key:
+            changed.append((acquirer, availability, key))
+    if not changed:
+        return 0
+    now = datetime.now(UTC)
+    async with unit_of_work(pool) as uow:
+        for acquirer, availability, _ in changed:
+            uow.publish(AcquirerStateChanged(acquirer_id=acquirer.acquirer_id, available=availability.available,
+                                             retry_at=availability.retry_at, changed_at=now,
+                                             takes_new_bills=acquirer is first),
+                        correlation_id=f"acquirer:{acquirer.acquirer_id}")
+    for acquirer, availability, key in changed:
+        clients.reported[acquirer.acquirer_id] = key
+        log.info("acquirer %s reported %s", acquirer.acquirer_id,
+                 "available" if availability.available else f"unavailable until {availability.retry_at}")
+    return len(changed)
