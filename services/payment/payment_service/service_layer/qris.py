@@ -59,6 +59,7 @@ from payment_service.domain.model import Bill, BillStatus
 log = logging.getLogger(__name__)
 
 GENERATE_BATCH = 20
+GENERATE_ROUNDS = 10
 QUERY_BATCH = 50
 GENERATED = "2004700"
 DUPLICATE = "4094701"
@@ -143,13 +144,22 @@ async def _fail(uow: UnitOfWork, bill_id: UUID, reason: str) -> None:
 
 async def generate_qrs(pool: asyncpg.Pool, acquirers: AcquirerRegistry, clients: AcquirerClients,
                        now: datetime, first_query_s: float = 2.0) -> int:
-    """The worker's job: generate the QRs of new QRIS bills; returns how many were generated."""
-    async with unit_of_work(pool) as uow:
-        pending = await QrisStore(uow.conn).to_generate(now, GENERATE_BATCH)
-    if not pending:
-        return 0
-    done = await asyncio.gather(*(_generate_one(pool, acquirers, clients, qr, now, first_query_s) for qr in pending))
-    return sum(done)
+    """The worker's job: generate the QRs of new QRIS bills, batch after batch while batches come
+    full (at most ``GENERATE_ROUNDS``: a burst of QRIS orders is not held to one batch per run);
+    returns how many were generated. Every bill of a batch leaves the selection: its QR is set, or
+    it is postponed (acquirer unreachable) or failed (refused)."""
+    generated = 0
+    for _ in range(GENERATE_ROUNDS):
+        async with unit_of_work(pool) as uow:
+            pending = await QrisStore(uow.conn).to_generate(now, GENERATE_BATCH)
+        if not pending:
+            break
+        done = await asyncio.gather(*(_generate_one(pool, acquirers, clients, qr, now, first_query_s)
+                                      for qr in pending))
+        generated += sum(done)
+        if len(pending) < GENERATE_BATCH:
+            break
+    return generated
 
 
 def _paid_time(value: object) -> datetime | None:
