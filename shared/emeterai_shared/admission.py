@@ -135,14 +135,20 @@ class SlotGate:
         except TimeoutError:
             if waiter.done() and not waiter.cancelled():
                 return  # handed a slot as the deadline passed: take it
-            self._waiters.remove(waiter)
+            self._forget(waiter)
             raise self._busy() from None
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.leave()  # handed a slot, but the request is gone: pass the slot on
             else:
-                self._waiters.remove(waiter)
+                self._forget(waiter)
             raise
+
+    def _forget(self, waiter: asyncio.Future[None]) -> None:
+        """Take a waiter that gave up out of the line, unless ``leave`` has dropped it already
+        (cancelling a task cancels the future it awaits at once; ``leave`` skips such futures)."""
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
 
     def leave(self, held_s: float | None = None) -> None:
         """Give the slot back: to the first request in line, else to the pool."""

@@ -249,6 +249,24 @@ async def test_a_slot_handed_to_a_request_that_went_away_passes_to_the_next_in_l
     assert gate.busy == 0
 
 
+async def test_a_request_that_gives_up_after_a_slot_was_freed_leaves_the_line_cleanly() -> None:
+    """Seen in a rush as 500s: the waiter's future is cancelled as soon as its task is (or its deadline
+    passes), a slot freed before the task runs again skips it, and the task must then not fail
+    looking for itself in the line."""
+    gate = SlotGate(1, max_wait_s=60, max_queued=10)
+    await gate.enter()
+    gone = asyncio.create_task(gate.enter())
+    while gate.queued < 1:
+        await asyncio.sleep(0.01)
+    gone.cancel()  # its future is cancelled now; the task runs later
+    gate.leave()  # skips the cancelled waiter: the slot goes back to the pool
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert gate.busy == 0 and gate.queued == 0
+    await gate.enter()
+    assert gate.busy == 1
+
+
 async def test_overload_is_checked_before_a_request_takes_or_waits_for_a_slot() -> None:
     gate = admission(target_wait_s=10, min_limit=1, max_in_flight=1)
     for _ in range(40):
