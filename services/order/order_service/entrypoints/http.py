@@ -23,14 +23,14 @@ from emeterai_shared import idempotency, pagination
 from emeterai_shared.auth import Caller, caller_from_request
 from emeterai_shared.http import NO_NUL, ApiError, Operation, preferred_media_type, read_json, respond, shed
 from emeterai_shared.runtime import Router
-from emeterai_shared.uow import unit_of_work
+from emeterai_shared.uow import UnitOfWork, unit_of_work
 from pydantic import BaseModel, Field, PlainSerializer, StringConstraints, field_validator
 
 from order_service.adapters.acquirer_states import AcquirerStates, QrisOutage
 from order_service.adapters.receipt_pdf import render_receipt
 from order_service.config import OrderSettings
 from order_service.dependencies import OrderDeps
-from order_service.domain.order import DUTY_PER_STAMP, Order
+from order_service.domain.order import DUTY_PER_STAMP, Order, OrderStatus
 from order_service.domain.partner_events import (
     ORDER_EXPIRED,
     ORDER_FULFILLED,
@@ -572,10 +572,15 @@ def _order_id(request: web.Request) -> uuid.UUID:
 async def get_order(request: web.Request, deps: OrderDeps) -> web.Response:
     caller = _caller(request, deps)
     order_id = _order_id(request)
-    async with unit_of_work(deps.pool) as uow:
+    # the view buyers poll while they wait for the bill and the credit: reads only, so no
+    # transaction (BEGIN and COMMIT were two of its round trips), and no refunds to look for before
+    # the order was paid
+    async with deps.pool.acquire() as conn:
+        uow = UnitOfWork(conn)
         await signin.ensure_current(uow, caller)
         order = await orders.order_of(uow, caller.account_id, order_id)
-        given = await refunds.refunds_of(uow, order_id) if order is not None else []
+        paid = order is not None and order.status is not OrderStatus.AWAITING_PAYMENT
+        given = await refunds.refunds_of(uow, order_id) if paid else []
     if order is None:
         raise ApiError(404, "order_not_found", "no such order")
     return respond(OrderView.of(order, given))

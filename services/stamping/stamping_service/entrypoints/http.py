@@ -256,7 +256,10 @@ async def _queue_places(uow: UnitOfWork, deps: StampingDeps, views: list[Stampin
 
 
 async def get_stamping(request: web.Request, deps: StampingDeps) -> web.Response:
-    async with unit_of_work(deps.pool) as uow:
+    # the view uploaders poll until their document is stamped: reads only, so no transaction
+    # (BEGIN and COMMIT would be two more round trips than its queries)
+    async with deps.pool.acquire() as conn:
+        uow = UnitOfWork(conn)
         view = await _owned(request, deps, uow)
         places = await _queue_places(uow, deps, [view])
     return respond(StampingStatus.of(view, places.get(view.id)))
