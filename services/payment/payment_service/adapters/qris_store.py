@@ -114,6 +114,26 @@ class QrisStore:
                 ORDER BY expires_at LIMIT $2""", now, limit)
         return [QrToQuery(**dict(r)) for r in rows]
 
+    async def resume(self, acquirer: str, now: datetime) -> int:
+        """The acquirer is reachable again: everything its outage postponed is due now (QRs to
+        generate, pending QRs to query, expiries to finish, refunds to send) instead of at the end of
+        backoffs that grew while it was down. Returns how many bills and refunds were brought forward."""
+        bills = await self.conn.fetchval(
+            """WITH due AS (
+                 UPDATE bills SET qr_next_attempt_at = least(qr_next_attempt_at, $2),
+                                  qr_next_query_at = least(qr_next_query_at, $2),
+                                  qr_expiry_retry_at = least(qr_expiry_retry_at, $2)
+                  WHERE method = 'qris' AND status = 'OPEN' AND bank = $1
+                    AND (qr_next_attempt_at > $2 OR qr_next_query_at > $2 OR qr_expiry_retry_at > $2)
+                 RETURNING 1)
+               SELECT count(*) FROM due""", acquirer, now)
+        refunds = await self.conn.fetchval(
+            """WITH due AS (
+                 UPDATE qris_refunds SET next_attempt_at = $2
+                  WHERE status = 'PENDING' AND acquirer = $1 AND next_attempt_at > $2 RETURNING 1)
+               SELECT count(*) FROM due""", acquirer, now)
+        return int(bills) + int(refunds)
+
     async def retry_expiry(self, bill_id: UUID, at: datetime) -> None:
         await self.conn.execute("UPDATE bills SET qr_expiry_retry_at = $2 WHERE bill_id = $1", bill_id, at)
 

@@ -399,7 +399,8 @@ async def watch_acquirers(pool: asyncpg.Pool, acquirers: AcquirerRegistry, clien
     """The worker's job: probe each acquirer whose breaker is open and past its cool-down (no other
     call may come: the order service sheds new QRIS orders meanwhile), then publish
     ``payment.acquirer_state.v1`` for each acquirer whose availability this process has not
-    reported yet (every one at start), or that changed; returns how many it published."""
+    reported yet (every one at start), or that changed; returns how many it published. An acquirer
+    back after an outage has the work its outage postponed made due at once (`QrisStore.resume`)."""
     configured = acquirers.all()
     await asyncio.gather(*(_probe(clients, a) for a in configured
                            if clients.client(a).breaker.state is BreakerState.OPEN
@@ -417,6 +418,10 @@ async def watch_acquirers(pool: asyncpg.Pool, acquirers: AcquirerRegistry, clien
     now = datetime.now(UTC)
     async with unit_of_work(pool) as uow:
         for acquirer, availability, _ in changed:
+            if availability.available and acquirer.acquirer_id in clients.reported:  # back after an outage
+                resumed = await QrisStore(uow.conn).resume(acquirer.acquirer_id, now)
+                log.info("acquirer %s is back: %d postponed QRs, queries and refunds due now",
+                         acquirer.acquirer_id, resumed)
             uow.publish(AcquirerStateChanged(acquirer_id=acquirer.acquirer_id, available=availability.available,
                                              retry_at=availability.retry_at, changed_at=now,
                                              takes_new_bills=acquirer is first),
