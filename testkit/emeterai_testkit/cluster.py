@@ -133,7 +133,7 @@ class Cluster:
 
     # -- commands ----------------------------------------------------------------------------------------
 
-    def ctl(self, node: Node | int, *args: str, check: bool = True, timeout: float = 60,
+    def ctl(self, node: Node | int | str, *args: str, check: bool = True, timeout: float = 60,
             tool: str = "rabbitmqctl") -> subprocess.CompletedProcess[str]:
         """``rabbitmqctl -n <node> args`` with the cluster's cookie (``tool``: rabbitmq-queues, ...)."""
         n = node if isinstance(node, Node) else self.node(node)
@@ -203,7 +203,7 @@ class Cluster:
 
     # -- nodes -------------------------------------------------------------------------------------------
 
-    def pid(self, node: Node | int) -> int | None:
+    def pid(self, node: Node | int | str) -> int | None:
         """The node's Erlang VM (its pid file; None when it is not running)."""
         n = node if isinstance(node, Node) else self.node(node)
         with contextlib.suppress(OSError, ValueError):
@@ -212,7 +212,7 @@ class Cluster:
             return pid
         return None
 
-    def launch(self, node: Node | int) -> None:
+    def launch(self, node: Node | int | str) -> None:
         """Boot one node's VM in the background (detached: it outlives this process)."""
         n = node if isinstance(node, Node) else self.node(node)
         if self.pid(n) is not None:
@@ -225,7 +225,7 @@ class Cluster:
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         (self._dir(n) / "pid").write_text(str(proc.pid))
 
-    def await_node(self, node: Node | int, timeout_s: float = 180) -> None:
+    def await_node(self, node: Node | int | str, timeout_s: float = 180) -> None:
         n = node if isinstance(node, Node) else self.node(node)
         deadline = time.monotonic() + timeout_s
         while True:
@@ -237,7 +237,7 @@ class Cluster:
                                    + (log.read_text()[-2000:] if log.exists() else ""))
             time.sleep(1)
 
-    def running_nodes(self, via: Node | int | None = None) -> list[str]:
+    def running_nodes(self, via: Node | int | str | None = None) -> list[str]:
         """The cluster's running nodes as one node sees them (empty when it does not answer)."""
         for n in ([via] if via is not None else self.nodes):
             done = self.ctl(n, "eval", "rabbit_nodes:all_running().", check=False, timeout=30)
@@ -268,7 +268,7 @@ class Cluster:
             f"({'network namespaces' if self.netns else 'loopback'}; AMQP {', '.join(self.urls())}; "
             f"files in {self.root})")
 
-    def wait_running(self, count: int, timeout_s: float = 180, via: Node | int | None = None) -> list[str]:
+    def wait_running(self, count: int, timeout_s: float = 180, via: Node | int | str | None = None) -> list[str]:
         deadline = time.monotonic() + timeout_s
         while True:
             running = self.running_nodes(via)
@@ -278,7 +278,7 @@ class Cluster:
                 raise RuntimeError(f"cluster: {len(running)} of {count} nodes running after {timeout_s}s: {running}")
             time.sleep(1)
 
-    def stop_node(self, node: Node | int, timeout_s: float = 120) -> None:
+    def stop_node(self, node: Node | int | str, timeout_s: float = 120) -> None:
         """A clean stop of one node (``rabbitmqctl stop``), waiting for its VM to exit."""
         n = node if isinstance(node, Node) else self.node(node)
         pid = self.pid(n)
@@ -287,7 +287,7 @@ class Cluster:
         self.ctl(n, "stop", check=False, timeout=timeout_s)
         self._wait_gone(pid, timeout_s)
 
-    def kill_node(self, node: Node | int) -> int | None:
+    def kill_node(self, node: Node | int | str) -> int | None:
         """SIGKILL of the node's VM; its pid (None when it was not running)."""
         n = node if isinstance(node, Node) else self.node(node)
         pid = self.pid(n)
@@ -310,7 +310,7 @@ class Cluster:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
 
-    def partition(self, node: Node | int) -> None:
+    def partition(self, node: Node | int | str) -> None:
         """Cut the node away from the others (see the module's text for how)."""
         n = node if isinstance(node, Node) else self.node(node)
         if self.netns:
@@ -320,7 +320,7 @@ class Cluster:
             if pid is not None:
                 os.kill(pid, signal.SIGSTOP)
 
-    def heal(self, node: Node | int) -> None:
+    def heal(self, node: Node | int | str) -> None:
         n = node if isinstance(node, Node) else self.node(node)
         if self.netns:
             self._ip("link", "set", f"{n.host}h", "up")
@@ -329,7 +329,7 @@ class Cluster:
             if pid is not None:
                 os.kill(pid, signal.SIGCONT)
 
-    def restart_node(self, node: Node | int) -> None:
+    def restart_node(self, node: Node | int | str) -> None:
         n = node if isinstance(node, Node) else self.node(node)
         self.launch(n)
         self.await_node(n)
@@ -338,7 +338,7 @@ class Cluster:
         """Stop every node (cleanly, then SIGKILL what remains), and remove the namespaces and links."""
         for n in self.nodes:
             if self.netns:
-                self.heal(n)
+                self._ip("link", "set", f"{n.host}h", "up", check=False)
             self.stop_node(n, timeout_s=60)
         for n in self.nodes:
             self.kill_node(n)
@@ -364,13 +364,12 @@ class Cluster:
         self.ctl(first, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
         return self.urls(vhost)
 
-    def quorum_queues(self, vhost: str, via: Node | int | None = None) -> list[dict[str, Any]]:
+    def quorum_queues(self, vhost: str, via: Node | int | str | None = None) -> list[dict[str, Any]]:
         """Every quorum queue of ``vhost``: name, leader, members, online (as one node reports them).
 
         One ``eval`` on the node rather than ``list_queues``: the latter has every node send its rows to
         the CLI's own Erlang node, which nodes inside namespaces cannot reach."""
-        if not vhost.replace("_", "").replace("-", "").isalnum():
-            raise ValueError(f"vhost {vhost!r}: letters, digits, - and _ only")
+        self._check_vhost(vhost)
         expr = ('lists:foreach(fun(Q) -> case amqqueue:get_type(Q) of rabbit_quorum_queue -> '
                 '[{name,N},{leader,L},{members,M},{online,O}] = rabbit_amqqueue:info(Q,[name,leader,members,online]), '
                 'io:format("~s|~s|~s|~s~n",[element(4,N),L,lists:join(",",[atom_to_list(X)||X<-M]),'
@@ -385,12 +384,61 @@ class Cluster:
                 for line in done.stdout.splitlines():
                     parts = line.split("|")
                     if len(parts) == 4:
-                        rows.append({"name": parts[0], "leader": parts[1], "members": [m for m in parts[2].split(",") if m],
+                        rows.append({"name": parts[0], "leader": parts[1],
+                                     "members": [m for m in parts[2].split(",") if m],
                                      "online": [m for m in parts[3].split(",") if m]})
                 return rows
         return []
 
-    def quorum_healthy(self, vhost: str, via: Node | int | None = None) -> tuple[bool, str]:
+    def connections(self) -> dict[str, int]:
+        """Client connections per running node (a node that does not answer is left out)."""
+        out = {}
+        for n in self.nodes:
+            if self.pid(n) is None:
+                continue
+            done = self.ctl(n, "eval", "length(rabbit_networking:connections_local()).", check=False, timeout=20)
+            if done.returncode == 0 and done.stdout.strip().isdigit():
+                out[n.nodename] = int(done.stdout.strip())
+        return out
+
+    def queue_depths(self, vhost: str) -> dict[str, int]:
+        """Messages (ready and unacknowledged) of every queue of ``vhost``, as ``invariants.queue_depths``
+        gives them for the machine's broker (one ``eval``: see ``quorum_queues``)."""
+        self._check_vhost(vhost)
+        expr = ('lists:foreach(fun(Q) -> [{name,N},{messages,M}] = rabbit_amqqueue:info(Q,[name,messages]), '
+                f'io:format("~s ~p~n",[element(4,N),M]) end, rabbit_amqqueue:list(<<"{vhost}">>)), ok.')
+        for n in self.nodes:
+            if self.pid(n) is None:
+                continue
+            done = self.ctl(n, "eval", expr, check=False, timeout=60)
+            if done.returncode == 0:
+                depths = {}
+                for line in done.stdout.splitlines():
+                    parts = line.split()
+                    if len(parts) == 2 and parts[1].isdigit():
+                        depths[parts[0]] = int(parts[1])
+                return depths
+        raise RuntimeError(f"no cluster node answered list of queues of {vhost}")
+
+    @staticmethod
+    def _check_vhost(vhost: str) -> None:
+        if not vhost.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"vhost {vhost!r}: letters, digits, - and _ only")
+
+    def wait_healthy(self, vhost: str, timeout_s: float = 180) -> tuple[bool, str]:
+        """Wait until all three nodes run and every quorum queue of ``vhost`` has a leader and three members
+        online; (healthy, what the broker reported last)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            running = self.running_nodes()
+            ok, summary = self.quorum_healthy(vhost)
+            if ok and len(running) == NODES:
+                return True, f"{len(running)} nodes running; {summary}"
+            if time.monotonic() > deadline:
+                return False, f"running {running}; {summary}"
+            time.sleep(1)
+
+    def quorum_healthy(self, vhost: str, via: Node | int | str | None = None) -> tuple[bool, str]:
         """Every quorum queue of ``vhost`` has a leader and all three members online; and a summary."""
         queues = self.quorum_queues(vhost, via)
         bad = [q["name"] for q in queues

@@ -79,7 +79,7 @@ class FailoverConnection(RobustConnection):
     async def _RobustConnection__connect_transport(self) -> None:
         index = self._index
         try:
-            await getattr(super(), "_RobustConnection__connect_transport")()
+            await super()._RobustConnection__connect_transport()  # type: ignore[misc]
         except asyncio.CancelledError:
             raise
         except Exception:
