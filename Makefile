@@ -86,8 +86,9 @@ rush: venv servers
 	$(PY) -m bench.rush --buyers $(BUYERS)
 
 ## chaos: CHAOS_BUYERS applicants (200) while RabbitMQ, PostgreSQL and workers fail; invariants checked after
+## (CLUSTER=1: on a three-node RabbitMQ cluster of its own: a node killed, partitioned, a rolling restart)
 chaos: venv servers
-	$(PY) -m bench.chaos
+	$(PY) -m bench.chaos $(if $(filter-out 0,$(CLUSTER)),--cluster)
 
 ## cluster: a three-node RabbitMQ cluster of its own (CLUSTER_CMD=start|stop|status; data in var/cluster), beside the machine's broker
 CLUSTER_CMD ?= start

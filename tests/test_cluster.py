@@ -27,7 +27,7 @@ from emeterai_testkit.fixtures import NAMESPACE, eventually
 
 SMALL = {
     "applicants": 20,
-    "arrival_s": 40.0,
+    "arrival_s": 100.0,
     "duplicate_share": 0.3,
     "retry_delays_ms": [1_000, 3_000, 10_000],
     "applicant_timeout_s": 400.0,

@@ -486,9 +486,12 @@ async def inject_cluster_partition(platform: Platform, tl: Timeline, cluster: Cl
     tl.note(f"{target} cut off: {cluster.partition_kind}", client_connections=connections)
     await asyncio.sleep(cfg.partition_s)
     running = await asyncio.to_thread(cluster.running_nodes, others[0])
-    quorum = (await asyncio.to_thread(cluster.quorum_healthy, cfg.vhost, others[0]))[1]
-    partitions = (await asyncio.to_thread(cluster.ctl, others[0], "eval", "rabbit_node_monitor:partitions().",
-                                          check=False)).stdout.strip()
+    quorum = (await asyncio.to_thread(cluster.quorum_healthy, cfg.vhost, others[0], 20))[1]
+    try:
+        partitions = (await asyncio.to_thread(cluster.ctl, others[0], "eval", "rabbit_node_monitor:partitions().",
+                                              check=False, timeout=20)).stdout.strip()
+    except subprocess.TimeoutExpired:
+        partitions = "no answer within 20s"
     tl.note(f"the majority's view after {cfg.partition_s:.0f}s", running=running, partitions=partitions,
             quorum=quorum)
     await asyncio.to_thread(cluster.heal, target)

@@ -364,7 +364,8 @@ class Cluster:
         self.ctl(first, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
         return self.urls(vhost)
 
-    def quorum_queues(self, vhost: str, via: Node | int | str | None = None) -> list[dict[str, Any]]:
+    def quorum_queues(self, vhost: str, via: Node | int | str | None = None, timeout_s: float = 60
+                      ) -> list[dict[str, Any]]:
         """Every quorum queue of ``vhost``: name, leader, members, online (as one node reports them).
 
         One ``eval`` on the node rather than ``list_queues``: the latter has every node send its rows to
@@ -378,7 +379,10 @@ class Cluster:
         for n in ([via] if via is not None else self.nodes):
             if self.pid(n) is None:
                 continue
-            done = self.ctl(n, "eval", expr, check=False, timeout=60)
+            try:
+                done = self.ctl(n, "eval", expr, check=False, timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                continue
             if done.returncode == 0:
                 rows = []
                 for line in done.stdout.splitlines():
@@ -438,9 +442,12 @@ class Cluster:
                 return False, f"running {running}; {summary}"
             time.sleep(1)
 
-    def quorum_healthy(self, vhost: str, via: Node | int | str | None = None) -> tuple[bool, str]:
+    def quorum_healthy(self, vhost: str, via: Node | int | str | None = None, timeout_s: float = 60
+                       ) -> tuple[bool, str]:
         """Every quorum queue of ``vhost`` has a leader and all three members online; and a summary."""
-        queues = self.quorum_queues(vhost, via)
+        queues = self.quorum_queues(vhost, via, timeout_s)
+        if not queues:
+            return False, f"no answer about the quorum queues within {timeout_s:.0f}s"
         bad = [q["name"] for q in queues
                if not q.get("leader") or len(q.get("online") or []) < NODES]
         leaders: dict[str, int] = {}
