@@ -87,13 +87,29 @@ class Cluster:
         self.root = root.resolve()
         self.prefix = prefix
         self.netns = netns_available() if netns is None else netns
-        k = 100 + zlib.crc32(prefix.encode()) % 100
-        base = 5700 + 10 * (zlib.crc32(prefix.encode()) % 300)
+        self._base = 5700 + 10 * (zlib.crc32(prefix.encode()) % 300)
+        saved = self.root / "subnet"
+        k = int(saved.read_text()) if saved.exists() else 100 + zlib.crc32(prefix.encode()) % 100
+        self._place(k)
+
+    def _place(self, k: int) -> None:
         self.subnet = f"10.77.{k}"
         self.nodes = [
-            Node(i, f"{prefix}{i}", f"{self.subnet}.1{i}" if self.netns else "127.0.0.1",
-                 5672 if self.netns else base + i, 25672 if self.netns else base + 3000 + i, self.netns)
+            Node(i, f"{self.prefix}{i}", f"{self.subnet}.1{i}" if self.netns else "127.0.0.1",
+                 5672 if self.netns else self._base + i, 25672 if self.netns else self._base + 3000 + i, self.netns)
             for i in range(1, NODES + 1)]
+
+    def _free_subnet(self) -> None:
+        """A subnet no other link of this machine routes (another cluster's bridge), kept in ``root/subnet``."""
+        k = int(self.subnet.rsplit(".", 1)[1])
+        for step in range(100):
+            candidate = 100 + (k - 100 + step) % 100
+            if not _run(["ip", "route", "show", f"10.77.{candidate}.0/24"], check=False).stdout.strip():
+                self._place(candidate)
+                self.root.mkdir(parents=True, exist_ok=True)
+                (self.root / "subnet").write_text(str(candidate))
+                return
+        raise RuntimeError("no free 10.77.1xx.0/24 subnet for the cluster's bridge")
 
     # -- naming ------------------------------------------------------------------------------------------
 
@@ -178,6 +194,7 @@ class Cluster:
     def _netns_up(self) -> None:
         bridge = f"{self.prefix}br"
         if _run(["ip", "link", "show", bridge], check=False).returncode != 0:
+            self._free_subnet()
             self._ip("link", "add", bridge, "type", "bridge")
             self._ip("addr", "add", f"{self.subnet}.1/24", "dev", bridge)
         self._ip("link", "set", bridge, "up")
@@ -249,9 +266,9 @@ class Cluster:
         """Boot the three nodes and join 2 and 3 to 1 (nodes already running and joined are left as they are)."""
         if not shutil.which("erl") or not (RABBIT_BIN / "rabbitmq-server").exists():
             raise RuntimeError("Debian's rabbitmq-server is not installed (scripts/ensure-servers installs it)")
-        self._write_files()
         if self.netns:
             self._netns_up()
+        self._write_files()
         for n in self.nodes:
             self.launch(n)
         for n in self.nodes:
