@@ -1,7 +1,9 @@
 """``python -m bench.cluster_rush`` (``make rush-cluster``): the cost of replication, measured in one run
-on this machine: the same small purchase rush against the machine's single RabbitMQ node and against a
-three-node cluster of the run's own (``emeterai_testkit.cluster``; quorum queues replicated to three
-nodes), one after the other, with the same platform settings.
+on this machine: the same small purchase rush against a single RabbitMQ node of the run's own and
+against a three-node cluster of the run's own (``emeterai_testkit.cluster``: the very same node
+settings, one Erlang scheduler each; quorum queues with one member, then three), one after the other,
+with the same platform settings. ``--machine-broker`` adds the machine's own broker (shared with
+everyone on the machine, all schedulers) as a third row, for reference only.
 
 For each broker: the raw confirm ceiling (confirmed, persistent publishes/s into a quorum queue, as
 ``bench.messaging``), then ``--buyers`` applicants (default 150, at most 300) arriving over
@@ -43,6 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--buyers", type=int, default=int(os.environ.get("BUYERS", "150")))
     parser.add_argument("--arrival-s", type=float, default=None, help="default: buyers / 10 (10 arrivals/s)")
     parser.add_argument("--confirms", type=int, default=5000, help="publishes of the raw confirm ceiling")
+    parser.add_argument("--machine-broker", action="store_true",
+                        help="also the machine's own broker (shared with everyone here), for reference")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if not 3 <= args.buyers <= 300:
@@ -111,12 +115,10 @@ async def one(label: str, amqp_url: str, args: argparse.Namespace, cluster: Clus
             **found, "invariants_violated": violated}
 
 
-async def compare(args: argparse.Namespace, cluster: Cluster, single_url: str) -> list[dict[str, Any]]:
-    single = await one("single", single_url, args, None)
-    vhost = "emeterai_rushcmp_cluster"
-    urls = await asyncio.to_thread(cluster.ensure_vhost, vhost)
-    clustered = await one("cluster", ",".join(urls), args, cluster)
-    return [single, clustered]
+def on_own_nodes(label: str, size: int, prefix: str, args: argparse.Namespace) -> dict[str, Any]:
+    with running_cluster(REPO / "var" / f"cluster-rush-{label}", prefix=prefix, size=size) as cluster:
+        urls = cluster.ensure_vhost(f"emeterai_rushcmp_{label}")
+        return asyncio.run(one(label, ",".join(urls), args, cluster))
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -131,9 +133,11 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with shared_broker_lock(), claimed_vhost("emeterai_rushcmp_single") as single_url, \
-            running_cluster(REPO / "var" / "cluster-rush-nodes", prefix="emqr") as cluster:
-        rows = asyncio.run(compare(args, cluster, single_url))
+    with shared_broker_lock():
+        rows = [on_own_nodes("single", 1, "emqs", args), on_own_nodes("cluster", 3, "emqr", args)]
+        if args.machine_broker:
+            with claimed_vhost("emeterai_rushcmp_machine") as url:
+                rows.append(asyncio.run(one("machine", url, args, None)))
     print_table(rows)
     report = {"buyers": args.buyers, "rows": rows, "machine": {"nproc": os.cpu_count(), "loadavg": os.getloadavg()}}
     args.output.parent.mkdir(parents=True, exist_ok=True)

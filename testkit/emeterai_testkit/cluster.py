@@ -83,8 +83,10 @@ class Node:
 class Cluster:
     """Three nodes under ``root``; ``start`` boots and joins them (idempotent), ``stop`` ends them all."""
 
-    def __init__(self, root: Path, *, prefix: str = "emq", netns: bool | None = None) -> None:
+    def __init__(self, root: Path, *, prefix: str = "emq", netns: bool | None = None, size: int = NODES) -> None:
         self.root = root.resolve()
+        self.size = size
+        """Three nodes; one for a single node with the very same settings (the replication cost's baseline)."""
         self.prefix = prefix
         self.netns = netns_available() if netns is None else netns
         self._base = 5700 + 10 * (zlib.crc32(prefix.encode()) % 300)
@@ -97,7 +99,7 @@ class Cluster:
         self.nodes = [
             Node(i, f"{self.prefix}{i}", f"{self.subnet}.1{i}" if self.netns else "127.0.0.1",
                  5672 if self.netns else self._base + i, 25672 if self.netns else self._base + 3000 + i, self.netns)
-            for i in range(1, NODES + 1)]
+            for i in range(1, self.size + 1)]
 
     def _free_subnet(self) -> None:
         """A subnet no other link of this machine routes (another cluster's bridge), kept in ``root/subnet``."""
@@ -280,7 +282,7 @@ class Cluster:
             self.ctl(n, "stop_app")
             self.ctl(n, "join_cluster", first.nodename)
             self.ctl(n, "start_app", timeout=180)
-        self.wait_running(NODES)
+        self.wait_running(self.size)
         log(f"cluster: {', '.join(n.nodename for n in self.nodes)} running and joined "
             f"({'network namespaces' if self.netns else 'loopback'}; AMQP {', '.join(self.urls())}; "
             f"files in {self.root})")
@@ -453,7 +455,7 @@ class Cluster:
         while True:
             running = self.running_nodes()
             ok, summary = self.quorum_healthy(vhost)
-            if ok and len(running) == NODES:
+            if ok and len(running) == self.size:
                 return True, f"{len(running)} nodes running; {summary}"
             if time.monotonic() > deadline:
                 return False, f"running {running}; {summary}"
@@ -466,19 +468,20 @@ class Cluster:
         if not queues:
             return False, f"no answer about the quorum queues within {timeout_s:.0f}s"
         bad = [q["name"] for q in queues
-               if not q.get("leader") or len(q.get("online") or []) < NODES]
+               if not q.get("leader") or len(q.get("online") or []) < self.size]
         leaders: dict[str, int] = {}
         for q in queues:
             leaders[q["leader"]] = leaders.get(q["leader"], 0) + 1
         summary = (f"{len(queues)} quorum queues, leaders {dict(sorted(leaders.items()))}"
-                   + (f"; not healthy: {bad[:5]}" if bad else "; all with a leader and 3 members online"))
+                   + (f"; not healthy: {bad[:5]}" if bad else f"; all with a leader and {self.size} members online"))
         return bool(queues) and not bad, summary
 
 
 @contextlib.contextmanager
-def running_cluster(root: Path, *, prefix: str = "emq", log: Callable[[str], None] = print) -> Iterator[Cluster]:
+def running_cluster(root: Path, *, prefix: str = "emq", log: Callable[[str], None] = print,
+                    size: int = NODES) -> Iterator[Cluster]:
     """``with running_cluster(dir) as c``: started (fresh data) and always stopped on exit."""
-    c = Cluster(root, prefix=prefix)
+    c = Cluster(root, prefix=prefix, size=size)
     c.stop(log=lambda _: None)
     shutil.rmtree(c.root, ignore_errors=True)
     try:
