@@ -10,7 +10,7 @@ namespace (``<prefix><i>``) with a veth into a bridge (``<prefix>br``, ``10.77.<
 ``10.77.<k>.1<i>``: a *partition* is then real, the node's link to the bridge set down (it loses its
 peers and its clients alike). Without namespaces the nodes listen on 127.0.0.1 with ports of their own,
 and the closest honest fault to a partition is a *paused* node (its Erlang VM stopped with SIGSTOP):
-``Cluster.partition_kind`` says which one a run used.
+``Cluster.partition_kind`` says which one a run used (``EMETERAI_CLUSTER_NETNS=0`` forces the latter).
 
 Node names are short names (``rabbit@<prefix><i>``) resolved by an Erlang ``inetrc`` file
 (``ERL_INETRC``), so neither ``/etc/hosts`` nor DNS is changed.
@@ -88,6 +88,8 @@ class Cluster:
         self.size = size
         """Three nodes; one for a single node with the very same settings (the replication cost's baseline)."""
         self.prefix = prefix
+        if netns is None and os.environ.get("EMETERAI_CLUSTER_NETNS", "") in ("0", "false", "no"):
+            netns = False
         self.netns = netns_available() if netns is None else netns
         self._base = 5700 + 10 * (zlib.crc32(prefix.encode()) % 300)
         saved = self.root / "subnet"
