@@ -5,8 +5,9 @@ settings, one Erlang scheduler each; quorum queues with one member, then three),
 with the same platform settings. ``--machine-broker`` adds the machine's own broker (shared with
 everyone on the machine, all schedulers) as a third row, for reference only.
 
-For each broker: the raw confirm ceiling (confirmed, persistent publishes/s into a quorum queue, as
-``bench.messaging``), then ``--buyers`` applicants (default 150, at most 300) arriving over
+Both run at once; first the raw confirm ceiling (confirmed, persistent publishes/s into a quorum queue,
+as ``bench.messaging``), ``--rounds`` rounds alternating between the two (the median reported, each
+round's figure kept), then, for each, ``--buyers`` applicants (default 150, at most 300) arriving over
 ``--arrival-s``, each registering, ordering 2 stamps and paid by the bank simulator (no uploads: the
 path measured is the messaging one), through the four services as real processes (the chaos kit's load,
 no faults). Figures from the databases: payment captured -> order FULFILLED (p50, p95, max), and
@@ -20,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -44,7 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--buyers", type=int, default=int(os.environ.get("BUYERS", "150")))
     parser.add_argument("--arrival-s", type=float, default=None, help="default: buyers / 10 (10 arrivals/s)")
-    parser.add_argument("--confirms", type=int, default=5000, help="publishes of the raw confirm ceiling")
+    parser.add_argument("--confirms", type=int, default=20000, help="publishes per round of the raw confirm ceiling")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the confirm ceiling, alternating")
     parser.add_argument("--machine-broker", action="store_true",
                         help="also the machine's own broker (shared with everyone here), for reference")
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -81,9 +85,18 @@ async def figures(platform: Any) -> dict[str, Any]:
         "credited_per_s": rate}
 
 
+async def confirm_rounds(urls: dict[str, str], args: argparse.Namespace) -> dict[str, list[float]]:
+    """Confirmed publishes/s into a quorum queue, ``--rounds`` rounds alternating between the brokers."""
+    rates: dict[str, list[float]] = {label: [] for label in urls}
+    for n in range(args.rounds):
+        for label, url in urls.items():
+            rate = await confirm_ceiling(url.split(",")[0], total=args.confirms, in_flight=200)
+            rates[label].append(round(rate.per_s, 1))
+            print(f"--- confirm ceiling round {n + 1}: {label} {rate.per_s:.0f}/s", flush=True)
+    return rates
+
+
 async def one(label: str, amqp_url: str, args: argparse.Namespace, cluster: Cluster | None) -> dict[str, Any]:
-    print(f"--- {label}: raw confirm ceiling", flush=True)
-    ceiling = await confirm_ceiling(amqp_url.split(",")[0], total=args.confirms, in_flight=200)
     cfg = chaos.ChaosConfig(namespace=f"rushcmp_{label}", applicants=args.buyers,
                             arrival_s=args.arrival_s or args.buyers / 10, schedule=(), documents_per_applicant=0,
                             duplicate_share=0.0, poll_interval_s=0.5)
@@ -110,15 +123,19 @@ async def one(label: str, amqp_url: str, args: argparse.Namespace, cluster: Clus
         checks = chaos.evaluate(data, acknowledged, quiescence)
         found = await figures(platform)
     violated = [c.name for c in checks if c.kind == "invariant" and not c.ok]
-    return {"broker": label, "confirms_per_s": round(ceiling.per_s, 1), "load_s": round(elapsed, 1),
+    return {"broker": label, "load_s": round(elapsed, 1),
             "stages": {k: sum(1 for a in load.applicants if a.stage == k) for k in {a.stage for a in load.applicants}},
             **found, "invariants_violated": violated}
 
 
-def on_own_nodes(label: str, size: int, prefix: str, args: argparse.Namespace) -> dict[str, Any]:
-    with running_cluster(REPO / "var" / f"cluster-rush-{label}", prefix=prefix, size=size) as cluster:
-        urls = cluster.ensure_vhost(f"emeterai_rushcmp_{label}")
-        return asyncio.run(one(label, ",".join(urls), args, cluster))
+async def compare(args: argparse.Namespace, brokers: dict[str, tuple[str, Cluster | None]]) -> list[dict[str, Any]]:
+    rates = await confirm_rounds({label: url for label, (url, _) in brokers.items()}, args)
+    rows = []
+    for label, (url, cluster) in brokers.items():
+        row = await one(label, url, args, cluster)
+        rows.append({"broker": label, "confirms_per_s": statistics.median(rates[label]),
+                     "confirm_rounds": rates[label], **row})
+    return rows
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -133,11 +150,16 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with shared_broker_lock():
-        rows = [on_own_nodes("single", 1, "emqs", args), on_own_nodes("cluster", 3, "emqr", args)]
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(shared_broker_lock())
+        single = stack.enter_context(running_cluster(REPO / "var" / "cluster-rush-single", prefix="emqs", size=1))
+        three = stack.enter_context(running_cluster(REPO / "var" / "cluster-rush-cluster", prefix="emqr"))
+        brokers: dict[str, tuple[str, Cluster | None]] = {
+            "single": (",".join(single.ensure_vhost("emeterai_rushcmp_single")), single),
+            "cluster": (",".join(three.ensure_vhost("emeterai_rushcmp_cluster")), three)}
         if args.machine_broker:
-            with claimed_vhost("emeterai_rushcmp_machine") as url:
-                rows.append(asyncio.run(one("machine", url, args, None)))
+            brokers["machine"] = (stack.enter_context(claimed_vhost("emeterai_rushcmp_machine")), None)
+        rows = asyncio.run(compare(args, brokers))
     print_table(rows)
     report = {"buyers": args.buyers, "rows": rows, "machine": {"nproc": os.cpu_count(), "loadavg": os.getloadavg()}}
     args.output.parent.mkdir(parents=True, exist_ok=True)
