@@ -496,13 +496,22 @@ async def inject_cluster_partition(platform: Platform, tl: Timeline, cluster: Cl
             quorum=quorum)
     await asyncio.to_thread(cluster.heal, target)
     tl.note(f"{target} reconnected")
+    remedy = ""
+    try:
+        await asyncio.to_thread(cluster.wait_running, cluster.size, 90)
+    except RuntimeError:  # it did not rejoin by itself: the operator's remedy, reported as such
+        remedy = f"{target} did not rejoin within 90 s by itself: rabbitmqctl stop_app, start_app"
+        tl.note(remedy)
+        await asyncio.to_thread(cluster.ctl, target, "stop_app", check=False, timeout=120)
+        await asyncio.to_thread(cluster.ctl, target, "start_app", check=False, timeout=180)
     healthy, reported = await _quorum_back(cluster, cfg.vhost, tl, cfg.recovery_timeout_s)
     recovered = await all_ready(platform, cfg.recovery_timeout_s)
     after = await asyncio.to_thread(cluster.connections)
     tl.note("every process ready again", after_s=round(recovered, 1), client_connections=after)
     return {"target": target, "how": cluster.partition_kind, "connections_before": connections,
             "connections_after": after, "during": {"running": running, "partitions": partitions, "quorum": quorum},
-            "after": reported, "partition_s": cfg.partition_s, "ok": healthy and target not in running}
+            "after": reported, "partition_s": cfg.partition_s, "remedy": remedy,
+            "ok": healthy and target not in running}
 
 
 async def inject_cluster_rolling_restart(platform: Platform, tl: Timeline, cluster: Cluster, cfg: ChaosConfig
@@ -974,7 +983,8 @@ def format_report(report: dict[str, Any]) -> str:
                      f"client connections before {i.get('connections_before')}, after {i.get('connections_after')})")
         elif i["kind"] == CLUSTER_PARTITION:
             extra = (f" ({i.get('target')}, {i.get('how')}, {i.get('partition_s')}s; the majority saw: "
-                     f"{i.get('during')}; client connections after {i.get('connections_after')})")
+                     f"{i.get('during')}; client connections after {i.get('connections_after')})"
+                     + (f"; {i['remedy']}" if i.get("remedy") else ""))
         elif i["kind"] == CLUSTER_ROLLING_RESTART:
             steps = [s["node"] + (" ok" if s["healthy"] else " NOT healthy") for s in i.get("steps", [])]
             extra = f" ({'; '.join(steps)})"

@@ -74,7 +74,9 @@ class Node:
 
     @property
     def nodename(self) -> str:
-        return f"rabbit@{self.host}"
+        """``rabbit@<host>`` in its own namespace (its own epmd); on loopback ``<host>@localhost``, since
+        every node there registers with the machine's one epmd, where the name part must be unique."""
+        return f"rabbit@{self.host}" if self.netns else f"{self.host}@localhost"
 
     def amqp_url(self, vhost: str = "") -> str:
         return f"amqp://guest:guest@{self.ip}:{self.amqp_port}/{vhost}"
@@ -91,7 +93,9 @@ class Cluster:
         if netns is None and os.environ.get("EMETERAI_CLUSTER_NETNS", "") in ("0", "false", "no"):
             netns = False
         self.netns = netns_available() if netns is None else netns
-        self._base = 5700 + 10 * (zlib.crc32(prefix.encode()) % 300)
+        self._base = 27000 + 10 * (zlib.crc32(prefix.encode()) % 100)
+        """Loopback mode: AMQP on 270x0 + i, distribution on 280x0 + i (below the ephemeral range, clear of the
+        machine's 5672/25672 and of the services' 8081-10084)."""
         saved = self.root / "subnet"
         k = int(saved.read_text()) if saved.exists() else 100 + zlib.crc32(prefix.encode()) % 100
         self._place(k)
@@ -100,7 +104,7 @@ class Cluster:
         self.subnet = f"10.77.{k}"
         self.nodes = [
             Node(i, f"{self.prefix}{i}", f"{self.subnet}.1{i}" if self.netns else "127.0.0.1",
-                 5672 if self.netns else self._base + i, 25672 if self.netns else self._base + 3000 + i, self.netns)
+                 5672 if self.netns else self._base + i, 25672 if self.netns else self._base + 1000 + i, self.netns)
             for i in range(1, self.size + 1)]
 
     def _free_subnet(self) -> None:
@@ -173,7 +177,10 @@ class Cluster:
             cookie.chmod(0o400)
         (self.root / "rabbitmq-env.conf").write_text("# the cluster's nodes read no /etc/rabbitmq/rabbitmq-env.conf\n")
         (self.root / "enabled_plugins").write_text("[].\n")
-        hosts = "".join(f'{{host, {{{n.ip.replace(".", ",")}}}, ["{n.host}"]}}.\n' for n in self.nodes)
+        names: dict[str, list[str]] = {}
+        for n in self.nodes:  # one line per address: a second line for the same address replaces the first
+            names.setdefault(n.ip, []).append(f'"{n.host}"')
+        hosts = "".join(f'{{host, {{{ip.replace(".", ",")}}}, [{", ".join(hs)}]}}.\n' for ip, hs in names.items())
         (self.root / "inetrc").write_text(hosts + "{lookup, [file, native]}.\n")
         for n in self.nodes:
             d = self._dir(n)
