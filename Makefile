@@ -8,7 +8,7 @@ SERVICES := order payment minting stamping
 export SSL_CERT_FILE ?= /etc/ssl/certs/ca-certificates.crt
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: run test fuzz setup servers packages browser web venv lint bench-messaging bench-callbacks bench-stamping rush chaos prometheus clean
+.PHONY: run test fuzz setup servers packages browser web venv lint bench-messaging bench-callbacks bench-stamping rush rush-cluster chaos cluster cluster-stop cluster-status prometheus clean
 
 ## run: set everything up, then supervise every api, worker and relay and the ingress on :8080 (Ctrl-C stops all)
 run: setup
@@ -89,8 +89,21 @@ rush: venv servers
 	$(PY) -m bench.rush --buyers $(BUYERS) --qris-share $(QRIS_SHARE) --acquirer-outage-s $(ACQUIRER_OUTAGE)
 
 ## chaos: CHAOS_BUYERS applicants (200) while RabbitMQ, PostgreSQL and workers fail; invariants checked after
+## (CLUSTER=1: on a three-node RabbitMQ cluster of its own: a node killed, partitioned, a rolling restart)
 chaos: venv servers
-	$(PY) -m bench.chaos
+	$(PY) -m bench.chaos $(if $(filter-out 0,$(CLUSTER)),--cluster)
+
+## rush-cluster: the cost of replication: RUSH_CLUSTER_BUYERS (150, at most 300) buying against the machine's broker, then a three-node cluster
+RUSH_CLUSTER_BUYERS ?= 150
+rush-cluster: venv servers
+	$(PY) -m bench.cluster_rush --buyers $(RUSH_CLUSTER_BUYERS)
+
+## cluster: a three-node RabbitMQ cluster of its own (CLUSTER_CMD=start|stop|status; data in var/cluster), beside the machine's broker
+CLUSTER_CMD ?= start
+cluster: venv
+	$(PY) -m emeterai_testkit.cluster $(CLUSTER_CMD)
+cluster-stop cluster-status: venv
+	$(PY) -m emeterai_testkit.cluster $(@:cluster-%=%)
 
 ## prometheus: scrape the `make run` processes with the alert rules (Debian's prometheus package)
 prometheus:

@@ -18,6 +18,13 @@ Restarting the servers disturbs everyone on this machine: the run first waits wh
 sessions' benchmarks or tests run, then takes the exclusive broker lock (which every test session
 and benchmark holds shared), and leaves PostgreSQL and RabbitMQ running. Writes
 ``bench/results/chaos.json``; exits 1 on any violated invariant.
+
+``--cluster`` (``make chaos CLUSTER=1``): the services use a three-node RabbitMQ cluster of the run's
+own (``emeterai_testkit.cluster``, in ``var/cluster-chaos``; ``EMETERAI_AMQP_URLS`` = its nodes) and
+the faults are the cluster's: the node most clients use SIGKILLed and started again, then cut off by
+a network partition (network namespaces; a paused VM where there are none), then a rolling restart
+of the three nodes; quorum queues healthy again after each. The machine's broker is not touched (no
+exclusive lock needed). Writes ``bench/results/chaos-cluster.json``.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from emeterai_testkit import chaos
 from emeterai_testkit.fixtures import claimed_vhost, shared_broker_lock
@@ -57,8 +65,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--namespace", default="chaos_bench")
     parser.add_argument("--wait-s", type=float, default=900,
                         help="longest wait for other sessions' benchmarks and tests, then for the lock")
-    parser.add_argument("--output", type=Path, default=RESULTS)
-    return parser.parse_args(argv)
+    parser.add_argument("--output", type=Path, default=None, help="default bench/results/chaos[-cluster].json")
+    parser.add_argument("--cluster", action="store_true", default=os.environ.get("CLUSTER", "") not in ("", "0"),
+                        help="on a three-node RabbitMQ cluster of its own, with the cluster's faults (env CLUSTER=1)")
+    parser.add_argument("--partition-s", type=float, default=25.0)
+    args = parser.parse_args(argv)
+    if args.output is None:
+        args.output = RESULTS.with_name("chaos-cluster.json") if args.cluster else RESULTS
+    return args
 
 
 def others_running() -> list[str]:
@@ -80,9 +94,15 @@ def wait_for_others(wait_s: float) -> None:
 
 
 def config(args: argparse.Namespace) -> chaos.ChaosConfig:
-    cfg = chaos.ChaosConfig(namespace=args.namespace, applicants=args.buyers,
-                            arrival_s=args.arrival_s or max(40.0, 0.3 * args.buyers),
+    cfg = chaos.ChaosConfig(namespace=args.namespace + ("_cluster" if args.cluster else ""), applicants=args.buyers,
+                            arrival_s=args.arrival_s or (max(150.0, 0.5 * args.buyers) if args.cluster
+                                                         else max(40.0, 0.3 * args.buyers)),
                             broker_down_s=args.broker_down_s, postgres_down_s=args.postgres_down_s)
+    if args.cluster:
+        cfg.schedule = chaos.CLUSTER_SCHEDULE
+        cfg.partition_s = args.partition_s
+        cfg.amqp_heartbeat_s = 5
+        cfg.recovery_timeout_s = 240.0
     schedule = [(at, kind) for at, kind in cfg.schedule if not args.only or kind in args.only]
     if args.no_stamping_kill:
         schedule = [(at, kind) for at, kind in schedule if kind != chaos.STAMPING_KILL_AFTER_SIGN]
@@ -90,10 +110,22 @@ def config(args: argparse.Namespace) -> chaos.ChaosConfig:
     return cfg
 
 
+def run_on_cluster(cfg: chaos.ChaosConfig) -> dict[str, Any]:
+    from emeterai_testkit.cluster import running_cluster
+
+    with shared_broker_lock(), running_cluster(REPO / "var" / "cluster-chaos", prefix="emqc") as cluster:
+        cluster.ensure_vhost(cfg.vhost)
+        return asyncio.run(chaos.run(cfg, WORKDIR, log=lambda m: print(m, flush=True), cluster=cluster))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = config(args)
     chaos.require_tools()
+    if args.cluster:
+        shutil.rmtree(WORKDIR, ignore_errors=True)
+        report = run_on_cluster(cfg)
+        return finish(report, args)
     restarts = {chaos.RABBITMQ_RESTART, chaos.POSTGRESQL_RESTART} & {kind for _, kind in cfg.schedule}
     if restarts:
         wait_for_others(args.wait_s)
@@ -102,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     lock = chaos.exclusive_servers(wait_s=args.wait_s) if restarts else shared_broker_lock()
     with lock, claimed_vhost(cfg.vhost) as amqp_url:
         report = asyncio.run(chaos.run(cfg, WORKDIR, amqp_url=amqp_url, log=lambda m: print(m, flush=True)))
+    return finish(report, args)
+
+
+def finish(report: dict[str, Any], args: argparse.Namespace) -> int:
     report["machine"] = {"nproc": os.cpu_count()}
     print(chaos.format_report(report))
     args.output.parent.mkdir(parents=True, exist_ok=True)

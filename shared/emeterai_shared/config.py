@@ -41,6 +41,10 @@ class ServiceSettings(BaseSettings):
     db_command_timeout_s: float = 30.0
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    amqp_urls: str = ""
+    """Several brokers (the nodes of a RabbitMQ cluster), comma-separated AMQP URLs: a process connects to
+    the first that answers and, when that connection is lost, to the next (``EMETERAI_AMQP_URLS``).
+    Empty: ``amqp_url`` alone."""
     amqp_heartbeat_s: int = 30
     amqp_connect_timeout_s: float = 10.0
     publish_timeout_s: float = 10.0
@@ -118,6 +122,13 @@ class ServiceSettings(BaseSettings):
         return self
 
     @property
+    def amqp_addresses(self) -> list[str]:
+        """The broker URLs to use: ``amqp_urls`` when set, else ``amqp_url``."""
+        from emeterai_shared.messaging.connection import broker_addresses
+
+        return broker_addresses(self.amqp_urls or self.amqp_url)
+
+    @property
     def max_attempts(self) -> int:
         """First delivery plus one attempt per delay tier."""
         return len(self.retry_delays_ms) + 1
@@ -140,12 +151,18 @@ class ServiceSettings(BaseSettings):
         )
 
     def public_dict(self) -> dict[str, Any]:
-        """Settings safe to log: URLs lose their passwords."""
+        """Settings safe to log: URLs (and comma-separated lists of URLs) lose their passwords."""
+
+        def redact(value: str) -> str:
+            if "://" not in value or "@" not in value:
+                return value
+            scheme, rest = value.split("://", 1)
+            creds, host = rest.rsplit("@", 1)
+            user = creds.split(":", 1)[0]
+            return f"{scheme}://{user}:***@{host}" if ":" in creds else value
+
         data = self.model_dump()
         for key, value in data.items():
             if isinstance(value, str) and "://" in value and "@" in value:
-                scheme, rest = value.split("://", 1)
-                creds, host = rest.rsplit("@", 1)
-                user = creds.split(":", 1)[0]
-                data[key] = f"{scheme}://{user}:***@{host}" if ":" in creds else value
+                data[key] = ",".join(redact(part) for part in value.split(","))
         return data

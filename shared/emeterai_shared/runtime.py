@@ -207,7 +207,7 @@ async def _open(defn: ServiceDefinition[Any], settings: ServiceSettings, kind: s
                              max_size=max_size, command_timeout=settings.db_command_timeout_s)
     amqp = None
     if broker:
-        amqp = await connect(settings.amqp_url, name=f"{defn.name}-{kind}",
+        amqp = await connect(settings.amqp_addresses, name=f"{defn.name}-{kind}",
                              heartbeat=settings.amqp_heartbeat_s,
                              timeout=settings.amqp_connect_timeout_s)
     resources = Resources(settings=settings, pool=pool, amqp=amqp)

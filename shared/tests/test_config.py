@@ -112,3 +112,15 @@ def test_public_dict_hides_passwords_containing_at_signs_and_keeps_passwordless_
     assert public["amqp_url"] == "amqp://guest:***@broker/"
     assert "p@ss" not in repr(public)
     assert public["database_url"] == "postgresql://root@127.0.0.1:5432/emeterai_order"
+
+
+def test_several_brokers_from_the_environment_and_the_single_url_still_the_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert OrderSettings().amqp_addresses == ["amqp://guest:guest@127.0.0.1:5672/"]
+    monkeypatch.setenv("EMETERAI_AMQP_URLS", "amqp://u:a-s3cret@n1:5672/v, amqp://u:b-s3cret@n2:5672/v,")
+    s = OrderSettings()
+    assert s.amqp_addresses == ["amqp://u:a-s3cret@n1:5672/v", "amqp://u:b-s3cret@n2:5672/v"]
+    public = s.public_dict()
+    assert "s3cret" not in repr(public)
+    assert public["amqp_urls"] == "amqp://u:***@n1:5672/v, amqp://u:***@n2:5672/v,"

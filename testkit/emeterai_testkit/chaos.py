@@ -71,18 +71,32 @@ from emeterai_testkit.platform import SERVICES, Log, Platform, Proc, launched, n
 if TYPE_CHECKING:
     from payment_service.adapters.banksim import FlagAdvise
 
+    from emeterai_testkit.cluster import Cluster
+
+Depths = Callable[[str], Any]
+"""``vhost -> {queue: messages}`` (awaitable): the machine's broker's (``queue_depths``) or a cluster's."""
+
 __all__ = ["Check", "counts", "evaluate", "queue_depths"]
 
 WORKER_KILLS = "worker_kills"
 RABBITMQ_RESTART = "rabbitmq_restart"
 POSTGRESQL_RESTART = "postgresql_restart"
 STAMPING_KILL_AFTER_SIGN = "stamping_kill_after_sign"
+CLUSTER_NODE_KILL = "cluster_node_kill"
+CLUSTER_PARTITION = "cluster_partition"
+CLUSTER_ROLLING_RESTART = "cluster_rolling_restart"
+CLUSTER_SCHEDULE = ((0.15, CLUSTER_NODE_KILL), (0.45, CLUSTER_PARTITION), (0.75, CLUSTER_ROLLING_RESTART))
+"""``make chaos CLUSTER=1``: the faults of a three-node cluster (``emeterai_testkit.cluster``)."""
 INJECTIONS = {
     WORKER_KILLS: "SIGKILL one worker of every service, restart it",
     RABBITMQ_RESTART: "RabbitMQ stop_app, down a few seconds, start_app",
     POSTGRESQL_RESTART: "PostgreSQL stopped (fast), down a few seconds, started",
     STAMPING_KILL_AFTER_SIGN: "stamping worker SIGKILLs itself after signing, before its commit",
+    CLUSTER_NODE_KILL: "SIGKILL of the cluster node most clients use, down a few seconds, started again",
+    CLUSTER_PARTITION: "the cluster node most clients use partitioned away, then healed",
+    CLUSTER_ROLLING_RESTART: "rolling restart of the three cluster nodes (rabbitmqctl stop, start, one by one)",
 }
+CLUSTER_INJECTIONS = (CLUSTER_NODE_KILL, CLUSTER_PARTITION, CLUSTER_ROLLING_RESTART)
 TRANSITIONAL_ORDER_STATES = ("PAID", "REFUND_PENDING")
 SNAP_PAID = "2002500"
 SNAP_DUPLICATE_EXTERNAL_ID = "4042518"
@@ -121,6 +135,14 @@ class ChaosConfig:
     stamps_per_applicant: int = 2
     documents_per_applicant: int = 2
     poll_interval_s: float = 1.0
+    cluster_down_s: float = 5.0
+    """How long a SIGKILLed cluster node stays down."""
+    partition_s: float = 25.0
+    """How long a partitioned node stays cut off (longer than the nodes' net_ticktime of 10 s, so
+    its peers see it gone)."""
+    amqp_heartbeat_s: int = 0
+    """The services' AMQP heartbeat (0: their default); a cluster run uses a short one, so that a client
+    of a partitioned node notices within seconds and moves to the next address."""
 
     @property
     def vhost(self) -> str:
@@ -241,10 +263,16 @@ def exclusive_servers(wait_s: float = 900, log: Log = print) -> Iterator[None]:
 async def chaos_platform(cfg: ChaosConfig, workdir: Path, *, amqp_url: str | None = None,
                          log: Log = print) -> AsyncIterator[Platform]:
     """The four services on fresh databases of ``cfg.namespace`` and its vhost (which the caller
-    made fresh), with a generated bank and stock for every applicant; stopped on exit."""
+    made fresh), with a generated bank and stock for every applicant; stopped on exit. ``amqp_url``:
+    one broker, or several comma-separated (a cluster's nodes: ``amqp_urls``, first one ``amqp_url``)."""
     bank = new_bank(workdir)
-    services = platform_settings(SERVICES, workdir, common={
-        "amqp_url": amqp_url or f"{AMQP_BASE}/{cfg.vhost}", "retry_delays_ms": list(cfg.retry_delays_ms)},
+    url = amqp_url or f"{AMQP_BASE}/{cfg.vhost}"
+    common: dict[str, Any] = {"amqp_url": url.split(",")[0], "retry_delays_ms": list(cfg.retry_delays_ms)}
+    if "," in url:
+        common["amqp_urls"] = url
+    if cfg.amqp_heartbeat_s:
+        common["amqp_heartbeat_s"] = cfg.amqp_heartbeat_s
+    services = platform_settings(SERVICES, workdir, common=common,
         overrides={svc: {"database_name": cfg.database(svc)} for svc in SERVICES})
     stock = cfg.applicants * cfg.stamps_per_applicant + 50
     async with launched(services, workdir, bank=bank, start_timeout_s=START_TIMEOUT_S, stock=stock,
@@ -416,6 +444,92 @@ async def inject_stamping_kill_after_sign(platform: Platform, tl: Timeline, sup:
         await platform.restart(*key)
     tl.note("stamping worker restarted without the failpoint and ready")
     return {"triggered": triggered, "exit_code": code, "ok": (code == -9) if triggered else True}
+
+
+async def _quorum_back(cluster: Cluster, vhost: str, tl: Timeline, timeout_s: float) -> tuple[bool, str]:
+    ok, reported = await asyncio.to_thread(cluster.wait_healthy, vhost, timeout_s)
+    tl.note("cluster healthy again" if ok else "cluster NOT healthy", broker=reported)
+    return ok, reported
+
+
+def _busiest(cluster: Cluster, connections: Mapping[str, int]) -> str:
+    return max(connections, key=lambda n: connections[n]) if connections else cluster.nodes[0].nodename
+
+
+async def inject_cluster_node_kill(platform: Platform, tl: Timeline, cluster: Cluster, cfg: ChaosConfig
+                                   ) -> dict[str, Any]:
+    connections = await asyncio.to_thread(cluster.connections)
+    target = _busiest(cluster, connections)
+    pid = await asyncio.to_thread(cluster.kill_node, target)
+    tl.note(f"SIGKILL {target}", beam_pid=pid, client_connections=connections)
+    await asyncio.sleep(cfg.cluster_down_s)
+    running = await asyncio.to_thread(cluster.running_nodes)
+    quorum = (await asyncio.to_thread(cluster.quorum_healthy, cfg.vhost))[1]
+    tl.note(f"broker while {target} is down", running=running, quorum=quorum)
+    await asyncio.to_thread(cluster.restart_node, target)
+    tl.note(f"{target} started again")
+    healthy, reported = await _quorum_back(cluster, cfg.vhost, tl, cfg.recovery_timeout_s)
+    recovered = await all_ready(platform, cfg.recovery_timeout_s)
+    after = await asyncio.to_thread(cluster.connections)
+    tl.note("every process ready again", after_s=round(recovered, 1), client_connections=after)
+    return {"target": target, "pid": pid, "connections_before": connections, "connections_after": after,
+            "while_down": {"running": running, "quorum": quorum}, "after": reported, "down_s": cfg.cluster_down_s,
+            "ok": pid is not None and healthy}
+
+
+async def inject_cluster_partition(platform: Platform, tl: Timeline, cluster: Cluster, cfg: ChaosConfig
+                                   ) -> dict[str, Any]:
+    connections = await asyncio.to_thread(cluster.connections)
+    target = _busiest(cluster, connections)
+    others = [n for n in cluster.nodes if n.nodename != target]
+    await asyncio.to_thread(cluster.partition, target)
+    tl.note(f"{target} cut off: {cluster.partition_kind}", client_connections=connections)
+    await asyncio.sleep(cfg.partition_s)
+    running = await asyncio.to_thread(cluster.running_nodes, others[0])
+    quorum = (await asyncio.to_thread(cluster.quorum_healthy, cfg.vhost, others[0], 20))[1]
+    try:
+        partitions = (await asyncio.to_thread(cluster.ctl, others[0], "eval", "rabbit_node_monitor:partitions().",
+                                              check=False, timeout=20)).stdout.strip()
+    except subprocess.TimeoutExpired:
+        partitions = "no answer within 20s"
+    tl.note(f"the majority's view after {cfg.partition_s:.0f}s", running=running, partitions=partitions,
+            quorum=quorum)
+    await asyncio.to_thread(cluster.heal, target)
+    tl.note(f"{target} reconnected")
+    remedy = ""
+    try:
+        await asyncio.to_thread(cluster.wait_running, cluster.size, 90)
+    except RuntimeError:  # it did not rejoin by itself: the operator's remedy, reported as such
+        remedy = f"{target} did not rejoin within 90 s by itself: rabbitmqctl stop_app, start_app"
+        tl.note(remedy)
+        await asyncio.to_thread(cluster.ctl, target, "stop_app", check=False, timeout=120)
+        await asyncio.to_thread(cluster.ctl, target, "start_app", check=False, timeout=180)
+    healthy, reported = await _quorum_back(cluster, cfg.vhost, tl, cfg.recovery_timeout_s)
+    recovered = await all_ready(platform, cfg.recovery_timeout_s)
+    after = await asyncio.to_thread(cluster.connections)
+    tl.note("every process ready again", after_s=round(recovered, 1), client_connections=after)
+    return {"target": target, "how": cluster.partition_kind, "connections_before": connections,
+            "connections_after": after, "during": {"running": running, "partitions": partitions, "quorum": quorum},
+            "after": reported, "partition_s": cfg.partition_s, "remedy": remedy,
+            "ok": healthy and target not in running}
+
+
+async def inject_cluster_rolling_restart(platform: Platform, tl: Timeline, cluster: Cluster, cfg: ChaosConfig
+                                         ) -> dict[str, Any]:
+    steps = []
+    for node in cluster.nodes:
+        connections = await asyncio.to_thread(cluster.connections)
+        tl.note(f"rabbitmqctl -n {node.nodename} stop", client_connections=connections)
+        await asyncio.to_thread(cluster.stop_node, node)
+        await asyncio.to_thread(cluster.restart_node, node)
+        tl.note(f"{node.nodename} started again")
+        healthy, reported = await _quorum_back(cluster, cfg.vhost, tl, cfg.recovery_timeout_s)
+        steps.append({"node": node.nodename, "healthy": healthy, "after": reported})
+    recovered = await all_ready(platform, cfg.recovery_timeout_s)
+    after = await asyncio.to_thread(cluster.connections)
+    tl.note("every process ready again", after_s=round(recovered, 1), client_connections=after)
+    return {"steps": steps, "connections_after": after, "after": steps[-1]["after"] if steps else "",
+            "ok": all(s["healthy"] for s in steps)}
 
 
 # --- the load: applicants through the public interfaces ------------------------------------------------------
@@ -686,20 +800,25 @@ def front_doors(answers: Mapping[str, int], unhinted: Mapping[str, int]) -> Chec
 # --- quiescence --------------------------------------------------------------------------------------------
 
 
-async def in_flight(platform: Platform, vhost: str) -> dict[str, Any]:
+def _amqp(platform: Platform) -> str:
+    """The platform's broker address(es), comma-separated (``connect`` takes them so)."""
+    return ",".join(platform.settings["order"].amqp_addresses)
+
+
+async def in_flight(platform: Platform, vhost: str, depths: Depths | None = None) -> dict[str, Any]:
     """What is still moving: outbox backlogs, non-empty queues, unfinished jobs and orders."""
     async with invariants.pools_of({svc: s.database_url for svc, s in platform.settings.items()}) as pools:
         stats = await invariants.outbox_stats(pools)
         outbox = {svc: f"{r['backlog']} rows, oldest {r['oldest_s']}s" for svc, r in stats.items() if r["backlog"]}
-        depths = await queue_depths(vhost)
-        queues = {q: n for q, n in depths.items() if n and not q.endswith(".parking")}
+        found = await (depths or queue_depths)(vhost)
+        queues = {q: n for q, n in found.items() if n and not q.endswith(".parking")}
         jobs = await pools["stamping"].fetchval(
             "SELECT count(*) FROM stampings WHERE status IN ('QUEUED', 'STAMPING')")
         moving = [r["id"] for r in await pools["order"].fetch(
             "SELECT id::text AS id FROM orders WHERE status = ANY($1)", list(TRANSITIONAL_ORDER_STATES))]
         if moving:  # an order whose only pending step is a parked message is not moving: it is stranded
             # every parking queue: list_queues' counts lag behind
-            parked, live = await invariants.parked_work(pools, platform.settings["order"].amqp_url,
+            parked, live = await invariants.parked_work(pools, _amqp(platform),
                                                         invariants.consumer_queues())
             stuck = stranded(moving, parked, live)
             moving = [o for o in moving if o not in stuck]
@@ -709,7 +828,8 @@ async def in_flight(platform: Platform, vhost: str) -> dict[str, Any]:
 
 
 async def wait_quiescent(platform: Platform, vhost: str, tl: Timeline, timeout_s: float,
-                         stable_polls: int = 3, interval_s: float = 2.0) -> dict[str, Any]:
+                         stable_polls: int = 3, interval_s: float = 2.0, depths: Depths | None = None
+                         ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     started = time.monotonic()
     stable = 0
@@ -717,7 +837,7 @@ async def wait_quiescent(platform: Platform, vhost: str, tl: Timeline, timeout_s
     said = 0.0
     while time.monotonic() < deadline:
         try:
-            busy = await in_flight(platform, vhost)
+            busy = await in_flight(platform, vhost, depths)
         except Exception as exc:
             busy = {"error": repr(exc)}
         stable = stable + 1 if not busy else 0
@@ -735,24 +855,41 @@ async def wait_quiescent(platform: Platform, vhost: str, tl: Timeline, timeout_s
 # --- the checks: emeterai_testkit.invariants ---------------------------------------------------------------
 
 
-async def collect(platform: Platform, vhost: str) -> dict[str, Any]:
+async def collect(platform: Platform, vhost: str, depths: Depths | None = None) -> dict[str, Any]:
     """Everything the invariants read (``invariants.snapshot``), from the platform's four
-    databases and its broker."""
+    databases and its broker (``depths``: a cluster's queue depths instead of the machine broker's)."""
     async with invariants.pools_of({svc: s.database_url for svc, s in platform.settings.items()}) as pools:
-        return await invariants.snapshot(pools, amqp_url=platform.settings["order"].amqp_url,
-                                         queues=invariants.consumer_queues(), vhost=vhost)
+        if depths is None:
+            return await invariants.snapshot(pools, amqp_url=_amqp(platform),
+                                             queues=invariants.consumer_queues(), vhost=vhost)
+        data = await invariants.snapshot(pools, amqp_url=_amqp(platform), queues=invariants.consumer_queues())
+        data["queues"] = await depths(vhost)
+        return data
 
 
 # --- the run -----------------------------------------------------------------------------------------------
 
 
-async def run(cfg: ChaosConfig, workdir: Path, *, amqp_url: str | None = None, log: Log = print) -> dict[str, Any]:
+async def run(cfg: ChaosConfig, workdir: Path, *, amqp_url: str | None = None, log: Log = print,
+              cluster: Cluster | None = None) -> dict[str, Any]:
     """Start the platform, run the load with the faults, wait for quiescence, check. The caller
-    holds the exclusive server lock and made the vhost fresh."""
+    holds the exclusive server lock and made the vhost fresh. ``cluster``: the services use its three
+    nodes (``amqp_url``: their URLs, comma-separated) and the cluster faults are its own."""
     require_tools()
+    depths: Depths | None = None
+    if cluster is not None:
+        the_cluster = cluster
+
+        async def depths(vhost: str) -> dict[str, int]:
+            return await asyncio.to_thread(the_cluster.queue_depths, vhost)
+
+        amqp_url = amqp_url or ",".join(cluster.urls(cfg.vhost))
     load_start = os.getloadavg()[0]
     report: dict[str, Any] = {"started_at": datetime.now(UTC).isoformat(timespec="seconds"),
                               "namespace": cfg.namespace, "config": {**asdict(cfg), "vhost": cfg.vhost}}
+    if cluster is not None:
+        report["cluster"] = {"nodes": [n.nodename for n in cluster.nodes], "urls": cluster.urls(cfg.vhost),
+                             "partition": cluster.partition_kind}
     injections: list[dict[str, Any]] = []
     try:
         async with chaos_platform(cfg, workdir, amqp_url=amqp_url, log=log) as platform:
@@ -766,11 +903,11 @@ async def run(cfg: ChaosConfig, workdir: Path, *, amqp_url: str | None = None, l
             try:
                 for fraction, kind in cfg.schedule:
                     await asyncio.sleep(max(0.0, fraction * cfg.arrival_s - tl.now()))
-                    injections.append(await _inject(kind, platform, tl, sup, cfg))
+                    injections.append(await _inject(kind, platform, tl, sup, cfg, cluster))
                 await loading
                 tl.note("load finished", **{k: v for k, v in Counter(a.stage for a in load.applicants).items()})
-                quiescence = await wait_quiescent(platform, cfg.vhost, tl, cfg.quiesce_timeout_s)
-                data = await collect(platform, cfg.vhost)
+                quiescence = await wait_quiescent(platform, cfg.vhost, tl, cfg.quiesce_timeout_s, depths=depths)
+                data = await collect(platform, cfg.vhost, depths)
                 acknowledged = {a.payment_request_id for a in load.applicants
                                 if a.bank_acknowledged and a.payment_request_id}
                 checks = evaluate(data, acknowledged, quiescence)
@@ -803,10 +940,19 @@ async def run(cfg: ChaosConfig, workdir: Path, *, amqp_url: str | None = None, l
     return report
 
 
-async def _inject(kind: str, platform: Platform, tl: Timeline, sup: Supervisor, cfg: ChaosConfig) -> dict[str, Any]:
+async def _inject(kind: str, platform: Platform, tl: Timeline, sup: Supervisor, cfg: ChaosConfig,
+                  cluster: Cluster | None = None) -> dict[str, Any]:
     started = tl.now()
     try:
-        if kind == WORKER_KILLS:
+        if kind in CLUSTER_INJECTIONS and cluster is None:
+            raise ValueError(f"{kind} needs a cluster")
+        if kind == CLUSTER_NODE_KILL and cluster is not None:
+            outcome = await inject_cluster_node_kill(platform, tl, cluster, cfg)
+        elif kind == CLUSTER_PARTITION and cluster is not None:
+            outcome = await inject_cluster_partition(platform, tl, cluster, cfg)
+        elif kind == CLUSTER_ROLLING_RESTART and cluster is not None:
+            outcome = await inject_cluster_rolling_restart(platform, tl, cluster, cfg)
+        elif kind == WORKER_KILLS:
             outcome = await inject_worker_kills(platform, tl, sup)
         elif kind == RABBITMQ_RESTART:
             outcome = await inject_rabbitmq_restart(platform, tl, cfg.broker_down_s, cfg.recovery_timeout_s)
@@ -832,6 +978,18 @@ def format_report(report: dict[str, Any]) -> str:
             extra = " (triggered)" if i.get("triggered") else " (not triggered: no job signed)"
         elif i["kind"] in (RABBITMQ_RESTART, POSTGRESQL_RESTART):
             extra = f" ({i.get('down_s')}s down)"
+        elif i["kind"] == CLUSTER_NODE_KILL:
+            extra = (f" ({i.get('target')}, {i.get('down_s')}s down; while down: {i.get('while_down')}; "
+                     f"client connections before {i.get('connections_before')}, after {i.get('connections_after')})")
+        elif i["kind"] == CLUSTER_PARTITION:
+            extra = (f" ({i.get('target')}, {i.get('how')}, {i.get('partition_s')}s; the majority saw: "
+                     f"{i.get('during')}; client connections after {i.get('connections_after')})"
+                     + (f"; {i['remedy']}" if i.get("remedy") else ""))
+        elif i["kind"] == CLUSTER_ROLLING_RESTART:
+            steps = [s["node"] + (" ok" if s["healthy"] else " NOT healthy") for s in i.get("steps", [])]
+            extra = f" ({'; '.join(steps)})"
+        if i.get("after"):
+            extra += f"\n  {'':>7}  {'':>7}  {'':<4} broker after: {i['after']}"
         lines.append(f"  {i['at_s']:>6}s  {i['recovered_at_s']:>6}s  {'ok' if i.get('ok') else 'FAIL':<4} "
                      f"{i['what']}{extra}" + (f" error: {i['error']}" if i.get("error") else ""))
     load = report.get("load", {})
@@ -852,6 +1010,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  parked: {m['queue']} {m['type']} {m['correlation_id']}: {m['reason']}")
     lines.append("")
     verdict = "OK" if report.get("ok") else "VIOLATIONS"
+    if report.get("cluster"):
+        lines.append(f"cluster: {', '.join(report['cluster']['nodes'])}; partition by {report['cluster']['partition']}")
     lines.append(f"{verdict}: {report.get('violations', '?')} invariant(s) violated; "
                  f"servers after the run: {report.get('servers_after')}")
     return "\n".join(lines)

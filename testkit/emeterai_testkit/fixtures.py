@@ -438,3 +438,17 @@ async def serve_api(defn: ServiceDefinition[Any], settings: ServiceSettings, poo
         await server.close()
         for closer in reversed(resources.closers):
             await closer()
+
+
+@pytest.fixture(scope="session")
+def rabbit_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A three-node RabbitMQ cluster of this session's own (``emeterai_testkit.cluster``: own node names,
+    ports, data and cookie; the machine's broker is not touched), started on first request and stopped
+    when the session ends. Only the tests that ask for it pay for it (about 30 s to boot and join)."""
+    from emeterai_testkit.cluster import running_cluster
+
+    if shutil.which("erl") is None:
+        pytest.fail("Debian's rabbitmq-server (and Erlang) is not installed: the cluster tests need it")
+    prefix = "c" + "".join(ch for ch in NAMESPACE.lower() if ch.isalnum())[:8]
+    with running_cluster(tmp_path_factory.mktemp("rabbit-cluster"), prefix=prefix, log=lambda _: None) as cluster:
+        yield cluster
