@@ -15,31 +15,15 @@ import pytest
 from emeterai_testkit.clients import Buyer
 from emeterai_testkit.fixtures import eventually, fetchval, free_port
 from emeterai_testkit.platform import Platform
-from payment_service.adapters.acquirersim import AcquirerSimulator, new_acquirer_entry
+from emeterai_testkit.qris import Qris, captures, partner_reference_of, qris_platform
 from payment_service.adapters.snap.qris import crc_valid, parse_tlv
-
-
-@dataclass
-class Qris:
-    platform: Platform
-    sim: AcquirerSimulator
 
 
 @pytest.fixture(scope="module")
 async def qris(purchase_platform: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Qris]:
-    port = free_port()
-    entry, sim_key = new_acquirer_entry(f"http://127.0.0.1:{port}/snap")
-    sim = AcquirerSimulator(entry, sim_key)
-    runner = await sim.start(port)
-    partners = tmp_path_factory.mktemp("qris") / "partners.json"
-    partners.write_text(json.dumps({"banks": [], "acquirers": [entry]}))
-    try:
-        async with purchase_platform(stock=50, partners_file=str(partners), qris_interval_s=0.2,
-                                     acquirer_timeout_s=2.0) as p:
-            sim.merchant_url = p.url("payment")
-            yield Qris(p, sim)
-    finally:
-        await runner.cleanup()
+    async with qris_platform(purchase_platform, tmp_path_factory.mktemp("qris"), stock=50, qris_interval_s=0.2,
+                             acquirer_timeout_s=2.0) as q:
+        yield q
 
 
 async def qris_order(session: aiohttp.ClientSession, q: Qris, quantity: int = 1) -> tuple[Buyer, str, dict[str, Any]]:
@@ -49,23 +33,11 @@ async def qris_order(session: aiohttp.ClientSession, q: Qris, quantity: int = 1)
     return buyer, order_id, await buyer.bill(order_id)
 
 
-async def partner_reference_of(q: Qris, order_id: str) -> str:
-    value: str = await fetchval(q.platform.settings["payment"],
-                                "SELECT partner_reference_no FROM bills WHERE order_id = $1::uuid", order_id)
-    return value
-
-
-async def captures(q: Qris, order_id: str) -> int:
-    count: int = await fetchval(q.platform.settings["payment"], "SELECT count(*) FROM outbox WHERE message_type ="
-                                " 'payment.captured.v1' AND correlation_id = $1", order_id)
-    return count
-
-
 async def test_qris_order_shows_the_qr_and_a_notify_fulfils_it_once(qris: Qris) -> None:
     async with aiohttp.ClientSession() as session:
         buyer, order_id, payment = await qris_order(session, qris, 2)
         assert payment["method"] == "qris" and set(payment) == {"method", "qr_content", "amount", "expires_at"}
-        prn = await partner_reference_of(qris, order_id)
+        prn = await partner_reference_of(qris.platform, order_id)
         assert payment["qr_content"] == qris.sim.qrs[prn].qr_content
         assert crc_valid(payment["qr_content"])
         fields = parse_tlv(payment["qr_content"])
@@ -80,7 +52,7 @@ async def test_qris_order_shows_the_qr_and_a_notify_fulfils_it_once(qris: Qris) 
         assert (status, body["responseCode"]) == (404, "4045201"), body
         status, body = await qris.sim.notify(prn, status="00", drop_field="amount")
         assert (status, body["responseCode"]) == (400, "4005202"), body
-        assert await captures(qris, order_id) == 0
+        assert await captures(qris.platform, order_id) == 0
         assert (await buyer.get(order_id))["status"] == "AWAITING_PAYMENT"
 
         # the payer pays: notified 00 -> captured once -> FULFILLED; the same notify again changes nothing
@@ -91,7 +63,7 @@ async def test_qris_order_shows_the_qr_and_a_notify_fulfils_it_once(qris: Qris) 
         status, body = await qris.sim.notify(prn)
         assert (status, body["responseCode"]) == (200, "2005200"), body
     payment_db = qris.platform.settings["payment"]
-    assert await captures(qris, order_id) == 1
+    assert await captures(qris.platform, order_id) == 1
     assert await fetchval(payment_db, "SELECT count(*) FROM payments p JOIN bills b USING (bill_id)"
                           " WHERE b.order_id = $1::uuid AND p.reference_no = $2",
                           order_id, qris.sim.qrs[prn].rrn) == 1
@@ -111,7 +83,7 @@ async def test_generate_failing_twice_then_succeeding_makes_one_qr(qris: Qris) -
     qris.sim.fail_generate(2)
     async with aiohttp.ClientSession() as session:
         _, order_id, payment = await qris_order(session, qris)
-    prn = await partner_reference_of(qris, order_id)
+    prn = await partner_reference_of(qris.platform, order_id)
     calls = [c for c in qris.sim.generate_calls if c == prn]
     assert len(calls) == 3  # two 500s, then the QR, all with the one partnerReferenceNo
     assert [q for q in qris.sim.qrs.values() if q.partner_reference_no == prn] == [qris.sim.qrs[prn]]
@@ -124,7 +96,7 @@ async def test_a_generate_whose_answer_was_lost_is_queried_not_made_again(qris: 
     """The acquirer made the QR but we never saw the answer: 4094701, then a query gives it."""
     async with aiohttp.ClientSession() as session:
         _, order_id, payment = await qris_order(session, qris)
-    prn = await partner_reference_of(qris, order_id)
+    prn = await partner_reference_of(qris.platform, order_id)
     # forget our copy, as if the answer had been lost: the worker generates again, gets 4094701, queries
     payment_db = qris.platform.settings["payment"]
     await fetchval(payment_db, "UPDATE bills SET qr_content = NULL, qr_reference_no = NULL WHERE order_id = $1::uuid"
@@ -143,17 +115,17 @@ async def test_a_generate_whose_answer_was_lost_is_queried_not_made_again(qris: 
 async def test_a_payment_whose_notify_never_arrives_is_captured_by_query(qris: Qris) -> None:
     async with aiohttp.ClientSession() as session:
         buyer, order_id, _ = await qris_order(session, qris)
-        prn = await partner_reference_of(qris, order_id)
+        prn = await partner_reference_of(qris.platform, order_id)
         assert await qris.sim.pay(prn, notify=False) == []
         # within 60 s by the platform's settings; the deadline here is generous for a loaded machine
         await buyer.status_becomes(order_id, "FULFILLED", timeout_s=120)
-    assert await captures(qris, order_id) == 1
+    assert await captures(qris.platform, order_id) == 1
     assert await fetchval(qris.platform.settings["payment"], "SELECT count(*) FROM qris_notifications n"
                           " JOIN bills b USING (bill_id) WHERE b.order_id = $1::uuid", order_id) == 0
     # the notify that comes late changes nothing
     status, body = await qris.sim.notify(prn)
     assert (status, body["responseCode"]) == (200, "2005200"), body
-    assert await captures(qris, order_id) == 1
+    assert await captures(qris.platform, order_id) == 1
 
 
 async def expire_now(q: Qris, order_id: str) -> None:
@@ -166,29 +138,29 @@ async def expire_now(q: Qris, order_id: str) -> None:
 async def test_an_unpaid_qr_is_cancelled_and_expires(qris: Qris) -> None:
     async with aiohttp.ClientSession() as session:
         buyer, order_id, _ = await qris_order(session, qris)
-        prn = await partner_reference_of(qris, order_id)
+        prn = await partner_reference_of(qris.platform, order_id)
         await expire_now(qris, order_id)
         await buyer.status_becomes(order_id, "EXPIRED", timeout_s=90)
     assert qris.sim.qrs[prn].status == "05"  # cancelled at the acquirer before the bill expired
-    assert await captures(qris, order_id) == 0
+    assert await captures(qris.platform, order_id) == 0
 
 
 async def test_a_qr_paid_before_expiry_is_found_by_the_last_query(qris: Qris) -> None:
     async with aiohttp.ClientSession() as session:
         buyer, order_id, _ = await qris_order(session, qris)
-        prn = await partner_reference_of(qris, order_id)
+        prn = await partner_reference_of(qris.platform, order_id)
         await fetchval(qris.platform.settings["payment"], "UPDATE bills SET qr_next_query_at = now() + interval"
                        " '1 hour' WHERE order_id = $1::uuid RETURNING 1", order_id)  # no routine query first
         qris.sim.mark_paid(prn)
         await expire_now(qris, order_id)
         await buyer.status_becomes(order_id, "FULFILLED", timeout_s=90)
-    assert await captures(qris, order_id) == 1
+    assert await captures(qris.platform, order_id) == 1
 
 
 async def test_a_payment_after_expiry_is_refunded_once_through_qr_mpm_refund(qris: Qris) -> None:
     async with aiohttp.ClientSession() as session:
         buyer, order_id, payment = await qris_order(session, qris)
-        prn = await partner_reference_of(qris, order_id)
+        prn = await partner_reference_of(qris.platform, order_id)
         await expire_now(qris, order_id)
         await buyer.status_becomes(order_id, "EXPIRED", timeout_s=90)
         qris.sim.time_out_refunds(1, slow_s=5.0)  # past our 2 s timeout: the first answer is lost
@@ -212,4 +184,4 @@ async def test_a_payment_after_expiry_is_refunded_once_through_qr_mpm_refund(qri
                           " AND r.amount = $4", order_id, refund_no, qr.refunds[refund_no]["refundNo"],
                           payment["amount"]) == 1
     assert await fetchval(payment_db, "SELECT count(*) FROM refunds WHERE order_id = $1::uuid", order_id) == 1
-    assert await captures(qris, order_id) == 1
+    assert await captures(qris.platform, order_id) == 1

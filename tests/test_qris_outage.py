@@ -21,6 +21,7 @@ from aiohttp import web
 from emeterai_testkit.clients import Buyer
 from emeterai_testkit.fixtures import eventually, fetchval, free_port
 from emeterai_testkit.platform import Platform
+from emeterai_testkit.qris import captures, partner_reference_of
 from payment_service.adapters.acquirersim import AcquirerSimulator, new_acquirer_entry
 
 DEADLINE_S = 180
@@ -66,18 +67,6 @@ async def outage(purchase_platform: Any) -> AsyncIterator[Outage]:
     finally:
         if o.runner is not None:
             await o.runner.cleanup()
-
-
-async def prn_of(o: Outage, order_id: str) -> str:
-    value: str = await fetchval(o.platform.settings["payment"],
-                                "SELECT partner_reference_no FROM bills WHERE order_id = $1::uuid", order_id)
-    return value
-
-
-async def captures(o: Outage, order_id: str) -> int:
-    count: int = await fetchval(o.platform.settings["payment"], "SELECT count(*) FROM outbox WHERE message_type ="
-                                " 'payment.captured.v1' AND correlation_id = $1", order_id)
-    return count
 
 
 async def set_bill(o: Outage, order_id: str, assignment: str) -> None:
@@ -126,7 +115,7 @@ async def test_an_acquirer_outage_sheds_qris_orders_and_loses_no_payment(outage:
         orders = {name: await qris_order(session, o) for name in "ABFG"}
         for buyer, order_id in orders.values():
             await buyer.bill(order_id, timeout_s=DEADLINE_S)
-        prn = {name: await prn_of(o, order_id) for name, (_, order_id) in orders.items()}
+        prn = {name: await partner_reference_of(o.platform, order_id) for name, (_, order_id) in orders.items()}
         buyer_g, order_g = orders["G"]
         await set_bill(o, order_g, "expires_at = now() - interval '1 second'")
         await buyer_g.status_becomes(order_g, "EXPIRED", timeout_s=DEADLINE_S)
@@ -189,9 +178,9 @@ async def test_an_acquirer_outage_sheds_qris_orders_and_loses_no_payment(outage:
 
         # D's QR is generated now, once; D, B and H are paid with their notifies
         await buyer_d.bill(order_d, timeout_s=DEADLINE_S)
-        prn["D"] = await prn_of(o, order_d)
+        prn["D"] = await partner_reference_of(o.platform, order_d)
         await buyer_h.bill(order_h, timeout_s=DEADLINE_S)
-        prn["H"] = await prn_of(o, order_h)
+        prn["H"] = await partner_reference_of(o.platform, order_h)
         for name in "BDH":
             assert [(s, b["responseCode"]) for s, b in await o.sim.pay(prn[name])] == [(200, "2005200")]
 
@@ -209,9 +198,9 @@ async def test_an_acquirer_outage_sheds_qris_orders_and_loses_no_payment(outage:
 
     # none lost, none twice: one capture per paid QR, one QR per bill, one refund at the acquirer
     for name, order_id in ids.items():
-        assert await captures(o, order_id) == 1, name
+        assert await captures(o.platform, order_id) == 1, name
         assert [q for q in o.sim.qrs.values() if q.partner_reference_no == prn[name]] == [o.sim.qrs[prn[name]]]
     assert len(o.sim.qrs[prn["G"]].refunds) == 1
     assert await fetchval(payment_db, "SELECT count(*) FROM refunds WHERE order_id = $1::uuid", order_g) == 1
-    assert await captures(o, order_va) == 1
+    assert await captures(o.platform, order_va) == 1
 

@@ -30,7 +30,7 @@ from emeterai_testkit.clients import Buyer
 from emeterai_testkit.documents import pdf_text
 from emeterai_testkit.fixtures import REPO_ROOT, eventually, fetchval, free_port, settings_env
 from emeterai_testkit.platform import Platform
-from payment_service.adapters.acquirersim import AcquirerSimulator, new_acquirer_entry
+from emeterai_testkit.qris import Qris, qris_platform
 from payment_service.adapters.snap.signatures import format_snap_timestamp
 
 STOCK = 20
@@ -38,29 +38,12 @@ PER_STAMP = 10_000 + 2_500
 JSON = {"Accept": "application/json"}
 
 
-@dataclass
-class Qris:
-    platform: Platform
-    sim: AcquirerSimulator
-    port: int
-
-
 @pytest.fixture(scope="module")
 async def qris(purchase_platform: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Qris]:
-    port = free_port()
-    entry, sim_key = new_acquirer_entry(f"http://127.0.0.1:{port}/snap")
-    sim = AcquirerSimulator(entry, sim_key)
-    runner = await sim.start(port)
-    partners = tmp_path_factory.mktemp("qris-refunds") / "partners.json"
-    partners.write_text(json.dumps({"banks": [], "acquirers": [entry]}))
-    try:
-        async with purchase_platform(stock=STOCK, stamping=True, minting_overrides={"stock_wait_s": 0},
-                                     partners_file=str(partners), qris_interval_s=0.2, acquirer_timeout_s=2.0,
-                                     payout_interval_s=0.2) as p:
-            sim.merchant_url = p.url("payment")
-            yield Qris(p, sim, port)
-    finally:
-        await runner.cleanup()
+    async with qris_platform(purchase_platform, tmp_path_factory.mktemp("qris-refunds"), stock=STOCK, stamping=True,
+                             minting_overrides={"stock_wait_s": 0}, qris_interval_s=0.2, acquirer_timeout_s=2.0,
+                             payout_interval_s=0.2) as q:
+        yield q
 
 
 async def qris_order(session: aiohttp.ClientSession, q: Qris, quantity: int) -> tuple[Buyer, str, str]:
