@@ -5,17 +5,15 @@ captures through the same ``payment.captured.v1`` as a VA payment."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import pytest
 from emeterai_testkit.clients import Buyer
-from emeterai_testkit.fixtures import eventually, fetchval, free_port
-from emeterai_testkit.platform import Platform
+from emeterai_testkit.fixtures import eventually, fetchval
 from emeterai_testkit.qris import Qris, captures, partner_reference_of, qris_platform
+from payment_service.adapters.acquirersim import AcquirerSimulator
 from payment_service.adapters.snap.qris import crc_valid, parse_tlv
 
 

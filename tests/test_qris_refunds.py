@@ -19,7 +19,6 @@ import json
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,7 @@ import aiohttp
 import pytest
 from emeterai_testkit.clients import Buyer
 from emeterai_testkit.documents import pdf_text
-from emeterai_testkit.fixtures import REPO_ROOT, eventually, fetchval, free_port, settings_env
-from emeterai_testkit.platform import Platform
+from emeterai_testkit.fixtures import REPO_ROOT, eventually, fetchval, settings_env
 from emeterai_testkit.qris import Qris, qris_platform
 from payment_service.adapters.snap.signatures import format_snap_timestamp
 
