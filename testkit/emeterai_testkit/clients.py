@@ -402,7 +402,10 @@ class Buyer:
     async def bill(self, order_id: str, timeout_s: float = 60) -> dict[str, Any]:
         """The payment instructions, once the payment service has issued the bill."""
         async def ready() -> dict[str, Any] | None:
-            payment: dict[str, Any] | None = (await self.get(order_id))["payment"]
+            order = await self.get(order_id)
+            payment: dict[str, Any] | None = order["payment"]
+            if payment is None and order["status"] != "AWAITING_PAYMENT":  # it will never get one
+                raise AssertionError(f"order {order_id} is {order['status']} without a bill: {order}")
             return payment
 
         found: dict[str, Any] = await eventually(ready, timeout_s=timeout_s, message=f"bill of {order_id}")

@@ -234,6 +234,19 @@ def broker_exclusive(broker_lock: int) -> Iterator[None]:
         fcntl.flock(broker_lock, fcntl.LOCK_SH)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed test that ran against platforms gets their state in its report: which processes
+    were not running and the last warnings and errors of each log."""
+    report = yield
+    if report.failed and call.when == "call":
+        from emeterai_testkit.platform import LIVE
+
+        for platform in LIVE:
+            report.sections.append(("platform diagnosis", platform.diagnosis()))
+    return report
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that restart RabbitMQ run last: if a restart goes wrong, only they are affected."""
     items.sort(key=lambda item: "broker_exclusive" in getattr(item, "fixturenames", ()))

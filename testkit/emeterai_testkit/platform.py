@@ -153,6 +153,12 @@ class Proc:
             self.popen.wait(10)
 
 
+_NOTABLE = (" WARNING ", " ERROR ", " CRITICAL ", "Traceback", "Error:", '"level": "WARNING"', '"level": "ERROR"')
+
+LIVE: list[Platform] = []
+"""The platforms started by `launched` and not stopped yet (a failed test's report reads their logs)."""
+
+
 @dataclass
 class Platform:
     """A set of services, each as api + worker + relay processes."""
@@ -180,6 +186,24 @@ class Platform:
 
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.settings[service].http_port}"
+
+    def diagnosis(self, lines: int = 25) -> str:
+        """For a failed test's report: which processes are not running, and each log's last warnings,
+        errors and tracebacks (what a flake on a slower machine leaves to read)."""
+        out = [f"platform {self.logs}"]
+        for p in self.procs.values():
+            state = "running" if p.alive else f"NOT running (exit {p.popen.poll() if p.popen else 'never started'})"
+            out.append(f"  {p.service}-{p.kind}: {state}")
+        for p in self.procs.values():
+            try:
+                text = p.log_path.read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            notable = [line for line in text if any(w in line for w in _NOTABLE)]
+            if notable:
+                out.append(f"--- {p.log_path.name}: last {min(lines, len(notable))} of {len(notable)} notable lines")
+                out += [line[:400] for line in notable[-lines:]]
+        return "\n".join(out)
 
     def urls(self) -> dict[str, str]:
         return {service: self.url(service) for service in self.settings}
@@ -260,9 +284,9 @@ async def wait_ready(p: Proc, timeout_s: float = 60) -> None:
 
 
 async def prepare(services: Services) -> None:
-    """Fresh databases and queues for every service before the processes start."""
-    for defn, settings in services:
-        await reset_service(defn, settings)
+    """Fresh databases and queues for every service before the processes start (the services'
+    own databases and queues: reset side by side)."""
+    await asyncio.gather(*(reset_service(defn, settings) for defn, settings in services))
 
 
 def platform_of(services: Services, logs: Path, *, bank: DevBank | None = None,
@@ -304,10 +328,12 @@ async def launched(services: Services, logs: Path, *, bank: DevBank | None = Non
                    log: Log | None = None) -> AsyncIterator[Platform]:
     """``async with launched(...) as p``: ``platform_of`` + ``launch``; every process stopped on exit."""
     p = platform_of(services, logs, bank=bank, process_env=process_env, start_timeout_s=start_timeout_s)
+    LIVE.append(p)
     try:
         await launch(p, fresh=fresh, stock=stock, ensure_stock=ensure_stock, log=log)
         yield p
     finally:
+        LIVE.remove(p)
         p.stop()
 
 
