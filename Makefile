@@ -89,7 +89,7 @@ rush: venv servers
 	$(PY) -m bench.rush --buyers $(BUYERS) --qris-share $(QRIS_SHARE) --acquirer-outage-s $(ACQUIRER_OUTAGE)
 
 ## chaos: CHAOS_BUYERS applicants (200) while RabbitMQ, PostgreSQL and workers fail; invariants checked after
-## (CLUSTER=1: on a three-node RabbitMQ cluster of its own: a node killed, partitioned, a rolling restart)
+## (CLUSTER=1: on a three-node RabbitMQ cluster of its own: a node killed, partitioned, a rolling restart; invariants checked after each)
 chaos: venv servers
 	$(PY) -m bench.chaos $(if $(filter-out 0,$(CLUSTER)),--cluster)
 

@@ -23,8 +23,10 @@ and benchmark holds shared), and leaves PostgreSQL and RabbitMQ running. Writes
 own (``emeterai_testkit.cluster``, in ``var/cluster-chaos``; ``EMETERAI_AMQP_URLS`` = its nodes) and
 the faults are the cluster's: the node most clients use SIGKILLed and started again, then cut off by
 a network partition (network namespaces; a paused VM where there are none), then a rolling restart
-of the three nodes; quorum queues healthy again after each. The machine's broker is not touched (no
-exclusive lock needed). Writes ``bench/results/chaos-cluster.json``.
+of the three nodes; quorum queues healthy again after each. The run goes in segments, one per fault
+(``chaos.segment_plan``: the applicants and the arrival window divided between them), and the
+invariants are checked after each fault, before the next segment starts. The machine's broker is not
+touched (no exclusive lock needed). Writes ``bench/results/chaos-cluster.json``.
 """
 
 from __future__ import annotations

@@ -6,10 +6,11 @@
 - the suite's smaller version of ``make chaos CLUSTER=1``: a small rush on the four services (api,
   worker and relay as real processes, ``EMETERAI_AMQP_URLS`` = the three nodes) while the node most
   clients use is SIGKILLed and started again, then cut off by a network partition (or, on a machine
-  without network namespaces, paused), then the three nodes restarted one by one; after each fault
-  every quorum queue has a leader and three members online again, and at the end every captured
-  payment is credited or refunded, no serial twice, nothing lost or applied twice (the chaos
-  invariants). Nothing asserts on elapsed time.
+  without network namespaces, paused), then the three nodes restarted one by one. The run goes in
+  segments, one per fault, each with its own applicants (the 20 divided between them): after each
+  fault every quorum queue has a leader and three members online again and, once its segment is
+  quiescent, every captured payment is credited or refunded, no serial twice, nothing lost or
+  applied twice (the chaos invariants, checked after each fault). Nothing asserts on elapsed time.
 """
 
 from __future__ import annotations
@@ -96,5 +97,27 @@ async def test_a_small_rush_survives_a_node_kill_a_partition_and_a_rolling_resta
     print(text)
     assert [i["kind"] for i in report["injections"]] == list(chaos.CLUSTER_INJECTIONS), text
     assert all(i["ok"] for i in report["injections"]), text
+    # one segment per fault, in order, each with its own load and its own passing invariant checks
+    segments = report["segments"]
+    assert [s["fault"] for s in segments] == list(chaos.CLUSTER_INJECTIONS), text
+    assert report["segments_skipped"] == [], text
+    assert sum(s["applicants"] for s in segments) == cfg.applicants, text
+    assert [s["first_applicant"] for s in segments] == [0, *(sum(x["applicants"] for x in segments[:k])
+                                                              for k in range(1, len(segments)))], text
+    invariant_names = None
+    for s in segments:
+        assert s["injection"] is not None and s["injection"]["kind"] == s["fault"] and s["injection"]["ok"], text
+        assert s["load"]["applicants"] == s["applicants"] > 0, text
+        assert s["quiescence"]["reached"], text
+        names = {c["name"] for c in s["checks"] if c["kind"] == "invariant"}
+        assert "every captured payment credited or refunded" in names, text
+        assert invariant_names is None or names == invariant_names, text  # the same invariants after every fault
+        invariant_names = names
+        assert s["violations"] == 0 and all(c["ok"] for c in s["checks"] if c["kind"] == "invariant"), text
+        assert s["counts"]["payments_captured"] > 0, text
+    # each check sees the state so far: captures only grow from one segment to the next
+    captured = [s["counts"]["payments_captured"] for s in segments]
+    assert captured == sorted(captured), text
     assert report["counts"]["payments_captured"] > 0, text
+    assert report["violations"] == 0, text
     assert report["ok"], text

@@ -26,6 +26,11 @@ One run, on its own namespace (databases ``emeterai_<ns>_<svc>``, vhost ``emeter
    A captured payment whose only pending step is a parked message is lost (``stranding``), and
    does not hold quiescence up as "in transition".
 
+On a cluster (``run(..., cluster=...)``, ``make chaos CLUSTER=1``) the run goes in segments, one per
+fault of the schedule (``segment_plan``, ``_run_segments``): each segment's applicants arrive, its
+fault is injected, and after quiescence the checks of step 5 run, before the next segment starts: the
+invariants are checked after each fault, not once at the end.
+
 Restarting RabbitMQ or PostgreSQL disturbs every other user of this machine's servers: callers hold
 the exclusive broker lock (``fixtures.LOCK_FILE``; ``exclusive_servers`` here, the
 ``broker_exclusive`` fixture in tests), and ``ensure_servers_running`` always leaves both up.
@@ -575,7 +580,12 @@ class Applicant:
 
 
 class Load:
-    def __init__(self, platform: Platform, cfg: ChaosConfig, tl: Timeline):
+    """``applicants`` (default ``cfg.applicants``) arriving evenly over ``arrival_s`` (default
+    ``cfg.arrival_s``) from ``start_s`` on the timeline; their indexes (phones, idempotency keys)
+    start at ``first``, so that the loads of one run's segments never share an applicant."""
+
+    def __init__(self, platform: Platform, cfg: ChaosConfig, tl: Timeline, *, applicants: int | None = None,
+                 arrival_s: float | None = None, first: int = 0, start_s: float = 0.0):
         from emeterai_testkit.documents import sample_pdf
 
         self.platform = platform
@@ -587,8 +597,9 @@ class Load:
         self.unhinted: Counter[str] = self.stats.unhinted
         """429/503 answers of the platform's front doors that came without ``Retry-After``."""
         self.document = sample_pdf(3)
-        self.applicants = [Applicant(i, round(i * cfg.arrival_s / max(1, cfg.applicants), 2))
-                           for i in range(cfg.applicants)]
+        n = cfg.applicants if applicants is None else applicants
+        window = cfg.arrival_s if arrival_s is None else arrival_s
+        self.applicants = [Applicant(first + i, round(start_s + i * window / max(1, n), 2)) for i in range(n)]
         self._token_lock = asyncio.Lock()
         self.seconds = 0.0
 
@@ -892,7 +903,8 @@ async def run(cfg: ChaosConfig, workdir: Path, *, amqp_url: str | None = None, l
               cluster: Cluster | None = None) -> dict[str, Any]:
     """Start the platform, run the load with the faults, wait for quiescence, check. The caller
     holds the exclusive server lock and made the vhost fresh. ``cluster``: the services use its three
-    nodes (``amqp_url``: their URLs, comma-separated) and the cluster faults are its own."""
+    nodes (``amqp_url``: their URLs, comma-separated) and the cluster faults are its own, and the run
+    goes in segments, one per fault, each checked (``_run_segments``)."""
     require_tools()
     depths: Depths | None = None
     if cluster is not None:
@@ -915,47 +927,193 @@ async def run(cfg: ChaosConfig, workdir: Path, *, amqp_url: str | None = None, l
             sup = Supervisor(platform, tl)
             stop = asyncio.Event()
             supervising = asyncio.create_task(sup.run(stop))
-            load = Load(platform, cfg, tl)
-            tl.note(f"load: {cfg.applicants} applicants arriving over {cfg.arrival_s:.0f}s")
-            loading = asyncio.create_task(load.run())
-            try:
-                for fraction, kind in cfg.schedule:
-                    await asyncio.sleep(max(0.0, fraction * cfg.arrival_s - tl.now()))
-                    injections.append(await _inject(kind, platform, tl, sup, cfg, cluster))
-                await loading
-                tl.note("load finished", **{k: v for k, v in Counter(a.stage for a in load.applicants).items()})
-                quiescence = await wait_quiescent(platform, cfg.vhost, tl, cfg.quiesce_timeout_s, depths=depths)
-                data = await collect(platform, cfg.vhost, depths)
-                acknowledged = {a.payment_request_id for a in load.applicants
-                                if a.bank_acknowledged and a.payment_request_id}
-                checks = evaluate(data, acknowledged, quiescence)
-                checks.append(front_doors(load.answers, load.unhinted))
-                if sup.exits:
-                    checks.append(Check("no process died by itself", False,
-                                        f"{len(sup.exits)} unexpected exit(s), restarted", kind="observation",
-                                        violations=[f"{e['process']} code {e['exit_code']} at {e['t_s']}s"
-                                                    for e in sup.exits]))
-                else:
-                    checks.append(Check("no process died by itself", True, "only the injected kills",
-                                        kind="observation"))
-                report.update(timeline=tl.events, injections=injections, load=load.summary(),
-                              quiescence=quiescence, counts=counts(data), parked=data["parked"],
-                              process_exits=sup.exits, checks=[asdict(c) | {"status": c.status()} for c in checks])
-            finally:
-                stop.set()
-                await supervising
-                if not loading.done():
-                    loading.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await loading
+            if cluster is not None:
+                try:
+                    await _run_segments(platform, cfg, tl, sup, cluster, depths, report)
+                finally:
+                    stop.set()
+                    await supervising
+            else:
+                load = Load(platform, cfg, tl)
+                tl.note(f"load: {cfg.applicants} applicants arriving over {cfg.arrival_s:.0f}s")
+                loading = asyncio.create_task(load.run())
+                try:
+                    for fraction, kind in cfg.schedule:
+                        await asyncio.sleep(max(0.0, fraction * cfg.arrival_s - tl.now()))
+                        injections.append(await _inject(kind, platform, tl, sup, cfg, cluster))
+                    await loading
+                    tl.note("load finished", **{k: v for k, v in Counter(a.stage for a in load.applicants).items()})
+                    quiescence, data, checks = await _check(platform, cfg, tl, [load], sup.exits, depths)
+                    report.update(timeline=tl.events, injections=injections, load=load.summary(),
+                                  quiescence=quiescence, counts=counts(data), parked=data["parked"],
+                                  process_exits=sup.exits, checks=_rows(checks))
+                finally:
+                    stop.set()
+                    await supervising
+                    await _cancelled(loading)
     finally:
         servers = await asyncio.to_thread(ensure_servers_running, log)
         report["servers_after"] = servers
         report["loadavg_1m"] = {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2)}
+    if "segments" in report:  # every segment's violations; a segment not run fails the run too
+        report["violations"] = sum(s["violations"] for s in report["segments"])
+        report["ok"] = "checks" in report and not report["violations"] and not report["segments_skipped"]
+        return report
     violations = [c for c in report.get("checks", []) if c["kind"] == "invariant" and not c["ok"]]
     report["violations"] = len(violations)
     report["ok"] = "checks" in report and not violations
     return report
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _rows(checks: list[Check]) -> list[dict[str, Any]]:
+    return [asdict(c) | {"status": c.status()} for c in checks]
+
+
+def _violated(rows: list[dict[str, Any]]) -> int:
+    return sum(1 for c in rows if c["kind"] == "invariant" and not c["ok"])
+
+
+async def _check(platform: Platform, cfg: ChaosConfig, tl: Timeline, loads: list[Load],
+                 exits: list[dict[str, Any]], depths: Depths | None
+                 ) -> tuple[dict[str, Any], dict[str, Any], list[Check]]:
+    """Quiescence, then the invariants from the databases and the broker (``evaluate``: the whole
+    state, so everything ``loads`` did so far), the front doors as the last of ``loads`` saw them, and
+    the processes that died by themselves (``exits``)."""
+    quiescence = await wait_quiescent(platform, cfg.vhost, tl, cfg.quiesce_timeout_s, depths=depths)
+    data = await collect(platform, cfg.vhost, depths)
+    acknowledged = {a.payment_request_id for load in loads for a in load.applicants
+                    if a.bank_acknowledged and a.payment_request_id}
+    checks = evaluate(data, acknowledged, quiescence)
+    checks.append(front_doors(loads[-1].answers, loads[-1].unhinted))
+    if exits:
+        checks.append(Check("no process died by itself", False,
+                            f"{len(exits)} unexpected exit(s), restarted", kind="observation",
+                            violations=[f"{e['process']} code {e['exit_code']} at {e['t_s']}s" for e in exits]))
+    else:
+        checks.append(Check("no process died by itself", True, "only the injected kills", kind="observation"))
+    return quiescence, data, checks
+
+
+def segment_plan(cfg: ChaosConfig) -> list[tuple[float, str | None, int]]:
+    """A cluster run's segments: one per fault of ``cfg.schedule``, in order (one without a fault if
+    the schedule is empty), as ``(fraction of the segment's arrival window, fault, applicants)``.
+    ``cfg.applicants`` and ``cfg.arrival_s`` are divided between the segments: each gets
+    ``applicants // n`` applicants (the first ``applicants % n`` one more) arriving over
+    ``arrival_s / n``, so a run has as many applicants and arrival time in all as without segments."""
+    faults: list[tuple[float, str | None]] = list(cfg.schedule) or [(0.0, None)]
+    n = len(faults)
+    return [(fraction, kind, cfg.applicants // n + (1 if i < cfg.applicants % n else 0))
+            for i, (fraction, kind) in enumerate(faults)]
+
+
+async def _run_segments(platform: Platform, cfg: ChaosConfig, tl: Timeline, sup: Supervisor,
+                        cluster: Cluster, depths: Depths | None, report: dict[str, Any]) -> None:
+    """One segment per fault (``segment_plan``): its applicants arrive (indexes after the previous
+    segments'), the fault is injected at its fraction of the segment's arrival window, and once the
+    load is done and the platform quiescent the invariants are checked, before the next segment
+    starts. ``report``: ``segments`` (each: fault, injection, load, quiescence, counts, checks,
+    violations), ``segments_skipped`` (a segment that did not reach quiescence ends the run: the
+    next one's checks would mix both), and the top-level keys over the whole run: ``injections``
+    (every segment's), ``load`` (the segments' loads added up), ``quiescence`` (reached after every
+    segment), ``counts``/``parked`` (the last check: the whole state), ``checks`` (each check once:
+    ok only if it held after every fault; detail of the last segment; every segment's violations,
+    each prefixed with its fault)."""
+    plan = segment_plan(cfg)
+    window = cfg.arrival_s / len(plan)
+    loads: list[Load] = []
+    segments: list[dict[str, Any]] = []
+    first = 0
+    report.update(segments=segments, segments_skipped=[])
+    for n, (fraction, kind, applicants) in enumerate(plan, 1):
+        name = kind or "no fault"
+        start = tl.now()
+        exits_before = len(sup.exits)
+        load = Load(platform, cfg, tl, applicants=applicants, arrival_s=window, first=first, start_s=start)
+        loads.append(load)
+        tl.note(f"segment {n}/{len(plan)} ({name}): {applicants} applicants (#{first}..#{first + applicants - 1}) "
+                f"arriving over {window:.0f}s")
+        loading = asyncio.create_task(load.run())
+        injection: dict[str, Any] | None = None
+        try:
+            if kind is not None:
+                await asyncio.sleep(max(0.0, start + fraction * window - tl.now()))
+                injection = await _inject(kind, platform, tl, sup, cfg, cluster)
+            await loading
+        finally:
+            await _cancelled(loading)
+        tl.note(f"segment {n}/{len(plan)}: load finished",
+                **{k: v for k, v in Counter(a.stage for a in load.applicants).items()})
+        exits = sup.exits[exits_before:]
+        quiescence, data, checks = await _check(platform, cfg, tl, loads, exits, depths)
+        rows = _rows(checks)
+        segments.append({"fault": kind, "what": INJECTIONS.get(kind, kind) if kind else "no fault",
+                         "started_at_s": round(start, 1), "applicants": applicants, "first_applicant": first,
+                         "arrival_s": round(window, 1), "injection": injection, "load": load.summary(),
+                         "quiescence": quiescence, "counts": counts(data), "parked_count": len(data["parked"]),
+                         "process_exits": exits, "checks": rows, "violations": _violated(rows)})
+        tl.note(f"segment {n}/{len(plan)}: after {name}, {_violated(rows)} invariant(s) violated")
+        first += applicants
+        report.update(timeline=tl.events, injections=[s["injection"] for s in segments if s["injection"]],
+                      load=_merged_loads([s["load"] for s in segments]),
+                      quiescence=_merged_quiescence([s["quiescence"] for s in segments]),
+                      counts=counts(data), parked=data["parked"], process_exits=sup.exits,
+                      checks=_merged_checks(segments))
+        if not quiescence.get("reached") and n < len(plan):
+            report["segments_skipped"] = [k for _, k, _ in plan[n:]]
+            tl.note("not quiescent: the remaining segments are skipped", skipped=report["segments_skipped"])
+            break
+
+
+def _merged_loads(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    def added(key: str) -> dict[str, int]:
+        total: Counter[str] = Counter()
+        for s in summaries:
+            total.update(s[key])
+        return dict(total)
+
+    return {"applicants": sum(s["applicants"] for s in summaries),
+            "seconds": round(sum(s["seconds"] for s in summaries), 1),
+            "final_stage": added("final_stage"), "bank_acknowledged": sum(s["bank_acknowledged"] for s in summaries),
+            "stampings_seen": added("stampings_seen"), "duplicate_callbacks": added("duplicate_callbacks"),
+            "gave_up": [g for s in summaries for g in s["gave_up"]][:50],
+            "refusals": [r for s in summaries for r in s["refusals"]][:50],
+            "answers": dict(sorted(added("answers").items()))}
+
+
+def _merged_quiescence(found: list[dict[str, Any]]) -> dict[str, Any]:
+    missed = [q for q in found if not q.get("reached")]
+    merged: dict[str, Any] = {"reached": not missed, "after_s": max((q["after_s"] for q in found), default=0.0)}
+    if missed:
+        merged["still_in_flight"] = missed[0].get("still_in_flight")
+    return merged
+
+
+def _merged_checks(segments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    merged: dict[str, dict[str, Any]] = {}
+    failed_after: dict[str, list[str]] = {}
+    for s in segments:
+        name = s["fault"] or "no fault"
+        for c in s["checks"]:
+            tagged = [f"after {name}: {v}" for v in c["violations"]]
+            if not c["ok"]:
+                failed_after.setdefault(c["name"], []).append(name)
+            if c["name"] not in merged:
+                merged[c["name"]] = {**c, "violations": tagged}
+            else:
+                m = merged[c["name"]]
+                m.update(ok=m["ok"] and c["ok"], detail=c["detail"], violations=m["violations"] + tagged)
+    for name, m in merged.items():
+        m["status"] = "ok" if m["ok"] else ("FAIL" if m["kind"] == "invariant" else "WARN")
+        if name in failed_after:
+            m["detail"] = f"failed after {', '.join(failed_after[name])}; after the last: {m['detail']}"
+    return list(merged.values())
 
 
 async def _inject(kind: str, platform: Platform, tl: Timeline, sup: Supervisor, cfg: ChaosConfig,
@@ -988,9 +1146,50 @@ async def _inject(kind: str, platform: Platform, tl: Timeline, sup: Supervisor, 
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """The injections and the checks as plain-text tables."""
+    """The injections and the checks as plain-text tables; a run in segments (a cluster's): per
+    segment, what was injected, what the broker reported and what was checked after it."""
+    lines: list[str] = []
+    segments = report.get("segments")
+    if segments is not None:
+        planned = len(segments) + len(report.get("segments_skipped", []))
+        for n, s in enumerate(segments, 1):
+            name = s["fault"] or "no fault"
+            last = s["first_applicant"] + s["applicants"] - 1
+            lines += ["", f"=== segment {n}/{planned}: {name}: applicants #{s['first_applicant']}..#{last} "
+                          f"arriving from {s['started_at_s']}s over {s['arrival_s']}s ==="]
+            lines += _injection_lines([s["injection"]] if s["injection"] else [])
+            lines += _load_lines(s["load"])
+            lines += _check_lines(s["checks"], f"checked after {name} (from the databases and the broker):")
+            lines.append(f"  after {name}: {s['violations']} invariant(s) violated")
+        for kind in report.get("segments_skipped", []):
+            lines += ["", f"=== segment skipped: {kind or 'no fault'} (the previous one did not reach quiescence) ==="]
+        lines += ["", "=== the whole run ==="]
+        lines += _load_lines(report.get("load", {}))
+    else:
+        lines += _injection_lines(report.get("injections", []))
+        lines += _load_lines(report.get("load", {}))
+        lines += _check_lines(report.get("checks", []), "checked (from the databases and the broker):")
+    for m in report.get("parked", [])[:20]:
+        lines.append(f"  parked: {m['queue']} {m['type']} {m['correlation_id']}: {m['reason']}")
+    lines.append("")
+    verdict = "OK" if report.get("ok") else "VIOLATIONS"
+    if report.get("cluster"):
+        lines.append(f"cluster: {', '.join(report['cluster']['nodes'])}; partition by {report['cluster']['partition']}")
+    if segments is not None:
+        after = "; ".join(f"after {s['fault'] or 'no fault'}: {s['violations']}" for s in segments)
+        skipped = f", {len(report['segments_skipped'])} segment(s) skipped" if report.get("segments_skipped") else ""
+        lines.append(f"{verdict}: {report.get('violations', '?')} invariant(s) violated over {len(segments)} "
+                     f"segment(s), checked after each fault ({after}){skipped}; "
+                     f"servers after the run: {report.get('servers_after')}")
+    else:
+        lines.append(f"{verdict}: {report.get('violations', '?')} invariant(s) violated; "
+                     f"servers after the run: {report.get('servers_after')}")
+    return "\n".join(lines)
+
+
+def _injection_lines(injections: list[dict[str, Any]]) -> list[str]:
     lines = ["", "injected:", f"  {'at':>7}  {'until':>7}  {'ok':<4} what"]
-    for i in report.get("injections", []):
+    for i in injections:
         extra = ""
         if i["kind"] == STAMPING_KILL_AFTER_SIGN:
             extra = " (triggered)" if i.get("triggered") else " (not triggered: no job signed)"
@@ -1010,26 +1209,26 @@ def format_report(report: dict[str, Any]) -> str:
             extra += f"\n  {'':>7}  {'':>7}  {'':<4} broker after: {i['after']}"
         lines.append(f"  {i['at_s']:>6}s  {i['recovered_at_s']:>6}s  {'ok' if i.get('ok') else 'FAIL':<4} "
                      f"{i['what']}{extra}" + (f" error: {i['error']}" if i.get("error") else ""))
-    load = report.get("load", {})
-    if load:
-        lines += ["", f"load: {load['applicants']} applicants in {load['seconds']}s; final stage "
-                      f"{load['final_stage']}; stampings {load['stampings_seen']}; duplicate callbacks "
-                      f"{load['duplicate_callbacks']}"]
-        odd = {k: v for k, v in load["answers"].items()
-               if not any(k.endswith(f" {c}") for c in ("200", "201", "202", SNAP_PAID, "2007300"))}
-        if odd:
-            lines.append(f"  answers other than success: {odd}")
-    width = max((len(c["name"]) for c in report.get("checks", [])), default=10)
-    lines += ["", "checked (from the databases and the broker):", f"  {'check':<{width}}  {'result':<6} detail"]
-    for c in report.get("checks", []):
+    return lines
+
+
+def _load_lines(load: dict[str, Any]) -> list[str]:
+    if not load:
+        return []
+    lines = ["", f"load: {load['applicants']} applicants in {load['seconds']}s; final stage "
+                 f"{load['final_stage']}; stampings {load['stampings_seen']}; duplicate callbacks "
+                 f"{load['duplicate_callbacks']}"]
+    odd = {k: v for k, v in load["answers"].items()
+           if not any(k.endswith(f" {c}") for c in ("200", "201", "202", SNAP_PAID, "2007300"))}
+    if odd:
+        lines.append(f"  answers other than success: {odd}")
+    return lines
+
+
+def _check_lines(checks: list[dict[str, Any]], title: str) -> list[str]:
+    width = max((len(c["name"]) for c in checks), default=10)
+    lines = ["", title, f"  {'check':<{width}}  {'result':<6} detail"]
+    for c in checks:
         lines.append(f"  {c['name']:<{width}}  {c['status']:<6} {c['detail']}")
         lines += [f"  {'':<{width}}         - {v}" for v in c["violations"][:10]]
-    for m in report.get("parked", [])[:20]:
-        lines.append(f"  parked: {m['queue']} {m['type']} {m['correlation_id']}: {m['reason']}")
-    lines.append("")
-    verdict = "OK" if report.get("ok") else "VIOLATIONS"
-    if report.get("cluster"):
-        lines.append(f"cluster: {', '.join(report['cluster']['nodes'])}; partition by {report['cluster']['partition']}")
-    lines.append(f"{verdict}: {report.get('violations', '?')} invariant(s) violated; "
-                 f"servers after the run: {report.get('servers_after')}")
-    return "\n".join(lines)
+    return lines
