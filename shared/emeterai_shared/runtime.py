@@ -333,15 +333,24 @@ async def run_worker(defn: ServiceDefinition[Any]) -> None:
     consumer = Consumer(pool=ctx.pool, connection=amqp, publisher=publisher,
                         subscriptions=defn.subscriptions, settings=settings, dependencies=ctx.deps)
     await consumer.start()
-    jobs = [asyncio.create_task(_every(job, ctx, stop)) for job in defn.periodic]
+    jobs = [asyncio.create_task(_every(job, ctx, stop), name=f"periodic {job.name}") for job in defn.periodic]
     side = await _side_server(ctx, settings.worker_metrics_port)
-    await stop.wait()
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({stopping, *jobs}, return_when=asyncio.FIRST_COMPLETED)
+    ended = [j for j in jobs if j.done()] if not stop.is_set() else []
+    stop.set()  # a periodic job that ended by itself stops the worker too: never stay up without it
+    await stopping
     log.info("%s worker stopping: %d message(s) in progress", defn.name, consumer.busy)
     await consumer.stop()
-    await asyncio.gather(*jobs)
+    await asyncio.gather(*jobs, return_exceptions=True)
     await side.cleanup()
     await publisher.close()
     await _close(ctx)
+    if ended:
+        log.critical("%s worker: %s ended (%s): exiting so that it is restarted", defn.name,
+                     ", ".join(j.get_name() for j in ended),
+                     ", ".join("cancelled" if j.cancelled() else repr(j.exception()) for j in ended))
+        raise SystemExit(1)
 
 
 async def _every(job: Periodic[Any], ctx: Process[Any], stop: asyncio.Event) -> None:
@@ -349,6 +358,12 @@ async def _every(job: Periodic[Any], ctx: Process[Any], stop: asyncio.Event) -> 
     while not stop.is_set():
         try:
             await job.run(ctx.deps)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # this job is being cancelled
+            # a cancellation from within (a library's task the job awaited): a failure like another
+            log.exception("periodic job %s was cancelled from within; it runs again in %.0fs", job.name, interval_s)
         except Exception:
             log.exception("periodic job %s failed; it runs again in %.0fs", job.name, interval_s)
         with contextlib.suppress(asyncio.TimeoutError):
