@@ -184,7 +184,7 @@ class AcquirerClient:
     async def _retrying(self, path: str, make: Any) -> dict[str, Any]:
         async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(self.attempts), reraise=True,
-                wait=wait_exponential_jitter(initial=self.backoff_s, max=5.0, jitter=self.backoff_s),
+                wait=wait_exponential_jitter(multiplier=self.backoff_s, max=5.0, jitter=self.backoff_s),
                 retry=retry_if_exception_type(AcquirerUnavailable)):
             with attempt:
                 headers, raw = await make()
