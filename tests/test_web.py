@@ -323,6 +323,17 @@ async def test_paying_by_qris_draws_the_qr_and_the_status_changes_by_itself(
         await expect(page.get_by_text("Selesai: meterai siap dipakai")).to_be_visible()
 
 
+async def qris_refused(platform: Platform) -> bool:
+    """GET /v1/pricing says QRIS is unavailable (the order api has read the acquirers' state)."""
+    async with aiohttp.ClientSession() as session, session.get(f"{platform.url('order')}/v1/pricing") as r:
+        assert r.status == 200, await r.text()
+        return not {m["method"]: m["available"] for m in (await r.json())["payment_methods"]}["qris"]
+
+
+async def not_refused(platform: Platform) -> bool:
+    return not await qris_refused(platform)
+
+
 async def test_while_qris_is_unavailable_the_page_offers_the_virtual_account(
         site: tuple[Platform, str], browser: Browser) -> None:
     """The order service's word that the QRIS acquirer is down (its projection of
@@ -338,6 +349,8 @@ async def test_while_qris_is_unavailable_the_page_offers_the_virtual_account(
                        " changed_at) VALUES ('web-test-acquirer', false, now() + interval '1 minute', true, now())"
                        " RETURNING 1")
         try:
+            await eventually(lambda: qris_refused(platform), message="the order api reads the outage (within "
+                             "ORDER_ACQUIRER_STATE_TTL_S)")
             await page.get_by_label("Jumlah meterai").fill("1")
             await page.get_by_label("QRIS").check()
             await page.get_by_role("button", name="Beli sekarang").click()
@@ -355,3 +368,4 @@ async def test_while_qris_is_unavailable_the_page_offers_the_virtual_account(
         finally:
             await fetchval(order_db, "DELETE FROM acquirer_states WHERE acquirer_id = 'web-test-acquirer'"
                            " RETURNING 1")
+            await eventually(lambda: not_refused(platform), message="the order api reads that QRIS is back")

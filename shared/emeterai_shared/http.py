@@ -263,6 +263,7 @@ def make_middlewares(service: str, max_in_flight: int = 0) -> list[Any]:
     so a flood queues nowhere inside the process."""
     in_flight = IN_FLIGHT.labels(service)
     busy = 0
+    spans = tracer()  # get_tracer per request costs more than the span itself when nothing records it
 
     @web.middleware
     async def observe(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -282,9 +283,9 @@ def make_middlewares(service: str, max_in_flight: int = 0) -> list[Any]:
         route = _route_name(request)
         started = time.perf_counter()
         status = 500
-        with tracer().start_as_current_span(
+        with spans.start_as_current_span(
             f"{request.method} {route}",
-            context=extract_context(dict(request.headers)),
+            context=extract_context(request.headers),
             kind=trace.SpanKind.SERVER,
             attributes={"http.request.method": request.method, "http.route": route},
         ) as span:

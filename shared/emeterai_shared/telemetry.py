@@ -1,8 +1,13 @@
 """Tracing, logging and metrics set-up shared by every process.
 
 * Tracing: one OpenTelemetry ``TracerProvider`` per process with ``service.name``; spans are
-  exported over OTLP/HTTP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or the traces variant) is set,
-  otherwise kept in-process only. W3C trace context travels HTTP → outbox row → AMQP headers.
+  exported over OTLP/HTTP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or the traces variant) is set.
+  Spans are *recorded* only while something receives them (a span processor: the exporter, or a
+  test's): otherwise a span is a ``NonRecordingSpan`` that costs next to nothing yet has a real
+  span context (the caller's trace id, or a new one; a new span id; the flags the sampler would
+  give), so W3C trace context still travels HTTP → outbox row → AMQP headers and log lines still
+  carry ``trace_id``/``span_id``. What goes on the wire is the same either way: a process that
+  exports nothing never turns off tracing for the processes after it.
 * Logging: one JSON object per line carrying ``trace_id`` and ``span_id`` when a span is active.
 * Metrics: the default ``prometheus_client`` registry, served at ``/metrics``.
 """
@@ -12,18 +17,93 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.sdk import trace as sdk_trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+from opentelemetry.util import types
+from opentelemetry.util._decorator import _agnosticcontextmanager
 from prometheus_client import Counter, Gauge, Histogram
 from pythonjsonlogger.json import JsonFormatter
 
 _configured = False
+
+
+class _Tracer(trace.Tracer):
+    """The SDK's tracer, recording only while its provider has a span processor (see the module)."""
+
+    def __init__(self, sdk: sdk_trace.Tracer) -> None:
+        self._sdk = sdk
+        self._processors = sdk.span_processor
+
+    def start_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> trace.Span:
+        sdk = self._sdk
+        if self._processors._span_processors:  # something receives the spans: record them
+            return sdk.start_span(name, context, kind, attributes, links, start_time, record_exception,
+                                  set_status_on_exception)
+        parent = trace.get_current_span(context).get_span_context()
+        ids = sdk.id_generator
+        if parent.is_valid:
+            trace_id, random_id = parent.trace_id, parent.trace_flags.random_trace_id
+        else:
+            trace_id, random_id = ids.generate_trace_id(), ids.is_trace_id_random()
+        # the sampler's word, as a recording span would have it, so the flags downstream are the same
+        decided = sdk.sampler.should_sample(context, trace_id, name, kind, attributes, links)
+        flags = (TraceFlags.SAMPLED if decided.decision is Decision.RECORD_AND_SAMPLE else TraceFlags.DEFAULT) | (
+            TraceFlags.RANDOM_TRACE_ID if random_id else TraceFlags.DEFAULT)
+        return NonRecordingSpan(SpanContext(trace_id, ids.generate_span_id(), is_remote=False,
+                                            trace_flags=TraceFlags(flags), trace_state=decided.trace_state))
+
+    @_agnosticcontextmanager
+    def start_as_current_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> Iterator[trace.Span]:
+        span = self.start_span(name, context, kind, attributes, links, start_time, record_exception,
+                               set_status_on_exception)
+        with trace.use_span(span, end_on_exit=end_on_exit, record_exception=record_exception,
+                            set_status_on_exception=set_status_on_exception) as current:
+            yield current
+
+
+class _TracerProvider(TracerProvider):
+    """The SDK provider whose tracers record spans only while a span processor receives them."""
+
+    def get_tracer(
+        self,
+        instrumenting_module_name: str,
+        instrumenting_library_version: str | None = None,
+        schema_url: str | None = None,
+        attributes: types.Attributes = None,
+    ) -> trace.Tracer:
+        found = super().get_tracer(instrumenting_module_name, instrumenting_library_version, schema_url,
+                                   attributes)
+        return _Tracer(found) if isinstance(found, sdk_trace.Tracer) else found
 
 
 def setup_tracing(service_name: str, process_kind: str) -> TracerProvider:
@@ -35,7 +115,7 @@ def setup_tracing(service_name: str, process_kind: str) -> TracerProvider:
     resource = Resource.create(
         {"service.name": service_name, "service.namespace": "emeterai", "process.kind": process_kind}
     )
-    provider = TracerProvider(resource=resource)
+    provider = _TracerProvider(resource=resource)
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
     ):
@@ -57,9 +137,19 @@ def inject_context(carrier: MutableMapping[str, Any]) -> MutableMapping[str, Any
     return carrier
 
 
+_NO_CONTEXT = Context()
+
+
 def extract_context(carrier: Mapping[str, Any]) -> Context:
-    text = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in carrier.items()}
-    return propagate.extract(text)
+    """The context ``carrier`` (e.g. a request's or a message's headers) propagates; an empty one
+    when it carries none of the propagator's fields (``traceparent``, ``tracestate``, ``baggage``).
+    Only those fields are read: ``carrier.get`` of each (case-insensitive for HTTP headers)."""
+    text: dict[str, str] = {}
+    for key in propagate.get_global_textmap().fields:
+        value = carrier.get(key)
+        if value:
+            text[key] = value.decode() if isinstance(value, bytes) else str(value)
+    return propagate.extract(text) if text else _NO_CONTEXT
 
 
 TRACE_HEADERS = ("traceparent", "tracestate")

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from emeterai_shared.db import create_pool
 from emeterai_shared.http import create_app
 from emeterai_shared.runtime import Resources, assemble, build_api
-from emeterai_shared.telemetry import setup_logging, setup_tracing, tracer
+from emeterai_shared.telemetry import inject_context, setup_logging, setup_tracing, tracer
 from emeterai_testkit.fixtures import eventually, fetchval, reset_service, running, settings_for
 from emeterai_testkit.probe import QUEUE, SERVICE, ProbeSettings
 from opentelemetry import trace
@@ -206,3 +206,110 @@ async def test_json_logs_carry_the_trace_id(spans: InMemorySpanExporter, json_lo
 
     assert by_message["outside any span"]["trace_id"] is None
     assert by_message["inside a manual span"]["trace_id"] == format(manual.get_span_context().trace_id, "032x")
+
+
+def processors_of(provider: trace.TracerProvider) -> tuple[Any, ...]:
+    assert isinstance(provider, TracerProvider), "setup_tracing must install an SDK provider"
+    return tuple(provider._active_span_processor._span_processors)
+
+
+@pytest.fixture
+def unexported() -> None:
+    """The process tracer provider as a process without an exporter has it: no span processor."""
+    setup_tracing("probe", "test")
+    if processors_of(trace.get_tracer_provider()):
+        pytest.skip("this test process exports its spans (OTEL_EXPORTER_OTLP_*ENDPOINT is set)")
+
+
+def parts(traceparent: str) -> tuple[str, str, str]:
+    """(trace id, span id, flags) of a W3C ``traceparent``."""
+    version, trace_id, span_id, flags = traceparent.split("-")
+    assert version == "00" and len(trace_id) == 32 and len(span_id) == 16 and len(flags) == 2, traceparent
+    assert int(trace_id, 16) and int(span_id, 16), traceparent
+    return trace_id, span_id, flags
+
+
+async def test_without_an_exporter_spans_record_nothing_yet_logs_carry_their_ids(
+    unexported: None, json_log: io.StringIO
+) -> None:
+    log = logging.getLogger("emeterai.test.tracing")
+    seen: list[trace.Span] = []
+
+    async def work(_: web.Request) -> web.Response:
+        span = trace.get_current_span()
+        assert not span.is_recording(), "nothing receives the spans: none is recorded"
+        seen.append(span)
+        log.info("working")
+        return web.json_response({})
+
+    app = create_app("unexported", max_body_bytes=1024)
+    app.router.add_get("/work", work)
+    traceparent, trace_id, caller_span = new_traceparent()
+    async with TestClient(TestServer(app)) as client:
+        assert (await client.get("/work", headers={"traceparent": traceparent})).status == 200
+        assert (await client.get("/work")).status == 200
+    (continued, fresh) = seen
+    for span in seen:
+        assert span.get_span_context().is_valid
+    context = continued.get_span_context()
+    assert format(context.trace_id, "032x") == trace_id
+    assert format(context.span_id, "016x") != caller_span, "the server span has a span id of its own"
+    assert fresh.get_span_context().trace_id not in (0, context.trace_id), "a request without context: a new trace"
+
+    working = [r for r in records(json_log) if r["message"] == "working"]
+    assert [(r["trace_id"], r["span_id"]) for r in working] == [
+        (format(s.get_span_context().trace_id, "032x"), format(s.get_span_context().span_id, "016x"))
+        for s in seen]
+
+    with tracer().start_as_current_span("manual") as manual:
+        assert not manual.is_recording() and manual.get_span_context().is_valid
+        assert parts(inject_context({})["traceparent"])[:2] == (
+            format(manual.get_span_context().trace_id, "032x"), format(manual.get_span_context().span_id, "016x"))
+
+
+async def test_without_an_exporter_outbox_rows_and_messages_carry_the_trace_as_before(
+    servers: str, unexported: None
+) -> None:
+    """The request's trace context reaches the outbox row and, through the consumer, the row of the
+    message it publishes, each hop with a span id of its own and the flags unchanged: the caller's
+    (sampled or not), or the sampler's for a new trace (sampled, as if it were recorded), so a
+    process downstream that exports its spans records them as it always did."""
+    settings = settings_for(ProbeSettings)
+    assert isinstance(settings, ProbeSettings)
+    await reset_service(SERVICE, settings)
+    _, sampled_trace, caller_span = new_traceparent()
+    unsampled_trace = secrets.token_hex(16)
+    sent = {"sampled": f"00-{sampled_trace}-{caller_span}-01", "unsampled": f"00-{unsampled_trace}-{caller_span}-00"}
+
+    async with probe_api(settings) as client:
+        ids: dict[str, str] = {}
+        for seq, (name, traceparent) in enumerate(sent.items(), start=1):
+            resp = await client.post("/probe", json={"seq": seq, "note": "forward"},
+                                     headers={"traceparent": traceparent})
+            assert resp.status == 202
+            ids[name] = (await resp.json())["message_id"]
+        resp = await client.post("/probe", json={"seq": 3})
+        assert resp.status == 202
+        ids["new"] = (await resp.json())["message_id"]
+
+    async def traceparent_of(query: str, *args: Any) -> tuple[str, str, str]:
+        headers = await fetchval(settings, query, *args)
+        return parts(str(json.loads(headers)["traceparent"] if isinstance(headers, str) else headers["traceparent"]))
+
+    rows = {name: await traceparent_of("SELECT headers FROM outbox WHERE message_id = $1::uuid", mid)
+            for name, mid in ids.items()}
+    assert rows["sampled"][0] == sampled_trace and rows["sampled"][2] == "01"
+    assert rows["unsampled"][0] == unsampled_trace and rows["unsampled"][2] == "00"
+    assert caller_span not in (rows["sampled"][1], rows["unsampled"][1])
+    new_trace, _, new_flags = rows["new"]
+    assert new_trace not in (sampled_trace, unsampled_trace)
+    assert int(new_flags, 16) & 0x01, "a new trace is sampled, as the default sampler decides"
+
+    async with running(SERVICE, settings, relay=True):
+        await eventually(lambda: fetchval(settings, "SELECT count(*) = 5 FROM probe_effects"),
+                         message="the probes and their forwarded follow-ups applied")
+    for seq, name in ((1_000_001, "sampled"), (1_000_002, "unsampled")):
+        follow_up = await traceparent_of("SELECT headers FROM outbox WHERE correlation_id = $1"
+                                         " AND message_id <> $2::uuid", str(seq - 1_000_000), ids[name])
+        assert follow_up[0] == rows[name][0] and follow_up[2] == rows[name][2], (name, follow_up, rows[name])
+        assert follow_up[1] != rows[name][1], "the consumer's span has a span id of its own"

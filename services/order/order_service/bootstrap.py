@@ -12,6 +12,7 @@ from emeterai_shared.files import locked, write_atomic
 from emeterai_shared.runtime import Periodic, Resources, ServiceDefinition
 from emeterai_shared.uow import unit_of_work
 
+from order_service.adapters.acquirer_states import QrisAvailability
 from order_service.adapters.partners import PartnerRegistry
 from order_service.adapters.repository import OrderRepository
 from order_service.adapters.sms import sender
@@ -65,6 +66,7 @@ async def dependencies(resources: Resources) -> OrderDeps:
         limits=CallerLimits.from_settings(settings),
         admission=Admission("order", lambda conn: OrderRepository(conn).admission_sample(), settings.admission()),
         webhooks=webhooks, otp_key=_otp_key(settings), sms=sms,
+        qris=QrisAvailability(settings.acquirer_state_ttl_s),
     )
 
 

@@ -20,6 +20,10 @@ class OrderSettings(ServiceSettings):
     partners_file: str = ""
     receipt_seller: str = "e-Meterai Platform"
     """The seller named on receipts (``GET /v1/orders/{id}/receipt``)."""
+    acquirer_state_ttl_s: float = 1.0
+    """How long an api process keeps what it read of the QRIS acquirers' availability (``POST
+    /v1/orders`` by QRIS, ``GET /v1/pricing``): an outage is learnt at most this late; 0: read it
+    on every request."""
 
     # Per-caller limits at the front door (per api process): 429 rate_limited with Retry-After.
     order_rate_per_account_per_s: float = 1.0

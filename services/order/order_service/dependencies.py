@@ -10,6 +10,7 @@ from emeterai_shared.admission import Admission
 from emeterai_shared.auth import Caller, TokenIssuer, TokenVerifier
 from emeterai_shared.ratelimit import RateLimiter
 
+from order_service.adapters.acquirer_states import QrisAvailability
 from order_service.adapters.partners import PartnerRegistry
 from order_service.adapters.sms import SmsSender
 from order_service.config import OrderSettings
@@ -55,3 +56,5 @@ class OrderDeps:
     """Key of the sign-in codes' HMAC-SHA256 digests (``ORDER_OTP_SECRET`` or ``otp-hmac.key``)."""
     sms: SmsSender
     """The notification adapter: the SMS gateway, or the development sink; closed with the process."""
+    qris: QrisAvailability
+    """Whether QRIS takes new orders, as this process last read it (``ORDER_ACQUIRER_STATE_TTL_S``)."""

@@ -26,7 +26,7 @@ from emeterai_shared.runtime import Router
 from emeterai_shared.uow import UnitOfWork, unit_of_work
 from pydantic import BaseModel, Field, PlainSerializer, StringConstraints, field_validator
 
-from order_service.adapters.acquirer_states import AcquirerStates, QrisOutage
+from order_service.adapters.acquirer_states import QrisOutage
 from order_service.adapters.receipt_pdf import render_receipt
 from order_service.config import OrderSettings
 from order_service.dependencies import OrderDeps
@@ -517,8 +517,7 @@ def _qris_unavailable(outage: QrisOutage) -> ApiError:
 
 
 async def pricing(_: web.Request, deps: OrderDeps) -> web.Response:
-    async with deps.pool.acquire() as conn:
-        outage = await AcquirerStates(conn).qris_outage()
+    outage = await deps.qris.outage(deps.pool)
     methods = [PaymentMethodState(method="va", available=True),
                PaymentMethodState(method="qris", available=outage is None,
                                   retry_at=outage.retry_at if outage is not None else None)]
@@ -550,7 +549,7 @@ async def _place_order(request: web.Request, deps: OrderDeps, caller: Caller) ->
         if stored is not None:
             return stored.response()
         if body.payment_method == "qris":
-            outage = await AcquirerStates(uow.conn).qris_outage()
+            outage = await deps.qris.outage(uow.conn)
             if outage is not None:  # nothing kept: the same key may be sent again later
                 raise _qris_unavailable(outage)
         order = await orders.place_order(

@@ -737,6 +737,13 @@ async def test_acquirer_reports_keep_the_newest_and_shed_qris_orders_only(world:
     try:
         await world.send("order.on_acquirer_state", report(False, now))
         await world.send("order.on_acquirer_state", report(True, now - timedelta(seconds=5)))  # older: ignored
+
+        async def qris_refused() -> bool:
+            resp = await world.client.get("/v1/pricing")
+            return not {m["method"]: m["available"] for m in (await resp.json())["payment_methods"]}["qris"]
+
+        # the api process learns it within ORDER_ACQUIRER_STATE_TTL_S (what it read last is kept so long)
+        await eventually(qris_refused, message="the api sees the acquirer unavailable")
         key = str(uuid.uuid4())
         resp = await order("qris", key)
         body = await resp.json()
@@ -748,7 +755,13 @@ async def test_acquirer_reports_keep_the_newest_and_shed_qris_orders_only(world:
             ("va", True), ("qris", False)]
         # a report that the acquirer no longer takes new bills (another is first now) lifts the shedding
         await world.send("order.on_acquirer_state", report(False, now + timedelta(seconds=1), takes_new_bills=False))
-        assert (await order("qris", key)).status == 202
+
+        async def taken() -> bool:  # 503 until the api reads the new state: nothing kept, the key is taken later
+            resp = await order("qris", key)
+            assert resp.status in (202, 503), await resp.text()
+            return resp.status == 202
+
+        await eventually(taken, message="the QRIS order taken once the shedding is lifted")
     finally:
         await world.send("order.on_acquirer_state", report(True, now + timedelta(seconds=2)))
 

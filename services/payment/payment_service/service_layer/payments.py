@@ -159,7 +159,8 @@ async def _decide(uow: UnitOfWork, repo: PaymentRepository, notice: PaymentNotic
 
 def _link_to_order_trace(order_trace: Mapping[str, str] | None) -> None:
     """Link the current span (the bank callback's HTTP span) to the order's trace, which the
-    capture's events continue, so either trace leads to the other."""
-    linked = span_context_of(order_trace) if order_trace else None
+    capture's events continue, so either trace leads to the other (only a recorded span keeps it)."""
+    span = trace.get_current_span()
+    linked = span_context_of(order_trace) if order_trace and span.is_recording() else None
     if linked is not None:
-        trace.get_current_span().add_link(linked, {"emeterai.link": "order"})
+        span.add_link(linked, {"emeterai.link": "order"})

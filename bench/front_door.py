@@ -1,0 +1,153 @@
+"""``python -m bench.front_door``: CPU per request of the order api's front door, by process.
+
+In one run: a fresh order database (``emeterai_bench_front_door``) and one order ``api`` process
+(``python -m order_service api``; admission and per-account limits out of the way, logs at
+WARNING, no trace exporter), 32 accounts, then for each phase a warm-up and ``--requests``
+requests with ``--concurrency`` in flight: ``GET /v1/pricing``, ``POST /v1/orders`` by virtual
+account, ``POST /v1/orders`` by QRIS (every answer must be 200 / 202). CPU per request by process
+(order api, PostgreSQL's backends, this load generator; ``bench.messaging.cpu``) is a figure that
+depends little on the machine's speed or on other work, unlike the rates. Writes
+``bench/results/front_door.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import uvloop
+from emeterai_testkit.fixtures import reset_service, settings_for
+from emeterai_testkit.platform import Platform
+from order_service.bootstrap import SERVICE
+from order_service.config import OrderSettings
+
+from bench.common import benchmark_broker, fresh_vhost, machine_info
+from bench.messaging.cpu import CpuMeter
+
+DATABASE = "emeterai_bench_front_door"
+VHOST = "emeterai_bench_front_door"
+ACCOUNTS = 32
+RESULTS = Path(__file__).resolve().parent / "results" / "front_door.json"
+Request = tuple[str, str, dict[str, Any], int]
+"""(method, url, keyword arguments of ``session.request``, the status expected)"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.front_door", description=__doc__)
+    parser.add_argument("--requests", type=int, default=3_000, help="timed requests per phase")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    return parser.parse_args(argv)
+
+
+async def fire(session: aiohttp.ClientSession, count: int, request: Callable[[int], Request],
+               concurrency: int) -> Counter[str]:
+    """``count`` requests, ``concurrency`` in flight; the unexpected answers by status."""
+    pending = iter(range(count))
+    errors: Counter[str] = Counter()
+
+    async def sender() -> None:
+        for i in pending:
+            method, url, kwargs, expected = request(i)
+            async with session.request(method, url, **kwargs) as response:
+                await response.read()
+                if response.status != expected:
+                    errors[str(response.status)] += 1
+
+    await asyncio.gather(*(sender() for _ in range(concurrency)))
+    return errors
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    load_at_start = os.getloadavg()[0]
+    settings = settings_for(OrderSettings, database_name=DATABASE, amqp_url=fresh_vhost(VHOST),
+                            secrets_dir=str(workdir), log_level="WARNING", admission_min_limit=100_000_000,
+                            order_rate_per_account_per_s=1e6, order_burst_per_account=1_000_000)
+    assert isinstance(settings, OrderSettings)
+    await reset_service(SERVICE, settings)
+    platform = Platform(logs=workdir)
+    platform.add(SERVICE, settings)
+    env = {key: "" for key in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")}
+    phases: dict[str, dict[str, Any]] = {}
+    try:
+        await platform.start(("order", "api"), extra_env=env)
+        popen = platform.proc("order", "api").popen
+        assert popen is not None
+        base = platform.url("order")
+        connector = aiohttp.TCPConnector(limit=args.concurrency)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+            tokens = []
+            for i in range(ACCOUNTS):
+                async with session.post(f"{base}/v1/accounts",
+                                        json={"name": "Bench", "phone": f"08123{i:07d}"}) as response:
+                    tokens.append((await response.json())["token"])
+
+            def order(method: str) -> Callable[[int], Request]:
+                return lambda i: ("POST", f"{base}/v1/orders", {
+                    "json": {"quantity": 1, "payment_method": method},
+                    "headers": {"Authorization": f"Bearer {tokens[i % ACCOUNTS]}",
+                                "Idempotency-Key": str(uuid.uuid4())}}, 202)
+
+            requests: dict[str, Callable[[int], Request]] = {
+                "GET /v1/pricing": lambda _: ("GET", f"{base}/v1/pricing", {}, 200),
+                "POST /v1/orders va": order("va"),
+                "POST /v1/orders qris": order("qris"),
+            }
+            meter = CpuMeter({"order api": popen.pid})
+            for name, request in requests.items():
+                await fire(session, max(1, args.requests // 5), request, args.concurrency)  # warm-up
+                before, started = meter.snapshot(), time.perf_counter()
+                errors = await fire(session, args.requests, request, args.concurrency)
+                seconds = time.perf_counter() - started
+                phases[name] = {"per_s": round(args.requests / seconds, 1),
+                                "cpu_ms": meter.per_message_ms(before, meter.snapshot(), args.requests),
+                                "errors": dict(errors)}
+    finally:
+        platform.stop()
+    return {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "requests": args.requests,
+        "concurrency": args.concurrency,
+        "phases": phases,
+        "ok": not any(phase["errors"] for phase in phases.values()),
+        "machine": await machine_info(settings, load_at_start),
+    }
+
+
+def print_table(report: dict[str, Any]) -> None:
+    print(f"{'phase':<24}{'per s':>8}{'api ms':>8}{'pg ms':>8}{'bench ms':>9}{'total ms':>9}{'cores':>7}")
+    for name, phase in report["phases"].items():
+        cpu = phase["cpu_ms"]
+        print(f"{name:<24}{phase['per_s']:>8}{cpu['order api']:>8}{cpu['postgresql']:>8}{cpu['bench']:>9}"
+              f"{cpu['total']:>9}{cpu['busy_cores']:>7}{'  errors ' + str(phase['errors']) if phase['errors'] else ''}")
+    print(f"load average {report['machine']['loadavg_1m']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with benchmark_broker(VHOST), tempfile.TemporaryDirectory(prefix="bench-front-door-") as workdir:
+        report = uvloop.run(run(args, Path(workdir)))
+    print_table(report)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written to {args.output}")
+    if not report["ok"]:
+        print("some answers were not 200/202: see errors above", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
