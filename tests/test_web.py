@@ -359,6 +359,9 @@ async def test_while_qris_is_unavailable_the_page_offers_the_virtual_account(
             await expect(page.get_by_label("QRIS")).to_be_disabled()
             await expect(page.get_by_label("Virtual account bank")).to_be_checked()
             await expect(page.get_by_role("alertdialog", name="Antrean penuh")).to_be_hidden()
+            # the note under the choice says until when, without repeating the alert
+            await expect(page.locator("#qris-note")).to_contain_text("QRIS sedang tidak tersedia sampai")
+            await expect(page.locator("#qris-note")).not_to_contain_text("virtual account")
             await shot(page, "14-qris-tidak-tersedia")
             async with phone(browser) as fresh:  # another applicant (a fresh cache): GET /v1/pricing says it
                 await sign_in(fresh, url, platform, new_phone())

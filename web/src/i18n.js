@@ -22,6 +22,7 @@ const TEXT = {
       + 'bila tidak sempat, pesanan kedaluwarsa tanpa ada uang yang diambil.',
     qris_unavailable: 'QRIS sedang tidak tersedia. Silakan bayar dengan virtual account bank (sudah dipilih), '
       + 'atau coba QRIS lagi setelah {time}.',
+    qris_off_short: 'QRIS sedang tidak tersedia sampai {time}.',
     dev_pay: 'Simulasi: bayar dari bank pengembangan', dev_note: 'Hanya di lingkungan pengembangan.',
     status: 'Status', status_AWAITING_PAYMENT: 'Menunggu pembayaran', status_PAID: 'Dibayar, meterai disiapkan',
     status_FULFILLED: 'Selesai: meterai siap dipakai', status_EXPIRED: 'Kedaluwarsa',
@@ -70,6 +71,7 @@ const TEXT = {
       + 'back; if it does not come in time, the order expires and no money is taken.',
     qris_unavailable: 'QRIS is unavailable right now. Please pay by bank virtual account (now selected), '
       + 'or try QRIS again after {time}.',
+    qris_off_short: 'QRIS is unavailable until {time}.',
     dev_pay: 'Simulation: pay from the development bank', dev_note: 'Development only.',
     status: 'Status', status_AWAITING_PAYMENT: 'Awaiting payment', status_PAID: 'Paid, stamps being prepared',
     status_FULFILLED: 'Done: stamps ready to use', status_EXPIRED: 'Expired',

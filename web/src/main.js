@@ -166,12 +166,13 @@ async function buyView() {
     bankSelect ? h('p', { class: 'field' }, h('label', { for: 'bank' }, t('bank')), bankSelect) : null,
     h('label', {}, h('input', { type: 'radio', name: 'method', value: 'qris' }), ' ', t('qris')),
     h('p', { class: 'note', id: 'qris-note', hidden: true }));
-  // QRIS off while our acquirer does not answer (GET /v1/pricing, or a 503 qris_unavailable): VA instead
-  const qrisOff = (retryAt) => {
+  // QRIS off while our acquirer does not answer (GET /v1/pricing, or a 503 qris_unavailable): VA instead.
+  // After a 503 the alert says it all, and the note under the choice only says until when.
+  const qrisOff = (retryAt, { brief = false } = {}) => {
     method.querySelector('input[value="va"]').checked = true;
     method.querySelector('input[value="qris"]').disabled = true;
     const note = method.querySelector('#qris-note');
-    note.textContent = t('qris_unavailable', { time: retryAt ? when(retryAt) : '…' });
+    note.textContent = t(brief ? 'qris_off_short' : 'qris_unavailable', { time: retryAt ? when(retryAt) : '…' });
     note.hidden = false;
   };
   const qrisState = (pricing.payment_methods ?? []).find((m) => m.method === 'qris');
@@ -198,7 +199,7 @@ async function buyView() {
         form.querySelector('button[type="submit"]').disabled = false;
         if (error instanceof ApiError && error.code === 'qris_unavailable') {
           sessionStorage.removeItem('purchase');
-          qrisOff(error.body?.error?.retry_at);
+          qrisOff(error.body?.error?.retry_at, { brief: true });
           showError(t('qris_unavailable', { time: error.body?.error?.retry_at ? when(error.body.error.retry_at) : '…' }));
         } else {
           showError(t('error', { message: error.message }));
