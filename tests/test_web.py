@@ -108,6 +108,11 @@ async def phone(browser: Browser) -> AsyncIterator[Page]:
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     try:
         yield page
+    except BaseException:
+        with contextlib.suppress(Exception):  # what the phone showed, in the failed test's report
+            print(f"the page at the failure: {page.url}\n{(await page.inner_text('body', timeout=5000))[:3000]}")
+            await shot(page, f"failed-{uuid.uuid4().hex[:8]}")
+        raise
     finally:
         await context.close()
     assert not errors, f"script errors on the page: {errors}"

@@ -65,13 +65,16 @@ async function render() {
   nav();
   const params = pattern.exec(path).slice(1);
   view.replaceChildren(h('p', {}, t('loading')));
+  const { signal } = leaving;
   try {
-    const content = await fn({ params, signal: leaving.signal, go });
+    const content = await fn({ params, signal, go });
+    if (signal.aborted) return; // another route was taken meanwhile: its view is the one shown
     if (content) view.replaceChildren(content);
     const heading = view.querySelector('h1');
     if (heading) document.title = `${heading.textContent} · e-Meterai`;
     view.focus();
   } catch (error) {
+    if (signal.aborted) return;
     view.replaceChildren();
     showError(t('error', { message: error.message }));
   }
@@ -274,6 +277,7 @@ async function payView({ params: [orderId], signal }) {
     }
   };
   const first = await api('GET', `/v1/orders/${orderId}`);
+  if (signal.aborted) return null; // left while loading (a tap on the menu): never draw over the next view
   show(first);
   view.replaceChildren(section);
   const final = new Set(['FULFILLED', 'EXPIRED', 'REFUNDED', 'FAILED']);
@@ -310,6 +314,7 @@ async function progressView({ params: [id], signal }) {
     if (job.status === 'FAILED') extra.append(h('p', { class: 'error' }, job.error ?? ''));
   };
   const job = await api('GET', `/v1/stampings/${id}`);
+  if (signal.aborted) return null; // left while loading: never draw over the next view
   show(job);
   view.replaceChildren(section);
   poll(async () => { const j = await api('GET', `/v1/stampings/${id}`); if (!signal.aborted) show(j); return j; },
