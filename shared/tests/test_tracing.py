@@ -214,11 +214,20 @@ def processors_of(provider: trace.TracerProvider) -> tuple[Any, ...]:
 
 
 @pytest.fixture
-def unexported() -> None:
-    """The process tracer provider as a process without an exporter has it: no span processor."""
+def unexported() -> Iterator[None]:
+    """The process tracer provider as a process without an exporter has it: no span processor (any
+    this test process has, e.g. from OTEL_EXPORTER_OTLP_ENDPOINT, is taken out for the test and put back)."""
     setup_tracing("probe", "test")
-    if processors_of(trace.get_tracer_provider()):
-        pytest.skip("this test process exports its spans (OTEL_EXPORTER_OTLP_*ENDPOINT is set)")
+    provider = trace.get_tracer_provider()
+    kept = processors_of(provider)
+    multi = provider._active_span_processor  # type: ignore[attr-defined]
+    with multi._lock:
+        multi._span_processors = ()
+    try:
+        yield
+    finally:
+        with multi._lock:
+            multi._span_processors = kept + multi._span_processors
 
 
 def parts(traceparent: str) -> tuple[str, str, str]:
