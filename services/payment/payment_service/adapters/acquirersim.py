@@ -24,6 +24,7 @@ import io
 import json
 import secrets
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from emeterai_shared.files import locked, write_atomic
 
 from payment_service.adapters.banks import BANK_FILE, generate_bank_keys
 from payment_service.adapters.snap import QR_NOTIFY_PATH, TOKEN_PATH
+from payment_service.adapters.snap.codes import Case, Service
 from payment_service.adapters.snap.qris import dynamic_qris
 from payment_service.adapters.snap.signatures import (
     format_snap_timestamp,
@@ -88,6 +90,8 @@ class AcquirerSimulator:
         self.base_path = base_path.rstrip("/")
         self.qrs: dict[str, SimQr] = {}
         self.tokens: set[str] = set()
+        self._notify_token: tuple[str, float] | None = None
+        """The merchant's token for our notifies and when (monotonic) to stop using it."""
         self.generate_calls: list[str] = []
         """Every generate call's partnerReferenceNo, failed ones included."""
         self.refund_calls: list[str] = []
@@ -173,19 +177,34 @@ class AcquirerSimulator:
             body.pop(drop_field, None)
         raw = json.dumps(body, separators=(",", ":")).encode()
         async with aiohttp.ClientSession() as session:
-            token = await self._merchant_token(session)
-            ts = format_snap_timestamp()
-            path = urlsplit(self.merchant_url + QR_NOTIFY_PATH).path
-            secret = self.entry["notify_client_secret"] + ("x" if bad_signature else "")
-            headers = {"Authorization": f"Bearer {token}", "X-TIMESTAMP": ts,
-                       "X-PARTNER-ID": self.entry["notify_client_id"],
-                       "X-EXTERNAL-ID": str(secrets.randbelow(10**18)), "CHANNEL-ID": self.entry["channel_id"],
-                       "X-SIGNATURE": sign_transaction(secret, "POST", path, token, raw, ts),
-                       "Content-Type": "application/json"}
-            async with session.post(self.merchant_url + QR_NOTIFY_PATH, data=raw, headers=headers) as resp:
-                return resp.status, await resp.json(content_type=None)
+            for fresh in (False, True):
+                token = await self._merchant_token(session, fresh=fresh)
+                ts = format_snap_timestamp()
+                path = urlsplit(self.merchant_url + QR_NOTIFY_PATH).path
+                secret = self.entry["notify_client_secret"] + ("x" if bad_signature else "")
+                headers = {"Authorization": f"Bearer {token}", "X-TIMESTAMP": ts,
+                           "X-PARTNER-ID": self.entry["notify_client_id"],
+                           "X-EXTERNAL-ID": str(secrets.randbelow(10**18)), "CHANNEL-ID": self.entry["channel_id"],
+                           "X-SIGNATURE": sign_transaction(secret, "POST", path, token, raw, ts),
+                           "Content-Type": "application/json"}
+                async with session.post(self.merchant_url + QR_NOTIFY_PATH, data=raw, headers=headers) as resp:
+                    http_status, answer = resp.status, await resp.json(content_type=None)
+                if fresh or answer.get("responseCode") != INVALID_TOKEN:
+                    break
+                # the merchant no longer knows the kept token (restarted on a fresh database): once more
+            return http_status, answer
 
-    async def _merchant_token(self, session: aiohttp.ClientSession) -> str:
+    async def _merchant_token(self, session: aiohttp.ClientSession, *, fresh: bool = False) -> str:
+        """The merchant's access token, kept until shortly before it expires (as an acquirer does:
+        one token request per ``expiresIn``, not one per notify); ``fresh`` asks for a new one."""
+        kept = self._notify_token
+        if not fresh and kept is not None and time.monotonic() < kept[1]:
+            return kept[0]
+        token, expires_in_s = await self._request_merchant_token(session)
+        self._notify_token = (token, time.monotonic() + max(0.0, expires_in_s - TOKEN_MARGIN_S))
+        return token
+
+    async def _request_merchant_token(self, session: aiohttp.ClientSession) -> tuple[str, float]:
         ts = format_snap_timestamp()
         client = self.entry["notify_client_id"]
         headers = {"X-CLIENT-KEY": client, "X-TIMESTAMP": ts,
@@ -195,7 +214,7 @@ class AcquirerSimulator:
             body = await resp.json(content_type=None)
         if body.get("responseCode") != "2007300":
             raise RuntimeError(f"merchant refused our token request: {body}")
-        return str(body["accessToken"])
+        return str(body["accessToken"]), float(body.get("expiresIn") or 0)
 
     # --- the acquirer's SNAP side ---------------------------------------------------------
 
@@ -392,6 +411,10 @@ SETTLEMENT_FIELDS = ("type", "referenceNo", "rrn", "partnerReferenceNo", "refund
                      "time")
 """The columns of the settlement list as CSV (``GET /sim/settlement?format=csv``)."""
 
+INVALID_TOKEN = Case.INVALID_TOKEN.code(Service.QR_NOTIFY)
+"""The merchant's answer to a notify whose token it does not know (``4015201``)."""
+TOKEN_MARGIN_S = 60.0
+"""A kept token is replaced this long before the merchant said it expires."""
 ACQUIRER_FILE = "acquirer.json"
 ACQUIRER_KEY_FILE = "acquirer_private_key.pem"
 DEV_ACQUIRER_PORT = 8090
