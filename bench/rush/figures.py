@@ -46,6 +46,29 @@ def sustained_rate(times: Sequence[datetime], *, low: float = 0.1, high: float =
     return round((j - i) / span, 1) if span > 0 else 0.0
 
 
+def sustained_window(times: Sequence[datetime], *, low: float = 0.1,
+                     high: float = 0.9) -> tuple[datetime, datetime, int] | None:
+    """The window ``sustained_rate`` measures (first and last event counted, events inside)."""
+    if len(times) < 10:
+        return None
+    ordered = sorted(times)
+    i, j = int(low * (len(ordered) - 1)), int(high * (len(ordered) - 1))
+    return (ordered[i], ordered[j], j - i) if ordered[j] > ordered[i] else None
+
+
+def cpu_per_unit(cores: dict[str, float], seconds: float, units: int,
+                 load_generator: str = "bench") -> dict[str, Any]:
+    """What ``units`` finished in ``seconds`` cost in CPU: milliseconds per unit by process and for
+    the platform (every process but the load generator), with the machine's busy cores."""
+    busy = cores.get("machine_busy", 0.0)
+    processes = {k: v for k, v in cores.items() if k != "machine_busy"}
+    per = {k: round(1000 * v * seconds / units, 2) for k, v in processes.items()} if units else {}
+    platform = round(sum(v for k, v in per.items() if k != load_generator), 1) if units else None
+    return {"machine_busy_cores": busy, "seconds": round(seconds, 1), "units": units,
+            "platform_cpu_ms_per_unit": platform,
+            "cpu_ms_per_unit_by_process": dict(sorted(per.items(), key=lambda kv: -kv[1]))}
+
+
 def rate_over(times: Sequence[datetime], start: datetime) -> float:
     """Events per second from ``start`` to the last event."""
     if not times:

@@ -78,10 +78,12 @@ from bench.rush.figures import (
     TERMINAL_ORDER,
     TERMINAL_STAMPING,
     Databases,
+    cpu_per_unit,
     moving_peak,
     percentiles,
     rate_over,
     sustained_rate,
+    sustained_window,
 )
 from bench.rush.platform import REPO, MetricsScraper, ProcessSampler, RushAcquirer, RushPlatform
 
@@ -89,7 +91,7 @@ RESULTS = REPO / "bench" / "results" / "latest.json"
 SCRATCH_DATABASE = "emeterai_rush_scratch"
 SCRATCH_VHOST = "emeterai_rush"
 TARGETS = {"orders_per_s": 100.0, "p99_payment_to_credited_ms": 2000.0, "documents_per_s": 40.0,
-           "overload_goodput_ratio": 0.9}
+           "overload_goodput_ratio": 0.9, "machine_busy_cores": 1.8, "platform_cpu_ms_per_order": 18.0}
 SATURATION_P95_S = 2.0
 """Saturated once payment-to-credited p95 passes this (the target) ..."""
 SATURATION_ORDER_P95_S = 1.0
@@ -349,9 +351,12 @@ async def phase_purchase(run: Run, applicants: list[Applicant]) -> dict[str, Any
             "shed": stats.count("shed", plateau_start, end),
             "errors": stats.count("error", plateau_start, end),
         }
+    window = sustained_window(fulfilled_times)
     return {
         "applicants": len(applicants), "orders": len(ids), "fulfilled": len(fulfilled_times),
         "orders_per_s": sustained_rate(fulfilled_times),
+        "_sustained": (clock.mono + (window[0] - clock.db).total_seconds(),
+                       clock.mono + (window[1] - clock.db).total_seconds(), window[2]) if window else None,
         "peak_credited_per_s": peak_rate,
         "peak_at_s": round((peak_at - clock.db).total_seconds(), 1) if peak_at else None,
         "seconds": round(end - start_mono, 1), "arrivals_s": round(last_arrival - start_mono, 1),
@@ -645,6 +650,20 @@ def target(value: float | int | None, goal: float, *, at_most: bool = False) -> 
     return {"value": value, "target": f"{'<=' if at_most else '>='} {goal:g}", "met": met}
 
 
+def purchase_cpu(run: Run, a: dict[str, Any]) -> dict[str, Any]:
+    """The CPU of phase a while the platform was saturated: over the window in which the sustained
+    credited rate is measured (10th to 90th percentile of the FULFILLED times), the machine's busy
+    cores and the CPU milliseconds per order credited in it, by process and for the platform."""
+    window = a.get("_sustained")
+    if window is None:
+        return {"why": "too few credited orders for a sustained window"}
+    start, end, credited = window
+    figures = cpu_per_unit(run.sampler.cpu_between(start, end), end - start, credited)
+    figures["note"] = ("over the window of the sustained rate (10th to 90th percentile of the FULFILLED "
+                       "times of phase a); the platform is every process but the load generator (bench)")
+    return figures
+
+
 def public(phase: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in phase.items() if not k.startswith("_")}
 
@@ -658,12 +677,16 @@ def build_report(run: Run, *, buyers: int, split: dict[str, int], ceiling: dict[
     memory = run.sampler.memory(MEMORY_CAP_MB)
     overload = a.get("overload") or {}
     ptc = a["payment_to_credited_below_saturation"]
+    saturated_cpu = purchase_cpu(run, a)
     targets = {
         "orders_per_s": target(a["orders_per_s"], TARGETS["orders_per_s"]),
         "p99_payment_to_credited_ms": target(ptc["p99"], TARGETS["p99_payment_to_credited_ms"], at_most=True),
         "documents_per_s": target(b["documents_per_s"], TARGETS["documents_per_s"]),
         "overload_goodput_ratio": target(overload.get("goodput_ratio"), TARGETS["overload_goodput_ratio"]),
         "overload_errors": target(overload.get("errors"), 0, at_most=True),
+        "machine_busy_cores": target(saturated_cpu.get("machine_busy_cores"), TARGETS["machine_busy_cores"]),
+        "platform_cpu_ms_per_order": target(saturated_cpu.get("platform_cpu_ms_per_unit"),
+                                            TARGETS["platform_cpu_ms_per_order"], at_most=True),
         "memory_bounded": {"value": memory.get("bounded"), "target": "true", "met": bool(memory.get("bounded"))},
         "lost": target(lost, 0, at_most=True),
         "duplicates": target(duplicates, 0, at_most=True),
@@ -741,6 +764,7 @@ def build_report(run: Run, *, buyers: int, split: dict[str, int], ceiling: dict[
         "overload": overload,
         "memory": memory,
         "cpu_cores": {name: run.sampler.cpu_between(*phase["_window"]) for name, phase in run.phases.items()},
+        "purchase_cpu": saturated_cpu,
         "phases": {name: public(phase) for name, phase in run.phases.items()},
         "drain_s": checks["drain_s"],
         "warmup": checks["warmup"],
@@ -790,6 +814,11 @@ def print_report(report: dict[str, Any]) -> None:
         f"{_fmt(lat['payment_to_credited']['p50'])} / {_fmt(lat['payment_to_credited']['p95'])} ms")
     row("a  payment→credited p99 ms", lat["payment_to_credited"]["p99"], "p99_payment_to_credited_ms")
     ov = report["overload"]
+    pc = report.get("purchase_cpu") or {}
+    row("a  machine busy while saturated (cores)", pc.get("machine_busy_cores"), "machine_busy_cores")
+    row("a  platform CPU per credited order (ms)", pc.get("platform_cpu_ms_per_unit"), "platform_cpu_ms_per_order")
+    by_process = list((pc.get("cpu_ms_per_unit_by_process") or {}).items())[:7]
+    row("   by process (ms per order)", ", ".join(f"{k} {v:.1f}" for k, v in by_process))
     row("a  overload: offered/s (x peak)", f"{_fmt(ov.get('offered_per_s'))} ({_fmt(ov.get('offered_over_peak'))}x)")
     row("a  overload goodput / peak", ov.get("goodput_ratio"), "overload_goodput_ratio")
     row("a  overload non-2xx/429/503 answers", ov.get("errors"), "overload_errors")

@@ -1,0 +1,38 @@
+"""The rush's CPU figures (``bench.rush.figures``): the window of the sustained rate and the CPU
+per unit finished in it, the way the report states the issue's targets (machine busy while
+saturated, platform CPU per credited order)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from bench.rush.figures import cpu_per_unit, sustained_rate, sustained_window
+
+T0 = datetime(2026, 12, 7, tzinfo=UTC)
+
+
+def test_the_window_is_the_one_the_sustained_rate_is_measured_over() -> None:
+    # a slow start, 91 events one every 0.1 s, a slow tail
+    times = [T0 + timedelta(seconds=s) for s in (0, 5)] + [T0 + timedelta(seconds=10 + n / 10) for n in range(91)] \
+        + [T0 + timedelta(seconds=s) for s in (40, 60)]
+    window = sustained_window(times)
+    assert window is not None
+    start, end, inside = window
+    assert (end - start).total_seconds() > 0
+    assert round(inside / (end - start).total_seconds(), 1) == sustained_rate(times)
+    assert T0 + timedelta(seconds=10) <= start < end <= T0 + timedelta(seconds=19)
+
+
+def test_too_few_events_have_no_window() -> None:
+    assert sustained_window([T0 + timedelta(seconds=n) for n in range(9)]) is None
+    assert sustained_window([T0] * 20) is None
+
+
+def test_cpu_per_unit_leaves_the_load_generator_out_of_the_platform() -> None:
+    cores = {"postgresql": 0.4, "order-api": 0.2, "bench": 0.3, "machine_busy": 1.9}
+    figures = cpu_per_unit(cores, seconds=10.0, units=200)
+    # 10 s x 0.4 cores = 4 s of CPU for 200 orders: 20 ms each
+    assert figures["cpu_ms_per_unit_by_process"] == {"postgresql": 20.0, "bench": 15.0, "order-api": 10.0}
+    assert figures["platform_cpu_ms_per_unit"] == 30.0
+    assert figures["machine_busy_cores"] == 1.9
+    assert cpu_per_unit(cores, seconds=10.0, units=0)["platform_cpu_ms_per_unit"] is None
