@@ -90,6 +90,10 @@ class ServiceSettings(BaseSettings):
 
     secrets_dir: str = "var/secrets"
     auth_public_key_file: str = ""
+    auth_token_cache_size: int = 10_000
+    """Verified bearer tokens one api process remembers (``TokenVerifier``; 0: verify every time)."""
+    auth_token_cache_max_age_s: float = 60.0
+    """Longest a verified token is served from that cache before being verified again (and never past its exp)."""
 
     log_level: str = "INFO"
     log_json: bool = True
