@@ -20,7 +20,15 @@ Inside one api process, ``max_in_flight`` front-door requests work at once (more
 for a database connection). A burst past it **waits briefly** in a bounded FIFO queue instead of
 being refused at once: a request is shed (``503 busy``) only when the queue is full or its wait
 would exceed ``queue_wait_s`` (estimated from the measured time a request holds its slot, and
-bounded by a deadline), so a burst an idle platform can serve is served.
+bounded by a deadline), so a burst an idle platform can serve is served. The callers it sheds form
+a virtual queue of their own (``ComeBackLine``) that drains at the rate the gate serves (capacity
+over the time a slot is held: Little's law), so ``Retry-After`` spreads their returns over the
+seconds the gate needs for them instead of sending all of them back after one second (where each
+return, shed again, cost CPU the admitted requests needed).
+
+Both refusals that need no more than arithmetic (``overloaded``, and ``busy`` when the line is full
+or too slow) are made by ``Admission.shed_early``, which a route declares so that the HTTP
+middleware runs it first: before a span, the body, the token or the database.
 """
 
 from __future__ import annotations
@@ -87,20 +95,51 @@ class AdmissionSettings:
     """Longest a request waits for one of the ``max_in_flight`` slots before ``503 busy``."""
     max_queued: int = 0
     """Requests waiting for a slot in one process (0: ``4 x max_in_flight``); past it ``503 busy``."""
+    busy_max_retry_after_s: int = 30
+    """Longest ``Retry-After`` of a ``503 busy`` (the callers told to come back are spread over at most this)."""
 
 
 HOLD_SMOOTHING = 0.1
 """Weight of the newest slot-holding time in its moving average (the queue's wait estimate)."""
 
 
+class ComeBackLine:
+    """Callers told to come back, as a virtual queue that drains at a measured rate.
+
+    Each caller is told to come back after the ones ahead of it (``ahead``, e.g. those waiting in a
+    real line, plus those told before it and not yet drained) are served at ``rate_per_s``: at
+    least 1 s, at most ``max_retry_after_s``. Callers past the cap are not counted beyond what the
+    cap covers (they are all told the cap), so the line empties at most ``max_retry_after_s`` after
+    the last refusal. With no rate measured yet callers are told 1 s and take no place."""
+
+    def __init__(self, max_retry_after_s: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_retry_after_s = max_retry_after_s
+        self.waiting = 0.0
+        self._clock = clock
+        self._at = clock()
+
+    def tell(self, rate_per_s: float, ahead: int = 0) -> int:
+        """Seconds the next caller should wait before coming back; counts it in the line."""
+        if rate_per_s <= 0:
+            return 1
+        now = self._clock()
+        self.waiting = max(0.0, self.waiting - rate_per_s * (now - self._at))
+        self._at = now
+        seconds = max(1, min(self.max_retry_after_s, math.ceil((ahead + self.waiting + 1) / rate_per_s)))
+        self.waiting = min(self.waiting + 1, rate_per_s * self.max_retry_after_s)
+        return seconds
+
+
 class SlotGate:
     """``capacity`` slots and a bounded FIFO queue of requests waiting for one, each for at most
     ``max_wait_s``. A request the queue cannot serve in time is refused at once, before it waits:
     the expected wait is the requests ahead times the measured time a slot is held, over the
-    capacity. Waiting costs a sleeping coroutine, nothing else."""
+    capacity. Waiting costs a sleeping coroutine, nothing else. A refused request is told to come
+    back when the gate will have served those in line and those refused before it
+    (``ComeBackLine``, at ``rate_per_s``)."""
 
     def __init__(self, capacity: int, max_wait_s: float, max_queued: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, max_retry_after_s: int = 30) -> None:
         self.capacity = capacity
         self.max_wait_s = max_wait_s
         self.max_queued = max_queued
@@ -109,13 +148,32 @@ class SlotGate:
         """Moving average of how long a request holds its slot."""
         self._clock = clock
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self.come_back = ComeBackLine(max_retry_after_s, clock)
 
     @property
     def queued(self) -> int:
         return len(self._waiters)
 
-    def _busy(self) -> ApiError:
-        return shed(503, "busy", "this server is working on as many requests as it can; retry shortly", 1)
+    @property
+    def rate_per_s(self) -> float:
+        """Requests the gate serves per second while its slots are full (capacity / time a slot is
+        held, Little's law); 0 while no slot has been given back yet."""
+        return self.capacity / self.hold_s if self.hold_s > 0 else 0.0
+
+    def refuses(self) -> bool:
+        """True when a request arriving now would be refused without waiting: the line is full, or
+        the first place free in it would wait longer than ``max_wait_s``. Arithmetic only."""
+        if not self.capacity or (self.busy < self.capacity and not self._waiters):
+            return False
+        expected_s = (len(self._waiters) + 1) * self.hold_s / self.capacity
+        return len(self._waiters) >= self.max_queued or expected_s > self.max_wait_s
+
+    def refusal(self) -> ApiError:
+        """``503 busy`` for one more caller, with the ``Retry-After`` of its place in the line of
+        callers told to come back."""
+        retry = self.come_back.tell(self.rate_per_s, ahead=len(self._waiters))
+        return shed(503, "busy", f"this server is working on as many requests as it can: come back in {retry} s "
+                    f"(at {retry_at(retry)}); nothing was done", retry)
 
     async def enter(self) -> None:
         """Take a slot, waiting in line if need be; ``503 busy`` when the line cannot be served in time."""
@@ -124,9 +182,8 @@ class SlotGate:
         if self.busy < self.capacity and not self._waiters:
             self.busy += 1
             return
-        expected_s = (len(self._waiters) + 1) * self.hold_s / self.capacity
-        if len(self._waiters) >= self.max_queued or expected_s > self.max_wait_s:
-            raise self._busy()
+        if self.refuses():
+            raise self.refusal()
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
@@ -136,7 +193,7 @@ class SlotGate:
             if waiter.done() and not waiter.cancelled():
                 return  # handed a slot as the deadline passed: take it
             self._forget(waiter)
-            raise self._busy() from None
+            raise self.refusal() from None
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.leave()  # handed a slot, but the request is gone: pass the slot on
@@ -179,7 +236,8 @@ class Admission:
         self._waiting = 0.0
         """Callers told to come back and not yet drained (the virtual queue)."""
         cap = settings.max_in_flight
-        self.gate = SlotGate(cap, settings.queue_wait_s, settings.max_queued or 4 * cap, clock)
+        self.gate = SlotGate(cap, settings.queue_wait_s, settings.max_queued or 4 * cap, clock,
+                             settings.busy_max_retry_after_s)
 
     def observe(self, sample: Sample) -> None:
         rate = sample.drained / sample.window_s if sample.window_s > 0 else 0.0
@@ -221,6 +279,16 @@ class Admission:
             raise shed(503, "overloaded",
                        f"the platform is at capacity: your request was not taken; come back in {retry} s "
                        f"(at {retry_at(retry)}), nothing was charged or reserved", retry)
+
+    def shed_early(self) -> None:
+        """Every refusal decided by arithmetic alone, for a front door to run before it reads,
+        authenticates or traces anything (``Router.add(..., shed_early=...)``): ``503 overloaded``
+        (``check``), then ``503 busy`` when this process's line for a slot is full or too slow. A
+        request let through still takes its slot with ``slot()`` (and may still be refused there,
+        if its wait in line passes the deadline)."""
+        self.check()
+        if self.gate.refuses():
+            raise self.gate.refusal()
 
     def admit(self, *, counts: bool = True) -> None:
         """Admit one new item, or raise ``503 overloaded`` with ``Retry-After``. ``counts=False``

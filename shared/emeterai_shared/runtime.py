@@ -40,7 +40,7 @@ from aiohttp import web
 from emeterai_shared.config import ServiceSettings
 from emeterai_shared.db import create_pool, prepare_database
 from emeterai_shared.forwarded import TrustedProxies
-from emeterai_shared.http import OpenApi, Operation, add_probe_routes, create_app
+from emeterai_shared.http import SHED_EARLY, OpenApi, Operation, add_probe_routes, create_app
 from emeterai_shared.messaging import Consumer, Publisher, Subscription, connect
 from emeterai_shared.messaging.parking import list_parked, redrive
 from emeterai_shared.messaging.platform_queues import PLATFORM_QUEUES
@@ -87,11 +87,19 @@ class Router(Generic[DepsT]):
         self.app = app
         self.spec = spec
 
-    def add(self, op: Operation, handler: Endpoint[DepsT]) -> None:
+    def add(self, op: Operation, handler: Endpoint[DepsT], *,
+            shed_early: Callable[[DepsT], None] | None = None) -> None:
+        """``shed_early``: refusals a front door makes by arithmetic alone (``Admission.shed_early``),
+        which the HTTP middleware runs before anything else (``http.SHED_EARLY``)."""
         async def endpoint(request: web.Request) -> web.StreamResponse:
             return await handler(request, request.app[DEPENDENCIES])
 
         endpoint.__name__ = getattr(handler, "__name__", op.id)
+        if shed_early is not None:
+            def early(request: web.Request) -> None:
+                shed_early(request.app[DEPENDENCIES])
+
+            setattr(endpoint, SHED_EARLY, early)
         self.app.router.add_route(op.method, op.path, endpoint)
         if self.spec is not None:
             self.spec.add(op)
