@@ -172,8 +172,8 @@ class SlotGate:
         """``503 busy`` for one more caller, with the ``Retry-After`` of its place in the line of
         callers told to come back."""
         retry = self.come_back.tell(self.rate_per_s, ahead=len(self._waiters))
-        return shed(503, "busy", f"this server is working on as many requests as it can: come back in {retry} s "
-                    f"(at {retry_at(retry)}); nothing was done", retry)
+        return shed(503, "busy", f"this server is working on as many requests as it can: come back in {retry} s; "
+                    "nothing was done", retry)
 
     async def enter(self) -> None:
         """Take a slot, waiting in line if need be; ``503 busy`` when the line cannot be served in time."""

@@ -109,10 +109,22 @@ def error_response(status: int, code: str, message: str, *,
 SHED_STATUSES = frozenset({429, 503})
 
 
+_RETRY_AT: dict[int, str] = {}
+"""``retry_at`` of the current time, by Unix second: a shed storm formats each second once."""
+
+
 def retry_at(retry_after_s: int, now: datetime | None = None) -> str:
     """ISO 8601 UTC (seconds, ``Z``) of ``now`` + ``retry_after_s``: when a shed caller may come back."""
-    at = (now or datetime.now(UTC)) + timedelta(seconds=retry_after_s)
-    return at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    if now is not None:
+        at = now + timedelta(seconds=retry_after_s)
+        return at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    second = math.floor(time.time() + retry_after_s)
+    found = _RETRY_AT.get(second)
+    if found is None:
+        if len(_RETRY_AT) >= 256:
+            _RETRY_AT.clear()
+        found = _RETRY_AT[second] = retry_at(0, datetime.fromtimestamp(second, UTC))
+    return found
 
 
 def shed(status: int, code: str, message: str, retry_after_s: float) -> ApiError:
@@ -271,6 +283,8 @@ def make_middlewares(service: str, max_in_flight: int = 0) -> list[Any]:
     so a flood queues nowhere inside the process."""
     in_flight = IN_FLIGHT.labels(service)
     busy = 0
+    early_sheds: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+    """The shed and request counters of (route, method, status), looked up once (labels() is not free)."""
     spans = tracer()  # get_tracer per request costs more than the span itself when nothing records it
 
     @web.middleware
@@ -284,9 +298,14 @@ def make_middlewares(service: str, max_in_flight: int = 0) -> list[Any]:
             try:
                 early(request)
             except ApiError as exc:
-                route = _route_name(request)
-                SHED.labels(service, route, str(exc.status)).inc()
-                HTTP_REQUESTS.labels(service, route, request.method, str(exc.status)).inc()
+                key = (_route_name(request), request.method, exc.status)
+                counters = early_sheds.get(key)
+                if counters is None:
+                    route, method, status = key
+                    counters = early_sheds[key] = (SHED.labels(service, route, str(status)),
+                                                   HTTP_REQUESTS.labels(service, route, method, str(status)))
+                for counter in counters:
+                    counter.inc()
                 return _error_of(exc)
         busy += 1
         in_flight.set(busy)
