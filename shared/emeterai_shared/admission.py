@@ -21,7 +21,7 @@ for a database connection). A burst past it **waits briefly** in a bounded FIFO 
 being refused at once: a request is shed (``503 busy``) only when the queue is full or its wait
 would exceed ``queue_wait_s`` (estimated from the measured time a request holds its slot, and
 bounded by a deadline), so a burst an idle platform can serve is served. The callers it sheds form
-a virtual queue of their own (``ComeBackLine``) that drains at the rate the gate serves (capacity
+a virtual queue of their own (``http.ComeBackLine``) that drains at the rate the gate serves (capacity
 over the time a slot is held: Little's law), so ``Retry-After`` spreads their returns over the
 seconds the gate needs for them instead of sending all of them back after one second (where each
 return, shed again, cost CPU the admitted requests needed).
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import asyncpg
 from aiohttp import web
 
-from emeterai_shared.http import ApiError, retry_at, shed
+from emeterai_shared.http import BUSY_MAX_RETRY_AFTER_S, ApiError, ComeBackLine, retry_at, shed
 from emeterai_shared.telemetry import ADMISSION_BACKLOG, ADMISSION_DRAIN, ADMISSION_LIMIT
 
 log = logging.getLogger(__name__)
@@ -95,39 +95,12 @@ class AdmissionSettings:
     """Longest a request waits for one of the ``max_in_flight`` slots before ``503 busy``."""
     max_queued: int = 0
     """Requests waiting for a slot in one process (0: ``4 x max_in_flight``); past it ``503 busy``."""
-    busy_max_retry_after_s: int = 30
+    busy_max_retry_after_s: int = BUSY_MAX_RETRY_AFTER_S
     """Longest ``Retry-After`` of a ``503 busy`` (the callers told to come back are spread over at most this)."""
 
 
 HOLD_SMOOTHING = 0.1
 """Weight of the newest slot-holding time in its moving average (the queue's wait estimate)."""
-
-
-class ComeBackLine:
-    """Callers told to come back, as a virtual queue that drains at a measured rate.
-
-    Each caller is told to come back after the ones ahead of it (``ahead``, e.g. those waiting in a
-    real line, plus those told before it and not yet drained) are served at ``rate_per_s``: at
-    least 1 s, at most ``max_retry_after_s``. Callers past the cap are not counted beyond what the
-    cap covers (they are all told the cap), so the line empties at most ``max_retry_after_s`` after
-    the last refusal. With no rate measured yet callers are told 1 s and take no place."""
-
-    def __init__(self, max_retry_after_s: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_retry_after_s = max_retry_after_s
-        self.waiting = 0.0
-        self._clock = clock
-        self._at = clock()
-
-    def tell(self, rate_per_s: float, ahead: int = 0) -> int:
-        """Seconds the next caller should wait before coming back; counts it in the line."""
-        if rate_per_s <= 0:
-            return 1
-        now = self._clock()
-        self.waiting = max(0.0, self.waiting - rate_per_s * (now - self._at))
-        self._at = now
-        seconds = max(1, min(self.max_retry_after_s, math.ceil((ahead + self.waiting + 1) / rate_per_s)))
-        self.waiting = min(self.waiting + 1, rate_per_s * self.max_retry_after_s)
-        return seconds
 
 
 class SlotGate:
@@ -139,7 +112,7 @@ class SlotGate:
     (``ComeBackLine``, at ``rate_per_s``)."""
 
     def __init__(self, capacity: int, max_wait_s: float, max_queued: int,
-                 clock: Callable[[], float] = time.monotonic, max_retry_after_s: int = 30) -> None:
+                 clock: Callable[[], float] = time.monotonic, max_retry_after_s: int = BUSY_MAX_RETRY_AFTER_S) -> None:
         self.capacity = capacity
         self.max_wait_s = max_wait_s
         self.max_queued = max_queued

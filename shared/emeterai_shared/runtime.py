@@ -260,7 +260,8 @@ def build_api(defn: ServiceDefinition[Any], ctx: Process[Any]) -> web.Applicatio
     spec = OpenApi(defn.title)
     app = create_app(defn.name, max_body_bytes=ctx.settings.http_max_body_bytes,
                      max_in_flight=ctx.settings.http_max_in_flight,
-                     trusted_proxies=TrustedProxies.parse(ctx.settings.trusted_proxies))
+                     trusted_proxies=TrustedProxies.parse(ctx.settings.trusted_proxies),
+                     busy_max_retry_after_s=ctx.settings.admission_busy_max_retry_after_s)
     add_probe_routes(app, spec, _checks(ctx))
     app[DEPENDENCIES] = ctx.deps
     if defn.routes is not None:

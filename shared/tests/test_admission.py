@@ -385,3 +385,38 @@ async def test_a_route_s_early_shedding_runs_before_its_handler_reads_or_authent
         assert reached == 1  # the handler never ran
         assert SHED.labels("early", "/front", "503")._value.get() == shed_before + 1
         assert (await client.post("/other", data=b"{}")).status == 200 and reached == 2
+
+
+async def test_past_http_max_in_flight_the_refused_come_back_at_the_rate_the_process_answers() -> None:
+    from emeterai_shared.http import make_middlewares
+
+    now = [0.0]
+    release = asyncio.Event()
+    entered = 0
+
+    async def slow(_request: web.Request) -> web.Response:
+        nonlocal entered
+        entered += 1
+        now[0] += 1.0  # each request is in flight 1 s (on the injected clock)
+        if entered > 2:
+            await release.wait()
+        return web.json_response({"ok": True})
+
+    app = web.Application(middlewares=make_middlewares("test", 2, busy_max_retry_after_s=30, clock=lambda: now[0]))
+    app.router.add_get("/slow", slow)
+    async with TestClient(TestServer(app)) as client:
+        for _ in range(2):
+            assert (await client.get("/slow")).status == 200  # measured: 1 s in flight, 2 at once: 2/s
+        held = [asyncio.create_task(client.get("/slow")) for _ in range(2)]
+        while entered < 4:
+            await asyncio.sleep(0.01)
+        waits = []
+        for _ in range(6):
+            refused = await client.get("/slow")
+            assert refused.status == 503 and (await refused.json())["error"]["code"] == "busy"
+            waits.append(int(refused.headers["Retry-After"]))
+        assert waits == [1, 1, 2, 2, 3, 3]  # the n-th refused: n / 2/s, rounded up
+        now[0] += 2.0  # 2 s at 2/s: four have had their turn
+        assert (await client.get("/slow")).headers["Retry-After"] == "2"  # (6 - 4 + 1) / 2/s
+        release.set()
+        assert [(await t).status for t in held] == [200, 200]
