@@ -462,8 +462,9 @@ class Operation:
         if self.webhook:
             return responses
         if self.path not in UNSHED_PATHS:
-            responses.setdefault(503, ("busy (this process is at its in-flight limit) or unavailable (the "
-                                       "database is out of reach); Retry-After", None))
+            responses.setdefault(503, ("busy (this process is at its in-flight limit; Retry-After counts the "
+                                       "callers refused before, so returns are spread at the rate it answers) or "
+                                       "unavailable (the database is out of reach); Retry-After", None))
         if self.request is not None:
             responses.setdefault(400, ("malformed body (code malformed_json, too_deeply_nested, malformed_form, "
                                        "or malformed_body: a Content-Encoding it is not in)", None))

@@ -715,7 +715,8 @@ def routes(router: Router[OrderDeps]) -> None:
                          "idempotency_key_reused", None),
                    429: ("rate_limited: this account's or partner's order rate (Retry-After)", None),
                    503: ("overloaded (the platform's backlog is past what it drains in the target wait; body "
-                         "retry_after_s, retry_at), busy, or qris_unavailable (a QRIS order while our QRIS "
+                         "retry_after_s, retry_at), busy (this process's line for a slot is full: Retry-After "
+                         "spreads the refused at the rate it serves), or qris_unavailable (a QRIS order while our QRIS "
                          "acquirer does not answer: pay by virtual account meanwhile); Retry-After", None)},
         links={202: {"GetOrder": read_order,
                      "GetReceipt": {"operationId": "get_v1_orders_order_id_receipt",
