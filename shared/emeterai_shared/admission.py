@@ -20,7 +20,15 @@ Inside one api process, ``max_in_flight`` front-door requests work at once (more
 for a database connection). A burst past it **waits briefly** in a bounded FIFO queue instead of
 being refused at once: a request is shed (``503 busy``) only when the queue is full or its wait
 would exceed ``queue_wait_s`` (estimated from the measured time a request holds its slot, and
-bounded by a deadline), so a burst an idle platform can serve is served.
+bounded by a deadline), so a burst an idle platform can serve is served. The callers it sheds form
+a virtual queue of their own (``http.ComeBackLine``) that drains at the rate the gate serves (capacity
+over the time a slot is held: Little's law), so ``Retry-After`` spreads their returns over the
+seconds the gate needs for them instead of sending all of them back after one second (where each
+return, shed again, cost CPU the admitted requests needed).
+
+Both refusals that need no more than arithmetic (``overloaded``, and ``busy`` when the line is full
+or too slow) are made by ``Admission.shed_early``, which a route declares so that the HTTP
+middleware runs it first: before a span, the body, the token or the database.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from dataclasses import dataclass
 import asyncpg
 from aiohttp import web
 
-from emeterai_shared.http import ApiError, retry_at, shed
+from emeterai_shared.http import BUSY_MAX_RETRY_AFTER_S, ApiError, ComeBackLine, retry_at, shed
 from emeterai_shared.telemetry import ADMISSION_BACKLOG, ADMISSION_DRAIN, ADMISSION_LIMIT
 
 log = logging.getLogger(__name__)
@@ -87,6 +95,8 @@ class AdmissionSettings:
     """Longest a request waits for one of the ``max_in_flight`` slots before ``503 busy``."""
     max_queued: int = 0
     """Requests waiting for a slot in one process (0: ``4 x max_in_flight``); past it ``503 busy``."""
+    busy_max_retry_after_s: int = BUSY_MAX_RETRY_AFTER_S
+    """Longest ``Retry-After`` of a ``503 busy`` (the callers told to come back are spread over at most this)."""
 
 
 HOLD_SMOOTHING = 0.1
@@ -97,10 +107,12 @@ class SlotGate:
     """``capacity`` slots and a bounded FIFO queue of requests waiting for one, each for at most
     ``max_wait_s``. A request the queue cannot serve in time is refused at once, before it waits:
     the expected wait is the requests ahead times the measured time a slot is held, over the
-    capacity. Waiting costs a sleeping coroutine, nothing else."""
+    capacity. Waiting costs a sleeping coroutine, nothing else. A refused request is told to come
+    back when the gate will have served those in line and those refused before it
+    (``ComeBackLine``, at ``rate_per_s``)."""
 
     def __init__(self, capacity: int, max_wait_s: float, max_queued: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, max_retry_after_s: int = BUSY_MAX_RETRY_AFTER_S) -> None:
         self.capacity = capacity
         self.max_wait_s = max_wait_s
         self.max_queued = max_queued
@@ -109,13 +121,32 @@ class SlotGate:
         """Moving average of how long a request holds its slot."""
         self._clock = clock
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self.come_back = ComeBackLine(max_retry_after_s, clock)
 
     @property
     def queued(self) -> int:
         return len(self._waiters)
 
-    def _busy(self) -> ApiError:
-        return shed(503, "busy", "this server is working on as many requests as it can; retry shortly", 1)
+    @property
+    def rate_per_s(self) -> float:
+        """Requests the gate serves per second while its slots are full (capacity / time a slot is
+        held, Little's law); 0 while no slot has been given back yet."""
+        return self.capacity / self.hold_s if self.hold_s > 0 else 0.0
+
+    def refuses(self) -> bool:
+        """True when a request arriving now would be refused without waiting: the line is full, or
+        the first place free in it would wait longer than ``max_wait_s``. Arithmetic only."""
+        if not self.capacity or (self.busy < self.capacity and not self._waiters):
+            return False
+        expected_s = (len(self._waiters) + 1) * self.hold_s / self.capacity
+        return len(self._waiters) >= self.max_queued or expected_s > self.max_wait_s
+
+    def refusal(self) -> ApiError:
+        """``503 busy`` for one more caller, with the ``Retry-After`` of its place in the line of
+        callers told to come back."""
+        retry = self.come_back.tell(self.rate_per_s, ahead=len(self._waiters))
+        return shed(503, "busy", f"this server is working on as many requests as it can: come back in {retry} s; "
+                    "nothing was done", retry)
 
     async def enter(self) -> None:
         """Take a slot, waiting in line if need be; ``503 busy`` when the line cannot be served in time."""
@@ -124,9 +155,8 @@ class SlotGate:
         if self.busy < self.capacity and not self._waiters:
             self.busy += 1
             return
-        expected_s = (len(self._waiters) + 1) * self.hold_s / self.capacity
-        if len(self._waiters) >= self.max_queued or expected_s > self.max_wait_s:
-            raise self._busy()
+        if self.refuses():
+            raise self.refusal()
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
@@ -136,7 +166,7 @@ class SlotGate:
             if waiter.done() and not waiter.cancelled():
                 return  # handed a slot as the deadline passed: take it
             self._forget(waiter)
-            raise self._busy() from None
+            raise self.refusal() from None
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.leave()  # handed a slot, but the request is gone: pass the slot on
@@ -179,7 +209,8 @@ class Admission:
         self._waiting = 0.0
         """Callers told to come back and not yet drained (the virtual queue)."""
         cap = settings.max_in_flight
-        self.gate = SlotGate(cap, settings.queue_wait_s, settings.max_queued or 4 * cap, clock)
+        self.gate = SlotGate(cap, settings.queue_wait_s, settings.max_queued or 4 * cap, clock,
+                             settings.busy_max_retry_after_s)
 
     def observe(self, sample: Sample) -> None:
         rate = sample.drained / sample.window_s if sample.window_s > 0 else 0.0
@@ -221,6 +252,16 @@ class Admission:
             raise shed(503, "overloaded",
                        f"the platform is at capacity: your request was not taken; come back in {retry} s "
                        f"(at {retry_at(retry)}), nothing was charged or reserved", retry)
+
+    def shed_early(self) -> None:
+        """Every refusal decided by arithmetic alone, for a front door to run before it reads,
+        authenticates or traces anything (``Router.add(..., shed_early=...)``): ``503 overloaded``
+        (``check``), then ``503 busy`` when this process's line for a slot is full or too slow. A
+        request let through still takes its slot with ``slot()`` (and may still be refused there,
+        if its wait in line passes the deadline)."""
+        self.check()
+        if self.gate.refuses():
+            raise self.gate.refusal()
 
     def admit(self, *, counts: bool = True) -> None:
         """Admit one new item, or raise ``503 overloaded`` with ``Retry-After``. ``counts=False``

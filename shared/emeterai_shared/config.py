@@ -73,6 +73,8 @@ class ServiceSettings(BaseSettings):
     """Past ``admission_max_in_flight``, a request waits this long at most for a slot before ``503 busy``."""
     admission_max_queued: int = 0
     """Requests one api process keeps waiting for a slot (default 4 x the in-flight cap)."""
+    admission_busy_max_retry_after_s: int = 30
+    """Longest ``Retry-After`` of a ``503 busy`` (refused callers are spread over the time they need)."""
 
     prefetch: int = 128
     consumer_concurrency: int = 4
@@ -90,6 +92,10 @@ class ServiceSettings(BaseSettings):
 
     secrets_dir: str = "var/secrets"
     auth_public_key_file: str = ""
+    auth_token_cache_size: int = 10_000
+    """Verified bearer tokens one api process remembers (``TokenVerifier``; 0: verify every time)."""
+    auth_token_cache_max_age_s: float = 60.0
+    """Longest a verified token is served from that cache before being verified again (and never past its exp)."""
 
     log_level: str = "INFO"
     log_json: bool = True
@@ -102,7 +108,8 @@ class ServiceSettings(BaseSettings):
                                  max_retry_after_s=self.admission_max_retry_after_s,
                                  unknown_retry_after_s=self.admission_unknown_retry_after_s,
                                  max_in_flight=self.admission_max_in_flight or 4 * self.db_pool_max,
-                                 queue_wait_s=self.admission_queue_wait_s, max_queued=self.admission_max_queued)
+                                 queue_wait_s=self.admission_queue_wait_s, max_queued=self.admission_max_queued,
+                                 busy_max_retry_after_s=self.admission_busy_max_retry_after_s)
 
     def default(self, **values: object) -> None:
         """Give each named setting its value unless the environment (or the caller) set it: for

@@ -109,10 +109,22 @@ def error_response(status: int, code: str, message: str, *,
 SHED_STATUSES = frozenset({429, 503})
 
 
+_RETRY_AT: dict[int, str] = {}
+"""``retry_at`` of the current time, by Unix second: a shed storm formats each second once."""
+
+
 def retry_at(retry_after_s: int, now: datetime | None = None) -> str:
     """ISO 8601 UTC (seconds, ``Z``) of ``now`` + ``retry_after_s``: when a shed caller may come back."""
-    at = (now or datetime.now(UTC)) + timedelta(seconds=retry_after_s)
-    return at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    if now is not None:
+        at = now + timedelta(seconds=retry_after_s)
+        return at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    second = math.floor(time.time() + retry_after_s)
+    found = _RETRY_AT.get(second)
+    if found is None:
+        if len(_RETRY_AT) >= 256:
+            _RETRY_AT.clear()
+        found = _RETRY_AT[second] = retry_at(0, datetime.fromtimestamp(second, UTC))
+    return found
 
 
 def shed(status: int, code: str, message: str, retry_after_s: float) -> ApiError:
@@ -125,6 +137,33 @@ def shed(status: int, code: str, message: str, retry_after_s: float) -> ApiError
     seconds = max(1, math.ceil(retry_after_s))
     return ApiError(status, code, message, headers={"Retry-After": str(seconds)},
                     extra={"retry_after_s": seconds, "retry_at": retry_at(seconds)})
+
+
+class ComeBackLine:
+    """Callers told to come back, as a virtual queue that drains at a measured rate.
+
+    Each caller is told to come back after the ones ahead of it (``ahead``, e.g. those waiting in a
+    real line, plus those told before it and not yet drained) are served at ``rate_per_s``: at
+    least 1 s, at most ``max_retry_after_s``. Callers past the cap are not counted beyond what the
+    cap covers (they are all told the cap), so the line empties at most ``max_retry_after_s`` after
+    the last refusal. With no rate measured yet callers are told 1 s and take no place."""
+
+    def __init__(self, max_retry_after_s: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_retry_after_s = max_retry_after_s
+        self.waiting = 0.0
+        self._clock = clock
+        self._at = clock()
+
+    def tell(self, rate_per_s: float, ahead: int = 0) -> int:
+        """Seconds the next caller should wait before coming back; counts it in the line."""
+        if rate_per_s <= 0:
+            return 1
+        now = self._clock()
+        self.waiting = max(0.0, self.waiting - rate_per_s * (now - self._at))
+        self._at = now
+        seconds = max(1, min(self.max_retry_after_s, math.ceil((ahead + self.waiting + 1) / rate_per_s)))
+        self.waiting = min(self.waiting + 1, rate_per_s * self.max_retry_after_s)
+        return seconds
 
 
 def shed_response(status: int, code: str, message: str, retry_after_s: float) -> web.Response:
@@ -256,28 +295,68 @@ the only one listed then); ``TimeoutError`` (a connect or command timeout) is an
 
 UNSHED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
+SHED_EARLY = "shed_early"
+"""Attribute of a route's handler (``runtime.Router.add(..., shed_early=...)``): a check taking the
+request, raising a shed ``ApiError`` (e.g. ``Admission.shed_early``), that the middleware runs
+before anything else is done for the request: no span, no latency sample, no body read, no token
+verified. A request shed there costs the HTTP parsing, this arithmetic and a small answer."""
 
-def make_middlewares(service: str, max_in_flight: int = 0) -> list[Any]:
+ShedEarly = Callable[[web.Request], None]
+
+
+BUSY_MAX_RETRY_AFTER_S = 30
+"""Default longest ``Retry-After`` of a ``503 busy`` (``admission_busy_max_retry_after_s``)."""
+HOLD_SMOOTHING = 0.1
+"""Weight of the newest time a request was in flight in its moving average."""
+
+
+def make_middlewares(service: str, max_in_flight: int = 0, *, busy_max_retry_after_s: int = BUSY_MAX_RETRY_AFTER_S,
+                     clock: Callable[[], float] = time.monotonic) -> list[Any]:
     """Observation (span, counters, latency) and, with ``max_in_flight``, a cap on the requests one
     process answers at once: past it, ``503 busy`` at once (probes and metrics are never refused),
-    so a flood queues nowhere inside the process."""
+    so a flood queues nowhere inside the process. The refused are told to come back spread out at
+    the rate the process answers (``max_in_flight`` over the average time a request is in flight,
+    ``ComeBackLine``), not all after one second."""
     in_flight = IN_FLIGHT.labels(service)
     busy = 0
+    hold_s = 0.0
+    come_back = ComeBackLine(busy_max_retry_after_s, clock)
+    early_sheds: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+    """The shed and request counters of (route, method, status), looked up once (labels() is not free)."""
     spans = tracer()  # get_tracer per request costs more than the span itself when nothing records it
 
     @web.middleware
     async def observe(request: web.Request, handler: Any) -> web.StreamResponse:
-        nonlocal busy
+        nonlocal busy, hold_s
         if max_in_flight and busy >= max_in_flight and request.path not in UNSHED_PATHS:
             SHED.labels(service, _route_name(request), "503").inc()
-            return shed_response(503, "busy", "this server is answering too many requests; retry shortly", 1)
+            retry = come_back.tell(max_in_flight / hold_s if hold_s > 0 else 0.0)
+            return shed_response(503, "busy", f"this server is answering too many requests: come back in {retry} s",
+                                 retry)
+        early: ShedEarly | None = getattr(request.match_info.handler, SHED_EARLY, None)
+        if early is not None:
+            try:
+                early(request)
+            except ApiError as exc:
+                key = (_route_name(request), request.method, exc.status)
+                counters = early_sheds.get(key)
+                if counters is None:
+                    route, method, status = key
+                    counters = early_sheds[key] = (SHED.labels(service, route, str(status)),
+                                                   HTTP_REQUESTS.labels(service, route, method, str(status)))
+                for counter in counters:
+                    counter.inc()
+                return _error_of(exc)
         busy += 1
         in_flight.set(busy)
+        started = clock()
         try:
             return await _observed(request, handler)
         finally:
             busy -= 1
             in_flight.set(busy)
+            held = clock() - started
+            hold_s = held if hold_s == 0 else HOLD_SMOOTHING * held + (1 - HOLD_SMOOTHING) * hold_s
 
     async def _observed(request: web.Request, handler: Any) -> web.StreamResponse:
         route = _route_name(request)
@@ -383,8 +462,9 @@ class Operation:
         if self.webhook:
             return responses
         if self.path not in UNSHED_PATHS:
-            responses.setdefault(503, ("busy (this process is at its in-flight limit) or unavailable (the "
-                                       "database is out of reach); Retry-After", None))
+            responses.setdefault(503, ("busy (this process is at its in-flight limit; Retry-After counts the "
+                                       "callers refused before, so returns are spread at the rate it answers) or "
+                                       "unavailable (the database is out of reach); Retry-After", None))
         if self.request is not None:
             responses.setdefault(400, ("malformed body (code malformed_json, too_deeply_nested, malformed_form, "
                                        "or malformed_body: a Content-Encoding it is not in)", None))
@@ -590,10 +670,11 @@ def add_probe_routes(app: web.Application, spec: OpenApi | None, checks: Mapping
 
 
 def create_app(service: str, *, max_body_bytes: int, max_in_flight: int = 0,
-               trusted_proxies: TrustedProxies | None = None) -> web.Application:
+               trusted_proxies: TrustedProxies | None = None,
+               busy_max_retry_after_s: int = BUSY_MAX_RETRY_AFTER_S) -> web.Application:
     """An api's application; behind ``trusted_proxies`` each client is known by its own address
     (``emeterai_shared.forwarded``)."""
-    middlewares = make_middlewares(service, max_in_flight)
+    middlewares = make_middlewares(service, max_in_flight, busy_max_retry_after_s=busy_max_retry_after_s)
     if trusted_proxies:
         middlewares.insert(0, forwarded_middleware(trusted_proxies))
     return web.Application(middlewares=middlewares, client_max_size=max_body_bytes)

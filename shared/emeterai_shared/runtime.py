@@ -40,7 +40,7 @@ from aiohttp import web
 from emeterai_shared.config import ServiceSettings
 from emeterai_shared.db import create_pool, prepare_database
 from emeterai_shared.forwarded import TrustedProxies
-from emeterai_shared.http import OpenApi, Operation, add_probe_routes, create_app
+from emeterai_shared.http import SHED_EARLY, OpenApi, Operation, add_probe_routes, create_app
 from emeterai_shared.messaging import Consumer, Publisher, Subscription, connect
 from emeterai_shared.messaging.parking import list_parked, redrive
 from emeterai_shared.messaging.platform_queues import PLATFORM_QUEUES
@@ -87,11 +87,19 @@ class Router(Generic[DepsT]):
         self.app = app
         self.spec = spec
 
-    def add(self, op: Operation, handler: Endpoint[DepsT]) -> None:
+    def add(self, op: Operation, handler: Endpoint[DepsT], *,
+            shed_early: Callable[[DepsT], None] | None = None) -> None:
+        """``shed_early``: refusals a front door makes by arithmetic alone (``Admission.shed_early``),
+        which the HTTP middleware runs before anything else (``http.SHED_EARLY``)."""
         async def endpoint(request: web.Request) -> web.StreamResponse:
             return await handler(request, request.app[DEPENDENCIES])
 
         endpoint.__name__ = getattr(handler, "__name__", op.id)
+        if shed_early is not None:
+            def early(request: web.Request) -> None:
+                shed_early(request.app[DEPENDENCIES])
+
+            setattr(endpoint, SHED_EARLY, early)
         self.app.router.add_route(op.method, op.path, endpoint)
         if self.spec is not None:
             self.spec.add(op)
@@ -252,7 +260,8 @@ def build_api(defn: ServiceDefinition[Any], ctx: Process[Any]) -> web.Applicatio
     spec = OpenApi(defn.title)
     app = create_app(defn.name, max_body_bytes=ctx.settings.http_max_body_bytes,
                      max_in_flight=ctx.settings.http_max_in_flight,
-                     trusted_proxies=TrustedProxies.parse(ctx.settings.trusted_proxies))
+                     trusted_proxies=TrustedProxies.parse(ctx.settings.trusted_proxies),
+                     busy_max_retry_after_s=ctx.settings.admission_busy_max_retry_after_s)
     add_probe_routes(app, spec, _checks(ctx))
     app[DEPENDENCIES] = ctx.deps
     if defn.routes is not None:

@@ -275,3 +275,148 @@ async def test_overload_is_checked_before_a_request_takes_or_waits_for_a_slot() 
         async with gate.slot():
             pass
     assert refused.value.code == "overloaded" and gate.in_flight == 0 and gate.gate.queued == 0
+
+
+def test_busy_callers_are_told_to_come_back_spread_out_at_the_rate_the_gate_serves() -> None:
+    now = [100.0]
+    gate = SlotGate(4, max_wait_s=0.5, max_queued=0, clock=lambda: now[0], max_retry_after_s=30)
+    gate.busy, gate.hold_s = 4, 0.5  # full, each request holds its slot 0.5 s: the gate serves 8/s
+    assert gate.refuses() and gate.rate_per_s == 8
+    waits = [int(gate.refusal().headers["Retry-After"]) for _ in range(40)]
+    assert waits == [1] * 8 + [2] * 8 + [3] * 8 + [4] * 8 + [5] * 8  # the n-th refused: n / 8/s, rounded up
+    now[0] += 2.0  # 2 s at 8/s: 16 of the 40 have had their turn
+    assert int(gate.refusal().headers["Retry-After"]) == 4  # (40 - 16 + 1) / 8/s
+    now[0] += 60.0  # all drained: back to the shortest wait
+    error = gate.refusal()
+    assert (error.status, error.code, error.headers["Retry-After"]) == (503, "busy", "1")
+    assert error.extra["retry_after_s"] == 1 and error.extra["retry_at"]
+
+
+def test_busy_returns_are_capped_and_the_line_empties_within_the_cap() -> None:
+    now = [0.0]
+    gate = SlotGate(1, max_wait_s=0.5, max_queued=0, clock=lambda: now[0], max_retry_after_s=30)
+    gate.busy, gate.hold_s = 1, 1.0  # 1/s
+    waits = [int(gate.refusal().headers["Retry-After"]) for _ in range(100)]
+    assert waits[:3] == [1, 2, 3] and waits[-1] == 30 and max(waits) == 30
+    now[0] += 30.0
+    assert gate.refusal().headers["Retry-After"] == "1"  # the 70 told 30 s did not queue ahead past the cap
+
+
+async def test_those_waiting_in_line_for_a_slot_come_before_the_refused() -> None:
+    now = [0.0]
+    gate = SlotGate(2, max_wait_s=10, max_queued=0, clock=lambda: now[0])
+    gate.busy, gate.hold_s = 2, 1.0  # 2/s
+    loop = asyncio.get_running_loop()
+    gate._waiters.extend(loop.create_future() for _ in range(6))  # six in line: 3 s
+    assert gate.refusal().headers["Retry-After"] == "4"  # (6 + 1) / 2/s, rounded up
+
+
+async def test_before_any_slot_was_given_back_busy_callers_come_back_in_a_second_without_a_place() -> None:
+    gate = admission(min_limit=100, max_in_flight=1, max_queued=1)
+    gate.observe(Sample(backlog=0, drained=0, window_s=10))
+    async with gate.slot():  # nothing measured yet: no rate
+        waiting = asyncio.create_task(gate.gate.enter())
+        while gate.gate.queued < 1:
+            await asyncio.sleep(0.01)
+        for _ in range(5):
+            with pytest.raises(ApiError) as refused:
+                gate.shed_early()
+            assert (refused.value.code, refused.value.headers["Retry-After"]) == ("busy", "1")
+        assert gate.gate.come_back.waiting == 0
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+
+async def test_shed_early_refuses_by_arithmetic_what_the_gate_would_refuse_at_once() -> None:
+    gate = admission(min_limit=100, max_in_flight=1, queue_wait_s=60, max_queued=1)
+    gate.observe(Sample(backlog=0, drained=0, window_s=10))
+    gate.shed_early()  # a free slot
+    async with gate.slot():
+        gate.shed_early()  # one place free in line
+        waiting = asyncio.create_task(gate.gate.enter())
+        while gate.gate.queued < 1:
+            await asyncio.sleep(0.01)
+        with pytest.raises(ApiError) as refused:
+            gate.shed_early()  # the line is full
+        assert refused.value.code == "busy"
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    overloaded = admission(target_wait_s=10, min_limit=1, max_in_flight=1)
+    for _ in range(40):
+        overloaded.observe(Sample(backlog=100, drained=50, window_s=10))
+    with pytest.raises(ApiError) as refused:
+        overloaded.shed_early()
+    assert refused.value.code == "overloaded"
+
+
+async def test_a_route_s_early_shedding_runs_before_its_handler_reads_or_authenticates_anything() -> None:
+    """The middleware runs a route's ``shed_early`` first: a shed request never reaches the handler
+    (which would read the body and verify the token), and is counted as shed."""
+    from emeterai_shared.http import Operation
+    from emeterai_shared.runtime import DEPENDENCIES, Router
+    from emeterai_shared.telemetry import SHED
+
+    gate = admission(target_wait_s=10, min_limit=1, max_in_flight=1)
+    reached = 0
+
+    async def handler(request: web.Request, _deps: Admission) -> web.Response:
+        nonlocal reached
+        reached += 1
+        await request.read()
+        return web.json_response({"ok": True})
+
+    app = create_app("early", max_body_bytes=1024)
+    app[DEPENDENCIES] = gate
+    router: Router[Admission] = Router(app, None)
+    router.add(Operation("POST", "/front", "a front door"), handler, shed_early=lambda deps: deps.shed_early())
+    router.add(Operation("POST", "/other", "not a front door"), handler)
+    shed_before = SHED.labels("early", "/front", "503")._value.get()
+    async with TestClient(TestServer(app)) as client:
+        gate.observe(Sample(backlog=0, drained=0, window_s=10))
+        assert (await client.post("/front", data=b"{}")).status == 200 and reached == 1
+        for _ in range(40):
+            gate.observe(Sample(backlog=100, drained=50, window_s=10))
+        refused = await client.post("/front", data=b"x" * 1000, headers={"Authorization": "Bearer not-a-token"})
+        assert refused.status == 503 and refused.headers["Retry-After"] == "11"
+        body = await refused.json()
+        assert body["error"]["code"] == "overloaded" and body["error"]["retry_after_s"] == 11
+        assert reached == 1  # the handler never ran
+        assert SHED.labels("early", "/front", "503")._value.get() == shed_before + 1
+        assert (await client.post("/other", data=b"{}")).status == 200 and reached == 2
+
+
+async def test_past_http_max_in_flight_the_refused_come_back_at_the_rate_the_process_answers() -> None:
+    from emeterai_shared.http import make_middlewares
+
+    now = [0.0]
+    release = asyncio.Event()
+    entered = 0
+
+    async def slow(_request: web.Request) -> web.Response:
+        nonlocal entered
+        entered += 1
+        now[0] += 1.0  # each request is in flight 1 s (on the injected clock)
+        if entered > 2:
+            await release.wait()
+        return web.json_response({"ok": True})
+
+    app = web.Application(middlewares=make_middlewares("test", 2, busy_max_retry_after_s=30, clock=lambda: now[0]))
+    app.router.add_get("/slow", slow)
+    async with TestClient(TestServer(app)) as client:
+        for _ in range(2):
+            assert (await client.get("/slow")).status == 200  # measured: 1 s in flight, 2 at once: 2/s
+        held = [asyncio.create_task(client.get("/slow")) for _ in range(2)]
+        while entered < 4:
+            await asyncio.sleep(0.01)
+        waits = []
+        for _ in range(6):
+            refused = await client.get("/slow")
+            assert refused.status == 503 and (await refused.json())["error"]["code"] == "busy"
+            waits.append(int(refused.headers["Retry-After"]))
+        assert waits == [1, 1, 2, 2, 3, 3]  # the n-th refused: n / 2/s, rounded up
+        now[0] += 2.0  # 2 s at 2/s: four have had their turn
+        assert (await client.get("/slow")).headers["Retry-After"] == "2"  # (6 - 4 + 1) / 2/s
+        release.set()
+        assert [(await t).status for t in held] == [200, 200]

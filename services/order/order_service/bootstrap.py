@@ -33,7 +33,8 @@ def _token_keys(settings: OrderSettings) -> tuple[TokenIssuer, TokenVerifier]:
     except FileExistsError:
         pass  # another process created it at the same moment
     return (TokenIssuer(private_path.read_bytes(), timedelta(seconds=settings.token_ttl_s)),
-            TokenVerifier(load_public_keys(public_path)))
+            TokenVerifier(load_public_keys(public_path), cache_size=settings.auth_token_cache_size,
+                          cache_max_age_s=settings.auth_token_cache_max_age_s))
 
 
 def _otp_key(settings: OrderSettings) -> bytes:

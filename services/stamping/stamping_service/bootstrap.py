@@ -32,7 +32,8 @@ def _verifier(settings: StampingSettings) -> TokenVerifier:
         raise RuntimeError(f"stamping: the token public key file {path} does not exist; it is the order "
                            f"service's (run `python -m order_service setup` first, or set "
                            f"STAMPING_AUTH_PUBLIC_KEY_FILE)")
-    return TokenVerifier(load_public_keys(path))
+    return TokenVerifier(load_public_keys(path), cache_size=settings.auth_token_cache_size,
+                         cache_max_age_s=settings.auth_token_cache_max_age_s)
 
 
 async def dependencies(resources: Resources) -> StampingDeps:

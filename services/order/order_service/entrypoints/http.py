@@ -526,9 +526,14 @@ async def pricing(_: web.Request, deps: OrderDeps) -> web.Response:
                    headers={"Cache-Control": "public, max-age=5"})
 
 
+def _shed_early(deps: OrderDeps) -> None:
+    """The front doors' refusals by arithmetic alone (``overloaded``, ``busy``), run by the HTTP
+    middleware before the span, the body or the token: shedding must cost next to nothing."""
+    deps.admission.shed_early()
+
+
 async def place_order(request: web.Request, deps: OrderDeps) -> web.Response:
-    deps.admission.check()  # shed before verifying the token: shedding must cost next to nothing
-    caller = _caller(request, deps)
+    caller = _caller(request, deps)  # the route's _shed_early has run: the token is verified only if admitted
     deps.limits.enforce(caller)
     async with deps.admission.slot():
         return await _place_order(request, deps, caller)
@@ -710,12 +715,13 @@ def routes(router: Router[OrderDeps]) -> None:
                          "idempotency_key_reused", None),
                    429: ("rate_limited: this account's or partner's order rate (Retry-After)", None),
                    503: ("overloaded (the platform's backlog is past what it drains in the target wait; body "
-                         "retry_after_s, retry_at), busy, or qris_unavailable (a QRIS order while our QRIS "
+                         "retry_after_s, retry_at), busy (this process's line for a slot is full: Retry-After "
+                         "spreads the refused at the rate it serves), or qris_unavailable (a QRIS order while our QRIS "
                          "acquirer does not answer: pay by virtual account meanwhile); Retry-After", None)},
         links={202: {"GetOrder": read_order,
                      "GetReceipt": {"operationId": "get_v1_orders_order_id_receipt",
                                     "parameters": {"order_id": "$response.body#/order_id"}}}},
-    ), place_order)
+    ), place_order, shed_early=_shed_early)
     router.add(Operation(
         "GET", "/v1/orders", "The caller's orders, newest first (keyset pages: pass `next` as ?cursor=)",
         tags=["orders"], security=["bearer", "apiKey"], parameters=pagination.query_parameters(),
@@ -794,7 +800,7 @@ def _signin_routes(router: Router[OrderDeps]) -> None:
                    429: ("rate_limited: too many codes for this phone (1 per 30 s, 5 per hour) or from this address "
                          "(20 per 10 min); Retry-After and retry_after_s", None),
                    503: shed},
-    ), request_code)
+    ), request_code, shed_early=_shed_early)
     router.add(Operation(
         "POST", "/v1/auth/token", "Sign in with the phone's code: the account of that phone (created on first sign-in)",
         request=SignInRequest, tags=["accounts"],
@@ -802,7 +808,7 @@ def _signin_routes(router: Router[OrderDeps]) -> None:
                    401: ("invalid_code: wrong, used or expired (5 wrong tries void the code)", None),
                    422: ("invalid_request (fields)", None), 503: shed},
         links={200: signed_in},
-    ), create_token)
+    ), create_token, shed_early=_shed_early)
     router.add(Operation(
         "POST", "/v1/auth/refresh", "A new token pair for a refresh token (each works once)",
         request=RefreshRequest, tags=["accounts"],
@@ -812,7 +818,7 @@ def _signin_routes(router: Router[OrderDeps]) -> None:
                          "account", None),
                    422: ("invalid_request (fields)", None), 503: shed},
         links={200: signed_in},
-    ), refresh_token)
+    ), refresh_token, shed_early=_shed_early)
     router.add(Operation(
         "POST", "/v1/auth/logout", "End the caller's session: its refresh token stops working", tags=["accounts"],
         security=["bearer"],

@@ -188,13 +188,18 @@ async def get_quota(request: web.Request, deps: StampingDeps) -> web.Response:
                              serials_available=quota.serials_available))
 
 
-async def post_stamping(request: web.Request, deps: StampingDeps) -> web.Response:
+def _shed_early(deps: StampingDeps) -> None:
+    """Uploads' refusals by arithmetic alone (``overloaded``, ``busy``), run by the HTTP middleware
+    before the span, the body or the token: shedding must cost next to nothing."""
     try:
-        deps.admission.check()  # shed before verifying the token: shedding must cost next to nothing
+        deps.admission.shed_early()
     except ApiError as exc:
         UPLOADS.labels(exc.code).inc()
         raise
-    principal = _caller(request, deps)
+
+
+async def post_stamping(request: web.Request, deps: StampingDeps) -> web.Response:
+    principal = _caller(request, deps)  # the route's _shed_early has run: the token is verified only if admitted
     try:  # limits before the body is read: shedding is cheap
         if principal.partner_id is not None:
             deps.partner_uploads.enforce(principal.partner_id)
@@ -367,7 +372,7 @@ def routes(router: Router[StampingDeps]) -> None:
                          "(Retry-After; body retry_after_s, retry_at), or busy", None)},
         links={202: {"GetStamping": {"operationId": "get_v1_stampings_id", "parameters": from_upload},
                      "GetDocument": {"operationId": "get_v1_stampings_id_document", "parameters": from_upload}}}),
-        post_stamping)
+        post_stamping, shed_early=_shed_early)
     router.add(Operation(
         "GET", "/v1/stampings", "The caller's stamping jobs, newest first (keyset pages: pass `next` as ?cursor=)",
         tags=["stamping"], security=["bearer", "apiKey"], parameters=pagination.query_parameters(),
