@@ -1,8 +1,12 @@
 """The outbox relay: publishes committed outbox rows to the broker, in order, at least once.
 
 Loop: claim up to ``relay_batch_size`` pending rows (``FOR UPDATE SKIP LOCKED``, so several
-relays share the work), publish them all with confirms in flight together, mark the confirmed
-ones sent in the same transaction. It wakes on ``LISTEN outbox`` and polls as a fallback.
+relays share the work) and mark them sent in the same statement, publish them all with confirms
+in flight together, and commit; the rows whose publish was not confirmed are put back to pending
+in the same transaction before it commits, and a relay that dies before the commit leaves them
+all pending (its transaction rolls back): at least once, as when the mark was a statement of its
+own after the publish, with one round trip less per batch. It wakes on ``LISTEN outbox`` and
+polls as a fallback.
 
 * Broker unreachable: nothing is marked, the rows stay pending, the relay sleeps with capped
   exponential backoff (one probe per sleep, never a hot loop) and resumes by itself.
@@ -50,10 +54,13 @@ BACK_PRESSURE_MAX_WAIT_S = 5.0
 """Longest wait between tries while a queue is full: it drains within seconds once its consumers
 catch up, and one nacked publish per held row every few seconds costs the broker nothing."""
 
-_CLAIM = """SELECT id, message_id, message_type, routing_key, correlation_id, body, headers,
-                   created_at, attempts
-            FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL
-            ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"""
+# Claims the oldest pending rows no other relay holds and marks them sent, uncommitted until the
+# batch is published; RETURNING has no order of its own, so the caller sorts by id.
+_CLAIM = """UPDATE outbox SET sent_at = now()
+            WHERE id = ANY(ARRAY(SELECT id FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL
+                                 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
+            RETURNING id, message_id, message_type, routing_key, correlation_id, body, headers,
+                      created_at, attempts"""
 
 
 class OutboxRelay:
@@ -112,7 +119,7 @@ class OutboxRelay:
         """Publish one batch; returns how many rows were confirmed."""
         self._back_pressured = False
         async with self._pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(_CLAIM, self._settings.relay_batch_size)
+            rows = sorted(await conn.fetch(_CLAIM, self._settings.relay_batch_size), key=lambda r: r["id"])
             if not rows:
                 return 0
             results = await asyncio.gather(*(self._publish(r) for r in rows), return_exceptions=True)
@@ -123,8 +130,10 @@ class OutboxRelay:
             busy = [r for r, res in zip(rows, results, strict=True) if isinstance(res, BrokerBusy)]
             unexpected = [res for res in results if isinstance(res, BaseException)
                           and not isinstance(res, PublishError | BrokerBusy)]
+            if len(sent) < len(rows):  # claimed as sent: the others go back to pending
+                await conn.execute("UPDATE outbox SET sent_at = NULL WHERE id = ANY($1::bigint[])",
+                                   [r["id"] for r, res in zip(rows, results, strict=True) if res is not None])
             if sent:
-                await conn.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)", sent)
                 MESSAGES_PUBLISHED.labels(self._settings.service_name).inc(len(sent))
             if refused:
                 await conn.executemany(

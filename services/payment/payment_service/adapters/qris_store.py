@@ -89,12 +89,6 @@ class QrisStore:
         value: str | None = await self.conn.fetchval("SELECT qr_reference_no FROM bills WHERE bill_id = $1", bill_id)
         return value
 
-    async def bill_id_of(self, partner_reference_no: str, acquirer: str) -> UUID | None:
-        value: UUID | None = await self.conn.fetchval(
-            "SELECT bill_id FROM bills WHERE partner_reference_no = $1 AND bank = $2 AND method = 'qris'",
-            partner_reference_no, acquirer)
-        return value
-
     async def record_notification(self, acquirer: str, reference_no: str, status: str, partner_reference_no: str,
                                   bill_id: UUID | None, amount: int | None, rrn: str | None,
                                   body: dict[str, Any]) -> bool:

@@ -139,7 +139,7 @@ async def _access_token(request: web.Request, raw: bytes, deps: PaymentDeps) -> 
     validate_access_token_request(raw)
     ttl = deps.settings.snap_token_ttl_s
     async with unit_of_work(deps.pool) as uow:
-        token = await issue_token(uow, client_key, timedelta(seconds=ttl), now)
+        token = await issue_token(uow, client_key, timedelta(seconds=ttl), now, deps.tokens)
     return token_response(token, ttl)
 
 
@@ -148,7 +148,7 @@ async def _authenticate(uow: UnitOfWork, request: web.Request, raw: bytes, deps:
     """The calling bank, its X-TIMESTAMP and its X-EXTERNAL-ID."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token.strip()
-    client_id = await bank_of_token(uow, token, now) if scheme.lower() == "bearer" and token else None
+    client_id = await bank_of_token(uow, token, now, deps.tokens) if scheme.lower() == "bearer" and token else None
     bank = deps.banks.get(client_id) if client_id is not None else None
     if bank is None:
         raise SnapRefusal(Case.INVALID_TOKEN)
@@ -199,7 +199,7 @@ async def _qr_notify(request: web.Request, raw: bytes, deps: PaymentDeps) -> Sna
     async with unit_of_work(deps.pool) as uow:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         token = token.strip()
-        client_id = await bank_of_token(uow, token, now) if scheme.lower() == "bearer" and token else None
+        client_id = await bank_of_token(uow, token, now, deps.tokens) if scheme.lower() == "bearer" and token else None
         acquirer = deps.acquirers.by_notify_client(client_id) if client_id is not None else None
         if acquirer is None:
             raise SnapRefusal(Case.INVALID_TOKEN)

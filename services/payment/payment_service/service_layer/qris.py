@@ -220,26 +220,29 @@ async def query_pending_qrs(pool: asyncpg.Pool, acquirers: AcquirerRegistry, cli
 
 
 async def capture_qris(uow: UnitOfWork, acquirer: Acquirer, bill: Bill, reference_no: str, rrn: str | None,
-                       paid_time: datetime | None, now: datetime) -> bool:
+                       paid_time: datetime | None, now: datetime, *, already_captured: bool | None = None) -> bool:
     """Capture the QRIS payment of ``bill`` (locked by the caller): once, through
     ``payment.captured.v1`` as for a VA payment. False when captured already.
 
     A payment reported after the bill expired is captured ``late``, as a VA late advice is: the order
     service refunds it (``order.refund_requested.v1``), and the refund of a QRIS payment goes back
-    through ``qr-mpm-refund`` (`record_qris_refund`)."""
+    through ``qr-mpm-refund`` (`record_qris_refund`). ``already_captured``: whether the caller
+    found a payment captured for the bill when it locked it (None: look it up here)."""
     repo = PaymentRepository(uow.conn)
-    if await repo.captured_for_bill(bill.bill_id) is not None or bill.status is BillStatus.PAID:
+    if already_captured is None:
+        already_captured = await repo.captured_for_bill(bill.bill_id) is not None
+    if already_captured or bill.status is BillStatus.PAID:
         return False
     late = bill.status is BillStatus.EXPIRED
     bill.pay(late=late)
     payment = NewPayment(uuid4(), bill, acquirer.acquirer_id, reference_no, bill.amount, None, rrn or reference_no,
                          paid_time, late, now)
-    await repo.add_payment(payment)
     uow.publish(PaymentCaptured(order_id=bill.order_id, bill_id=bill.bill_id, payment_id=payment.payment_id,
                                 amount=payment.amount, bank=acquirer.acquirer_id,
                                 payment_request_id=reference_no, captured_at=now, late=late, method="qris",
                                 reference_no=rrn or reference_no),
                 correlation_id=str(bill.order_id), trace_headers=bill.trace_context or None)
+    await repo.record_capture(uow, payment)  # with payment.captured.v1: one statement
     return True
 
 
@@ -247,11 +250,10 @@ async def notify(uow: UnitOfWork, acquirer: Acquirer, request: QrNotifyRequest, 
                  now: datetime) -> tuple[Case, bool]:
     """An authenticated, well-formed qr-mpm-notify: (the answer's case, whether it captured)."""
     store, repo = QrisStore(uow.conn), PaymentRepository(uow.conn)
-    bill_id = await store.bill_id_of(request.original_partner_reference_no, acquirer.acquirer_id)
-    bill = await repo.bill_by_id(bill_id, lock=True) if bill_id is not None else None
-    if bill is None:
+    found = await repo.qris_bill_to_notify(request.original_partner_reference_no, acquirer.acquirer_id)
+    if found is None:
         return Case.TRANSACTION_NOT_FOUND, False
-    known_reference = await store.qr_reference_of(bill.bill_id)
+    bill, known_reference = found.bill, found.qr_reference_no
     if known_reference is not None and known_reference != request.original_reference_no:
         return Case.TRANSACTION_NOT_FOUND, False
     try:
@@ -267,7 +269,8 @@ async def notify(uow: UnitOfWork, acquirer: Acquirer, request: QrNotifyRequest, 
     if request.latest_transaction_status != "00":
         log.info("QRIS bill %s: status %s recorded", bill.bill_id, request.latest_transaction_status)
         return Case.SUCCESS, False
-    captured = await capture_qris(uow, acquirer, bill, request.original_reference_no, request.rrn, None, now)
+    captured = await capture_qris(uow, acquirer, bill, request.original_reference_no, request.rrn, None, now,
+                                  already_captured=found.captured)
     return Case.SUCCESS, captured
 
 
