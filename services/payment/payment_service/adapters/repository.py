@@ -8,7 +8,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-from emeterai_shared.uow import UnitOfWork
+from emeterai_shared.uow import UnitOfWork, outbox_insert
 
 from payment_service.domain.model import Bill, BillStatus, CapturedPayment, SnapRequestKey
 from payment_service.domain.reconciliation import Settled, Window
@@ -50,16 +50,22 @@ class PaymentRepository:
 
     # --- bills -----------------------------------------------------------------------------
 
-    async def add_bill(self, bill: Bill) -> bool:
-        """Insert ``bill``; False when its order already has one or its customer number is taken."""
-        inserted = await self.conn.fetchval(
-            f"""INSERT INTO bills ({_BILL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-                ON CONFLICT DO NOTHING RETURNING true""",
-            bill.bill_id, bill.order_id, bill.bank, bill.customer_no, bill.virtual_account_no,
-            bill.amount, bill.quantity, bill.status.value, bill.expires_at,
-            dict(bill.trace_context) if bill.trace_context else None, bill.method, bill.partner_reference_no,
-        )
-        return bool(inserted)
+    async def add_bill(self, bill: Bill, announce: UnitOfWork | None = None) -> bool:
+        """Insert ``bill``; False when its order already has one or its customer number is taken.
+        The messages ``announce`` holds go to the outbox in the same statement when the bill is
+        inserted, and nowhere when it is not."""
+        announced = announce.take_outbox_rows() if announce is not None else None
+        insert = f"""INSERT INTO bills ({_BILL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                     ON CONFLICT DO NOTHING RETURNING true"""
+        args = (bill.bill_id, bill.order_id, bill.bank, bill.customer_no, bill.virtual_account_no,
+                bill.amount, bill.quantity, bill.status.value, bill.expires_at,
+                dict(bill.trace_context) if bill.trace_context else None, bill.method, bill.partner_reference_no)
+        if announced is None:
+            return bool(await self.conn.fetchval(insert, *args))
+        return bool(await self.conn.fetchval(
+            f"""WITH added AS ({insert}),
+                     announced AS ({outbox_insert(13)} WHERE EXISTS (SELECT 1 FROM added))
+                SELECT EXISTS (SELECT 1 FROM added)""", *args, *announced))
 
     async def bill_for_order(self, order_id: UUID, *, lock: bool = False) -> Bill | None:
         return _bill(await self.conn.fetchrow(

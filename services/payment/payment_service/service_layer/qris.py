@@ -122,14 +122,13 @@ async def _generate_one(pool: asyncpg.Pool, acquirers: AcquirerRegistry, clients
         async with unit_of_work(pool) as uow:
             await _fail(uow, qr.bill_id, f"the QRIS acquirer refused the QR: {exc}")
         return False
-    async with unit_of_work(pool) as uow:
-        if not await QrisStore(uow.conn).set_qr(qr.bill_id, generated.reference_no, generated.qr_content, now,
-                                                now + timedelta(seconds=first_query_s)):
-            return False
-        uow.publish(BillIssued(order_id=qr.order_id, bill_id=qr.bill_id, bank=qr.acquirer, virtual_account_no="",
-                               amount=qr.amount, expires_at=qr.expires_at, method="qris",
-                               qr_content=generated.qr_content), correlation_id=str(qr.order_id))
-    return True
+    async with pool.acquire() as conn:  # one statement: the QR and its bill.issued.v1, or nothing
+        announce = UnitOfWork(conn)
+        announce.publish(BillIssued(order_id=qr.order_id, bill_id=qr.bill_id, bank=qr.acquirer, virtual_account_no="",
+                                    amount=qr.amount, expires_at=qr.expires_at, method="qris",
+                                    qr_content=generated.qr_content), correlation_id=str(qr.order_id))
+        return await QrisStore(conn).set_qr(qr.bill_id, generated.reference_no, generated.qr_content, now,
+                                            now + timedelta(seconds=first_query_s), announce)
 
 
 async def _fail(uow: UnitOfWork, bill_id: UUID, reason: str) -> None:
@@ -150,8 +149,8 @@ async def generate_qrs(pool: asyncpg.Pool, acquirers: AcquirerRegistry, clients:
     it is postponed (acquirer unreachable) or failed (refused)."""
     generated = 0
     for _ in range(GENERATE_ROUNDS):
-        async with unit_of_work(pool) as uow:
-            pending = await QrisStore(uow.conn).to_generate(now, GENERATE_BATCH)
+        async with pool.acquire() as conn:  # one read: no transaction
+            pending = await QrisStore(conn).to_generate(now, GENERATE_BATCH)
         if not pending:
             break
         done = await asyncio.gather(*(_generate_one(pool, acquirers, clients, qr, now, first_query_s)

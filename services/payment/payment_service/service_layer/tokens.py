@@ -57,7 +57,7 @@ async def issue_token(uow: UnitOfWork, client_id: str, ttl: timedelta, now: date
     token = secrets.token_urlsafe(32)
     token_hash = _hash(token)
     await PaymentRepository(uow.conn).add_token(token_hash, client_id, now + ttl)
-    if cache is not None:  # remembered before the commit: the token is unknown until the caller has it
+    if cache is not None:  # (before the caller's commit, if it has a transaction: nobody knows the token yet)
         cache.put(token_hash, client_id, now + ttl, now)
     return token
 
