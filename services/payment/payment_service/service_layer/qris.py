@@ -178,11 +178,14 @@ async def _query_one(pool: asyncpg.Pool, acquirers: AcquirerRegistry, clients: A
             body = await query_qr(clients, acquirer, qr.partner_reference_no, qr.reference_no)
         except (AcquirerUnavailable, AcquirerRefused) as exc:
             log.warning("query of QR bill %s failed: %s", qr.bill_id, exc)
-    async with unit_of_work(pool) as uow:
-        if acquirer is not None and body.get("responseCode") == QUERIED and body.get("latestTransactionStatus") == "00":
+    if acquirer is not None and body.get("responseCode") == QUERIED and body.get("latestTransactionStatus") == "00":
+        async with unit_of_work(pool) as uow:
             if await _capture_queried(uow, acquirer, qr, body, now):
                 return True
-        await QrisStore(uow.conn).next_query(qr.bill_id, now + timedelta(seconds=delay))
+            await QrisStore(uow.conn).next_query(qr.bill_id, now + timedelta(seconds=delay))
+        return False
+    async with pool.acquire() as conn:  # not paid yet (the usual answer): one UPDATE, no transaction
+        await QrisStore(conn).next_query(qr.bill_id, now + timedelta(seconds=delay))
     return False
 
 
@@ -210,8 +213,8 @@ async def query_pending_qrs(pool: asyncpg.Pool, acquirers: AcquirerRegistry, cli
                             now: datetime, first_s: float, max_s: float) -> int:
     """The worker's job: query the pending QRs that are due (backoff x1.5 from ``first_s`` up to
     ``max_s``), capturing those paid whose notify never came; returns how many it captured."""
-    async with unit_of_work(pool) as uow:
-        due = await QrisStore(uow.conn).to_query(now, QUERY_BATCH)
+    async with pool.acquire() as conn:  # one read: no transaction
+        due = await QrisStore(conn).to_query(now, QUERY_BATCH)
     if not due:
         return 0
     done = await asyncio.gather(*(_query_one(pool, acquirers, clients, qr, now, first_s, max_s) for qr in due))
@@ -308,8 +311,8 @@ async def _expire_one(pool: asyncpg.Pool, acquirers: AcquirerRegistry, clients: 
 async def expire_qrs(pool: asyncpg.Pool, acquirers: AcquirerRegistry, clients: AcquirerClients, now: datetime,
                      max_s: float) -> int:
     """The worker's job: expire the QRIS bills past their validity (cancel, query once more, expire)."""
-    async with unit_of_work(pool) as uow:
-        due = await QrisStore(uow.conn).due_to_expire(now, QUERY_BATCH)
+    async with pool.acquire() as conn:  # one read: no transaction
+        due = await QrisStore(conn).due_to_expire(now, QUERY_BATCH)
     done = await asyncio.gather(*(_expire_one(pool, acquirers, clients, qr, now, max_s) for qr in due))
     return sum(done)
 
