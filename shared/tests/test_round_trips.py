@@ -72,8 +72,8 @@ async def test_a_batch_claims_its_inbox_rows_in_one_statement_and_applies_each_m
         assert await consumer._apply(sub, warm_up) == ["done", "done"]  # prepares the statements
         await logged(statements)
 
-        ids = sorted([str(uuid.uuid4()) for _ in range(8)] + [known])
-        twin = ids[3]
+        new = [str(uuid.uuid4()) for _ in range(8)]
+        ids, twin = sorted([*new, known]), new[3]
         batch = sorted([envelope(mid, i) for i, mid in enumerate(ids)] + [envelope(twin, 99)],
                        key=lambda e: e.message_id)  # as the consumer sorts a batch
         outcomes = await consumer._apply(sub, batch)
