@@ -1,8 +1,19 @@
 """The outbox relay: publishes committed outbox rows to the broker, in order, at least once.
 
 Loop: claim up to ``relay_batch_size`` pending rows (``FOR UPDATE SKIP LOCKED``, so several
-relays share the work), publish them all with confirms in flight together, mark the confirmed
-ones sent in the same transaction. It wakes on ``LISTEN outbox`` and polls as a fallback.
+relays share the work) and mark them sent in the same statement, publish them all with confirms
+in flight together, and commit; the rows whose publish was not confirmed are put back to pending
+in the same transaction before it commits, and a relay that dies before the commit leaves them
+all pending (its transaction rolls back): at least once, as when the mark was a statement of its
+own after the publish, with one round trip less per batch. It wakes on ``LISTEN outbox`` and
+polls as a fallback.
+
+A writer's NOTIFY is skipped while a relay is busy (migration ``003_outbox_wake``: a NOTIFY makes
+the commits that send one wait for each other). The relay takes the "busy" advisory lock on its
+LISTEN connection when it wakes, keeps relaying while rows keep coming (one cheap look between
+batches), and before it sleeps leaves through ``outbox_relay_rest()``, which waits for the writers
+that skipped their NOTIFY and says whether rows are pending: no row is left waiting for the
+polling fallback. Without a LISTEN connection the relay is never busy and writers always notify.
 
 * Broker unreachable: nothing is marked, the rows stay pending, the relay sleeps with capped
   exponential backoff (one probe per sleep, never a hot loop) and resumes by itself.
@@ -50,10 +61,18 @@ BACK_PRESSURE_MAX_WAIT_S = 5.0
 """Longest wait between tries while a queue is full: it drains within seconds once its consumers
 catch up, and one nacked publish per held row every few seconds costs the broker nothing."""
 
-_CLAIM = """SELECT id, message_id, message_type, routing_key, correlation_id, body, headers,
-                   created_at, attempts
-            FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL
-            ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"""
+# Claims the oldest pending rows no other relay holds and marks them sent, uncommitted until the
+# batch is published; RETURNING has no order of its own, so the caller sorts by id.
+_CLAIM = """UPDATE outbox SET sent_at = now()
+            WHERE id = ANY(ARRAY(SELECT id FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL
+                                 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
+            RETURNING id, message_id, message_type, routing_key, correlation_id, body, headers,
+                      created_at, attempts"""
+
+
+_BUSY_LOCK = (1869903970, 1)
+"""The "busy" advisory lock (two-int key) of migration ``003_outbox_wake``."""
+_PENDING = "SELECT EXISTS (SELECT 1 FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL)"
 
 
 class OutboxRelay:
@@ -68,14 +87,21 @@ class OutboxRelay:
         self.back_pressure_streak = 0
         """Batches in a row in which a full queue refused a row (``BrokerBusy``)."""
         self._back_pressured = False
+        self._busy = False
+        """This relay holds the "busy" lock on its LISTEN connection: writers skip their NOTIFY."""
 
     async def run(self) -> None:
         """Relay until ``stop()``; survives broker and database outages."""
         housekeeping = asyncio.create_task(self._housekeeping())
+        resting = False
         try:
             while not self._stopping.is_set():
                 try:
                     await self._ensure_listener()
+                    if resting:  # just left busy with rows pending: one batch before being busy again
+                        resting = False
+                    else:
+                        await self._become_busy()
                     published = await self.relay_once()
                 except BrokerUnavailable as exc:
                     await self._backoff(f"broker unavailable: {exc}")
@@ -96,8 +122,22 @@ class OutboxRelay:
                     await self._hold_back()
                     continue
                 self.back_pressure_streak = 0
-                if published < self._settings.relay_batch_size:
-                    await self._sleep_until_woken(self._settings.relay_poll_interval_s)
+                if published >= self._settings.relay_batch_size:
+                    continue
+                try:
+                    if self._busy:
+                        if published and await self._pending():
+                            continue  # rows came while busy (their writers did not notify)
+                        self._wake.clear()  # a NOTIFY received before this is for a row _rest sees
+                        if await self._rest():
+                            resting = True
+                            continue
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("relay could not look for rows before sleeping: %r", exc)
+                    self._drop_listener()  # and the busy lock with it
+                    resting = True  # look again once, without being busy
+                    continue
+                await self._sleep_until_woken(self._settings.relay_poll_interval_s)
         finally:
             housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -112,7 +152,7 @@ class OutboxRelay:
         """Publish one batch; returns how many rows were confirmed."""
         self._back_pressured = False
         async with self._pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(_CLAIM, self._settings.relay_batch_size)
+            rows = sorted(await conn.fetch(_CLAIM, self._settings.relay_batch_size), key=lambda r: r["id"])
             if not rows:
                 return 0
             results = await asyncio.gather(*(self._publish(r) for r in rows), return_exceptions=True)
@@ -123,8 +163,10 @@ class OutboxRelay:
             busy = [r for r, res in zip(rows, results, strict=True) if isinstance(res, BrokerBusy)]
             unexpected = [res for res in results if isinstance(res, BaseException)
                           and not isinstance(res, PublishError | BrokerBusy)]
+            if len(sent) < len(rows):  # claimed as sent: the others go back to pending
+                await conn.execute("UPDATE outbox SET sent_at = NULL WHERE id = ANY($1::bigint[])",
+                                   [r["id"] for r, res in zip(rows, results, strict=True) if res is not None])
             if sent:
-                await conn.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)", sent)
                 MESSAGES_PUBLISHED.labels(self._settings.service_name).inc(len(sent))
             if refused:
                 await conn.executemany(
@@ -189,9 +231,39 @@ class OutboxRelay:
             await asyncio.wait_for(self._wake.wait(), seconds)
         self._wake.clear()
 
+    async def _become_busy(self) -> None:
+        """Take the "busy" lock on the LISTEN connection, unless held already or held by another
+        relay (or probed by a writer at this instant: then writers keep notifying this time)."""
+        if self._busy or self._listener is None:
+            return
+        try:
+            self._busy = bool(await self._listener.fetchval("SELECT pg_try_advisory_lock($1, $2)", *_BUSY_LOCK))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("relay could not mark itself busy: %r", exc)
+            self._drop_listener()
+
+    async def _pending(self) -> bool:
+        assert self._listener is not None
+        pending: bool = await self._listener.fetchval(_PENDING)
+        return pending
+
+    async def _rest(self) -> bool:
+        """Stop being busy; True when rows are pending (written while it was)."""
+        assert self._listener is not None
+        self._busy = False
+        pending: bool = await self._listener.fetchval("SELECT outbox_relay_rest()")
+        return pending
+
+    def _drop_listener(self) -> None:
+        if self._listener is not None:
+            self._listener.terminate()
+        self._listener = None
+        self._busy = False
+
     async def _ensure_listener(self) -> None:
         if self._listener is not None and not self._listener.is_closed():
             return
+        self._busy = False  # a lock held on a closed connection is gone with it
         try:
             self._listener = await connect_with_retry(self._settings.database_url, timeout_s=5)
             await self._listener.add_listener("outbox", lambda *_: self._wake.set())

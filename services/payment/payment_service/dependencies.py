@@ -3,7 +3,7 @@ built once per process by ``bootstrap.dependencies``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
@@ -11,6 +11,7 @@ from payment_service.adapters.acquirers import AcquirerClients, AcquirerRegistry
 from payment_service.adapters.banks import BankRegistry
 from payment_service.adapters.payouts import Payouts
 from payment_service.config import PaymentSettings
+from payment_service.service_layer.tokens import TokenCache
 
 
 @dataclass(frozen=True)
@@ -28,3 +29,5 @@ class PaymentDeps:
     """Clients of the acquirers (one HTTP session per process, opened on first use)."""
     payouts: Payouts
     """Who pays refunds out (``PAYMENT_PAYOUT_ADAPTER``; the development bank's simulation)."""
+    tokens: TokenCache = field(default_factory=TokenCache)
+    """The SNAP access tokens this process issued or found, until they expire."""

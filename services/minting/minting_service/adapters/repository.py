@@ -20,6 +20,23 @@ _CLAIM = """
     WHERE sn = ANY(ARRAY(SELECT sn FROM picked)) AND (SELECT count(*) FROM picked) = $3
     RETURNING sn"""
 
+# ``add_issuance``, ``anyone_waiting`` and ``claim_stock`` in one round trip: the issuance row,
+# then, when it is new and no paid order waits for stock, the order's serials as ``_CLAIM`` takes
+# them (all or none). A twin of the order waits on the issuance's key, inserts nothing and claims
+# nothing. The waiting check reads the statement's snapshot, as a statement of its own would a
+# moment later.
+_START = """
+    WITH added AS (INSERT INTO issuances (order_id, account_id, partner_id, quantity, status)
+                   VALUES ($1, $2, $3, $4, 'ISSUED') ON CONFLICT DO NOTHING RETURNING order_id),
+         waiting AS (SELECT EXISTS (SELECT 1 FROM issuances WHERE status = 'WAITING') AS anyone),
+         picked AS (SELECT sn FROM serials
+                    WHERE status = 'STOCK' AND EXISTS (SELECT 1 FROM added) AND NOT (SELECT anyone FROM waiting)
+                    ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED),
+         claimed AS (UPDATE serials SET status = 'UNUSED', order_id = $1, issued_at = $5
+                     WHERE sn = ANY(ARRAY(SELECT sn FROM picked)) AND (SELECT count(*) FROM picked) = $4
+                     RETURNING sn)
+    SELECT EXISTS (SELECT 1 FROM added) AS added, ARRAY(SELECT sn FROM claimed) AS sns"""
+
 _ENSURE_LOCK = 0x6D696E74  # advisory lock id: b"mint" (one stock top-up at a time)
 _SERVE_LOCK = 0x77616974  # advisory lock id: b"wait" (one server of the waiting queue at a time, strict order)
 
@@ -81,15 +98,13 @@ class MintingRepository:
         """Wait for the waiting queue, then hold it until the caller's commit."""
         await self.conn.execute("SELECT pg_advisory_xact_lock($1)", _SERVE_LOCK)
 
-    async def add_issuance(self, order: OrderPaid) -> bool:
-        """Record the order's issuance; False when it has one (a concurrent twin waits here until
-        the first commits)."""
-        inserted = await self.conn.fetchval(
-            """INSERT INTO issuances (order_id, account_id, partner_id, quantity, status)
-               VALUES ($1, $2, $3, $4, 'ISSUED') ON CONFLICT DO NOTHING RETURNING true""",
-            order.order_id, order.account_id, order.partner_id, order.quantity,
-        )
-        return bool(inserted)
+    async def start_issuance(self, order: OrderPaid, now: datetime) -> tuple[bool, list[str] | None]:
+        """Record the order's issuance and, unless some paid order waits for stock, issue its
+        serials, in one statement: (False, None) when it had one already (a concurrent twin waits
+        here until the first commits); (True, the serials) when issued; (True, None) when the
+        order must wait (or fail): too little free stock, or others waiting before it."""
+        row = await self.conn.fetchrow(_START, order.order_id, order.account_id, order.partner_id, order.quantity, now)
+        return row["added"], (list(row["sns"]) or None) if row["added"] else None
 
     async def claim_stock(self, order_id: UUID, quantity: int, now: datetime) -> list[str] | None:
         """Issue ``quantity`` STOCK serials to the order; None, claiming nothing, when fewer are free."""
@@ -101,11 +116,6 @@ class MintingRepository:
             "UPDATE issuances SET status = 'FAILED', reason = $2, decided_at = $3 WHERE order_id = $1",
             order_id, reason, now,
         )
-
-    async def anyone_waiting(self) -> bool:
-        """Some paid order waits for stock (a new one then queues behind it)."""
-        waiting: bool = await self.conn.fetchval("SELECT EXISTS (SELECT 1 FROM issuances WHERE status = 'WAITING')")
-        return waiting
 
     async def wait_issuance(self, order_id: UUID, since: datetime, refund_at: datetime) -> None:
         await self.conn.execute(

@@ -46,15 +46,14 @@ async def issue_serials(uow: UnitOfWork, order: OrderPaid, signer: StampSigner, 
     if order.quantity < 1:
         raise PermanentError(f"order {order.order_id} has a non-positive quantity {order.quantity}")
     repo = MintingRepository(uow.conn)
-    if not await repo.add_issuance(order):
+    added, sns = await repo.start_issuance(order, now)
+    if not added:
         return None
     correlation_id = str(order.order_id)
-    if not await repo.anyone_waiting():
-        sns = await repo.claim_stock(order.order_id, order.quantity, now)
-        if sns is not None:
-            issued = _issued(order.order_id, order.account_id, order.partner_id, sns, signer, now)
-            uow.publish(issued, correlation_id=correlation_id)
-            return issued
+    if sns is not None:
+        issued = _issued(order.order_id, order.account_id, order.partner_id, sns, signer, now)
+        uow.publish(issued, correlation_id=correlation_id)
+        return issued
     refund_at = refund_deadline(now, stock_wait_s)
     if refund_at is None:
         await repo.fail_issuance(order.order_id, OUT_OF_STOCK, now)

@@ -9,6 +9,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+from emeterai_shared.uow import UnitOfWork, outbox_insert
 
 from payment_service.domain.reconciliation import Settled, Window
 
@@ -78,21 +79,20 @@ class QrisStore:
             bill_id, next_attempt_at)
 
     async def set_qr(self, bill_id: UUID, reference_no: str, qr_content: str, now: datetime,
-                     first_query_at: datetime) -> bool:
-        """Keep the generated QR (first queried at ``first_query_at``); False when another worker kept it first."""
+                     first_query_at: datetime, announce: UnitOfWork) -> bool:
+        """Keep the generated QR (first queried at ``first_query_at``) and write the messages
+        ``announce`` holds to the outbox, in one statement (atomic without a transaction: one round
+        trip); False, writing nothing, when another worker kept it first."""
         return bool(await self.conn.fetchval(
-            """UPDATE bills SET qr_reference_no = $2, qr_content = $3, qr_generated_at = $4, qr_next_query_at = $5
-                WHERE bill_id = $1 AND qr_content IS NULL RETURNING true""",
-            bill_id, reference_no, qr_content, now, first_query_at))
+            f"""WITH kept AS (UPDATE bills SET qr_reference_no = $2, qr_content = $3, qr_generated_at = $4,
+                                               qr_next_query_at = $5
+                               WHERE bill_id = $1 AND qr_content IS NULL RETURNING bill_id),
+                     announced AS ({outbox_insert(6)} WHERE EXISTS (SELECT 1 FROM kept))
+                SELECT EXISTS (SELECT 1 FROM kept)""",
+            bill_id, reference_no, qr_content, now, first_query_at, *announce.take_outbox_rows()))
 
     async def qr_reference_of(self, bill_id: UUID) -> str | None:
         value: str | None = await self.conn.fetchval("SELECT qr_reference_no FROM bills WHERE bill_id = $1", bill_id)
-        return value
-
-    async def bill_id_of(self, partner_reference_no: str, acquirer: str) -> UUID | None:
-        value: UUID | None = await self.conn.fetchval(
-            "SELECT bill_id FROM bills WHERE partner_reference_no = $1 AND bank = $2 AND method = 'qris'",
-            partner_reference_no, acquirer)
         return value
 
     async def record_notification(self, acquirer: str, reference_no: str, status: str, partner_reference_no: str,

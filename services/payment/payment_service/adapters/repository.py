@@ -8,6 +8,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+from emeterai_shared.uow import UnitOfWork, outbox_insert
 
 from payment_service.domain.model import Bill, BillStatus, CapturedPayment, SnapRequestKey
 from payment_service.domain.reconciliation import Settled, Window
@@ -36,22 +37,35 @@ class NewPayment:
     captured_at: datetime
 
 
+@dataclass(frozen=True)
+class QrisBill:
+    bill: Bill
+    qr_reference_no: str | None
+    captured: bool
+
+
 class PaymentRepository:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
 
     # --- bills -----------------------------------------------------------------------------
 
-    async def add_bill(self, bill: Bill) -> bool:
-        """Insert ``bill``; False when its order already has one or its customer number is taken."""
-        inserted = await self.conn.fetchval(
-            f"""INSERT INTO bills ({_BILL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-                ON CONFLICT DO NOTHING RETURNING true""",
-            bill.bill_id, bill.order_id, bill.bank, bill.customer_no, bill.virtual_account_no,
-            bill.amount, bill.quantity, bill.status.value, bill.expires_at,
-            dict(bill.trace_context) if bill.trace_context else None, bill.method, bill.partner_reference_no,
-        )
-        return bool(inserted)
+    async def add_bill(self, bill: Bill, announce: UnitOfWork | None = None) -> bool:
+        """Insert ``bill``; False when its order already has one or its customer number is taken.
+        The messages ``announce`` holds go to the outbox in the same statement when the bill is
+        inserted, and nowhere when it is not."""
+        announced = announce.take_outbox_rows() if announce is not None else None
+        insert = f"""INSERT INTO bills ({_BILL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                     ON CONFLICT DO NOTHING RETURNING true"""
+        args = (bill.bill_id, bill.order_id, bill.bank, bill.customer_no, bill.virtual_account_no,
+                bill.amount, bill.quantity, bill.status.value, bill.expires_at,
+                dict(bill.trace_context) if bill.trace_context else None, bill.method, bill.partner_reference_no)
+        if announced is None:
+            return bool(await self.conn.fetchval(insert, *args))
+        return bool(await self.conn.fetchval(
+            f"""WITH added AS ({insert}),
+                     announced AS ({outbox_insert(13)} WHERE EXISTS (SELECT 1 FROM added))
+                SELECT EXISTS (SELECT 1 FROM added)""", *args, *announced))
 
     async def bill_for_order(self, order_id: UUID, *, lock: bool = False) -> Bill | None:
         return _bill(await self.conn.fetchrow(
@@ -68,6 +82,23 @@ class PaymentRepository:
             f"SELECT {_BILL_COLUMNS} FROM bills WHERE customer_no = $1" + (" FOR UPDATE" if lock else ""),
             customer_no,
         ))
+
+    async def qris_bill_to_notify(self, partner_reference_no: str, acquirer: str) -> QrisBill | None:
+        """The QRIS bill of a ``partnerReferenceNo`` at ``acquirer``, locked, with its QR's reference
+        and whether a payment is captured for it, in one round trip. ``captured`` is read in the
+        statement's snapshot: a capture committed while this waited for the lock is not in it, but
+        the bill as locked (its newest version) is PAID then, and PAID is final."""
+        row = await self.conn.fetchrow(
+            f"""SELECT {_BILL_COLUMNS}, qr_reference_no,
+                       EXISTS (SELECT 1 FROM payments p WHERE p.bill_id = bills.bill_id) AS captured
+                FROM bills WHERE partner_reference_no = $1 AND bank = $2 AND method = 'qris' FOR UPDATE""",
+            partner_reference_no, acquirer,
+        )
+        if row is None:
+            return None
+        fields = dict(row)
+        reference, captured = fields.pop("qr_reference_no"), fields.pop("captured")
+        return QrisBill(Bill(**{**fields, "status": BillStatus(fields["status"])}), reference, captured)
 
     async def claim_due_bills(self, now: datetime, limit: int) -> list[Bill]:
         """Lock up to ``limit`` open VA bills past their expiry that no other worker holds (QRIS bills
@@ -87,31 +118,53 @@ class PaymentRepository:
 
     # --- payments --------------------------------------------------------------------------
 
+    async def payments_seen(self, bill_id: UUID, client_id: str,
+                            payment_request_id: str) -> tuple[UUID | None, CapturedPayment | None]:
+        """In one round trip: the bill a bank's ``paymentRequestId`` already paid (None: none), and
+        the payment captured for ``bill_id`` (None: none)."""
+        row = await self.conn.fetchrow(
+            """SELECT (SELECT bill_id FROM payments WHERE client_id = $2 AND payment_request_id = $3) AS request_bill,
+                      p.payment_id, p.payment_request_id, p.amount
+               FROM (SELECT 1) AS one LEFT JOIN payments p ON p.bill_id = $1""",
+            bill_id, client_id, payment_request_id,
+        )
+        captured = (CapturedPayment(row["payment_id"], row["payment_request_id"], row["amount"])
+                    if row["payment_id"] is not None else None)
+        return row["request_bill"], captured
+
     async def captured_for_bill(self, bill_id: UUID) -> CapturedPayment | None:
         row = await self.conn.fetchrow(
             "SELECT payment_id, payment_request_id, amount FROM payments WHERE bill_id = $1", bill_id
         )
         return CapturedPayment(**dict(row)) if row is not None else None
 
-    async def bill_of_payment_request(self, client_id: str, payment_request_id: str) -> UUID | None:
-        bill_id: UUID | None = await self.conn.fetchval(
-            "SELECT bill_id FROM payments WHERE client_id = $1 AND payment_request_id = $2",
-            client_id, payment_request_id,
-        )
-        return bill_id
-
-    async def add_payment(self, p: NewPayment) -> None:
-        """Record the capture and mark the bill paid."""
-        await self.conn.execute(
-            """INSERT INTO payments (payment_id, bill_id, order_id, client_id, payment_request_id, amount,
-                                     trx_id, reference_no, trx_time, late, captured_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)""",
+    async def record_capture(self, uow: UnitOfWork, p: NewPayment) -> None:
+        """Record the capture and mark the bill paid, writing the messages ``uow`` holds to the outbox
+        in the same statement."""
+        await uow.execute_with_outbox(
+            """WITH payment AS (
+                   INSERT INTO payments (payment_id, bill_id, order_id, client_id, payment_request_id, amount,
+                                         trx_id, reference_no, trx_time, late, captured_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11))
+               UPDATE bills SET status = $12, paid_at = $11 WHERE bill_id = $2""",
             p.payment_id, p.bill.bill_id, p.bill.order_id, p.client_id, p.payment_request_id, p.amount,
-            p.trx_id, p.reference_no, p.trx_time, p.late, p.captured_at,
+            p.trx_id, p.reference_no, p.trx_time, p.late, p.captured_at, p.bill.status.value,
         )
-        await self.conn.execute(
-            "UPDATE bills SET status = $2, paid_at = $3 WHERE bill_id = $1",
-            p.bill.bill_id, p.bill.status.value, p.captured_at,
+
+    async def capture(self, uow: UnitOfWork, p: NewPayment, key: SnapRequestKey, response: dict[str, Any]) -> None:
+        """``record_capture`` and ``store_snap_response`` in one statement, which also writes the
+        messages ``uow`` holds to the outbox (the capture's round trips: one)."""
+        await uow.execute_with_outbox(
+            """WITH payment AS (
+                   INSERT INTO payments (payment_id, bill_id, order_id, client_id, payment_request_id, amount,
+                                         trx_id, reference_no, trx_time, late, captured_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)),
+               bill AS (UPDATE bills SET status = $12, paid_at = $11 WHERE bill_id = $2)
+               UPDATE snap_requests SET response_code = $16, response = $17
+               WHERE client_id = $13 AND external_id = $14 AND request_date = $15""",
+            p.payment_id, p.bill.bill_id, p.bill.order_id, p.client_id, p.payment_request_id, p.amount,
+            p.trx_id, p.reference_no, p.trx_time, p.late, p.captured_at, p.bill.status.value,
+            key.client_id, key.external_id, key.day, response["responseCode"], response,
         )
 
     async def settled_payments(self, client_id: str, payment_request_ids: list[str],
@@ -157,11 +210,12 @@ class PaymentRepository:
             token_hash, client_id, expires_at,
         )
 
-    async def token_client(self, token_hash: str, now: datetime) -> str | None:
-        client_id: str | None = await self.conn.fetchval(
-            "SELECT client_id FROM snap_tokens WHERE token_hash = $1 AND expires_at > $2", token_hash, now
+    async def token_client(self, token_hash: str, now: datetime) -> tuple[str, datetime] | None:
+        """The client id of a live token and when it expires."""
+        row = await self.conn.fetchrow(
+            "SELECT client_id, expires_at FROM snap_tokens WHERE token_hash = $1 AND expires_at > $2", token_hash, now
         )
-        return client_id
+        return (row["client_id"], row["expires_at"]) if row is not None else None
 
     async def purge_tokens(self, now: datetime) -> int:
         result: str = await self.conn.execute("DELETE FROM snap_tokens WHERE expires_at <= $1", now)

@@ -138,8 +138,8 @@ async def _access_token(request: web.Request, raw: bytes, deps: PaymentDeps) -> 
         raise _unauthorized("Signature")
     validate_access_token_request(raw)
     ttl = deps.settings.snap_token_ttl_s
-    async with unit_of_work(deps.pool) as uow:
-        token = await issue_token(uow, client_key, timedelta(seconds=ttl), now)
+    async with deps.pool.acquire() as conn:  # one INSERT: no transaction around it
+        token = await issue_token(UnitOfWork(conn), client_key, timedelta(seconds=ttl), now, deps.tokens)
     return token_response(token, ttl)
 
 
@@ -148,7 +148,7 @@ async def _authenticate(uow: UnitOfWork, request: web.Request, raw: bytes, deps:
     """The calling bank, its X-TIMESTAMP and its X-EXTERNAL-ID."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token.strip()
-    client_id = await bank_of_token(uow, token, now) if scheme.lower() == "bearer" and token else None
+    client_id = await bank_of_token(uow, token, now, deps.tokens) if scheme.lower() == "bearer" and token else None
     bank = deps.banks.get(client_id) if client_id is not None else None
     if bank is None:
         raise SnapRefusal(Case.INVALID_TOKEN)
@@ -169,7 +169,8 @@ async def _authenticate(uow: UnitOfWork, request: web.Request, raw: bytes, deps:
 
 async def _inquiry(request: web.Request, raw: bytes, deps: PaymentDeps) -> SnapResult:
     now = datetime.now(UTC)
-    async with unit_of_work(deps.pool) as uow:
+    async with deps.pool.acquire() as conn:  # reads only: no transaction
+        uow = UnitOfWork(conn)
         bank, _, _ = await _authenticate(uow, request, raw, deps, now)
         return await inquire(uow, bank.client_id, validate_inquiry(raw), now)
 
@@ -199,7 +200,7 @@ async def _qr_notify(request: web.Request, raw: bytes, deps: PaymentDeps) -> Sna
     async with unit_of_work(deps.pool) as uow:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         token = token.strip()
-        client_id = await bank_of_token(uow, token, now) if scheme.lower() == "bearer" and token else None
+        client_id = await bank_of_token(uow, token, now, deps.tokens) if scheme.lower() == "bearer" and token else None
         acquirer = deps.acquirers.by_notify_client(client_id) if client_id is not None else None
         if acquirer is None:
             raise SnapRefusal(Case.INVALID_TOKEN)

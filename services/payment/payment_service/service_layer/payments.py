@@ -119,34 +119,39 @@ async def flag_payment(uow: UnitOfWork, notice: PaymentNotice, now: datetime) ->
             return PaymentAnswer(replay)
         return PaymentAnswer(SnapResult.of(Case.CONFLICT.code(Service.PAYMENT),
                                            "Conflict. X-EXTERNAL-ID already used today for another request"))
-    case, captured = await _decide(uow, repo, notice, now)
+    case, captured, payment = await _decide(uow, repo, notice, now)
     english, indonesian = REASONS[case]
     body = payment_response(case.code(Service.PAYMENT), request, "00" if case is Case.SUCCESS else "01",
                             english, indonesian)
-    await repo.store_snap_response(key, snap_json(body))
+    if payment is not None:  # payment row, bill PAID, the answer and payment.captured.v1: one statement
+        await repo.capture(uow, payment, key, snap_json(body))
+    else:
+        await repo.store_snap_response(key, snap_json(body))
     return PaymentAnswer(body, captured)
 
 
 async def _decide(uow: UnitOfWork, repo: PaymentRepository, notice: PaymentNotice,
-                  now: datetime) -> tuple[Case, Decision | None]:
+                  now: datetime) -> tuple[Case, Decision | None, NewPayment | None]:
+    """The answer's case; on a capture also the decision and the payment to record (the caller
+    records it with the answer; ``payment.captured.v1`` is published already)."""
     request = notice.request
     bill = await _find_bill(repo, notice.client_id, request, lock=True)
     if bill is None:
-        return Case.VA_NOT_FOUND, None
-    if await repo.bill_of_payment_request(notice.client_id, request.payment_request_id) not in (None, bill.bill_id):
-        return Case.CONFLICT, None
+        return Case.VA_NOT_FOUND, None, None
+    request_bill, captured = await repo.payments_seen(bill.bill_id, notice.client_id, request.payment_request_id)
+    if request_bill not in (None, bill.bill_id):
+        return Case.CONFLICT, None, None
     try:
         amount: int | None = request.paid_amount.to_rupiah()
     except ValueError:
         amount = None
     flag = PaymentFlag(request.payment_request_id, amount, request.is_advice, notice.trx_time)
-    decision = decide_payment(bill, await repo.captured_for_bill(bill.bill_id), flag, now)
+    decision = decide_payment(bill, captured, flag, now)
     if decision.verdict is not Verdict.CAPTURE:
-        return _VERDICT_CASES[decision.verdict], None
+        return _VERDICT_CASES[decision.verdict], None, None
     bill.pay(late=decision.late)
     payment = NewPayment(uuid4(), bill, notice.client_id, request.payment_request_id, bill.amount,
                          request.trx_id, request.reference_no, notice.trx_time, decision.late, now)
-    await repo.add_payment(payment)
     order_trace = bill.trace_context or None
     _link_to_order_trace(order_trace)
     uow.publish(PaymentCaptured(order_id=bill.order_id, bill_id=bill.bill_id, payment_id=payment.payment_id,
@@ -154,7 +159,7 @@ async def _decide(uow: UnitOfWork, repo: PaymentRepository, notice: PaymentNotic
                                 payment_request_id=payment.payment_request_id, captured_at=now,
                                 late=decision.late, method="va", reference_no=request.reference_no),
                 correlation_id=str(bill.order_id), trace_headers=order_trace)
-    return Case.SUCCESS, decision
+    return Case.SUCCESS, decision, payment
 
 
 def _link_to_order_trace(order_trace: Mapping[str, str] | None) -> None:

@@ -122,14 +122,13 @@ async def _generate_one(pool: asyncpg.Pool, acquirers: AcquirerRegistry, clients
         async with unit_of_work(pool) as uow:
             await _fail(uow, qr.bill_id, f"the QRIS acquirer refused the QR: {exc}")
         return False
-    async with unit_of_work(pool) as uow:
-        if not await QrisStore(uow.conn).set_qr(qr.bill_id, generated.reference_no, generated.qr_content, now,
-                                                now + timedelta(seconds=first_query_s)):
-            return False
-        uow.publish(BillIssued(order_id=qr.order_id, bill_id=qr.bill_id, bank=qr.acquirer, virtual_account_no="",
-                               amount=qr.amount, expires_at=qr.expires_at, method="qris",
-                               qr_content=generated.qr_content), correlation_id=str(qr.order_id))
-    return True
+    async with pool.acquire() as conn:  # one statement: the QR and its bill.issued.v1, or nothing
+        announce = UnitOfWork(conn)
+        announce.publish(BillIssued(order_id=qr.order_id, bill_id=qr.bill_id, bank=qr.acquirer, virtual_account_no="",
+                                    amount=qr.amount, expires_at=qr.expires_at, method="qris",
+                                    qr_content=generated.qr_content), correlation_id=str(qr.order_id))
+        return await QrisStore(conn).set_qr(qr.bill_id, generated.reference_no, generated.qr_content, now,
+                                            now + timedelta(seconds=first_query_s), announce)
 
 
 async def _fail(uow: UnitOfWork, bill_id: UUID, reason: str) -> None:
@@ -150,8 +149,8 @@ async def generate_qrs(pool: asyncpg.Pool, acquirers: AcquirerRegistry, clients:
     it is postponed (acquirer unreachable) or failed (refused)."""
     generated = 0
     for _ in range(GENERATE_ROUNDS):
-        async with unit_of_work(pool) as uow:
-            pending = await QrisStore(uow.conn).to_generate(now, GENERATE_BATCH)
+        async with pool.acquire() as conn:  # one read: no transaction
+            pending = await QrisStore(conn).to_generate(now, GENERATE_BATCH)
         if not pending:
             break
         done = await asyncio.gather(*(_generate_one(pool, acquirers, clients, qr, now, first_query_s)
@@ -179,11 +178,14 @@ async def _query_one(pool: asyncpg.Pool, acquirers: AcquirerRegistry, clients: A
             body = await query_qr(clients, acquirer, qr.partner_reference_no, qr.reference_no)
         except (AcquirerUnavailable, AcquirerRefused) as exc:
             log.warning("query of QR bill %s failed: %s", qr.bill_id, exc)
-    async with unit_of_work(pool) as uow:
-        if acquirer is not None and body.get("responseCode") == QUERIED and body.get("latestTransactionStatus") == "00":
+    if acquirer is not None and body.get("responseCode") == QUERIED and body.get("latestTransactionStatus") == "00":
+        async with unit_of_work(pool) as uow:
             if await _capture_queried(uow, acquirer, qr, body, now):
                 return True
-        await QrisStore(uow.conn).next_query(qr.bill_id, now + timedelta(seconds=delay))
+            await QrisStore(uow.conn).next_query(qr.bill_id, now + timedelta(seconds=delay))
+        return False
+    async with pool.acquire() as conn:  # not paid yet (the usual answer): one UPDATE, no transaction
+        await QrisStore(conn).next_query(qr.bill_id, now + timedelta(seconds=delay))
     return False
 
 
@@ -211,8 +213,8 @@ async def query_pending_qrs(pool: asyncpg.Pool, acquirers: AcquirerRegistry, cli
                             now: datetime, first_s: float, max_s: float) -> int:
     """The worker's job: query the pending QRs that are due (backoff x1.5 from ``first_s`` up to
     ``max_s``), capturing those paid whose notify never came; returns how many it captured."""
-    async with unit_of_work(pool) as uow:
-        due = await QrisStore(uow.conn).to_query(now, QUERY_BATCH)
+    async with pool.acquire() as conn:  # one read: no transaction
+        due = await QrisStore(conn).to_query(now, QUERY_BATCH)
     if not due:
         return 0
     done = await asyncio.gather(*(_query_one(pool, acquirers, clients, qr, now, first_s, max_s) for qr in due))
@@ -220,26 +222,29 @@ async def query_pending_qrs(pool: asyncpg.Pool, acquirers: AcquirerRegistry, cli
 
 
 async def capture_qris(uow: UnitOfWork, acquirer: Acquirer, bill: Bill, reference_no: str, rrn: str | None,
-                       paid_time: datetime | None, now: datetime) -> bool:
+                       paid_time: datetime | None, now: datetime, *, already_captured: bool | None = None) -> bool:
     """Capture the QRIS payment of ``bill`` (locked by the caller): once, through
     ``payment.captured.v1`` as for a VA payment. False when captured already.
 
     A payment reported after the bill expired is captured ``late``, as a VA late advice is: the order
     service refunds it (``order.refund_requested.v1``), and the refund of a QRIS payment goes back
-    through ``qr-mpm-refund`` (`record_qris_refund`)."""
+    through ``qr-mpm-refund`` (`record_qris_refund`). ``already_captured``: whether the caller
+    found a payment captured for the bill when it locked it (None: look it up here)."""
     repo = PaymentRepository(uow.conn)
-    if await repo.captured_for_bill(bill.bill_id) is not None or bill.status is BillStatus.PAID:
+    if already_captured is None:
+        already_captured = await repo.captured_for_bill(bill.bill_id) is not None
+    if already_captured or bill.status is BillStatus.PAID:
         return False
     late = bill.status is BillStatus.EXPIRED
     bill.pay(late=late)
     payment = NewPayment(uuid4(), bill, acquirer.acquirer_id, reference_no, bill.amount, None, rrn or reference_no,
                          paid_time, late, now)
-    await repo.add_payment(payment)
     uow.publish(PaymentCaptured(order_id=bill.order_id, bill_id=bill.bill_id, payment_id=payment.payment_id,
                                 amount=payment.amount, bank=acquirer.acquirer_id,
                                 payment_request_id=reference_no, captured_at=now, late=late, method="qris",
                                 reference_no=rrn or reference_no),
                 correlation_id=str(bill.order_id), trace_headers=bill.trace_context or None)
+    await repo.record_capture(uow, payment)  # with payment.captured.v1: one statement
     return True
 
 
@@ -247,11 +252,10 @@ async def notify(uow: UnitOfWork, acquirer: Acquirer, request: QrNotifyRequest, 
                  now: datetime) -> tuple[Case, bool]:
     """An authenticated, well-formed qr-mpm-notify: (the answer's case, whether it captured)."""
     store, repo = QrisStore(uow.conn), PaymentRepository(uow.conn)
-    bill_id = await store.bill_id_of(request.original_partner_reference_no, acquirer.acquirer_id)
-    bill = await repo.bill_by_id(bill_id, lock=True) if bill_id is not None else None
-    if bill is None:
+    found = await repo.qris_bill_to_notify(request.original_partner_reference_no, acquirer.acquirer_id)
+    if found is None:
         return Case.TRANSACTION_NOT_FOUND, False
-    known_reference = await store.qr_reference_of(bill.bill_id)
+    bill, known_reference = found.bill, found.qr_reference_no
     if known_reference is not None and known_reference != request.original_reference_no:
         return Case.TRANSACTION_NOT_FOUND, False
     try:
@@ -267,7 +271,8 @@ async def notify(uow: UnitOfWork, acquirer: Acquirer, request: QrNotifyRequest, 
     if request.latest_transaction_status != "00":
         log.info("QRIS bill %s: status %s recorded", bill.bill_id, request.latest_transaction_status)
         return Case.SUCCESS, False
-    captured = await capture_qris(uow, acquirer, bill, request.original_reference_no, request.rrn, None, now)
+    captured = await capture_qris(uow, acquirer, bill, request.original_reference_no, request.rrn, None, now,
+                                  already_captured=found.captured)
     return Case.SUCCESS, captured
 
 
@@ -306,8 +311,8 @@ async def _expire_one(pool: asyncpg.Pool, acquirers: AcquirerRegistry, clients: 
 async def expire_qrs(pool: asyncpg.Pool, acquirers: AcquirerRegistry, clients: AcquirerClients, now: datetime,
                      max_s: float) -> int:
     """The worker's job: expire the QRIS bills past their validity (cancel, query once more, expire)."""
-    async with unit_of_work(pool) as uow:
-        due = await QrisStore(uow.conn).due_to_expire(now, QUERY_BATCH)
+    async with pool.acquire() as conn:  # one read: no transaction
+        due = await QrisStore(conn).due_to_expire(now, QUERY_BATCH)
     done = await asyncio.gather(*(_expire_one(pool, acquirers, clients, qr, now, max_s) for qr in due))
     return sum(done)
 
