@@ -32,6 +32,7 @@ from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives import serialization
 from emeterai_shared.auth import TokenIssuer, ensure_keypair
 from emeterai_shared.db import create_pool
+from emeterai_shared.http import ComeBackLine
 from emeterai_testkit.fixtures import eventually, reset_service, settings_for
 from order_service.adapters.partners import PARTNER_NAMESPACE
 from order_service.bootstrap import SERVICE
@@ -607,6 +608,33 @@ async def test_past_the_unbilled_backlog_limit_orders_get_503_and_nothing_is_pla
     assert placed == accepted >= 2
     assert await api.val("SELECT count(*) FROM outbox WHERE message_type = 'order.placed.v1' "
                          "AND convert_from(body, 'UTF8')::jsonb->>'account_id' = $1", str(account_id)) == placed
+
+
+async def test_a_full_line_sheds_the_front_doors_before_their_body_or_token_is_read(api: Api) -> None:
+    """``503 busy`` is decided first: a malformed body and a forged token get the same 503 as a good
+    request would, with a Retry-After counting the callers refused before; once a slot is free the
+    same requests get their 400/401."""
+    async with api.serve(api.settings.model_copy(update={"admission_max_in_flight": 1, "admission_max_queued": 1}),
+                         api.deps.pool) as (client, deps):
+        gate = deps.admission.gate
+        gate.busy, gate.hold_s = 1, 1.0  # one slot, held (1/s measured); the line has one place
+        gate.max_queued = 0  # and it is full
+        gate.come_back = ComeBackLine(30, clock=lambda: 0.0)  # time stands still: nothing drains meanwhile
+        forged = {"Authorization": "Bearer not.a.token", "Idempotency-Key": key()}
+        front_doors = [("/v1/orders", forged), ("/v1/auth/otp", {}), ("/v1/auth/token", {}),
+                       ("/v1/auth/refresh", {})]
+        waits = []
+        for path, headers in front_doors:
+            resp = await client.post(path, data=b"{not json", headers={**headers, "Content-Type": "application/json"})
+            error = await error_of(resp, 503)
+            assert error["code"] == "busy", path
+            waits.append(int(resp.headers["Retry-After"]))
+        assert waits == [1, 2, 3, 4]  # the n-th refused at 1/s: spread out, not all back in a second
+        gate.busy, gate.max_queued = 0, 1
+        resp = await client.post("/v1/orders", json={"quantity": 1}, headers=forged)
+        assert (await error_of(resp, 401))["code"] == "invalid_token"
+        resp = await client.post("/v1/auth/otp", data=b"{not json", headers={"Content-Type": "application/json"})
+        assert (await error_of(resp, 400))["code"] == "malformed_json"
 
 
 async def test_an_idempotency_key_given_must_be_visible_ascii(api: Api) -> None:

@@ -1,0 +1,18 @@
+"""The order service's front doors are shed before anything is read: each declares its refusals by
+arithmetic (``shed_early``), which the HTTP middleware runs before the span, the body and the token
+(their behaviour: ``integration/test_order_api.py``)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from emeterai_shared.http import SHED_EARLY
+from emeterai_shared.runtime import Router
+from order_service.entrypoints.http import routes
+
+
+def test_orders_and_sign_in_shed_early() -> None:
+    app = web.Application()
+    routes(Router(app, None))
+    early = {f"{route.method} {route.resource.canonical}" for route in app.router.routes()
+             if route.resource is not None and getattr(route.handler, SHED_EARLY, None) is not None}
+    assert early == {"POST /v1/orders", "POST /v1/auth/otp", "POST /v1/auth/token", "POST /v1/auth/refresh"}
