@@ -80,6 +80,7 @@ from bench.rush.figures import (
     Databases,
     cpu_per_unit,
     moving_peak,
+    per_unit_by_service,
     percentiles,
     rate_over,
     sustained_rate,
@@ -640,7 +641,9 @@ def bottleneck_of(run: Run, phase: dict[str, Any], what: str, units: int) -> dic
     return {"target": what, "tier": tier, "why": why, "backlogs": backlogs,
             "server_ms_by_route": dict(list(server.items())[:8]), "in_flight_max": in_flight,
             "cpu_cores_by_process": dict(top), "machine_busy_cores": busy, "rush_cores": ours,
-            "platform_cpu_ms_per_unit": cpu_ms, "handler_ms_mean": run.scraper.handler_ms()}
+            "platform_cpu_ms_per_unit": cpu_ms,
+            "db_queries_per_unit": per_unit_by_service(run.scraper.db_queries_between(start, end), units),
+            "handler_ms_mean": run.scraper.handler_ms()}
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -765,6 +768,7 @@ def build_report(run: Run, *, buyers: int, split: dict[str, int], ceiling: dict[
         "memory": memory,
         "cpu_cores": {name: run.sampler.cpu_between(*phase["_window"]) for name, phase in run.phases.items()},
         "purchase_cpu": saturated_cpu,
+        "db_queries_per_order": db_queries_per_order(run, a),
         "phases": {name: public(phase) for name, phase in run.phases.items()},
         "drain_s": checks["drain_s"],
         "warmup": checks["warmup"],
@@ -773,6 +777,15 @@ def build_report(run: Run, *, buyers: int, split: dict[str, int], ceiling: dict[
                       for phase, apps in run.applicants.items()},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(run.args).items()},
     }
+
+
+def db_queries_per_order(run: Run, a: dict[str, Any]) -> dict[str, Any] | None:
+    """Statements sent to PostgreSQL per credited order of phase a, by service and process (every
+    process's ``emeterai_db_queries_total``: the platform the rush starts counts them; one found
+    running counts them only with ``EMETERAI_DB_COUNT_QUERIES=true``). Everything the processes did
+    in the phase is in it (sign-in, polling, housekeeping, phase a's unpaid and refunded orders)."""
+    figure = per_unit_by_service(run.scraper.db_queries_between(*a["_window"]), a["fulfilled"])
+    return None if figure is None else {**figure, "scope": "phase a, per credited order"}
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -822,6 +835,10 @@ def print_report(report: dict[str, Any]) -> None:
     row("a  overload: offered/s (x peak)", f"{_fmt(ov.get('offered_per_s'))} ({_fmt(ov.get('offered_over_peak'))}x)")
     row("a  overload goodput / peak", ov.get("goodput_ratio"), "overload_goodput_ratio")
     row("a  overload non-2xx/429/503 answers", ov.get("errors"), "overload_errors")
+    dbq = report.get("db_queries_per_order")
+    if dbq:
+        row("a  SQL statements per credited order",
+            f"{dbq['total']} (" + ", ".join(f"{k} {v}" for k, v in dbq["by_service"].items()) + ")")
     row("b  stamping: documents/s", report["documents_per_s"], "documents_per_s")
     row("b  upload→stamped p50 / p95 / p99",
         " / ".join(_fmt(lat["upload_to_stamped"][k]) for k in ("p50", "p95", "p99")) + " ms")
