@@ -64,14 +64,13 @@ class RushPlatform:
         services = [(defn, cls()) for defn, cls in definitions().values()]
         self.run_partners_file = REPO / "var" / "dev-bank" / "banks.json"
         for defn, settings in services:
+            settings.db_count_queries = True  # every statement counted: the report's db_queries_per_order
             if hasattr(settings, "otp_client_limit"):
                 settings.otp_client_limit = 0
             if defn.name == "payment" and hasattr(settings, "partners_file"):  # make run's file, read in up()
                 self.run_partners_file = REPO / settings.partners_file
                 settings.partners_file = str(PARTNERS_FILE)
-        # every statement counted (emeterai_db_queries_total): the report's db_queries_per_order
-        env = {"EMETERAI_LOG_JSON": os.environ.get("EMETERAI_LOG_JSON", "false"),
-               "EMETERAI_DB_COUNT_QUERIES": os.environ.get("EMETERAI_DB_COUNT_QUERIES", "true")}
+        env = {"EMETERAI_LOG_JSON": os.environ.get("EMETERAI_LOG_JSON", "false")}
         self.platform: Platform = platform_of(services, LOG_DIR, process_env=env, start_timeout_s=START_TIMEOUT_S)
         self.settings = self.platform.settings
         self.stock_min = stock_min
