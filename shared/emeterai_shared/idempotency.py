@@ -63,11 +63,17 @@ def request_hash(method: str, path: str, body: Any) -> str:
     return hashlib.sha256(f"{method} {path}\n{canonical}".encode()).hexdigest()
 
 
-async def claim(conn: asyncpg.Connection, scope: str, key: str, digest: str) -> StoredAnswer | None:
-    """None: this request owns the key and must ``complete`` it. Otherwise the first answer."""
+async def claim(conn: asyncpg.Connection, scope: str, key: str, digest: str,
+                answer: tuple[int, Any] | None = None) -> StoredAnswer | None:
+    """None: this request owns the key and must ``complete`` it. Otherwise the first answer.
+
+    A request that knows its answer before doing its work (``answer``: status and body, e.g. the
+    id it is about to create) stores it with the claim and need not ``complete``: one round trip
+    fewer. It stands or falls with the work, which commits in the same transaction."""
+    status, body = answer if answer is not None else (None, None)
     inserted = await conn.fetchval(
-        "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3)"
-        " ON CONFLICT DO NOTHING RETURNING true", scope, key, digest)
+        "INSERT INTO idempotency_keys (scope, key, request_hash, status, response) VALUES ($1, $2, $3, $4, $5)"
+        " ON CONFLICT DO NOTHING RETURNING true", scope, key, digest, status, body)
     if inserted:
         return None
     row = await conn.fetchrow(

@@ -48,25 +48,16 @@ class SigninRepository:
         return int(await self.conn.fetchval(
             "UPDATE otp_codes SET wrong_tries = wrong_tries + 1 WHERE phone = $1 RETURNING wrong_tries", phone) or 0)
 
-    async def use_code(self, phone: str) -> None:
-        await self.conn.execute("DELETE FROM otp_codes WHERE phone = $1", phone)
-
     # --- accounts ------------------------------------------------------------------------------
 
-    async def account_of_phone(self, phone: str) -> tuple[uuid.UUID, datetime | None] | None:
-        """The phone's account, locked: the verified one, else the oldest registered with it."""
+    async def use_code_and_find_account(self, phone: str) -> tuple[uuid.UUID, datetime | None] | None:
+        """Use up the phone's code (deleted) and find the phone's account, locked: the verified one,
+        else the oldest registered with it; one round trip."""
         row = await self.conn.fetchrow(
-            """SELECT id, phone_verified_at FROM accounts WHERE phone = $1
+            """WITH used AS (DELETE FROM otp_codes WHERE phone = $1)
+               SELECT id, phone_verified_at FROM accounts WHERE phone = $1
                ORDER BY phone_verified_at IS NULL, created_at, id LIMIT 1 FOR UPDATE""", phone)
         return (row["id"], row["phone_verified_at"]) if row else None
-
-    async def add_verified_account(self, account_id: uuid.UUID, phone: str, now: datetime) -> None:
-        await self.conn.execute(
-            "INSERT INTO accounts (id, name, phone, phone_verified_at) VALUES ($1, '', $2, $3)",
-            account_id, phone, now)
-
-    async def verify(self, account_id: uuid.UUID, now: datetime) -> None:
-        await self.conn.execute("UPDATE accounts SET phone_verified_at = $2 WHERE id = $1", account_id, now)
 
     async def phone_verified_at(self, account_id: uuid.UUID) -> datetime | None:
         value: datetime | None = await self.conn.fetchval(
@@ -75,8 +66,23 @@ class SigninRepository:
 
     # --- sessions and refresh tokens -----------------------------------------------------------
 
-    async def add_session(self, sid: uuid.UUID, account_id: uuid.UUID) -> None:
-        await self.conn.execute("INSERT INTO sessions (sid, account_id) VALUES ($1, $2)", sid, account_id)
+    async def start_session(self, sid: uuid.UUID, account_id: uuid.UUID, digest: bytes, expires_at: datetime, *,
+                            new_account_phone: str | None = None, verified_at: datetime | None = None) -> None:
+        """A new session of the account with its first refresh token, in one statement; with
+        ``new_account_phone`` the account is created first, verified at ``verified_at``; with
+        ``verified_at`` alone the existing (locked) account is verified then. Each part is a
+        data-modifying CTE that writes only when its parameter asks for it (foreign keys are checked
+        at the end of the statement, so the session may reference the account created beside it)."""
+        await self.conn.execute(
+            """WITH account AS (
+                   INSERT INTO accounts (id, name, phone, phone_verified_at)
+                   SELECT $2, '', $5::text, $6::timestamptz WHERE $5::text IS NOT NULL),
+               verified AS (
+                   UPDATE accounts SET phone_verified_at = $6::timestamptz
+                   WHERE id = $2 AND $5::text IS NULL AND $6::timestamptz IS NOT NULL),
+               session AS (INSERT INTO sessions (sid, account_id) VALUES ($1, $2))
+               INSERT INTO refresh_tokens (digest, sid, account_id, expires_at) VALUES ($3, $1, $2, $4)""",
+            sid, account_id, digest, expires_at, new_account_phone, verified_at)
 
     async def add_refresh_token(self, digest: bytes, sid: uuid.UUID, account_id: uuid.UUID,
                                 expires_at: datetime) -> None:

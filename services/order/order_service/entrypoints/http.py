@@ -30,7 +30,7 @@ from order_service.adapters.acquirer_states import QrisOutage
 from order_service.adapters.receipt_pdf import render_receipt
 from order_service.config import OrderSettings
 from order_service.dependencies import OrderDeps
-from order_service.domain.order import DUTY_PER_STAMP, Order, OrderStatus
+from order_service.domain.order import DUTY_PER_STAMP, Order
 from order_service.domain.partner_events import (
     ORDER_EXPIRED,
     ORDER_FULFILLED,
@@ -543,21 +543,21 @@ async def _place_order(request: web.Request, deps: OrderDeps, caller: Caller) ->
         raise ApiError(422, "quantity_out_of_range", f"quantity must be between 1 and {max_quantity}")
     scope = f"orders:{caller.account_id}"
     digest = idempotency.request_hash("POST", "/v1/orders", body.model_dump())
+    order = orders.new_order(account_id=caller.account_id, quantity=body.quantity, bank=body.bank,
+                             partner_id=caller.partner_id, service_fee=deps.settings.service_fee,
+                             payment_method=body.payment_method)
+    answer = OrderAccepted(order_id=order.id, status=order.status.value, quantity=order.quantity, amount=order.amount)
     async with unit_of_work(deps.pool) as uow:
         await signin.ensure_current(uow, caller)
-        stored = await idempotency.claim(uow.conn, scope, key, digest)
+        # the answer is known before the order is written: it goes with the key (no second write)
+        stored = await idempotency.claim(uow.conn, scope, key, digest, answer=(202, answer.model_dump(mode="json")))
         if stored is not None:
             return stored.response()
         if body.payment_method == "qris":
             outage = await deps.qris.outage(uow.conn)
-            if outage is not None:  # nothing kept: the same key may be sent again later
+            if outage is not None:  # nothing kept (the key rolls back too): the same key may be sent again later
                 raise _qris_unavailable(outage)
-        order = await orders.place_order(
-            uow, account_id=caller.account_id, quantity=body.quantity, bank=body.bank,
-            partner_id=caller.partner_id, service_fee=deps.settings.service_fee, payment_method=body.payment_method)
-        answer = OrderAccepted(order_id=order.id, status=order.status.value, quantity=order.quantity,
-                               amount=order.amount)
-        await idempotency.complete(uow.conn, scope, key, 202, answer.model_dump(mode="json"))
+        await orders.add_order(uow, order)
     return respond(answer, status=202)
 
 
@@ -572,17 +572,15 @@ async def get_order(request: web.Request, deps: OrderDeps) -> web.Response:
     caller = _caller(request, deps)
     order_id = _order_id(request)
     # the view buyers poll while they wait for the bill and the credit: reads only, so no
-    # transaction (BEGIN and COMMIT were two of its round trips), and no refunds to look for before
-    # the order was paid
+    # transaction (BEGIN and COMMIT were two of its round trips), and the order with its refunds
+    # (none before it is paid) in one query
     async with deps.pool.acquire() as conn:
         uow = UnitOfWork(conn)
         await signin.ensure_current(uow, caller)
-        order = await orders.order_of(uow, caller.account_id, order_id)
-        paid = order is not None and order.status is not OrderStatus.AWAITING_PAYMENT
-        given = await refunds.refunds_of(uow, order_id) if paid else []
-    if order is None:
+        found = await orders.order_view(uow, caller.account_id, order_id)
+    if found is None:
         raise ApiError(404, "order_not_found", "no such order")
-    return respond(OrderView.of(order, given))
+    return respond(OrderView.of(*found))
 
 
 async def refund_order(request: web.Request, deps: OrderDeps) -> web.Response:
