@@ -12,9 +12,18 @@ import asyncpg
 from emeterai_shared.contracts import Message
 from emeterai_shared.telemetry import TRACE_HEADERS, inject_context
 
-_INSERT = """INSERT INTO outbox (message_id, message_type, routing_key, correlation_id, body, headers)
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[],
-                                  $6::jsonb[])"""
+
+def outbox_insert(first: int = 1, *, when: str | None = None) -> str:
+    """The outbox INSERT of the rows ``UnitOfWork.take`` gives, its six parameters numbered from
+    ``$first``; rows written only ``when`` that SQL condition holds. For a larger statement (as a
+    data-modifying CTE) that writes a state change and its messages in one round trip."""
+    p = [f"${first + i}" for i in range(6)]
+    return (f"""INSERT INTO outbox (message_id, message_type, routing_key, correlation_id, body, headers)
+             SELECT * FROM unnest({p[0]}::uuid[], {p[1]}::text[], {p[2]}::text[], {p[3]}::text[], {p[4]}::bytea[],
+                                  {p[5]}::jsonb[])""" + (f" WHERE {when}" if when else ""))
+
+
+_INSERT = outbox_insert()
 
 
 class UnitOfWork:
@@ -47,20 +56,18 @@ class UnitOfWork:
         self._pending.append((mid, message, correlation_id, headers))
         return mid
 
+    def take(self) -> tuple[list[Any], ...]:
+        """The messages published so far as the six arrays of ``outbox_insert``'s parameters, taken
+        out of the unit: the caller writes them in its own statement."""
+        rows = self._pending
+        self._pending = []
+        return ([r[0] for r in rows], [r[1].TYPE for r in rows], [r[1].TYPE for r in rows], [r[2] for r in rows],
+                [r[1].to_json() for r in rows], [r[3] for r in rows])
+
     async def flush(self) -> None:
         if not self._pending:
             return
-        rows = self._pending
-        self._pending = []
-        await self.conn.execute(
-            _INSERT,
-            [r[0] for r in rows],
-            [r[1].TYPE for r in rows],
-            [r[1].TYPE for r in rows],
-            [r[2] for r in rows],
-            [r[1].to_json() for r in rows],
-            [r[3] for r in rows],
-        )
+        await self.conn.execute(_INSERT, *self.take())
 
 
 @asynccontextmanager

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import asyncpg
+from emeterai_shared import idempotency
 from emeterai_shared.admission import Sample
+from emeterai_shared.idempotency import Claim
 from emeterai_shared.pagination import Key
+from emeterai_shared.uow import outbox_insert
 
 from order_service.adapters import refunds
 from order_service.domain.order import Bill, Order, OrderStatus
@@ -60,6 +64,27 @@ class OrderRepository:
                SELECT id, NULL, status, 'order placed' FROM placed""",
             order.id, order.account_id, order.partner_id, order.quantity, order.amount, order.bank,
             order.status.value, order.payment_method)
+
+    async def add_order_once(self, order: Order, claim: Claim, outbox: tuple[list[Any], ...]) -> bool:
+        """The new order with its first history row and its ``outbox`` rows (``UnitOfWork.take``),
+        written only if ``claim`` gets its idempotency key: one statement, so no transaction around
+        it (a statement commits whole or not at all). False: the key was claimed already, nothing
+        written (a twin in flight is waited for on the key, as ``idempotency.claim`` waits)."""
+        claimed: bool = await self.conn.fetchval(
+            f"""WITH claimed AS ({idempotency.claim_insert(1)}),
+                     placed AS (
+                         INSERT INTO orders (id, account_id, partner_id, quantity, amount, bank, status, payment_method)
+                         SELECT $6::uuid, $7::uuid, $8::text, $9::int, $10::bigint, $11::text, $12::text, $13::text
+                         WHERE EXISTS (SELECT FROM claimed)
+                         RETURNING id, status),
+                     history AS (
+                         INSERT INTO order_history (order_id, old_status, new_status, reason)
+                         SELECT id, NULL, status, 'order placed' FROM placed),
+                     announced AS ({outbox_insert(14, when="EXISTS (SELECT FROM placed)")})
+                SELECT EXISTS (SELECT FROM claimed)""",
+            *claim.args(), order.id, order.account_id, order.partner_id, order.quantity, order.amount, order.bank,
+            order.status.value, order.payment_method, *outbox)
+        return claimed
 
     async def get(self, order_id: uuid.UUID, *, for_update: bool = False) -> Order | None:
         lock = " FOR UPDATE" if for_update else ""

@@ -547,17 +547,35 @@ async def _place_order(request: web.Request, deps: OrderDeps, caller: Caller) ->
                              partner_id=caller.partner_id, service_fee=deps.settings.service_fee,
                              payment_method=body.payment_method)
     answer = OrderAccepted(order_id=order.id, status=order.status.value, quantity=order.quantity, amount=order.amount)
+    if body.payment_method == "qris" and await deps.qris.outage(deps.pool) is not None:
+        return await _place_during_outage(deps, caller, order, answer, scope, key, digest)
+    # The key (with the answer, known before the write), the order, its history and order.placed
+    # in one statement: no transaction around it (BEGIN and COMMIT were two of seven round trips).
+    async with deps.pool.acquire() as conn:
+        uow = UnitOfWork(conn)
+        await signin.ensure_current(uow, caller)
+        claim = idempotency.Claim(scope, key, digest, 202, answer.model_dump(mode="json"))
+        if not await orders.place_order_once(uow, order, claim):
+            return (await idempotency.stored(conn, scope, key, digest)).response()
+    return respond(answer, status=202)
+
+
+async def _place_during_outage(deps: OrderDeps, caller: Caller, order: Order, answer: OrderAccepted, scope: str,
+                               key: str, digest: str) -> web.Response:
+    """A QRIS order while the acquirer was last seen out, in a transaction as the key is claimed
+    first: a replay gets its first answer whatever the acquirer's state; otherwise 503
+    ``qris_unavailable`` with nothing kept (the key rolls back too: it may be sent again later),
+    unless the acquirer is back by now."""
     async with unit_of_work(deps.pool) as uow:
         await signin.ensure_current(uow, caller)
-        # the answer is known before the order is written: it goes with the key (no second write)
-        stored = await idempotency.claim(uow.conn, scope, key, digest, answer=(202, answer.model_dump(mode="json")))
+        stored = await idempotency.claim(uow.conn, scope, key, digest)
         if stored is not None:
             return stored.response()
-        if body.payment_method == "qris":
-            outage = await deps.qris.outage(uow.conn)
-            if outage is not None:  # nothing kept (the key rolls back too): the same key may be sent again later
-                raise _qris_unavailable(outage)
+        outage = await deps.qris.outage(uow.conn)
+        if outage is not None:
+            raise _qris_unavailable(outage)
         await orders.add_order(uow, order)
+        await idempotency.complete(uow.conn, scope, key, 202, answer.model_dump(mode="json"))
     return respond(answer, status=202)
 
 

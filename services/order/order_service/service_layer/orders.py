@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime
 
 from emeterai_shared.contracts.events import OrderPlaced
+from emeterai_shared.idempotency import Claim
 from emeterai_shared.pagination import PageRequest, page_of
 from emeterai_shared.uow import UnitOfWork
 
@@ -29,16 +30,29 @@ def new_order(*, account_id: uuid.UUID, quantity: int, bank: str | None, partner
                  bank=bank, partner_id=partner_id, payment_method=payment_method)
 
 
-async def add_order(uow: UnitOfWork, order: Order) -> Order:
-    """Place ``order`` (``new_order``): the order with its history, and ``order.placed`` for the payment service."""
-    await OrderRepository(uow.conn).add_order(order)
+def _announce(uow: UnitOfWork, order: Order) -> None:
+    """``order.placed`` for the payment service (which bills the order)."""
     uow.publish(
         OrderPlaced(order_id=order.id, account_id=order.account_id, quantity=order.quantity, amount=order.amount,
                     bank=order.bank, partner_id=order.partner_id, placed_at=datetime.now(UTC),
                     payment_method=order.payment_method),
         correlation_id=str(order.id),
     )
+
+
+async def add_order(uow: UnitOfWork, order: Order) -> Order:
+    """Place ``order`` (``new_order``): the order with its history, and ``order.placed``."""
+    await OrderRepository(uow.conn).add_order(order)
+    _announce(uow, order)
     return order
+
+
+async def place_order_once(uow: UnitOfWork, order: Order, claim: Claim) -> bool:
+    """``add_order`` under an idempotency ``claim``, in one statement on ``uow``'s connection, which
+    needs no transaction (``OrderRepository.add_order_once``). False: the key was claimed already
+    and nothing was written (its first answer is ``idempotency.stored``)."""
+    _announce(uow, order)
+    return await OrderRepository(uow.conn).add_order_once(order, claim, uow.take())
 
 
 async def place_order(
