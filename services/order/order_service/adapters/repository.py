@@ -44,6 +44,10 @@ ADMISSION_WINDOW_S = 10.0
 """The window of the admission sample: how many orders got their bill in it."""
 
 
+_NO_ROWS: tuple[list[Any], ...] = ([], [], [], [], [], [])
+"""No outbox rows (``outbox_insert``'s six empty arrays)."""
+
+
 class OrderRepository:
     """Orders, their accounts and serials, over one connection (the caller's transaction)."""
 
@@ -133,14 +137,16 @@ class OrderRepository:
             account_id, after.created_at if after else None, after.id if after else None, limit)
         return [(_order(r), Key(r["created_at"], r["id"])) for r in rows]
 
-    async def save(self, order: Order, *, stamps: list[tuple[str, str]] | None = None) -> None:
-        """Write the aggregate's mutable fields and the transitions it went through, and index
+    async def save(self, order: Order, *, stamps: list[tuple[str, str]] | None = None,
+                   outbox: tuple[list[Any], ...] | None = None) -> None:
+        """Write the aggregate's mutable fields and the transitions it went through, index
         ``stamps`` (``(sn, token)``, the serials it was fulfilled with; one already indexed is left
-        as it is), all in one statement: its parts are data-modifying CTEs, each run once whatever
+        as it is) and write the ``outbox`` rows (``UnitOfWork.take``: the messages announcing the
+        change), all in one statement: its parts are data-modifying CTEs, each run once whatever
         the final query reads."""
         bill = order.bill
         await self.conn.execute(
-            """WITH saved AS (
+            f"""WITH saved AS (
                    UPDATE orders SET status = $2, failure_reason = $3, virtual_account_no = $4,
                           bill_amount = $5, expires_at = $6, payment_id = $7, serials = $8,
                           billed_at = COALESCE(billed_at, CASE WHEN $4::text IS NOT NULL OR $2 <> 'AWAITING_PAYMENT'
@@ -151,7 +157,8 @@ class OrderRepository:
                indexed AS (
                    INSERT INTO order_serials (sn, order_id, token)
                    SELECT sn, $1, token FROM unnest($16::text[], $17::text[]) AS s (sn, token)
-                   ON CONFLICT (sn) DO NOTHING)
+                   ON CONFLICT (sn) DO NOTHING),
+               announced AS ({outbox_insert(18)})
                INSERT INTO order_history (order_id, old_status, new_status, reason)
                SELECT $1, c.old, c.new, c.reason
                FROM unnest($13::text[], $14::text[], $15::text[]) WITH ORDINALITY AS c (old, new, reason, n)
@@ -162,7 +169,7 @@ class OrderRepository:
             order.stock_refund_at, order.giving_back, bill.qr_content if bill else None,
             [c.old.value for c in order.changes], [c.new.value for c in order.changes],
             [c.reason for c in order.changes],
-            [sn for sn, _ in stamps or ()], [token for _, token in stamps or ()])
+            [sn for sn, _ in stamps or ()], [token for _, token in stamps or ()], *(outbox or _NO_ROWS))
         order.changes.clear()
 
     async def serial_owner(self, sn: str) -> tuple[uuid.UUID, str | None] | None:

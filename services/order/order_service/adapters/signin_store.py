@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 import asyncpg
+from emeterai_shared.uow import outbox_insert
 
 from order_service.domain.signin import Limit, PendingCode
 
@@ -17,26 +19,37 @@ class SigninRepository:
 
     # --- limits --------------------------------------------------------------------------------
 
-    async def hit(self, limits: list[Limit], now: datetime) -> dict[str, int]:
-        """Count one hit against each limit's current window; the counts after it, by key."""
-        if not limits:
-            return {}
-        rows = await self.conn.fetch(
-            """INSERT INTO auth_limits AS l (key, window_start, hits)
-               SELECT k, w, 1 FROM unnest($1::text[], $2::timestamptz[]) AS t (k, w)
-               ON CONFLICT (key, window_start) DO UPDATE SET hits = l.hits + 1
-               RETURNING key, hits""",
-            [limit.key for limit in limits], [limit.window_start(now) for limit in limits])
-        return {r["key"]: r["hits"] for r in rows}
+    async def hit_and_put_code(self, limits: list[Limit], now: datetime, phone: str, digest: bytes,
+                               expires_at: datetime, outbox: tuple[list[Any], ...]) -> tuple[dict[str, int], bool]:
+        """Count one hit against each limit's current window (the counts after it, by key, are
+        returned); then, only when every limit holds after the hits, make the code the phone's
+        pending one (replacing any earlier one and its wrong tries) and write the ``outbox`` rows
+        (``UnitOfWork.take``: the text with the code): one statement, so no transaction around it.
+        A limit holds while its hits are at most its ``limit``: the rule of
+        ``domain.signin.exceeded``, which the caller applies to the counts returned, and which must
+        agree with the second value returned (whether the code was put and the text written)."""
+        row = await self.conn.fetchrow(
+            f"""WITH hits AS (
+                    INSERT INTO auth_limits AS l (key, window_start, hits)
+                    SELECT k, w, 1 FROM unnest($1::text[], $2::timestamptz[]) AS t (k, w)
+                    ON CONFLICT (key, window_start) DO UPDATE SET hits = l.hits + 1
+                    RETURNING key, hits),
+                held AS (
+                    SELECT NOT EXISTS (SELECT FROM hits h JOIN unnest($1::text[], $3::int[]) AS m (k, n) ON m.k = h.key
+                                       WHERE h.hits > m.n) AS ok),
+                code AS (
+                    INSERT INTO otp_codes (phone, digest, expires_at)
+                    SELECT $4::text, $5::bytea, $6::timestamptz FROM held WHERE ok
+                    ON CONFLICT (phone) DO UPDATE SET digest = EXCLUDED.digest, expires_at = EXCLUDED.expires_at,
+                                                      wrong_tries = 0, created_at = now()),
+                announced AS ({outbox_insert(7, when="(SELECT ok FROM held)")})
+                SELECT (SELECT ok FROM held) AS sent,
+                       (SELECT coalesce(jsonb_object_agg(key, hits), '{{}}') FROM hits) AS hits""",
+            [limit.key for limit in limits], [limit.window_start(now) for limit in limits],
+            [limit.limit for limit in limits], phone, digest, expires_at, *outbox)
+        return {k: int(v) for k, v in row["hits"].items()}, bool(row["sent"])
 
     # --- codes ---------------------------------------------------------------------------------
-
-    async def put_code(self, phone: str, digest: bytes, expires_at: datetime) -> None:
-        """The phone's pending code, replacing any earlier one (and its wrong tries)."""
-        await self.conn.execute(
-            """INSERT INTO otp_codes (phone, digest, expires_at) VALUES ($1, $2, $3)
-               ON CONFLICT (phone) DO UPDATE SET digest = $2, expires_at = $3, wrong_tries = 0, created_at = now()""",
-            phone, digest, expires_at)
 
     async def pending_code(self, phone: str) -> PendingCode | None:
         """The phone's pending code, locked until the transaction ends."""

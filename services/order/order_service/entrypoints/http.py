@@ -461,9 +461,9 @@ def _signed_in(request: web.Request, session: signin.Session, deps: OrderDeps) -
 async def request_code(request: web.Request, deps: OrderDeps) -> web.Response:
     async with deps.admission.slot(counts=False):  # behind the orders' admission, adding nothing to their backlog
         body = await read_json(request, CodeRequest)
-        async with unit_of_work(deps.pool) as uow:
-            retry_after = await signin.request_code(uow, normalize_phone(body.phone), request.remote or "unknown",
-                                                    deps.otp_key, deps.settings)
+        async with deps.pool.acquire() as conn:  # one statement (signin.request_code): no transaction
+            retry_after = await signin.request_code(UnitOfWork(conn), normalize_phone(body.phone),
+                                                    request.remote or "unknown", deps.otp_key, deps.settings)
     if retry_after is not None:
         raise shed(429, "rate_limited", f"too many code requests for this phone or from this address; "
                    f"retry in {retry_after} s", retry_after)

@@ -117,7 +117,6 @@ async def on_payment_captured(uow: UnitOfWork, env: Envelope[PaymentCaptured]) -
                                          reason=f"payment captured while the order was {exc.current}",
                                          requested_at=now), correlation_id=cid)
         return
-    await OrderRepository(uow.conn).save(order)
     if fulfil:
         # The receipt number is taken here, with the payment: a number for every PAID order, none skipped.
         await receipts.issue_receipt(uow, order, paid_at=e.captured_at, payment=Payment(
@@ -129,6 +128,8 @@ async def on_payment_captured(uow: UnitOfWork, env: Envelope[PaymentCaptured]) -
         uow.publish(OrderRefundRequested(order_id=order.id, amount=e.amount,
                                          reason=order.failure_reason or "cannot fulfil",
                                          requested_at=now), correlation_id=cid)
+    # the order, its history and the message announcing it in one statement
+    await OrderRepository(uow.conn).save(order, outbox=uow.take())
 
 
 async def on_payment_refunded(uow: UnitOfWork, env: Envelope[PaymentRefunded]) -> None:

@@ -52,21 +52,24 @@ def _now() -> datetime:
 
 async def request_code(uow: UnitOfWork, phone: str, client: str, key: bytes, settings: OrderSettings) -> int | None:
     """Send a new code to ``phone`` (through the outbox), unless a limit is reached: then the
-    Retry-After in seconds, and nothing is sent. Known and unknown phones are treated alike."""
+    Retry-After in seconds, and nothing is sent. Known and unknown phones are treated alike.
+    One statement on ``uow``'s connection, which needs no transaction."""
     now = _now()
     repo = SigninRepository(uow.conn)
     limits = code_request_limits(
         phone, client, per_phone=((1, settings.otp_phone_interval_s), (settings.otp_phone_per_hour, 3600)),
         per_client=((settings.otp_client_limit, settings.otp_client_window_s),))
-    retry_after = exceeded(limits, await repo.hit(limits, now), now)
-    if retry_after is not None:
-        return retry_after
     code = new_code()
     expires_at = now + timedelta(seconds=settings.otp_ttl_s)
-    await repo.put_code(phone, code_digest(key, phone, code), expires_at)
     uow.publish(SmsRequested(phone=phone, text=sms_text(code, settings.otp_ttl_s), requested_at=now,
                              expires_at=expires_at))
-    return None
+    # one statement: the hits counted, and the code with its text only while every limit holds
+    hits, sent = await repo.hit_and_put_code(limits, now, phone, code_digest(key, phone, code), expires_at,
+                                             uow.take())
+    retry_after = exceeded(limits, hits, now)
+    if sent != (retry_after is None):
+        raise RuntimeError(f"the code request's limits were judged apart: sent {sent}, retry after {retry_after}")
+    return retry_after
 
 
 async def _open_session(repo: SigninRepository, account_id: uuid.UUID, settings: OrderSettings,

@@ -44,7 +44,7 @@ timer), and asyncpg's introspection of a type it meets for the first time on a c
 per connection and type: which step meets it first depends on the connection the pool hands out)."""
 
 MOST = {
-    "POST /v1/auth/otp": 5,  # BEGIN, limits, code, outbox, COMMIT
+    "POST /v1/auth/otp": 1,  # limits counted + code + outbox while they hold, no transaction (was 5)
     "POST /v1/auth/token": 5,  # BEGIN, code, code used + account, account + session + token, COMMIT (was 8)
     "POST /v1/orders": 1,  # key with its answer + order + history + outbox, no transaction (was 7)
     "POST /v1/orders again": 2,  # the same statement, which claims nothing, and the first answer read
@@ -53,7 +53,7 @@ MOST = {
     "GET /v1/orders/{id} paid": 1,  # the order with its refunds (was 2)
     "order.on_sms_requested": 3,  # BEGIN, inbox, COMMIT: the handler only sends the text
     "order.on_bill_issued": 4,  # BEGIN, inbox, one UPDATE, COMMIT (was 5)
-    "order.on_payment_captured": 7,  # BEGIN, inbox, order, order + history, receipt, outbox, COMMIT (was 10)
+    "order.on_payment_captured": 6,  # BEGIN, inbox, order, receipt, order + history + outbox, COMMIT (was 10)
     "order.on_serials_issued": 5,  # BEGIN, inbox, order + serials taken, order + history + serials, COMMIT (was 8)
 }
 """The most statements each step may send (BEGIN and COMMIT included)."""
@@ -179,3 +179,18 @@ async def test_statements_per_step_of_a_purchase(world: World) -> None:
     print("\n" + report(world.counts))
     over = {name: (len(world.counts[name]), most) for name, most in MOST.items() if len(world.counts[name]) > most}
     assert not over, f"more round trips than pinned (sent, most): {over}\n{report(world.counts)}"
+
+
+async def test_a_refused_code_request_writes_no_code_and_no_text(world: World) -> None:
+    """The code request's one statement writes the code and its text only while the limits hold
+    (``ORDER_OTP_PHONE_PER_HOUR``, 5): the sixth is refused, the fifth code stays the pending one."""
+    client, pool = world.client, world.pool
+    phone = "+6281377700009"
+    for _ in range(5):
+        await world.http("POST /v1/auth/otp", client.post("/v1/auth/otp", json={"phone": phone}), 202)
+    pending = await pool.fetchval("SELECT digest FROM otp_codes WHERE phone = $1", phone)
+    refused = await world.http("POST /v1/auth/otp refused", client.post("/v1/auth/otp", json={"phone": phone}), 429)
+    assert refused["error"]["code"] == "rate_limited"
+    assert len(world.counts["POST /v1/auth/otp refused"]) == 1
+    assert len(await outbox(pool, SmsRequested.TYPE)) == 5
+    assert await pool.fetchval("SELECT digest FROM otp_codes WHERE phone = $1", phone) == pending
