@@ -54,14 +54,15 @@ def test_no_figure_without_counts_or_units() -> None:
 
 
 def test_statements_between_the_scrapes_around_a_window() -> None:
-    scraper = MetricsScraper({}, interval_s=3.0)
+    scraper = MetricsScraper({}, interval_s=5.0)
     scraper.db_queries = [
-        (0.0, {"order-api": 10.0}),  # too early: more than one interval before the window
-        (8.0, {"order-api": 100.0, "order-worker": 40.0}),  # the last scrape before the window
+        (4.0, {"order-api": 10.0}),  # too early: more than one interval before the window
+        (5.0, {"order-api": 100.0, "order-worker": 40.0}),  # the last scrape before the window
         (12.0, {"order-api": 150.0, "order-worker": 70.0}),
-        (21.0, {"order-api": 400.0, "order-worker": 5.0, "payment-api": 9.0}),  # after the window
-        (30.0, {"order-api": 900.0}),  # too late
+        (25.0, {"order-api": 400.0, "order-worker": 6.0, "payment-api": 9.0}),  # the first after it
+        (26.0, {"order-api": 900.0}),  # too late
     ]
-    # order-worker restarted (its counter began again), payment-api appeared: counted from zero
-    assert scraper.db_queries_between(10.0, 20.0) == {"order-api": 300.0, "order-worker": 5.0, "payment-api": 9.0}
+    # 20 s between the scrapes, 10 s of window: half of what was sent between them; order-worker
+    # restarted (its counter began again) and payment-api appeared: counted from zero
+    assert scraper.db_queries_between(10.0, 20.0) == {"order-api": 150.0, "order-worker": 3.0, "payment-api": 4.5}
     assert MetricsScraper({}).db_queries_between(0.0, 1.0) == {}

@@ -662,6 +662,10 @@ def purchase_cpu(run: Run, a: dict[str, Any]) -> dict[str, Any]:
         return {"why": "too few credited orders for a sustained window"}
     start, end, credited = window
     figures = cpu_per_unit(run.sampler.cpu_between(start, end), end - start, credited)
+    # statements sent to PostgreSQL per order credited in the window (every process counts them in
+    # emeterai_db_queries_total when the rush started the platform; None for one found running
+    # without EMETERAI_DB_COUNT_QUERIES=true)
+    figures["db_queries_per_order"] = per_unit_by_service(run.scraper.db_queries_between(start, end), credited)
     figures["note"] = ("over the window of the sustained rate (10th to 90th percentile of the FULFILLED "
                        "times of phase a); the platform is every process but the load generator (bench)")
     return figures
@@ -768,7 +772,6 @@ def build_report(run: Run, *, buyers: int, split: dict[str, int], ceiling: dict[
         "memory": memory,
         "cpu_cores": {name: run.sampler.cpu_between(*phase["_window"]) for name, phase in run.phases.items()},
         "purchase_cpu": saturated_cpu,
-        "db_queries_per_order": db_queries_per_order(run, a),
         "phases": {name: public(phase) for name, phase in run.phases.items()},
         "drain_s": checks["drain_s"],
         "warmup": checks["warmup"],
@@ -777,15 +780,6 @@ def build_report(run: Run, *, buyers: int, split: dict[str, int], ceiling: dict[
                       for phase, apps in run.applicants.items()},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(run.args).items()},
     }
-
-
-def db_queries_per_order(run: Run, a: dict[str, Any]) -> dict[str, Any] | None:
-    """Statements sent to PostgreSQL per credited order of phase a, by service and process (every
-    process's ``emeterai_db_queries_total``: the platform the rush starts counts them; one found
-    running counts them only with ``EMETERAI_DB_COUNT_QUERIES=true``). Everything the processes did
-    in the phase is in it (sign-in, polling, housekeeping, phase a's unpaid and refunded orders)."""
-    figure = per_unit_by_service(run.scraper.db_queries_between(*a["_window"]), a["fulfilled"])
-    return None if figure is None else {**figure, "scope": "phase a, per credited order"}
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -832,13 +826,13 @@ def print_report(report: dict[str, Any]) -> None:
     row("a  platform CPU per credited order (ms)", pc.get("platform_cpu_ms_per_unit"), "platform_cpu_ms_per_order")
     by_process = list((pc.get("cpu_ms_per_unit_by_process") or {}).items())[:7]
     row("   by process (ms per order)", ", ".join(f"{k} {v:.1f}" for k, v in by_process))
-    row("a  overload: offered/s (x peak)", f"{_fmt(ov.get('offered_per_s'))} ({_fmt(ov.get('offered_over_peak'))}x)")
-    row("a  overload goodput / peak", ov.get("goodput_ratio"), "overload_goodput_ratio")
-    row("a  overload non-2xx/429/503 answers", ov.get("errors"), "overload_errors")
-    dbq = report.get("db_queries_per_order")
+    dbq = pc.get("db_queries_per_order")
     if dbq:
         row("a  SQL statements per credited order",
             f"{dbq['total']} (" + ", ".join(f"{k} {v}" for k, v in dbq["by_service"].items()) + ")")
+    row("a  overload: offered/s (x peak)", f"{_fmt(ov.get('offered_per_s'))} ({_fmt(ov.get('offered_over_peak'))}x)")
+    row("a  overload goodput / peak", ov.get("goodput_ratio"), "overload_goodput_ratio")
+    row("a  overload non-2xx/429/503 answers", ov.get("errors"), "overload_errors")
     row("b  stamping: documents/s", report["documents_per_s"], "documents_per_s")
     row("b  upload→stamped p50 / p95 / p99",
         " / ".join(_fmt(lat["upload_to_stamped"][k]) for k in ("p50", "p95", "p99")) + " ms")

@@ -498,15 +498,18 @@ class MetricsScraper:
         return dict(sorted(out.items(), key=lambda kv: -kv[1]["mean_ms"]))
 
     def db_queries_between(self, start: float, end: float) -> dict[str, float]:
-        """Statements each process (``<service>-<process>``) sent between two monotonic times, from
-        the scrapes nearest outside them (as ``ProcessSampler.cpu_between`` takes its samples, so
-        both figures cover the same time); {} when no process counts them (a platform found running
-        without ``db_count_queries``). A process restarted in between counts from its restart."""
+        """Statements each process (``<service>-<process>``) sent between two monotonic times: its
+        rate between the scrapes nearest outside them (as ``ProcessSampler.cpu_between`` takes its
+        samples) times the window's length, so that it covers the same time as the CPU figures; {}
+        when no process counts them (a platform found running without ``db_count_queries``). A
+        process restarted in between counts from its restart."""
         window = [(t, q) for t, q in self.db_queries if start - self.interval_s <= t <= end + self.interval_s]
-        if len(window) < 2:
+        if len(window) < 2 or window[-1][0] <= window[0][0]:
             return {}
-        (_, first), (_, last) = window[0], window[-1]
-        return {k: v - first.get(k, 0.0) if v >= first.get(k, 0.0) else v for k, v in last.items()}
+        (t0, first), (t1, last) = window[0], window[-1]
+        scale = (end - start) / (t1 - t0)
+        return {k: round(scale * (v - first.get(k, 0.0) if v >= first.get(k, 0.0) else v), 1)
+                for k, v in last.items()}
 
     def handler_ms(self) -> dict[str, float]:
         return {q: round(1000 * s / n, 2) for q, (s, n) in sorted(self.handler.items()) if n}
