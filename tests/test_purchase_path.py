@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -19,6 +20,9 @@ from emeterai_testkit.fixtures import eventually, fetchval
 from emeterai_testkit.platform import Platform
 from payment_service.adapters.banksim import BankSimulator
 
+from bench.rush.figures import per_unit_by_service
+from bench.rush.platform import MetricsScraper
+
 BankFor = Callable[[Platform, aiohttp.ClientSession], BankSimulator]
 CustomerNo = Callable[[Platform, str], str]
 
@@ -27,12 +31,17 @@ KILL_AFTER_COMMIT = {"EMETERAI_FAILPOINTS": "consumer.after_commit=kill"}
 
 @pytest.fixture(scope="module")
 async def platform(purchase_platform: Any) -> AsyncIterator[Platform]:
-    async with purchase_platform() as p:
+    # the statement counter on (as the rush has it): test_full_purchase_path reads it as the rush does
+    async with purchase_platform(order_overrides={"db_count_queries": True}, db_count_queries=True) as p:
         yield p
 
 
 async def test_full_purchase_path(platform: Platform, bank_client: BankFor, va_customer_no: CustomerNo) -> None:
+    """The path, and the rush's statement figure read from the processes' /metrics around it."""
     async with aiohttp.ClientSession() as session:
+        scraper = MetricsScraper(platform.metrics_urls(), interval_s=0)
+        start = time.monotonic()
+        await scraper.scrape(session)
         buyer = Buyer(session, platform.url("order"))
         await buyer.register()
         order_id, bill = await buyer.billed_order(2)
@@ -48,9 +57,18 @@ async def test_full_purchase_path(platform: Platform, bank_client: BankFor, va_c
         assert (status, body["responseCode"]) == (200, "2002500"), body
         assert body["virtualAccountData"]["paymentFlagStatus"] == "00"
         await buyer.status_becomes(order_id, "PAID")
+        await scraper.scrape(session)
+        end = time.monotonic()
     order_db = platform.settings["order"]
     assert await fetchval(order_db, "SELECT count(*) FROM outbox WHERE message_type = 'order.paid.v1'"
                           " AND correlation_id = $1", order_id) == 1
+    sent = scraper.db_queries_between(start, end)
+    assert set(sent) == set(platform.metrics_urls())  # every api, worker and relay counts
+    for process in ("order-api", "order-worker", "payment-api", "payment-worker"):
+        assert sent[process] >= 3, (process, sent)  # at least one transaction: BEGIN, a statement, COMMIT
+    figure = per_unit_by_service(sent, 1)
+    assert figure is not None and set(figure["by_service"]) == {"order", "payment"}
+    assert figure["total"] == round(sum(sent.values()), 1)
 
 
 async def _paid_exactly_once(platform: Platform, order_id: str) -> None:

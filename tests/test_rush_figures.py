@@ -1,12 +1,13 @@
 """The rush's CPU figures (``bench.rush.figures``): the window of the sustained rate and the CPU
 per unit finished in it, the way the report states the issue's targets (machine busy while
-saturated, platform CPU per credited order)."""
+saturated, platform CPU per credited order); and the statements per unit from scraped counters."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from bench.rush.figures import cpu_per_unit, sustained_rate, sustained_window
+from bench.rush.figures import cpu_per_unit, per_unit_by_service, sustained_rate, sustained_window
+from bench.rush.platform import MetricsScraper
 
 T0 = datetime(2026, 12, 7, tzinfo=UTC)
 
@@ -36,3 +37,32 @@ def test_cpu_per_unit_leaves_the_load_generator_out_of_the_platform() -> None:
     assert figures["platform_cpu_ms_per_unit"] == 30.0
     assert figures["machine_busy_cores"] == 1.9
     assert cpu_per_unit(cores, seconds=10.0, units=0)["platform_cpu_ms_per_unit"] is None
+
+
+def test_statements_per_unit_by_service_and_process() -> None:
+    sent = {"order-api": 600.0, "order-worker": 300.0, "order-relay": 100.0, "payment-api": 250.0}
+    assert per_unit_by_service(sent, 50) == {
+        "total": 25.0,
+        "by_service": {"order": 20.0, "payment": 5.0},
+        "by_process": {"order-api": 12.0, "order-relay": 2.0, "order-worker": 6.0, "payment-api": 5.0},
+    }
+
+
+def test_no_figure_without_counts_or_units() -> None:
+    assert per_unit_by_service({}, 10) is None  # a running platform that does not count
+    assert per_unit_by_service({"order-api": 5.0}, 0) is None
+
+
+def test_statements_between_the_scrapes_around_a_window() -> None:
+    scraper = MetricsScraper({}, interval_s=5.0)
+    scraper.db_queries = [
+        (4.0, {"order-api": 10.0}),  # too early: more than one interval before the window
+        (5.0, {"order-api": 100.0, "order-worker": 40.0}),  # the last scrape before the window
+        (12.0, {"order-api": 150.0, "order-worker": 70.0}),
+        (25.0, {"order-api": 400.0, "order-worker": 6.0, "payment-api": 9.0}),  # the first after it
+        (26.0, {"order-api": 900.0}),  # too late
+    ]
+    # 20 s between the scrapes, 10 s of window: half of what was sent between them; order-worker
+    # restarted (its counter began again) and payment-api appeared: counted from zero
+    assert scraper.db_queries_between(10.0, 20.0) == {"order-api": 150.0, "order-worker": 3.0, "payment-api": 4.5}
+    assert MetricsScraper({}).db_queries_between(0.0, 1.0) == {}

@@ -94,6 +94,21 @@ def count_between(times: Iterable[datetime], start: datetime, end: datetime) -> 
     return sum(1 for t in times if start <= t <= end)
 
 
+def per_unit_by_service(counts: dict[str, float], units: int) -> dict[str, Any] | None:
+    """``counts`` per process (``<service>-<kind>``, e.g. statements sent in a phase) divided by the
+    ``units`` done then (e.g. credited orders): per service (its api, worker and relay summed), per
+    process, and the whole platform; None without counts or units."""
+    if not counts or not units:
+        return None
+    services: dict[str, float] = {}
+    for process, n in counts.items():
+        service = process.split("-", 1)[0]
+        services[service] = services.get(service, 0.0) + n
+    return {"total": round(sum(counts.values()) / units, 1),
+            "by_service": {s: round(n / units, 1) for s, n in sorted(services.items())},
+            "by_process": {p: round(n / units, 1) for p, n in sorted(counts.items())}}
+
+
 @dataclass
 class Databases:
     order: asyncpg.Pool

@@ -80,6 +80,7 @@ from bench.rush.figures import (
     Databases,
     cpu_per_unit,
     moving_peak,
+    per_unit_by_service,
     percentiles,
     rate_over,
     sustained_rate,
@@ -640,7 +641,9 @@ def bottleneck_of(run: Run, phase: dict[str, Any], what: str, units: int) -> dic
     return {"target": what, "tier": tier, "why": why, "backlogs": backlogs,
             "server_ms_by_route": dict(list(server.items())[:8]), "in_flight_max": in_flight,
             "cpu_cores_by_process": dict(top), "machine_busy_cores": busy, "rush_cores": ours,
-            "platform_cpu_ms_per_unit": cpu_ms, "handler_ms_mean": run.scraper.handler_ms()}
+            "platform_cpu_ms_per_unit": cpu_ms,
+            "db_queries_per_unit": per_unit_by_service(run.scraper.db_queries_between(start, end), units),
+            "handler_ms_mean": run.scraper.handler_ms()}
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -659,6 +662,10 @@ def purchase_cpu(run: Run, a: dict[str, Any]) -> dict[str, Any]:
         return {"why": "too few credited orders for a sustained window"}
     start, end, credited = window
     figures = cpu_per_unit(run.sampler.cpu_between(start, end), end - start, credited)
+    # statements sent to PostgreSQL per order credited in the window (every process counts them in
+    # emeterai_db_queries_total when the rush started the platform; None for one found running
+    # without EMETERAI_DB_COUNT_QUERIES=true)
+    figures["db_queries_per_order"] = per_unit_by_service(run.scraper.db_queries_between(start, end), credited)
     figures["note"] = ("over the window of the sustained rate (10th to 90th percentile of the FULFILLED "
                        "times of phase a); the platform is every process but the load generator (bench)")
     return figures
@@ -819,6 +826,10 @@ def print_report(report: dict[str, Any]) -> None:
     row("a  platform CPU per credited order (ms)", pc.get("platform_cpu_ms_per_unit"), "platform_cpu_ms_per_order")
     by_process = list((pc.get("cpu_ms_per_unit_by_process") or {}).items())[:7]
     row("   by process (ms per order)", ", ".join(f"{k} {v:.1f}" for k, v in by_process))
+    dbq = pc.get("db_queries_per_order")
+    if dbq:
+        row("a  SQL statements per credited order",
+            f"{dbq['total']} (" + ", ".join(f"{k} {v}" for k, v in dbq["by_service"].items()) + ")")
     row("a  overload: offered/s (x peak)", f"{_fmt(ov.get('offered_per_s'))} ({_fmt(ov.get('offered_over_peak'))}x)")
     row("a  overload goodput / peak", ov.get("goodput_ratio"), "overload_goodput_ratio")
     row("a  overload non-2xx/429/503 answers", ov.get("errors"), "overload_errors")

@@ -64,6 +64,7 @@ class RushPlatform:
         services = [(defn, cls()) for defn, cls in definitions().values()]
         self.run_partners_file = REPO / "var" / "dev-bank" / "banks.json"
         for defn, settings in services:
+            settings.db_count_queries = True  # every statement counted: the report's db_queries_per_order
             if hasattr(settings, "otp_client_limit"):
                 settings.otp_client_limit = 0
             if defn.name == "payment" and hasattr(settings, "partners_file"):  # make run's file, read in up()
@@ -391,6 +392,8 @@ KEPT = {"emeterai_queue_depth": "queue", "emeterai_outbox_backlog": "service",
         "emeterai_parked_messages": "queue", "emeterai_http_in_flight": "service"}
 HANDLER = "emeterai_handler_seconds"
 HTTP = "emeterai_http_request_seconds"
+DB_QUERIES = "emeterai_db_queries"
+"""The statement counter's family (``emeterai_db_queries_total``, counted when ``db_count_queries`` is on)."""
 
 
 @dataclass
@@ -403,6 +406,8 @@ class MetricsScraper:
     handler: dict[str, tuple[float, float]] = field(default_factory=dict)
     http: list[tuple[float, dict[str, tuple[float, float]]]] = field(default_factory=list)
     """(time, "<service> <METHOD> <route>" -> (seconds, requests)) of every api, over time."""
+    db_queries: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+    """(time, "<service>-<process>" -> statements sent so far) of every process that counts them."""
     failures: int = 0
 
     async def scrape(self, session: aiohttp.ClientSession) -> None:
@@ -410,6 +415,7 @@ class MetricsScraper:
         gauges: dict[str, dict[str, float]] = defaultdict(dict)
         handler: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
         http: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        queries: dict[str, float] = defaultdict(float)
         for text in texts:
             if text is None:
                 continue
@@ -433,9 +439,14 @@ class MetricsScraper:
                             http[key][0] += s.value
                         elif s.name.endswith("_count"):
                             http[key][1] += s.value
+                elif family.name == DB_QUERIES:
+                    for s in family.samples:
+                        if s.name.endswith("_total"):
+                            queries[f"{s.labels.get('service')}-{s.labels.get('process')}"] += s.value
         now = time.monotonic()
         self.series.append((now, dict(gauges)))
         self.http.append((now, {k: (v[0], v[1]) for k, v in http.items()}))
+        self.db_queries.append((now, dict(queries)))
         if handler:
             self.handler = {q: (v[0], v[1]) for q, v in handler.items()}
 
@@ -485,6 +496,20 @@ class MetricsScraper:
             if n - n0 >= 1 and not key.endswith(("/metrics", "/healthz", "/readyz")):
                 out[key] = {"requests": int(n - n0), "mean_ms": round(1000 * (secs - secs0) / (n - n0), 1)}
         return dict(sorted(out.items(), key=lambda kv: -kv[1]["mean_ms"]))
+
+    def db_queries_between(self, start: float, end: float) -> dict[str, float]:
+        """Statements each process (``<service>-<process>``) sent between two monotonic times: its
+        rate between the scrapes nearest outside them (as ``ProcessSampler.cpu_between`` takes its
+        samples) times the window's length, so that it covers the same time as the CPU figures; {}
+        when no process counts them (a platform found running without ``db_count_queries``). A
+        process restarted in between counts from its restart."""
+        window = [(t, q) for t, q in self.db_queries if start - self.interval_s <= t <= end + self.interval_s]
+        if len(window) < 2 or window[-1][0] <= window[0][0]:
+            return {}
+        (t0, first), (t1, last) = window[0], window[-1]
+        scale = (end - start) / (t1 - t0)
+        return {k: round(scale * (v - first.get(k, 0.0) if v >= first.get(k, 0.0) else v), 1)
+                for k, v in last.items()}
 
     def handler_ms(self) -> dict[str, float]:
         return {q: round(1000 * s / n, 2) for q, (s, n) in sorted(self.handler.items()) if n}

@@ -39,6 +39,10 @@ class ServiceSettings(BaseSettings):
     """Per api and worker process (a relay takes at most 3): `make run` stays within 4 x (8 + 8 + 3)
     = 76 of PostgreSQL's default 100 connections."""
     db_command_timeout_s: float = 30.0
+    db_count_queries: bool = False
+    """Count every statement a process sends through its pool in ``emeterai_db_queries_total{service,
+    process}`` (``db.QueryCounter``): round trips per unit of work. Off by default: a few microseconds
+    per statement."""
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     amqp_urls: str = ""

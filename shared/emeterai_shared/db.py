@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from prometheus_client import Counter
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 log = logging.getLogger(__name__)
@@ -99,10 +100,47 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     ``SET``). asyncpg still rolls back a transaction left open before the connection is reused."""
 
 
+DB_QUERIES = Counter(
+    "emeterai_db_queries_total",
+    "Statements a process sent to PostgreSQL through its pool (BEGIN and COMMIT included): counted "
+    "only when db_count_queries is on", ["service", "process"],
+)
+
+
+class QueryCounter:
+    """Counts every statement a pooled connection sends, in ``emeterai_db_queries_total{service,
+    process}``: an asyncpg query logger (``Connection.add_query_logger``) registered on each
+    connection as the pool opens it.
+
+    asyncpg calls a logger for each ``execute``/``fetch*``/``executemany`` (a transaction's
+    ``BEGIN``, ``COMMIT`` and ``ROLLBACK`` are ``execute`` calls too), that is one per round trip
+    of a statement; ``executemany`` is one whatever its number of rows (asyncpg pipelines them).
+    Not counted: the extra Parse round trip of a statement not yet in the connection's cache, and
+    ``copy_*``. asyncpg invokes the logger with ``loop.call_soon``: the counter rises on the next
+    turn of the event loop, and each statement costs a few microseconds more, hence opt-in."""
+
+    def __init__(self, service: str, process: str) -> None:
+        self.child = DB_QUERIES.labels(service=service, process=process)
+
+    def __call__(self, _record: object) -> None:
+        self.child.inc()
+
+    def watch(self, conn: asyncpg.Connection) -> None:
+        conn.add_query_logger(self)
+
+
 async def create_pool(
-    url: str, *, min_size: int = 1, max_size: int = 10, command_timeout: float = 30.0
+    url: str, *, min_size: int = 1, max_size: int = 10, command_timeout: float = 30.0,
+    count_queries: QueryCounter | None = None,
 ) -> asyncpg.Pool:
-    """An asyncpg pool with JSON codecs, created once PostgreSQL answers."""
+    """An asyncpg pool with JSON codecs, created once PostgreSQL answers; with ``count_queries``
+    every statement of its connections is counted (``QueryCounter``)."""
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await _init_connection(conn)
+        if count_queries is not None:
+            count_queries.watch(conn)
+
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(CONNECT_ERRORS),
         wait=wait_exponential(multiplier=0.2, max=3),
@@ -115,7 +153,7 @@ async def create_pool(
                 min_size=min_size,
                 max_size=max_size,
                 command_timeout=command_timeout,
-                init=_init_connection,
+                init=init,
                 reset=_keep_session,
             )
     assert pool is not None

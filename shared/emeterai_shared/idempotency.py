@@ -63,13 +63,42 @@ def request_hash(method: str, path: str, body: Any) -> str:
     return hashlib.sha256(f"{method} {path}\n{canonical}".encode()).hexdigest()
 
 
+def claim_insert(first: int = 1) -> str:
+    """``claim``'s INSERT, its five parameters (scope, key, request hash, status, response: see
+    ``Claim.args``) numbered from ``$first``; it returns a row when this request owns the key. For
+    a larger statement (as a data-modifying CTE) that claims the key and does the work in one
+    round trip: a concurrent twin waits on the key until that statement commits."""
+    p = ", ".join(f"${first + i}" for i in range(5))
+    return (f"INSERT INTO idempotency_keys (scope, key, request_hash, status, response) VALUES ({p})"
+            " ON CONFLICT DO NOTHING RETURNING true")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim on ``(scope, key)`` for the request hashed ``digest``, with its answer when it is
+    known before the work is done (stored with the key, so nothing is left to ``complete``)."""
+
+    scope: str
+    key: str
+    digest: str
+    status: int | None = None
+    body: Any = None
+
+    def args(self) -> tuple[Any, ...]:
+        return self.scope, self.key, self.digest, self.status, self.body
+
+
 async def claim(conn: asyncpg.Connection, scope: str, key: str, digest: str) -> StoredAnswer | None:
     """None: this request owns the key and must ``complete`` it. Otherwise the first answer."""
-    inserted = await conn.fetchval(
-        "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3)"
-        " ON CONFLICT DO NOTHING RETURNING true", scope, key, digest)
+    inserted = await conn.fetchval(claim_insert(), *Claim(scope, key, digest).args())
     if inserted:
         return None
+    return await stored(conn, scope, key, digest)
+
+
+async def stored(conn: asyncpg.Connection, scope: str, key: str, digest: str) -> StoredAnswer:
+    """The first answer given under ``(scope, key)``, once another request claimed it (``claim``,
+    or ``claim_insert`` in a statement that did not own the key); 422 for another request's key."""
     row = await conn.fetchrow(
         "SELECT request_hash, status, response FROM idempotency_keys WHERE scope = $1 AND key = $2",
         scope, key)

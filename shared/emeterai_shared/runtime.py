@@ -38,7 +38,7 @@ from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
 
 from emeterai_shared.config import ServiceSettings
-from emeterai_shared.db import create_pool, prepare_database
+from emeterai_shared.db import QueryCounter, create_pool, prepare_database
 from emeterai_shared.forwarded import TrustedProxies
 from emeterai_shared.http import SHED_EARLY, OpenApi, Operation, add_probe_routes, create_app
 from emeterai_shared.messaging import Consumer, Publisher, Subscription, connect
@@ -212,7 +212,8 @@ async def _open(defn: ServiceDefinition[Any], settings: ServiceSettings, kind: s
     # keeps a whole `make run` (12 processes) inside PostgreSQL's default 100 connections.
     max_size = min(settings.db_pool_max, RELAY_POOL_MAX) if kind == "relay" else settings.db_pool_max
     pool = await create_pool(settings.database_url, min_size=min(settings.db_pool_min, max_size),
-                             max_size=max_size, command_timeout=settings.db_command_timeout_s)
+                             max_size=max_size, command_timeout=settings.db_command_timeout_s,
+                             count_queries=QueryCounter(defn.name, kind) if settings.db_count_queries else None)
     amqp = None
     if broker:
         amqp = await connect(settings.amqp_addresses, name=f"{defn.name}-{kind}",

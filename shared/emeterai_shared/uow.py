@@ -16,14 +16,14 @@ from emeterai_shared.telemetry import TRACE_HEADERS, inject_context
 _INSERT_PARAMETERS = 6
 
 
-def outbox_insert(first: int = 1) -> str:
-    """The statement writing ``UnitOfWork.take_outbox_rows()`` (parameters ``$first`` to
-    ``$first + 5``), for a repository that writes them inside a statement of its own (a ``WITH``
-    part, with a ``WHERE`` of its own when the messages depend on what the statement changed)."""
+def outbox_insert(first: int = 1, *, when: str | None = None) -> str:
+    """The outbox INSERT of the rows ``UnitOfWork.take`` gives, its six parameters numbered from
+    ``$first``; rows written only ``when`` that SQL condition holds. For a larger statement (as a
+    data-modifying CTE) that writes a state change and its messages in one round trip."""
     p = [f"${first + i}" for i in range(_INSERT_PARAMETERS)]
-    return f"""INSERT INTO outbox (message_id, message_type, routing_key, correlation_id, body, headers)
-             SELECT * FROM unnest({p[0]}::uuid[], {p[1]}::text[], {p[2]}::text[], {p[3]}::text[],
-                                  {p[4]}::bytea[], {p[5]}::jsonb[])"""
+    return (f"""INSERT INTO outbox (message_id, message_type, routing_key, correlation_id, body, headers)
+             SELECT * FROM unnest({p[0]}::uuid[], {p[1]}::text[], {p[2]}::text[], {p[3]}::text[], {p[4]}::bytea[],
+                                  {p[5]}::jsonb[])""" + (f" WHERE {when}" if when else ""))
 
 
 _INSERT = outbox_insert()
@@ -64,10 +64,18 @@ class UnitOfWork:
         self._pending.append((mid, message, correlation_id, headers))
         return mid
 
+    def take(self) -> tuple[list[Any], ...]:
+        """The messages published so far as the six arrays of ``outbox_insert``'s parameters, taken
+        out of the unit: the caller writes them in its own statement."""
+        rows = self._pending
+        self._pending = []
+        return ([r[0] for r in rows], [r[1].TYPE for r in rows], [r[1].TYPE for r in rows], [r[2] for r in rows],
+                [r[1].to_json() for r in rows], [r[3] for r in rows])
+
     async def flush(self) -> None:
         if not self._pending:
             return
-        await self.conn.execute(_INSERT, *self.take_outbox_rows())
+        await self.conn.execute(_INSERT, *self.take())
 
     async def execute_with_outbox(self, statement: str, *args: Any) -> str:
         """Run ``statement`` (its parameters ``$1``, ``$2``... are ``args``) with the messages
@@ -83,22 +91,8 @@ class UnitOfWork:
         own_with = _WITH.match(shifted)
         combined = (f"WITH outbox_rows AS ({_INSERT}), {shifted[own_with.end():]}" if own_with
                     else f"WITH outbox_rows AS ({_INSERT}) {shifted}")
-        result = await self.conn.execute(combined, *self.take_outbox_rows(), *args)
+        result = await self.conn.execute(combined, *self.take(), *args)
         return result
-
-    def take_outbox_rows(self) -> tuple[list[Any], ...]:
-        """The messages published so far, as the parameters of ``outbox_insert``; the caller
-        writes them (in the unit's transaction, or in one statement that needs none)."""
-        rows = self._pending
-        self._pending = []
-        return (
-            [r[0] for r in rows],
-            [r[1].TYPE for r in rows],
-            [r[1].TYPE for r in rows],
-            [r[2] for r in rows],
-            [r[1].to_json() for r in rows],
-            [r[3] for r in rows],
-        )
 
 
 @asynccontextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -14,11 +15,21 @@ _COLUMNS = """refund_id, order_id, requested, voided, kept, amount, status, payo
               decided_at, paid_out_at, kind"""
 
 
-def _refund(row: asyncpg.Record) -> Refund:
-    return Refund(refund_id=row["refund_id"], order_id=row["order_id"], requested=list(row["requested"]),
-                  requested_at=row["requested_at"], voided=list(row["voided"]), kept=list(row["kept"]),
-                  amount=row["amount"], status=RefundStatus(row["status"]), payout_reference=row["payout_reference"],
-                  decided_at=row["decided_at"], paid_out_at=row["paid_out_at"], kind=RefundKind(row["kind"]))
+PREFIXED_COLUMNS = ", ".join(f"r.{c} AS r_{c}" for c in _COLUMNS.replace("\n", " ").replace(" ", "").split(","))
+"""The columns of ``refunds r`` named ``r_<column>``, for a query joining them to another table
+(read back with ``refund_of(row, "r_")``)."""
+
+
+def refund_of(row: asyncpg.Record, prefix: str = "") -> Refund:
+    """The refund in ``row``, whose columns are named ``<prefix><column>``."""
+    def col(name: str) -> Any:
+        return row[prefix + name]
+
+    return Refund(refund_id=col("refund_id"), order_id=col("order_id"), requested=list(col("requested")),
+                  requested_at=col("requested_at"), voided=list(col("voided")), kept=list(col("kept")),
+                  amount=col("amount"), status=RefundStatus(col("status")), payout_reference=col("payout_reference"),
+                  decided_at=col("decided_at"), paid_out_at=col("paid_out_at"), kind=RefundKind(col("kind")))
+
 
 
 class RefundRepository:
@@ -42,12 +53,12 @@ class RefundRepository:
     async def get(self, refund_id: uuid.UUID, *, for_update: bool = False) -> Refund | None:
         lock = " FOR UPDATE" if for_update else ""
         row = await self.conn.fetchrow(f"SELECT {_COLUMNS} FROM refunds WHERE refund_id = $1{lock}", refund_id)
-        return _refund(row) if row else None
+        return refund_of(row) if row else None
 
     async def of_order(self, order_id: uuid.UUID) -> list[Refund]:
         rows = await self.conn.fetch(
             f"SELECT {_COLUMNS} FROM refunds WHERE order_id = $1 ORDER BY requested_at, refund_id", order_id)
-        return [_refund(r) for r in rows]
+        return [refund_of(r) for r in rows]
 
     async def save(self, refund: Refund) -> None:
         await self.conn.execute(

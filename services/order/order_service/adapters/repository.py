@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import asyncpg
+from emeterai_shared import idempotency
 from emeterai_shared.admission import Sample
+from emeterai_shared.idempotency import Claim
 from emeterai_shared.pagination import Key
+from emeterai_shared.uow import outbox_insert
 
+from order_service.adapters import refunds
 from order_service.domain.order import Bill, Order, OrderStatus
+from order_service.domain.refund import Refund
 
 _COLUMNS = """id, account_id, partner_id, quantity, amount, bank, status, failure_reason,
               virtual_account_no, bill_amount, expires_at, payment_id, serials, awaiting_stock_since,
               stock_refund_at, giving_back, payment_method, qr_content"""
+
+
+_QUALIFIED = ", ".join(f"o.{c}" for c in _COLUMNS.replace("\n", " ").replace(" ", "").split(","))
+"""``_COLUMNS`` of ``orders o``, for a query that joins other tables."""
 
 
 def _order(row: asyncpg.Record) -> Order:
@@ -34,6 +44,10 @@ ADMISSION_WINDOW_S = 10.0
 """The window of the admission sample: how many orders got their bill in it."""
 
 
+_NO_ROWS: tuple[list[Any], ...] = ([], [], [], [], [], [])
+"""No outbox rows (``outbox_insert``'s six empty arrays)."""
+
+
 class OrderRepository:
     """Orders, their accounts and serials, over one connection (the caller's transaction)."""
 
@@ -45,19 +59,73 @@ class OrderRepository:
                                 account_id, name, phone)
 
     async def add_order(self, order: Order) -> None:
+        """The new order and its first history row, in one statement."""
         await self.conn.execute(
-            """INSERT INTO orders (id, account_id, partner_id, quantity, amount, bank, status, payment_method)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+            """WITH placed AS (
+                   INSERT INTO orders (id, account_id, partner_id, quantity, amount, bank, status, payment_method)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id, status)
+               INSERT INTO order_history (order_id, old_status, new_status, reason)
+               SELECT id, NULL, status, 'order placed' FROM placed""",
             order.id, order.account_id, order.partner_id, order.quantity, order.amount, order.bank,
             order.status.value, order.payment_method)
-        await self.conn.execute(
-            "INSERT INTO order_history (order_id, old_status, new_status, reason) VALUES ($1, NULL, $2, $3)",
-            order.id, order.status.value, "order placed")
+
+    async def add_order_once(self, order: Order, claim: Claim, outbox: tuple[list[Any], ...]) -> bool:
+        """The new order with its first history row and its ``outbox`` rows (``UnitOfWork.take``),
+        written only if ``claim`` gets its idempotency key: one statement, so no transaction around
+        it (a statement commits whole or not at all). False: the key was claimed already, nothing
+        written (a twin in flight is waited for on the key, as ``idempotency.claim`` waits)."""
+        claimed: bool = await self.conn.fetchval(
+            f"""WITH claimed AS ({idempotency.claim_insert(1)}),
+                     placed AS (
+                         INSERT INTO orders (id, account_id, partner_id, quantity, amount, bank, status, payment_method)
+                         SELECT $6::uuid, $7::uuid, $8::text, $9::int, $10::bigint, $11::text, $12::text, $13::text
+                         WHERE EXISTS (SELECT FROM claimed)
+                         RETURNING id, status),
+                     history AS (
+                         INSERT INTO order_history (order_id, old_status, new_status, reason)
+                         SELECT id, NULL, status, 'order placed' FROM placed),
+                     announced AS ({outbox_insert(14, when="EXISTS (SELECT FROM placed)")})
+                SELECT EXISTS (SELECT FROM claimed)""",
+            *claim.args(), order.id, order.account_id, order.partner_id, order.quantity, order.amount, order.bank,
+            order.status.value, order.payment_method, *outbox)
+        return claimed
 
     async def get(self, order_id: uuid.UUID, *, for_update: bool = False) -> Order | None:
         lock = " FOR UPDATE" if for_update else ""
         row = await self.conn.fetchrow(f"SELECT {_COLUMNS} FROM orders WHERE id = $1{lock}", order_id)
         return _order(row) if row else None
+
+    async def get_with_refunds(self, order_id: uuid.UUID) -> tuple[Order, list[Refund]] | None:
+        """The order with its refunds oldest first, in one round trip (the view buyers poll); an order
+        still AWAITING_PAYMENT has none, and none are looked for."""
+        rows = await self.conn.fetch(
+            f"""SELECT {_QUALIFIED}, {refunds.PREFIXED_COLUMNS} FROM orders o
+                LEFT JOIN refunds r ON r.order_id = o.id AND o.status <> 'AWAITING_PAYMENT'
+                WHERE o.id = $1 ORDER BY r.requested_at, r.refund_id""", order_id)
+        if not rows:
+            return None
+        return _order(rows[0]), [refunds.refund_of(r, "r_") for r in rows if r["r_refund_id"] is not None]
+
+    async def get_for_fulfilment(self, order_id: uuid.UUID, serials: list[str]) -> tuple[Order, list[str]] | None:
+        """The order, locked, and those of ``serials`` already indexed for another order, in one
+        round trip. The serials are read in the statement's snapshot, taken before it waits for the
+        order's lock: a serial another order indexed meanwhile is refused by ``save``'s index
+        insert (``ON CONFLICT DO NOTHING``) as it was by a separate read before."""
+        row = await self.conn.fetchrow(
+            f"""SELECT {_COLUMNS}, ARRAY(SELECT sn FROM order_serials WHERE sn = ANY($2::text[]) AND order_id <> $1
+                                       ORDER BY sn) AS taken
+                FROM orders WHERE id = $1 FOR UPDATE""", order_id, serials)
+        return (_order(row), list(row["taken"])) if row else None
+
+    async def attach_bill(self, order_id: uuid.UUID, bill: Bill) -> bool:
+        """Record the order's bill (``Order.attach_bill`` has no rule to apply: any order takes its
+        bill) in one statement, without reading the order first; False: no such order."""
+        found = await self.conn.fetchval(
+            """UPDATE orders SET virtual_account_no = $2, bill_amount = $3, expires_at = $4, qr_content = $5,
+                      billed_at = COALESCE(billed_at, now()), updated_at = now()
+               WHERE id = $1 RETURNING true""",
+            order_id, bill.virtual_account_no, bill.amount, bill.expires_at, bill.qr_content)
+        return bool(found)
 
     async def history(self, account_id: uuid.UUID, after: Key | None, limit: int) -> list[tuple[Order, Key]]:
         """Up to ``limit`` orders of ``account_id`` newest first (``created_at DESC, id DESC``), after
@@ -69,42 +137,40 @@ class OrderRepository:
             account_id, after.created_at if after else None, after.id if after else None, limit)
         return [(_order(r), Key(r["created_at"], r["id"])) for r in rows]
 
-    async def save(self, order: Order) -> None:
-        """Write the aggregate's mutable fields and the transitions it went through."""
+    async def save(self, order: Order, *, stamps: list[tuple[str, str]] | None = None,
+                   outbox: tuple[list[Any], ...] | None = None) -> None:
+        """Write the aggregate's mutable fields and the transitions it went through, index
+        ``stamps`` (``(sn, token)``, the serials it was fulfilled with; one already indexed is left
+        as it is) and write the ``outbox`` rows (``UnitOfWork.take``: the messages announcing the
+        change), all in one statement: its parts are data-modifying CTEs, each run once whatever
+        the final query reads."""
         bill = order.bill
         await self.conn.execute(
-            """UPDATE orders SET status = $2, failure_reason = $3, virtual_account_no = $4,
-                      bill_amount = $5, expires_at = $6, payment_id = $7, serials = $8,
-                      billed_at = COALESCE(billed_at, CASE WHEN $4::text IS NOT NULL OR $2 <> 'AWAITING_PAYMENT'
-                                                           THEN now() END),
-                      awaiting_stock_since = $9, stock_refund_at = $10, giving_back = $11,
-                      qr_content = $12, updated_at = now()
-               WHERE id = $1""",
+            f"""WITH saved AS (
+                   UPDATE orders SET status = $2, failure_reason = $3, virtual_account_no = $4,
+                          bill_amount = $5, expires_at = $6, payment_id = $7, serials = $8,
+                          billed_at = COALESCE(billed_at, CASE WHEN $4::text IS NOT NULL OR $2 <> 'AWAITING_PAYMENT'
+                                                               THEN now() END),
+                          awaiting_stock_since = $9, stock_refund_at = $10, giving_back = $11,
+                          qr_content = $12, updated_at = now()
+                   WHERE id = $1),
+               indexed AS (
+                   INSERT INTO order_serials (sn, order_id, token)
+                   SELECT sn, $1, token FROM unnest($16::text[], $17::text[]) AS s (sn, token)
+                   ON CONFLICT (sn) DO NOTHING),
+               announced AS ({outbox_insert(18)})
+               INSERT INTO order_history (order_id, old_status, new_status, reason)
+               SELECT $1, c.old, c.new, c.reason
+               FROM unnest($13::text[], $14::text[], $15::text[]) WITH ORDINALITY AS c (old, new, reason, n)
+               ORDER BY c.n""",
             order.id, order.status.value, order.failure_reason,
             bill.virtual_account_no if bill else None, bill.amount if bill else None,
             bill.expires_at if bill else None, order.payment_id, order.serials, order.awaiting_stock_since,
-            order.stock_refund_at, order.giving_back, bill.qr_content if bill else None)
-        if order.changes:
-            await self.conn.executemany(
-                "INSERT INTO order_history (order_id, old_status, new_status, reason) VALUES ($1, $2, $3, $4)",
-                [(order.id, c.old.value, c.new.value, c.reason) for c in order.changes])
-            order.changes.clear()
-
-    async def add_serials(self, order_id: uuid.UUID, stamps: list[tuple[str, str]]) -> list[str]:
-        """Index the order's ``(sn, token)`` stamps; returns the serials that already belonged to an order."""
-        added = await self.conn.fetch(
-            """INSERT INTO order_serials (sn, order_id, token) SELECT sn, $1, token FROM unnest($2::text[], $3::text[])
-                       AS s (sn, token)
-               ON CONFLICT (sn) DO NOTHING RETURNING sn""",
-            order_id, [sn for sn, _ in stamps], [token for _, token in stamps])
-        fresh = {r["sn"] for r in added}
-        return [sn for sn, _ in stamps if sn not in fresh]
-
-    async def serials_of_other_orders(self, order_id: uuid.UUID, serials: list[str]) -> list[str]:
-        """Those of ``serials`` already indexed for another order."""
-        rows = await self.conn.fetch("SELECT sn FROM order_serials WHERE sn = ANY($1::text[]) AND order_id <> $2",
-                                serials, order_id)
-        return sorted(r["sn"] for r in rows)
+            order.stock_refund_at, order.giving_back, bill.qr_content if bill else None,
+            [c.old.value for c in order.changes], [c.new.value for c in order.changes],
+            [c.reason for c in order.changes],
+            [sn for sn, _ in stamps or ()], [token for _, token in stamps or ()], *(outbox or _NO_ROWS))
+        order.changes.clear()
 
     async def serial_owner(self, sn: str) -> tuple[uuid.UUID, str | None] | None:
         """The order a serial was issued for, and that order's partner (None for a buyer's order)."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 import asyncpg
+from emeterai_shared.uow import outbox_insert
 
 from order_service.domain.signin import Limit, PendingCode
 
@@ -17,26 +19,37 @@ class SigninRepository:
 
     # --- limits --------------------------------------------------------------------------------
 
-    async def hit(self, limits: list[Limit], now: datetime) -> dict[str, int]:
-        """Count one hit against each limit's current window; the counts after it, by key."""
-        if not limits:
-            return {}
-        rows = await self.conn.fetch(
-            """INSERT INTO auth_limits AS l (key, window_start, hits)
-               SELECT k, w, 1 FROM unnest($1::text[], $2::timestamptz[]) AS t (k, w)
-               ON CONFLICT (key, window_start) DO UPDATE SET hits = l.hits + 1
-               RETURNING key, hits""",
-            [limit.key for limit in limits], [limit.window_start(now) for limit in limits])
-        return {r["key"]: r["hits"] for r in rows}
+    async def hit_and_put_code(self, limits: list[Limit], now: datetime, phone: str, digest: bytes,
+                               expires_at: datetime, outbox: tuple[list[Any], ...]) -> tuple[dict[str, int], bool]:
+        """Count one hit against each limit's current window (the counts after it, by key, are
+        returned); then, only when every limit holds after the hits, make the code the phone's
+        pending one (replacing any earlier one and its wrong tries) and write the ``outbox`` rows
+        (``UnitOfWork.take``: the text with the code): one statement, so no transaction around it.
+        A limit holds while its hits are at most its ``limit``: the rule of
+        ``domain.signin.exceeded``, which the caller applies to the counts returned, and which must
+        agree with the second value returned (whether the code was put and the text written)."""
+        row = await self.conn.fetchrow(
+            f"""WITH hits AS (
+                    INSERT INTO auth_limits AS l (key, window_start, hits)
+                    SELECT k, w, 1 FROM unnest($1::text[], $2::timestamptz[]) AS t (k, w)
+                    ON CONFLICT (key, window_start) DO UPDATE SET hits = l.hits + 1
+                    RETURNING key, hits),
+                held AS (
+                    SELECT NOT EXISTS (SELECT FROM hits h JOIN unnest($1::text[], $3::int[]) AS m (k, n) ON m.k = h.key
+                                       WHERE h.hits > m.n) AS ok),
+                code AS (
+                    INSERT INTO otp_codes (phone, digest, expires_at)
+                    SELECT $4::text, $5::bytea, $6::timestamptz FROM held WHERE ok
+                    ON CONFLICT (phone) DO UPDATE SET digest = EXCLUDED.digest, expires_at = EXCLUDED.expires_at,
+                                                      wrong_tries = 0, created_at = now()),
+                announced AS ({outbox_insert(7, when="(SELECT ok FROM held)")})
+                SELECT (SELECT ok FROM held) AS sent,
+                       (SELECT coalesce(jsonb_object_agg(key, hits), '{{}}') FROM hits) AS hits""",
+            [limit.key for limit in limits], [limit.window_start(now) for limit in limits],
+            [limit.limit for limit in limits], phone, digest, expires_at, *outbox)
+        return {k: int(v) for k, v in row["hits"].items()}, bool(row["sent"])
 
     # --- codes ---------------------------------------------------------------------------------
-
-    async def put_code(self, phone: str, digest: bytes, expires_at: datetime) -> None:
-        """The phone's pending code, replacing any earlier one (and its wrong tries)."""
-        await self.conn.execute(
-            """INSERT INTO otp_codes (phone, digest, expires_at) VALUES ($1, $2, $3)
-               ON CONFLICT (phone) DO UPDATE SET digest = $2, expires_at = $3, wrong_tries = 0, created_at = now()""",
-            phone, digest, expires_at)
 
     async def pending_code(self, phone: str) -> PendingCode | None:
         """The phone's pending code, locked until the transaction ends."""
@@ -48,25 +61,16 @@ class SigninRepository:
         return int(await self.conn.fetchval(
             "UPDATE otp_codes SET wrong_tries = wrong_tries + 1 WHERE phone = $1 RETURNING wrong_tries", phone) or 0)
 
-    async def use_code(self, phone: str) -> None:
-        await self.conn.execute("DELETE FROM otp_codes WHERE phone = $1", phone)
-
     # --- accounts ------------------------------------------------------------------------------
 
-    async def account_of_phone(self, phone: str) -> tuple[uuid.UUID, datetime | None] | None:
-        """The phone's account, locked: the verified one, else the oldest registered with it."""
+    async def use_code_and_find_account(self, phone: str) -> tuple[uuid.UUID, datetime | None] | None:
+        """Use up the phone's code (deleted) and find the phone's account, locked: the verified one,
+        else the oldest registered with it; one round trip."""
         row = await self.conn.fetchrow(
-            """SELECT id, phone_verified_at FROM accounts WHERE phone = $1
+            """WITH used AS (DELETE FROM otp_codes WHERE phone = $1)
+               SELECT id, phone_verified_at FROM accounts WHERE phone = $1
                ORDER BY phone_verified_at IS NULL, created_at, id LIMIT 1 FOR UPDATE""", phone)
         return (row["id"], row["phone_verified_at"]) if row else None
-
-    async def add_verified_account(self, account_id: uuid.UUID, phone: str, now: datetime) -> None:
-        await self.conn.execute(
-            "INSERT INTO accounts (id, name, phone, phone_verified_at) VALUES ($1, '', $2, $3)",
-            account_id, phone, now)
-
-    async def verify(self, account_id: uuid.UUID, now: datetime) -> None:
-        await self.conn.execute("UPDATE accounts SET phone_verified_at = $2 WHERE id = $1", account_id, now)
 
     async def phone_verified_at(self, account_id: uuid.UUID) -> datetime | None:
         value: datetime | None = await self.conn.fetchval(
@@ -75,8 +79,23 @@ class SigninRepository:
 
     # --- sessions and refresh tokens -----------------------------------------------------------
 
-    async def add_session(self, sid: uuid.UUID, account_id: uuid.UUID) -> None:
-        await self.conn.execute("INSERT INTO sessions (sid, account_id) VALUES ($1, $2)", sid, account_id)
+    async def start_session(self, sid: uuid.UUID, account_id: uuid.UUID, digest: bytes, expires_at: datetime, *,
+                            new_account_phone: str | None = None, verified_at: datetime | None = None) -> None:
+        """A new session of the account with its first refresh token, in one statement; with
+        ``new_account_phone`` the account is created first, verified at ``verified_at``; with
+        ``verified_at`` alone the existing (locked) account is verified then. Each part is a
+        data-modifying CTE that writes only when its parameter asks for it (foreign keys are checked
+        at the end of the statement, so the session may reference the account created beside it)."""
+        await self.conn.execute(
+            """WITH account AS (
+                   INSERT INTO accounts (id, name, phone, phone_verified_at)
+                   SELECT $2, '', $5::text, $6::timestamptz WHERE $5::text IS NOT NULL),
+               verified AS (
+                   UPDATE accounts SET phone_verified_at = $6::timestamptz
+                   WHERE id = $2 AND $5::text IS NULL AND $6::timestamptz IS NOT NULL),
+               session AS (INSERT INTO sessions (sid, account_id) VALUES ($1, $2))
+               INSERT INTO refresh_tokens (digest, sid, account_id, expires_at) VALUES ($3, $1, $2, $4)""",
+            sid, account_id, digest, expires_at, new_account_phone, verified_at)
 
     async def add_refresh_token(self, digest: bytes, sid: uuid.UUID, account_id: uuid.UUID,
                                 expires_at: datetime) -> None:

@@ -30,7 +30,7 @@ from order_service.adapters.acquirer_states import QrisOutage
 from order_service.adapters.receipt_pdf import render_receipt
 from order_service.config import OrderSettings
 from order_service.dependencies import OrderDeps
-from order_service.domain.order import DUTY_PER_STAMP, Order, OrderStatus
+from order_service.domain.order import DUTY_PER_STAMP, Order
 from order_service.domain.partner_events import (
     ORDER_EXPIRED,
     ORDER_FULFILLED,
@@ -461,9 +461,9 @@ def _signed_in(request: web.Request, session: signin.Session, deps: OrderDeps) -
 async def request_code(request: web.Request, deps: OrderDeps) -> web.Response:
     async with deps.admission.slot(counts=False):  # behind the orders' admission, adding nothing to their backlog
         body = await read_json(request, CodeRequest)
-        async with unit_of_work(deps.pool) as uow:
-            retry_after = await signin.request_code(uow, normalize_phone(body.phone), request.remote or "unknown",
-                                                    deps.otp_key, deps.settings)
+        async with deps.pool.acquire() as conn:  # one statement (signin.request_code): no transaction
+            retry_after = await signin.request_code(UnitOfWork(conn), normalize_phone(body.phone),
+                                                    request.remote or "unknown", deps.otp_key, deps.settings)
     if retry_after is not None:
         raise shed(429, "rate_limited", f"too many code requests for this phone or from this address; "
                    f"retry in {retry_after} s", retry_after)
@@ -548,20 +548,38 @@ async def _place_order(request: web.Request, deps: OrderDeps, caller: Caller) ->
         raise ApiError(422, "quantity_out_of_range", f"quantity must be between 1 and {max_quantity}")
     scope = f"orders:{caller.account_id}"
     digest = idempotency.request_hash("POST", "/v1/orders", body.model_dump())
+    order = orders.new_order(account_id=caller.account_id, quantity=body.quantity, bank=body.bank,
+                             partner_id=caller.partner_id, service_fee=deps.settings.service_fee,
+                             payment_method=body.payment_method)
+    answer = OrderAccepted(order_id=order.id, status=order.status.value, quantity=order.quantity, amount=order.amount)
+    if body.payment_method == "qris" and await deps.qris.outage(deps.pool) is not None:
+        return await _place_during_outage(deps, caller, order, answer, scope, key, digest)
+    # The key (with the answer, known before the write), the order, its history and order.placed
+    # in one statement: no transaction around it (BEGIN and COMMIT were two of seven round trips).
+    async with deps.pool.acquire() as conn:
+        uow = UnitOfWork(conn)
+        await signin.ensure_current(uow, caller)
+        claim = idempotency.Claim(scope, key, digest, 202, answer.model_dump(mode="json"))
+        if not await orders.place_order_once(uow, order, claim):
+            return (await idempotency.stored(conn, scope, key, digest)).response()
+    return respond(answer, status=202)
+
+
+async def _place_during_outage(deps: OrderDeps, caller: Caller, order: Order, answer: OrderAccepted, scope: str,
+                               key: str, digest: str) -> web.Response:
+    """A QRIS order while the acquirer was last seen out, in a transaction as the key is claimed
+    first: a replay gets its first answer whatever the acquirer's state; otherwise 503
+    ``qris_unavailable`` with nothing kept (the key rolls back too: it may be sent again later),
+    unless the acquirer is back by now."""
     async with unit_of_work(deps.pool) as uow:
         await signin.ensure_current(uow, caller)
         stored = await idempotency.claim(uow.conn, scope, key, digest)
         if stored is not None:
             return stored.response()
-        if body.payment_method == "qris":
-            outage = await deps.qris.outage(uow.conn)
-            if outage is not None:  # nothing kept: the same key may be sent again later
-                raise _qris_unavailable(outage)
-        order = await orders.place_order(
-            uow, account_id=caller.account_id, quantity=body.quantity, bank=body.bank,
-            partner_id=caller.partner_id, service_fee=deps.settings.service_fee, payment_method=body.payment_method)
-        answer = OrderAccepted(order_id=order.id, status=order.status.value, quantity=order.quantity,
-                               amount=order.amount)
+        outage = await deps.qris.outage(uow.conn)
+        if outage is not None:
+            raise _qris_unavailable(outage)
+        await orders.add_order(uow, order)
         await idempotency.complete(uow.conn, scope, key, 202, answer.model_dump(mode="json"))
     return respond(answer, status=202)
 
@@ -577,17 +595,15 @@ async def get_order(request: web.Request, deps: OrderDeps) -> web.Response:
     caller = _caller(request, deps)
     order_id = _order_id(request)
     # the view buyers poll while they wait for the bill and the credit: reads only, so no
-    # transaction (BEGIN and COMMIT were two of its round trips), and no refunds to look for before
-    # the order was paid
+    # transaction (BEGIN and COMMIT were two of its round trips), and the order with its refunds
+    # (none before it is paid) in one query
     async with deps.pool.acquire() as conn:
         uow = UnitOfWork(conn)
         await signin.ensure_current(uow, caller)
-        order = await orders.order_of(uow, caller.account_id, order_id)
-        paid = order is not None and order.status is not OrderStatus.AWAITING_PAYMENT
-        given = await refunds.refunds_of(uow, order_id) if paid else []
-    if order is None:
+        found = await orders.order_view(uow, caller.account_id, order_id)
+    if found is None:
         raise ApiError(404, "order_not_found", "no such order")
-    return respond(OrderView.of(order, given))
+    return respond(OrderView.of(*found))
 
 
 async def refund_order(request: web.Request, deps: OrderDeps) -> web.Response:

@@ -81,10 +81,12 @@ async def _transition(uow: UnitOfWork, order_id: uuid.UUID, what: str,
 
 
 async def on_bill_issued(uow: UnitOfWork, env: Envelope[BillIssued]) -> None:
+    """The order's bill, written without loading the order: any order takes its bill
+    (``Order.attach_bill`` has no rule), so one UPDATE does what load-attach-save did."""
     e = env.body
-    order = await _load(uow, e.order_id)
-    order.attach_bill(Bill(e.virtual_account_no, e.amount, e.expires_at, e.method, e.qr_content))
-    await OrderRepository(uow.conn).save(order)
+    bill = Bill(e.virtual_account_no, e.amount, e.expires_at, e.method, e.qr_content)
+    if not await OrderRepository(uow.conn).attach_bill(e.order_id, bill):
+        raise PermanentError(f"event for unknown order {e.order_id}")
 
 
 async def on_bill_failed(uow: UnitOfWork, env: Envelope[BillFailed]) -> None:
@@ -115,7 +117,6 @@ async def on_payment_captured(uow: UnitOfWork, env: Envelope[PaymentCaptured]) -
                                          reason=f"payment captured while the order was {exc.current}",
                                          requested_at=now), correlation_id=cid)
         return
-    await OrderRepository(uow.conn).save(order)
     if fulfil:
         # The receipt number is taken here, with the payment: a number for every PAID order, none skipped.
         await receipts.issue_receipt(uow, order, paid_at=e.captured_at, payment=Payment(
@@ -127,6 +128,8 @@ async def on_payment_captured(uow: UnitOfWork, env: Envelope[PaymentCaptured]) -
         uow.publish(OrderRefundRequested(order_id=order.id, amount=e.amount,
                                          reason=order.failure_reason or "cannot fulfil",
                                          requested_at=now), correlation_id=cid)
+    # the order, its history and the message announcing it in one statement
+    await OrderRepository(uow.conn).save(order, outbox=uow.take())
 
 
 async def on_payment_refunded(uow: UnitOfWork, env: Envelope[PaymentRefunded]) -> None:
@@ -146,22 +149,23 @@ async def on_serials_issued(uow: UnitOfWork, env: Envelope[SerialsIssued], partn
     so refusing them must undo that: the order asks stamping to void them (``give_back``) and
     refunds only once stamping has answered (``on_serials_voided``)."""
     e = env.body
-    order = await _load(uow, e.order_id)
     stamps = [(s.sn, s.token) for s in e.serials]
     sns = [sn for sn, _ in stamps]
+    orders = OrderRepository(uow.conn)
+    found = await orders.get_for_fulfilment(e.order_id, sns)  # the order locked, with the serials others hold
+    if found is None:
+        raise PermanentError(f"event for unknown order {e.order_id}")
+    order, taken = found
     if order.status is OrderStatus.FULFILLED and sorted(order.serials) == sorted(sns):
         return  # the same issuance again, under another message id
-    orders = OrderRepository(uow.conn)
     try:
-        taken = await orders.serials_of_other_orders(order.id, sns)
         if taken:
             raise ValueError(f"serials already issued to another order: {', '.join(taken[:5])}")
         order.fulfil(sns)
     except (IllegalTransition, ValueError) as exc:  # not the serials ordered, or not for this order now
         await _give_back(uow, order, e.account_id, sns, f"cannot accept the serials issued: {exc}")
         return
-    await orders.save(order)
-    await orders.add_serials(order.id, stamps)
+    await orders.save(order, stamps=stamps)
     if order.partner_id is not None:
         await _tell_partner(uow, partners, order.partner_id,
                             partner_events.order_fulfilled(order, stamps, datetime.now(UTC)))

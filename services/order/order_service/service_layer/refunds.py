@@ -48,10 +48,6 @@ async def request_refund(uow: UnitOfWork, account_id: uuid.UUID, order_id: uuid.
     return refund
 
 
-async def refunds_of(uow: UnitOfWork, order_id: uuid.UUID) -> list[Refund]:
-    return await RefundRepository(uow.conn).of_order(order_id)
-
-
 async def settle(uow: UnitOfWork, event: SerialsVoided, now: datetime) -> None:
     """Stamping's answer to a refund's void request: pay out what was voided (PAYING), or nothing
     when every serial was in use (NOTHING). A redelivered answer changes nothing."""

@@ -52,31 +52,39 @@ def _now() -> datetime:
 
 async def request_code(uow: UnitOfWork, phone: str, client: str, key: bytes, settings: OrderSettings) -> int | None:
     """Send a new code to ``phone`` (through the outbox), unless a limit is reached: then the
-    Retry-After in seconds, and nothing is sent. Known and unknown phones are treated alike."""
+    Retry-After in seconds, and nothing is sent. Known and unknown phones are treated alike.
+    One statement on ``uow``'s connection, which needs no transaction."""
     now = _now()
     repo = SigninRepository(uow.conn)
     limits = code_request_limits(
         phone, client, per_phone=((1, settings.otp_phone_interval_s), (settings.otp_phone_per_hour, 3600)),
         per_client=((settings.otp_client_limit, settings.otp_client_window_s),))
-    retry_after = exceeded(limits, await repo.hit(limits, now), now)
-    if retry_after is not None:
-        return retry_after
     code = new_code()
     expires_at = now + timedelta(seconds=settings.otp_ttl_s)
-    await repo.put_code(phone, code_digest(key, phone, code), expires_at)
     uow.publish(SmsRequested(phone=phone, text=sms_text(code, settings.otp_ttl_s), requested_at=now,
                              expires_at=expires_at))
-    return None
+    # one statement: the hits counted, and the code with its text only while every limit holds
+    hits, sent = await repo.hit_and_put_code(limits, now, phone, code_digest(key, phone, code), expires_at,
+                                             uow.take())
+    retry_after = exceeded(limits, hits, now)
+    if sent != (retry_after is None):
+        raise RuntimeError(f"the code request's limits were judged apart: sent {sent}, retry after {retry_after}")
+    return retry_after
 
 
 async def _open_session(repo: SigninRepository, account_id: uuid.UUID, settings: OrderSettings,
-                        now: datetime, sid: uuid.UUID | None = None) -> Session:
+                        now: datetime, sid: uuid.UUID | None = None, *, new_account_phone: str | None = None,
+                        verified_at: datetime | None = None) -> Session:
+    """A new refresh token: of a new session (``sid`` None; the account created or verified with
+    it, see ``SigninRepository.start_session``), or of the session ``sid``."""
+    token = new_refresh_token()
+    expires_at = now + timedelta(seconds=settings.refresh_token_ttl_s)
     if sid is None:
         sid = uuid.uuid4()
-        await repo.add_session(sid, account_id)
-    token = new_refresh_token()
-    await repo.add_refresh_token(refresh_digest(token), sid, account_id,
-                                 now + timedelta(seconds=settings.refresh_token_ttl_s))
+        await repo.start_session(sid, account_id, refresh_digest(token), expires_at,
+                                 new_account_phone=new_account_phone, verified_at=verified_at)
+    else:
+        await repo.add_refresh_token(refresh_digest(token), sid, account_id, expires_at)
     return Session(account_id, sid, token)
 
 
@@ -93,17 +101,14 @@ async def sign_in(uow: UnitOfWork, phone: str, code: str, key: bytes, settings: 
         await repo.wrong_try(phone)
     if verdict is not CodeCheck.ACCEPTED:
         return Refused("invalid_code", "the code is wrong, used or expired; request a new one after 5 wrong tries")
-    await repo.use_code(phone)
-    found = await repo.account_of_phone(phone)
-    if found is None:
-        account_id = uuid.uuid4()
-        await repo.add_verified_account(account_id, phone, now)
-    else:
-        account_id, verified_at = found
-        if verified_at is None:
-            await repo.verify(account_id, now)
-            uow.publish(AccountVerified(account_id=account_id, verified_at=now), correlation_id=str(account_id))
-    return await _open_session(repo, account_id, settings, now)
+    found = await repo.use_code_and_find_account(phone)
+    if found is None:  # the phone's first account: created verified, with the session
+        return await _open_session(repo, uuid.uuid4(), settings, now, new_account_phone=phone, verified_at=now)
+    account_id, verified_at = found
+    if verified_at is not None:
+        return await _open_session(repo, account_id, settings, now)
+    uow.publish(AccountVerified(account_id=account_id, verified_at=now), correlation_id=str(account_id))
+    return await _open_session(repo, account_id, settings, now, verified_at=now)
 
 
 async def refresh(uow: UnitOfWork, token: str, settings: OrderSettings) -> Session | Refused:

@@ -89,7 +89,7 @@ class QrisStore:
                                WHERE bill_id = $1 AND qr_content IS NULL RETURNING bill_id),
                      announced AS ({outbox_insert(6)} WHERE EXISTS (SELECT 1 FROM kept))
                 SELECT EXISTS (SELECT 1 FROM kept)""",
-            bill_id, reference_no, qr_content, now, first_query_at, *announce.take_outbox_rows()))
+            bill_id, reference_no, qr_content, now, first_query_at, *announce.take()))
 
     async def qr_reference_of(self, bill_id: UUID) -> str | None:
         value: str | None = await self.conn.fetchval("SELECT qr_reference_no FROM bills WHERE bill_id = $1", bill_id)

@@ -54,7 +54,7 @@ class PaymentRepository:
         """Insert ``bill``; False when its order already has one or its customer number is taken.
         The messages ``announce`` holds go to the outbox in the same statement when the bill is
         inserted, and nowhere when it is not."""
-        announced = announce.take_outbox_rows() if announce is not None else None
+        announced = announce.take() if announce is not None else None
         insert = f"""INSERT INTO bills ({_BILL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
                      ON CONFLICT DO NOTHING RETURNING true"""
         args = (bill.bill_id, bill.order_id, bill.bank, bill.customer_no, bill.virtual_account_no,
