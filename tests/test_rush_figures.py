@@ -6,7 +6,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from bench.rush.figures import cpu_per_unit, per_unit_by_service, sustained_rate, sustained_window
+from bench.rush.figures import (
+    cpu_per_unit,
+    overload_goodput,
+    per_unit_by_service,
+    sustained_rate,
+    sustained_window,
+)
 from bench.rush.platform import MetricsScraper
 
 T0 = datetime(2026, 12, 7, tzinfo=UTC)
@@ -66,3 +72,30 @@ def test_statements_between_the_scrapes_around_a_window() -> None:
     # restarted (its counter began again) and payment-api appeared: counted from zero
     assert scraper.db_queries_between(10.0, 20.0) == {"order-api": 150.0, "order-worker": 3.0, "payment-api": 4.5}
     assert MetricsScraper({}).db_queries_between(0.0, 1.0) == {}
+
+
+def _at(*seconds: float) -> list[datetime]:
+    return [T0 + timedelta(seconds=s) for s in seconds]
+
+
+def test_steady_goodput_is_the_plateaus_last_window_against_the_peak_while_arriving() -> None:
+    # ramp: 10/s for 10 s; overload plateau from 10 s to 30 s: 5/s; then the backlog drains at 40/s
+    ramp = [n / 10 for n in range(100)]
+    plateau = [10 + n / 5 for n in range(100)]
+    drain = [30.5 + n / 40 for n in range(400)]
+    figures = overload_goodput(_at(*ramp, *plateau, *drain), plateau_start=T0 + timedelta(seconds=10),
+                               last_arrival=T0 + timedelta(seconds=30), window_s=5.0)
+    assert figures["peak_while_arriving_per_s"] == 10.2  # 51 events within a 5 s window of the ramp
+    assert figures["goodput_per_s"] == 5.0  # 25.0 .. 29.8 s
+    assert figures["goodput_ratio"] == round(5.0 / 10.2, 3)
+    # the old figure: the plateau's first window against the drain's peak
+    assert figures["peak_per_s"] > 40
+    assert figures["transient_goodput_ratio"] < figures["goodput_ratio"]
+
+
+def test_a_plateau_shorter_than_two_windows_has_no_steady_goodput() -> None:
+    figures = overload_goodput(_at(*(n / 10 for n in range(200))), plateau_start=T0 + timedelta(seconds=12),
+                               last_arrival=T0 + timedelta(seconds=20), window_s=6.0)
+    assert figures["goodput_ratio"] is None
+    assert "8.0 s" in figures["why"]
+    assert figures["transient_goodput_ratio"] is not None

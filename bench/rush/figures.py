@@ -12,7 +12,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -88,6 +88,39 @@ def moving_peak(times: Sequence[datetime], window_s: float = 3.0) -> tuple[float
         if rate > best:
             best, at = rate, t
     return round(best, 1), at
+
+
+def overload_goodput(times: Sequence[datetime], *, plateau_start: datetime, last_arrival: datetime,
+                     window_s: float) -> dict[str, Any]:
+    """Credited orders per second under overload against the peak, both while applicants arrive.
+
+    **Steady** (``goodput_ratio``): the rate over the plateau's last ``window_s`` (ending at the last
+    arrival) against the highest ``window_s`` rate before the last arrival, the ramp included. It is
+    measured only when the plateau lasted at least two windows, so that the first window (work
+    admitted before the overload still finishing) is left out; otherwise None, with why.
+    **Transient** (``transient_goodput_ratio``, the figure of earlier runs): the first ``window_s``
+    of the plateau against the highest ``window_s`` rate of the whole phase, the drain after the
+    last arrival included (then the platform finishes queued work without taking new applicants,
+    so that peak is not a rate it can keep up while applicants arrive)."""
+    ordered = sorted(times)
+    while_arriving = [t for t in ordered if t <= last_arrival]
+    peak, _ = moving_peak(while_arriving, window_s)
+    whole_peak, _ = moving_peak(ordered, window_s)
+    first = count_between(ordered, plateau_start, plateau_start + timedelta(seconds=window_s)) / window_s
+    plateau_s = (last_arrival - plateau_start).total_seconds()
+    figures: dict[str, Any] = {
+        "plateau_s": round(plateau_s, 2), "window_s": window_s, "peak_while_arriving_per_s": peak,
+        "transient_goodput_per_s": round(first, 1), "peak_per_s": whole_peak,
+        "transient_goodput_ratio": round(first / whole_peak, 3) if whole_peak else None,
+    }
+    if plateau_s < 2 * window_s:
+        figures.update(goodput_per_s=None, goodput_ratio=None,
+                       why=f"the overload lasted {plateau_s:.1f} s, less than two {window_s:g} s windows: "
+                           "no steady state to measure (more BUYERS make it longer)")
+        return figures
+    last = count_between(ordered, last_arrival - timedelta(seconds=window_s), last_arrival) / window_s
+    figures.update(goodput_per_s=round(last, 1), goodput_ratio=round(last / peak, 3) if peak else None)
+    return figures
 
 
 def count_between(times: Iterable[datetime], start: datetime, end: datetime) -> int:
