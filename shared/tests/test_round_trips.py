@@ -6,21 +6,17 @@ handlers' own: a batch of messages claims its inbox rows in one statement, and t
 and marks a batch of outbox rows in one. A change that adds a round trip fails here.
 """
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
-import asyncpg
 from emeterai_shared.config import ServiceSettings
-from emeterai_shared.db import create_pool
 from emeterai_shared.messaging import Envelope, Subscription
 from emeterai_shared.messaging.consumer import Consumer
 from emeterai_shared.outbox import OutboxRelay
 from emeterai_shared.uow import unit_of_work
 from emeterai_testkit.fixtures import eventually, fetchval, reset_service, running, settings_for
 from emeterai_testkit.probe import QUEUE, SERVICE, ProbeSent, ProbeSettings, on_probe_sent
+from emeterai_testkit.roundtrips import counting_pool, logged
 
 KERNEL_PER_BATCH = 3
 """BEGIN, the batch's inbox claim, COMMIT: the handlers' statements come on top."""
@@ -34,26 +30,6 @@ async def fresh() -> ServiceSettings:
     return settings
 
 
-@asynccontextmanager
-async def counting_pool(settings: ServiceSettings) -> AsyncIterator[tuple[asyncpg.Pool, list[str]]]:
-    """A pool of one connection whose statements are logged."""
-    statements: list[str] = []
-    pool: asyncpg.Pool = await create_pool(settings.database_url, min_size=1, max_size=1)
-    try:
-        async with pool.acquire() as conn:
-            conn.add_query_logger(lambda record: statements.append(record.query))
-        yield pool, statements
-    finally:
-        await pool.close()
-
-
-async def logged(statements: list[str]) -> list[str]:
-    await asyncio.sleep(0)  # the logger's callbacks run soon after each statement
-    taken = list(statements)
-    statements.clear()
-    return taken
-
-
 def envelope(message_id: str, seq: int) -> Envelope[ProbeSent]:
     return Envelope(message_id=message_id, type=ProbeSent.TYPE, correlation_id=None, timestamp=datetime.now(UTC),
                     attempt=1, headers={}, body=ProbeSent(seq=seq))
@@ -64,7 +40,7 @@ async def test_a_batch_claims_its_inbox_rows_in_one_statement_and_applies_each_m
     known = str(uuid.uuid4())
     await fetchval(settings, "INSERT INTO inbox (consumer, message_id, message_type) VALUES ($1, $2, $3) "
                              "RETURNING true", QUEUE, known, ProbeSent.TYPE)
-    async with counting_pool(settings) as (pool, statements):
+    async with counting_pool(settings.database_url) as (pool, statements):
         consumer = Consumer(pool=pool, connection=None, publisher=None,  # type: ignore[arg-type]
                             subscriptions=[Subscription(QUEUE, ProbeSent, on_probe_sent)], settings=settings)
         sub = consumer._lanes[0].subscription
@@ -95,7 +71,7 @@ async def test_a_batch_claims_its_inbox_rows_in_one_statement_and_applies_each_m
 
 async def test_the_relay_claims_and_marks_a_batch_in_one_statement(servers: str) -> None:
     settings = await fresh()
-    async with running(SERVICE, settings, relay=False) as h, counting_pool(settings) as (pool, statements):
+    async with running(SERVICE, settings, relay=False) as h, counting_pool(settings.database_url) as (pool, statements):
         relay = OutboxRelay(pool=pool, publisher=h.publisher, settings=settings)
         for rows in (1, 20):  # the first batch prepares the statements
             async with unit_of_work(h.pool) as uow:

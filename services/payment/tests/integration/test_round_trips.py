@@ -9,19 +9,15 @@ introspects its types, once per connection).
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 from uuid import uuid4
 
-import asyncpg
 from emeterai_shared.contracts.events import OrderPlaced
-from emeterai_shared.db import create_pool
 from emeterai_shared.uow import UnitOfWork, unit_of_work
+from emeterai_testkit.roundtrips import counting_pool, logged
 from payment_service.adapters.acquirers import Acquirer
 from payment_service.adapters.acquirersim import new_acquirer_entry
 from payment_service.adapters.banks import BankRegistry
@@ -50,27 +46,6 @@ ISSUE_VA_BILL = 1
 COMMIT, shared by a batch). Was 3."""
 
 
-@asynccontextmanager
-async def counting_pool(payment: Payment) -> AsyncIterator[tuple[asyncpg.Pool, list[str]]]:
-    """A pool of one connection whose statements are logged."""
-    statements: list[str] = []
-    pool: asyncpg.Pool = await create_pool(payment.settings.database_url, min_size=1, max_size=1)
-    try:
-        async with pool.acquire() as conn:
-            conn.add_query_logger(lambda record: statements.append(record.query))
-        yield pool, statements
-    finally:
-        await pool.close()
-
-
-async def logged(statements: list[str]) -> list[str]:
-    """The statements logged since the last call (the logger's callbacks run soon after each)."""
-    await asyncio.sleep(0)
-    taken = list(statements)
-    statements.clear()
-    return taken
-
-
 def show(name: str, statements: list[str]) -> None:
     print(f"{name}: {len(statements)}")
     for q in statements:
@@ -83,7 +58,7 @@ def cno_of(bill: dict[str, object], partner_service_id: str) -> str:
 
 async def test_bank_callbacks_round_trips(payment: Payment) -> None:
     warm_up, bill = await payment.place_order(), await payment.place_order()
-    async with counting_pool(payment) as (pool, statements), payment.api(pool) as base_url, \
+    async with counting_pool(payment.settings.database_url) as (pool, statements), payment.api(pool) as base_url, \
             payment.bank(base_url=base_url) as bank:
         await bank.get_token()
         await logged(statements)
@@ -126,7 +101,7 @@ async def qris_bill(payment: Payment, acquirer: Acquirer) -> tuple[str, str]:
 async def test_qr_notify_round_trips(payment: Payment) -> None:
     acquirer = Acquirer.of(new_acquirer_entry("http://127.0.0.1:9/snap", acquirer_id=f"acq-{uuid4().hex[:6]}")[0])
     bills = [await qris_bill(payment, acquirer) for _ in range(2)]
-    async with counting_pool(payment) as (pool, statements):
+    async with counting_pool(payment.settings.database_url) as (pool, statements):
         for partner_reference_no, reference_no in bills:
             raw = json.dumps({"originalReferenceNo": reference_no, "originalPartnerReferenceNo": partner_reference_no,
                               "latestTransactionStatus": "00", "transactionStatusDesc": "Success",
@@ -142,7 +117,7 @@ async def test_qr_notify_round_trips(payment: Payment) -> None:
 
 async def test_issue_va_bill_round_trips(payment: Payment) -> None:
     banks = BankRegistry.load(Path(payment.settings.partners_file))
-    async with counting_pool(payment) as (pool, statements), pool.acquire() as conn:
+    async with counting_pool(payment.settings.database_url) as (pool, statements), pool.acquire() as conn:
         for _ in range(2):
             order = OrderPlaced(order_id=uuid4(), account_id=uuid4(), quantity=1, amount=12_500, bank=None,
                                 placed_at=datetime.now(UTC))
