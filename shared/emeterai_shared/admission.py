@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import asyncpg
 from aiohttp import web
 
-from emeterai_shared.http import BUSY_MAX_RETRY_AFTER_S, ApiError, ComeBackLine, retry_at, shed
+from emeterai_shared.http import BUSY_MAX_RETRY_AFTER_S, ApiError, ComeBackLine, retry_at, shed, smoothed
 from emeterai_shared.telemetry import ADMISSION_BACKLOG, ADMISSION_DRAIN, ADMISSION_LIMIT
 
 log = logging.getLogger(__name__)
@@ -97,10 +97,6 @@ class AdmissionSettings:
     """Requests waiting for a slot in one process (0: ``4 x max_in_flight``); past it ``503 busy``."""
     busy_max_retry_after_s: int = BUSY_MAX_RETRY_AFTER_S
     """Longest ``Retry-After`` of a ``503 busy`` (the callers told to come back are spread over at most this)."""
-
-
-HOLD_SMOOTHING = 0.1
-"""Weight of the newest slot-holding time in its moving average (the queue's wait estimate)."""
 
 
 class SlotGate:
@@ -185,7 +181,7 @@ class SlotGate:
         if not self.capacity:
             return
         if held_s is not None:
-            self.hold_s = held_s if self.hold_s == 0 else HOLD_SMOOTHING * held_s + (1 - HOLD_SMOOTHING) * self.hold_s
+            self.hold_s = smoothed(self.hold_s, held_s)
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():

@@ -307,7 +307,12 @@ ShedEarly = Callable[[web.Request], None]
 BUSY_MAX_RETRY_AFTER_S = 30
 """Default longest ``Retry-After`` of a ``503 busy`` (``admission_busy_max_retry_after_s``)."""
 HOLD_SMOOTHING = 0.1
-"""Weight of the newest time a request was in flight in its moving average."""
+"""Weight of the newest time a request was in flight (or held a slot) in its moving average."""
+
+
+def smoothed(average: float, sample: float, weight: float = HOLD_SMOOTHING) -> float:
+    """The exponentially weighted moving average with ``sample`` added (the first sample as it is)."""
+    return sample if average == 0 else weight * sample + (1 - weight) * average
 
 
 def make_middlewares(service: str, max_in_flight: int = 0, *, busy_max_retry_after_s: int = BUSY_MAX_RETRY_AFTER_S,
@@ -356,7 +361,7 @@ def make_middlewares(service: str, max_in_flight: int = 0, *, busy_max_retry_aft
             busy -= 1
             in_flight.set(busy)
             held = clock() - started
-            hold_s = held if hold_s == 0 else HOLD_SMOOTHING * held + (1 - HOLD_SMOOTHING) * hold_s
+            hold_s = smoothed(hold_s, held)
 
     async def _observed(request: web.Request, handler: Any) -> web.StreamResponse:
         route = _route_name(request)
