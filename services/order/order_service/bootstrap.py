@@ -22,6 +22,7 @@ from order_service.entrypoints import cli
 from order_service.entrypoints.http import routes
 from order_service.entrypoints.messages import SUBSCRIPTIONS
 from order_service.service_layer import signin
+from order_service.service_layer.text_dispatcher import TextDispatcher
 from order_service.service_layer.webhook_dispatcher import WebhookDispatcher
 
 
@@ -62,17 +63,27 @@ async def dependencies(resources: Resources) -> OrderDeps:
     sms = sender(settings.sms_gateway_url, settings.sms_gateway_token, settings.dev_sms_file,
                  timeout_s=settings.sms_timeout_s, attempts=settings.sms_attempts)
     resources.closers.append(sms.close)
+    texts = TextDispatcher(resources.pool, sms, settings)
+    resources.closers.append(texts.close)  # closers run newest first: the batches end before the sender
     return OrderDeps(
         settings=settings, pool=resources.pool, issuer=issuer, verifier=verifier, partners=partners,
         limits=CallerLimits.from_settings(settings),
         admission=Admission("order", lambda conn: OrderRepository(conn).admission_sample(), settings.admission()),
-        webhooks=webhooks, otp_key=_otp_key(settings), sms=sms,
+        webhooks=webhooks, otp_key=_otp_key(settings), sms=sms, texts=texts,
         qris=QrisAvailability(settings.acquirer_state_ttl_s),
     )
 
 
 async def dispatch_webhooks(deps: OrderDeps) -> None:
     await deps.webhooks.tick()
+
+
+async def dispatch_texts(deps: OrderDeps) -> None:
+    await deps.texts.tick()
+
+
+async def text_metrics(deps: OrderDeps) -> None:
+    await deps.texts.refresh_metrics()
 
 
 async def signin_housekeeping(deps: OrderDeps) -> None:
@@ -84,5 +95,7 @@ SERVICE = ServiceDefinition(
     "order", "Order service: accounts, orders and the front door", OrderSettings, dependencies, routes, SUBSCRIPTIONS,
     commands=cli.COMMANDS,
     periodic=(Periodic("partner-webhooks", lambda s: s.webhook_dispatch_interval_s, dispatch_webhooks),
+              Periodic("sign-in-texts", lambda s: s.sms_dispatch_interval_s, dispatch_texts),
+              Periodic("sign-in-text-metrics", 15.0, text_metrics),
               Periodic("signin-housekeeping", lambda s: s.signin_housekeeping_interval_s, signin_housekeeping)),
 )

@@ -62,7 +62,11 @@ class OrderSettings(ServiceSettings):
     sms_gateway_token: str = ""
     sms_timeout_s: float = 10.0
     sms_attempts: int = 4
-    """Tries per send (backoff between them, for timeouts and 5xx) before the message parks."""
+    """Tries per send (backoff between them, for timeouts and 5xx) before the text is kept as failed."""
+    sms_dispatch_interval_s: float = 0.1
+    """How often the worker looks for sign-in texts to send (``sms_outbox``)."""
+    sms_concurrency: int = 64
+    """Sign-in texts in flight per worker process (one gateway request each)."""
     signin_housekeeping_interval_s: float = 300.0
 
     @model_validator(mode="after")

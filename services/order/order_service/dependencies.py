@@ -14,6 +14,7 @@ from order_service.adapters.acquirer_states import QrisAvailability
 from order_service.adapters.partners import PartnerRegistry
 from order_service.adapters.sms import SmsSender
 from order_service.config import OrderSettings
+from order_service.service_layer.text_dispatcher import TextDispatcher
 from order_service.service_layer.webhook_dispatcher import WebhookDispatcher
 
 
@@ -56,5 +57,7 @@ class OrderDeps:
     """Key of the sign-in codes' HMAC-SHA256 digests (``ORDER_OTP_SECRET`` or ``otp-hmac.key``)."""
     sms: SmsSender
     """The notification adapter: the SMS gateway, or the development sink; closed with the process."""
+    texts: TextDispatcher
+    """Sends the sign-in texts waiting in ``sms_outbox`` (the worker's periodic job); closed with the process."""
     qris: QrisAvailability
     """Whether QRIS takes new orders, as this process last read it (``ORDER_ACQUIRER_STATE_TTL_S``)."""

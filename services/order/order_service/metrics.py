@@ -1,6 +1,6 @@
 """Prometheus metrics of the order service (served at ``/metrics`` with the platform's)."""
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 WEBHOOK_ATTEMPTS = Counter(
     "emeterai_webhook_attempts_total", "Partner webhook attempts, by the delivery's state after each",
@@ -8,6 +8,14 @@ WEBHOOK_ATTEMPTS = Counter(
 )
 
 SMS_SENDS = Counter(
-    "emeterai_sms_sends_total", "Texts to phones (sign-in codes) by outcome: sent, failed (parked), expired (dropped)",
+    "emeterai_sms_sends_total",
+    "Texts to phones (sign-in codes) by outcome: sent, failed (kept in sms_outbox with its reason), expired (dropped)",
     ["outcome"],
+)
+
+SMS_BACKLOG = Gauge(
+    "emeterai_sms_backlog", "Sign-in texts waiting in sms_outbox (due or being sent), as last seen by this worker",
+)
+SMS_OLDEST_AGE = Gauge(
+    "emeterai_sms_oldest_age_seconds", "Age of the oldest sign-in text waiting in sms_outbox, as last seen",
 )

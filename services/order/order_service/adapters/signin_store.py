@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
 
 import asyncpg
-from emeterai_shared.uow import outbox_insert
 
 from order_service.domain.signin import Limit, PendingCode
 
@@ -20,16 +18,17 @@ class SigninRepository:
     # --- limits --------------------------------------------------------------------------------
 
     async def hit_and_put_code(self, limits: list[Limit], now: datetime, phone: str, digest: bytes,
-                               expires_at: datetime, outbox: tuple[list[Any], ...]) -> tuple[dict[str, int], bool]:
+                               expires_at: datetime, text: str) -> tuple[dict[str, int], bool]:
         """Count one hit against each limit's current window (the counts after it, by key, are
         returned); then, only when every limit holds after the hits, make the code the phone's
-        pending one (replacing any earlier one and its wrong tries) and write the ``outbox`` rows
-        (``UnitOfWork.take``: the text with the code): one statement, so no transaction around it.
+        pending one (replacing any earlier one and its wrong tries) and queue ``text`` (the text
+        with the code) in ``sms_outbox`` for the text dispatcher: one statement, so no transaction
+        around it.
         A limit holds while its hits are at most its ``limit``: the rule of
         ``domain.signin.exceeded``, which the caller applies to the counts returned, and which must
         agree with the second value returned (whether the code was put and the text written)."""
         row = await self.conn.fetchrow(
-            f"""WITH hits AS (
+            """WITH hits AS (
                     INSERT INTO auth_limits AS l (key, window_start, hits)
                     SELECT k, w, 1 FROM unnest($1::text[], $2::timestamptz[]) AS t (k, w)
                     ON CONFLICT (key, window_start) DO UPDATE SET hits = l.hits + 1
@@ -42,11 +41,13 @@ class SigninRepository:
                     SELECT $4::text, $5::bytea, $6::timestamptz FROM held WHERE ok
                     ON CONFLICT (phone) DO UPDATE SET digest = EXCLUDED.digest, expires_at = EXCLUDED.expires_at,
                                                       wrong_tries = 0, created_at = now()),
-                announced AS ({outbox_insert(7, when="(SELECT ok FROM held)")})
+                texted AS (
+                    INSERT INTO sms_outbox (phone, body, requested_at, expires_at)
+                    SELECT $4::text, $7::text, $8::timestamptz, $6::timestamptz FROM held WHERE ok)
                 SELECT (SELECT ok FROM held) AS sent,
-                       (SELECT coalesce(jsonb_object_agg(key, hits), '{{}}') FROM hits) AS hits""",
+                       (SELECT coalesce(jsonb_object_agg(key, hits), '{}') FROM hits) AS hits""",
             [limit.key for limit in limits], [limit.window_start(now) for limit in limits],
-            [limit.limit for limit in limits], phone, digest, expires_at, *outbox)
+            [limit.limit for limit in limits], phone, digest, expires_at, text, now)
         return {k: int(v) for k, v in row["hits"].items()}, bool(row["sent"])
 
     # --- codes ---------------------------------------------------------------------------------
@@ -127,9 +128,9 @@ class SigninRepository:
     # --- housekeeping --------------------------------------------------------------------------
 
     async def forget_old(self, now: datetime, keep_s: int) -> None:
-        """Delete limit windows, codes and refresh tokens past use for ``keep_s`` seconds."""
+        """Delete limit windows, codes, refresh tokens and failed texts past use for ``keep_s`` seconds."""
         for table, column in (("auth_limits", "window_start"), ("otp_codes", "expires_at"),
-                              ("refresh_tokens", "expires_at")):
+                              ("refresh_tokens", "expires_at"), ("sms_outbox", "failed_at")):
             await self.conn.execute(
                 f"DELETE FROM {table} WHERE {column} < $1::timestamptz - make_interval(secs => $2::float8)",
                 now, float(keep_s))

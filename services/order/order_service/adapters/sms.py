@@ -3,8 +3,8 @@
 Production posts each text to an SMS gateway over HTTP (``ORDER_SMS_GATEWAY_URL``, bearer
 ``ORDER_SMS_GATEWAY_TOKEN``): ``POST {"to": phone, "text": text}``, any 2xx is sent. Timeouts,
 connection errors and 5xx are retried with exponential backoff (``ORDER_SMS_ATTEMPTS`` tries);
-a send that still fails, or a 4xx, raises ``SmsFailed`` and the message parks (visible to
-operators, counted in ``emeterai_sms_sends_total{outcome="failed"}``).
+a send that still fails, or a 4xx, raises ``SmsFailed`` (``send_all`` returns it): the text
+is kept as failed (visible to operators, counted in ``emeterai_sms_sends_total{outcome="failed"}``).
 
 Development (no gateway) appends one JSON line ``{"phone", "text", "sent_at"}`` per text to
 ``ORDER_DEV_SMS_FILE`` (``var/dev-sms.jsonl``), whole lines under an exclusive lock, so several
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -36,6 +37,10 @@ class _Retryable(Exception):
 class SmsSender(Protocol):
     async def send(self, phone: str, text: str) -> None: ...
 
+    async def send_all(self, texts: Sequence[tuple[str, str]]) -> list[SmsFailed | None]:
+        """Send ``(phone, text)`` pairs together: for each, None (sent) or why it failed for good."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -54,9 +59,15 @@ class DevSmsSink:
                 os.close(fd)
 
     async def send(self, phone: str, text: str) -> None:
-        record = {"phone": phone, "text": text, "sent_at": datetime.now(UTC).isoformat()}
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
-        await asyncio.to_thread(self._append, line)
+        await self.send_all([(phone, text)])
+
+    async def send_all(self, texts: Sequence[tuple[str, str]]) -> list[SmsFailed | None]:
+        """Every text appended in one write under the lock (whole lines, in the given order)."""
+        sent_at = datetime.now(UTC).isoformat()
+        lines = b"".join((json.dumps({"phone": phone, "text": text, "sent_at": sent_at}, ensure_ascii=False)
+                          + "\n").encode() for phone, text in texts)
+        await asyncio.to_thread(self._append, lines)
+        return [None] * len(texts)
 
     async def close(self) -> None:
         return None
@@ -95,6 +106,16 @@ class HttpSmsGateway:
                     await self._post(phone, text)
         except _Retryable as exc:
             raise SmsFailed(f"{exc} ({self.attempts} attempt(s))") from exc
+
+    async def send_all(self, texts: Sequence[tuple[str, str]]) -> list[SmsFailed | None]:
+        """Each text its own request (with its own retries), all at once."""
+        async def one(phone: str, text: str) -> SmsFailed | None:
+            try:
+                await self.send(phone, text)
+            except SmsFailed as exc:
+                return exc
+            return None
+        return list(await asyncio.gather(*(one(phone, text) for phone, text in texts)))
 
     async def close(self) -> None:
         if self._session is not None:

@@ -3,7 +3,8 @@
 Handlers that tell partners (``on_serials_issued``, ``on_bill_expired``, ``on_document_stamped``,
 ``on_document_failed``) name ``partners``: the worker gives them ``OrderDeps.partners``;
 ``on_sms_requested`` names ``sms`` (the notification adapter), one message per transaction since it
-awaits the gateway."""
+awaits the gateway; it only drains texts an earlier version queued as messages (sign-in texts are
+sent from ``sms_outbox`` by the worker's ``TextDispatcher`` now)."""
 
 from __future__ import annotations
 

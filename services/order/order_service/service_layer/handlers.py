@@ -279,8 +279,9 @@ async def _tell_partner(uow: UnitOfWork, partners: PartnerRegistry, partner_id: 
 
 
 async def on_sms_requested(uow: UnitOfWork, env: Envelope[SmsRequested], sms: SmsSender) -> None:
-    """Send a text through the notification adapter (gateway or development sink). A text whose
-    code expired meanwhile is dropped; one the gateway refuses for good parks (visible, counted)."""
+    """Send a text queued as a message by an earlier version (texts now go from ``sms_outbox``
+    through ``TextDispatcher``, with no message): the queue drains what an upgrade found in flight.
+    A text whose code expired meanwhile is dropped; one the gateway refuses for good parks."""
     event = env.body
     if event.expires_at is not None and datetime.now(UTC) >= event.expires_at:
         SMS_SENDS.labels("expired").inc()

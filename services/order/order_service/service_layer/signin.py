@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from emeterai_shared.auth import Caller, superseded
-from emeterai_shared.contracts.events import AccountVerified, SmsRequested
+from emeterai_shared.contracts.events import AccountVerified
 from emeterai_shared.uow import UnitOfWork
 
 from order_service.adapters.signin_store import SigninRepository
@@ -51,7 +51,8 @@ def _now() -> datetime:
 
 
 async def request_code(uow: UnitOfWork, phone: str, client: str, key: bytes, settings: OrderSettings) -> int | None:
-    """Send a new code to ``phone`` (through the outbox), unless a limit is reached: then the
+    """Send a new code to ``phone`` (its text queued in ``sms_outbox``, which the worker's text
+    dispatcher sends), unless a limit is reached: then the
     Retry-After in seconds, and nothing is sent. Known and unknown phones are treated alike.
     One statement on ``uow``'s connection, which needs no transaction."""
     now = _now()
@@ -61,11 +62,9 @@ async def request_code(uow: UnitOfWork, phone: str, client: str, key: bytes, set
         per_client=((settings.otp_client_limit, settings.otp_client_window_s),))
     code = new_code()
     expires_at = now + timedelta(seconds=settings.otp_ttl_s)
-    uow.publish(SmsRequested(phone=phone, text=sms_text(code, settings.otp_ttl_s), requested_at=now,
-                             expires_at=expires_at))
     # one statement: the hits counted, and the code with its text only while every limit holds
     hits, sent = await repo.hit_and_put_code(limits, now, phone, code_digest(key, phone, code), expires_at,
-                                             uow.take())
+                                             sms_text(code, settings.otp_ttl_s))
     retry_after = exceeded(limits, hits, now)
     if sent != (retry_after is None):
         raise RuntimeError(f"the code request's limits were judged apart: sent {sent}, retry after {retry_after}")
