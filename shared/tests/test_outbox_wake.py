@@ -3,6 +3,8 @@
 Migration ``003_outbox_wake``: a writer notifies when no relay holds the "busy" lock; while one
 does, it skips the NOTIFY and holds the "skipped" lock until it commits; the relay's way out
 (``outbox_relay_rest()``) waits for those writers, then says whether rows are pending.
+Migration ``004_outbox_wake_no_queue``: a writer that meets a relay on its way out notifies
+instead of queueing behind it.
 """
 
 import asyncio
@@ -86,3 +88,41 @@ async def test_rows_written_while_the_relay_is_busy_never_wait_for_the_polling_f
         await eventually(lambda: fetchval(settings, "SELECT count(*) = 160 FROM probe_effects"), timeout_s=30,
                          message="all 160 rows relayed and applied")
         assert await fetchval(settings, "SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0
+
+
+async def test_a_writer_never_waits_for_a_relay_on_its_way_out(servers: str) -> None:
+    """A resting relay waits for a writer's open transaction; another writer meanwhile neither
+    waits for it (nor for the first writer) nor loses its wake-up: it notifies."""
+    settings = await fresh()
+    heard: list[str] = []
+    listener = await connect_with_retry(settings.database_url)
+    relay = await connect_with_retry(settings.database_url)
+    held = await connect_with_retry(settings.database_url)
+    writer = await connect_with_retry(settings.database_url)
+    observer = await connect_with_retry(settings.database_url)
+    try:
+        await listener.add_listener("outbox", lambda *_: heard.append("outbox"))
+        assert await relay.fetchval("SELECT pg_try_advisory_lock($1, $2)", *BUSY) is True
+        transaction = held.transaction()
+        await transaction.start()
+        uow = UnitOfWork(held)
+        uow.publish(ProbeSent(seq=1))
+        await uow.flush()  # skipped its NOTIFY, holds "skipped" until it commits
+        resting = asyncio.create_task(relay.fetchval("SELECT outbox_relay_rest()"))
+        await eventually(lambda: observer.fetchval(
+            "SELECT NOT granted FROM pg_locks WHERE locktype = 'advisory' AND pid = $1 AND objid = 2",
+            relay.get_server_pid()), message="the resting relay waits for the open transaction")
+
+        async with writer.transaction():  # would queue behind the resting relay with 003
+            uow = UnitOfWork(writer)
+            uow.publish(ProbeSent(seq=2))
+            await asyncio.wait_for(uow.flush(), timeout=60)
+        await listener.fetchval("SELECT 1")
+        await asyncio.sleep(0)
+        assert heard == ["outbox"]  # it notified instead of waiting
+        assert not resting.done()
+        await transaction.commit()
+        assert await resting is True
+    finally:
+        for conn in (listener, relay, held, writer, observer):
+            await conn.close()
