@@ -15,7 +15,8 @@ from emeterai_shared.contracts.base import Message, message
 
 # --- purchase path -------------------------------------------------------------------------
 # order ──order.placed──► payment ──payment.bill_issued / bill_failed / bill_expired──► order
-# bank ──SNAP──► payment ──payment.captured──► order ──order.paid──► minting
+# bank ──SNAP──► payment ──payment.captured──► order (PAID, the receipt) and minting (the serials)
+#   (a capture from an older payment, without account_id and quantity: order ──order.paid──► minting)
 # order ──order.refund_requested──► payment ──payment.refunded──► order
 #   (QRIS: ──qr-mpm-refund 2007800──► payment ──payment.refund_settled──► order, the refundNo)
 
@@ -99,6 +100,34 @@ class PaymentCaptured(Message):
     """How the buyer paid: ``va`` (virtual account); later ``qris``. Absent in older messages."""
     reference_no: str | None = None
     """The bank's reference number of the payment (SNAP ``referenceNo``), when it sent one."""
+    account_id: UUID | None = None
+    """The buyer (from ``order.placed``). With ``quantity``, what minting needs to issue the
+    serials of a capture that is not ``late`` straight from this event (no ``order.paid`` hop).
+    Absent in older messages: then the order sends ``order.paid`` as before."""
+    quantity: int | None = None
+    partner_id: str | None = None
+
+    def facts(self) -> CapturedPayment:
+        return CapturedPayment(payment_id=self.payment_id, bill_id=self.bill_id, amount=self.amount, bank=self.bank,
+                               payment_request_id=self.payment_request_id, captured_at=self.captured_at,
+                               method=self.method, reference_no=self.reference_no)
+
+
+class CapturedPayment(BaseModel):
+    """A capture as minting saw it (``payment.captured.v1`` without the order's fields), carried by
+    what minting answers straight from that event, so that the order applies the payment with the
+    answer when the answer overtakes the capture (separate queues)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    payment_id: UUID
+    bill_id: UUID
+    amount: int
+    bank: str
+    payment_request_id: str
+    captured_at: datetime
+    method: str = "va"
+    reference_no: str | None = None
 
 
 @message("payment.refunded.v1")
@@ -141,7 +170,8 @@ class AcquirerStateChanged(Message):
 
 
 # --- minting and stamping --------------------------------------------------------------------
-# order ──order.paid──► minting ──minting.serials_issued / minting.failed──► order, stamping
+# payment ──payment.captured──► minting ──minting.serials_issued / minting.failed──► order, stamping
+#   (or order ──order.paid──► minting, for a capture without account_id and quantity)
 # stamping ──stamping.document_stamped──► minting (registry), order (partner webhooks)
 # stamping ──stamping.document_failed──► order (partner webhooks)
 
@@ -162,6 +192,8 @@ class SerialsIssued(Message):
     partner_id: str | None = None
     serials: tuple[IssuedSerial, ...]
     issued_at: datetime
+    payment: CapturedPayment | None = None
+    """The capture the serials answer, when minting issued them straight from ``payment.captured``."""
 
 
 @message("minting.failed.v1")
@@ -171,6 +203,8 @@ class MintingFailed(Message):
     order_id: UUID
     reason: str
     failed_at: datetime
+    payment: CapturedPayment | None = None
+    """The capture this answers, when minting failed straight from ``payment.captured``."""
 
 
 @message("stamping.document_stamped.v1")
@@ -210,6 +244,8 @@ class StockAwaited(Message):
     quantity: int
     since: datetime
     refund_at: datetime
+    payment: CapturedPayment | None = None
+    """The capture this answers, when minting started waiting straight from ``payment.captured``."""
 
 
 @message("order.serials_void_requested.v1")

@@ -5,6 +5,7 @@ from emeterai_shared.messaging.consumer import (
     Consumer,
     Envelope,
     Handler,
+    NotYet,
     PermanentError,
     Subscription,
 )
@@ -13,5 +14,5 @@ from emeterai_shared.messaging.topology import EVENTS, PARKING, RETRY, QueueSpec
 
 __all__ = [
     "EVENTS", "PARKING", "RETRY", "BrokerUnavailable", "Consumer", "Envelope", "Handler",
-    "PermanentError", "PublishError", "Publisher", "QueueSpec", "Subscription", "connect",
+    "NotYet", "PermanentError", "PublishError", "Publisher", "QueueSpec", "Subscription", "connect",
 ]

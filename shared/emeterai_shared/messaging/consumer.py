@@ -20,7 +20,8 @@ one transaction each, so one failure does not undo its neighbours; no per-messag
    the message goes to the parking queue with the reason in its headers;
 6. the database out of reach (``db.DATABASE_OUTAGE``: down, restarting, out of connections) is
    not the message's fault: its copy goes to the first delay tier with ``attempt`` unchanged, as
-   often as it takes, so an outage never parks a message however long it lasts.
+   often as it takes, so an outage never parks a message however long it lasts; so does a message
+   whose handler says it came before one it follows from (``NotYet``).
 """
 
 from __future__ import annotations
@@ -65,6 +66,12 @@ FORWARD_FAILURE_PAUSE_S = 1.0
 
 class PermanentError(Exception):
     """A handler failure that no retry can fix: the message parks at once with this reason."""
+
+
+class NotYet(Exception):
+    """The message arrived before another it follows from (on another queue) was applied: it comes
+    back after the first delay tier with its attempt unchanged, as often as it takes, like a message
+    met by a database outage; it never parks for this."""
 
 
 @dataclass(frozen=True)
@@ -341,7 +348,7 @@ class Consumer:
         elif isinstance(outcome, PermanentError):
             MESSAGES_CONSUMED.labels(sub.queue, "parked").inc()
             await self._park(sub, message, f"permanent failure: {outcome}")
-        elif isinstance(outcome, DATABASE_OUTAGE):
+        elif isinstance(outcome, (*DATABASE_OUTAGE, NotYet)):
             MESSAGES_CONSUMED.labels(sub.queue, "deferred").inc()
             await self._defer(sub, message, outcome)
         elif env.attempt >= self._settings.max_attempts:
@@ -365,10 +372,12 @@ class Consumer:
         await self._forward(message, delay_exchange(delay), sub.queue, headers)
 
     async def _defer(self, sub: Subscription, message: AbstractIncomingMessage, error: BaseException) -> None:
-        """The database is out of reach: come back after the first delay tier, attempt unchanged."""
+        """The database is out of reach, or the message is early (``NotYet``): come back after the
+        first delay tier, attempt unchanged."""
         delay = self._settings.retry_delays_ms[0]
         headers = {**own_headers(message.headers), "last_error": _describe(error)[:500]}
-        log.warning("database out of reach for %s %s; back in %d ms, attempt %s unchanged: %s", sub.queue,
+        why = "early" if isinstance(error, NotYet) else "database out of reach"
+        log.warning("%s for %s %s; back in %d ms, attempt %s unchanged: %s", why, sub.queue,
                     message.message_id, delay, headers.get(ATTEMPT_HEADER, 1), _describe(error))
         await self._forward(message, delay_exchange(delay), sub.queue, headers)
 

@@ -47,6 +47,7 @@ PLATFORM_QUEUES: tuple[QueueSpec, ...] = (
     QueueSpec("payment.on_order_refund_requested", (events.OrderRefundRequested.TYPE,)),
     QueueSpec("payment.on_partial_refund_requested", (events.PartialRefundRequested.TYPE,)),
     # minting
+    QueueSpec("minting.on_payment_captured", (events.PaymentCaptured.TYPE,)),
     QueueSpec("minting.on_order_paid", (events.OrderPaid.TYPE,)),
     QueueSpec("minting.on_document_stamped", (events.DocumentStamped.TYPE,)),
     QueueSpec("minting.on_serials_voided", (events.SerialsVoided.TYPE,)),

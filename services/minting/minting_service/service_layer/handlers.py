@@ -12,6 +12,8 @@ from emeterai_shared.contracts.events import (
     DocumentStamped,
     MintingFailed,
     OrderPaid,
+    PaymentCaptured,
+    SerialsIssued,
     SerialsVoided,
     StockAwaited,
 )
@@ -34,14 +36,32 @@ from minting_service.service_layer.registry import record_use, void_given_back
 log = logging.getLogger(__name__)
 
 
+async def on_payment_captured(uow: UnitOfWork, env: Envelope[PaymentCaptured], keys: StampKeys,
+                              settings: MintingSettings) -> None:
+    """A capture the order will take (not ``late``) that names its buyer and quantity: the serials
+    are issued straight from it, the capture carried with the answer. A late capture is the order's
+    to refund; one without the buyer (an older payment service) comes as ``order.paid`` instead."""
+    e = env.body
+    if e.late or e.account_id is None or e.quantity is None:
+        return
+    paid = OrderPaid(order_id=e.order_id, account_id=e.account_id, quantity=e.quantity, amount=e.amount,
+                     partner_id=e.partner_id, paid_at=e.captured_at)
+    _count(paid, await issue_serials(uow, paid, keys.signer, datetime.now(UTC), settings.stock_wait_s,
+                                     payment=e.facts()))
+
+
 async def on_order_paid(uow: UnitOfWork, env: Envelope[OrderPaid], keys: StampKeys,
                         settings: MintingSettings) -> None:
-    result = await issue_serials(uow, env.body, keys.signer, datetime.now(UTC), settings.stock_wait_s)
+    _count(env.body, await issue_serials(uow, env.body, keys.signer, datetime.now(UTC), settings.stock_wait_s))
+
+
+def _count(paid: OrderPaid, result: SerialsIssued | MintingFailed | StockAwaited | None) -> None:
+    order_id = paid.order_id
     if isinstance(result, MintingFailed):
         MINTING_FAILED.inc()
-        log.warning("order %s: no serials issued: %s", env.body.order_id, result.reason)
+        log.warning("order %s: no serials issued: %s", order_id, result.reason)
     elif isinstance(result, StockAwaited):
-        log.warning("order %s: %d serial(s) wait for stock until %s", env.body.order_id, result.quantity,
+        log.warning("order %s: %d serial(s) wait for stock until %s", order_id, result.quantity,
                     result.refund_at.isoformat())
     elif result is not None:
         STAMPS_MINTED.inc(len(result.serials))

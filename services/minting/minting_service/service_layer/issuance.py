@@ -19,6 +19,7 @@ from typing import Any
 from uuid import UUID
 
 from emeterai_shared.contracts.events import (
+    CapturedPayment,
     IssuedSerial,
     MintingFailed,
     OrderPaid,
@@ -34,14 +35,16 @@ from minting_service.domain.token import StampSigner
 
 
 async def issue_serials(uow: UnitOfWork, order: OrderPaid, signer: StampSigner, now: datetime,
-                        stock_wait_s: float = 0.0) -> SerialsIssued | MintingFailed | StockAwaited | None:
+                        stock_wait_s: float = 0.0, *, payment: CapturedPayment | None = None,
+                        ) -> SerialsIssued | MintingFailed | StockAwaited | None:
     """Issue the order's serials with their tokens in the caller's transaction and announce them.
 
     The ``issuances`` row (unique per order) comes first: a redelivered or concurrent ``order.paid``
-    finds it and changes nothing (None). While other paid orders wait for stock this one queues
-    behind them (first paid, first served); with fewer free serials than ordered nothing is
-    claimed and the issuance WAITS until ``now + stock_wait_s`` (or, with no wait allowed, is
-    FAILED for good and ``minting.failed`` asks for a refund).
+    (or ``payment.captured``) finds it and changes nothing (None). ``payment``, the capture this
+    answers (when it came as ``payment.captured``), goes out with the answer. While other paid
+    orders wait for stock this one queues behind them (first paid, first served); with fewer free
+    serials than ordered nothing is claimed and the issuance WAITS until ``now + stock_wait_s``
+    (or, with no wait allowed, is FAILED for good and ``minting.failed`` asks for a refund).
     """
     if order.quantity < 1:
         raise PermanentError(f"order {order.order_id} has a non-positive quantity {order.quantity}")
@@ -51,27 +54,28 @@ async def issue_serials(uow: UnitOfWork, order: OrderPaid, signer: StampSigner, 
         return None
     correlation_id = str(order.order_id)
     if sns is not None:
-        issued = _issued(order.order_id, order.account_id, order.partner_id, sns, signer, now)
+        issued = _issued(order.order_id, order.account_id, order.partner_id, sns, signer, now, payment)
         uow.publish(issued, correlation_id=correlation_id)
         return issued
     refund_at = refund_deadline(now, stock_wait_s)
     if refund_at is None:
         await repo.fail_issuance(order.order_id, OUT_OF_STOCK, now)
-        failed = MintingFailed(order_id=order.order_id, reason=OUT_OF_STOCK, failed_at=now)
+        failed = MintingFailed(order_id=order.order_id, reason=OUT_OF_STOCK, failed_at=now, payment=payment)
         uow.publish(failed, correlation_id=correlation_id)
         return failed
     await repo.wait_issuance(order.order_id, now, refund_at)
-    awaited = StockAwaited(order_id=order.order_id, quantity=order.quantity, since=now, refund_at=refund_at)
+    awaited = StockAwaited(order_id=order.order_id, quantity=order.quantity, since=now, refund_at=refund_at,
+                           payment=payment)
     uow.publish(awaited, correlation_id=correlation_id)
     return awaited
 
 
 def _issued(order_id: UUID, account_id: UUID, partner_id: str | None, sns: list[str], signer: StampSigner,
-            now: datetime) -> SerialsIssued:
+            now: datetime, payment: CapturedPayment | None = None) -> SerialsIssued:
     return SerialsIssued(
         order_id=order_id, account_id=account_id, partner_id=partner_id,
         serials=tuple(IssuedSerial(sn=sn, token=signer.sign(sn, order_id, now)) for sn in sns),
-        issued_at=now,
+        issued_at=now, payment=payment,
     )
 
 

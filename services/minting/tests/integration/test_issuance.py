@@ -26,10 +26,18 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
+from uuid import uuid4
 
 import asyncpg
 import pytest
-from emeterai_shared.contracts.events import MintingFailed, OrderPaid, SerialsIssued, SerialsVoided, StockAwaited
+from emeterai_shared.contracts.events import (
+    MintingFailed,
+    OrderPaid,
+    PaymentCaptured,
+    SerialsIssued,
+    SerialsVoided,
+    StockAwaited,
+)
 from emeterai_shared.uow import unit_of_work
 from emeterai_testkit.fixtures import eventually
 from minting_service.adapters.keys import load_stamp_keys
@@ -97,6 +105,38 @@ async def test_200_orders_paid_at_once_get_exactly_their_serials(minting: Mintin
                              message="the redeliveries under new message ids")
         assert await snapshot(minting, orders) == before
         assert await minting.stock() == stock_before - total
+
+
+def capture_of(order: OrderPaid, *, late: bool = False, buyer: bool = True) -> PaymentCaptured:
+    """The capture of ``order`` as the payment service announces it (naming the buyer, or as an older one)."""
+    named = ({"account_id": order.account_id, "quantity": order.quantity, "partner_id": order.partner_id}
+             if buyer else {})
+    return PaymentCaptured(order_id=order.order_id, bill_id=uuid4(), payment_id=uuid4(), amount=order.amount,
+                           bank="bank-bri", payment_request_id=f"req-{uuid4().hex[:12]}", captured_at=datetime.now(UTC),
+                           late=late, reference_no="ref-1", **named)
+
+
+async def test_a_capture_that_names_the_buyer_is_issued_straight_from_it_once(minting: Minting) -> None:
+    """``payment.captured`` with the buyer and quantity: issued (exactly once with the same order's
+    ``order.paid`` too), the capture carried with the serials; a late capture or one without the
+    buyer (an older payment service: the order sends ``order.paid``) issues nothing."""
+    order, late, older = minting.order(2), minting.order(1), minting.order(1)
+    capture = capture_of(order)
+    async with minting.worker():
+        first = await minting.publish(capture)
+        await minting.publish(capture)  # redelivered under another message id
+        paid = await minting.publish(order)  # and the order's order.paid (an older order service's)
+        skipped = [await minting.publish(capture_of(late, late=True)),
+                   await minting.publish(capture_of(older, buyer=False))]
+        await minting.issuance(order.order_id)
+        for queue, message_id in [("minting.on_payment_captured", m) for m in (first, *skipped)] + [(PAID_QUEUE, paid)]:
+            await eventually(lambda q=queue, m=message_id: minting.handled(q, m), message="the messages handled")
+        await minting.assert_issued_exactly_once([order])
+        [issued] = await minting.events(SerialsIssued.TYPE, order.order_id)
+        assert isinstance(issued, SerialsIssued) and issued.payment == capture.facts()
+        for other in (late, older):
+            assert not await minting.pool.fetchval("SELECT count(*) FROM issuances WHERE order_id = $1",
+                                                   other.order_id)
 
 
 async def test_out_of_stock_fails_the_order_for_good_when_no_wait_is_allowed(minting: Minting) -> None:

@@ -16,6 +16,7 @@ NOW = datetime(2024, 9, 6, 10, 0, tzinfo=UTC)
 def test_every_handler_names_only_what_the_dependencies_provide() -> None:
     provided = {f.name for f in dataclasses.fields(MintingDeps)}
     assert [(s.queue, s.message.TYPE) for s in SERVICE.subscriptions] == [
+        ("minting.on_payment_captured", "payment.captured.v1"),
         ("minting.on_order_paid", "order.paid.v1"),
         ("minting.on_document_stamped", "stamping.document_stamped.v1"),
         ("minting.on_serials_voided", "stamping.serials_voided.v1"),

@@ -18,6 +18,7 @@ from emeterai_shared.contracts.events import (
     BillExpired,
     BillFailed,
     BillIssued,
+    CapturedPayment,
     DocumentFailed,
     DocumentStamped,
     MintingFailed,
@@ -33,7 +34,7 @@ from emeterai_shared.contracts.events import (
     SmsRequested,
     StockAwaited,
 )
-from emeterai_shared.messaging import Envelope, PermanentError
+from emeterai_shared.messaging import Envelope, NotYet, PermanentError
 from emeterai_shared.uow import UnitOfWork
 
 from order_service.adapters.acquirer_states import AcquirerStates
@@ -102,34 +103,59 @@ async def on_bill_expired(uow: UnitOfWork, env: Envelope[BillExpired], partners:
 
 
 async def on_payment_captured(uow: UnitOfWork, env: Envelope[PaymentCaptured]) -> None:
+    """PAID with its receipt, or the payment refunded. Minting issues the serials straight from a
+    capture that names the buyer and the quantity; for one from an older payment service (without
+    them) the order tells minting with ``order.paid``, as before."""
     e = env.body
     order = await _load(uow, e.order_id)
     if order.payment_id == e.payment_id:
-        return  # already applied under another message id
+        return  # already applied under another message id, or with minting's answer
+    taken = await _capture(uow, order, e.facts(), late=e.late, tell_minting=e.account_id is None or e.quantity is None)
+    if taken is not None:  # the order, its history and the message announcing it in one statement
+        await OrderRepository(uow.conn).save(order, outbox=uow.take())
+
+
+async def _capture(uow: UnitOfWork, order: Order, p: CapturedPayment, *, late: bool,
+                   tell_minting: bool) -> bool | None:
+    """Apply a captured payment to the locked order (saved by the caller): True, PAID with its
+    receipt (and ``order.paid`` when ``tell_minting``); False, the order is REFUND_PENDING and its
+    refund requested; None, the order cannot take it as it is (left untouched) and the payment's
+    refund is requested."""
     now = datetime.now(UTC)
     cid = str(order.id)
     try:
-        fulfil = order.capture(e.payment_id, late=e.late)
+        fulfil = order.capture(p.payment_id, late=late)
     except IllegalTransition as exc:
         # Captured money for an order that cannot take it: never keep it silently.
-        log.error("payment %s for order %s in %s: refunding", e.payment_id, order.id, order.status)
-        uow.publish(OrderRefundRequested(order_id=order.id, amount=e.amount,
+        log.error("payment %s for order %s in %s: refunding", p.payment_id, order.id, order.status)
+        uow.publish(OrderRefundRequested(order_id=order.id, amount=p.amount,
                                          reason=f"payment captured while the order was {exc.current}",
                                          requested_at=now), correlation_id=cid)
-        return
+        return None
     if fulfil:
         # The receipt number is taken here, with the payment: a number for every PAID order, none skipped.
-        await receipts.issue_receipt(uow, order, paid_at=e.captured_at, payment=Payment(
-            e.method, e.bank, e.payment_request_id, e.reference_no))
-        uow.publish(OrderPaid(order_id=order.id, account_id=order.account_id, quantity=order.quantity,
-                              amount=order.amount, partner_id=order.partner_id, paid_at=now),
-                    correlation_id=cid)
+        await receipts.issue_receipt(uow, order, paid_at=p.captured_at, payment=Payment(
+            p.method, p.bank, p.payment_request_id, p.reference_no))
+        if tell_minting:
+            uow.publish(OrderPaid(order_id=order.id, account_id=order.account_id, quantity=order.quantity,
+                                  amount=order.amount, partner_id=order.partner_id, paid_at=now),
+                        correlation_id=cid)
     else:
-        uow.publish(OrderRefundRequested(order_id=order.id, amount=e.amount,
+        uow.publish(OrderRefundRequested(order_id=order.id, amount=p.amount,
                                          reason=order.failure_reason or "cannot fulfil",
                                          requested_at=now), correlation_id=cid)
-    # the order, its history and the message announcing it in one statement
-    await OrderRepository(uow.conn).save(order, outbox=uow.take())
+    return fulfil
+
+
+async def _paid_first(uow: UnitOfWork, order: Order, payment: CapturedPayment | None, what: str) -> None:
+    """Minting's answer came before the capture it answers was applied here (separate queues): apply
+    that capture first, from the answer (the capture, when it comes, finds it applied); an answer
+    without it (minting served the order later, from its stock queue) waits for the capture."""
+    if order.status is not OrderStatus.AWAITING_PAYMENT:
+        return
+    if payment is None:
+        raise NotYet(f"{what} for order {order.id} before its payment was applied")
+    await _capture(uow, order, payment, late=False, tell_minting=False)
 
 
 async def on_payment_refunded(uow: UnitOfWork, env: Envelope[PaymentRefunded]) -> None:
@@ -158,6 +184,7 @@ async def on_serials_issued(uow: UnitOfWork, env: Envelope[SerialsIssued], partn
     order, taken = found
     if order.status is OrderStatus.FULFILLED and sorted(order.serials) == sorted(sns):
         return  # the same issuance again, under another message id
+    await _paid_first(uow, order, e.payment, "serials")
     try:
         if taken:
             raise ValueError(f"serials already issued to another order: {', '.join(taken[:5])}")
@@ -206,15 +233,24 @@ async def on_stock_awaited(uow: UnitOfWork, env: Envelope[StockAwaited]) -> None
     """The PAID order shows that it waits for stock (and when it will be refunded otherwise);
     arriving after the serials or the failure (another queue), it changes nothing."""
     e = env.body
-    await _transition(uow, e.order_id, "stock awaited", lambda order: order.await_stock(e.since, e.refund_at))
+    order = await _load(uow, e.order_id)
+    await _paid_first(uow, order, e.payment, "stock awaited")
+    try:
+        order.await_stock(e.since, e.refund_at)
+    except IllegalTransition as exc:
+        _ignore(order, "stock awaited", exc)
+    await OrderRepository(uow.conn).save(order)
 
 
 async def on_minting_failed(uow: UnitOfWork, env: Envelope[MintingFailed]) -> None:
     order = await _load(uow, env.body.order_id)
+    await _paid_first(uow, order, env.body.payment, "minting failure")
     try:
         refund_now = order.cannot_fulfil(env.body.reason)
     except IllegalTransition as exc:
-        return _ignore(order, "minting failure", exc)
+        _ignore(order, "minting failure", exc)
+        await OrderRepository(uow.conn).save(order)  # the capture applied first, if it was
+        return
     await OrderRepository(uow.conn).save(order)
     if not refund_now:
         return

@@ -7,7 +7,9 @@ rows stay in the outbox to be counted) applies them:
 
 * BillIssued → payment instructions on GET; BillFailed → FAILED with its reason;
 * PaymentCaptured → PAID and one ``order.paid.v1``, however often it is delivered (same message
-  id: inbox; new message id, same payment: the payment id);
+  id: inbox; new message id, same payment: the payment id); none when the capture names the buyer
+  and the quantity (minting issues straight from it); minting's answer that overtakes such a
+  capture carries it, and the order applies it first; an answer without it waits (``NotYet``);
 * the capture that makes an order PAID numbers its receipt, once; a PaymentCaptured of an older
   producer (without ``method`` and ``reference_no``) still parses; a late capture numbers none;
 * BillExpired then a late PaymentCaptured → REFUND_PENDING with ``order.refund_requested.v1``,
@@ -15,7 +17,7 @@ rows stay in the outbox to be counted) applies them:
 * events that no longer apply (BillExpired after PAID) change nothing;
 * ``order_history`` records every transition with its reason;
 * SerialsIssued → FULFILLED with the serials on GET and their tokens indexed, once however often
-  it arrives; serials the order cannot accept (for an order that is not PAID, other serials for a
+  it arrives; serials the order cannot accept (for an expired order, other serials for a
   FULFILLED one, serials already issued to another order, not as many as ordered) park nothing:
   they are given back with one ``order.serials_void_requested.v1``; a PAID order then stays PAID
   (``fulfilment.giving_back``) until stamping's SerialsVoided, which refunds what was voided
@@ -24,7 +26,7 @@ rows stay in the outbox to be counted) applies them:
 * StockAwaited → the PAID order shows ``fulfilment.awaiting_stock`` with ``since`` and
   ``refund_at`` (status PAID), then FULFILLED or refunded as usual; after either, it changes nothing;
 * MintingFailed → REFUND_PENDING with its reason and one ``order.refund_requested.v1``, then
-  PaymentRefunded → REFUNDED; for an order that is not PAID it changes nothing;
+  PaymentRefunded → REFUNDED; for an expired order it changes nothing;
 * DocumentStamped for a buyer's serial tells no partner; for a serial never issued it is retried,
   then parked with its reason.
 """
@@ -397,15 +399,62 @@ async def test_serials_issued_fulfils_the_paid_order_once(world: World) -> None:
 
 async def test_serials_for_an_order_that_is_not_paid_are_given_back(world: World) -> None:
     order_id, token = await world.place()
+    await world.send("order.on_bill_expired", expired(order_id))
     account_id = await world.val("SELECT account_id FROM orders WHERE id = $1", order_id)
     event = issued(order_id, account_id)
     await world.send("order.on_serials_issued", event)
     view = await world.view(order_id, token)
-    assert (view["status"], view["serials"], view["fulfilment"]) == ("AWAITING_PAYMENT", [], None)
+    assert (view["status"], view["serials"], view["fulfilment"]) == ("EXPIRED", [], None)
     assert await world.stamps(order_id) == {}
-    assert await world.history(order_id) == [PLACED]
+    assert await world.history(order_id) == [PLACED, EXPIRED]
     [void] = await world.outbox(order_id, "order.serials_void_requested.v1")
     assert (void["account_id"], void["serials"]) == (str(account_id), [s.sn for s in event.serials])
+
+
+async def test_serials_that_overtake_their_capture_apply_it_first_and_the_capture_then_changes_nothing(
+        world: World) -> None:
+    """Minting answers a capture that names the buyer straight from it: its serials may reach the
+    order before the capture does (another queue). They carry the capture, which the order applies
+    first (PAID with its receipt, then FULFILLED); the capture, when it comes, finds it applied. No
+    ``order.paid`` goes out for such a capture (minting has it already)."""
+    order_id, token = await world.place()
+    account_id = await world.val("SELECT account_id FROM orders WHERE id = $1", order_id)
+    capture = captured(order_id).model_copy(update={"account_id": account_id, "quantity": QUANTITY})
+    event = issued(order_id, account_id).model_copy(update={"payment": capture.facts()})
+    await world.send("order.on_serials_issued", event)
+    view = await world.view(order_id, token)
+    assert (view["status"], sorted(view["serials"])) == ("FULFILLED", sorted(s.sn for s in event.serials))
+    assert await world.history(order_id) == [PLACED, PAID, FULFILLED]
+    receipt = await world.val("SELECT payment_request_id FROM receipts WHERE order_id = $1", order_id)
+    assert receipt == capture.payment_request_id
+    await world.send("order.on_payment_captured", capture)
+    assert await world.view(order_id, token) == view
+    assert await world.history(order_id) == [PLACED, PAID, FULFILLED]
+    assert await world.outbox(order_id, "order.paid.v1") == []
+    assert await world.outbox(order_id, "order.refund_requested.v1") == []
+
+
+async def test_a_capture_that_names_the_buyer_sends_no_order_paid(world: World) -> None:
+    order_id, token = await world.place()
+    account_id = await world.val("SELECT account_id FROM orders WHERE id = $1", order_id)
+    await world.send("order.on_payment_captured",
+                     captured(order_id).model_copy(update={"account_id": account_id, "quantity": QUANTITY}))
+    assert (await world.view(order_id, token))["status"] == "PAID"
+    assert await world.outbox(order_id, "order.paid.v1") == []  # minting took it from the capture
+
+
+async def test_an_answer_without_its_capture_waits_for_the_capture(world: World) -> None:
+    """Minting's answer without the capture (served later from its stock queue) for an order whose
+    capture is not applied yet comes back (``NotYet``, attempt unchanged) until the capture is."""
+    order_id, token = await world.place()
+    account_id = await world.val("SELECT account_id FROM orders WHERE id = $1", order_id)
+    event = issued(order_id, account_id)
+    mid = await world.publish(event)
+    await world.send("order.on_payment_captured", captured(order_id))
+    await world.applied("order.on_serials_issued", mid)
+    view = await world.view(order_id, token)
+    assert (view["status"], sorted(view["serials"])) == ("FULFILLED", sorted(s.sn for s in event.serials))
+    assert await world.outbox(order_id, "order.serials_void_requested.v1") == []
 
 
 async def test_minting_failure_refunds_the_paid_order(world: World) -> None:
@@ -434,11 +483,26 @@ async def test_minting_failure_refunds_the_paid_order(world: World) -> None:
     assert await world.history(order_id) == [PLACED, PAID, ("PAID", "REFUND_PENDING", OUT_OF_STOCK), REFUNDED]
 
 
-async def test_minting_failure_of_an_unpaid_order_changes_nothing(world: World) -> None:
+async def test_minting_failure_of_an_order_that_is_not_paid_changes_nothing(world: World) -> None:
     order_id, _ = await world.place()
+    await world.send("order.on_bill_expired", expired(order_id))
     await world.send("order.on_minting_failed", minting_failed(order_id))
-    assert await world.status(order_id) == "AWAITING_PAYMENT"
+    assert await world.status(order_id) == "EXPIRED"
     assert await world.outbox(order_id, "order.refund_requested.v1") == []
+
+
+async def test_a_minting_failure_that_overtakes_its_capture_applies_it_and_refunds(world: World) -> None:
+    order_id, token = await world.place()
+    account_id = await world.val("SELECT account_id FROM orders WHERE id = $1", order_id)
+    capture = captured(order_id).model_copy(update={"account_id": account_id, "quantity": QUANTITY})
+    failed = minting_failed(order_id).model_copy(update={"payment": capture.facts()})
+    await world.send("order.on_minting_failed", failed)
+    view = await world.view(order_id, token)
+    assert (view["status"], view["failure_reason"]) == ("REFUND_PENDING", OUT_OF_STOCK)
+    assert len(await world.outbox(order_id, "order.refund_requested.v1")) == 1
+    await world.send("order.on_payment_captured", capture)
+    assert len(await world.outbox(order_id, "order.refund_requested.v1")) == 1  # the capture finds it applied
+    assert await world.status(order_id) == "REFUND_PENDING"
 
 
 def voided(order_id: uuid.UUID, account_id: uuid.UUID, voided: list[str], kept: list[str]) -> SerialsVoided:

@@ -14,7 +14,7 @@ from payment_service.domain.model import Bill, BillStatus, CapturedPayment, Snap
 from payment_service.domain.reconciliation import Settled, Window
 
 _BILL_COLUMNS = ("bill_id, order_id, bank, customer_no, virtual_account_no, amount, quantity, status, expires_at,"
-                 " trace_context, method, partner_reference_no")
+                 " trace_context, method, partner_reference_no, account_id, partner_id")
 
 
 def _bill(row: asyncpg.Record | None) -> Bill | None:
@@ -55,16 +55,18 @@ class PaymentRepository:
         The messages ``announce`` holds go to the outbox in the same statement when the bill is
         inserted, and nowhere when it is not."""
         announced = announce.take() if announce is not None else None
-        insert = f"""INSERT INTO bills ({_BILL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+        insert = f"""INSERT INTO bills ({_BILL_COLUMNS})
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
                      ON CONFLICT DO NOTHING RETURNING true"""
         args = (bill.bill_id, bill.order_id, bill.bank, bill.customer_no, bill.virtual_account_no,
                 bill.amount, bill.quantity, bill.status.value, bill.expires_at,
-                dict(bill.trace_context) if bill.trace_context else None, bill.method, bill.partner_reference_no)
+                dict(bill.trace_context) if bill.trace_context else None, bill.method, bill.partner_reference_no,
+                bill.account_id, bill.partner_id)
         if announced is None:
             return bool(await self.conn.fetchval(insert, *args))
         return bool(await self.conn.fetchval(
             f"""WITH added AS ({insert}),
-                     announced AS ({outbox_insert(13)} WHERE EXISTS (SELECT 1 FROM added))
+                     announced AS ({outbox_insert(15)} WHERE EXISTS (SELECT 1 FROM added))
                 SELECT EXISTS (SELECT 1 FROM added)""", *args, *announced))
 
     async def bill_for_order(self, order_id: UUID, *, lock: bool = False) -> Bill | None:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from enum import Enum, StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from uuid import UUID
 
 CUSTOMER_NO_DIGITS = 12
@@ -55,6 +55,17 @@ class Bill:
     """``va`` (virtual account) or ``qris`` (then ``bank`` is the acquirer, ``virtual_account_no`` empty)."""
     partner_reference_no: str | None = None
     """QRIS: our ``partnerReferenceNo``, stored with the bill before the QR is asked for (the idempotency key)."""
+    account_id: UUID | None = None
+    """The buyer (from ``order.placed``), announced with the capture; None for bills issued before it was kept."""
+    partner_id: str | None = None
+
+    def buyer(self) -> dict[str, Any]:
+        """What ``payment.captured`` tells minting of the order (buyer, quantity, partner), so that it
+        issues the serials straight from the capture; nothing for a bill issued before the buyer
+        was kept (its order then sends ``order.paid``)."""
+        if self.account_id is None:
+            return {}
+        return {"account_id": self.account_id, "quantity": self.quantity, "partner_id": self.partner_id}
 
     def past_due(self, now: datetime) -> bool:
         """Expired, or unpaid past its expiry before the sweep got to it."""

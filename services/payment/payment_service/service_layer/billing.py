@@ -49,7 +49,8 @@ async def issue_bill(uow: UnitOfWork, banks: BankRegistry, order: OrderPlaced, e
         customer_no = new_customer_no()
         bill = Bill(uuid4(), order.order_id, bank.client_id, customer_no,
                     va_digits(bank.partner_service_id, customer_no), order.amount, order.quantity,
-                    BillStatus.OPEN, now + expiry, trace_context or None)
+                    BillStatus.OPEN, now + expiry, trace_context or None, account_id=order.account_id,
+                    partner_id=order.partner_id)
         announce = UnitOfWork(uow.conn)  # bill.issued.v1 goes out with the bill, in its INSERT, or not at all
         announce.publish(BillIssued(order_id=bill.order_id, bill_id=bill.bill_id, bank=bill.bank,
                                     virtual_account_no=bill.virtual_account_no, amount=bill.amount,
@@ -79,7 +80,7 @@ async def _issue_qris_bill(uow: UnitOfWork, acquirers: AcquirerRegistry | None, 
         bill_id = uuid4()
         bill = Bill(bill_id, order.order_id, acquirer.acquirer_id, new_customer_no(), "", order.amount,
                     order.quantity, BillStatus.OPEN, now + validity, trace_context or None, method="qris",
-                    partner_reference_no=f"EM{bill_id.hex}")
+                    partner_reference_no=f"EM{bill_id.hex}", account_id=order.account_id, partner_id=order.partner_id)
         if await repo.add_bill(bill) or await repo.bill_for_order(order.order_id) is not None:
             return
     raise RuntimeError(f"no free customer number after {CUSTOMER_NO_ATTEMPTS} attempts")

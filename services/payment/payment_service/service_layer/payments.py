@@ -157,7 +157,8 @@ async def _decide(uow: UnitOfWork, repo: PaymentRepository, notice: PaymentNotic
     uow.publish(PaymentCaptured(order_id=bill.order_id, bill_id=bill.bill_id, payment_id=payment.payment_id,
                                 amount=payment.amount, bank=payment.client_id,
                                 payment_request_id=payment.payment_request_id, captured_at=now,
-                                late=decision.late, method="va", reference_no=request.reference_no),
+                                late=decision.late, method="va", reference_no=request.reference_no,
+                                **bill.buyer()),
                 correlation_id=str(bill.order_id), trace_headers=order_trace)
     return Case.SUCCESS, decision, payment
 

@@ -242,7 +242,7 @@ async def capture_qris(uow: UnitOfWork, acquirer: Acquirer, bill: Bill, referenc
     uow.publish(PaymentCaptured(order_id=bill.order_id, bill_id=bill.bill_id, payment_id=payment.payment_id,
                                 amount=payment.amount, bank=acquirer.acquirer_id,
                                 payment_request_id=reference_no, captured_at=now, late=late, method="qris",
-                                reference_no=rrn or reference_no),
+                                reference_no=rrn or reference_no, **bill.buyer()),
                 correlation_id=str(bill.order_id), trace_headers=bill.trace_context or None)
     await repo.record_capture(uow, payment)  # with payment.captured.v1: one statement
     return True

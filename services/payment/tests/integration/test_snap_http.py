@@ -91,6 +91,9 @@ async def test_inquiry_and_payment_success(payment: Payment) -> None:
     assert isinstance(event, PaymentCaptured)
     assert (event.payment_id, event.amount, event.bank, event.late) == (payment_row["payment_id"], 25_000,
                                                                          "bank-a", False)
+    # the buyer and the quantity from order.placed, so that minting issues straight from the capture
+    assert bill["account_id"] is not None
+    assert (event.account_id, event.quantity, event.partner_id) == (bill["account_id"], bill["quantity"], None)
     assert REGISTRY.get_sample_value("emeterai_snap_responses_total",
                                      {"service": "payment", "code": "2002500"}) >= 1
 
