@@ -2,7 +2,8 @@
 
 Every process exports its spans over OTLP/HTTP to a small collector run by this test. The bank's
 payment callback is a new HTTP request (its own trace), yet the capture and everything after it
-(order PAID, minting's issuance, stamping's quota, order FULFILLED) continue the order's trace;
+(order PAID and minting's issuance, both from the capture, then stamping's quota and order
+FULFILLED) continue the order's trace;
 the callback's span links to it.
 """
 
@@ -36,7 +37,7 @@ ORDER_TRACE_CONSUMERS = {
     ("payment", "payment.on_order_placed process"),
     ("order", "order.on_bill_issued process"),
     ("order", "order.on_payment_captured process"),
-    ("minting", "minting.on_order_paid process"),
+    ("minting", "minting.on_payment_captured process"),
     ("order", "order.on_serials_issued process"),
     ("stamping", "stamping.on_serials_issued process"),
 }
@@ -186,8 +187,9 @@ async def test_one_trace_from_the_order_through_payment_minting_and_stamping(
     (captured,) = [s for s in spans if s.name == "order.on_payment_captured process"]
     assert [s.name for s in ancestors(captured, spans)][1:] == ["payment.on_order_placed process",
                                                                  request.name]
-    (issuance,) = [s for s in spans if s.name == "minting.on_order_paid process"]
-    assert captured in ancestors(issuance, spans)
+    # minting takes the same capture (no order.paid hop): a sibling of the order's, same chain
+    (issuance,) = [s for s in spans if s.name == "minting.on_payment_captured process"]
+    assert [s.name for s in ancestors(issuance, spans)][1:] == ["payment.on_order_placed process", request.name]
     (quota,) = [s for s in spans if s.name == "stamping.on_serials_issued process"]
     assert issuance in ancestors(quota, spans)
 
