@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -31,6 +31,10 @@ _PARAMETER = re.compile(r"\$(\d+)")
 _WITH = re.compile(r"WITH\s", re.IGNORECASE)
 
 
+Last = Callable[[asyncpg.Connection], Awaitable[Any]]
+"""Work to run at the end of the transaction, given its connection (``UnitOfWork.last``)."""
+
+
 class UnitOfWork:
     """Wraps a connection inside an open transaction; ``publish`` writes to the outbox.
 
@@ -41,9 +45,22 @@ class UnitOfWork:
     would be two round trips more.
     """
 
-    def __init__(self, conn: asyncpg.Connection):
+    def __init__(self, conn: asyncpg.Connection, *, lasts: list[Last] | None = None):
         self.conn = conn
         self._pending: list[tuple[uuid.UUID, Message, str | None, dict[str, Any]]] = []
+        self._lasts = lasts
+
+    async def last(self, work: Last) -> None:
+        """Run ``work`` (given the connection) as the transaction's last work: a statement that
+        locks a row every transaction of its kind needs (a counter) goes last, so that a
+        transaction holding it never waits for another lock after it (two consumer batches, each
+        holding the counter or an order the other wants, would deadlock). In a consumer batch (and
+        in ``unit_of_work``) it runs after the batch's last message; a unit without that (a caller
+        that manages its own transaction) runs it at once."""
+        if self._lasts is None:
+            await work(self.conn)
+        else:
+            self._lasts.append(work)
 
     def publish(
         self, message: Message, *, correlation_id: str | None = None,
@@ -98,7 +115,15 @@ class UnitOfWork:
 @asynccontextmanager
 async def unit_of_work(pool: asyncpg.Pool) -> AsyncIterator[UnitOfWork]:
     """``async with unit_of_work(pool) as uow:`` commits state and outbox rows together."""
+    lasts: list[Last] = []
     async with pool.acquire() as conn, conn.transaction():
-        uow = UnitOfWork(conn)
+        uow = UnitOfWork(conn, lasts=lasts)
         yield uow
         await uow.flush()
+        await run_lasts(conn, lasts)
+
+
+async def run_lasts(conn: asyncpg.Connection, lasts: list[Last]) -> None:
+    """The work units deferred with ``UnitOfWork.last``, in order, just before the commit."""
+    while lasts:
+        await lasts.pop(0)(conn)

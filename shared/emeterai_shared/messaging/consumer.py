@@ -55,7 +55,7 @@ from emeterai_shared.messaging.topology import (
     delay_exchange,
 )
 from emeterai_shared.telemetry import HANDLER_LATENCY, MESSAGES_CONSUMED, extract_context, tracer
-from emeterai_shared.uow import UnitOfWork
+from emeterai_shared.uow import Last, UnitOfWork, run_lasts
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +295,11 @@ class Consumer:
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 fresh = await _claim(conn, sub.queue, envs)
-                return [await self._apply_one(sub, conn, env, _take(fresh, env.message_id)) for env in envs]
+                lasts: list[Last] = []  # the batch's work deferred to its end (UnitOfWork.last)
+                outcomes: list[str | BaseException] = [
+                    await self._apply_one(sub, conn, env, _take(fresh, env.message_id), lasts) for env in envs]
+                await run_lasts(conn, lasts)
+                return outcomes
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -308,7 +312,8 @@ class Consumer:
             return results
 
     async def _apply_one(
-        self, sub: Subscription, conn: asyncpg.Connection, env: Envelope[Any], claimed: bool
+        self, sub: Subscription, conn: asyncpg.Connection, env: Envelope[Any], claimed: bool,
+        lasts: list[Last],
     ) -> str:
         started = time.perf_counter()
         outcome: str
@@ -328,7 +333,7 @@ class Consumer:
                 if not claimed:
                     outcome = _Outcome.DUPLICATE
                 else:
-                    uow = UnitOfWork(conn)
+                    uow = UnitOfWork(conn, lasts=lasts)
                     await sub.handler(uow, env)
                     await uow.flush()
                     outcome = _Outcome.DONE

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
+import asyncpg
 from emeterai_shared.uow import UnitOfWork
 
 from order_service.adapters.receipts import ReceiptRepository
@@ -23,9 +24,15 @@ class NotPaid(Exception):
         self.order = order
 
 
-async def issue_receipt(uow: UnitOfWork, order: Order, *, paid_at: datetime, payment: Payment) -> str:
-    """Number the receipt of ``order``, which became PAID in this unit of work (the order is locked)."""
-    return await ReceiptRepository(uow.conn).issue(order.id, paid_at=paid_at, payment=payment)
+async def issue_receipt(uow: UnitOfWork, order: Order, *, paid_at: datetime, payment: Payment) -> None:
+    """Number the receipt of ``order``, which became PAID in this unit of work (the order is locked),
+    as the transaction's last work (``UnitOfWork.last``): the year's counter row, which every
+    capture locks until it commits, is then the last lock its transaction takes. Taken in the
+    middle of a consumer batch, it deadlocked with a batch of the other queue (captures and
+    serials that apply their capture) holding an order this one wanted next."""
+    async def number(conn: asyncpg.Connection) -> None:
+        await ReceiptRepository(conn).issue(order.id, paid_at=paid_at, payment=payment)
+    await uow.last(number)
 
 
 async def refunds_of(uow: UnitOfWork, order: Order) -> list[ReceiptRefund]:
