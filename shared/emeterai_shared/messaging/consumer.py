@@ -10,9 +10,10 @@ one transaction each, so one failure does not undo its neighbours; no per-messag
 2. claim ``(queue, message_id)`` in the inbox; a duplicate is acked and ignored. A batch claims
    all its messages in one multi-row ``INSERT ... RETURNING`` before the first handler runs (one
    round trip per batch instead of one per message). Concurrent duplicates serialize on the inbox
-   primary key (batches claim in message-id order, and every claim is taken before any handler
-   takes a lock, so two batches never deadlock on it); a second copy in the same batch is a
-   duplicate of the first;
+   primary key (batches claim in (correlation id, message id) order, and every claim is taken
+   before any handler takes a lock, so two batches never deadlock on it); a second copy in the
+   same batch is a duplicate of the first. Handlers run in the same order, so batches lock the
+   orders they are about in one global order, whatever their queues;
 3. run the handler; its outbox rows commit with its state;
 4. after COMMIT, ack. A crash before the ack redelivers, and the inbox absorbs the duplicate;
 5. a handler error is a transient failure: a full copy goes to the next delay tier with
@@ -268,7 +269,7 @@ class Consumer:
                 await self._park(sub, message, f"undecodable: {exc}")
         if not items:
             return
-        items.sort(key=lambda item: item[1].message_id)
+        items.sort(key=lambda item: _lock_order(item[1]))
         outcomes = await self._apply(sub, [env for _, env in items])
         failpoint("consumer.after_commit")
         for (message, env), outcome in zip(items, outcomes, strict=True):
@@ -433,6 +434,16 @@ async def _claim(conn: asyncpg.Connection, queue: str, envs: Sequence[Envelope[A
     else:
         rows = await conn.fetch(_CLAIM_MANY, queue, [e.message_id for e in envs], [e.type for e in envs])
     return {r["message_id"] for r in rows}
+
+
+def _lock_order(env: Envelope[Any]) -> tuple[str, str]:
+    """The order a batch is claimed and applied in: by correlation id (the order a message is
+    about), then message id. Every batch of every queue then takes its rows' locks in the same
+    order: the inbox claims (a duplicate has its original's ids) and the handlers' row locks (an
+    order's row, locked by the messages about it). Two batches that meet on two orders (the
+    order's captures and serials, say, on two queues) no longer take them in opposite orders and
+    deadlock; by message id alone, they did."""
+    return (env.correlation_id or "", env.message_id)
 
 
 def _take(fresh: set[str], message_id: str) -> bool:
