@@ -25,6 +25,14 @@ import aiohttp
 from emeterai_shared.files import locked
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+BACKOFF_MAX_S = 8.0
+"""The longest wait between two tries of one text (``HttpSmsGateway``'s default)."""
+
+
+def masked(phone: str) -> str:
+    """A phone number as logs show it: its last four digits hidden."""
+    return phone[:-4] + "****"
+
 
 class SmsFailed(Exception):
     """The text could not be sent, for good."""
@@ -77,7 +85,7 @@ class HttpSmsGateway:
     """An SMS gateway over HTTP, with timeouts and retries with backoff."""
 
     def __init__(self, url: str, token: str, *, timeout_s: float, attempts: int,
-                 backoff_initial_s: float = 0.5, backoff_max_s: float = 8.0):
+                 backoff_initial_s: float = 0.5, backoff_max_s: float = BACKOFF_MAX_S):
         self.url = url
         self.token = token
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)

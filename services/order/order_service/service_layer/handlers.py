@@ -42,7 +42,7 @@ from order_service.adapters.partner_store import PartnerEventRepository
 from order_service.adapters.partners import PartnerRegistry
 from order_service.adapters.refunds import RefundRepository
 from order_service.adapters.repository import OrderRepository
-from order_service.adapters.sms import SmsFailed, SmsSender
+from order_service.adapters.sms import SmsFailed, SmsSender, masked
 from order_service.domain import partner_events
 from order_service.domain.order import Bill, IllegalTransition, Order, OrderStatus
 from order_service.domain.partner_events import PartnerEvent
@@ -321,7 +321,7 @@ async def on_sms_requested(uow: UnitOfWork, env: Envelope[SmsRequested], sms: Sm
     event = env.body
     if event.expires_at is not None and datetime.now(UTC) >= event.expires_at:
         SMS_SENDS.labels("expired").inc()
-        log.warning("text to %s dropped: its code expired before it could be sent", event.phone[:-4] + "****")
+        log.warning("text to %s dropped: its code expired before it could be sent", masked(event.phone))
         return
     try:
         await sms.send(event.phone, event.text)

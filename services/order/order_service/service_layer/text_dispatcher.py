@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from order_service.adapters.sms import SmsSender
+from order_service.adapters.sms import BACKOFF_MAX_S, SmsSender, masked
 from order_service.adapters.texts import Text, TextOutbox
 from order_service.config import OrderSettings
 from order_service.metrics import SMS_BACKLOG, SMS_OLDEST_AGE, SMS_SENDS
@@ -35,12 +35,6 @@ log = logging.getLogger(__name__)
 MAX_LEASES = 5
 """A text leased this many times without an outcome (its worker kept dying) fails without a send."""
 LEASE_MARGIN_S = 60.0
-BACKOFF_MAX_S = 8.0
-"""The notification adapter's longest wait between tries (``HttpSmsGateway``'s default)."""
-
-
-def _masked(phone: str) -> str:
-    return phone[:-4] + "****"
 
 
 class TextDispatcher:
@@ -86,12 +80,12 @@ class TextDispatcher:
             failed = [(t.id, str(err)) for t, err in zip(live, results, strict=True) if err is not None]
             failed += [(t.id, f"leased {t.attempts - 1} times without an outcome") for t in stale]
             for t in expired:
-                log.warning("text to %s dropped: its code expired before it could be sent", _masked(t.phone))
+                log.warning("text to %s dropped: its code expired before it could be sent", masked(t.phone))
             for t, err in zip(live, results, strict=True):
                 if err is not None:
-                    log.error("text to %s not sent: %s", _masked(t.phone), err)
+                    log.error("text to %s not sent: %s", masked(t.phone), err)
             for t in stale:
-                log.error("text to %s not sent: leased %d times without an outcome", _masked(t.phone),
+                log.error("text to %s not sent: leased %d times without an outcome", masked(t.phone),
                           t.attempts - 1)
             async with self._pool.acquire() as conn:
                 await TextOutbox(conn).finish([t.id for t in sent + expired], failed)
