@@ -11,9 +11,11 @@ polls as a fallback.
 A writer's NOTIFY is skipped while a relay is busy (migration ``003_outbox_wake``: a NOTIFY makes
 the commits that send one wait for each other). The relay takes the "busy" advisory lock on its
 LISTEN connection when it wakes, keeps relaying while rows keep coming (one cheap look between
-batches), and before it sleeps leaves through ``outbox_relay_rest()``, which waits for the writers
-that skipped their NOTIFY and says whether rows are pending: no row is left waiting for the
-polling fallback. Without a LISTEN connection the relay is never busy and writers always notify.
+batches), and before it sleeps leaves through ``outbox_relay_rest()``, which says whether rows are
+pending once no writer that skipped its NOTIFY is still open: no row is left waiting for the
+polling fallback. While such a writer is open the relay does not wait for it (migration
+``005_outbox_rest_never_waits``): it stays busy, relays what others commit and looks again within
+``REST_RETRY_MAX_S``. Without a LISTEN connection the relay is never busy and writers always notify.
 
 * Broker unreachable: nothing is marked, the rows stay pending, the relay sleeps with capped
   exponential backoff (one probe per sleep, never a hot loop) and resumes by itself.
@@ -70,6 +72,11 @@ _CLAIM = """UPDATE outbox SET sent_at = now()
                       created_at, attempts"""
 
 
+REST_RETRY_MAX_S = 0.05
+"""Longest wait of a busy relay between two tries to rest while a writer that skipped its NOTIFY is
+still open (5 ms after a batch, doubling while nothing comes): a row such a writer commits waits at
+most this long."""
+
 _BUSY_LOCK = (1869903970, 1)
 """The "busy" advisory lock (two-int key) of migration ``003_outbox_wake``."""
 _PENDING = "SELECT EXISTS (SELECT 1 FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL)"
@@ -89,6 +96,8 @@ class OutboxRelay:
         self._back_pressured = False
         self._busy = False
         """This relay holds the "busy" lock on its LISTEN connection: writers skip their NOTIFY."""
+        self._rest_refused = 0
+        """Tries to rest in a row that found a writer that skipped its NOTIFY still open."""
 
     async def run(self) -> None:
         """Relay until ``stop()``; survives broker and database outages."""
@@ -129,7 +138,14 @@ class OutboxRelay:
                         if published and await self._pending():
                             continue  # rows came while busy (their writers did not notify)
                         self._wake.clear()  # a NOTIFY received before this is for a row _rest sees
-                        if await self._rest():
+                        if published:
+                            self._rest_refused = 0  # rows flow: look again soon
+                        rested = await self._rest()
+                        if rested is None:  # a writer that skipped its NOTIFY is still open
+                            await self._sleep_until_woken(self._rest_retry_delay())
+                            continue
+                        self._rest_refused = 0
+                        if rested:
                             resting = True
                             continue
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -247,12 +263,18 @@ class OutboxRelay:
         pending: bool = await self._listener.fetchval(_PENDING)
         return pending
 
-    async def _rest(self) -> bool:
-        """Stop being busy; True when rows are pending (written while it was)."""
+    async def _rest(self) -> bool | None:
+        """Stop being busy; True when rows are pending (written while it was). None, still busy,
+        when a writer that skipped its NOTIFY has not committed yet: its row is the relay's to see."""
         assert self._listener is not None
-        self._busy = False
-        pending: bool = await self._listener.fetchval("SELECT outbox_relay_rest()")
+        pending: bool | None = await self._listener.fetchval("SELECT outbox_relay_rest()")
+        self._busy = pending is None
         return pending
+
+    def _rest_retry_delay(self) -> float:
+        self._rest_refused += 1
+        return float(min(REST_RETRY_MAX_S, self._settings.relay_poll_interval_s,
+                   0.005 * 2 ** min(self._rest_refused - 1, 10)))
 
     def _drop_listener(self) -> None:
         if self._listener is not None:

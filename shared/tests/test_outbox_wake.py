@@ -4,7 +4,8 @@ Migration ``003_outbox_wake``: a writer notifies when no relay holds the "busy" 
 does, it skips the NOTIFY and holds the "skipped" lock until it commits; the relay's way out
 (``outbox_relay_rest()``) waits for those writers, then says whether rows are pending.
 Migration ``004_outbox_wake_no_queue``: a writer that meets a relay on its way out notifies
-instead of queueing behind it.
+instead of queueing behind it. Migration ``005_outbox_rest_never_waits``: the relay's way out only
+tries; while a writer that skipped is open it stays busy and says so (NULL) instead of waiting.
 """
 
 import asyncio
@@ -25,7 +26,7 @@ async def fresh(**overrides: Any) -> ServiceSettings:
     return settings
 
 
-async def test_a_writer_skips_its_notify_while_a_relay_is_busy_and_the_relay_waits_for_it(servers: str) -> None:
+async def test_a_writer_skips_its_notify_while_a_relay_is_busy_and_the_relay_stays_busy_for_it(servers: str) -> None:
     settings = await fresh()
     heard: list[str] = []
     listener = await connect_with_retry(settings.database_url)
@@ -54,13 +55,13 @@ async def test_a_writer_skips_its_notify_while_a_relay_is_busy_and_the_relay_wai
         uow.publish(ProbeSent(seq=2))
         await uow.flush()  # the relay is busy: no NOTIFY, the "skipped" lock held until commit
 
-        resting = asyncio.create_task(relay.fetchval("SELECT outbox_relay_rest()"))
-        await eventually(lambda: observer.fetchval(
-            "SELECT NOT granted FROM pg_locks WHERE locktype = 'advisory' AND pid = $1 AND objid = 2",
-            relay.get_server_pid()), message="the resting relay waits for the writer that skipped")
-        assert not resting.done()
+        # The writer is still open: the relay does not wait for it, it stays busy and says so.
+        assert await asyncio.wait_for(relay.fetchval("SELECT outbox_relay_rest()"), timeout=60) is None
+        assert await observer.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $1 AND objid = 1 AND granted",
+            relay.get_server_pid()) == 1  # still "busy": the next writer skips its NOTIFY too
         await transaction.commit()
-        assert await resting is True  # the skipped writer's row, committed while the relay waited
+        assert await relay.fetchval("SELECT outbox_relay_rest()") is True  # the skipped writer's row
         assert await notifications() == 1  # it never notified
 
         async with writer.transaction():  # no relay busy any more: a writer notifies again
@@ -91,38 +92,53 @@ async def test_rows_written_while_the_relay_is_busy_never_wait_for_the_polling_f
 
 
 async def test_a_writer_never_waits_for_a_relay_on_its_way_out(servers: str) -> None:
-    """A resting relay waits for a writer's open transaction; another writer meanwhile neither
-    waits for it (nor for the first writer) nor loses its wake-up: it notifies."""
+    """The instant a relay holds "skipped" on its way out, a writer neither waits for it nor loses
+    its wake-up: it notifies."""
     settings = await fresh()
     heard: list[str] = []
     listener = await connect_with_retry(settings.database_url)
     relay = await connect_with_retry(settings.database_url)
-    held = await connect_with_retry(settings.database_url)
     writer = await connect_with_retry(settings.database_url)
-    observer = await connect_with_retry(settings.database_url)
     try:
         await listener.add_listener("outbox", lambda *_: heard.append("outbox"))
         assert await relay.fetchval("SELECT pg_try_advisory_lock($1, $2)", *BUSY) is True
-        transaction = held.transaction()
-        await transaction.start()
-        uow = UnitOfWork(held)
-        uow.publish(ProbeSent(seq=1))
-        await uow.flush()  # skipped its NOTIFY, holds "skipped" until it commits
-        resting = asyncio.create_task(relay.fetchval("SELECT outbox_relay_rest()"))
-        await eventually(lambda: observer.fetchval(
-            "SELECT NOT granted FROM pg_locks WHERE locktype = 'advisory' AND pid = $1 AND objid = 2",
-            relay.get_server_pid()), message="the resting relay waits for the open transaction")
-
-        async with writer.transaction():  # would queue behind the resting relay with 003
+        assert await relay.fetchval("SELECT pg_try_advisory_lock($1, 2)", BUSY[0]) is True  # inside rest
+        async with writer.transaction():
             uow = UnitOfWork(writer)
             uow.publish(ProbeSent(seq=2))
             await asyncio.wait_for(uow.flush(), timeout=60)
         await listener.fetchval("SELECT 1")
         await asyncio.sleep(0)
         assert heard == ["outbox"]  # it notified instead of waiting
-        assert not resting.done()
-        await transaction.commit()
-        assert await resting is True
     finally:
-        for conn in (listener, relay, held, writer, observer):
+        for conn in (listener, relay, writer):
             await conn.close()
+
+
+async def test_a_transaction_held_open_never_stops_the_relay(servers: str) -> None:
+    """A writer that skipped its NOTIFY and stays open (a slow request, a session left in a
+    transaction) holds "skipped": the relay keeps relaying what others commit meanwhile, and the
+    held row once it commits. Before migration 005 the relay waited for that writer to rest."""
+    settings = await fresh(relay_poll_interval_s=3600.0)
+    async with running(SERVICE, settings, relay=True) as h:
+        async with h.pool.acquire() as held:
+            transaction = held.transaction()
+            await transaction.start()
+            try:
+                # What a writer that met a busy relay holds until it commits.
+                await held.execute("SELECT pg_advisory_xact_lock_shared($1, 2)", BUSY[0])
+                uow = UnitOfWork(held)
+                uow.publish(ProbeSent(seq=10))
+                await uow.flush()
+                for seq in (11, 12):
+                    async with unit_of_work(h.pool) as later:
+                        later.publish(ProbeSent(seq=seq))
+                await eventually(lambda: fetchval(settings, "SELECT count(*) = 2 FROM probe_effects"),
+                                 timeout_s=30, message="the rows committed while one transaction is held open")
+                assert await fetchval(settings, "SELECT count(*) FROM probe_effects WHERE seq = 10") == 0
+            except BaseException:
+                await transaction.rollback()
+                raise
+            await transaction.commit()
+        await eventually(lambda: fetchval(settings, "SELECT count(*) = 3 FROM probe_effects"),
+                         timeout_s=30, message="the held row, once committed")
