@@ -27,6 +27,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -351,8 +352,9 @@ async def run_worker(defn: ServiceDefinition[Any]) -> None:
     stop.set()  # a periodic job that ended by itself stops the worker too: never stay up without it
     await stopping
     log.info("%s worker stopping: %d message(s) in progress", defn.name, consumer.busy)
-    await consumer.stop()
-    await asyncio.gather(*jobs, return_exceptions=True)
+    stopped_at = time.monotonic()
+    await consumer.stop()  # the periodic jobs go on meanwhile: one grace period for both
+    await finish_jobs(jobs, max(1.0, settings.shutdown_grace_s - (time.monotonic() - stopped_at)))
     await side.cleanup()
     await publisher.close()
     await _close(ctx)
@@ -361,6 +363,19 @@ async def run_worker(defn: ServiceDefinition[Any]) -> None:
                      ", ".join(j.get_name() for j in ended),
                      ", ".join("cancelled" if j.cancelled() else repr(j.exception()) for j in ended))
         raise SystemExit(1)
+
+
+async def finish_jobs(jobs: list[asyncio.Task[None]], grace_s: float) -> None:
+    """After the stop: let the periodic jobs end the run in progress, for at most ``grace_s``, then
+    cancel the rest. A run that keeps finding work (texts arriving as fast as they are sent) would
+    otherwise keep a stopped worker up, working, until it is killed."""
+    if not jobs:
+        return
+    _, late = await asyncio.wait(jobs, timeout=grace_s)
+    for job in late:
+        log.warning("%s still running %.0f s after the stop: cancelled", job.get_name(), grace_s)
+        job.cancel()
+    await asyncio.gather(*jobs, return_exceptions=True)
 
 
 async def _every(job: Periodic[Any], ctx: Process[Any], stop: asyncio.Event) -> None:

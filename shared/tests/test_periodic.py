@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from emeterai_shared.runtime import Periodic, _every
+from emeterai_shared.runtime import Periodic, _every, finish_jobs
 
 
 class Flaky:
@@ -59,3 +59,31 @@ async def test_cancelling_the_jobs_own_task_ends_it() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_stopped_worker_cancels_a_job_still_running_after_the_grace_period(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A run that keeps finding work (a text dispatcher while texts come as fast as it sends them)
+    must not keep a stopped worker up, working, until it is killed: after the stop a job gets the
+    grace period to end its run, then it is cancelled (what it leased comes back with the lease)."""
+    stop = asyncio.Event()
+    started = asyncio.Event()
+
+    async def endless(_deps: Any) -> None:
+        started.set()
+        await asyncio.sleep(3600)  # a run that keeps finding work
+
+    async def quick(_deps: Any) -> None:
+        pass
+
+    ctx = SimpleNamespace(settings=None, deps=None)
+    jobs = [asyncio.create_task(_every(Periodic("endless", 0.0, endless), ctx, stop),  # type: ignore[arg-type]
+                                name="periodic endless"),
+            asyncio.create_task(_every(Periodic("quick", 3600.0, quick), ctx, stop),  # type: ignore[arg-type]
+                                name="periodic quick")]
+    await asyncio.wait_for(started.wait(), 60)
+    stop.set()
+    await asyncio.wait_for(finish_jobs(jobs, grace_s=2.0), 60)
+    assert jobs[0].cancelled()
+    assert not jobs[1].cancelled()  # it ended its run by itself at the stop
+    assert "periodic endless still running 2 s after the stop: cancelled" in caplog.text
