@@ -82,6 +82,11 @@ _BUSY_LOCK = (1869903970, 1)
 _PENDING = "SELECT EXISTS (SELECT 1 FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL)"
 
 
+def _doubling(first_s: float, n: int, cap_s: float) -> float:
+    """``first_s`` doubled ``n`` times (at most ten), never past ``cap_s``: the relay's waits."""
+    return min(cap_s, first_s * 2.0 ** min(n, 10))
+
+
 class OutboxRelay:
     def __init__(self, *, pool: asyncpg.Pool, publisher: Publisher, settings: ServiceSettings):
         self._pool = pool
@@ -223,7 +228,7 @@ class OutboxRelay:
         self.consecutive_broker_failures += 1
         RELAY_PUBLISH_ATTEMPTS.labels(self._settings.service_name, "unavailable").inc()
         n = self.consecutive_broker_failures
-        delay = min(self._settings.relay_backoff_max_s, 0.25 * 2 ** min(n, 10))
+        delay = _doubling(0.25, n, self._settings.relay_backoff_max_s)
         delay *= random.uniform(0.8, 1.2)
         log.warning("relay backing off %.1fs (failure %d): %s", delay, n, reason)
         await self._sleep(delay)
@@ -233,7 +238,7 @@ class OutboxRelay:
         again at once (or when a new row is written) would only be refused again."""
         self.back_pressure_streak += 1
         n = self.back_pressure_streak
-        delay = min(self._settings.relay_backoff_max_s, BACK_PRESSURE_MAX_WAIT_S, 0.25 * 2 ** min(n, 10))
+        delay = _doubling(0.25, n, min(self._settings.relay_backoff_max_s, BACK_PRESSURE_MAX_WAIT_S))
         delay *= random.uniform(0.8, 1.2)
         log.info("relay holding back %.2fs (back-pressure, batch %d in a row)", delay, n)
         await self._sleep(delay)
@@ -273,8 +278,7 @@ class OutboxRelay:
 
     def _rest_retry_delay(self) -> float:
         self._rest_refused += 1
-        return float(min(REST_RETRY_MAX_S, self._settings.relay_poll_interval_s,
-                   0.005 * 2 ** min(self._rest_refused - 1, 10)))
+        return _doubling(0.005, self._rest_refused - 1, min(REST_RETRY_MAX_S, self._settings.relay_poll_interval_s))
 
     def _drop_listener(self) -> None:
         if self._listener is not None:

@@ -35,8 +35,6 @@ log = logging.getLogger(__name__)
 MAX_LEASES = 5
 """A text leased this many times without an outcome (its worker kept dying) fails without a send."""
 LEASE_MARGIN_S = 60.0
-TICK_ROUNDS = 4
-"""A tick leases at most this many times ``sms_concurrency`` texts; the next tick goes on."""
 
 
 class TextDispatcher:
@@ -55,12 +53,9 @@ class TextDispatcher:
         return self._in_flight
 
     async def tick(self) -> None:
-        """Lease due texts while there is room, and start sending each lease's batch; at most
-        ``TICK_ROUNDS`` x ``sms_concurrency`` texts per tick, so that a tick ends (and the worker can
-        stop) while texts keep coming as fast as they are sent."""
-        claimed = 0
-        while not self._closing and claimed < TICK_ROUNDS * self._cap:
-            room = min(self._cap - self._in_flight, TICK_ROUNDS * self._cap - claimed)
+        """Lease due texts while there is room, and start sending each lease's batch."""
+        while not self._closing:
+            room = self._cap - self._in_flight
             if room <= 0:
                 return
             async with self._pool.acquire() as conn:
@@ -68,7 +63,6 @@ class TextDispatcher:
             if not batch:
                 return
             self._in_flight += len(batch)
-            claimed += len(batch)
             task = asyncio.create_task(self._send(batch), name="sign-in-texts")
             self._batches.add(task)
             task.add_done_callback(self._batches.discard)
