@@ -51,6 +51,7 @@ browser:
 ## packages: Debian packages beside the servers (nginx-light for the ingress), installed when missing
 packages:
 	@scripts/ensure-packages
+	@scripts/ensure-promtool
 
 venv: .venv/.synced
 
