@@ -83,10 +83,15 @@ class ServiceSettings(BaseSettings):
     prefetch: int = 128
     consumer_concurrency: int = 4
     consumer_batch_max: int = 32
+    consumer_linger_s: float = 0.05
+    """Longest a consumer waits for more deliveries to join a batch that is not full (0: never)."""
     retry_delays_ms: list[int] = Field(default_factory=lambda: [5_000, 30_000, 300_000, 1_800_000])
     shutdown_grace_s: float = 20.0
 
     relay_batch_size: int = 500
+    relay_linger_s: float = 0.05
+    """Wait of a relay between waking (or a batch that was not full) and claiming: the rows
+    committed meanwhile go in the same batch (0: claim at once)."""
     relay_poll_interval_s: float = 1.0
     relay_max_attempts: int = 10
     relay_backoff_max_s: float = 30.0
