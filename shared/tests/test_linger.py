@@ -91,3 +91,14 @@ async def test_a_worker_stops_while_lingering_and_the_delivery_comes_back(server
     async with running(SERVICE, again, relay=False):
         await eventually(lambda: fetchval(settings, "SELECT count(*) = 1 FROM probe_effects WHERE message_id = $1",
                                           message_id), timeout_s=30, message="the delivery, redelivered")
+
+
+async def test_a_batch_never_waits_for_more_than_the_broker_lets_it_hold(servers: str) -> None:
+    """With a prefetch of 2 the broker hands out two deliveries until one is acked: a batch of two
+    is full, whatever ``consumer_batch_max`` says, and goes without lingering."""
+    settings = await fresh(consumer_linger_s=3600.0, consumer_batch_max=32, prefetch=2)
+    async with running(SERVICE, settings, relay=False) as h:
+        channel = await h.connection.channel()
+        await publish_raw(channel, QUEUE, [probe_message(seq, str(uuid.uuid4())) for seq in range(1, 5)])
+        await eventually(lambda: fetchval(settings, "SELECT count(*) = 4 FROM probe_effects"),
+                         timeout_s=30, message="four messages through a prefetch of two, without lingering an hour")

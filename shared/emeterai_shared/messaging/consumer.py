@@ -3,9 +3,10 @@
 Each subscription owns one quorum queue. Deliveries are buffered and taken in small batches by
 ``consumer_concurrency`` loops; a batch is applied in **one** PostgreSQL transaction (commits are
 the scarce resource). One loop at a time gathers a batch, waiting up to ``consumer_linger_s``
-after its first delivery for more while the others apply theirs. A failing handler rolls the batch back, and its messages are then applied
-one transaction each, so one failure does not undo its neighbours; no per-message savepoints
-(they doubled the statements per message: ~25% of the worker's CPU, bench/messaging). Per message:
+after its first delivery for more (never past what the prefetch lets it hold) while the others
+apply theirs. A failing handler rolls the batch back, and its messages are then applied one
+transaction each, so one failure does not undo its neighbours; no per-message savepoints (they
+doubled the statements per message: ~25% of the worker's CPU, bench/messaging). Per message:
 
 1. decode the body for its declared type; undecodable → parking queue at once;
 2. claim ``(queue, message_id)`` in the inbox; a duplicate is acked and ignored. A batch claims
@@ -247,6 +248,9 @@ class Consumer:
 
     async def _loop(self, lane: _Lane) -> None:
         batch_max = max(1, _bound(lane.subscription.batch_max) or self._settings.consumer_batch_max)
+        prefetch = _bound(lane.subscription.prefetch) or self._settings.prefetch
+        if prefetch > 0:  # never more than the broker lets it hold unacked: waiting for more would be in vain
+            batch_max = min(batch_max, prefetch)
         linger_s = self._settings.consumer_linger_s if batch_max > 1 else 0.0
         while True:
             async with lane.forming:
