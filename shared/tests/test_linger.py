@@ -11,23 +11,16 @@ speed; without the linger each message here would go alone.
 import asyncio
 import uuid
 
-from emeterai_shared.config import ServiceSettings
 from emeterai_shared.db import connect_with_retry
 from emeterai_shared.uow import UnitOfWork, unit_of_work
-from emeterai_testkit.fixtures import eventually, fetchval, reset_service, running, settings_for
-from emeterai_testkit.probe import QUEUE, SERVICE, ProbeSent, ProbeSettings
+from emeterai_testkit.fixtures import eventually, fetchval, running
+from emeterai_testkit.probe import QUEUE, SERVICE, ProbeSent
 
-from .test_consumer import probe_message, publish_raw
-
-
-async def fresh(**overrides: object) -> ServiceSettings:
-    settings = settings_for(ProbeSettings, **overrides)
-    await reset_service(SERVICE, settings)
-    return settings
+from .test_consumer import fresh, probe_message, publish_raw
 
 
 async def test_rows_committed_while_the_relay_lingers_go_out_in_its_batch(servers: str) -> None:
-    settings = await fresh(relay_linger_s=3.0, relay_poll_interval_s=3600.0, consumer_linger_s=0.0)
+    settings = await fresh(SERVICE, relay_linger_s=3.0, relay_poll_interval_s=3600.0, consumer_linger_s=0.0)
     writer = await connect_with_retry(settings.database_url)
     try:
         async with writer.transaction():  # pending before the relay starts: it wakes to it
@@ -47,7 +40,7 @@ async def test_rows_committed_while_the_relay_lingers_go_out_in_its_batch(server
 
 
 async def test_deliveries_arriving_while_a_consumer_lingers_share_its_transaction(servers: str) -> None:
-    settings = await fresh(consumer_linger_s=3.0, consumer_concurrency=4)
+    settings = await fresh(SERVICE, consumer_linger_s=3.0, consumer_concurrency=4)
     async with running(SERVICE, settings, relay=False) as h:
         channel = await h.connection.channel()
         await publish_raw(channel, QUEUE, [probe_message(1, str(uuid.uuid4()))])
@@ -61,7 +54,7 @@ async def test_deliveries_arriving_while_a_consumer_lingers_share_its_transactio
 
 
 async def test_a_full_batch_never_waits_for_the_linger(servers: str) -> None:
-    settings = await fresh(consumer_linger_s=3600.0, consumer_batch_max=2)
+    settings = await fresh(SERVICE, consumer_linger_s=3600.0, consumer_batch_max=2)
     async with running(SERVICE, settings, relay=False) as h:
         channel = await h.connection.channel()
         await publish_raw(channel, QUEUE, [probe_message(seq, str(uuid.uuid4())) for seq in (1, 2)])
@@ -70,7 +63,7 @@ async def test_a_full_batch_never_waits_for_the_linger(servers: str) -> None:
 
 
 async def test_a_worker_stops_while_lingering_and_the_delivery_comes_back(servers: str) -> None:
-    settings = await fresh(consumer_linger_s=3600.0)
+    settings = await fresh(SERVICE, consumer_linger_s=3600.0)
     message_id = str(uuid.uuid4())
     async with running(SERVICE, settings, relay=False) as h:
         channel = await h.connection.channel()
@@ -96,7 +89,7 @@ async def test_a_worker_stops_while_lingering_and_the_delivery_comes_back(server
 async def test_a_batch_never_waits_for_more_than_the_broker_lets_it_hold(servers: str) -> None:
     """With a prefetch of 2 the broker hands out two deliveries until one is acked: a batch of two
     is full, whatever ``consumer_batch_max`` says, and goes without lingering."""
-    settings = await fresh(consumer_linger_s=3600.0, consumer_batch_max=32, prefetch=2)
+    settings = await fresh(SERVICE, consumer_linger_s=3600.0, consumer_batch_max=32, prefetch=2)
     async with running(SERVICE, settings, relay=False) as h:
         channel = await h.connection.channel()
         await publish_raw(channel, QUEUE, [probe_message(seq, str(uuid.uuid4())) for seq in range(1, 5)])
