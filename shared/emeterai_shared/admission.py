@@ -29,6 +29,16 @@ return, shed again, cost CPU the admitted requests needed).
 Both refusals that need no more than arithmetic (``overloaded``, and ``busy`` when the line is full
 or too slow) are made by ``Admission.shed_early``, which a route declares so that the HTTP
 middleware runs it first: before a span, the body, the token or the database.
+
+**Newcomers are paced to the progress of those already in** (``Newcomers``). A request that opens a
+new session (a sign-in code, a new account) starts work the platform finishes only several requests
+later; a code, a text and a token cost about a third of a credited order. While this process's slots
+are all taken, admitting every newcomer would spend the capacity on starting applicants instead of
+finishing them (the 4x rush: 40 credited/s during the overload, 141/s once the arrivals stopped). So
+while the gate is full, newcomers pass only at ``newcomer_ratio`` times the rate of progress (orders
+placed in this process), with a burst of ``newcomer_burst``; the others get ``503 busy`` with a
+``Retry-After`` from a line of their own that drains at that rate. With free slots, nobody is paced:
+a burst an idle platform can serve is served.
 """
 
 from __future__ import annotations
@@ -97,6 +107,67 @@ class AdmissionSettings:
     """Requests waiting for a slot in one process (0: ``4 x max_in_flight``); past it ``503 busy``."""
     busy_max_retry_after_s: int = BUSY_MAX_RETRY_AFTER_S
     """Longest ``Retry-After`` of a ``503 busy`` (the callers told to come back are spread over at most this)."""
+    newcomer_ratio: float = 1.25
+    """While every slot is taken, new sessions admitted per unit of progress (0: newcomers are not paced)."""
+    newcomer_floor_per_s: float = 5.0
+    """Newcomers admitted per second while the gate is full, whatever the progress."""
+    newcomer_burst: int = 64
+    """Newcomers admitted at once beyond the pace (the bucket's size)."""
+
+
+PROGRESS_WINDOW_S = 1.0
+"""How often ``Newcomers`` measures the rate of progress (then smoothed)."""
+
+
+class Newcomers:
+    """A token bucket for requests that open a new session, refilled at ``ratio`` times the measured
+    rate of progress (at least ``floor_per_s``), holding at most ``burst``. It refuses only while
+    ``pressed`` (the gate's slots are all taken); admissions while not pressed still take a token,
+    so that a pressed gate starts from what was admitted just before. A refused newcomer is told to
+    come back after those refused before it, at the pace (``ComeBackLine``)."""
+
+    def __init__(self, ratio: float, floor_per_s: float, burst: int,
+                 clock: Callable[[], float] = time.monotonic, max_retry_after_s: int = BUSY_MAX_RETRY_AFTER_S) -> None:
+        self.ratio = ratio
+        self.floor_per_s = floor_per_s
+        self.burst = burst
+        self._clock = clock
+        self.tokens = float(burst)
+        self.progress_per_s = 0.0
+        self._progressed = 0
+        self._window_at = clock()
+        self._filled_at = clock()
+        self.come_back = ComeBackLine(max_retry_after_s, clock)
+
+    @property
+    def pace_per_s(self) -> float:
+        """Newcomers admitted per second while pressed."""
+        return max(self.floor_per_s, self.ratio * self.progress_per_s)
+
+    def progressed(self) -> None:
+        """One unit of progress (an order placed)."""
+        self._progressed += 1
+
+    def _refill(self) -> None:
+        now = self._clock()
+        if now - self._window_at >= PROGRESS_WINDOW_S:
+            rate = self._progressed / (now - self._window_at)
+            self.progress_per_s = rate if self.progress_per_s <= 0 else (
+                SMOOTHING * rate + (1 - SMOOTHING) * self.progress_per_s)
+            self._progressed, self._window_at = 0, now
+        self.tokens = min(float(self.burst), self.tokens + self.pace_per_s * (now - self._filled_at))
+        self._filled_at = now
+
+    def admit(self, pressed: bool) -> None:
+        """Take a token for one newcomer, or raise ``503 busy`` when ``pressed`` and none is left."""
+        if not self.ratio:
+            return
+        self._refill()
+        if pressed and self.tokens < 1:
+            retry = self.come_back.tell(self.pace_per_s)
+            raise shed(503, "busy", "this server is busy finishing the purchases of those already signed in: "
+                       f"come back in {retry} s to start yours; nothing was done", retry)
+        self.tokens = max(0.0, self.tokens - 1)
 
 
 class SlotGate:
@@ -207,6 +278,8 @@ class Admission:
         cap = settings.max_in_flight
         self.gate = SlotGate(cap, settings.queue_wait_s, settings.max_queued or 4 * cap, clock,
                              settings.busy_max_retry_after_s)
+        self.newcomers = Newcomers(settings.newcomer_ratio, settings.newcomer_floor_per_s, settings.newcomer_burst,
+                                   clock, settings.busy_max_retry_after_s)
 
     def observe(self, sample: Sample) -> None:
         rate = sample.drained / sample.window_s if sample.window_s > 0 else 0.0
@@ -258,6 +331,17 @@ class Admission:
         self.check()
         if self.gate.refuses():
             raise self.gate.refusal()
+
+    def shed_newcomer_early(self) -> None:
+        """``shed_early`` for a request that opens a new session: then, while every slot of this
+        process is taken, the newcomers' pace (``Newcomers``). Arithmetic only."""
+        self.shed_early()
+        gate = self.gate
+        self.newcomers.admit(pressed=bool(gate.capacity) and (gate.busy >= gate.capacity or gate.queued > 0))
+
+    def progressed(self) -> None:
+        """Count one unit of progress (an order placed), which paces the newcomers."""
+        self.newcomers.progressed()
 
     def admit(self, *, counts: bool = True) -> None:
         """Admit one new item, or raise ``503 overloaded`` with ``Retry-After``. ``counts=False``

@@ -79,6 +79,13 @@ class ServiceSettings(BaseSettings):
     """Requests one api process keeps waiting for a slot (default 4 x the in-flight cap)."""
     admission_busy_max_retry_after_s: int = 30
     """Longest ``Retry-After`` of a ``503 busy`` (refused callers are spread over the time they need)."""
+    admission_newcomer_ratio: float = 1.25
+    """While every front-door slot of an api process is taken, requests that open a new session
+    (sign-in codes, new accounts) are admitted at this many per order placed there (0: not paced)."""
+    admission_newcomer_floor_per_s: float = 5.0
+    """Newcomers admitted per second and process while the slots are full, whatever the orders."""
+    admission_newcomer_burst: int = 64
+    """Newcomers admitted at once beyond that pace."""
 
     prefetch: int = 128
     consumer_concurrency: int = 4
@@ -118,7 +125,10 @@ class ServiceSettings(BaseSettings):
                                  unknown_retry_after_s=self.admission_unknown_retry_after_s,
                                  max_in_flight=self.admission_max_in_flight or 4 * self.db_pool_max,
                                  queue_wait_s=self.admission_queue_wait_s, max_queued=self.admission_max_queued,
-                                 busy_max_retry_after_s=self.admission_busy_max_retry_after_s)
+                                 busy_max_retry_after_s=self.admission_busy_max_retry_after_s,
+                                 newcomer_ratio=self.admission_newcomer_ratio,
+                                 newcomer_floor_per_s=self.admission_newcomer_floor_per_s,
+                                 newcomer_burst=self.admission_newcomer_burst)
 
     def default(self, **values: object) -> None:
         """Give each named setting its value unless the environment (or the caller) set it: for

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from emeterai_shared.admission import Admission, AdmissionSettings, Sample, SlotGate
+from emeterai_shared.admission import Admission, AdmissionSettings, Newcomers, Sample, SlotGate
 from emeterai_shared.http import ApiError, create_app
 
 
@@ -420,3 +420,85 @@ async def test_past_http_max_in_flight_the_refused_come_back_at_the_rate_the_pro
         assert (await client.get("/slow")).headers["Retry-After"] == "2"  # (6 - 4 + 1) / 2/s
         release.set()
         assert [(await t).status for t in held] == [200, 200]
+
+
+# --- newcomers paced to the progress of those already in ------------------------------------------
+
+
+def paced(now: list[float], **settings: float) -> Admission:
+    return Admission("test", _never, AdmissionSettings(**settings), clock=lambda: now[0])  # type: ignore[arg-type]
+
+
+def newcomers_admitted(gate: Admission, tries: int) -> tuple[int, list[ApiError]]:
+    admitted, refused = 0, []
+    for _ in range(tries):
+        try:
+            gate.shed_newcomer_early()
+            admitted += 1
+        except ApiError as exc:
+            refused.append(exc)
+    return admitted, refused
+
+
+def test_with_a_free_slot_newcomers_are_never_paced() -> None:
+    now = [0.0]
+    gate = paced(now, min_limit=10_000, max_in_flight=4, newcomer_ratio=1.0, newcomer_floor_per_s=1, newcomer_burst=8)
+    gate.gate.busy = 3  # one slot free
+    assert newcomers_admitted(gate, 500) == (500, [])  # an idle platform's burst is served whole
+
+
+def test_while_every_slot_is_taken_newcomers_pass_at_the_pace_of_the_orders_placed() -> None:
+    now = [0.0]
+    gate = paced(now, min_limit=10_000, max_in_flight=4, newcomer_ratio=1.25, newcomer_floor_per_s=2,
+                 newcomer_burst=10)
+    gate.gate.busy, gate.gate.hold_s = 4, 0.1  # every slot taken
+    admitted, refused = newcomers_admitted(gate, 30)
+    assert admitted == 10 and len(refused) == 20  # the burst, then nothing until the bucket refills
+    assert {(e.status, e.code) for e in refused} == {(503, "busy")}
+    now[0] += 1.0  # a second without an order: the floor, 2/s
+    assert newcomers_admitted(gate, 10)[0] == 2
+    for _ in range(5):  # orders placed at 40/s for 5 s: the pace rises to 1.25 x 40/s
+        for _ in range(40):
+            gate.progressed()
+        now[0] += 1.0
+        newcomers_admitted(gate, 1_000)
+    assert gate.newcomers.progress_per_s == pytest.approx(40)
+    now[0] += 0.2  # 0.2 s at 50/s
+    assert newcomers_admitted(gate, 100)[0] == 10
+    gate.gate.busy = 3  # a slot is free again: nobody is paced
+    assert newcomers_admitted(gate, 100)[0] == 100
+
+
+def test_refused_newcomers_come_back_spread_out_at_the_pace() -> None:
+    now = [0.0]
+    gate = paced(now, min_limit=10_000, max_in_flight=1, newcomer_ratio=1.0, newcomer_floor_per_s=4,
+                 newcomer_burst=1, busy_max_retry_after_s=30)
+    gate.gate.busy, gate.gate.hold_s = 1, 0.001  # the slot is taken; the gate itself would still serve fast
+    admitted, refused = newcomers_admitted(gate, 13)
+    assert admitted == 1
+    assert [int(e.headers["Retry-After"]) for e in refused] == [1] * 4 + [2] * 4 + [3] * 4  # at 4/s
+
+
+def test_newcomer_pacing_can_be_turned_off_and_orders_are_never_paced() -> None:
+    now = [0.0]
+    off = paced(now, min_limit=10_000, max_in_flight=1, newcomer_ratio=0, newcomer_burst=1)
+    off.gate.busy = 1
+    assert newcomers_admitted(off, 50) == (50, [])
+    on = paced(now, min_limit=10_000, max_in_flight=1, newcomer_ratio=1, newcomer_floor_per_s=1, newcomer_burst=1)
+    on.gate.busy, on.gate.hold_s = 1, 0.001
+    newcomers_admitted(on, 5)
+    on.shed_early()  # an order (a request of someone already in) is not paced by the newcomers' bucket
+
+
+def test_newcomers_measure_progress_in_windows_and_smooth_it() -> None:
+    now = [0.0]
+    pace = Newcomers(ratio=2.0, floor_per_s=1.0, burst=5, clock=lambda: now[0])
+    assert pace.pace_per_s == 1.0  # nothing measured: the floor
+    for _ in range(30):
+        pace.progressed()
+    now[0] += 1.0
+    pace.admit(pressed=False)
+    assert pace.progress_per_s == pytest.approx(30) and pace.pace_per_s == pytest.approx(60)  # the first as it is
+    now[0] += 1.0
+    pace.admit(pressed=False)  # a second without progress lowers it by the smoothing weight only
+    assert 0 < pace.progress_per_s < 30

@@ -532,11 +532,21 @@ def _shed_early(deps: OrderDeps) -> None:
     deps.admission.shed_early()
 
 
+def _shed_newcomer_early(deps: OrderDeps) -> None:
+    """``_shed_early`` for a request that opens a new session (a sign-in code, a new account): while
+    this process's slots are all taken, newcomers are also paced to the orders placed here, so that
+    the capacity goes to finishing the purchases already started (``admission.Newcomers``)."""
+    deps.admission.shed_newcomer_early()
+
+
 async def place_order(request: web.Request, deps: OrderDeps) -> web.Response:
     caller = _caller(request, deps)  # the route's _shed_early has run: the token is verified only if admitted
     deps.limits.enforce(caller)
     async with deps.admission.slot():
-        return await _place_order(request, deps, caller)
+        response = await _place_order(request, deps, caller)
+    if response.status == 202:
+        deps.admission.progressed()  # paces the newcomers while the slots are full
+    return response
 
 
 async def _place_order(request: web.Request, deps: OrderDeps, caller: Caller) -> web.Response:
@@ -710,9 +720,11 @@ def routes(router: Router[OrderDeps]) -> None:
         request=AccountRequest, tags=["accounts"], parameters=[idempotency.header_parameter(required=False)],
         responses={201: ("account created", AccountCreated),
                    400: ("malformed_json, too_deeply_nested, or invalid_idempotency_key", None),
-                   422: ("invalid_request (fields), or idempotency_key_reused", None)},
+                   422: ("invalid_request (fields), or idempotency_key_reused", None),
+                   503: ("overloaded, or busy: this process is finishing the purchases already started and admits "
+                         "new accounts at their pace; Retry-After", None)},
         links={201: {"PlaceOrder": {"operationId": "post_v1_orders", "description": "the token authorizes orders"}}},
-    ), create_account)
+    ), create_account, shed_early=_shed_newcomer_early)
     router.add(Operation(
         "GET", "/v1/pricing", "What a stamp costs: the duty and our fee, per stamp, and which payment methods "
         "take new orders now (public)", tags=["orders"],
@@ -805,7 +817,8 @@ def routes(router: Router[OrderDeps]) -> None:
 
 def _signin_routes(router: Router[OrderDeps]) -> None:
     shed = ("overloaded (the platform's order backlog is past what it drains in the target wait; sign-ins add "
-            "nothing to it) or busy; Retry-After", None)
+            "nothing to it) or busy (this process's line for a slot is full; or, for a code, it is finishing the "
+            "purchases already started and sends codes at their pace); Retry-After", None)
     signed_in = {"PlaceOrder": {"operationId": "post_v1_orders", "description": "the token authorizes orders"}}
     router.add(Operation(
         "POST", "/v1/auth/otp", "Send a one-time sign-in code to a phone (same answer for every phone)",
@@ -816,7 +829,7 @@ def _signin_routes(router: Router[OrderDeps]) -> None:
                    429: ("rate_limited: too many codes for this phone (1 per 30 s, 5 per hour) or from this address "
                          "(20 per 10 min); Retry-After and retry_after_s", None),
                    503: shed},
-    ), request_code, shed_early=_shed_early)
+    ), request_code, shed_early=_shed_newcomer_early)
     router.add(Operation(
         "POST", "/v1/auth/token", "Sign in with the phone's code: the account of that phone (created on first sign-in)",
         request=SignInRequest, tags=["accounts"],

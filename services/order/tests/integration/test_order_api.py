@@ -637,6 +637,33 @@ async def test_a_full_line_sheds_the_front_doors_before_their_body_or_token_is_r
         assert (await error_of(resp, 400))["code"] == "malformed_json"
 
 
+async def test_while_every_slot_is_taken_new_sessions_are_paced_before_anything_is_read(api: Api) -> None:
+    """Sign-in codes and new accounts open sessions whose purchases the platform finishes only
+    requests later: while every slot is taken they pass at the pace of the orders placed (here none:
+    the floor, next to nothing) after a burst, and the rest get ``503 busy`` before their body is
+    read, changing nothing. With a slot free they pass again."""
+    settings = api.settings.model_copy(update={"admission_max_in_flight": 1, "admission_newcomer_burst": 2,
+                                               "admission_newcomer_floor_per_s": 0.001})
+    async with api.serve(settings, api.deps.pool) as (client, deps):
+        gate = deps.admission.gate
+        gate.busy, gate.hold_s = 1, 0.001  # the one slot is taken; its line is empty and fast
+        before = await api.val("SELECT count(*) FROM accounts")
+        malformed = {"data": b"{not json", "headers": {"Content-Type": "application/json"}}
+        for _ in range(2):  # the burst: admitted, and then refused for its own fault
+            assert (await error_of(await client.post("/v1/accounts", **malformed), 400))["code"] == "malformed_json"
+        refused = [await client.post("/v1/auth/otp", **malformed),
+                   await client.post("/v1/accounts", json={"name": "Siti", "phone": "+6281234567891"})]
+        for resp in refused:
+            error = await error_of(resp, 503)
+            assert error["code"] == "busy" and "finishing the purchases" in error["message"]
+            assert int(resp.headers["Retry-After"]) == error["retry_after_s"] >= 1
+        assert await api.val("SELECT count(*) FROM accounts") == before
+        gate.busy = 0  # a slot is free: nobody is paced
+        resp = await client.post("/v1/accounts", json={"name": "Siti", "phone": "+6281234567891"})
+        assert resp.status == 201
+        assert await api.val("SELECT count(*) FROM accounts") == before + 1
+
+
 async def test_an_idempotency_key_given_must_be_visible_ascii(api: Api) -> None:
     """As the published pattern says: an empty key is not "no key", and a key is 1-200 visible ASCII."""
     before = await api.val("SELECT count(*) FROM accounts")
