@@ -2,7 +2,9 @@
 
 Brings the platform up when it is not running (``bench.rush.platform``), measures the raw
 database-commit and broker-confirm ceilings on a scratch database and vhost, then simulates
-applicants (asyncio + aiohttp, one bounded connection pool) in three phases, so that each tier's
+applicants (asyncio + aiohttp, one bounded connection pool: ``--connections-per-host`` 128; give it
+one connection per applicant in flight, as phones have, to measure a long overload; the generator
+runs at ``--generator-nice`` -5 once the platform is up) in three phases, so that each tier's
 capacity is measured alone and together:
 
 a. **purchases** (2/3 of the buyers): each applicant signs in with a code sent to its phone
