@@ -36,7 +36,8 @@ later; a code, a text and a token cost about a third of a credited order. While 
 are all taken, admitting every newcomer would spend the capacity on starting applicants instead of
 finishing them (the 4x rush: 40 credited/s during the overload, 141/s once the arrivals stopped). So
 while the gate is full, newcomers pass only at ``newcomer_ratio`` times the rate of progress (orders
-placed in this process), with a burst of ``newcomer_burst``; the others get ``503 busy`` with a
+placed in this process), beyond a burst of ``newcomer_burst`` (by default as many as the gate holds
+in its slots and line); the others get ``503 busy`` with a
 ``Retry-After`` from a line of their own that drains at that rate. With free slots, nobody is paced:
 a burst an idle platform can serve is served.
 """
@@ -56,7 +57,7 @@ import asyncpg
 from aiohttp import web
 
 from emeterai_shared.http import BUSY_MAX_RETRY_AFTER_S, ApiError, ComeBackLine, retry_at, shed, smoothed
-from emeterai_shared.telemetry import ADMISSION_BACKLOG, ADMISSION_DRAIN, ADMISSION_LIMIT
+from emeterai_shared.telemetry import ADMISSION_BACKLOG, ADMISSION_DRAIN, ADMISSION_LIMIT, ADMISSION_NEWCOMER_PACE
 
 log = logging.getLogger(__name__)
 SMOOTHING = 0.3
@@ -111,8 +112,9 @@ class AdmissionSettings:
     """While every slot is taken, new sessions admitted per unit of progress (0: newcomers are not paced)."""
     newcomer_floor_per_s: float = 5.0
     """Newcomers admitted per second while the gate is full, whatever the progress."""
-    newcomer_burst: int = 64
-    """Newcomers admitted at once beyond the pace (the bucket's size)."""
+    newcomer_burst: int = 0
+    """Newcomers admitted at once beyond the pace (the bucket's size; 0: the gate's slots plus its
+    line, so that a burst the gate can hold is never paced)."""
 
 
 PROGRESS_WINDOW_S = 1.0
@@ -278,8 +280,9 @@ class Admission:
         cap = settings.max_in_flight
         self.gate = SlotGate(cap, settings.queue_wait_s, settings.max_queued or 4 * cap, clock,
                              settings.busy_max_retry_after_s)
-        self.newcomers = Newcomers(settings.newcomer_ratio, settings.newcomer_floor_per_s, settings.newcomer_burst,
-                                   clock, settings.busy_max_retry_after_s)
+        self.newcomers = Newcomers(settings.newcomer_ratio, settings.newcomer_floor_per_s,
+                                   settings.newcomer_burst or cap + self.gate.max_queued, clock,
+                                   settings.busy_max_retry_after_s)
 
     def observe(self, sample: Sample) -> None:
         rate = sample.drained / sample.window_s if sample.window_s > 0 else 0.0
@@ -296,6 +299,7 @@ class Admission:
         ADMISSION_BACKLOG.labels(self.service).set(self.backlog)
         ADMISSION_LIMIT.labels(self.service).set(self.limit)
         ADMISSION_DRAIN.labels(self.service).set(self.drain_per_s)
+        ADMISSION_NEWCOMER_PACE.labels(self.service).set(self.newcomers.pace_per_s)
 
     def retry_after(self) -> int | None:
         """None when one more item is admitted now, else the seconds to wait (at least 1)."""

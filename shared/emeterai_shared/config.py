@@ -84,8 +84,9 @@ class ServiceSettings(BaseSettings):
     (sign-in codes, new accounts) are admitted at this many per order placed there (0: not paced)."""
     admission_newcomer_floor_per_s: float = 5.0
     """Newcomers admitted per second and process while the slots are full, whatever the orders."""
-    admission_newcomer_burst: int = 64
-    """Newcomers admitted at once beyond that pace."""
+    admission_newcomer_burst: int = 0
+    """Newcomers admitted at once beyond that pace (default: the in-flight cap plus its line, 160
+    for the order api: a burst the slots and the line can hold is never paced)."""
 
     prefetch: int = 128
     consumer_concurrency: int = 4

@@ -244,6 +244,9 @@ ADMISSION_LIMIT = Gauge("emeterai_admission_limit", "Backlog past which new work
                         ["service"])
 ADMISSION_DRAIN = Gauge("emeterai_admission_drain_per_second", "Measured drain rate of the admitted work",
                         ["service"])
+ADMISSION_NEWCOMER_PACE = Gauge(
+    "emeterai_admission_newcomer_pace_per_second",
+    "New sessions one api process admits per second while its front-door slots are all taken", ["service"])
 IN_FLIGHT = Gauge("emeterai_http_in_flight", "HTTP requests being answered by this process", ["service"])
 HTTP_REQUESTS = Counter(
     "emeterai_http_requests_total", "HTTP requests by route and status", ["service", "route", "method", "status"]

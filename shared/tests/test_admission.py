@@ -502,3 +502,16 @@ def test_newcomers_measure_progress_in_windows_and_smooth_it() -> None:
     now[0] += 1.0
     pace.admit(pressed=False)  # a second without progress lowers it by the smoothing weight only
     assert 0 < pace.progress_per_s < 30
+
+
+def test_by_default_a_burst_the_gate_can_hold_is_never_paced_and_the_pace_is_exported() -> None:
+    from emeterai_shared.telemetry import ADMISSION_NEWCOMER_PACE
+
+    now = [0.0]
+    gate = Admission("pace-test", _never, AdmissionSettings(min_limit=10_000, max_in_flight=4, newcomer_ratio=1.0,
+                                                            newcomer_floor_per_s=3), clock=lambda: now[0])
+    assert gate.newcomers.burst == 4 + 16  # the slots and the line (4 x the slots)
+    gate.gate.busy, gate.gate.hold_s = 4, 0.1
+    assert newcomers_admitted(gate, 25)[0] == 20
+    gate.observe(Sample(backlog=0, drained=0, window_s=10))
+    assert ADMISSION_NEWCOMER_PACE.labels("pace-test")._value.get() == 3.0  # no orders yet: the floor
