@@ -154,8 +154,7 @@ class Newcomers:
         now = self._clock()
         if now - self._window_at >= PROGRESS_WINDOW_S:
             rate = self._progressed / (now - self._window_at)
-            self.progress_per_s = rate if self.progress_per_s <= 0 else (
-                SMOOTHING * rate + (1 - SMOOTHING) * self.progress_per_s)
+            self.progress_per_s = smoothed(self.progress_per_s, rate, SMOOTHING)
             self._progressed, self._window_at = 0, now
         self.tokens = min(float(self.burst), self.tokens + self.pace_per_s * (now - self._filled_at))
         self._filled_at = now

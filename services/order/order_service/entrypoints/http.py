@@ -721,8 +721,9 @@ def routes(router: Router[OrderDeps]) -> None:
         responses={201: ("account created", AccountCreated),
                    400: ("malformed_json, too_deeply_nested, or invalid_idempotency_key", None),
                    422: ("invalid_request (fields), or idempotency_key_reused", None),
-                   503: ("overloaded, or busy: this process is finishing the purchases already started and admits "
-                         "new accounts at their pace; Retry-After", None)},
+                   503: ("overloaded (the platform's order backlog is past what it drains in the target wait), busy "
+                         "(this process is finishing the purchases already started and admits new accounts at their "
+                         "pace), or unavailable (the database is out of reach); Retry-After", None)},
         links={201: {"PlaceOrder": {"operationId": "post_v1_orders", "description": "the token authorizes orders"}}},
     ), create_account, shed_early=_shed_newcomer_early)
     router.add(Operation(
@@ -818,7 +819,8 @@ def routes(router: Router[OrderDeps]) -> None:
 def _signin_routes(router: Router[OrderDeps]) -> None:
     shed = ("overloaded (the platform's order backlog is past what it drains in the target wait; sign-ins add "
             "nothing to it) or busy (this process's line for a slot is full; or, for a code, it is finishing the "
-            "purchases already started and sends codes at their pace); Retry-After", None)
+            "purchases already started and sends codes at their pace), or unavailable (the database is out of "
+            "reach); Retry-After", None)
     signed_in = {"PlaceOrder": {"operationId": "post_v1_orders", "description": "the token authorizes orders"}}
     router.add(Operation(
         "POST", "/v1/auth/otp", "Send a one-time sign-in code to a phone (same answer for every phone)",
