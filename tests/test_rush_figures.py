@@ -13,7 +13,7 @@ from bench.rush.figures import (
     sustained_rate,
     sustained_window,
 )
-from bench.rush.platform import MetricsScraper
+from bench.rush.platform import MetricsScraper, ProcessSampler, Sample
 
 T0 = datetime(2026, 12, 7, tzinfo=UTC)
 
@@ -99,3 +99,37 @@ def test_a_plateau_shorter_than_two_windows_has_no_steady_goodput() -> None:
     assert figures["goodput_ratio"] is None
     assert "8.0 s" in figures["why"]
     assert figures["transient_goodput_ratio"] is not None
+
+
+def test_the_sustained_window_starts_at_saturation_when_the_ramp_outlasts_the_first_tenth() -> None:
+    # a ramp of 40 events over 20 s, then 100 events one every 0.05 s from 20 s on: the 10th
+    # percentile falls in the ramp, whose rate was the load's, not the platform's
+    ramp = [T0 + timedelta(seconds=n / 2) for n in range(40)]
+    busy = [T0 + timedelta(seconds=20 + n / 20) for n in range(100)]
+    times = ramp + busy
+    saturated = T0 + timedelta(seconds=20)
+    start, end, inside = sustained_window(times, not_before=saturated) or (T0, T0, 0)
+    assert start == saturated
+    assert sustained_rate(times, not_before=saturated) == round(inside / (end - start).total_seconds(), 1)
+    assert sustained_rate(times, not_before=saturated) > 15 > sustained_rate(times)
+    # saturation before the 10th percentile changes nothing; so does one too late to leave ten events
+    early = T0 + timedelta(seconds=1)
+    assert sustained_window(times, not_before=early) == sustained_window(times)
+    late = T0 + timedelta(seconds=25.9)
+    assert sustained_window(times, not_before=late) == sustained_window(times)
+
+
+def test_cpu_between_interpolates_between_the_samples() -> None:
+    sampler = ProcessSampler({})
+    # two processes and the machine, sampled every second: order-api at 0.5 cores, postgresql idle
+    # for 2 s then at 1.0 core, the machine as their sum
+    for t in range(6):
+        pg = max(0.0, t - 2.0)
+        sampler.samples.append(Sample(at=float(t), rss={}, tree_rss={},
+                                      cpu={"order-api": 0.5 * t, "postgresql": pg}, machine_busy_s=0.5 * t + pg))
+    # from 2.5 s to 4.5 s: inside samples, not widened to them
+    cores = sampler.cpu_between(2.5, 4.5)
+    assert cores == {"postgresql": 1.0, "order-api": 0.5, "machine_busy": 1.5}
+    # the window is clamped to what was sampled
+    assert sampler.cpu_between(-3.0, 1.0) == {"order-api": 0.5, "machine_busy": 0.5}
+    assert ProcessSampler({}).cpu_between(0.0, 1.0) == {}

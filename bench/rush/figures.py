@@ -8,6 +8,7 @@ databases (``emeterai_<svc>`` by default, per their settings), joined across ser
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -35,24 +36,32 @@ def percentiles(values: Sequence[float]) -> dict[str, float | int | None]:
     return {"p50": rank(0.50), "p95": rank(0.95), "p99": rank(0.99), "n": len(ordered)}
 
 
-def sustained_rate(times: Sequence[datetime], *, low: float = 0.1, high: float = 0.9) -> float:
+def sustained_rate(times: Sequence[datetime], *, low: float = 0.1, high: float = 0.9,
+                   not_before: datetime | None = None) -> float:
     """Events per second between the ``low`` and ``high`` quantiles of their times (the ramp-up
-    and the tail left out): the rate the platform kept up while it was busy."""
-    if len(times) < 10:
+    and the tail left out), and from ``not_before`` on when given (the moment the platform
+    saturated: on a machine fast enough that the ramp-up outlasts the first tenth of the events, the
+    rate of the ramp is the load's, not the platform's): the rate the platform kept up while busy."""
+    window = sustained_window(times, low=low, high=high, not_before=not_before)
+    if window is None:
         return 0.0
-    ordered = sorted(times)
-    i, j = int(low * (len(ordered) - 1)), int(high * (len(ordered) - 1))
-    span = (ordered[j] - ordered[i]).total_seconds()
-    return round((j - i) / span, 1) if span > 0 else 0.0
+    start, end, inside = window
+    return round(inside / (end - start).total_seconds(), 1)
 
 
-def sustained_window(times: Sequence[datetime], *, low: float = 0.1,
-                     high: float = 0.9) -> tuple[datetime, datetime, int] | None:
-    """The window ``sustained_rate`` measures (first and last event counted, events inside)."""
+def sustained_window(times: Sequence[datetime], *, low: float = 0.1, high: float = 0.9,
+                     not_before: datetime | None = None) -> tuple[datetime, datetime, int] | None:
+    """The window ``sustained_rate`` measures (first and last event counted, events inside). With
+    ``not_before``, it starts at the first event from then on if that is later than the ``low``
+    quantile, as long as ten events are left before the ``high`` one; otherwise at the quantile."""
     if len(times) < 10:
         return None
     ordered = sorted(times)
     i, j = int(low * (len(ordered) - 1)), int(high * (len(ordered) - 1))
+    if not_before is not None:
+        later = bisect.bisect_left(ordered, not_before)
+        if i < later <= j - 10:
+            i = later
     return (ordered[i], ordered[j], j - i) if ordered[j] > ordered[i] else None
 
 
