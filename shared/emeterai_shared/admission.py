@@ -3,9 +3,10 @@
 Each api process samples, about once a second, the service's **backlog** (work accepted and not
 yet done, counted in its database, hence across every process) and how much work was **drained**
 in a recent window. The admission limit is the backlog the platform drains within
-``target_wait_s`` at the measured rate (smoothed, never below ``min_limit``): it follows the
-drain rate instead of a fixed number, so a slower tier (fewer workers, a slow bank) lowers it
-and scaling a tier raises it. Past the limit a new request gets ``503 overloaded`` with
+``target_wait_s`` at the measured rate (never below ``min_limit``; ``drain_estimate``: a higher
+rate is taken at once, a lower one, smoothed, only while work waits, since a tier that keeps up
+drains what arrives rather than what it can): it follows the drain rate instead of a fixed
+number, so a slower tier (fewer workers, a slow bank) lowers it and scaling a tier raises it. Past the limit a new request gets ``503 overloaded`` with
 ``Retry-After``: the time the excess takes to drain at the measured rate. The check itself is
 arithmetic on the last sample, so shedding costs nothing while the back tiers drain.
 
@@ -115,6 +116,26 @@ class AdmissionSettings:
     newcomer_burst: int = 0
     """Newcomers admitted at once beyond the pace (the bucket's size; 0: the gate's slots plus its
     line, so that a burst the gate can hold is never paced)."""
+
+
+SATURATED_S = 1.0
+"""A tier is behind when more work waits than it drains in this long at the rate just measured."""
+
+
+def drain_estimate(previous: float, rate: float, backlog: int) -> float:
+    """What the back tier drains per second, from the rate just measured (``rate``) and the work
+    waiting (``backlog``). A tier that keeps up drains what arrives, not what it can: its rate is a
+    floor of its capacity, not a measure of it. So a rate above the estimate is taken as it is (the
+    tier was seen to drain that much: the first rate, or a burst after an idle spell, whose first
+    rate averaged with the idle spell's would be understated and shed the burst against a limit a
+    fraction of what the tier drains), and a lower rate lowers the estimate (smoothed) only while
+    the tier is behind (``SATURATED_S``): a stalled or slowed tier with work waiting. An idle tier
+    keeps its estimate."""
+    if rate >= previous:
+        return rate
+    if backlog > rate * SATURATED_S:
+        return smoothed(previous, rate, SMOOTHING)
+    return previous
 
 
 PROGRESS_WINDOW_S = 1.0
@@ -285,9 +306,7 @@ class Admission:
 
     def observe(self, sample: Sample) -> None:
         rate = sample.drained / sample.window_s if sample.window_s > 0 else 0.0
-        # the first rate measured is taken as it is (averaging it with "unknown" would understate it)
-        self.drain_per_s = rate if self.sampled_at is None or self.drain_per_s <= 0 else (
-            SMOOTHING * rate + (1 - SMOOTHING) * self.drain_per_s)
+        self.drain_per_s = drain_estimate(self.drain_per_s, rate, sample.backlog)
         self.limit = max(self._settings.min_limit, int(self.drain_per_s * self._settings.target_wait_s))
         now = self._clock()
         if self.sampled_at is not None:

@@ -93,6 +93,27 @@ def test_when_a_tier_that_drained_stops_the_wait_grows_to_the_longest_retry_afte
     assert gate.retry_after() == 42
 
 
+def test_a_tier_that_keeps_up_or_idles_keeps_its_drain_rate_and_a_burst_is_measured_at_once() -> None:
+    """A tier that keeps up drains what arrives, not what it can: its rate never lowers the limit.
+    The stamping rush: after the purchases (stamping idle, a few warm-up documents) every applicant
+    uploads at once; averaging the burst's first rate with the idle spell's told uploads to come
+    back after 60 s while the workers then drained the rest in 24 s and idled."""
+    gate = admission(target_wait_s=30, min_limit=50)
+    gate.observe(Sample(backlog=0, drained=20, window_s=10))  # warm-up: 2/s
+    for _ in range(60):
+        gate.observe(Sample(backlog=0, drained=0, window_s=10))  # idle: nothing waits, nothing drains
+    assert gate.drain_per_s == pytest.approx(2)
+    gate.observe(Sample(backlog=900, drained=100, window_s=1))  # the burst drains 100/s
+    assert gate.drain_per_s == pytest.approx(100)
+    assert gate.limit == 3000 and gate.retry_after() is None  # 900 waiting are 9 s of work: admitted
+    for _ in range(10):
+        gate.observe(Sample(backlog=3, drained=200, window_s=10))  # keeps up with 20/s arriving
+    assert gate.drain_per_s == pytest.approx(100)
+    for _ in range(40):
+        gate.observe(Sample(backlog=500, drained=200, window_s=10))  # behind at 20/s: the estimate falls
+    assert gate.drain_per_s == pytest.approx(20, rel=1e-3)
+
+
 def test_the_rate_counts_only_the_part_of_the_window_in_which_work_was_finishing() -> None:
     assert Sample.measured(0, 80, 10.0, 2.0).window_s == 2.0  # 40/s since draining began 2 s ago
     assert Sample.measured(0, 80, 10.0, 25.0).window_s == 10.0
