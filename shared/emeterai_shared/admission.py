@@ -6,9 +6,10 @@ in a recent window. The admission limit is the backlog the platform drains withi
 ``target_wait_s`` at the measured rate (never below ``min_limit``; ``drain_estimate``: a higher
 rate is taken at once, a lower one, smoothed, only while work waits, since a tier that keeps up
 drains what arrives rather than what it can): it follows the drain rate instead of a fixed
-number, so a slower tier (fewer workers, a slow bank) lowers it and scaling a tier raises it. Past the limit a new request gets ``503 overloaded`` with
-``Retry-After``: the time the excess takes to drain at the measured rate. The check itself is
-arithmetic on the last sample, so shedding costs nothing while the back tiers drain.
+number, so a slower tier (fewer workers, a slow bank) lowers it and scaling a tier raises it.
+Past the limit a new request gets ``503 overloaded`` with ``Retry-After``: the time the excess
+takes to drain at the measured rate. The check itself is arithmetic on the last sample, so
+shedding costs nothing while the back tiers drain.
 
 Between samples each process adds what it admitted itself to the sampled backlog; N api
 processes can overshoot the limit by what they admit in one sample interval.
@@ -41,6 +42,15 @@ placed in this process), beyond a burst of ``newcomer_burst`` (by default as man
 in its slots and line); the others get ``503 busy`` with a
 ``Retry-After`` from a line of their own that drains at that rate. With free slots, nobody is paced:
 a burst an idle platform can serve is served.
+
+**That line is honest**: each refused newcomer also gets a place in it, a single-use ticket in the
+cookie ``emeterai_line`` (``QUEUE_COOKIE``: HttpOnly, SameSite=Strict, path ``/v1``), which a browser
+sends back by itself. Coming back with it when told (``Retry-After``, or up to ``TICKET_GRACE_S``
+later), the newcomer is let in before those arriving fresh, whose tokens it takes (the bucket may go
+into debt). Without the ticket, returning callers drew again against every fresh arrival: in a
+four-fold overload a newcomer needed about five tries, each a refusal the platform answered. A
+ticket is good only in the process that gave it (each has its own line); elsewhere its holder
+counts as fresh.
 """
 
 from __future__ import annotations
@@ -49,16 +59,24 @@ import asyncio
 import contextlib
 import logging
 import math
+import secrets
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from http.cookies import SimpleCookie
 
 import asyncpg
 from aiohttp import web
 
 from emeterai_shared.http import BUSY_MAX_RETRY_AFTER_S, ApiError, ComeBackLine, retry_at, shed, smoothed
-from emeterai_shared.telemetry import ADMISSION_BACKLOG, ADMISSION_DRAIN, ADMISSION_LIMIT, ADMISSION_NEWCOMER_PACE
+from emeterai_shared.telemetry import (
+    ADMISSION_BACKLOG,
+    ADMISSION_DRAIN,
+    ADMISSION_LIMIT,
+    ADMISSION_NEWCOMER_PACE,
+    ADMISSION_NEWCOMER_TICKETS,
+)
 
 log = logging.getLogger(__name__)
 SMOOTHING = 0.3
@@ -140,6 +158,14 @@ def drain_estimate(previous: float, rate: float, backlog: int) -> float:
 
 PROGRESS_WINDOW_S = 1.0
 """How often ``Newcomers`` measures the rate of progress (then smoothed)."""
+QUEUE_COOKIE = "emeterai_line"
+"""The cookie holding a refused newcomer's place in the line (a ticket)."""
+TICKET_GRACE_S = 30.0
+"""How long after the time it was told a ticket still lets its holder in first."""
+TICKET_EARLY_S = 1.0
+"""How much earlier than told a ticket is honoured (clocks and timers are not exact)."""
+MAX_TICKETS = 100_000
+"""Tickets outstanding in one process at most (past it, refused newcomers get none)."""
 
 
 class Newcomers:
@@ -161,6 +187,16 @@ class Newcomers:
         self._window_at = clock()
         self._filled_at = clock()
         self.come_back = ComeBackLine(max_retry_after_s, clock)
+        self._tickets: dict[str, float] = {}
+        """Ticket -> the time from which it lets its holder in (monotonic)."""
+        self._expiring: deque[tuple[float, str]] = deque()
+        """(expiry, ticket) in the order given, to forget those never used."""
+
+    @property
+    def tickets(self) -> int:
+        """Places given to refused newcomers, not yet used or expired."""
+        self._forget_expired(self._clock())
+        return len(self._tickets)
 
     @property
     def pace_per_s(self) -> float:
@@ -180,16 +216,59 @@ class Newcomers:
         self.tokens = min(float(self.burst), self.tokens + self.pace_per_s * (now - self._filled_at))
         self._filled_at = now
 
-    def admit(self, pressed: bool) -> None:
-        """Take a token for one newcomer, or raise ``503 busy`` when ``pressed`` and none is left."""
+    def admit(self, pressed: bool, ticket: str | None = None, *, secure: bool = False) -> None:
+        """Take a token for one newcomer, or raise ``503 busy`` when ``pressed`` and none is left,
+        with a place in the line (``QUEUE_COOKIE``, ``secure``: only over HTTPS). A ``ticket`` this
+        line gave, presented when told, lets its holder in first (used up)."""
         if not self.ratio:
             return
         self._refill()
+        if ticket and self._redeem(ticket):
+            self.tokens -= 1  # into debt if need be: those who waited go before the fresh arrivals
+            return
         if pressed and self.tokens < 1:
             retry = self.come_back.tell(self.pace_per_s)
-            raise shed(503, "busy", "this server is busy finishing the purchases of those already signed in: "
-                       f"come back in {retry} s to start yours; nothing was done", retry)
+            refusal = shed(503, "busy", "this server is busy finishing the purchases of those already signed in: "
+                           f"come back in {retry} s to start yours (your place is kept); nothing was done", retry)
+            place = self._give(retry, secure)
+            if place is not None:
+                refusal.headers["Set-Cookie"] = place
+            raise refusal
         self.tokens = max(0.0, self.tokens - 1)
+
+    def _redeem(self, ticket: str) -> bool:
+        now = self._clock()
+        self._forget_expired(now)
+        ready = self._tickets.get(ticket)
+        if ready is None or now < ready - TICKET_EARLY_S:
+            return False  # not ours, used, expired, or too early (then kept for later)
+        del self._tickets[ticket]
+        return True
+
+    def _give(self, retry_s: int, secure: bool) -> str | None:
+        """A new place in the line, usable ``retry_s`` from now: its ``Set-Cookie`` header value."""
+        now = self._clock()
+        self._forget_expired(now)
+        if len(self._tickets) >= MAX_TICKETS:
+            return None
+        ticket = secrets.token_urlsafe(16)
+        self._tickets[ticket] = now + retry_s
+        self._expiring.append((now + retry_s + TICKET_GRACE_S, ticket))
+        cookie: SimpleCookie = SimpleCookie()
+        cookie[QUEUE_COOKIE] = ticket
+        morsel = cookie[QUEUE_COOKIE]
+        morsel["max-age"] = str(int(retry_s + TICKET_GRACE_S))
+        morsel["path"] = "/v1"
+        morsel["httponly"] = True
+        morsel["samesite"] = "Strict"
+        if secure:
+            morsel["secure"] = True
+        return morsel.OutputString()
+
+    def _forget_expired(self, now: float) -> None:
+        while self._expiring and self._expiring[0][0] <= now:
+            _, ticket = self._expiring.popleft()
+            self._tickets.pop(ticket, None)
 
 
 class SlotGate:
@@ -318,6 +397,7 @@ class Admission:
         ADMISSION_LIMIT.labels(self.service).set(self.limit)
         ADMISSION_DRAIN.labels(self.service).set(self.drain_per_s)
         ADMISSION_NEWCOMER_PACE.labels(self.service).set(self.newcomers.pace_per_s)
+        ADMISSION_NEWCOMER_TICKETS.labels(self.service).set(self.newcomers.tickets)
 
     def retry_after(self) -> int | None:
         """None when one more item is admitted now, else the seconds to wait (at least 1)."""
@@ -354,12 +434,14 @@ class Admission:
         if self.gate.refuses():
             raise self.gate.refusal()
 
-    def shed_newcomer_early(self) -> None:
+    def shed_newcomer_early(self, ticket: str | None = None, *, secure: bool = False) -> None:
         """``shed_early`` for a request that opens a new session: then, while every slot of this
-        process is taken, the newcomers' pace (``Newcomers``). Arithmetic only."""
+        process is taken, the newcomers' pace (``Newcomers``), with the caller's place in their line
+        (``ticket``, from the ``QUEUE_COOKIE`` cookie) if it has one. Arithmetic only."""
         self.shed_early()
         gate = self.gate
-        self.newcomers.admit(pressed=bool(gate.capacity) and (gate.busy >= gate.capacity or gate.queued > 0))
+        self.newcomers.admit(pressed=bool(gate.capacity) and (gate.busy >= gate.capacity or gate.queued > 0),
+                             ticket=ticket, secure=secure)
 
     def progressed(self) -> None:
         """Count one unit of progress (an order placed), which paces the newcomers."""

@@ -89,16 +89,17 @@ class Router(Generic[DepsT]):
         self.spec = spec
 
     def add(self, op: Operation, handler: Endpoint[DepsT], *,
-            shed_early: Callable[[DepsT], None] | None = None) -> None:
+            shed_early: Callable[[DepsT, web.Request], None] | None = None) -> None:
         """``shed_early``: refusals a front door makes by arithmetic alone (``Admission.shed_early``),
-        which the HTTP middleware runs before anything else (``http.SHED_EARLY``)."""
+        which the HTTP middleware runs before anything else (``http.SHED_EARLY``); it sees the
+        request's headers (a cookie, say), never its body."""
         async def endpoint(request: web.Request) -> web.StreamResponse:
             return await handler(request, request.app[DEPENDENCIES])
 
         endpoint.__name__ = getattr(handler, "__name__", op.id)
         if shed_early is not None:
             def early(request: web.Request) -> None:
-                shed_early(request.app[DEPENDENCIES])
+                shed_early(request.app[DEPENDENCIES], request)
 
             setattr(endpoint, SHED_EARLY, early)
         self.app.router.add_route(op.method, op.path, endpoint)

@@ -247,6 +247,10 @@ ADMISSION_DRAIN = Gauge("emeterai_admission_drain_per_second", "Measured drain r
 ADMISSION_NEWCOMER_PACE = Gauge(
     "emeterai_admission_newcomer_pace_per_second",
     "New sessions one api process admits per second while its front-door slots are all taken", ["service"])
+ADMISSION_NEWCOMER_TICKETS = Gauge(
+    "emeterai_admission_newcomer_tickets",
+    "Places in the newcomers' line one api process has given refused newcomers and not yet seen used or expired",
+    ["service"])
 IN_FLIGHT = Gauge("emeterai_http_in_flight", "HTTP requests being answered by this process", ["service"])
 HTTP_REQUESTS = Counter(
     "emeterai_http_requests_total", "HTTP requests by route and status", ["service", "route", "method", "status"]

@@ -391,7 +391,8 @@ async def test_a_route_s_early_shedding_runs_before_its_handler_reads_or_authent
     app = create_app("early", max_body_bytes=1024)
     app[DEPENDENCIES] = gate
     router: Router[Admission] = Router(app, None)
-    router.add(Operation("POST", "/front", "a front door"), handler, shed_early=lambda deps: deps.shed_early())
+    router.add(Operation("POST", "/front", "a front door"), handler,
+               shed_early=lambda deps, _request: deps.shed_early())
     router.add(Operation("POST", "/other", "not a front door"), handler)
     shed_before = SHED.labels("early", "/front", "503")._value.get()
     async with TestClient(TestServer(app)) as client:
@@ -536,3 +537,76 @@ def test_by_default_a_burst_the_gate_can_hold_is_never_paced_and_the_pace_is_exp
     assert newcomers_admitted(gate, 25)[0] == 20
     gate.observe(Sample(backlog=0, drained=0, window_s=10))
     assert ADMISSION_NEWCOMER_PACE.labels("pace-test")._value.get() == 3.0  # no orders yet: the floor
+
+
+def _ticket(refusal: ApiError) -> str:
+    from http.cookies import SimpleCookie
+
+    from emeterai_shared.admission import QUEUE_COOKIE
+
+    cookie: SimpleCookie = SimpleCookie(refusal.headers["Set-Cookie"])
+    morsel = cookie[QUEUE_COOKIE]
+    assert morsel["httponly"] and morsel["samesite"] == "Strict" and morsel["path"] == "/v1"
+    assert int(morsel["max-age"]) == int(refusal.headers["Retry-After"]) + 30
+    return morsel.value
+
+
+def test_a_refused_newcomer_who_comes_back_when_told_goes_before_fresh_arrivals() -> None:
+    """The newcomers' line is honest: a refused newcomer gets its place (a ticket in a cookie), and
+    coming back with it when told is let in ahead of those arriving fresh, once."""
+    from emeterai_shared.telemetry import ADMISSION_NEWCOMER_TICKETS
+
+    now = [0.0]
+    gate = Admission("ticket-test", _never, AdmissionSettings(
+        min_limit=10_000, max_in_flight=1, newcomer_ratio=1.0, newcomer_floor_per_s=2, newcomer_burst=1,
+        busy_max_retry_after_s=30), clock=lambda: now[0])
+    gate.gate.busy, gate.gate.hold_s = 1, 0.001  # the slot is taken: newcomers are paced at 2/s
+    admitted, refused = newcomers_admitted(gate, 5)
+    assert admitted == 1 and len(refused) == 4
+    tickets = [_ticket(e) for e in refused]
+    assert len(set(tickets)) == 4
+    assert [int(e.headers["Retry-After"]) for e in refused] == [1, 1, 2, 2]
+    gate.observe(Sample(backlog=0, drained=0, window_s=10))
+    assert ADMISSION_NEWCOMER_TICKETS.labels("ticket-test")._value.get() == 4
+    # half a second early by its clock is on time; a forged ticket counts as fresh and is refused, and
+    # one shown more than a second early is refused but kept for its time
+    now[0] += 0.5
+    gate.shed_newcomer_early(tickets[0])
+    with pytest.raises(ApiError):
+        gate.shed_newcomer_early("not-a-ticket")
+    with pytest.raises(ApiError):
+        gate.shed_newcomer_early(tickets[2])
+    # a second later the token goes to the one told to come back, not to a fresh arrival
+    now[0] += 1.0
+    gate.shed_newcomer_early(tickets[1])
+    with pytest.raises(ApiError) as fresh:
+        gate.shed_newcomer_early()
+    assert int(fresh.value.headers["Retry-After"]) >= 2  # behind the line
+    with pytest.raises(ApiError):
+        gate.shed_newcomer_early(tickets[1])  # a ticket is used once
+    # those told to come back are let in even past the tokens (one refills in 0.5 s at 2/s: two come)
+    now[0] += 0.5
+    gate.shed_newcomer_early(tickets[2])
+    gate.shed_newcomer_early(tickets[3])
+    with pytest.raises(ApiError):
+        gate.shed_newcomer_early()  # the debt is the fresh arrivals' to wait out
+    assert gate.newcomers.tickets == 5  # the places of the five refused since the first four
+    # unused places are forgotten once their grace has passed
+    now[0] += 60.0
+    assert gate.newcomers.tickets == 0
+    gate.shed_newcomer_early()  # the bucket refilled meanwhile: its one token
+    with pytest.raises(ApiError):
+        gate.shed_newcomer_early(_ticket(fresh.value))  # expired: no better than none
+
+
+def test_with_a_free_slot_a_ticket_is_not_needed_and_https_tickets_are_secure() -> None:
+    now = [0.0]
+    gate = paced(now, min_limit=10_000, max_in_flight=1, newcomer_ratio=1.0, newcomer_floor_per_s=1, newcomer_burst=1)
+    gate.gate.busy, gate.gate.hold_s = 1, 0.001
+    gate.shed_newcomer_early()
+    with pytest.raises(ApiError) as refused:
+        gate.shed_newcomer_early(secure=True)
+    assert "Secure" in refused.value.headers["Set-Cookie"]
+    gate.gate.busy = 0  # a free slot: everybody passes, with a ticket or without
+    gate.shed_newcomer_early()
+    gate.shed_newcomer_early("whatever")

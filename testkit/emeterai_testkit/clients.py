@@ -2,7 +2,8 @@
 
 - ``Client``: every request of an applicant. A ``429``/``503`` is waited out for its
   ``Retry-After`` and the same request (the same ``Idempotency-Key``) sent again, as a
-  well-behaved client does; lost connections (and, with ``retry_server_errors``, other 5xx)
+  well-behaved client does, with the cookies the refusal set (a place in the newcomers' line, as a
+  browser sends it back; never another caller's); lost connections (and, with ``retry_server_errors``, other 5xx)
   after a capped backoff. Every answer is counted in ``Stats`` (by class, by route and status).
 - ``Bank``: the partner bank's SNAP calls through a ``Client`` (its token kept and renewed).
 - ``Buyer``: register or sign in with a phone code, order, follow an order: what cross-service
@@ -176,15 +177,19 @@ class Client:
         url = self.urls[service] + path
         deadline = deadline if deadline is not None else self.deadline
         lost = failed = 0  # lost connections; 5xx answers retried
+        place: str | None = None  # the cookies a refusal set (a place in a line), sent with the retries
         while True:
             if deadline is not None and time.monotonic() > deadline:
                 raise Refused(f"{route}: no answer other than 429/503/5xx before the deadline")
             started = time.monotonic()
+            sent = headers if place is None else {**(headers or {}), "Cookie": place}
             try:
-                async with self.session.request(method, url, json=json, headers=headers,
+                async with self.session.request(method, url, json=json, headers=sent,
                                                 data=data() if data is not None else raw) as r:
                     text = await r.text()
                     status, answer_headers = r.status, dict(r.headers)
+                    if status in SHED and r.cookies:  # as a browser keeps them for the same caller
+                        place = "; ".join(f"{name}={morsel.value}" for name, morsel in r.cookies.items())
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self.stats.statuses[f"{route} {type(exc).__name__}"] += 1
                 self.stats.record(route, "error", "transport", started, f"{type(exc).__name__}: {exc}")

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from emeterai_shared import idempotency, pagination
+from emeterai_shared.admission import QUEUE_COOKIE
 from emeterai_shared.auth import Caller, caller_from_request
 from emeterai_shared.http import NO_NUL, ApiError, Operation, preferred_media_type, read_json, respond, shed
 from emeterai_shared.runtime import Router
@@ -443,10 +444,14 @@ async def create_account(request: web.Request, deps: OrderDeps) -> web.Response:
     return respond(answer, status=201)
 
 
+def _secure(request: web.Request) -> bool:
+    """Whether the request came over HTTPS (directly or as the ingress says): cookies set Secure."""
+    return request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
+
+
 def _refresh_cookie(response: web.Response, request: web.Request, value: str, max_age: int) -> None:
-    secure = request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
-    response.set_cookie(REFRESH_COOKIE, value, max_age=max_age, path="/v1/auth", httponly=True, secure=secure,
-                        samesite="Strict")
+    response.set_cookie(REFRESH_COOKIE, value, max_age=max_age, path="/v1/auth", httponly=True,
+                        secure=_secure(request), samesite="Strict")
 
 
 def _signed_in(request: web.Request, session: signin.Session, deps: OrderDeps) -> web.Response:
@@ -526,17 +531,18 @@ async def pricing(_: web.Request, deps: OrderDeps) -> web.Response:
                    headers={"Cache-Control": "public, max-age=5"})
 
 
-def _shed_early(deps: OrderDeps) -> None:
+def _shed_early(deps: OrderDeps, _request: web.Request) -> None:
     """The front doors' refusals by arithmetic alone (``overloaded``, ``busy``), run by the HTTP
     middleware before the span, the body or the token: shedding must cost next to nothing."""
     deps.admission.shed_early()
 
 
-def _shed_newcomer_early(deps: OrderDeps) -> None:
+def _shed_newcomer_early(deps: OrderDeps, request: web.Request) -> None:
     """``_shed_early`` for a request that opens a new session (a sign-in code, a new account): while
     this process's slots are all taken, newcomers are also paced to the orders placed here, so that
-    the capacity goes to finishing the purchases already started (``admission.Newcomers``)."""
-    deps.admission.shed_newcomer_early()
+    the capacity goes to finishing the purchases already started; a refused newcomer keeps its place
+    in their line in a cookie, and coming back with it when told goes first (``admission.Newcomers``)."""
+    deps.admission.shed_newcomer_early(request.cookies.get(QUEUE_COOKIE), secure=_secure(request))
 
 
 async def place_order(request: web.Request, deps: OrderDeps) -> web.Response:

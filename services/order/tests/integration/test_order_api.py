@@ -664,6 +664,44 @@ async def test_while_every_slot_is_taken_new_sessions_are_paced_before_anything_
         assert await api.val("SELECT count(*) FROM accounts") == before + 1
 
 
+async def test_a_paced_newcomer_keeps_its_place_and_coming_back_with_it_goes_first(api: Api) -> None:
+    """A refused newcomer gets its place in the newcomers' line in a cookie (HttpOnly, SameSite=Strict,
+    path /v1); coming back with it when told, it is let in while fresh arrivals are still refused,
+    and only once."""
+    from emeterai_shared.admission import QUEUE_COOKIE
+
+    settings = api.settings.model_copy(update={"admission_max_in_flight": 1, "admission_newcomer_burst": 1,
+                                               "admission_newcomer_floor_per_s": 0.001,
+                                               "admission_busy_max_retry_after_s": 1})
+    async with api.serve(settings, api.deps.pool) as (client, deps):
+        gate = deps.admission.gate
+        gate.busy, gate.hold_s = 1, 0.001  # the one slot is taken for the whole test
+        before = await api.val("SELECT count(*) FROM accounts")
+        malformed = {"data": b"{not json", "headers": {"Content-Type": "application/json"}}
+        assert (await error_of(await client.post("/v1/accounts", **malformed), 400))["code"] == "malformed_json"
+        siti = {"name": "Siti", "phone": "+6281234567892"}
+        refused = await client.post("/v1/accounts", json=siti)
+        assert (await error_of(refused, 503))["code"] == "busy"
+        assert refused.headers["Retry-After"] == "1"  # told to come back in a second (the cap here)
+        place = refused.cookies[QUEUE_COOKIE]
+        assert place["httponly"] and place["samesite"] == "Strict" and place["path"] == "/v1" and not place["secure"]
+        ticket = {"Cookie": f"{QUEUE_COOKIE}={place.value}"}
+        jar = client.session.cookie_jar  # the test client keeps cookies as a browser does: each request here
+        jar.clear()                      # is a different caller's, so none carries another's place
+        fresh = await client.post("/v1/accounts", json={"name": "Budi", "phone": "+6281234567893"})
+        assert (await error_of(fresh, 503))["code"] == "busy"  # no token for a fresh arrival
+        jar.clear()
+        back = await client.post("/v1/accounts", json=siti, headers=ticket)
+        assert back.status == 201  # its place: in, the slot still taken and no token left
+        jar.clear()
+        again = await client.post("/v1/accounts", json={"name": "Ani", "phone": "+6281234567894"}, headers=ticket)
+        assert (await error_of(again, 503))["code"] == "busy"  # a place is used once
+        assert await api.val("SELECT count(*) FROM accounts") == before + 1
+        jar.clear()
+        secure = await client.post("/v1/accounts", json=siti, headers={"X-Forwarded-Proto": "https"})
+        assert secure.cookies[QUEUE_COOKIE]["secure"]  # over HTTPS (as the ingress says) the place is Secure
+
+
 async def test_an_idempotency_key_given_must_be_visible_ascii(api: Api) -> None:
     """As the published pattern says: an empty key is not "no key", and a key is 1-200 visible ASCII."""
     before = await api.val("SELECT count(*) FROM accounts")

@@ -188,7 +188,7 @@ async def get_quota(request: web.Request, deps: StampingDeps) -> web.Response:
                              serials_available=quota.serials_available))
 
 
-def _shed_early(deps: StampingDeps) -> None:
+def _shed_early(deps: StampingDeps, _request: web.Request) -> None:
     """Uploads' refusals by arithmetic alone (``overloaded``, ``busy``), run by the HTTP middleware
     before the span, the body or the token: shedding must cost next to nothing."""
     try:
