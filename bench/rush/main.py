@@ -764,6 +764,7 @@ def build_report(run: Run, *, buyers: int, split: dict[str, int], ceiling: dict[
         },
         "shed": {"total": stats.answers["shed"], "429": stats.shed["429"], "503": stats.shed["503"],
                  "by_route": dict(stats.shed_by_route),
+                 "by_reason": dict(stats.shed_by_reason.most_common()),
                  "retry_after_s": {route: {"p50": _quantile(v, 0.5), "max": max(v), "min": min(v)}
                                    for route, v in sorted(stats.retry_after_s.items())},
                  "missing_retry_after": dict(stats.missing_retry_after)},

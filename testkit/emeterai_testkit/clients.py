@@ -78,6 +78,14 @@ class Answer:
         return ""
 
 
+def _reason(body: Any) -> str:
+    """A refusal's code and its message up to the first colon (what follows holds its numbers)."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return "(no error body)"
+    return f"{error.get('code')}: {str(error.get('message', '')).split(':', 1)[0][:80]}"
+
+
 def retry_after_s(headers: Mapping[str, str], default: float = 1.0) -> float:
     """The ``Retry-After`` of an answer in seconds (``default`` without a usable one), bounded."""
     try:
@@ -100,6 +108,9 @@ class Stats:
     answers: Counter[str] = field(default_factory=Counter)       # "2xx", "shed", "expected", "error"
     shed: Counter[str] = field(default_factory=Counter)          # "429" / "503"
     shed_by_route: Counter[str] = field(default_factory=Counter)
+    shed_by_reason: Counter[str] = field(default_factory=Counter)
+    """``"<route> <status> <code>: <why>"``: the refusal's code and its message up to the first colon
+    (which refusal it was: the process's in-flight cap, its line for a slot, the newcomers' pace, ...)."""
     errors: Counter[str] = field(default_factory=Counter)        # "<route> <status|transport>"
     expected: Counter[str] = field(default_factory=Counter)      # "<route> <SNAP code>"
     error_bodies: list[dict[str, Any]] = field(default_factory=list)
@@ -211,6 +222,7 @@ class Client:
                     self.stats.unhinted[f"{route} {status}"] += 1
                     if self.require_retry_after:
                         raise Refused(f"{route}: {status} without Retry-After: {text[:200]}")
+                self.stats.shed_by_reason[f"{route} {status} {_reason(body)}"] += 1
                 if on_shed is not None:
                     on_shed(answer)
                 await asyncio.sleep(retry_after_s(answer_headers) * random.uniform(1.0, 1.2))

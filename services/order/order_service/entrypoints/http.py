@@ -444,6 +444,14 @@ async def create_account(request: web.Request, deps: OrderDeps) -> web.Response:
     return respond(answer, status=201)
 
 
+QUEUE_PLACE = {"name": QUEUE_COOKIE, "in": "cookie", "required": False, "schema": {"type": "string", "maxLength": 64},
+               "description": "a place in the newcomers' line, set by a 503 busy of this route (HttpOnly, "
+                              "SameSite=Strict, path /v1; single use): sent back when told (Retry-After, or up to "
+                              "30 s later), the request goes before those arriving fresh. Browsers send it by "
+                              "themselves; any other value counts as none"}
+"""The cookie parameter of the routes that open a session (``admission.Newcomers``)."""
+
+
 def _secure(request: web.Request) -> bool:
     """Whether the request came over HTTPS (directly or as the ingress says): cookies set Secure."""
     return request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
@@ -723,13 +731,15 @@ def routes(router: Router[OrderDeps]) -> None:
                   "parameters": {"order_id": "$response.body#/order_id"}}
     router.add(Operation(
         "POST", "/v1/accounts", "Create a buyer account and its bearer token",
-        request=AccountRequest, tags=["accounts"], parameters=[idempotency.header_parameter(required=False)],
+        request=AccountRequest, tags=["accounts"],
+        parameters=[idempotency.header_parameter(required=False), QUEUE_PLACE],
         responses={201: ("account created", AccountCreated),
                    400: ("malformed_json, too_deeply_nested, or invalid_idempotency_key", None),
                    422: ("invalid_request (fields), or idempotency_key_reused", None),
                    503: ("overloaded (the platform's order backlog is past what it drains in the target wait), busy "
                          "(this process is finishing the purchases already started and admits new accounts at their "
-                         "pace), or unavailable (the database is out of reach); Retry-After", None)},
+                         "pace: Set-Cookie emeterai_line keeps the caller's place for when it comes back), or "
+                         "unavailable (the database is out of reach); Retry-After", None)},
         links={201: {"PlaceOrder": {"operationId": "post_v1_orders", "description": "the token authorizes orders"}}},
     ), create_account, shed_early=_shed_newcomer_early)
     router.add(Operation(
@@ -825,12 +835,12 @@ def routes(router: Router[OrderDeps]) -> None:
 def _signin_routes(router: Router[OrderDeps]) -> None:
     shed = ("overloaded (the platform's order backlog is past what it drains in the target wait; sign-ins add "
             "nothing to it) or busy (this process's line for a slot is full; or, for a code, it is finishing the "
-            "purchases already started and sends codes at their pace), or unavailable (the database is out of "
-            "reach); Retry-After", None)
+            "purchases already started and sends codes at their pace: Set-Cookie emeterai_line keeps the caller's "
+            "place for when it comes back), or unavailable (the database is out of reach); Retry-After", None)
     signed_in = {"PlaceOrder": {"operationId": "post_v1_orders", "description": "the token authorizes orders"}}
     router.add(Operation(
         "POST", "/v1/auth/otp", "Send a one-time sign-in code to a phone (same answer for every phone)",
-        request=CodeRequest, tags=["accounts"],
+        request=CodeRequest, tags=["accounts"], parameters=[QUEUE_PLACE],
         responses={202: ("a code is on its way by SMS (if the limits allow, whether or not an account exists)",
                          CodeSent),
                    422: ("invalid_request (fields)", None),
