@@ -444,7 +444,7 @@ async def create_account(request: web.Request, deps: OrderDeps) -> web.Response:
     return respond(answer, status=201)
 
 
-QUEUE_PLACE = {"name": QUEUE_COOKIE, "in": "cookie", "required": False, "schema": {"type": "string", "maxLength": 64},
+QUEUE_PLACE = {"name": QUEUE_COOKIE, "in": "cookie", "required": False, "schema": {"type": "string"},
                "description": "a place in the newcomers' line, set by a 503 busy of this route (HttpOnly, "
                               "SameSite=Strict, path /v1; single use): sent back when told (Retry-After, or up to "
                               "30 s later), the request goes before those arriving fresh. Browsers send it by "
