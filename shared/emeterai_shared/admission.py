@@ -47,10 +47,10 @@ a burst an idle platform can serve is served.
 cookie ``emeterai_line`` (``QUEUE_COOKIE``: HttpOnly, SameSite=Strict, path ``/v1``), which a browser
 sends back by itself. Coming back with it when told (``Retry-After``, or up to ``TICKET_GRACE_S``
 later), the newcomer is let in before those arriving fresh, whose tokens it takes (the bucket may go
-into debt). Without the ticket, returning callers drew again against every fresh arrival: in a
-four-fold overload a newcomer needed about five tries, each a refusal the platform answered. A
-ticket is good only in the process that gave it (each has its own line); elsewhere its holder
-counts as fresh.
+into debt). Without the ticket, a returning caller drew again against every fresh arrival, and
+each draw lost was one more refusal to answer. A ticket is good only in the process that gave it
+(each has its own line); elsewhere its holder counts as fresh. The other refusals (a full line
+for a slot, the in-flight cap, ``overloaded``) give no place.
 """
 
 from __future__ import annotations
