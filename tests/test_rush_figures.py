@@ -133,3 +133,23 @@ def test_cpu_between_interpolates_between_the_samples() -> None:
     # the window is clamped to what was sampled
     assert sampler.cpu_between(-3.0, 1.0) == {"order-api": 0.5, "machine_busy": 0.5}
     assert ProcessSampler({}).cpu_between(0.0, 1.0) == {}
+
+
+def test_the_overload_report_gives_the_cpu_of_the_two_windows_it_compares() -> None:
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from bench.rush.main import overload_cpu
+
+    sampler = ProcessSampler({})
+    # the load generator at 0.2 cores for 10 s, then at 0.6; the order api at 1.5, then 1.0
+    for t in range(21):
+        bench = 0.2 * t if t <= 10 else 2.0 + 0.6 * (t - 10)
+        api = 1.5 * t if t <= 10 else 15.0 + 1.0 * (t - 10)
+        sampler.samples.append(Sample(at=float(t), rss={}, tree_rss={}, cpu={"bench": bench, "order-api": api},
+                                      machine_busy_s=bench + api))
+    figures = overload_cpu(cast(Any, SimpleNamespace(sampler=sampler)), {"best": (2.0, 8.0), "last": (13.0, 19.0)})
+    assert figures["cpu_cores_best_window"] == {"order-api": 1.5, "bench": 0.2, "machine_busy": 1.7}
+    assert figures["cpu_cores_last_window"] == {"order-api": 1.0, "bench": 0.6, "machine_busy": 1.6}
+    assert "load generator 0.2 → 0.6 cores, platform 1.5 → 1.0" in figures["cores_best_to_last"]
+    assert overload_cpu(cast(Any, SimpleNamespace(sampler=sampler)), None) == {}

@@ -347,10 +347,18 @@ async def phase_purchase(run: Run, applicants: list[Applicant]) -> dict[str, Any
     # the peak over windows as long as the overload window, so that both are measured alike
     peak_rate, peak_at = moving_peak(fulfilled_times, args.overload_window_s)
     overload: dict[str, Any] = {"reached": False, "why": "too few applicants to reach the overload rate"}
+    overload_windows: dict[str, tuple[float, float]] | None = None
     if plateau_start is not None:
         plateau_rate = round(rate, 1)
         figures = overload_goodput(fulfilled_times, plateau_start=clock.at(plateau_start),
                                    last_arrival=clock.at(last_arrival), window_s=args.overload_window_s)
+        # the two windows the steady goodput compares, in monotonic time (for their CPU by process)
+        _, best_end = moving_peak([t for t in fulfilled_times if t <= clock.at(last_arrival)],
+                                  args.overload_window_s)
+        if best_end is not None:
+            best_mono = clock.mono + (best_end - clock.db).total_seconds()
+            overload_windows = {"best": (best_mono - args.overload_window_s, best_mono),
+                                "last": (last_arrival - args.overload_window_s, last_arrival)}
         peak_arriving = figures["peak_while_arriving_per_s"]
         overload = {
             "reached": True, "offered_per_s": plateau_rate,
@@ -381,7 +389,7 @@ async def phase_purchase(run: Run, applicants: list[Applicant]) -> dict[str, Any
         "payment_to_credited_all": percentiles(list(latencies.values())),
         "capture_to_paid": percentiles([(credited["paid"][o] - credited["captured"][o]).total_seconds()
                                         for o in credited["paid"] if o in credited["captured"]]),
-        "overload": overload, "applicants_cancelled": left,
+        "overload": overload, "applicants_cancelled": left, "_overload_windows": overload_windows,
         "_window": (start_mono, end),
     }
 
@@ -687,6 +695,23 @@ def purchase_cpu(run: Run, a: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
+def overload_cpu(run: Run, windows: dict[str, tuple[float, float]] | None) -> dict[str, Any]:
+    """The CPU by process in the two windows the steady overload goodput compares (the best while
+    applicants arrived, the overload's last): where the cores went when the credited rate fell."""
+    if not windows:
+        return {}
+    best, last = (run.sampler.cpu_between(*windows[k]) for k in ("best", "last"))
+
+    def platform(cores: dict[str, float]) -> float:
+        return round(sum(v for k, v in cores.items() if k not in ("bench", "machine_busy")), 2)
+
+    return {"cpu_cores_best_window": best, "cpu_cores_last_window": last,
+            "cores_best_to_last": f"from the best window to the overload's last: load generator "
+                                  f"{best.get('bench', 0.0)} → {last.get('bench', 0.0)} cores, platform "
+                                  f"{platform(best)} → {platform(last)}, machine busy "
+                                  f"{best.get('machine_busy', 0.0)} → {last.get('machine_busy', 0.0)}"}
+
+
 def public(phase: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in phase.items() if not k.startswith("_")}
 
@@ -735,6 +760,7 @@ def build_report(run: Run, *, buyers: int, split: dict[str, int], ceiling: dict[
                                       "why": overload.get("why", "no steady overload to measure")}
         else:
             bottleneck["overload"] = bottleneck_of(run, a, "overload goodput", a["fulfilled"])
+            bottleneck["overload"].update(overload_cpu(run, a.get("_overload_windows")))
     orders_fulfilled = a["fulfilled"] + c["fulfilled"]
     return {
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -904,6 +930,8 @@ def print_report(report: dict[str, Any]) -> None:
     console.print(table)
     for name, b in report["bottleneck"].items():
         console.print(f"[bold]bottleneck ({name}):[/] {b['tier']}: {b['why']}")
+        if b.get("cores_best_to_last"):
+            console.print(f"   {b['cores_best_to_last']}")
     if report["errors_detail"]["first_bodies"]:
         console.print("first errors:")
         for e in report["errors_detail"]["first_bodies"][:5]:
