@@ -165,7 +165,8 @@ TICKET_GRACE_S = 30.0
 TICKET_EARLY_S = 1.0
 """How much earlier than told a ticket is honoured (clocks and timers are not exact)."""
 MAX_TICKETS = 100_000
-"""Tickets outstanding in one process at most (past it, refused newcomers get none)."""
+"""Tickets one process keeps at most (given and not yet past their grace, used or not; past it,
+refused newcomers get none): a few MB, whatever the flood."""
 
 
 class Newcomers:
@@ -249,7 +250,7 @@ class Newcomers:
         """A new place in the line, usable ``retry_s`` from now: its ``Set-Cookie`` header value."""
         now = self._clock()
         self._forget_expired(now)
-        if len(self._tickets) >= MAX_TICKETS:
+        if len(self._expiring) >= MAX_TICKETS:  # given within the last minute or so, used or not
             return None
         ticket = secrets.token_urlsafe(16)
         self._tickets[ticket] = now + retry_s

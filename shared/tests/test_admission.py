@@ -610,3 +610,25 @@ def test_with_a_free_slot_a_ticket_is_not_needed_and_https_tickets_are_secure() 
     gate.gate.busy = 0  # a free slot: everybody passes, with a ticket or without
     gate.shed_newcomer_early()
     gate.shed_newcomer_early("whatever")
+
+
+def test_the_places_kept_are_bounded_whatever_the_flood(monkeypatch: pytest.MonkeyPatch) -> None:
+    from emeterai_shared import admission as admission_module
+
+    monkeypatch.setattr(admission_module, "MAX_TICKETS", 3)
+    now = [0.0]
+    gate = paced(now, min_limit=10_000, max_in_flight=1, newcomer_ratio=1.0, newcomer_floor_per_s=1, newcomer_burst=1)
+    gate.gate.busy, gate.gate.hold_s = 1, 0.001
+    _, refused = newcomers_admitted(gate, 6)
+    places = [e for e in refused if "Set-Cookie" in e.headers]
+    assert len(refused) == 5 and len(places) == 3  # refused all the same; places for the first three only
+    now[0] += 2.0
+    gate.shed_newcomer_early(_ticket(places[0]))  # a place used still counts until its grace has passed
+    with pytest.raises(ApiError) as refused_again:
+        gate.shed_newcomer_early()
+    assert "Set-Cookie" not in refused_again.value.headers
+    now[0] += 60.0  # past every grace: places are given again
+    with pytest.raises(ApiError) as later:
+        gate.shed_newcomer_early()
+        gate.shed_newcomer_early()
+    assert "Set-Cookie" in later.value.headers
