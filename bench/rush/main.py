@@ -108,6 +108,9 @@ SATURATION_ORDER_P95_S = 1.0
 SATURATION_LAG = 1.5
 """... or the best credited rate so far is below the rate offered two steps earlier by this factor
 (unsaturated, credits follow arrivals about a step and a half behind)."""
+OVERLOAD_REACHED = 0.95
+"""The ramp's last step runs at the overload rate itself; the overload starts once the rate offered
+is within this of it (the peak it is a multiple of may have risen meanwhile)."""
 MEMORY_CAP_MB = 1024.0
 
 err = Console(stderr=True)
@@ -286,13 +289,14 @@ async def phase_purchase(run: Run, applicants: list[Applicant]) -> dict[str, Any
                 saturated = (step_start, f"credited {peak:.0f}/s at most while {steps[-3]['offered_per_s']:.0f}/s "
                                          f"were offered two steps earlier")
         if not last and plateau_start is None:
-            if rate >= args.overload * max(peak, args.start_rate) or len(tasks) >= ramp_budget:
+            overload_rate = args.overload * max(peak, args.start_rate)
+            if rate >= OVERLOAD_REACHED * overload_rate or len(tasks) >= ramp_budget:
                 rate = max(rate, args.overload * peak)  # the rest arrive at the overload rate
                 plateau_start, plateau_first = now, len(tasks)
                 if saturated is None:
                     saturated = (now, f"overload started at {rate:.0f}/s offered")
-            else:
-                rate *= args.ramp_factor
+            else:  # never past the overload rate: a last x1.5 step overshot it (6.5 x instead of 4 x)
+                rate = min(rate * args.ramp_factor, overload_rate)
         step_start, step_first = now, len(tasks)
 
     async def progress() -> None:
