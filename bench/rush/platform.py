@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import functools
 import json
 import os
 import subprocess
@@ -320,10 +319,6 @@ def sample_processes(roots: dict[int, str]) -> Sample:
     return Sample(time.monotonic(), rss, dict(tree), dict(cpu), machine_busy_s())
 
 
-def _cpu_of(key: str, sample: Sample) -> float | None:
-    return sample.cpu.get(key)
-
-
 @dataclass
 class ProcessSampler:
     """Samples every ``interval_s`` in the background; phases are marked with ``mark``."""
@@ -385,28 +380,31 @@ class ProcessSampler:
         the samples' grid."""
         if len(self.samples) < 2 or end <= start:
             return {}
-        first, last = self.samples[0], self.samples[-1]
-        start, end = max(start, first.at), min(end, last.at)
+        times = [s.at for s in self.samples]
+        start, end = max(start, times[0]), min(end, times[-1])
         span = end - start
         if span <= 0:
             return {}
 
-        def at(t: float, read: Callable[[Sample], float | None]) -> float | None:
-            i = bisect.bisect_left([s.at for s in self.samples], t)
-            lo, hi = self.samples[max(0, i - 1)], self.samples[min(i, len(self.samples) - 1)]
-            x, y = read(lo), read(hi)
-            if x is None or y is None:
-                return None
-            return x if hi.at == lo.at else x + (y - x) * (t - lo.at) / (hi.at - lo.at)
+        def around(t: float) -> tuple[Sample, Sample, float]:
+            """The samples before and after ``t`` and how far ``t`` lies between them (0 to 1)."""
+            i = min(max(1, bisect.bisect_left(times, t)), len(times) - 1)
+            lo, hi = self.samples[i - 1], self.samples[i]
+            return lo, hi, (t - lo.at) / (hi.at - lo.at) if hi.at > lo.at else 0.0
 
+        def read(edge: tuple[Sample, Sample, float], value: Callable[[Sample], float | None]) -> float | None:
+            lo, hi, w = edge
+            x, y = value(lo), value(hi)
+            return None if x is None or y is None else x + (y - x) * w
+
+        a_edge, b_edge = around(start), around(end)
         cores: dict[str, float] = {}
-        for key in last.cpu:
-            read = functools.partial(_cpu_of, key)
-            a, b = at(start, read), at(end, read)
+        for key in self.samples[-1].cpu:
+            a, b = read(a_edge, lambda s: s.cpu.get(key)), read(b_edge, lambda s: s.cpu.get(key))  # noqa: B023
             if a is not None and b is not None and b >= a:
                 cores[key] = round((b - a) / span, 2)
         cores = {k: v for k, v in sorted(cores.items(), key=lambda kv: -kv[1]) if v >= 0.01}
-        busy_a, busy_b = at(start, lambda s: s.machine_busy_s), at(end, lambda s: s.machine_busy_s)
+        busy_a, busy_b = read(a_edge, lambda s: s.machine_busy_s), read(b_edge, lambda s: s.machine_busy_s)
         cores["machine_busy"] = round(((busy_b or 0.0) - (busy_a or 0.0)) / span, 2)
         return cores
 

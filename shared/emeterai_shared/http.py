@@ -451,6 +451,9 @@ class Operation:
     """Default: the method and path, e.g. ``get_v1_orders_order_id``."""
     oversize_status: int | None = 413
     """What a body past the server's limit gets (SNAP answers it as a 400 of its own format)."""
+    headers: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    """Response headers by status besides the kernel's (``Retry-After`` of a shed answer), as OpenAPI
+    header objects, e.g. ``{503: {"Set-Cookie": {"description": ..., "schema": {"type": "string"}}}}``."""
     media: dict[int, str] = field(default_factory=dict)
     """Statuses answered with a body that is not JSON, by media type (e.g. ``{200: "application/pdf"}``).
     When the status also names a model, it answers either (content negotiation on ``Accept``,
@@ -605,8 +608,8 @@ class OpenApi:
                         resp["content"]["application/json"] = {"schema": ref(model)}
                 elif body_model is not None:
                     resp["content"] = {"application/json": {"schema": ref(body_model)}}
-                if shed_answer:
-                    resp["headers"] = RETRY_AFTER_HEADER
+                if shed_answer or status in op.headers:
+                    resp["headers"] = {**(RETRY_AFTER_HEADER if shed_answer else {}), **op.headers.get(status, {})}
                 if status in op.links:
                     resp["links"] = op.links[status]
                 entry["responses"][str(status)] = resp

@@ -309,8 +309,13 @@ def test_the_document_says_what_every_route_can_answer() -> None:
     spec.add(Operation("POST", "/forms", "upload", request=_Form, request_content_type="multipart/form-data",
                        responses={200: ("ok", None)}))
     spec.add(Operation("GET", "/healthz", "alive", responses={200: ("alive", None)}))
+    cookie = {"Set-Cookie": {"description": "a place", "schema": {"type": "string"}}}
+    spec.add(Operation("POST", "/line", "join", responses={200: ("in", None)}, headers={200: cookie, 503: cookie}))
     doc = spec.document()
     validate(doc)
+    line = doc["paths"]["/line"]["post"]["responses"]
+    assert line["200"]["headers"] == cookie
+    assert set(line["503"]["headers"]) == {"Retry-After", "Set-Cookie"}  # beside the kernel's, not instead
     made = doc["paths"]["/things"]["post"]
     assert made["operationId"] == "post_things"
     assert set(made["responses"]) == {"201", "400", "401", "413", "503"}

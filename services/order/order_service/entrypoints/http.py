@@ -449,7 +449,12 @@ QUEUE_PLACE = {"name": QUEUE_COOKIE, "in": "cookie", "required": False, "schema"
                               "SameSite=Strict, path /v1; single use): sent back when told (Retry-After, or up to "
                               "30 s later), the request goes before those arriving fresh. Browsers send it by "
                               "themselves; any other value counts as none"}
-"""The cookie parameter of the routes that open a session (``admission.Newcomers``)."""
+"""The cookie parameter of the routes that open a session (``admission.Newcomers``)..."""
+QUEUE_PLACE_GIVEN = {503: {"Set-Cookie": {
+    "description": f"with a 503 busy of the newcomers' pace: {QUEUE_COOKIE}=<place>; Max-Age=<Retry-After + 30>; "
+                   "Path=/v1; HttpOnly; SameSite=Strict (Secure over HTTPS)",
+    "required": False, "schema": {"type": "string"}}}}
+"""... and the header of the refusal that gives it."""
 
 
 def _secure(request: web.Request) -> bool:
@@ -732,7 +737,7 @@ def routes(router: Router[OrderDeps]) -> None:
     router.add(Operation(
         "POST", "/v1/accounts", "Create a buyer account and its bearer token",
         request=AccountRequest, tags=["accounts"],
-        parameters=[idempotency.header_parameter(required=False), QUEUE_PLACE],
+        parameters=[idempotency.header_parameter(required=False), QUEUE_PLACE], headers=QUEUE_PLACE_GIVEN,
         responses={201: ("account created", AccountCreated),
                    400: ("malformed_json, too_deeply_nested, or invalid_idempotency_key", None),
                    422: ("invalid_request (fields), or idempotency_key_reused", None),
@@ -840,7 +845,7 @@ def _signin_routes(router: Router[OrderDeps]) -> None:
     signed_in = {"PlaceOrder": {"operationId": "post_v1_orders", "description": "the token authorizes orders"}}
     router.add(Operation(
         "POST", "/v1/auth/otp", "Send a one-time sign-in code to a phone (same answer for every phone)",
-        request=CodeRequest, tags=["accounts"], parameters=[QUEUE_PLACE],
+        request=CodeRequest, tags=["accounts"], parameters=[QUEUE_PLACE], headers=QUEUE_PLACE_GIVEN,
         responses={202: ("a code is on its way by SMS (if the limits allow, whether or not an account exists)",
                          CodeSent),
                    422: ("invalid_request (fields)", None),

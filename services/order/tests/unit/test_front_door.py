@@ -17,3 +17,18 @@ def test_orders_and_sign_in_shed_early() -> None:
              if route.resource is not None and getattr(route.handler, SHED_EARLY, None) is not None}
     assert early == {"POST /v1/orders", "POST /v1/auth/otp", "POST /v1/auth/token", "POST /v1/auth/refresh",
                      "POST /v1/accounts"}  # new accounts: only the newcomers' pace (and overloaded)
+
+
+def test_the_routes_that_open_a_session_document_the_place_their_refusal_gives() -> None:
+    from emeterai_shared.admission import QUEUE_COOKIE
+    from emeterai_shared.http import OpenApi
+
+    spec = OpenApi("order")
+    routes(Router(web.Application(), spec))
+    doc = spec.document()
+    for path in ("/v1/auth/otp", "/v1/accounts"):
+        op = doc["paths"][path]["post"]
+        assert set(op["responses"]["503"]["headers"]) == {"Retry-After", "Set-Cookie"}, path
+        assert {"name": QUEUE_COOKIE, "in": "cookie"}.items() <= next(
+            p for p in op["parameters"] if p["in"] == "cookie").items(), path
+    assert set(doc["paths"]["/v1/orders"]["post"]["responses"]["503"]["headers"]) == {"Retry-After"}
