@@ -7,12 +7,13 @@ goes to the log with the request's trace id).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -315,6 +316,28 @@ def smoothed(average: float, sample: float, weight: float = HOLD_SMOOTHING) -> f
     return sample if average == 0 else weight * sample + (1 - weight) * average
 
 
+PARKING: web.RequestKey[Callable[[int], None]] = web.RequestKey("emeterai.parking")
+"""Set by ``make_middlewares`` on every request it counts: ``parking(-1)`` takes the request out of
+the process's in-flight count, ``parking(+1)`` puts it back (``parked``)."""
+
+
+@contextlib.contextmanager
+def parked(request: web.Request) -> Iterator[None]:
+    """``with parked(request):`` around a wait that does no work (a long poll waiting for a change):
+    the request leaves the process's in-flight count (``max_in_flight``) meanwhile, and the time
+    spent there is left out of the time requests are in flight (the ``503 busy`` answers' rate). A
+    caller bounds how many requests it parks."""
+    parking = request.get(PARKING)
+    if parking is None:
+        yield
+        return
+    parking(-1)
+    try:
+        yield
+    finally:
+        parking(+1)
+
+
 def make_middlewares(service: str, max_in_flight: int = 0, *, busy_max_retry_after_s: int = BUSY_MAX_RETRY_AFTER_S,
                      clock: Callable[[], float] = time.monotonic) -> list[Any]:
     """Observation (span, counters, latency) and, with ``max_in_flight``, a cap on the requests one
@@ -355,12 +378,25 @@ def make_middlewares(service: str, max_in_flight: int = 0, *, busy_max_retry_aft
         busy += 1
         in_flight.set(busy)
         started = clock()
+        parked_s = 0.0
+        parked_at = 0.0
+
+        def parking(step: int) -> None:
+            nonlocal busy, parked_s, parked_at
+            busy += step
+            in_flight.set(busy)
+            if step < 0:
+                parked_at = clock()
+            else:
+                parked_s += clock() - parked_at
+
+        request[PARKING] = parking
         try:
             return await _observed(request, handler)
         finally:
             busy -= 1
             in_flight.set(busy)
-            held = clock() - started
+            held = clock() - started - parked_s
             hold_s = smoothed(hold_s, held)
 
     async def _observed(request: web.Request, handler: Any) -> web.StreamResponse:

@@ -13,6 +13,7 @@ from emeterai_shared.runtime import Periodic, Resources, ServiceDefinition
 from emeterai_shared.uow import unit_of_work
 
 from order_service.adapters.acquirer_states import QrisAvailability
+from order_service.adapters.order_watch import OrderWatch
 from order_service.adapters.partners import PartnerRegistry
 from order_service.adapters.repository import OrderRepository
 from order_service.adapters.sms import sender
@@ -71,6 +72,7 @@ async def dependencies(resources: Resources) -> OrderDeps:
         admission=Admission("order", lambda conn: OrderRepository(conn).admission_sample(), settings.admission()),
         webhooks=webhooks, otp_key=_otp_key(settings), sms=sms, texts=texts,
         qris=QrisAvailability(settings.acquirer_state_ttl_s),
+        watch=OrderWatch(settings.watch_interval_s, settings.watch_capacity),
     )
 
 

@@ -20,6 +20,12 @@ class OrderSettings(ServiceSettings):
     partners_file: str = ""
     receipt_seller: str = "e-Meterai Platform"
     """The seller named on receipts (``GET /v1/orders/{id}/receipt``)."""
+    watch_interval_s: float = 0.2
+    """How often an api process looks whether the orders its long polls wait on changed (``GET
+    /v1/orders/{order_id}`` with ``wait_s``): a change reaches a waiting buyer this late at most,
+    plus a read. 0: no long polls (``wait_s`` is ignored)."""
+    watch_capacity: int = 10_000
+    """Long polls one api process holds at once; past them, ``wait_s`` is ignored (answered at once)."""
     acquirer_state_ttl_s: float = 1.0
     """How long an api process keeps what it read of the QRIS acquirers' availability (``POST
     /v1/orders`` by QRIS, ``GET /v1/pricing``): an outage is learnt at most this late; 0: read it

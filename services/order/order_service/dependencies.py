@@ -11,6 +11,7 @@ from emeterai_shared.auth import Caller, TokenIssuer, TokenVerifier
 from emeterai_shared.ratelimit import RateLimiter
 
 from order_service.adapters.acquirer_states import QrisAvailability
+from order_service.adapters.order_watch import OrderWatch
 from order_service.adapters.partners import PartnerRegistry
 from order_service.adapters.sms import SmsSender
 from order_service.config import OrderSettings
@@ -61,3 +62,5 @@ class OrderDeps:
     """Sends the sign-in texts waiting in ``sms_outbox`` (the worker's periodic job); closed with the process."""
     qris: QrisAvailability
     """Whether QRIS takes new orders, as this process last read it (``ORDER_ACQUIRER_STATE_TTL_S``)."""
+    watch: OrderWatch
+    """The long polls of the order view waiting in this (api) process."""

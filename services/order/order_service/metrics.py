@@ -19,3 +19,12 @@ SMS_BACKLOG = Gauge(
 SMS_OLDEST_AGE = Gauge(
     "emeterai_sms_oldest_age_seconds", "Age of the oldest sign-in text waiting in sms_outbox, as last seen",
 )
+
+ORDER_WATCHES = Gauge(
+    "emeterai_order_watches",
+    "Long polls of GET /v1/orders/{order_id} waiting for their order's view to change in this api process",
+)
+ORDER_WATCH_WAKEUPS = Counter(
+    "emeterai_order_watch_wakeups_total",
+    "Long polls woken by their order's change (changed) or at the end of their wait (timeout)", ["outcome"],
+)

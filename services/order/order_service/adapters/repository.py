@@ -95,16 +95,31 @@ class OrderRepository:
         row = await self.conn.fetchrow(f"SELECT {_COLUMNS} FROM orders WHERE id = $1{lock}", order_id)
         return _order(row) if row else None
 
-    async def get_with_refunds(self, order_id: uuid.UUID) -> tuple[Order, list[Refund]] | None:
-        """The order with its refunds oldest first, in one round trip (the view buyers poll); an order
-        still AWAITING_PAYMENT has none, and none are looked for."""
+    async def get_with_refunds(self, order_id: uuid.UUID) -> tuple[Order, list[Refund], str] | None:
+        """The order with its refunds oldest first, in one round trip (the view buyers poll), and the
+        version of the rows read (``versions``); an order still AWAITING_PAYMENT has no refunds, and
+        none are looked for."""
         rows = await self.conn.fetch(
-            f"""SELECT {_QUALIFIED}, {refunds.PREFIXED_COLUMNS} FROM orders o
+            f"""SELECT {_QUALIFIED}, {refunds.PREFIXED_COLUMNS}, o.xmin::text AS o_version,
+                       r.xmin::text AS r_version FROM orders o
                 LEFT JOIN refunds r ON r.order_id = o.id AND o.status <> 'AWAITING_PAYMENT'
                 WHERE o.id = $1 ORDER BY r.requested_at, r.refund_id""", order_id)
         if not rows:
             return None
-        return _order(rows[0]), [refunds.refund_of(r, "r_") for r in rows if r["r_refund_id"] is not None]
+        found = [r for r in rows if r["r_refund_id"] is not None]
+        version = f"{rows[0]['o_version']}:{','.join(r['r_version'] for r in found)}"
+        return _order(rows[0]), [refunds.refund_of(r, "r_") for r in found], version
+
+    async def versions(self, order_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+        """The version of each order's view that still exists, in one round trip: the transaction ids
+        that last wrote its row and its refunds' rows (``xmin``: any UPDATE changes it), in the form
+        and order ``get_with_refunds`` gives. A changed version means the view may have changed."""
+        rows = await self.conn.fetch(
+            """SELECT o.id, o.xmin::text || ':' || COALESCE(
+                          (SELECT string_agg(r.xmin::text, ',' ORDER BY r.requested_at, r.refund_id)
+                           FROM refunds r WHERE r.order_id = o.id AND o.status <> 'AWAITING_PAYMENT'), '') AS version
+               FROM orders o WHERE o.id = ANY($1::uuid[])""", order_ids)
+        return {row["id"]: row["version"] for row in rows}
 
     async def get_for_fulfilment(self, order_id: uuid.UUID, serials: list[str]) -> tuple[Order, list[str]] | None:
         """The order, locked, and those of ``serials`` already indexed for another order, in one

@@ -12,22 +12,27 @@ back to resume.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from aiohttp import web
+from aiohttp import ETag, web
 from emeterai_shared import idempotency, pagination
 from emeterai_shared.admission import QUEUE_COOKIE
 from emeterai_shared.auth import Caller, caller_from_request
-from emeterai_shared.http import NO_NUL, ApiError, Operation, preferred_media_type, read_json, respond, shed
+from emeterai_shared.http import NO_NUL, ApiError, Operation, parked, preferred_media_type, read_json, respond, shed
 from emeterai_shared.runtime import Router
 from emeterai_shared.uow import UnitOfWork, unit_of_work
 from pydantic import BaseModel, Field, PlainSerializer, StringConstraints, field_validator
 
 from order_service.adapters.acquirer_states import QrisOutage
+from order_service.adapters.order_watch import MAX_WAIT_S
 from order_service.adapters.receipt_pdf import render_receipt
 from order_service.config import OrderSettings
 from order_service.dependencies import OrderDeps
@@ -621,18 +626,48 @@ def _order_id(request: web.Request) -> uuid.UUID:
 
 
 async def get_order(request: web.Request, deps: OrderDeps) -> web.Response:
+    """The order view, with an ``ETag``. With ``If-None-Match`` naming the view as it is: ``304`` at
+    once, or with ``wait_s`` once the view changes (``200``) or ``wait_s`` has passed (``304``): a
+    long poll, which waits in ``deps.watch`` outside the process's in-flight count."""
     caller = _caller(request, deps)
     order_id = _order_id(request)
-    # the view buyers poll while they wait for the bill and the credit: reads only, so no
-    # transaction (BEGIN and COMMIT were two of its round trips), and the order with its refunds
-    # (none before it is paid) in one query
+    wait_s = _int_param(request, "wait_s", 0, 0, MAX_WAIT_S)
+    seen = request.if_none_match
+    response, version = await _order_view(deps, caller, order_id)
+    if not seen or not _matches(seen, response):
+        return response
+    if wait_s and deps.watch.has_room():
+        deadline = time.monotonic() + wait_s
+        with parked(request):
+            while (left := deadline - time.monotonic()) > 0 and await deps.watch.changed(order_id, version, left):
+                response, version = await _order_view(deps, caller, order_id)
+                if not _matches(seen, response):
+                    return response
+    return web.Response(status=304, headers={"ETag": response.headers["ETag"]})
+
+
+async def _order_view(deps: OrderDeps, caller: Caller, order_id: uuid.UUID) -> tuple[web.Response, str]:
+    """The order view as answered (with its ``ETag``), and the version of the rows it was read from
+    (``OrderWatch``). Reads only, so no transaction (BEGIN and COMMIT were two of its round trips);
+    the order with its refunds (none before it is paid) in one query."""
     async with deps.pool.acquire() as conn:
         uow = UnitOfWork(conn)
         await signin.ensure_current(uow, caller)
         found = await orders.order_view(uow, caller.account_id, order_id)
     if found is None:
         raise ApiError(404, "order_not_found", "no such order")
-    return respond(OrderView.of(*found))
+    order, order_refunds, version = found
+    response = respond(OrderView.of(order, order_refunds))
+    assert isinstance(response.body, bytes)
+    response.headers["ETag"] = f'"{hashlib.blake2b(response.body, digest_size=12).hexdigest()}"'
+    return response, version
+
+
+def _matches(seen: tuple[ETag, ...], response: web.Response) -> bool:
+    """Whether ``If-None-Match`` names the response's entity tag (weakly, as RFC 9110 compares for
+    it; ``*`` names any)."""
+    tag = response.headers["ETag"].strip('"')
+    return any(e.value == "*" or e.value == tag for e in seen)
 
 
 async def refund_order(request: web.Request, deps: OrderDeps) -> web.Response:
@@ -700,6 +735,18 @@ async def partner_events(request: web.Request, deps: OrderDeps) -> web.Response:
                                                      "next": page[-1][0] if page else after}))
 
 
+async def _watch_orders(app: web.Application) -> AsyncIterator[None]:
+    """Wake the long polls of the order view while the app serves (``OrderWatch``)."""
+    deps: OrderDeps = Router.dependencies(app)
+    task = asyncio.create_task(deps.watch.run(deps.pool), name="order-watch")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def _sample_admission(app: web.Application) -> AsyncIterator[None]:
     """Measure the platform's backlog while the app serves (``emeterai_shared.admission``)."""
     deps: OrderDeps = Router.dependencies(app)
@@ -722,8 +769,13 @@ _ACKNOWLEDGED = ("any 2xx acknowledges; anything else, or no answer within the t
                  "with exponential backoff (from 5 s, at most 1 h apart) for up to 3 days", None)
 
 
+_ORDER_ETAG = {"description": "the entity tag of this view of the order (send it as If-None-Match)",
+               "required": True, "schema": {"type": "string"}}
+
+
 def routes(router: Router[OrderDeps]) -> None:
     router.app.cleanup_ctx.append(_sample_admission)
+    router.app.cleanup_ctx.append(_watch_orders)
     if router.spec is not None:
         router.spec.security_schemes.update({
             "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (EdDSA)",
@@ -781,11 +833,24 @@ def routes(router: Router[OrderDeps]) -> None:
                    422: ("invalid_limit: not an integer from 1 to 100", None)},
     ), list_orders)
     router.add(Operation(
-        "GET", "/v1/orders/{order_id}", "An order of the caller", tags=["orders"], security=["bearer", "apiKey"],
+        "GET", "/v1/orders/{order_id}", "An order of the caller; with If-None-Match and wait_s, a long poll "
+        "that answers once the order changes", tags=["orders"], security=["bearer", "apiKey"],
         parameters=[{"name": "order_id", "in": "path", "required": True,
-                     "schema": {"type": "string", "format": "uuid"}}],
-        responses={200: ("the order", OrderView), 401: ("not authenticated, or token_superseded", None),
+                     "schema": {"type": "string", "format": "uuid"}},
+                    {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"},
+                     "description": "the ETag of the view the caller holds: 304 while the view is still that"},
+                    {"name": "wait_s", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_S, "default": 0},
+                     "description": "with If-None-Match naming the view as it is, wait up to this many seconds "
+                                    "for it to change (200 then, else 304): poll with this instead of asking "
+                                    f"again and again (0 to {MAX_WAIT_S}, else 400 invalid_parameter)"}],
+        responses={200: ("the order", OrderView),
+                   304: ("not modified: the view is still the one If-None-Match names (at once, or after "
+                         "wait_s without a change)", None),
+                   400: ("invalid_parameter: wait_s is not an integer from 0 to 30", None),
+                   401: ("not authenticated, or token_superseded", None),
                    404: ("order_not_found: no such order of the caller", None)},
+        headers={200: {"ETag": _ORDER_ETAG}, 304: {"ETag": _ORDER_ETAG}},
     ), get_order)
     router.add(Operation(
         "GET", "/v1/orders/{order_id}/receipt",

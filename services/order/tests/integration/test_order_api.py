@@ -20,7 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,12 @@ from emeterai_shared.db import create_pool
 from emeterai_shared.http import ComeBackLine
 from emeterai_testkit.fixtures import eventually, reset_service, settings_for
 from order_service.adapters.partners import PARTNER_NAMESPACE
+from order_service.adapters.repository import OrderRepository
 from order_service.bootstrap import SERVICE
 from order_service.config import OrderSettings
 from order_service.dependencies import OrderDeps
+from order_service.domain.order import Bill
+from prometheus_client import REGISTRY
 
 Client = TestClient[web.Request, web.Application]
 ServeApi = Callable[[OrderSettings, asyncpg.Pool], AbstractAsyncContextManager[tuple[Client, OrderDeps]]]
@@ -494,6 +497,101 @@ async def test_others_and_bad_ids_get_404(api: Api) -> None:
     assert (await error_of(partner, 404))["code"] == "order_not_found"
     anonymous = await api.client.get(f"/v1/orders/{order_id}")
     assert (await error_of(anonymous, 401))["code"] == "unauthorized"
+
+
+# --- the view's long poll ------------------------------------------------------------------------
+
+
+def _in_flight() -> float:
+    """The order api's in-flight gauge (requests counted against ``http_max_in_flight``)."""
+    value = REGISTRY.get_sample_value("emeterai_http_in_flight", {"service": "order"})
+    assert value is not None
+    return value
+
+
+async def _bill(api: Api, order_id: str) -> None:
+    async with api.deps.pool.acquire() as conn:
+        assert await OrderRepository(conn).attach_bill(
+            uuid.UUID(order_id), Bill("8808000000012345", 2 * UNIT_PRICE, datetime.now(UTC) + timedelta(hours=1)))
+
+
+async def test_an_unchanged_view_is_304_and_a_long_poll_answers_once_the_order_changes(api: Api) -> None:
+    _, token = await api.account()
+    auth = {"Authorization": f"Bearer {token}"}
+    order_id = (await (await api.order(token, {"quantity": 2}, key())).json())["order_id"]
+    first = await api.client.get(f"/v1/orders/{order_id}", headers=auth)
+    assert first.status == 200 and (await first.json())["payment"] is None
+    etag = first.headers["ETag"]
+    unchanged = await api.client.get(f"/v1/orders/{order_id}", headers={**auth, "If-None-Match": etag})
+    assert unchanged.status == 304 and unchanged.headers["ETag"] == etag and await unchanged.read() == b""
+    other = await api.client.get(f"/v1/orders/{order_id}", headers={**auth, "If-None-Match": '"not-this-one"'})
+    assert other.status == 200 and other.headers["ETag"] == etag
+
+    waiting = asyncio.create_task(api.client.get(f"/v1/orders/{order_id}?wait_s=30",
+                                                 headers={**auth, "If-None-Match": etag}))
+    await eventually(lambda: api.deps.watch.waiting == 1, message="the long poll waits")
+    assert _in_flight() == 0  # a long poll waits outside the process's in-flight count
+    await _bill(api, order_id)
+    changed = await waiting
+    assert changed.status == 200, await changed.text()
+    body = await changed.json()
+    assert body["payment"]["virtual_account_no"] == "8808000000012345"
+    assert changed.headers["ETag"] != etag
+    assert api.deps.watch.waiting == 0
+    again = await api.client.get(f"/v1/orders/{order_id}", headers={**auth, "If-None-Match": changed.headers["ETag"]})
+    assert again.status == 304
+
+
+async def test_a_long_poll_without_a_change_ends_304_and_leaves_nothing_waiting(api: Api) -> None:
+    _, token = await api.account()
+    auth = {"Authorization": f"Bearer {token}"}
+    order_id = (await (await api.order(token, {"quantity": 1}, key())).json())["order_id"]
+    etag = (await api.client.get(f"/v1/orders/{order_id}", headers=auth)).headers["ETag"]
+    resp = await api.client.get(f"/v1/orders/{order_id}?wait_s=1", headers={**auth, "If-None-Match": etag})
+    assert resp.status == 304 and resp.headers["ETag"] == etag
+    assert api.deps.watch.waiting == 0
+    # another account's long poll on the order is a 404, whatever it claims to hold
+    _, stranger = await api.account()
+    resp = await api.client.get(f"/v1/orders/{order_id}?wait_s=5",
+                                headers={"Authorization": f"Bearer {stranger}", "If-None-Match": etag})
+    assert (await error_of(resp, 404))["code"] == "order_not_found"
+
+
+@pytest.mark.parametrize("wait", ["31", "-1", "1.5", "x", "", "99999999999999999999"])
+async def test_a_wait_s_out_of_range_is_400(api: Api, wait: str) -> None:
+    _, token = await api.account()
+    order_id = (await (await api.order(token, {"quantity": 1}, key())).json())["order_id"]
+    resp = await api.client.get(f"/v1/orders/{order_id}", params={"wait_s": wait},
+                                headers={"Authorization": f"Bearer {token}", "If-None-Match": "*"})
+    assert (await error_of(resp, 400))["code"] == "invalid_parameter"
+
+
+async def test_the_watch_reads_the_version_the_view_was_read_at(api: Api) -> None:
+    """``versions`` (the watch's one statement) and ``get_with_refunds`` (the view's) agree on an
+    unchanged order, with and without refunds, and disagree once either row changes."""
+    _, token = await api.account()
+    order_id = uuid.UUID((await (await api.order(token, {"quantity": 2}, key())).json())["order_id"])
+
+    async def both() -> tuple[str, str]:
+        async with api.deps.pool.acquire() as conn:
+            repo = OrderRepository(conn)
+            found = await repo.get_with_refunds(order_id)
+            assert found is not None
+            return found[2], (await repo.versions([order_id, uuid.uuid4()]))[order_id]
+
+    viewed, watched = await both()
+    assert viewed == watched
+    await api.fetch("UPDATE orders SET status = 'FULFILLED' WHERE id = $1", order_id)
+    paid, watched = await both()
+    assert paid == watched != viewed
+    for _ in range(2):
+        await api.fetch("INSERT INTO refunds (refund_id, order_id, requested) VALUES ($1, $2, '{}')",
+                        uuid.uuid4(), order_id)
+    refunded, watched = await both()
+    assert refunded == watched != paid
+    await api.fetch("UPDATE refunds SET status = 'NOTHING' WHERE order_id = $1", order_id)
+    settled, watched = await both()
+    assert settled == watched != refunded
 
 
 # --- partners ------------------------------------------------------------------------------------

@@ -1,0 +1,112 @@
+"""Long polls of the order view: ``GET /v1/orders/{order_id}`` with ``If-None-Match`` and
+``wait_s`` waits here until the order's view may have changed, instead of the buyer asking again
+and again while the bill and the credit are on their way.
+
+One api process keeps its waiting requests by order, each with the version of the view it last
+read (``OrderRepository.versions``), and every ``interval_s`` reads the versions of all the orders
+waited on in one statement: a request whose order's version moved is woken (and reads the view
+again), whatever the number of requests waiting. A waiting request holds no database connection,
+no admission slot and no place in the process's in-flight count (``http.parked``); at most
+``capacity`` wait at once, past which requests are answered at once as without ``wait_s``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+import asyncpg
+from emeterai_shared.db import DATABASE_OUTAGE
+
+from order_service.adapters.repository import OrderRepository
+from order_service.metrics import ORDER_WATCH_WAKEUPS, ORDER_WATCHES
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT_S = 30
+"""The longest ``wait_s`` a request may ask for (below common proxies' idle timeouts of 60 s)."""
+
+
+class OrderWatch:
+    def __init__(self, interval_s: float, capacity: int) -> None:
+        self.interval_s = interval_s
+        self.capacity = capacity
+        self._waiting: dict[uuid.UUID, list[tuple[str, asyncio.Future[None]]]] = {}
+        self._count = 0
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting now."""
+        return self._count
+
+    def has_room(self) -> bool:
+        return self._count < self.capacity and self.interval_s > 0
+
+    async def changed(self, order_id: uuid.UUID, version: str, timeout_s: float) -> bool:
+        """True once the version of the order's view is no longer ``version`` (or the order is gone),
+        False when ``timeout_s`` passes first."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (version, future)
+        self._waiting.setdefault(order_id, []).append(entry)
+        self._count += 1
+        ORDER_WATCHES.set(self._count)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await future
+            ORDER_WATCH_WAKEUPS.labels("changed").inc()
+            return True
+        except TimeoutError:
+            ORDER_WATCH_WAKEUPS.labels("timeout").inc()
+            return False
+        finally:
+            self._forget(order_id, entry)  # still there unless ``wake`` took it out
+
+    def _forget(self, order_id: uuid.UUID, entry: tuple[str, asyncio.Future[None]]) -> None:
+        waiters = self._waiting.get(order_id)
+        if waiters is None or entry not in waiters:
+            return
+        waiters.remove(entry)
+        if not waiters:
+            del self._waiting[order_id]
+        self._count -= 1
+        ORDER_WATCHES.set(self._count)
+
+    def wake(self, current: dict[uuid.UUID, str]) -> int:
+        """Wake the requests whose order's version is not the one they read (an order not in
+        ``current`` is gone: woken too); returns how many were woken."""
+        woken = 0
+        for order_id in list(self._waiting):
+            version = current.get(order_id)
+            waiters = self._waiting[order_id]
+            keep = [(seen, future) for seen, future in waiters if seen == version]
+            for seen, future in waiters:
+                if seen != version and not future.done():  # done: cancelled, its request not yet resumed
+                    future.set_result(None)
+                    woken += 1
+            if keep:
+                self._waiting[order_id] = keep
+            else:
+                del self._waiting[order_id]
+            self._count -= len(waiters) - len(keep)
+        ORDER_WATCHES.set(self._count)
+        return woken
+
+    async def tick(self, pool: asyncpg.Pool) -> int:
+        """One look at the versions of every order waited on (none: no statement)."""
+        if not self._waiting:
+            return 0
+        async with pool.acquire() as conn:
+            current = await OrderRepository(conn).versions(list(self._waiting))
+        return self.wake(current)
+
+    async def run(self, pool: asyncpg.Pool) -> None:
+        """``tick`` every ``interval_s`` until cancelled; a database outage is waited out (the
+        requests then end at their deadline, as without a change)."""
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.tick(pool)
+            except DATABASE_OUTAGE as exc:
+                log.warning("order watch: database unavailable: %r", exc)
+            except Exception:
+                log.exception("order watch: the look at the orders waited on failed")
