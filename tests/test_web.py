@@ -37,7 +37,7 @@ from emeterai_testkit.platform import Platform, ingress
 from payment_service.adapters import banksim_server
 from payment_service.adapters.acquirersim import AcquirerSimulator, new_acquirer_entry
 from payment_service.adapters.banks import save_bank
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, Request, async_playwright, expect
 from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.sign.validation import async_validate_pdf_signature
 from pyhanko_certvalidator import ValidationContext
@@ -311,6 +311,8 @@ async def test_paying_by_qris_draws_the_qr_and_the_status_changes_by_itself(
         site: tuple[Platform, str], browser: Browser) -> None:
     platform, url = site
     async with phone(browser) as page:
+        asked: list[Request] = []
+        page.on("request", lambda request: asked.append(request) if "/v1/orders/" in request.url else None)
         await sign_in(page, url, platform, new_phone())
         await page.get_by_label("Jumlah meterai").fill("1")
         await page.get_by_label("QRIS").check()
@@ -326,6 +328,13 @@ async def test_paying_by_qris_draws_the_qr_and_the_status_changes_by_itself(
         await shot(page, "13-qris")
         await page.get_by_role("button", name="Simulasi: bayar dari bank pengembangan").click()
         await expect(page.get_by_text("Selesai: meterai siap dipakai")).to_be_visible()
+        # the page followed the order by long polls: once it holds a view, it asks with that view's ETag
+        # and wait_s, and the server answers when the order changes (the QR, the payment, the stamps)
+        views = [r for r in asked if r.url.split("?")[0].endswith(f"/v1/orders/{order_id}") and r.method == "GET"]
+        held = [r for r in views if "wait_s=" in r.url]
+        assert held, [r.url for r in views]
+        for request in held:
+            assert (await request.all_headers()).get("if-none-match"), request.url
 
 
 async def qris_refused(platform: Platform) -> bool:

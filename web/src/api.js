@@ -66,10 +66,14 @@ async function parse(response) {
 // One API call. `body` is JSON unless it is FormData; `key` is the Idempotency-Key reused on
 // every retry of this call; `raw` returns the Response (for PDFs); a 503 whose code is in `noWait`
 // (qris_unavailable: the buyer can pay another way now) is thrown instead of waited out.
-export async function api(method, path, { body, key, raw = false, auth = true, retried = false, noWait = [] } = {}) {
+// `etag` (a view's ETag, or '' for none yet) makes it a conditional GET: the answer is then
+// `{ status, etag, body }`, with status 304 (and no body) while the view is still that one.
+// `signal` aborts the request (a long poll of a view the phone has left): the promise then rejects.
+export async function api(method, path, { body, key, raw = false, auth = true, retried = false, noWait = [], etag, signal } = {}) {
   const headers = {};
   if (auth && accessToken) headers.Authorization = `Bearer ${accessToken}`;
   if (key) headers['Idempotency-Key'] = key;
+  if (etag) headers['If-None-Match'] = etag;
   let payload;
   if (body instanceof FormData) payload = body;
   else if (body !== undefined) {
@@ -79,8 +83,9 @@ export async function api(method, path, { body, key, raw = false, auth = true, r
   for (let attempt = 0; ; attempt += 1) {
     let response;
     try {
-      response = await fetch(path, { method, headers, body: payload, credentials: 'same-origin' });
-    } catch {
+      response = await fetch(path, { method, headers, body: payload, credentials: 'same-origin', cache: 'no-store', signal });
+    } catch (error) {
+      if (signal?.aborted) throw error;
       announce(t('offline'));
       await sleep(Math.min(30, 2 ** attempt) * 1000);
       continue;
@@ -94,10 +99,11 @@ export async function api(method, path, { body, key, raw = false, auth = true, r
       continue;
     }
     if (response.status === 401 && auth && !retried && path !== '/v1/auth/refresh') {
-      if (await refresh()) return api(method, path, { body, key, raw, auth, retried: true, noWait });
+      if (await refresh()) return api(method, path, { body, key, raw, auth, retried: true, noWait, etag, signal });
       accessToken = null;
       onSignedOut();
     }
+    if (etag !== undefined && response.status === 304) return { status: 304, etag, body: null };
     if (!response.ok) {
       const data = await parse(response);
       const error = data?.error ?? {};
@@ -106,6 +112,7 @@ export async function api(method, path, { body, key, raw = false, auth = true, r
     }
     if (raw) return response;
     if (response.status === 204) return null;
+    if (etag !== undefined) return { status: response.status, etag: response.headers.get('ETag') ?? '', body: await parse(response) };
     return parse(response);
   }
 }
@@ -139,6 +146,34 @@ export function announce(text) {
 }
 
 // Poll `fn` until `done(result)`, with backoff from 1 s to `maxS` (not a tight loop).
+// Follows a view that answers long polls (GET /v1/orders/{id}: ETag, If-None-Match, wait_s) until
+// `done`: each request is held by the server until the view changes (or `waitS` passes), so a
+// change shows at once and a waiting phone asks about twice a minute instead of every few seconds.
+// `show` gets every new version of the view. A 304 that comes back sooner than asked (the server
+// had no room to hold it) is followed by a pause, so the page never asks in a tight loop.
+export async function follow(path, done, show, { signal, waitS = 25 } = {}) {
+  let etag = '';
+  let view = null;
+  for (;;) {
+    const started = Date.now();
+    let answer;
+    try {
+      answer = await api('GET', etag ? `${path}?wait_s=${waitS}` : path, { etag, signal });
+    } catch (error) {
+      if (signal?.aborted) return view; // the phone left the view: its long poll is dropped, not left holding a connection
+      throw error;
+    }
+    if (signal?.aborted) return view;
+    if (answer.status === 304) {
+      if (Date.now() - started < 1000) await sleep(2000);
+      continue;
+    }
+    ({ etag, body: view } = answer);
+    show(view);
+    if (done(view)) return view;
+  }
+}
+
 export async function poll(fn, done, { maxS = 5, signal } = {}) {
   let delay = 1;
   for (;;) {

@@ -2,7 +2,7 @@
 // applicant was: order and stamping ids are in the path), no server rendering.
 
 import './style.css';
-import { api, announce, ApiError, newKey, poll, refresh, setSignedOutHandler, setToken, signedIn, signOut } from './api.js';
+import { api, announce, ApiError, follow, newKey, poll, refresh, setSignedOutHandler, setToken, signedIn, signOut } from './api.js';
 import { field, h, showError } from './dom.js';
 import { language, rupiah, setLanguage, t, when } from './i18n.js';
 import { qrCanvas } from './qr.js';
@@ -281,8 +281,9 @@ async function payView({ params: [orderId], signal }) {
   show(first);
   view.replaceChildren(section);
   const final = new Set(['FULFILLED', 'EXPIRED', 'REFUNDED', 'FAILED']);
-  poll(async () => { const o = await api('GET', `/v1/orders/${orderId}`); if (!signal.aborted) show(o); return o; },
-    (o) => final.has(o.status), { signal }).catch((error) => showError(t('error', { message: error.message })));
+  if (final.has(first.status)) return null;
+  follow(`/v1/orders/${orderId}`, (o) => final.has(o.status), (o) => { if (!signal.aborted) show(o); }, { signal })
+    .catch((error) => showError(t('error', { message: error.message })));
   return null;
 }
 
