@@ -6,8 +6,13 @@ WARNING, no trace exporter), 32 accounts, then for each phase a warm-up and ``--
 requests with ``--concurrency`` in flight: ``GET /v1/pricing``, ``POST /v1/orders`` by virtual
 account, ``POST /v1/orders`` by QRIS (every answer must be 200 / 202). CPU per request by process
 (order api, PostgreSQL's backends, this load generator; ``bench.messaging.cpu``) is a figure that
-depends little on the machine's speed or on other work, unlike the rates. Writes
-``bench/results/front_door.json``.
+depends little on the machine's speed or on other work, unlike the rates.
+
+Then phones waiting on the pay page (``--phones`` orders AWAITING_PAYMENT, one per phone, that
+nobody pays: the minutes between ordering and paying at a bank), each following its order for
+``--window-s`` after a warm-up, once as the page used to (``GET /v1/orders/{id}`` every
+``--poll-s``) and once as it does now (long polls: ``If-None-Match`` and ``wait_s``): requests and
+CPU by process per phone-minute, and their ratio. Writes ``bench/results/front_door.json``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import sys
 import tempfile
 import time
@@ -48,6 +54,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.front_door", description=__doc__)
     parser.add_argument("--requests", type=int, default=3_000, help="timed requests per phase")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--phones", type=int, default=1_000, help="phones waiting on the pay page")
+    parser.add_argument("--window-s", type=float, default=60.0, help="timed seconds of waiting, per way")
+    parser.add_argument("--warmup-s", type=float, default=10.0, help="untimed seconds before each window")
+    parser.add_argument("--poll-s", type=float, default=5.0,
+                        help="seconds between the polls of the old page (its poll() settles at 5 s)")
+    parser.add_argument("--wait-s", type=int, default=25, help="wait_s of the long polls (as the page asks)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     return parser.parse_args(argv)
 
@@ -70,6 +82,53 @@ async def fire(session: aiohttp.ClientSession, count: int, request: Callable[[in
     return errors
 
 
+async def follow(session: aiohttp.ClientSession, url: str, token: str, args: argparse.Namespace, *,
+                 long_poll: bool, answers: Counter[str]) -> None:
+    """One phone on the pay page until cancelled: a poll every ``poll_s`` (from a random moment), or
+    long polls with the view's ``ETag``; every answer counted by status."""
+    auth = {"Authorization": f"Bearer {token}"}
+    etag = ""
+    await asyncio.sleep(random.uniform(0, args.poll_s))  # the phones arrived at different moments
+    while True:
+        if long_poll and etag:
+            target, headers = f"{url}?wait_s={args.wait_s}", {**auth, "If-None-Match": etag}
+        else:
+            target, headers = url, auth
+        async with session.get(target, headers=headers) as response:
+            await response.read()
+            answers[str(response.status)] += 1
+            etag = response.headers.get("ETag", etag)
+            retry_after = response.headers.get("Retry-After", "1") if response.status in (429, 503) else None
+        if retry_after is not None:  # as the page does: come back when told
+            await asyncio.sleep(int(retry_after) if retry_after.isdigit() else 1)
+        elif not long_poll:
+            await asyncio.sleep(args.poll_s)
+
+
+async def waiting_phones(session: aiohttp.ClientSession, meter: CpuMeter, urls: list[tuple[str, str]],
+                         args: argparse.Namespace, *, long_poll: bool) -> dict[str, Any]:
+    """``len(urls)`` phones following their order for the warm-up and the window; requests and CPU
+    per phone-minute over the window."""
+    answers: Counter[str] = Counter()
+    phones = [asyncio.create_task(follow(session, url, token, args, long_poll=long_poll, answers=answers))
+              for url, token in urls]
+    try:
+        await asyncio.sleep(args.warmup_s)
+        counted, before = sum(answers.values()), meter.snapshot()
+        await asyncio.sleep(args.window_s)
+        after, requests = meter.snapshot(), sum(answers.values()) - counted
+    finally:
+        for phone in phones:
+            phone.cancel()
+        await asyncio.gather(*phones, return_exceptions=True)
+    phone_minutes = len(urls) * args.window_s / 60
+    cpu = meter.per_message_ms(before, after, 1)  # CPU ms over the window in all
+    return {"requests_per_phone_minute": round(requests / phone_minutes, 2),
+            "cpu_ms_per_phone_minute": {k: round(v / phone_minutes, 3) for k, v in cpu.items() if k != "busy_cores"},
+            "busy_cores": cpu["busy_cores"],
+            "answers": dict(answers)}
+
+
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     load_at_start = os.getloadavg()[0]
     settings = settings_for(OrderSettings, database_name=DATABASE, amqp_url=fresh_vhost(VHOST),
@@ -81,6 +140,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     platform.add(SERVICE, settings)
     env = {key: "" for key in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")}
     phases: dict[str, dict[str, Any]] = {}
+    waiting: dict[str, dict[str, Any]] = {}
     try:
         await platform.start(("order", "api"), extra_env=env)
         popen = platform.proc("order", "api").popen
@@ -114,6 +174,15 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 phases[name] = {"per_s": round(args.requests / seconds, 1),
                                 "cpu_ms": meter.per_message_ms(before, meter.snapshot(), args.requests),
                                 "errors": dict(errors)}
+            urls = []
+            for i in range(args.phones):
+                method, url, kwargs, _ = order("va")(i)
+                async with session.request(method, url, **kwargs) as response:
+                    urls.append((f"{base}/v1/orders/{(await response.json())['order_id']}", tokens[i % ACCOUNTS]))
+        phones = aiohttp.TCPConnector(limit=0)  # one connection per phone, as phones have
+        async with aiohttp.ClientSession(connector=phones, timeout=aiohttp.ClientTimeout(total=120)) as session:
+            for way, long_poll in (("polls", False), ("long polls", True)):
+                waiting[way] = await waiting_phones(session, meter, urls, args, long_poll=long_poll)
     finally:
         platform.stop()
     return {
@@ -121,9 +190,27 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "requests": args.requests,
         "concurrency": args.concurrency,
         "phases": phases,
-        "ok": not any(phase["errors"] for phase in phases.values()),
+        "waiting": {"phones": args.phones, "window_s": args.window_s, "poll_s": args.poll_s, "wait_s": args.wait_s,
+                    **waiting, **_ratios(waiting)},
+        "ok": not any(phase["errors"] for phase in phases.values())
+        and all(set(w["answers"]) <= {"200", "304"} for w in waiting.values()),
         "machine": await machine_info(settings, load_at_start),
     }
+
+
+def _ratios(waiting: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """What the long polls cost against the polls, per phone-minute (requests; platform CPU: the
+    order api and PostgreSQL)."""
+    if set(waiting) != {"polls", "long polls"}:
+        return {}
+    old, new = waiting["polls"], waiting["long polls"]
+
+    def platform(way: dict[str, Any]) -> float:
+        cpu = way["cpu_ms_per_phone_minute"]
+        return float(cpu["order api"] + cpu["postgresql"])
+
+    return {"requests_ratio": round(new["requests_per_phone_minute"] / old["requests_per_phone_minute"], 3),
+            "platform_cpu_ratio": round(platform(new) / platform(old), 3)}
 
 
 def print_table(report: dict[str, Any]) -> None:
@@ -132,6 +219,16 @@ def print_table(report: dict[str, Any]) -> None:
         cpu = phase["cpu_ms"]
         print(f"{name:<24}{phase['per_s']:>8}{cpu['order api']:>8}{cpu['postgresql']:>8}{cpu['bench']:>9}"
               f"{cpu['total']:>9}{cpu['busy_cores']:>7}{'  errors ' + str(phase['errors']) if phase['errors'] else ''}")
+    waiting = report["waiting"]
+    print(f"\n{waiting['phones']} phones waiting on the pay page, {waiting['window_s']} s timed, per phone-minute:")
+    print(f"{'way':<24}{'requests':>9}{'api ms':>8}{'pg ms':>8}{'bench ms':>9}{'cores':>7}  answers")
+    for way in ("polls", "long polls"):
+        if way in waiting:
+            w, cpu = waiting[way], waiting[way]["cpu_ms_per_phone_minute"]
+            print(f"{way:<24}{w['requests_per_phone_minute']:>9}{cpu['order api']:>8}{cpu['postgresql']:>8}"
+                  f"{cpu['bench']:>9}{w['busy_cores']:>7}  {w['answers']}")
+    if "requests_ratio" in waiting:
+        print(f"long polls / polls: requests {waiting['requests_ratio']}, platform CPU {waiting['platform_cpu_ratio']}")
     print(f"load average {report['machine']['loadavg_1m']}")
 
 

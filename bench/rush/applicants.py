@@ -48,6 +48,8 @@ Unexpected = Refused
 """An answer the scenario did not allow: the applicant gives up (already counted as an error)."""
 
 QRIS_UNAVAILABLE = "qris_unavailable"
+LONG_POLL_S = 25
+"""``wait_s`` of the order view's long polls, as the page asks (``web/src/api.js``, ``follow``)."""
 """The order api's code for a QRIS order it cannot take now (the acquirer is down): come back later."""
 
 
@@ -94,6 +96,9 @@ class Applicant:
     refreshing: asyncio.Lock = field(default_factory=asyncio.Lock)
     token: str = ""
     order_id: str = ""
+    order_view: dict[str, Any] | None = None
+    """The order view as last read, with its ``ETag`` (``order_etag``): where the next long poll starts."""
+    order_etag: str = ""
     amount: int = 0
     paid_at: float | None = None     # monotonic time of the successful payment answer
     fulfilled: bool = False
@@ -115,7 +120,7 @@ class Applicant:
 
 @dataclass
 class Pacer:
-    """Spaces status polls (order FULFILLED, stamping DONE) to at most ``rate_per_s`` in all, so
+    """Spaces status polls (stamping DONE; orders are long-polled) to at most ``rate_per_s`` in all, so
     that thousands of waiting applicants do not turn into a polling storm; ``release`` lifts it."""
 
     rate_per_s: float
@@ -160,7 +165,8 @@ class Script:
         """Part of every applicant's phone, so that runs (and phases) never share a phone."""
         self.bank = bank
         self.docs = docs
-        self.pacers = {"order": Pacer(poll_rate_per_s), "stamping": Pacer(poll_rate_per_s)}
+        self.pacers = {"stamping": Pacer(poll_rate_per_s)}
+        """The stampings' status polls (orders are followed by long polls, ``_follow``)."""
         self.arrived: Counter[str] = Counter()
         self.ordered: Counter[str] = Counter()
         self.paid: Counter[str] = Counter()
@@ -170,7 +176,7 @@ class Script:
         self.poll_rate_per_s = poll_rate_per_s
 
     def reset_pacers(self) -> None:
-        self.pacers = {"order": Pacer(self.poll_rate_per_s), "stamping": Pacer(self.poll_rate_per_s)}
+        self.pacers = {"stamping": Pacer(self.poll_rate_per_s)}
 
     async def buy(self, a: Applicant, *, wait_fulfilled: bool = True) -> None:
         self.arrived[a.phase] += 1
@@ -278,34 +284,49 @@ class Script:
             if self.qris_fallback_after and a.qris_unavailable >= self.qris_fallback_after:
                 raise FallBack(f"{a.qris_unavailable} answers {QRIS_UNAVAILABLE}")
 
-    async def _get_order(self, a: Applicant) -> dict[str, Any]:
-        await self._fresh(a)
-        answer = await self.client.call("GET", "order", f"/v1/orders/{a.order_id}", "GET /v1/orders/{id}",
-                                        ok=(200,), headers=a.auth)
-        body: dict[str, Any] = answer.body
-        return body
+    async def _follow(self, a: Applicant, until: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """The order view once ``until`` takes it, followed as the page follows it: the view, then
+        long polls (``If-None-Match`` with its ``ETag``, ``wait_s``) that the order api answers when
+        the order changes, or with ``304`` when ``wait_s`` passes first. A ``304`` sooner than asked
+        (the api had no room to hold it) is followed by a pause, as on the page."""
+        while True:
+            if a.order_view is not None and until(a.order_view):
+                return a.order_view
+            if self.client.past_deadline():
+                raise Unexpected(f"order {a.order_id} still {a.order_view and a.order_view['status']} at the deadline")
+            await self._fresh(a)
+            path, headers = f"/v1/orders/{a.order_id}", a.auth
+            if a.order_view is not None and a.order_etag:
+                path, headers = f"{path}?wait_s={LONG_POLL_S}", {**headers, "If-None-Match": a.order_etag}
+            started = time.monotonic()
+            answer = await self.client.call("GET", "order", path, "GET /v1/orders/{id}", ok=(200, 304),
+                                            headers=headers)
+            if answer.status == 304:
+                if time.monotonic() - started < 1.0:
+                    await asyncio.sleep(2.0 * random.uniform(0.8, 1.2))
+                continue
+            a.order_view = answer.body
+            a.order_etag = next((v for k, v in answer.headers.items() if k.lower() == "etag"), "")
 
     async def _bill(self, a: Applicant) -> str:
         """The customer number of the order's VA, or the content of its QR (QRIS)."""
-        delay = 0.3
-        while True:
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-            order = await self._get_order(a)
+        def billed(order: dict[str, Any]) -> bool:
             payment = order["payment"]
-            if payment is not None and (a.method != "qris" or payment.get("qr_content")):
-                if payment["amount"] != a.amount:
-                    raise Unexpected(f"bill amount {payment['amount']} != order amount {a.amount}")
-                a.billed_at = time.monotonic()
-                if a.method == "qris":
-                    if payment.get("method") != "qris":
-                        raise Unexpected(f"QRIS order {a.order_id} billed {payment.get('method')}")
-                    return str(payment["qr_content"])
-                return self.bank.customer_no(payment["virtual_account_no"])
-            if order["status"] not in ("AWAITING_PAYMENT",):
-                raise Unexpected(f"order {a.order_id} is {order['status']} before its bill")
-            if self.client.past_deadline():
-                raise Unexpected(f"no bill for order {a.order_id} before the deadline")
-            delay = min(delay * 1.5, 3.0)
+            ready = payment is not None and (a.method != "qris" or bool(payment.get("qr_content")))
+            return ready or order["status"] != "AWAITING_PAYMENT"
+
+        order = await self._follow(a, billed)
+        payment = order["payment"]
+        if payment is None or (a.method == "qris" and not payment.get("qr_content")):
+            raise Unexpected(f"order {a.order_id} is {order['status']} before its bill")
+        if payment["amount"] != a.amount:
+            raise Unexpected(f"bill amount {payment['amount']} != order amount {a.amount}")
+        a.billed_at = time.monotonic()
+        if a.method == "qris":
+            if payment.get("method") != "qris":
+                raise Unexpected(f"QRIS order {a.order_id} billed {payment.get('method')}")
+            return str(payment["qr_content"])
+        return self.bank.customer_no(payment["virtual_account_no"])
 
     async def _pay_qris(self, a: Applicant, qr_content: str) -> None:
         """The payer's bank app pays the QR at the acquirer, which notifies the platform (twice for
@@ -348,20 +369,12 @@ class Script:
         self.paid[a.phase] += 1
 
     async def _fulfilled(self, a: Applicant) -> None:
-        delay = 1.0
-        while True:
-            await self.pacers["order"].wait(delay)
-            order = await self._get_order(a)
-            if order["status"] == "FULFILLED":
-                if len(order["serials"]) != 2:
-                    raise Unexpected(f"order {a.order_id} FULFILLED with {len(order['serials'])} serials")
-                a.fulfilled = True
-                return
-            if order["status"] not in ("AWAITING_PAYMENT", "PAID"):
-                raise Unexpected(f"paid order {a.order_id} ended {order['status']}")
-            if self.client.past_deadline():
-                raise Unexpected(f"order {a.order_id} not FULFILLED before the deadline")
-            delay = min(delay * 1.5, 8.0)
+        order = await self._follow(a, lambda o: o["status"] not in ("AWAITING_PAYMENT", "PAID"))
+        if order["status"] != "FULFILLED":
+            raise Unexpected(f"paid order {a.order_id} ended {order['status']}")
+        if len(order["serials"]) != 2:
+            raise Unexpected(f"order {a.order_id} FULFILLED with {len(order['serials'])} serials")
+        a.fulfilled = True
 
     async def _refund(self, a: Applicant) -> None:
         """Refund the unused stamp (one of two, the other stamped): exactly that serial is refunded,
@@ -371,16 +384,13 @@ class Script:
                                         "POST /v1/orders/{id}/refund", ok=(202,),
                                         headers={**a.auth, "Idempotency-Key": key})
         refund_id = str(answer.body["refund_id"])
-        delay = 1.0
-        while True:
-            await self.pacers["order"].wait(delay)
-            order = await self._get_order(a)
-            [refund] = [r for r in order.get("refunds", ()) if r["refund_id"] == refund_id]
-            if refund["status"] in ("PAID_OUT", "NOTHING"):
-                break
-            if self.client.past_deadline():
-                raise Unexpected(f"refund {refund_id} of {a.order_id} still {refund['status']} at the deadline")
-            delay = min(delay * 1.5, 8.0)
+
+        def settled(order: dict[str, Any]) -> bool:
+            found = [r for r in order.get("refunds", ()) if r["refund_id"] == refund_id]
+            return bool(found) and found[0]["status"] in ("PAID_OUT", "NOTHING")
+
+        order = await self._follow(a, settled)
+        [refund] = [r for r in order["refunds"] if r["refund_id"] == refund_id]
         a.refund = refund
         if (refund["status"], len(refund["serials"]), refund["amount"]) != ("PAID_OUT", 1, a.amount // 2):
             raise Unexpected(f"refund of the unused stamp of {a.order_id} ended {refund}")

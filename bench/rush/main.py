@@ -331,7 +331,6 @@ async def phase_purchase(run: Run, applicants: list[Applicant]) -> dict[str, Any
             return open_applicants == 0 or (done >= placed and all(a.order_id or a.failure for a in applicants))
 
         await watch(run, settled, args.phase_timeout_s)
-        script.pacers["order"].release()
         left = await gather_applicants(tasks, 30)
     finally:
         monitor.cancel()
@@ -471,7 +470,6 @@ async def phase_mixed(run: Run, applicants: list[Applicant], rate: float) -> dic
             return all(a.fulfilled or a.failure for a in applicants)
 
         await watch(run, bought, run.args.phase_timeout_s)
-        run.script.pacers["order"].release()
         await wait_stampings(run, applicants, tasks, bar_done, "c mixed")
         run.script.pacers["stamping"].release()
         left = await gather_applicants(tasks, 30)

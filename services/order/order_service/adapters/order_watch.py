@@ -3,11 +3,12 @@
 and again while the bill and the credit are on their way.
 
 One api process keeps its waiting requests by order, each with the version of the view it last
-read (``OrderRepository.versions``), and every ``interval_s`` reads the versions of all the orders
-waited on in one statement: a request whose order's version moved is woken (and reads the view
-again), whatever the number of requests waiting. A waiting request holds no database connection,
-no admission slot and no place in the process's in-flight count (``http.parked``); at most
-``capacity`` wait at once, past which requests are answered at once as without ``wait_s``."""
+read, and every ``interval_s`` sends every order and version waited on to PostgreSQL in one
+statement, which answers those no longer current (``OrderRepository.stale``): a request whose
+order's version moved is woken (and reads the view again), whatever the number of requests
+waiting. A waiting request holds no database connection, no admission slot and no place in the
+process's in-flight count (``http.parked``); at most ``capacity`` wait at once, past which
+requests are answered at once as without ``wait_s``."""
 
 from __future__ import annotations
 
@@ -71,16 +72,17 @@ class OrderWatch:
         self._count -= 1
         ORDER_WATCHES.set(self._count)
 
-    def wake(self, current: dict[uuid.UUID, str]) -> int:
-        """Wake the requests whose order's version is not the one they read (an order not in
-        ``current`` is gone: woken too); returns how many were woken."""
+    def wake(self, stale: list[tuple[uuid.UUID, str]]) -> int:
+        """Wake the requests waiting on an order with a version of its view that is ``stale``
+        (the order changed since, or is gone); returns how many were woken."""
         woken = 0
-        for order_id in list(self._waiting):
-            version = current.get(order_id)
-            waiters = self._waiting[order_id]
-            keep = [(seen, future) for seen, future in waiters if seen == version]
+        for order_id, version in stale:
+            waiters = self._waiting.get(order_id)
+            if waiters is None:
+                continue  # woken by an earlier pair, or gone meanwhile
+            keep = [(seen, future) for seen, future in waiters if seen != version]
             for seen, future in waiters:
-                if seen != version and not future.done():  # done: cancelled, its request not yet resumed
+                if seen == version and not future.done():  # done: cancelled, its request not yet resumed
                     future.set_result(None)
                     woken += 1
             if keep:
@@ -92,12 +94,14 @@ class OrderWatch:
         return woken
 
     async def tick(self, pool: asyncpg.Pool) -> int:
-        """One look at the versions of every order waited on (none: no statement)."""
+        """One look at every order waited on (none: no statement): the versions waited on go to
+        PostgreSQL, which answers those that are stale."""
         if not self._waiting:
             return 0
+        seen = list({(order_id, version) for order_id, waiters in self._waiting.items() for version, _ in waiters})
         async with pool.acquire() as conn:
-            current = await OrderRepository(conn).versions(list(self._waiting))
-        return self.wake(current)
+            stale = await OrderRepository(conn).stale(seen)
+        return self.wake(stale)
 
     async def run(self, pool: asyncpg.Pool) -> None:
         """``tick`` every ``interval_s`` until cancelled; a database outage is waited out (the

@@ -97,7 +97,7 @@ class OrderRepository:
 
     async def get_with_refunds(self, order_id: uuid.UUID) -> tuple[Order, list[Refund], str] | None:
         """The order with its refunds oldest first, in one round trip (the view buyers poll), and the
-        version of the rows read (``versions``); an order still AWAITING_PAYMENT has no refunds, and
+        version of the rows read (``stale``); an order still AWAITING_PAYMENT has no refunds, and
         none are looked for."""
         rows = await self.conn.fetch(
             f"""SELECT {_QUALIFIED}, {refunds.PREFIXED_COLUMNS}, o.xmin::text AS o_version,
@@ -110,16 +110,22 @@ class OrderRepository:
         version = f"{rows[0]['o_version']}:{','.join(r['r_version'] for r in found)}"
         return _order(rows[0]), [refunds.refund_of(r, "r_") for r in found], version
 
-    async def versions(self, order_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
-        """The version of each order's view that still exists, in one round trip: the transaction ids
-        that last wrote its row and its refunds' rows (``xmin``: any UPDATE changes it), in the form
-        and order ``get_with_refunds`` gives. A changed version means the view may have changed."""
+    async def stale(self, seen: list[tuple[uuid.UUID, str]]) -> list[tuple[uuid.UUID, str]]:
+        """Those of ``seen`` (an order and the version of its view that was read) whose version is no
+        longer the order's, or whose order is gone, in one round trip; PostgreSQL compares, so only
+        what changed comes back. The version is the transaction ids that last wrote the order's row
+        and its refunds' rows (``xmin``: any UPDATE changes it), in the form and order
+        ``get_with_refunds`` gives."""
+        if not seen:
+            return []
         rows = await self.conn.fetch(
-            """SELECT o.id, o.xmin::text || ':' || COALESCE(
-                          (SELECT string_agg(r.xmin::text, ',' ORDER BY r.requested_at, r.refund_id)
-                           FROM refunds r WHERE r.order_id = o.id AND o.status <> 'AWAITING_PAYMENT'), '') AS version
-               FROM orders o WHERE o.id = ANY($1::uuid[])""", order_ids)
-        return {row["id"]: row["version"] for row in rows}
+            """SELECT w.id, w.version FROM unnest($1::uuid[], $2::text[]) AS w (id, version)
+               LEFT JOIN orders o ON o.id = w.id
+               WHERE o.id IS NULL OR w.version IS DISTINCT FROM o.xmin::text || ':' || COALESCE(
+                   (SELECT string_agg(r.xmin::text, ',' ORDER BY r.requested_at, r.refund_id)
+                    FROM refunds r WHERE r.order_id = o.id AND o.status <> 'AWAITING_PAYMENT'), '')""",
+            [order_id for order_id, _ in seen], [version for _, version in seen])
+        return [(row["id"], row["version"]) for row in rows]
 
     async def get_for_fulfilment(self, order_id: uuid.UUID, serials: list[str]) -> tuple[Order, list[str]] | None:
         """The order, locked, and those of ``serials`` already indexed for another order, in one

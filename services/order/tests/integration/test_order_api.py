@@ -566,32 +566,38 @@ async def test_a_wait_s_out_of_range_is_400(api: Api, wait: str) -> None:
     assert (await error_of(resp, 400))["code"] == "invalid_parameter"
 
 
-async def test_the_watch_reads_the_version_the_view_was_read_at(api: Api) -> None:
-    """``versions`` (the watch's one statement) and ``get_with_refunds`` (the view's) agree on an
-    unchanged order, with and without refunds, and disagree once either row changes."""
+async def test_the_watch_finds_stale_exactly_the_versions_that_changed(api: Api) -> None:
+    """``stale`` (the watch's one statement) finds nothing stale in the version ``get_with_refunds``
+    (the view's read) gives for an unchanged order, with and without refunds, and finds it stale
+    once the order's row or a refund's changes; an order that is gone is stale."""
     _, token = await api.account()
     order_id = uuid.UUID((await (await api.order(token, {"quantity": 2}, key())).json())["order_id"])
+    gone = (uuid.uuid4(), "1:")
 
-    async def both() -> tuple[str, str]:
+    async def read() -> str:
         async with api.deps.pool.acquire() as conn:
-            repo = OrderRepository(conn)
-            found = await repo.get_with_refunds(order_id)
+            found = await OrderRepository(conn).get_with_refunds(order_id)
             assert found is not None
-            return found[2], (await repo.versions([order_id, uuid.uuid4()]))[order_id]
+            return found[2]
 
-    viewed, watched = await both()
-    assert viewed == watched
+    async def stale(*versions: str) -> set[str]:
+        async with api.deps.pool.acquire() as conn:
+            found = await OrderRepository(conn).stale([(order_id, v) for v in versions] + [gone])
+        assert gone in found
+        return {version for order, version in found if order == order_id}
+
+    viewed = await read()
+    assert await stale(viewed) == set()
     await api.fetch("UPDATE orders SET status = 'FULFILLED' WHERE id = $1", order_id)
-    paid, watched = await both()
-    assert paid == watched != viewed
+    paid = await read()
+    assert await stale(viewed, paid) == {viewed}
     for _ in range(2):
         await api.fetch("INSERT INTO refunds (refund_id, order_id, requested) VALUES ($1, $2, '{}')",
                         uuid.uuid4(), order_id)
-    refunded, watched = await both()
-    assert refunded == watched != paid
+    refunded = await read()
+    assert await stale(viewed, paid, refunded) == {viewed, paid}
     await api.fetch("UPDATE refunds SET status = 'NOTHING' WHERE order_id = $1", order_id)
-    settled, watched = await both()
-    assert settled == watched != refunded
+    assert await stale(refunded, await read()) == {refunded}
 
 
 # --- partners ------------------------------------------------------------------------------------
