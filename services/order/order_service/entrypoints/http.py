@@ -636,7 +636,7 @@ async def get_order(request: web.Request, deps: OrderDeps) -> web.Response:
     response, version = await _order_view(deps, caller, order_id)
     if not seen or not _matches(seen, response):
         return response
-    if wait_s and deps.watch.has_room():
+    if wait_s and deps.watch.has_room() and not any(e.value == "*" for e in seen):  # "*" holds no view to wait on
         deadline = time.monotonic() + wait_s
         with parked(request):
             while (left := deadline - time.monotonic()) > 0 and await deps.watch.changed(order_id, version, left):
@@ -838,7 +838,8 @@ def routes(router: Router[OrderDeps]) -> None:
         parameters=[{"name": "order_id", "in": "path", "required": True,
                      "schema": {"type": "string", "format": "uuid"}},
                     {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"},
-                     "description": "the ETag of the view the caller holds: 304 while the view is still that"},
+                     "description": "the ETag of the view the caller holds: 304 while the view is still that "
+                                    "(`*`: any view, answered at once, never waited on)"},
                     {"name": "wait_s", "in": "query", "required": False,
                      "schema": {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_S, "default": 0},
                      "description": "with If-None-Match naming the view as it is, wait up to this many seconds "

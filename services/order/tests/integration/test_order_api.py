@@ -550,6 +550,13 @@ async def test_a_long_poll_without_a_change_ends_304_and_leaves_nothing_waiting(
     resp = await api.client.get(f"/v1/orders/{order_id}?wait_s=1", headers={**auth, "If-None-Match": etag})
     assert resp.status == 304 and resp.headers["ETag"] == etag
     assert api.deps.watch.waiting == 0
+    # "*" names any view: 304 at once, never held (the caller holds no view to wait for a change of)
+    any_view = asyncio.create_task(api.client.get(f"/v1/orders/{order_id}?wait_s=30",
+                                                  headers={**auth, "If-None-Match": "*"}))
+    await eventually(lambda: any_view.done() or api.deps.watch.waiting, message="answered or held")
+    assert any_view.done() and api.deps.watch.waiting == 0
+    resp = any_view.result()
+    assert resp.status == 304 and resp.headers["ETag"] == etag
     # another account's long poll on the order is a 404, whatever it claims to hold
     _, stranger = await api.account()
     resp = await api.client.get(f"/v1/orders/{order_id}?wait_s=5",
