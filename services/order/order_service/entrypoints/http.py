@@ -462,6 +462,17 @@ QUEUE_PLACE_GIVEN = {503: {"Set-Cookie": {
 """... and the header of the refusal that gives it."""
 
 
+REFRESH_COOKIE_SET = {200: {"Set-Cookie": {
+    "description": f"{REFRESH_COOKIE}=<the refresh token of the body>; Max-Age=<ORDER_REFRESH_TOKEN_TTL_S>; "
+                   "Path=/v1/auth; HttpOnly; SameSite=Strict (Secure over HTTPS): the page keeps its refresh token "
+                   "where its scripts cannot read it",
+    "required": True, "schema": {"type": "string"}}}}
+"""The refresh cookie a sign-in and a refresh set (``_refresh_cookie``)."""
+REFRESH_COOKIE_PARAMETER = {
+    "name": REFRESH_COOKIE, "in": "cookie", "required": False, "schema": {"type": "string"},
+    "description": "the refresh token, when the body names none (the page's HttpOnly cookie)"}
+
+
 def _secure(request: web.Request) -> bool:
     """Whether the request came over HTTPS (directly or as the ingress says): cookies set Secure."""
     return request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
@@ -925,17 +936,17 @@ def _signin_routes(router: Router[OrderDeps]) -> None:
         responses={200: ("signed in: an access token and a refresh token", SignedIn),
                    401: ("invalid_code: wrong, used or expired (5 wrong tries void the code)", None),
                    422: ("invalid_request (fields)", None), 503: shed},
-        links={200: signed_in},
+        links={200: signed_in}, headers=REFRESH_COOKIE_SET,
     ), create_token, shed_early=_shed_early)
     router.add(Operation(
         "POST", "/v1/auth/refresh", "A new token pair for a refresh token (each works once)",
-        request=RefreshRequest, tags=["accounts"],
+        request=RefreshRequest, tags=["accounts"], parameters=[REFRESH_COOKIE_PARAMETER],
         responses={200: ("the session's new pair; the refresh token presented is used up", SignedIn),
                    401: ("invalid_refresh_token (none presented, unknown, expired, revoked), or "
                          "refresh_token_reused: presented a second time, which revokes every session of the "
                          "account", None),
                    422: ("invalid_request (fields)", None), 503: shed},
-        links={200: signed_in},
+        links={200: signed_in}, headers=REFRESH_COOKIE_SET,
     ), refresh_token, shed_early=_shed_early)
     router.add(Operation(
         "POST", "/v1/auth/logout", "End the caller's session: its refresh token stops working", tags=["accounts"],
@@ -943,4 +954,7 @@ def _signin_routes(router: Router[OrderDeps]) -> None:
         responses={204: ("signed out (the access token itself lives until it expires, at most "
                          "ORDER_ACCESS_TOKEN_TTL_S)", None),
                    401: ("unauthorized, invalid_token, token_expired, or token_superseded", None)},
+        headers={204: {"Set-Cookie": {"description": f"{REFRESH_COOKIE}=\"\"; Max-Age=0; Path=/v1/auth: the page's "
+                                                     "refresh cookie, cleared", "required": True,
+                                      "schema": {"type": "string"}}}},
     ), logout)
