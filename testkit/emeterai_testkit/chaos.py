@@ -487,6 +487,29 @@ PARTITION_MEMBERS_WAIT_S = 90.0
 operator's remedy (restart the healed node's RabbitMQ application)."""
 
 
+STOP_APP_TIMEOUT_S = 120.0
+"""How long ``rabbitmqctl stop_app`` gets before the operator's next step (the node's VM killed and
+booted again)."""
+
+
+async def _restart_app(cluster: Cluster, target: str, tl: Timeline) -> str:
+    """The operator's remedy on a healed node: ``rabbitmqctl stop_app`` then ``start_app``; when
+    ``stop_app`` does not answer in time (seen on a loaded machine, the node busy with its quorum
+    queues' members), the next step: the node's VM killed and booted again. Returns what was done
+    beyond the remedy (for the report), or ""."""
+    try:
+        await asyncio.to_thread(cluster.ctl, target, "stop_app", check=False, timeout=STOP_APP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        escalation = (f"; stop_app did not answer within {STOP_APP_TIMEOUT_S:.0f} s: the node's VM killed and "
+                      "booted again")
+        tl.note(escalation.removeprefix("; "))
+        await asyncio.to_thread(cluster.kill_node, target)
+        await asyncio.to_thread(cluster.restart_node, target)
+        return escalation
+    await asyncio.to_thread(cluster.ctl, target, "start_app", check=False, timeout=180)
+    return ""
+
+
 async def inject_cluster_partition(platform: Platform, tl: Timeline, cluster: Cluster, cfg: ChaosConfig
                                    ) -> dict[str, Any]:
     connections = await asyncio.to_thread(cluster.connections)
@@ -512,8 +535,7 @@ async def inject_cluster_partition(platform: Platform, tl: Timeline, cluster: Cl
     except RuntimeError:  # it did not rejoin by itself: the operator's remedy, reported as such
         remedy = f"{target} did not rejoin within 90 s by itself: rabbitmqctl stop_app, start_app"
         tl.note(remedy)
-        await asyncio.to_thread(cluster.ctl, target, "stop_app", check=False, timeout=120)
-        await asyncio.to_thread(cluster.ctl, target, "start_app", check=False, timeout=180)
+        remedy += await _restart_app(cluster, target, tl)
     first_wait_s = min(cfg.recovery_timeout_s, PARTITION_MEMBERS_WAIT_S)
     healthy, reported = await _quorum_back(cluster, cfg.vhost, tl, first_wait_s)
     if not healthy and not remedy:
@@ -523,8 +545,7 @@ async def inject_cluster_partition(platform: Platform, tl: Timeline, cluster: Cl
         remedy = (f"quorum queue members on {target} not all back {first_wait_s:.0f} s after the partition "
                   f"healed ({reported}): rabbitmqctl stop_app, start_app on {target}")
         tl.note(remedy)
-        await asyncio.to_thread(cluster.ctl, target, "stop_app", check=False, timeout=120)
-        await asyncio.to_thread(cluster.ctl, target, "start_app", check=False, timeout=180)
+        remedy += await _restart_app(cluster, target, tl)
         healthy, reported = await _quorum_back(cluster, cfg.vhost, tl, cfg.recovery_timeout_s)
     elif not healthy:
         healthy, reported = await _quorum_back(cluster, cfg.vhost, tl, cfg.recovery_timeout_s)
