@@ -34,6 +34,7 @@ class OrderWatch:
         self.capacity = capacity
         self._waiting: dict[uuid.UUID, list[tuple[str, asyncio.Future[None]]]] = {}
         self._count = 0
+        self._closed = False
 
     @property
     def waiting(self) -> int:
@@ -41,11 +42,25 @@ class OrderWatch:
         return self._count
 
     def has_room(self) -> bool:
-        return self._count < self.capacity and self.interval_s > 0
+        return self._count < self.capacity and self.interval_s > 0 and not self._closed
+
+    def close(self) -> None:
+        """The process is stopping: every waiting request is woken now (and, its view unchanged,
+        answers ``304`` at once rather than being cut off when the server stops), none waits again."""
+        self._closed = True
+        for waiters in self._waiting.values():
+            for _, future in waiters:
+                if not future.done():
+                    future.set_result(None)
+        self._waiting.clear()
+        self._count = 0
+        ORDER_WATCHES.set(0)
 
     async def changed(self, order_id: uuid.UUID, version: str, timeout_s: float) -> bool:
-        """True once the version of the order's view is no longer ``version`` (or the order is gone),
-        False when ``timeout_s`` passes first."""
+        """True once the version of the order's view is no longer ``version`` (or the order is gone,
+        or the watch closes), False when ``timeout_s`` passes first or the watch is closed."""
+        if self._closed:
+            return False
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (version, future)
         self._waiting.setdefault(order_id, []).append(entry)

@@ -758,6 +758,12 @@ async def _watch_orders(app: web.Application) -> AsyncIterator[None]:
             await task
 
 
+async def _release_long_polls(app: web.Application) -> None:
+    """On shutdown, before the server waits for the requests in flight: the held long polls answer."""
+    deps: OrderDeps = Router.dependencies(app)
+    deps.watch.close()
+
+
 async def _sample_admission(app: web.Application) -> AsyncIterator[None]:
     """Measure the platform's backlog while the app serves (``emeterai_shared.admission``)."""
     deps: OrderDeps = Router.dependencies(app)
@@ -787,6 +793,7 @@ _ORDER_ETAG = {"description": "the entity tag of this view of the order (send it
 def routes(router: Router[OrderDeps]) -> None:
     router.app.cleanup_ctx.append(_sample_admission)
     router.app.cleanup_ctx.append(_watch_orders)
+    router.app.on_shutdown.append(_release_long_polls)
     if router.spec is not None:
         router.spec.security_schemes.update({
             "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (EdDSA)",

@@ -564,6 +564,24 @@ async def test_a_long_poll_without_a_change_ends_304_and_leaves_nothing_waiting(
     assert (await error_of(resp, 404))["code"] == "order_not_found"
 
 
+async def test_a_stopping_api_answers_its_held_long_polls_and_holds_no_more(api: Api) -> None:
+    _, token = await api.account()
+    auth = {"Authorization": f"Bearer {token}"}
+    order_id = (await (await api.order(token, {"quantity": 1}, key())).json())["order_id"]
+    async with api.serve(api.settings, api.deps.pool) as (client, deps):  # an api of its own to stop
+        etag = (await client.get(f"/v1/orders/{order_id}", headers=auth)).headers["ETag"]
+        held = {**auth, "If-None-Match": etag}
+        waiting = asyncio.create_task(client.get(f"/v1/orders/{order_id}?wait_s=30", headers=held))
+        await eventually(lambda: deps.watch.waiting == 1, message="the long poll waits")
+        await client.app.shutdown()  # what the runner does first when the process stops
+        resp = await waiting
+        assert resp.status == 304 and resp.headers["ETag"] == etag
+        assert deps.watch.waiting == 0 and not deps.watch.has_room()
+        late = asyncio.create_task(client.get(f"/v1/orders/{order_id}?wait_s=30", headers=held))
+        await eventually(lambda: late.done() or deps.watch.waiting, message="answered or held")
+        assert late.done() and (late.result()).status == 304 and deps.watch.waiting == 0
+
+
 @pytest.mark.parametrize("wait", ["31", "-1", "1.5", "x", "", "99999999999999999999"])
 async def test_a_wait_s_out_of_range_is_400(api: Api, wait: str) -> None:
     _, token = await api.account()
