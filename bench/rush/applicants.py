@@ -307,6 +307,8 @@ class Script:
                 continue
             a.order_view = answer.body
             a.order_etag = next((v for k, v in answer.headers.items() if k.lower() == "etag"), "")
+            if not a.order_etag and not until(a.order_view):  # no ETag to wait on: ask again later, not at once
+                await asyncio.sleep(2.0 * random.uniform(0.8, 1.2))
 
     async def _bill(self, a: Applicant) -> str:
         """The customer number of the order's VA, or the content of its QR (QRIS)."""

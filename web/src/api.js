@@ -145,7 +145,6 @@ export function announce(text) {
   setTimeout(() => { status.textContent = text; }, 50);
 }
 
-// Poll `fn` until `done(result)`, with backoff from 1 s to `maxS` (not a tight loop).
 // Follows a view that answers long polls (GET /v1/orders/{id}: ETag, If-None-Match, wait_s) until
 // `done`: each request is held by the server until the view changes (or `waitS` passes), so a
 // change shows at once and a waiting phone asks about twice a minute instead of every few seconds.
@@ -171,9 +170,11 @@ export async function follow(path, done, show, { signal, waitS = 25 } = {}) {
     ({ etag, body: view } = answer);
     show(view);
     if (done(view)) return view;
+    if (!etag) await sleep(2000); // a view without an ETag cannot be waited on: ask again later, not at once
   }
 }
 
+// Poll `fn` until `done(result)`, with backoff from 1 s to `maxS` (not a tight loop).
 export async function poll(fn, done, { maxS = 5, signal } = {}) {
   let delay = 1;
   for (;;) {
