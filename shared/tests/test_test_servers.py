@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -119,3 +121,23 @@ def test_a_restart_is_refused_when_the_broker_could_not_boot_again(
     with pytest.raises(RuntimeError, match="would not finish booting") as refused:
         require_restart_headroom()
     assert fixtures.VHOST in str(refused.value)
+
+
+def test_free_ports_are_distinct_outside_the_ephemeral_range_and_claimed_against_other_sessions() -> None:
+    # bind(0) hands out ephemeral ports: an outgoing connection could take one before the server
+    # binds it, and two calls could return the same port (a relay once failed to bind this way)
+    ephemeral = fixtures._ephemeral_ports()
+    ports = [fixtures.free_port() for _ in range(50)]
+    assert len(set(ports)) == len(ports)
+    assert not any(port in ephemeral for port in ports)
+    for port in ports[:5]:
+        with contextlib.closing(socket.socket()) as s:
+            s.bind(("127.0.0.1", port))  # nobody listens on it
+    # another process (another test session) cannot claim a port this one holds
+    claimed = ports[0]
+    script = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR)\n"
+              "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); print('got')\n"
+              "except OSError:\n    print('refused')\n")
+    out = subprocess.run([sys.executable, "-c", script, str(fixtures._PORT_CLAIMS / f"{claimed}.lock")],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "refused"

@@ -29,6 +29,7 @@ import contextlib
 import fcntl
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -294,11 +295,61 @@ def fresh_vhost(vhost: str) -> str:
     return f"{AMQP_BASE}/{vhost}"
 
 
+_PORT_CLAIMS = Path(os.environ.get("TMPDIR", "/tmp")) / "emeterai-port-claims"
+_PORT_CLAIM_HOLD_S = 300.0  # long enough for any server started with the port to have bound it
+_issued_ports: set[int] = set()
+_held_claims: dict[int, tuple[int, float]] = {}  # port -> (locked file, when claimed)
+
+
+def _ephemeral_ports() -> range:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+def _candidate_ports() -> range:
+    """Ports the kernel never hands to an outgoing connection: below its ephemeral range, or above
+    it when the range starts too low to leave room."""
+    ephemeral = _ephemeral_ports()
+    return range(20000, ephemeral.start) if ephemeral.start - 20000 >= 4000 else range(ephemeral.stop, 65536)
+
+
 def free_port() -> int:
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A TCP port on 127.0.0.1 for a server this test starts. Picked outside the kernel's ephemeral
+    range (a port from ``bind(0)`` is one an outgoing connection, to PostgreSQL say, can take
+    before the server binds it), never handed out twice by this process, and claimed against the
+    machine's other test sessions by a lock this process holds for a few minutes (released when it
+    ends); nobody listens on it when it is handed out."""
+    now = time.monotonic()
+    for port, (fd, claimed_at) in list(_held_claims.items()):
+        if now - claimed_at > _PORT_CLAIM_HOLD_S:
+            os.close(fd)  # releases the lock; by now the server holds the port itself
+            del _held_claims[port]
+    _PORT_CLAIMS.mkdir(parents=True, exist_ok=True)
+    candidates = _candidate_ports()
+    rng = random.SystemRandom()
+    for _ in range(1000):
+        port = rng.choice(candidates)
+        if port in _issued_ports:
+            continue
+        fd = os.open(_PORT_CLAIMS / f"{port}.lock", os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        try:
+            with contextlib.closing(socket.socket()) as s:
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            os.close(fd)
+            continue
+        _issued_ports.add(port)
+        _held_claims[port] = (fd, now)
         return port
+    raise RuntimeError(f"no free port in {candidates.start}..{candidates.stop - 1} after 1000 tries")
 
 
 def settings_for(cls: type[ServiceSettings], **overrides: Any) -> ServiceSettings:
