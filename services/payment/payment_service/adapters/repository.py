@@ -38,6 +38,21 @@ class NewPayment:
 
 
 @dataclass(frozen=True)
+class ClaimedFlag:
+    """A claimed payment flag's bill (locked; None: no bill has its customer number) and what
+    ``payments_seen`` gives for it, read in the claiming statement."""
+
+    bill: Bill | None
+    request_bill: UUID | None
+    captured: CapturedPayment | None
+
+    @property
+    def captured_is_fresh(self) -> bool:
+        """Whether ``captured`` can be trusted as read: the bill as locked is not PAID."""
+        return self.bill is None or self.bill.status is not BillStatus.PAID
+
+
+@dataclass(frozen=True)
 class QrisBill:
     bill: Bill
     qr_reference_no: str | None
@@ -182,15 +197,44 @@ class PaymentRepository:
 
     # --- SNAP requests and tokens ----------------------------------------------------------
 
-    async def claim_snap_request(self, key: SnapRequestKey, payment_request_id: str, request_hash: str) -> bool:
-        """Record a notification; False when its X-EXTERNAL-ID was used that day (a concurrent
-        twin waits on the primary key until the first commits)."""
-        inserted = await self.conn.fetchval(
-            """INSERT INTO snap_requests (client_id, external_id, request_date, payment_request_id, request_hash)
-               VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING true""",
-            key.client_id, key.external_id, key.day, payment_request_id, request_hash,
+    async def claim_flag(self, key: SnapRequestKey, payment_request_id: str, request_hash: str,
+                         customer_no: str) -> ClaimedFlag | None:
+        """A notification recorded under its X-EXTERNAL-ID (a concurrent twin waits on the primary key
+        until the first commits), then the bill of ``customer_no`` locked and ``payments_seen`` for
+        it, in one round trip; None when the X-EXTERNAL-ID was used that day (nothing locked then).
+
+        The claim comes first (the bill's scan waits on it), so a concurrent twin waits on the
+        claim's key, never holding the bill. The payments are read in the statement's snapshot,
+        taken before any wait for the bill's lock; the bill as locked is its newest version, so
+        when it is not PAID no capture can have committed for it meanwhile (a capture marks it PAID
+        in the same transaction, and PAID is final); when it is, ``captured_is_fresh`` is False and
+        the caller reads ``payments_seen`` again."""
+        row = await self.conn.fetchrow(
+            f"""WITH claim AS (
+                    INSERT INTO snap_requests (client_id, external_id, request_date, payment_request_id, request_hash)
+                    VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING true),
+                bill AS (SELECT {_BILL_COLUMNS} FROM bills
+                         WHERE customer_no = $6 AND EXISTS (SELECT 1 FROM claim) FOR UPDATE)
+                SELECT EXISTS (SELECT 1 FROM claim) AS claimed,
+                       (SELECT bill_id FROM payments WHERE client_id = $1 AND payment_request_id = $4) AS request_bill,
+                       p.payment_id AS captured_id, p.payment_request_id AS captured_request_id,
+                       p.amount AS captured_amount, bill.*
+                FROM (SELECT 1) AS one LEFT JOIN bill ON true LEFT JOIN payments p ON p.bill_id = bill.bill_id""",
+            key.client_id, key.external_id, key.day, payment_request_id, request_hash, customer_no,
         )
-        return bool(inserted)
+        if not row["claimed"]:
+            return None
+        fields = dict(row)
+        del fields["claimed"]
+        request_bill = fields.pop("request_bill")
+        captured_id, captured_request_id, captured_amount = (
+            fields.pop("captured_id"), fields.pop("captured_request_id"), fields.pop("captured_amount"))
+        if fields["bill_id"] is None:
+            return ClaimedFlag(None, request_bill, None)
+        bill = Bill(**{**fields, "status": BillStatus(fields["status"])})
+        captured = (CapturedPayment(captured_id, captured_request_id, captured_amount)
+                    if captured_id is not None else None)
+        return ClaimedFlag(bill, request_bill, captured)
 
     async def snap_request(self, key: SnapRequestKey) -> asyncpg.Record:
         return await self.conn.fetchrow(

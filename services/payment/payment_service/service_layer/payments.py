@@ -1,8 +1,9 @@
 """SNAP virtual-account use cases: the bill inquiry (service 24) and the payment flag (service 25).
 
-A payment flag runs in ONE transaction: record the notification under its X-EXTERNAL-ID, decide
-with the bill locked, capture (payment row, bill PAID, ``payment.captured.v1`` in the outbox),
-store the answer. Every business outcome is recorded, so a replay gets the first outcome.
+A payment flag runs in ONE transaction: record the notification under its X-EXTERNAL-ID and lock
+its bill (one statement, which also reads what was captured already), decide, capture (payment
+row, bill PAID, ``payment.captured.v1`` in the outbox), store the answer. Every business outcome is
+recorded, so a replay gets the first outcome.
 
 Tracing: the bank's callback is a new HTTP request, hence a new trace. A capture publishes
 ``payment.captured.v1`` in the order's trace (the context kept with the bill when it was issued),
@@ -22,7 +23,7 @@ from emeterai_shared.telemetry import span_context_of
 from emeterai_shared.uow import UnitOfWork
 from opentelemetry import trace
 
-from payment_service.adapters.repository import NewPayment, PaymentRepository
+from payment_service.adapters.repository import ClaimedFlag, NewPayment, PaymentRepository
 from payment_service.adapters.snap.codes import Case, Service
 from payment_service.adapters.snap.models import (
     InquiryAnswer,
@@ -83,17 +84,19 @@ class PaymentAnswer:
     """The decision when this request captured the payment."""
 
 
-async def _find_bill(repo: PaymentRepository, client_id: str, request: InquiryRequest | PaymentRequest,
-                     *, lock: bool) -> Bill | None:
+async def _find_bill(repo: PaymentRepository, client_id: str, request: InquiryRequest | PaymentRequest) -> Bill | None:
     """The bill behind the request's VA, if it belongs to the calling bank."""
-    bill = await repo.bill_by_customer_no(request.customer_no, lock=lock)
-    if bill is None or bill.bank != client_id or bill.virtual_account_no != request.va_digits:
-        return None
-    return bill
+    bill = await repo.bill_by_customer_no(request.customer_no)
+    return bill if bill is not None and _bill_of(bill, client_id, request) else None
+
+
+def _bill_of(bill: Bill, client_id: str, request: InquiryRequest | PaymentRequest) -> bool:
+    """Whether the request's VA names ``bill`` and the calling bank issued it."""
+    return bill.bank == client_id and bill.virtual_account_no == request.va_digits
 
 
 async def inquire(uow: UnitOfWork, client_id: str, request: InquiryRequest, now: datetime) -> InquiryAnswer:
-    bill = await _find_bill(PaymentRepository(uow.conn), client_id, request, lock=False)
+    bill = await _find_bill(PaymentRepository(uow.conn), client_id, request)
     if bill is None:
         case = Case.VA_NOT_FOUND
     elif bill.status is BillStatus.PAID:
@@ -111,7 +114,8 @@ async def flag_payment(uow: UnitOfWork, notice: PaymentNotice, now: datetime) ->
     repo = PaymentRepository(uow.conn)
     request = notice.request
     key = SnapRequestKey.of(notice.client_id, notice.external_id, notice.timestamp)
-    if not await repo.claim_snap_request(key, request.payment_request_id, notice.request_hash):
+    claimed = await repo.claim_flag(key, request.payment_request_id, notice.request_hash, request.customer_no)
+    if claimed is None:
         first = await repo.snap_request(key)
         if (first["payment_request_id"], first["request_hash"]) == (request.payment_request_id, notice.request_hash):
             replay = PaymentFlagAnswer.of(Case.INCONSISTENT_REQUEST.code(Service.PAYMENT))
@@ -119,7 +123,7 @@ async def flag_payment(uow: UnitOfWork, notice: PaymentNotice, now: datetime) ->
             return PaymentAnswer(replay)
         return PaymentAnswer(SnapResult.of(Case.CONFLICT.code(Service.PAYMENT),
                                            "Conflict. X-EXTERNAL-ID already used today for another request"))
-    case, captured, payment = await _decide(uow, repo, notice, now)
+    case, captured, payment = await _decide(uow, repo, notice, now, claimed)
     english, indonesian = REASONS[case]
     body = payment_response(case.code(Service.PAYMENT), request, "00" if case is Case.SUCCESS else "01",
                             english, indonesian)
@@ -130,15 +134,17 @@ async def flag_payment(uow: UnitOfWork, notice: PaymentNotice, now: datetime) ->
     return PaymentAnswer(body, captured)
 
 
-async def _decide(uow: UnitOfWork, repo: PaymentRepository, notice: PaymentNotice,
-                  now: datetime) -> tuple[Case, Decision | None, NewPayment | None]:
+async def _decide(uow: UnitOfWork, repo: PaymentRepository, notice: PaymentNotice, now: datetime,
+                  claimed: ClaimedFlag) -> tuple[Case, Decision | None, NewPayment | None]:
     """The answer's case; on a capture also the decision and the payment to record (the caller
     records it with the answer; ``payment.captured.v1`` is published already)."""
     request = notice.request
-    bill = await _find_bill(repo, notice.client_id, request, lock=True)
-    if bill is None:
+    bill = claimed.bill
+    if bill is None or not _bill_of(bill, notice.client_id, request):
         return Case.VA_NOT_FOUND, None, None
-    request_bill, captured = await repo.payments_seen(bill.bill_id, notice.client_id, request.payment_request_id)
+    request_bill, captured = claimed.request_bill, claimed.captured
+    if not claimed.captured_is_fresh:  # paid since the claim's snapshot, maybe by a twin: read again
+        request_bill, captured = await repo.payments_seen(bill.bill_id, notice.client_id, request.payment_request_id)
     if request_bill not in (None, bill.bill_id):
         return Case.CONFLICT, None, None
     try:
