@@ -29,9 +29,9 @@ from payment_service.service_layer.billing import issue_bill
 if TYPE_CHECKING:
     from conftest import Payment
 
-VA_PAYMENT = 6
-"""BEGIN, claim X-EXTERNAL-ID, lock the bill, payments seen, capture + answer + outbox, COMMIT
-(the token is known to the api process). Was 11."""
+VA_PAYMENT = 4
+"""BEGIN, claim X-EXTERNAL-ID + lock the bill + payments seen, capture + answer + outbox, COMMIT
+(the token is known to the api process). Was 11, then 6."""
 VA_PAYMENT_REPLAY = 4
 """BEGIN, claim X-EXTERNAL-ID (taken), the first answer, COMMIT. Was 5."""
 INQUIRY = 1
