@@ -26,5 +26,6 @@ ORDER_WATCHES = Gauge(
 )
 ORDER_WATCH_WAKEUPS = Counter(
     "emeterai_order_watch_wakeups_total",
-    "Long polls woken by their order's change (changed) or at the end of their wait (timeout)", ["outcome"],
+    "Long polls ended by their order's change (changed), at the end of their wait (timeout), because their "
+    "client had gone (gone), or because the api was stopping (closed)", ["outcome"],
 )

@@ -8,13 +8,17 @@ statement, which answers those no longer current (``OrderRepository.stale``): a 
 order's version moved is woken (and reads the view again), whatever the number of requests
 waiting. A waiting request holds no database connection, no admission slot and no place in the
 process's in-flight count (``http.parked``); at most ``capacity`` wait at once, past which
-requests are answered at once as without ``wait_s``."""
+requests are answered at once as without ``wait_s``. A request whose client has gone (its
+connection closed: the phone left the page, or the proxy gave up) stops waiting at the next look,
+so it neither keeps its place nor adds its order to the statement until ``wait_s`` ends."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import asyncpg
 from emeterai_shared.db import DATABASE_OUTAGE
@@ -28,11 +32,26 @@ MAX_WAIT_S = 30
 """The longest ``wait_s`` a request may ask for (below common proxies' idle timeouts of 60 s)."""
 
 
+@dataclass(eq=False)
+class _Waiter:
+    version: str
+    gone: Callable[[], bool] | None
+    """Whether the request's client has gone (None: never asked)."""
+    future: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    """True: the view changed; False: stop waiting (the client has gone, or the watch closed)."""
+
+    def end(self, changed: bool) -> bool:
+        if self.future.done():  # cancelled: its request not yet resumed
+            return False
+        self.future.set_result(changed)
+        return True
+
+
 class OrderWatch:
     def __init__(self, interval_s: float, capacity: int) -> None:
         self.interval_s = interval_s
         self.capacity = capacity
-        self._waiting: dict[uuid.UUID, list[tuple[str, asyncio.Future[None]]]] = {}
+        self._waiting: dict[uuid.UUID, list[_Waiter]] = {}
         self._count = 0
         self._closed = False
 
@@ -49,35 +68,37 @@ class OrderWatch:
         answers ``304`` at once rather than being cut off when the server stops), none waits again."""
         self._closed = True
         for waiters in self._waiting.values():
-            for _, future in waiters:
-                if not future.done():
-                    future.set_result(None)
+            for waiter in waiters:
+                if waiter.end(False):
+                    ORDER_WATCH_WAKEUPS.labels("closed").inc()
         self._waiting.clear()
         self._count = 0
         ORDER_WATCHES.set(0)
 
-    async def changed(self, order_id: uuid.UUID, version: str, timeout_s: float) -> bool:
-        """True once the version of the order's view is no longer ``version`` (or the order is gone,
-        or the watch closes), False when ``timeout_s`` passes first or the watch is closed."""
+    async def changed(self, order_id: uuid.UUID, version: str, timeout_s: float,
+                      gone: Callable[[], bool] | None = None) -> bool:
+        """True once the version of the order's view is no longer ``version`` (or the order is
+        gone); False when ``timeout_s`` passes first, when ``gone()`` says the request's client has
+        gone (asked at every look), or when the watch closes or is closed."""
         if self._closed:
             return False
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (version, future)
+        entry = _Waiter(version, gone)
         self._waiting.setdefault(order_id, []).append(entry)
         self._count += 1
         ORDER_WATCHES.set(self._count)
         try:
             async with asyncio.timeout(timeout_s):
-                await future
-            ORDER_WATCH_WAKEUPS.labels("changed").inc()
-            return True
+                changed = await entry.future
+            if changed:
+                ORDER_WATCH_WAKEUPS.labels("changed").inc()
+            return changed
         except TimeoutError:
             ORDER_WATCH_WAKEUPS.labels("timeout").inc()
             return False
         finally:
-            self._forget(order_id, entry)  # still there unless ``wake`` took it out
+            self._forget(order_id, entry)  # still there unless ``wake`` or a look took it out
 
-    def _forget(self, order_id: uuid.UUID, entry: tuple[str, asyncio.Future[None]]) -> None:
+    def _forget(self, order_id: uuid.UUID, entry: _Waiter) -> None:
         waiters = self._waiting.get(order_id)
         if waiters is None or entry not in waiters:
             return
@@ -95,10 +116,9 @@ class OrderWatch:
             waiters = self._waiting.get(order_id)
             if waiters is None:
                 continue  # woken by an earlier pair, or gone meanwhile
-            keep = [(seen, future) for seen, future in waiters if seen != version]
-            for seen, future in waiters:
-                if seen == version and not future.done():  # done: cancelled, its request not yet resumed
-                    future.set_result(None)
+            keep = [waiter for waiter in waiters if waiter.version != version]
+            for waiter in waiters:
+                if waiter.version == version and waiter.end(True):
                     woken += 1
             if keep:
                 self._waiting[order_id] = keep
@@ -108,12 +128,34 @@ class OrderWatch:
         ORDER_WATCHES.set(self._count)
         return woken
 
+    def let_go(self) -> int:
+        """End the waits of requests whose client has gone; returns how many."""
+        ended = 0
+        for order_id, waiters in list(self._waiting.items()):
+            keep = [waiter for waiter in waiters if waiter.gone is None or not waiter.gone()]
+            if len(keep) == len(waiters):
+                continue
+            for waiter in waiters:
+                if waiter not in keep and waiter.end(False):
+                    ended += 1
+            if keep:
+                self._waiting[order_id] = keep
+            else:
+                del self._waiting[order_id]
+            self._count -= len(waiters) - len(keep)
+        if ended:
+            ORDER_WATCH_WAKEUPS.labels("gone").inc(ended)
+            ORDER_WATCHES.set(self._count)
+        return ended
+
     async def tick(self, pool: asyncpg.Pool) -> int:
-        """One look at every order waited on (none: no statement): the versions waited on go to
-        PostgreSQL, which answers those that are stale."""
+        """One look at every order waited on (none: no statement): the requests whose client has
+        gone stop waiting, and the versions the others wait on go to PostgreSQL, which answers
+        those that are stale."""
+        self.let_go()
         if not self._waiting:
             return 0
-        seen = list({(order_id, version) for order_id, waiters in self._waiting.items() for version, _ in waiters})
+        seen = list({(order_id, waiter.version) for order_id, waiters in self._waiting.items() for waiter in waiters})
         async with pool.acquire() as conn:
             stale = await OrderRepository(conn).stale(seen)
         return self.wake(stale)

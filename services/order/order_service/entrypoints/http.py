@@ -650,7 +650,8 @@ async def get_order(request: web.Request, deps: OrderDeps) -> web.Response:
     if wait_s and deps.watch.has_room() and not any(e.value == "*" for e in seen):  # "*" holds no view to wait on
         deadline = time.monotonic() + wait_s
         with parked(request):
-            while (left := deadline - time.monotonic()) > 0 and await deps.watch.changed(order_id, version, left):
+            while (left := deadline - time.monotonic()) > 0 and \
+                    await deps.watch.changed(order_id, version, left, gone=lambda: _client_gone(request)):
                 response, version = await _order_view(deps, caller, order_id)
                 if not _matches(seen, response):
                     return response
@@ -672,6 +673,12 @@ async def _order_view(deps: OrderDeps, caller: Caller, order_id: uuid.UUID) -> t
     assert isinstance(response.body, bytes)
     response.headers["ETag"] = f'"{hashlib.blake2b(response.body, digest_size=12).hexdigest()}"'
     return response, version
+
+
+def _client_gone(request: web.Request) -> bool:
+    """Whether the request's connection is closed or closing (its client will read no answer)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _matches(seen: tuple[ETag, ...], response: web.Response) -> bool:

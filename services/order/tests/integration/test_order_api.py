@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import jwt
 import pytest
@@ -33,7 +34,8 @@ from cryptography.hazmat.primitives import serialization
 from emeterai_shared.auth import TokenIssuer, ensure_keypair
 from emeterai_shared.db import create_pool
 from emeterai_shared.http import ComeBackLine
-from emeterai_testkit.fixtures import eventually, reset_service, settings_for
+from emeterai_shared.runtime import Resources, assemble, build_api
+from emeterai_testkit.fixtures import eventually, free_port, reset_service, settings_for
 from order_service.adapters.partners import PARTNER_NAMESPACE
 from order_service.adapters.repository import OrderRepository
 from order_service.bootstrap import SERVICE
@@ -580,6 +582,57 @@ async def test_a_stopping_api_answers_its_held_long_polls_and_holds_no_more(api:
         late = asyncio.create_task(client.get(f"/v1/orders/{order_id}?wait_s=30", headers=held))
         await eventually(lambda: late.done() or deps.watch.waiting, message="answered or held")
         assert late.done() and (late.result()).status == 304 and deps.watch.waiting == 0
+
+
+def _watch_wakeups(outcome: str) -> float:
+    return REGISTRY.get_sample_value("emeterai_order_watch_wakeups_total", {"outcome": outcome}) or 0.0
+
+
+@contextlib.asynccontextmanager
+async def _served_as_a_process(settings: OrderSettings, pool: asyncpg.Pool) -> AsyncIterator[tuple[str, OrderDeps]]:
+    """The order api served as its process serves it (``runtime``: an ``AppRunner`` whose handlers
+    run on when their client goes; the test kit's ``TestServer`` cancels them): its base URL."""
+    resources = Resources(settings=settings, pool=pool)
+    process = await assemble(SERVICE, resources)
+    runner = web.AppRunner(build_api(SERVICE, process), access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}", process.deps
+    finally:
+        await runner.cleanup()
+        for closer in reversed(resources.closers):
+            await closer()
+
+
+async def test_a_long_poll_whose_client_has_gone_stops_waiting(api: Api) -> None:
+    """A phone that leaves the page closes its held request's connection: the watch lets the request
+    go at its next look (outcome ``gone``) instead of holding it, and its order in every look,
+    until ``wait_s`` ends (outcome ``timeout``)."""
+    _, token = await api.account()
+    auth = {"Authorization": f"Bearer {token}"}
+    order_id = (await (await api.order(token, {"quantity": 1}, key())).json())["order_id"]
+    async with _served_as_a_process(api.settings, api.deps.pool) as (url, deps), aiohttp.ClientSession() as session:
+        async with session.get(f"{url}/v1/orders/{order_id}", headers=auth) as first:
+            etag = first.headers["ETag"]
+        held = {**auth, "If-None-Match": etag}
+        gone, timed_out = _watch_wakeups("gone"), _watch_wakeups("timeout")
+        waiting = asyncio.create_task(session.get(f"{url}/v1/orders/{order_id}?wait_s=30", headers=held))
+        await eventually(lambda: deps.watch.waiting == 1, message="the long poll waits")
+        waiting.cancel()  # the client closes the connection without reading an answer
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        await eventually(lambda: _watch_wakeups("gone") == gone + 1, timeout_s=60, message="the gone client let go")
+        assert deps.watch.waiting == 0 and _watch_wakeups("timeout") == timed_out
+        # a client still there keeps waiting through the looks
+        still = asyncio.create_task(session.get(f"{url}/v1/orders/{order_id}?wait_s=30", headers=held))
+        await eventually(lambda: deps.watch.waiting == 1, message="the next long poll waits")
+        assert deps.watch.let_go() == 0 and deps.watch.waiting == 1
+        await _bill(api, order_id)
+        async with await still as changed:
+            assert changed.status == 200
+        assert _watch_wakeups("gone") == gone + 1
 
 
 @pytest.mark.parametrize("wait", ["31", "-1", "1.5", "x", "", "99999999999999999999"])
