@@ -2,11 +2,13 @@
 ``wait_s`` waits here until the order's view may have changed, instead of the buyer asking again
 and again while the bill and the credit are on their way.
 
-One api process keeps its waiting requests by order, each with the version of the view it last
-read, and every ``interval_s`` sends every order and version waited on to PostgreSQL in one
-statement, which answers those no longer current (``OrderRepository.stale``): a request whose
-order's version moved is woken (and reads the view again), whatever the number of requests
-waiting. A waiting request holds no database connection, no admission slot and no place in the
+One api process keeps its waiting requests by order, each with the account asking and the tag of
+the view it holds (its ``If-None-Match``, ``OrderRepository.view_tag``), and every ``interval_s``
+sends every order, account and tag waited on to PostgreSQL in one statement, which answers those
+no longer current (``OrderRepository.stale``): a request whose order's view changed (or that is
+not the account's order) is woken and reads the view, whatever the number of requests waiting. A
+request starts waiting without reading the view: the first look tells whether the tag it holds is
+still current. A waiting request holds no database connection, no admission slot and no place in the
 process's in-flight count (``http.parked``); at most ``capacity`` wait at once, past which
 requests are answered at once as without ``wait_s``. A request whose client has gone (its
 connection closed: the phone left the page, or the proxy gave up) stops waiting at the next look,
@@ -34,7 +36,8 @@ MAX_WAIT_S = 30
 
 @dataclass(eq=False)
 class _Waiter:
-    version: str
+    account_id: uuid.UUID
+    tag: str
     gone: Callable[[], bool] | None
     """Whether the request's client has gone (None: never asked)."""
     future: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
@@ -75,14 +78,14 @@ class OrderWatch:
         self._count = 0
         ORDER_WATCHES.set(0)
 
-    async def changed(self, order_id: uuid.UUID, version: str, timeout_s: float,
+    async def changed(self, order_id: uuid.UUID, account_id: uuid.UUID, tag: str, timeout_s: float,
                       gone: Callable[[], bool] | None = None) -> bool:
-        """True once the version of the order's view is no longer ``version`` (or the order is
-        gone); False when ``timeout_s`` passes first, when ``gone()`` says the request's client has
+        """True once the tag of the order's view is no longer ``tag`` (or the order is gone, or is
+        not ``account_id``'s); False when ``timeout_s`` passes first, when ``gone()`` says the request's client has
         gone (asked at every look), or when the watch closes or is closed."""
         if self._closed:
             return False
-        entry = _Waiter(version, gone)
+        entry = _Waiter(account_id, tag, gone)
         self._waiting.setdefault(order_id, []).append(entry)
         self._count += 1
         ORDER_WATCHES.set(self._count)
@@ -108,17 +111,18 @@ class OrderWatch:
         self._count -= 1
         ORDER_WATCHES.set(self._count)
 
-    def wake(self, stale: list[tuple[uuid.UUID, str]]) -> int:
-        """Wake the requests waiting on an order with a version of its view that is ``stale``
-        (the order changed since, or is gone); returns how many were woken."""
+    def wake(self, stale: list[tuple[uuid.UUID, uuid.UUID, str]]) -> int:
+        """Wake the requests of an account waiting on an order with a tag of its view that is
+        ``stale`` (the order changed since, or is gone, or is not that account's); returns how many
+        were woken."""
         woken = 0
-        for order_id, version in stale:
+        for order_id, account_id, tag in stale:
             waiters = self._waiting.get(order_id)
             if waiters is None:
-                continue  # woken by an earlier pair, or gone meanwhile
-            keep = [waiter for waiter in waiters if waiter.version != version]
+                continue  # woken by an earlier triple, or gone meanwhile
+            keep = [w for w in waiters if (w.account_id, w.tag) != (account_id, tag)]
             for waiter in waiters:
-                if waiter.version == version and waiter.end(True):
+                if (waiter.account_id, waiter.tag) == (account_id, tag) and waiter.end(True):
                     woken += 1
             if keep:
                 self._waiting[order_id] = keep
@@ -150,12 +154,12 @@ class OrderWatch:
 
     async def tick(self, pool: asyncpg.Pool) -> int:
         """One look at every order waited on (none: no statement): the requests whose client has
-        gone stop waiting, and the versions the others wait on go to PostgreSQL, which answers
-        those that are stale."""
+        gone stop waiting, and the tags the others hold go to PostgreSQL, which answers those that
+        are stale."""
         self.let_go()
         if not self._waiting:
             return 0
-        seen = list({(order_id, waiter.version) for order_id, waiters in self._waiting.items() for waiter in waiters})
+        seen = list({(order_id, w.account_id, w.tag) for order_id, waiters in self._waiting.items() for w in waiters})
         async with pool.acquire() as conn:
             stale = await OrderRepository(conn).stale(seen)
         return self.wake(stale)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any
 
@@ -22,6 +23,21 @@ _COLUMNS = """id, account_id, partner_id, quantity, amount, bank, status, failur
 
 
 _QUALIFIED = ", ".join(f"o.{c}" for c in _COLUMNS.replace("\n", " ").replace(" ", "").split(","))
+
+VIEW_TAG_FORMAT = "order-view-1"
+"""Part of every ``view_tag``: a release that changes how an order's view is written changes it, so
+that no client holds a tag of a view written the old way."""
+VIEW_TAG_LENGTH = 24
+
+
+def view_tag(order_id: uuid.UUID, version: str) -> str:
+    """The entity tag of an order's view: a digest of the transaction ids that last wrote the order's
+    row and its refunds' rows (``xmin``: any UPDATE changes it; the view is a function of those rows),
+    so the tag changes whenever the view may. ``stale`` computes the same in PostgreSQL, so the tag
+    a client holds is compared there without reading the view. A digest, not the ids themselves,
+    which would tell anyone how busy the database is."""
+    text = f"{VIEW_TAG_FORMAT}:{order_id}:{version}"
+    return hashlib.sha256(text.encode()).hexdigest()[:VIEW_TAG_LENGTH]
 """``_COLUMNS`` of ``orders o``, for a query that joins other tables."""
 
 
@@ -97,8 +113,8 @@ class OrderRepository:
 
     async def get_with_refunds(self, order_id: uuid.UUID) -> tuple[Order, list[Refund], str] | None:
         """The order with its refunds oldest first, in one round trip (the view buyers poll), and the
-        version of the rows read (``stale``); an order still AWAITING_PAYMENT has no refunds, and
-        none are looked for."""
+        tag of the rows read (``view_tag``, compared by ``stale``); an order still AWAITING_PAYMENT
+        has no refunds, and none are looked for."""
         rows = await self.conn.fetch(
             f"""SELECT {_QUALIFIED}, {refunds.PREFIXED_COLUMNS}, o.xmin::text AS o_version,
                        r.xmin::text AS r_version FROM orders o
@@ -108,24 +124,25 @@ class OrderRepository:
             return None
         found = [r for r in rows if r["r_refund_id"] is not None]
         version = f"{rows[0]['o_version']}:{','.join(r['r_version'] for r in found)}"
-        return _order(rows[0]), [refunds.refund_of(r, "r_") for r in found], version
+        return _order(rows[0]), [refunds.refund_of(r, "r_") for r in found], view_tag(order_id, version)
 
-    async def stale(self, seen: list[tuple[uuid.UUID, str]]) -> list[tuple[uuid.UUID, str]]:
-        """Those of ``seen`` (an order and the version of its view that was read) whose version is no
-        longer the order's, or whose order is gone, in one round trip; PostgreSQL compares, so only
-        what changed comes back. The version is the transaction ids that last wrote the order's row
-        and its refunds' rows (``xmin``: any UPDATE changes it), in the form and order
-        ``get_with_refunds`` gives."""
+    async def stale(self, seen: list[tuple[uuid.UUID, uuid.UUID, str]]) -> list[tuple[uuid.UUID, uuid.UUID, str]]:
+        """Those of ``seen`` (an order, the account asking, and the ``view_tag`` it holds) whose tag is
+        no longer the order's view's, or whose order is gone or not that account's, in one round
+        trip; PostgreSQL compares, so only what changed comes back. The tag is computed here as
+        ``view_tag`` computes it from the rows ``get_with_refunds`` reads."""
         if not seen:
             return []
         rows = await self.conn.fetch(
-            """SELECT w.id, w.version FROM unnest($1::uuid[], $2::text[]) AS w (id, version)
-               LEFT JOIN orders o ON o.id = w.id
-               WHERE o.id IS NULL OR w.version IS DISTINCT FROM o.xmin::text || ':' || COALESCE(
-                   (SELECT string_agg(r.xmin::text, ',' ORDER BY r.requested_at, r.refund_id)
-                    FROM refunds r WHERE r.order_id = o.id AND o.status <> 'AWAITING_PAYMENT'), '')""",
-            [order_id for order_id, _ in seen], [version for _, version in seen])
-        return [(row["id"], row["version"]) for row in rows]
+            f"""SELECT w.id, w.account, w.tag FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS w (id, account, tag)
+               LEFT JOIN orders o ON o.id = w.id AND o.account_id = w.account
+               WHERE o.id IS NULL OR w.tag IS DISTINCT FROM left(encode(sha256(convert_to(
+                   '{VIEW_TAG_FORMAT}:' || o.id::text || ':' || o.xmin::text || ':' || COALESCE(
+                       (SELECT string_agg(r.xmin::text, ',' ORDER BY r.requested_at, r.refund_id)
+                        FROM refunds r WHERE r.order_id = o.id AND o.status <> 'AWAITING_PAYMENT'), ''),
+                   'UTF8')), 'hex'), {VIEW_TAG_LENGTH})""",
+            [order_id for order_id, _, _ in seen], [account for _, account, _ in seen], [tag for _, _, tag in seen])
+        return [(row["id"], row["account"], row["tag"]) for row in rows]
 
     async def get_for_fulfilment(self, order_id: uuid.UUID, serials: list[str]) -> tuple[Order, list[str]] | None:
         """The order, locked, and those of ``serials`` already indexed for another order, in one

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import re
 import time
 import uuid
@@ -34,6 +33,7 @@ from pydantic import BaseModel, Field, PlainSerializer, StringConstraints, field
 from order_service.adapters.acquirer_states import QrisOutage
 from order_service.adapters.order_watch import MAX_WAIT_S
 from order_service.adapters.receipt_pdf import render_receipt
+from order_service.adapters.repository import VIEW_TAG_LENGTH
 from order_service.config import OrderSettings
 from order_service.dependencies import OrderDeps
 from order_service.domain.order import DUTY_PER_STAMP, Order
@@ -639,40 +639,61 @@ def _order_id(request: web.Request) -> uuid.UUID:
 async def get_order(request: web.Request, deps: OrderDeps) -> web.Response:
     """The order view, with an ``ETag``. With ``If-None-Match`` naming the view as it is: ``304`` at
     once, or with ``wait_s`` once the view changes (``200``) or ``wait_s`` has passed (``304``): a
-    long poll, which waits in ``deps.watch`` outside the process's in-flight count."""
+    long poll, which waits in ``deps.watch`` outside the process's in-flight count.
+
+    A long poll naming one tag of ours starts waiting without reading the view: the watch's next
+    look compares the tag in PostgreSQL (with the orders of every other waiting request), and only
+    a stale tag (or another account's order, or none) makes it read the view, to answer ``200``
+    (or ``404``). So a phone waiting to pay costs no read of its order when nothing changed."""
     caller = _caller(request, deps)
     order_id = _order_id(request)
     wait_s = _int_param(request, "wait_s", 0, 0, MAX_WAIT_S)
     seen = request.if_none_match
-    response, version = await _order_view(deps, caller, order_id)
-    if not seen or not _matches(seen, response):
-        return response
-    if wait_s and deps.watch.has_room() and not any(e.value == "*" for e in seen):  # "*" holds no view to wait on
-        deadline = time.monotonic() + wait_s
-        with parked(request):
-            while (left := deadline - time.monotonic()) > 0 and \
-                    await deps.watch.changed(order_id, version, left, gone=lambda: _client_gone(request)):
-                response, version = await _order_view(deps, caller, order_id)
-                if not _matches(seen, response):
-                    return response
-    return web.Response(status=304, headers={"ETag": response.headers["ETag"]})
+    can_wait = bool(wait_s) and deps.watch.has_room()
+    held = _held_tag(seen) if can_wait and not caller.unproven else None  # unproven: checked by the read
+    if held is None:
+        response, tag = await _order_view(deps, caller, order_id)
+        if not seen or not _matches(seen, response):
+            return response
+        if not can_wait or any(e.value == "*" for e in seen):  # "*" holds no view to wait on
+            return _not_modified(tag)
+        held = tag
+    deadline = time.monotonic() + wait_s
+    with parked(request):
+        while (left := deadline - time.monotonic()) > 0 and await deps.watch.changed(
+                order_id, caller.account_id, held, left, gone=lambda: _client_gone(request)):
+            response, held = await _order_view(deps, caller, order_id)
+            if not _matches(seen or (), response):
+                return response
+    return _not_modified(held)
+
+
+def _held_tag(seen: tuple[ETag, ...] | None) -> str | None:
+    """The one tag ``If-None-Match`` names, when it has the form of ours (``view_tag``)."""
+    if seen is None or len(seen) != 1:
+        return None
+    value = seen[0].value
+    return value if len(value) == VIEW_TAG_LENGTH and all(c in "0123456789abcdef" for c in value) else None
+
+
+def _not_modified(tag: str) -> web.Response:
+    return web.Response(status=304, headers={"ETag": f'"{tag}"'})
 
 
 async def _order_view(deps: OrderDeps, caller: Caller, order_id: uuid.UUID) -> tuple[web.Response, str]:
-    """The order view as answered (with its ``ETag``), and the version of the rows it was read from
-    (``OrderWatch``). Reads only, so no transaction (BEGIN and COMMIT were two of its round trips);
-    the order with its refunds (none before it is paid) in one query."""
+    """The order view as answered (with its ``ETag``), and that tag (``view_tag``, which
+    ``OrderWatch`` compares). Reads only, so no transaction (BEGIN and COMMIT were two of its round
+    trips); the order with its refunds (none before it is paid) in one query."""
     async with deps.pool.acquire() as conn:
         uow = UnitOfWork(conn)
         await signin.ensure_current(uow, caller)
         found = await orders.order_view(uow, caller.account_id, order_id)
     if found is None:
         raise ApiError(404, "order_not_found", "no such order")
-    order, order_refunds, version = found
+    order, order_refunds, tag = found
     response = respond(OrderView.of(order, order_refunds))
-    assert isinstance(response.body, bytes)
-    response.headers["ETag"] = f'"{hashlib.blake2b(response.body, digest_size=12).hexdigest()}"'
-    return response, version
+    response.headers["ETag"] = f'"{tag}"'
+    return response, tag
 
 
 def _client_gone(request: web.Request) -> bool:

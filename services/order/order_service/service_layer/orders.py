@@ -71,8 +71,8 @@ async def order_of(uow: UnitOfWork, account_id: uuid.UUID, order_id: uuid.UUID) 
 
 async def order_view(uow: UnitOfWork, account_id: uuid.UUID,
                      order_id: uuid.UUID) -> tuple[Order, list[Refund], str] | None:
-    """``order_of`` with the order's refunds (none before it is paid) and the version of what was
-    read (``OrderRepository.stale``), in one round trip."""
+    """``order_of`` with the order's refunds (none before it is paid) and the tag of its view
+    (``OrderRepository.view_tag``), in one round trip."""
     found = await OrderRepository(uow.conn).get_with_refunds(order_id)
     return found if found is not None and found[0].account_id == account_id else None
 

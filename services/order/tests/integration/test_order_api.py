@@ -16,6 +16,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -64,6 +65,17 @@ class Api:
     async def account(self) -> tuple[uuid.UUID, str]:
         resp = await self.client.post("/v1/accounts", json={"name": "Siti Aminah", "phone": "+6281234567890"})
         assert resp.status == 201, await resp.text()
+        body = await resp.json()
+        return uuid.UUID(body["account_id"]), body["token"]
+
+    async def signed_in(self) -> tuple[uuid.UUID, str]:
+        """A buyer signed in with a code (a token with a session), on a phone of its own."""
+        phone = f"+62813{uuid.uuid4().int % 10**8:08d}"
+        assert (await self.client.post("/v1/auth/otp", json={"phone": phone})).status == 202
+        [text] = await self.fetch("SELECT body FROM sms_outbox WHERE phone = $1", phone)
+        [code] = re.findall(r"[0-9]{6}", text["body"])
+        resp = await self.client.post("/v1/auth/token", json={"phone": phone, "code": code})
+        assert resp.status == 200, await resp.text()
         body = await resp.json()
         return uuid.UUID(body["account_id"]), body["token"]
 
@@ -584,6 +596,34 @@ async def test_a_stopping_api_answers_its_held_long_polls_and_holds_no_more(api:
         assert late.done() and (late.result()).status == 304 and deps.watch.waiting == 0
 
 
+async def test_a_signed_in_buyers_long_poll_waits_on_its_tag_and_answers_as_a_read_would(api: Api) -> None:
+    """A signed-in buyer's long poll naming one of our tags waits without reading the view (the
+    watch compares the tag): 304 when nothing changed, 200 with the new view once the order
+    changes, at once when the tag is not the view's, and 404 for another account's order."""
+    _, token = await api.signed_in()
+    auth = {"Authorization": f"Bearer {token}"}
+    order_id = (await (await api.order(token, {"quantity": 2}, key())).json())["order_id"]
+    etag = (await api.client.get(f"/v1/orders/{order_id}", headers=auth)).headers["ETag"]
+    held = {**auth, "If-None-Match": etag}
+    unchanged = await api.client.get(f"/v1/orders/{order_id}?wait_s=1", headers=held)
+    assert (unchanged.status, unchanged.headers["ETag"]) == (304, etag)
+    waiting = asyncio.create_task(api.client.get(f"/v1/orders/{order_id}?wait_s=30", headers=held))
+    await eventually(lambda: api.deps.watch.waiting == 1, message="the long poll waits")
+    await _bill(api, order_id)
+    changed = await waiting
+    assert changed.status == 200 and changed.headers["ETag"] != etag
+    assert (await changed.json())["payment"]["virtual_account_no"] == "8808000000012345"
+    # a tag of our form that is not the view's (an old one): the new view at the first look
+    old = await api.client.get(f"/v1/orders/{order_id}?wait_s=30", headers=held)
+    assert old.status == 200 and old.headers["ETag"] == changed.headers["ETag"]
+    # another signed-in account naming the order's very tag: not found, not held
+    _, stranger = await api.signed_in()
+    named = {"Authorization": f"Bearer {stranger}", "If-None-Match": changed.headers["ETag"]}
+    resp = await api.client.get(f"/v1/orders/{order_id}?wait_s=30", headers=named)
+    assert (await error_of(resp, 404))["code"] == "order_not_found"
+    assert api.deps.watch.waiting == 0
+
+
 def _watch_wakeups(outcome: str) -> float:
     return REGISTRY.get_sample_value("emeterai_order_watch_wakeups_total", {"outcome": outcome}) or 0.0
 
@@ -644,13 +684,15 @@ async def test_a_wait_s_out_of_range_is_400(api: Api, wait: str) -> None:
     assert (await error_of(resp, 400))["code"] == "invalid_parameter"
 
 
-async def test_the_watch_finds_stale_exactly_the_versions_that_changed(api: Api) -> None:
-    """``stale`` (the watch's one statement) finds nothing stale in the version ``get_with_refunds``
+async def test_the_watch_finds_stale_exactly_the_tags_that_changed(api: Api) -> None:
+    """``stale`` (the watch's one statement) finds nothing stale in the tag ``get_with_refunds``
     (the view's read) gives for an unchanged order, with and without refunds, and finds it stale
-    once the order's row or a refund's changes; an order that is gone is stale."""
-    _, token = await api.account()
+    once the order's row or a refund's changes; an order that is gone, or that is another
+    account's, is stale."""
+    account, token = await api.account()
     order_id = uuid.UUID((await (await api.order(token, {"quantity": 2}, key())).json())["order_id"])
-    gone = (uuid.uuid4(), "1:")
+    owner = account
+    gone = (uuid.uuid4(), owner, "0" * 24)
 
     async def read() -> str:
         async with api.deps.pool.acquire() as conn:
@@ -658,14 +700,17 @@ async def test_the_watch_finds_stale_exactly_the_versions_that_changed(api: Api)
             assert found is not None
             return found[2]
 
-    async def stale(*versions: str) -> set[str]:
+    async def stale(*tags: str) -> set[str]:
         async with api.deps.pool.acquire() as conn:
-            found = await OrderRepository(conn).stale([(order_id, v) for v in versions] + [gone])
+            found = await OrderRepository(conn).stale([(order_id, owner, t) for t in tags] + [gone])
         assert gone in found
-        return {version for order, version in found if order == order_id}
+        return {tag for order, _, tag in found if order == order_id}
 
     viewed = await read()
     assert await stale(viewed) == set()
+    async with api.deps.pool.acquire() as conn:  # the same tag asked for by a stranger: stale
+        stranger = uuid.uuid4()
+        assert await OrderRepository(conn).stale([(order_id, stranger, viewed)]) == [(order_id, stranger, viewed)]
     await api.fetch("UPDATE orders SET status = 'FULFILLED' WHERE id = $1", order_id)
     paid = await read()
     assert await stale(viewed, paid) == {viewed}

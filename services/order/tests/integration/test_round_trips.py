@@ -52,12 +52,17 @@ MOST = {
     "POST /v1/orders (registered account)": 2,  # + the check for a token without a session (was 8)
     "GET /v1/orders/{id} unpaid": 1,
     "GET /v1/orders/{id} paid": 1,  # the order with its refunds (was 2)
+    "GET /v1/orders/{id} long poll, unchanged": 0,  # the watch's looks compare its tag (was 1: the view read first)
     "sign-in texts": 2,  # the batch claimed, the batch finished: no message (was BEGIN, inbox, COMMIT + a relay's)
     "order.on_bill_issued": 4,  # BEGIN, inbox, one UPDATE, COMMIT (was 5)
     "order.on_payment_captured": 6,  # BEGIN, inbox, order, receipt, order + history + outbox, COMMIT (was 10)
     "order.on_serials_issued": 5,  # BEGIN, inbox, order + serials taken, order + history + serials, COMMIT (was 8)
 }
 """The most statements each step may send (BEGIN and COMMIT included)."""
+
+WATCH_LOOK = "FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS w"
+"""The order watch's look (``OrderRepository.stale``): one statement per interval for every long poll
+waiting in the process, not a step's."""
 
 
 class Recorder(QueryCounter):
@@ -158,6 +163,11 @@ async def test_statements_per_step_of_a_purchase(world: World) -> None:
                                order_id)
     assert [tuple(r) for r in history] == [(None, "AWAITING_PAYMENT", "order placed")]
     await world.http("GET /v1/orders/{id} unpaid", client.get(f"/v1/orders/{order_id}", headers=auth), 200)
+    etag = (await client.get(f"/v1/orders/{order_id}", headers=auth)).headers["ETag"]
+    held, sent = await world.recorder.during(client.get(f"/v1/orders/{order_id}?wait_s=1",
+                                                        headers={**auth, "If-None-Match": etag}))
+    assert (held.status, held.headers["ETag"]) == (304, etag)
+    world.counts["GET /v1/orders/{id} long poll, unchanged"] = [s for s in sent if WATCH_LOOK not in s]
 
     _, world.counts["sign-in texts"] = await world.recorder.during(send_texts(world.deps))
     assert await pool.fetchval("SELECT count(*) FROM sms_outbox") == 0
