@@ -2,9 +2,10 @@
 
 In one run: a fresh order database (``emeterai_bench_front_door``) and one order ``api`` process
 (``python -m order_service api``; admission and per-account limits out of the way, logs at
-WARNING, no trace exporter), 32 accounts, then for each phase a warm-up and ``--requests``
-requests with ``--concurrency`` in flight: ``GET /v1/pricing``, ``POST /v1/orders`` by virtual
-account, ``POST /v1/orders`` by QRIS (every answer must be 200 / 202). CPU per request by process
+WARNING, no trace exporter), 32 accounts signed in with a code (as the page's buyers are), then
+for each phase a warm-up and ``--requests`` requests with ``--concurrency`` in flight:
+``GET /v1/pricing``, ``POST /v1/orders`` by virtual account, ``POST /v1/orders`` by QRIS (every
+answer must be 200 / 202). CPU per request by process
 (order api, PostgreSQL's backends, this load generator; ``bench.messaging.cpu``) is a figure that
 depends little on the machine's speed or on other work, unlike the rates.
 
@@ -22,6 +23,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import sys
 import tempfile
 import time
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import uvloop
 from emeterai_testkit.fixtures import reset_service, settings_for
 from emeterai_testkit.platform import Platform
@@ -129,11 +132,29 @@ async def waiting_phones(session: aiohttp.ClientSession, meter: CpuMeter, urls: 
             "answers": dict(answers)}
 
 
+async def signed_in(session: aiohttp.ClientSession, base: str, settings: OrderSettings, phone: str) -> str:
+    """The token of a buyer signed in with a code, as the page's buyers are (the code read from the
+    text queued for the phone: no worker sends texts here)."""
+    async with session.post(f"{base}/v1/auth/otp", json={"phone": phone}) as response:
+        assert response.status == 202, await response.text()
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        text = await conn.fetchval("SELECT body FROM sms_outbox ORDER BY id DESC LIMIT 1")
+    finally:
+        await conn.close()
+    [code] = re.findall(r"[0-9]{6}", text)
+    async with session.post(f"{base}/v1/auth/token", json={"phone": phone, "code": code}) as response:
+        assert response.status == 200, await response.text()
+        token: str = (await response.json())["token"]
+        return token
+
+
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     load_at_start = os.getloadavg()[0]
     settings = settings_for(OrderSettings, database_name=DATABASE, amqp_url=fresh_vhost(VHOST),
                             secrets_dir=str(workdir), log_level="WARNING", admission_min_limit=100_000_000,
-                            order_rate_per_account_per_s=1e6, order_burst_per_account=1_000_000)
+                            order_rate_per_account_per_s=1e6, order_burst_per_account=1_000_000,
+                            otp_client_limit=0, otp_phone_interval_s=0)
     assert isinstance(settings, OrderSettings)
     await reset_service(SERVICE, settings)
     platform = Platform(logs=workdir)
@@ -148,11 +169,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         base = platform.url("order")
         connector = aiohttp.TCPConnector(limit=args.concurrency)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
-            tokens = []
-            for i in range(ACCOUNTS):
-                async with session.post(f"{base}/v1/accounts",
-                                        json={"name": "Bench", "phone": f"08123{i:07d}"}) as response:
-                    tokens.append((await response.json())["token"])
+            tokens = [await signed_in(session, base, settings, f"+628123{i:07d}") for i in range(ACCOUNTS)]
 
             def order(method: str) -> Callable[[int], Request]:
                 return lambda i: ("POST", f"{base}/v1/orders", {
