@@ -20,10 +20,11 @@ class OrderSettings(ServiceSettings):
     partners_file: str = ""
     receipt_seller: str = "e-Meterai Platform"
     """The seller named on receipts (``GET /v1/orders/{id}/receipt``)."""
-    watch_interval_s: float = 0.2
+    watch_interval_s: float = 0.5
     """How often an api process looks whether the orders its long polls wait on changed (``GET
     /v1/orders/{order_id}`` with ``wait_s``): a change reaches a waiting buyer this late at most,
-    plus a read. 0: no long polls (``wait_s`` is ignored)."""
+    plus a read; each look costs a little per request waiting (``bench.front_door``). 0: no long
+    polls (``wait_s`` is ignored)."""
     watch_capacity: int = 10_000
     """Long polls one api process holds at once; past them, ``wait_s`` is ignored (answered at once)."""
     acquirer_state_ttl_s: float = 1.0

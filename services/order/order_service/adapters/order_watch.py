@@ -11,13 +11,14 @@ request starts waiting without reading the view: the first look tells whether th
 still current. A waiting request holds no database connection, no admission slot and no place in the
 process's in-flight count (``http.parked``); at most ``capacity`` wait at once, past which
 requests are answered at once as without ``wait_s``. A request whose client has gone (its
-connection closed: the phone left the page, or the proxy gave up) stops waiting at the next look,
+connection closed: the phone left the page, or the proxy gave up) stops waiting within a second,
 so it neither keeps its place nor adds its order to the statement until ``wait_s`` ends."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 30
 """The longest ``wait_s`` a request may ask for (below common proxies' idle timeouts of 60 s)."""
+LET_GO_EVERY_S = 1.0
+"""How often a look also asks every waiting request whether its client has gone (a cost per request
+waiting, as the statement is: once a second, not at every look)."""
 
 
 @dataclass(eq=False)
@@ -57,6 +61,7 @@ class OrderWatch:
         self._waiting: dict[uuid.UUID, list[_Waiter]] = {}
         self._count = 0
         self._closed = False
+        self._let_go_at = 0.0
 
     @property
     def waiting(self) -> int:
@@ -154,9 +159,11 @@ class OrderWatch:
 
     async def tick(self, pool: asyncpg.Pool) -> int:
         """One look at every order waited on (none: no statement): the requests whose client has
-        gone stop waiting, and the tags the others hold go to PostgreSQL, which answers those that
+        gone stop waiting (once a second), and the tags the others hold go to PostgreSQL, which answers those that
         are stale."""
-        self.let_go()
+        if (now := time.monotonic()) - self._let_go_at >= LET_GO_EVERY_S:
+            self._let_go_at = now
+            self.let_go()
         if not self._waiting:
             return 0
         seen = list({(order_id, w.account_id, w.tag) for order_id, waiters in self._waiting.items() for w in waiters})
