@@ -54,6 +54,10 @@ class _Waiter:
         return True
 
 
+def _holding(account_id: uuid.UUID, tag: str) -> Callable[[_Waiter], bool]:
+    return lambda waiter: (waiter.account_id, waiter.tag) == (account_id, tag)
+
+
 class OrderWatch:
     def __init__(self, interval_s: float, capacity: int) -> None:
         self.interval_s = interval_s
@@ -122,45 +126,43 @@ class OrderWatch:
         were woken."""
         woken = 0
         for order_id, account_id, tag in stale:
-            waiters = self._waiting.get(order_id)
-            if waiters is None:
-                continue  # woken by an earlier triple, or gone meanwhile
-            keep = [w for w in waiters if (w.account_id, w.tag) != (account_id, tag)]
-            for waiter in waiters:
-                if (waiter.account_id, waiter.tag) == (account_id, tag) and waiter.end(True):
-                    woken += 1
-            if keep:
-                self._waiting[order_id] = keep
-            else:
-                del self._waiting[order_id]
-            self._count -= len(waiters) - len(keep)
+            woken += self._end_where(order_id, _holding(account_id, tag), changed=True)
         ORDER_WATCHES.set(self._count)
         return woken
 
     def let_go(self) -> int:
         """End the waits of requests whose client has gone; returns how many."""
-        ended = 0
-        for order_id, waiters in list(self._waiting.items()):
-            keep = [waiter for waiter in waiters if waiter.gone is None or not waiter.gone()]
-            if len(keep) == len(waiters):
-                continue
-            for waiter in waiters:
-                if waiter not in keep and waiter.end(False):
-                    ended += 1
-            if keep:
-                self._waiting[order_id] = keep
-            else:
-                del self._waiting[order_id]
-            self._count -= len(waiters) - len(keep)
+        ended = sum(self._end_where(order_id, lambda w: w.gone is not None and w.gone(), changed=False)
+                    for order_id in list(self._waiting))
         if ended:
             ORDER_WATCH_WAKEUPS.labels("gone").inc(ended)
             ORDER_WATCHES.set(self._count)
         return ended
 
+    def _end_where(self, order_id: uuid.UUID, ends: Callable[[_Waiter], bool], *, changed: bool) -> int:
+        """End the waits on ``order_id`` for which ``ends`` holds, telling them ``changed``, and
+        forget them; returns how many were ended (a cancelled one, its request not yet resumed, is
+        forgotten without being told)."""
+        waiters = self._waiting.get(order_id)
+        if waiters is None:
+            return 0  # ended by an earlier call, or gone meanwhile
+        keep: list[_Waiter] = []
+        ending: list[_Waiter] = []
+        for waiter in waiters:
+            (ending if ends(waiter) else keep).append(waiter)
+        if not ending:
+            return 0
+        if keep:
+            self._waiting[order_id] = keep
+        else:
+            del self._waiting[order_id]
+        self._count -= len(ending)
+        return sum(1 for waiter in ending if waiter.end(changed))
+
     async def tick(self, pool: asyncpg.Pool) -> int:
         """One look at every order waited on (none: no statement): the requests whose client has
-        gone stop waiting (once a second), and the tags the others hold go to PostgreSQL, which answers those that
-        are stale."""
+        gone stop waiting (asked once a second), and the tags the others hold go to PostgreSQL,
+        which answers those that are stale."""
         if (now := time.monotonic()) - self._let_go_at >= LET_GO_EVERY_S:
             self._let_go_at = now
             self.let_go()
