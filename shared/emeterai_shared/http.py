@@ -325,8 +325,9 @@ the process's in-flight count, ``parking(+1)`` puts it back (``parked``)."""
 def parked(request: web.Request) -> Iterator[None]:
     """``with parked(request):`` around a wait that does no work (a long poll waiting for a change):
     the request leaves the process's in-flight count (``max_in_flight``) meanwhile, and the time
-    spent there is left out of the time requests are in flight (the ``503 busy`` answers' rate). A
-    caller bounds how many requests it parks."""
+    spent there is left out of the time requests are in flight (the ``503 busy`` answers' rate) and
+    out of its latency (``emeterai_http_request_seconds``: what the server took, not what the
+    client chose to wait). A caller bounds how many requests it parks."""
     parking = request.get(PARKING)
     if parking is None:
         yield
@@ -392,16 +393,16 @@ def make_middlewares(service: str, max_in_flight: int = 0, *, busy_max_retry_aft
 
         request[PARKING] = parking
         try:
-            return await _observed(request, handler)
+            return await _observed(request, handler, lambda: parked_s)
         finally:
             busy -= 1
             in_flight.set(busy)
             held = clock() - started - parked_s
             hold_s = smoothed(hold_s, held)
 
-    async def _observed(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _observed(request: web.Request, handler: Any, parked_for: Callable[[], float]) -> web.StreamResponse:
         route = _route_name(request)
-        started = time.perf_counter()
+        started = clock()
         status = 500
         with spans.start_as_current_span(
             f"{request.method} {route}",
@@ -419,9 +420,7 @@ def make_middlewares(service: str, max_in_flight: int = 0, *, busy_max_retry_aft
                     SHED.labels(service, route, str(status)).inc()
                 if route not in ("/metrics", "/healthz"):
                     HTTP_REQUESTS.labels(service, route, request.method, str(status)).inc()
-                    HTTP_LATENCY.labels(service, route, request.method).observe(
-                        time.perf_counter() - started
-                    )
+                    HTTP_LATENCY.labels(service, route, request.method).observe(clock() - started - parked_for())
 
     return [observe]
 

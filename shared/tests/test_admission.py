@@ -632,3 +632,36 @@ def test_the_places_kept_are_bounded_whatever_the_flood(monkeypatch: pytest.Monk
         gate.shed_newcomer_early()
         gate.shed_newcomer_early()
     assert "Set-Cookie" in later.value.headers
+
+
+async def test_the_time_a_request_waits_parked_is_left_out_of_its_latency_and_of_the_in_flight_count() -> None:
+    """A long poll's wait is the client's choice, not the server's time: ``emeterai_http_request_seconds``
+    records the time before and after it (on the injected clock), and meanwhile the request does
+    not count against ``max_in_flight``."""
+    from emeterai_shared.http import make_middlewares, parked
+    from prometheus_client import REGISTRY
+
+    now = [0.0]
+    waiting = asyncio.Event()
+    go = asyncio.Event()
+
+    async def long_poll(request: web.Request) -> web.Response:
+        now[0] += 0.25  # work before the wait
+        with parked(request):
+            waiting.set()
+            await go.wait()
+            now[0] += 100.0  # the wait
+        now[0] += 0.5  # work after it
+        return web.json_response({"ok": True})
+
+    app = web.Application(middlewares=make_middlewares("parking-test", 1, clock=lambda: now[0]))
+    app.router.add_get("/poll", long_poll)
+    labels = {"service": "parking-test", "route": "/poll", "method": "GET"}
+    async with TestClient(TestServer(app)) as client:
+        held = asyncio.create_task(client.get("/poll"))
+        await waiting.wait()
+        assert REGISTRY.get_sample_value("emeterai_http_in_flight", {"service": "parking-test"}) == 0
+        go.set()
+        assert (await held).status == 200
+    assert REGISTRY.get_sample_value("emeterai_http_request_seconds_count", labels) == 1
+    assert REGISTRY.get_sample_value("emeterai_http_request_seconds_sum", labels) == pytest.approx(0.75)
