@@ -132,16 +132,12 @@ async def waiting_phones(session: aiohttp.ClientSession, meter: CpuMeter, urls: 
             "answers": dict(answers)}
 
 
-async def signed_in(session: aiohttp.ClientSession, base: str, settings: OrderSettings, phone: str) -> str:
+async def signed_in(session: aiohttp.ClientSession, base: str, texts: asyncpg.Connection, phone: str) -> str:
     """The token of a buyer signed in with a code, as the page's buyers are (the code read from the
-    text queued for the phone: no worker sends texts here)."""
+    text queued for the phone on ``texts``, the order database: no worker sends texts here)."""
     async with session.post(f"{base}/v1/auth/otp", json={"phone": phone}) as response:
         assert response.status == 202, await response.text()
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        text = await conn.fetchval("SELECT body FROM sms_outbox ORDER BY id DESC LIMIT 1")
-    finally:
-        await conn.close()
+    text = await texts.fetchval("SELECT body FROM sms_outbox ORDER BY id DESC LIMIT 1")
     [code] = re.findall(r"[0-9]{6}", text)
     async with session.post(f"{base}/v1/auth/token", json={"phone": phone, "code": code}) as response:
         assert response.status == 200, await response.text()
@@ -169,7 +165,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         base = platform.url("order")
         connector = aiohttp.TCPConnector(limit=args.concurrency)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
-            tokens = [await signed_in(session, base, settings, f"+628123{i:07d}") for i in range(ACCOUNTS)]
+            texts = await asyncpg.connect(settings.database_url)
+            try:
+                tokens = [await signed_in(session, base, texts, f"+628123{i:07d}") for i in range(ACCOUNTS)]
+            finally:
+                await texts.close()
 
             def order(method: str) -> Callable[[int], Request]:
                 return lambda i: ("POST", f"{base}/v1/orders", {

@@ -34,6 +34,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -295,7 +296,7 @@ def fresh_vhost(vhost: str) -> str:
     return f"{AMQP_BASE}/{vhost}"
 
 
-_PORT_CLAIMS = Path(os.environ.get("TMPDIR", "/tmp")) / "emeterai-port-claims"
+_PORT_CLAIMS = Path(tempfile.gettempdir()) / "emeterai-port-claims"
 _PORT_CLAIM_HOLD_S = 300.0  # long enough for any server started with the port to have bound it
 _issued_ports: set[int] = set()
 _held_claims: dict[int, tuple[int, float]] = {}  # port -> (locked file, when claimed)

@@ -90,8 +90,8 @@ class OrderWatch:
     async def changed(self, order_id: uuid.UUID, account_id: uuid.UUID, tag: str, timeout_s: float,
                       gone: Callable[[], bool] | None = None) -> bool:
         """True once the tag of the order's view is no longer ``tag`` (or the order is gone, or is
-        not ``account_id``'s); False when ``timeout_s`` passes first, when ``gone()`` says the request's client has
-        gone (asked at every look), or when the watch closes or is closed."""
+        not ``account_id``'s); False when ``timeout_s`` passes first, when ``gone()`` says the
+        request's client has gone (asked once a second), or when the watch closes or is closed."""
         if self._closed:
             return False
         entry = _Waiter(account_id, tag, gone)

@@ -23,6 +23,7 @@ _COLUMNS = """id, account_id, partner_id, quantity, amount, bank, status, failur
 
 
 _QUALIFIED = ", ".join(f"o.{c}" for c in _COLUMNS.replace("\n", " ").replace(" ", "").split(","))
+"""``_COLUMNS`` of ``orders o``, for a query that joins other tables."""
 
 VIEW_TAG_FORMAT = "order-view-1"
 """Part of every ``view_tag``: a release that changes how an order's view is written changes it, so
@@ -38,7 +39,6 @@ def view_tag(order_id: uuid.UUID, version: str) -> str:
     which would tell anyone how busy the database is."""
     text = f"{VIEW_TAG_FORMAT}:{order_id}:{version}"
     return hashlib.sha256(text.encode()).hexdigest()[:VIEW_TAG_LENGTH]
-"""``_COLUMNS`` of ``orders o``, for a query that joins other tables."""
 
 
 def _order(row: asyncpg.Record) -> Order:

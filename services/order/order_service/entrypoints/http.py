@@ -814,7 +814,8 @@ _ACKNOWLEDGED = ("any 2xx acknowledges; anything else, or no answer within the t
                  "with exponential backoff (from 5 s, at most 1 h apart) for up to 3 days", None)
 
 
-_ORDER_ETAG = {"description": "the entity tag of this view of the order (send it as If-None-Match)",
+_ORDER_ETAG = {"description": "the entity tag of this view of the order, opaque (a digest of the order's "
+                              "state; send it as If-None-Match)",
                "required": True, "schema": {"type": "string"}}
 
 
