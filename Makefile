@@ -15,9 +15,15 @@ run: setup
 	EMETERAI_LOG_JSON=$${EMETERAI_LOG_JSON:-false} EMETERAI_TRUSTED_PROXIES=$${EMETERAI_TRUSTED_PROXIES-127.0.0.1,::1} \
 	  exec .venv/bin/honcho start -f Procfile
 
-## test: set everything up, then run the whole suite against the real servers
+## test: set everything up, then run the whole suite against the real servers: in TEST_WORKERS (2) processes,
+## a test file to each, then alone the tests that restart RabbitMQ or PostgreSQL (marked restarts_servers)
+TEST_WORKERS ?= 2
 test: venv servers packages browser web
-	$(PY) -m pytest $(PYTEST_ARGS)
+	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not restarts_servers" $(PYTEST_ARGS); together=$$?; \
+	$(PY) -m pytest -m restarts_servers $(PYTEST_ARGS); alone=$$?; \
+	if [ $$together -eq 5 ] && [ $$alone -eq 5 ]; then exit 5; fi; \
+	[ $$together -eq 5 ] && together=0; [ $$alone -eq 5 ] && alone=0; \
+	echo "make test: $$together (together), $$alone (alone; 0 = passed)"; [ $$together -eq 0 ] && [ $$alone -eq 0 ]
 
 ## fuzz: schemathesis over the four services, FUZZ_EXAMPLES (200) cases per operation from FUZZ_SEED (random)
 FUZZ_EXAMPLES ?= 200

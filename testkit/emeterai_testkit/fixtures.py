@@ -2,7 +2,8 @@
 
 Isolation: every test session works in its own RabbitMQ virtual host and its own databases,
 named from ``EMETERAI_TEST_NAMESPACE`` (default ``test``): vhost ``emeterai_<ns>``, databases
-``emeterai_<ns>_<service>``. A missing server is a test failure with a clear message, never a
+``emeterai_<ns>_<service>``; under pytest-xdist each worker is a session of its own, ``<ns>`` followed
+by the worker's name (``test_gw0``, ``test_gw1``). A missing server is a test failure with a clear message, never a
 skip: the suite must not pass without the real parts.
 
 Broker restarts: a test that stops RabbitMQ takes ``broker_exclusive``; every session holds a
@@ -52,7 +53,8 @@ from emeterai_shared.messaging.topology import declare_common, declare_consumer_
 from emeterai_shared.outbox import OutboxRelay
 from emeterai_shared.runtime import ServiceDefinition
 
-NAMESPACE = os.environ.get("EMETERAI_TEST_NAMESPACE", "test")
+NAMESPACE = os.environ.get("EMETERAI_TEST_NAMESPACE", "test") + (
+    f"_{os.environ['PYTEST_XDIST_WORKER']}" if os.environ.get("PYTEST_XDIST_WORKER") else "")
 VHOST = f"emeterai_{NAMESPACE}"
 PG_BASE = os.environ.get("EMETERAI_TEST_PG_BASE_URL", "postgresql://root@127.0.0.1:5432")
 AMQP_BASE = os.environ.get("EMETERAI_TEST_AMQP_BASE_URL", "amqp://guest:guest@127.0.0.1:5672")
@@ -221,7 +223,11 @@ def broker_lock() -> Iterator[int]:
 
 @pytest.fixture
 def broker_exclusive(broker_lock: int) -> Iterator[None]:
-    """Held by tests that stop and start RabbitMQ; always leaves the broker running."""
+    """Held by tests that stop and start RabbitMQ; always leaves the broker running. Such tests are
+    marked ``restarts_servers`` and never run in a pytest-xdist worker: the workers' other sessions
+    would hold the lock for as long as they have tests left (``make test`` runs them alone, after)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        pytest.fail("a test that restarts the servers runs alone: `pytest -m restarts_servers`, without -n")
     fcntl.flock(broker_lock, fcntl.LOCK_EX)
     try:
         try:
@@ -249,8 +255,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "restarts_servers: stops and starts the machine's RabbitMQ or PostgreSQL "
+                                       "(set on every test that takes broker_exclusive)")
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` selects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that restart RabbitMQ run last: if a restart goes wrong, only they are affected."""
+    """Tests that restart RabbitMQ are marked ``restarts_servers`` and run last: if a restart goes
+    wrong, only they are affected."""
+    for item in items:
+        if "broker_exclusive" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.restarts_servers)
     items.sort(key=lambda item: "broker_exclusive" in getattr(item, "fixturenames", ()))
 
 

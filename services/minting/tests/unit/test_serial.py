@@ -70,7 +70,9 @@ def test_the_missed_swaps_are_exactly_those_predicted() -> None:
     assert len(missed) == 2 and all(_neighbours(pair[0], pair[1]) for pair in missed)
 
 
+# Named ids: SAMPLES are random, and pytest-xdist's workers must all collect the same test ids.
 @pytest.mark.parametrize("text", ["", "ABC", SAMPLES[0][:-1], SAMPLES[0] + "0", SAMPLES[0].lower(),
-                                  SAMPLES[0][:5] + "-" + SAMPLES[0][6:]])
+                                  SAMPLES[0][:5] + "-" + SAMPLES[0][6:]],
+                         ids=["empty", "short", "one_short", "one_long", "lower_case", "hyphen"])
 def test_malformed_serials_are_not_valid(text: str) -> None:
     assert not is_valid(text)
