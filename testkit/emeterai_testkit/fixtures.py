@@ -256,6 +256,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from emeterai_testkit import forked
+
+    if os.environ.get("EMETERAI_TEST_FORK", "1") != "0":  # 0: start them as `python -m`, as benchmarks do
+        forked.enable()  # platforms' processes are forked from one that has imported the services
     config.addinivalue_line("markers", "restarts_servers: stops and starts the machine's RabbitMQ or PostgreSQL "
                                        "(set on every test that takes broker_exclusive)")
 

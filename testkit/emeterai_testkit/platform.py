@@ -31,6 +31,7 @@ import aiohttp
 from emeterai_shared.config import ServiceSettings
 from emeterai_shared.runtime import ServiceDefinition
 
+from emeterai_testkit import forked
 from emeterai_testkit.fixtures import REPO_ROOT, free_port, reset_service, settings_env, settings_for
 
 if TYPE_CHECKING:
@@ -124,9 +125,13 @@ class Proc:
     env: dict[str, str]
     port: int
     log_path: Path
-    popen: subprocess.Popen[bytes] | None = None
+    popen: subprocess.Popen[bytes] | forked.Forked | None = None
 
     def start(self, extra_env: dict[str, str] | None = None) -> None:
+        if forked.enabled():  # in tests: forked from a process that has imported the services
+            self.popen = forked.start(f"{self.service}_service", self.kind, {**self.env, **(extra_env or {})},
+                                      REPO_ROOT, self.log_path)
+            return
         log = self.log_path.open("ab")
         self.popen = subprocess.Popen(
             [sys.executable, "-m", f"{self.service}_service", self.kind],
