@@ -1,19 +1,25 @@
 """The test harness's own guards on the shared servers, against the real RabbitMQ: scratch vhosts
 are claimed and cleaned up (left behind, their quorum queues exhaust the broker's file handles and
 a restart never finishes booting), a broker that keeps the port open but does not answer is told
-apart from one that answers, and a restart is refused when the broker could not boot again."""
+apart from one that answers, a restart is refused when the broker could not boot again, ports are
+never handed out twice, and a forked service process starts and ends as ``python -m`` would."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from emeterai_testkit import fixtures
+from emeterai_shared import failpoints
+from emeterai_testkit import fixtures, forked
 from emeterai_testkit.fixtures import (
     NAMESPACE,
     SCRATCH_DESCRIPTION,
@@ -144,3 +150,41 @@ def test_free_ports_are_distinct_outside_the_ephemeral_range_and_claimed_against
     out = subprocess.run([sys.executable, "-c", script, str(fixtures._PORT_CLAIMS / f"{claimed}.lock")],
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == "refused"
+
+
+SAMPLE = "emeterai_testkit.sample_process"
+
+
+def _sample_env() -> dict[str, str]:
+    return {**os.environ, "EMETERAI_SAMPLE": "given", failpoints.ENV: "relay.after_publish=kill"}
+
+
+@pytest.mark.parametrize("what", ["exit:0", "exit:3"])
+def test_a_forked_process_starts_and_exits_as_python_m_would(tmp_path: Path, what: str) -> None:
+    forked.enable()
+    env = _sample_env()
+    child = forked.start(SAMPLE, what, env, tmp_path, tmp_path / "forked.log")
+    with (tmp_path / "popen.log").open("ab") as log:
+        popen = subprocess.Popen([sys.executable, "-m", SAMPLE, what], env=env, cwd=tmp_path, stdout=log,
+                                 stderr=subprocess.STDOUT)
+    assert child.wait(60) == popen.wait(60) == int(what.removeprefix("exit:"))
+    assert child.returncode == child.poll() == popen.returncode
+    # its own environment, directory and failpoints, not the forkserver's
+    expected = f"argument={what} cwd={tmp_path} sample=given failpoints=relay.after_publish=kill\n"
+    assert (tmp_path / "forked.log").read_text() == (tmp_path / "popen.log").read_text() == expected
+
+
+def test_a_forked_process_ended_by_a_signal_has_popens_exit_code(tmp_path: Path) -> None:
+    forked.enable()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        log = tmp_path / f"{sig.name}.log"
+        child = forked.start(SAMPLE, "wait", _sample_env(), tmp_path, log)
+        deadline = time.monotonic() + 60
+        while "argument=wait" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert child.poll() is None and child.returncode is None
+        with pytest.raises(subprocess.TimeoutExpired):
+            child.wait(0.01)  # still running
+        child.send_signal(sig)
+        assert child.wait(60) == -sig
+        child.send_signal(signal.SIGTERM)  # after the end: nothing to signal, no error
