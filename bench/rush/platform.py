@@ -214,13 +214,22 @@ class RushAcquirer:
 
 # --- processes -------------------------------------------------------------------------------
 
-def _stat(pid: int) -> tuple[int, float, int] | None:
-    """(parent pid, CPU seconds, RSS bytes) of a process, None when it is gone."""
+def _stat(pid: int) -> tuple[int, float, int, str] | None:
+    """(parent pid, CPU seconds, RSS bytes, name) of a process, None when it is gone. One read of
+    ``/proc/<pid>/stat`` with ``os`` calls (the sampler reads every process twice a second, in the
+    load generator's process: pathlib and a second file for the name cost it twice as much)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+        try:
+            data = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        head, _, tail = data.rpartition(b")")
+        fields = tail.split()
+        return (int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS, int(fields[21]) * _PAGE,
+                head.partition(b"(")[2].decode(errors="replace"))
+    except (OSError, IndexError, ValueError):
         return None
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS, int(fields[21]) * _PAGE
 
 
 def listening(ports: dict[int, str]) -> dict[int, str]:
@@ -255,13 +264,6 @@ def listening(ports: dict[int, str]) -> dict[int, str]:
     return {pid: label for pid, label in holders.items() if holders.get(parents[pid]) != label}
 
 
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
 @dataclass
 class Sample:
     at: float
@@ -281,19 +283,18 @@ def sample_processes(roots: dict[int, str]) -> Sample:
     parents: dict[int, int] = {}
     stats: dict[int, tuple[float, int]] = {}
     servers: dict[str, list[int]] = defaultdict(list)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
             continue
-        pid = int(entry.name)
+        pid = int(name)
         st = _stat(pid)
         if st is None:
             continue
         parents[pid] = st[0]
         stats[pid] = (st[1], st[2])
         if pid not in roots:
-            comm = _comm(pid)
-            for server, name in SERVERS.items():
-                if comm == name:
+            for server, comm in SERVERS.items():
+                if st[3] == comm:
                     servers[server].append(pid)
     owner: dict[int, str] = {}
     for pid in stats:
