@@ -4,7 +4,11 @@ saturated, platform CPU per credited order); and the statements per unit from sc
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.rush.figures import (
     cpu_per_unit,
@@ -13,7 +17,7 @@ from bench.rush.figures import (
     sustained_rate,
     sustained_window,
 )
-from bench.rush.platform import MetricsScraper, ProcessSampler, Sample
+from bench.rush.platform import DB_QUERIES, HTTP, MetricsScraper, ProcessSampler, Sample, _read_only, sample_processes
 
 T0 = datetime(2026, 12, 7, tzinfo=UTC)
 
@@ -153,3 +157,31 @@ def test_the_overload_report_gives_the_cpu_of_the_two_windows_it_compares() -> N
     assert figures["cpu_cores_last_window"] == {"order-api": 1.0, "bench": 0.6, "machine_busy": 1.6}
     assert "load generator 0.2 → 0.6 cores, platform 1.5 → 1.0" in figures["cores_best_to_last"]
     assert overload_cpu(cast(Any, SimpleNamespace(sampler=sampler)), None) == {}
+
+
+def test_the_scraper_reads_the_same_samples_from_the_lines_it_keeps() -> None:
+    registry = CollectorRegistry()
+    latency = Histogram(HTTP, "latency", ["service", "method", "route"], registry=registry)
+    latency.labels("order", "GET", "/v1/orders/{order_id}").observe(0.02)
+    latency.labels("order", "POST", "/v1/orders").observe(0.3)
+    Gauge("emeterai_queue_depth", "depth", ["queue"], registry=registry).labels("order.on_payment_captured").set(7)
+    Counter(DB_QUERIES, "statements", ["service", "process"], registry=registry).labels("order", "api").inc(42)
+    Gauge("emeterai_not_read", "other", registry=registry).set(1)
+    text = generate_latest(registry).decode()
+
+    def samples(page: str) -> list[tuple[str, str, tuple[tuple[str, str], ...], float]]:
+        return sorted((f.name, s.name, tuple(sorted(s.labels.items())), s.value)
+                      for f in text_string_to_metric_families(page) for s in f.samples
+                      if f.name in (HTTP, DB_QUERIES, "emeterai_queue_depth")
+                      and not s.name.endswith(("_bucket", "_created")))
+
+    kept = _read_only(text)
+    assert len(kept) < len(text) / 2 and "_bucket{" not in kept and "\nemeterai_not_read " not in kept
+    assert samples(kept) == samples(text) and len(samples(text)) == 6
+
+
+def test_the_process_sample_finds_this_process_and_the_servers() -> None:
+    sample = sample_processes({os.getpid(): "me"})
+    assert sample.cpu["me"] > 0 and sample.rss["me"] > 0
+    assert sample.cpu["bench"] >= 0
+    assert {"postgresql", "rabbitmq"} <= set(sample.cpu)  # the machine's servers, found by process name
