@@ -6,16 +6,15 @@ the suite starts a few hundred of them. With ``enable()`` (the pytest plugin cal
 forks them instead from a multiprocessing forkserver that imported the four services once (their
 ``bootstrap`` modules: a ``<svc>_service.__main__`` runs the service when imported): each child
 sets its environment, working directory and log file as ``Popen`` would have, then runs
-``<svc>_service`` as ``__main__``, as ``python -m`` does. With ``EMETERAI_TEST_FORK=0`` the tests
-start them as ``python -m`` again. ``Forked`` offers what the
-test kit uses of ``subprocess.Popen`` (``pid``, ``returncode``, ``poll``, ``wait``, ``send_signal``,
-``kill``), with the same exit codes (a signal's is negative). Benchmarks keep real ``Popen`` starts:
-a forked child shares its pages with the server until it writes them, which would blur memory
-figures.
+``<svc>_service`` as ``__main__``, as ``python -m`` does. ``Forked`` offers what the test kit uses
+of ``subprocess.Popen`` (``pid``, ``returncode``, ``poll``, ``wait``, ``send_signal``, ``kill``),
+with the same exit codes (a signal's is negative). With ``EMETERAI_TEST_FORK=0`` the tests start
+them as ``python -m`` again. Benchmarks keep real ``Popen`` starts: a forked child shares its pages
+with the server until it writes them, which would blur memory figures.
 
-What a child must not inherit from the server: the failpoints it read from its own environment at
-import (``failpoints.configure`` runs again with the child's) and its random state (the ``random``
-module reseeds after a fork by itself; everything else draws from ``os.urandom``).
+What a child must not inherit from the server: the failpoints the server read from its own
+environment at import (``failpoints.configure`` runs again with the child's) and its random state
+(the ``random`` module reseeds after a fork by itself; everything else draws from ``os.urandom``).
 """
 
 from __future__ import annotations
