@@ -2,9 +2,9 @@
 
 Isolation: every test session works in its own RabbitMQ virtual host and its own databases,
 named from ``EMETERAI_TEST_NAMESPACE`` (default ``test``): vhost ``emeterai_<ns>``, databases
-``emeterai_<ns>_<service>``; under pytest-xdist each worker is a session of its own, ``<ns>`` followed
-by the worker's name (``test_gw0``, ``test_gw1``). A missing server is a test failure with a clear message, never a
-skip: the suite must not pass without the real parts.
+``emeterai_<ns>_<service>``; under pytest-xdist each worker is a session of its own, ``<ns>``
+followed by the worker's name (``test_gw0``, ``test_gw1``). A missing server is a test failure
+with a clear message, never a skip: the suite must not pass without the real parts.
 
 Broker restarts: a test that stops RabbitMQ takes ``broker_exclusive``; every session holds a
 shared lock on the same file, so concurrent sessions on one machine never see a restart they
@@ -52,6 +52,8 @@ from emeterai_shared.messaging import Consumer, Publisher, connect
 from emeterai_shared.messaging.topology import declare_common, declare_consumer_queue, parking_queue
 from emeterai_shared.outbox import OutboxRelay
 from emeterai_shared.runtime import ServiceDefinition
+
+from emeterai_testkit import forked
 
 NAMESPACE = os.environ.get("EMETERAI_TEST_NAMESPACE", "test") + (
     f"_{os.environ['PYTEST_XDIST_WORKER']}" if os.environ.get("PYTEST_XDIST_WORKER") else "")
@@ -256,8 +258,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from emeterai_testkit import forked
-
     if os.environ.get("EMETERAI_TEST_FORK", "1") != "0":  # 0: start them as `python -m`, as benchmarks do
         forked.enable()  # platforms' processes are forked from one that has imported the services
     config.addinivalue_line("markers", "restarts_servers: stops and starts the machine's RabbitMQ or PostgreSQL "
@@ -271,7 +271,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "broker_exclusive" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.restarts_servers)
-    items.sort(key=lambda item: "broker_exclusive" in getattr(item, "fixturenames", ()))
+    items.sort(key=lambda item: item.get_closest_marker("restarts_servers") is not None)
 
 
 @pytest.fixture(scope="session")
